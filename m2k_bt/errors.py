@@ -1,0 +1,76 @@
+"""The project's exceptions.
+
+Every error a user can cause is an :class:`M2KError`. Each subclass is also a
+:class:`ValueError`, so code that already catches ``ValueError`` keeps working.
+The command line turns any of them into one line on stderr and exit status 2.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+
+__all__ = [
+    "M2KError",
+    "ContractSpecError",
+    "DataFeedError",
+    "ParameterError",
+    "ConfigError",
+    "did_you_mean",
+    "check_known",
+]
+
+
+class M2KError(ValueError):
+    """Root of every m2k_bt error caused by input or settings."""
+
+
+class ContractSpecError(M2KError):
+    """A contract specification, symbol, commission or margin setting is impossible."""
+
+
+class DataFeedError(M2KError):
+    """A data file or bar is missing, malformed or fails validation."""
+
+
+class ParameterError(M2KError):
+    """A strategy, sizer, analyzer or broker parameter is unknown or out of range."""
+
+
+class ConfigError(M2KError):
+    """A run, optimisation or walk-forward setting is impossible."""
+
+
+def did_you_mean(name: str, choices: Iterable[str]) -> str:
+    """Return ``" (did you mean 'x'?)"`` for the closest choice, or ``""``.
+
+    >>> did_you_mean("fsat", ["fast", "slow"])
+    " (did you mean 'fast'?)"
+    >>> did_you_mean("zzz", ["fast", "slow"])
+    ''
+    """
+    close = difflib.get_close_matches(name, list(choices), n=1, cutoff=0.6)
+    return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+def check_known(
+    given: Iterable[str],
+    allowed: Iterable[str],
+    what: str,
+    error: type[M2KError] = ParameterError,
+) -> None:
+    """Raise ``error`` naming the first key of ``given`` that is not in ``allowed``.
+
+    >>> check_known(["fast"], ["fast", "slow"], "SmaCrossover parameter")
+    >>> check_known(["fsat"], ["fast", "slow"], "SmaCrossover parameter")
+    Traceback (most recent call last):
+    ...
+    m2k_bt.errors.ParameterError: unknown SmaCrossover parameter 'fsat' (did you mean 'fast'?); known: fast, slow
+    """
+    allowed = list(allowed)
+    for key in given:
+        if key not in allowed:
+            raise error(
+                f"unknown {what} '{key}'{did_you_mean(key, allowed)}; "
+                f"known: {', '.join(sorted(allowed))}"
+            )

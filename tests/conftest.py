@@ -1,0 +1,62 @@
+"""Shared test data builders. Tests never read ../shared: they make their own bars."""
+
+from __future__ import annotations
+
+import backtrader as bt
+import numpy as np
+import pandas as pd
+import pytest
+
+NY = "America/New_York"
+
+
+def make_bars(
+    n: int = 1000,
+    seed: int = 0,
+    freq: str = "5min",
+    start: str = "2024-01-02 09:30",
+    price: float = 2000.0,
+    vol: float = 0.0015,
+    tick: float = 0.10,
+) -> pd.DataFrame:
+    """A deterministic random walk of ``n`` OHLCV bars on the 0.10 tick grid.
+
+    The index is tz-aware New York time and continuous (no session gaps): fit for strategy and
+    broker tests, not for session validation. ``vol`` is the per-bar return standard deviation.
+    """
+    rng = np.random.default_rng(seed)
+    rets = rng.normal(0.0, vol, n)
+    close = price * np.exp(np.cumsum(rets))
+    close = np.round(close / tick) * tick
+    open_ = np.empty(n)
+    open_[0] = price
+    open_[1:] = close[:-1]
+    span = np.abs(rng.normal(0.0, vol, n)) * close
+    high = np.maximum(open_, close) + np.round(span / tick) * tick
+    low = np.minimum(open_, close) - np.round(span / tick) * tick
+    idx = pd.date_range(start, periods=n, freq=freq, tz=NY)
+    df = pd.DataFrame(
+        {
+            "open": np.round(open_, 2),
+            "high": np.round(high, 2),
+            "low": np.round(low, 2),
+            "close": np.round(close, 2),
+            "volume": rng.integers(100, 2000, n).astype(float),
+        },
+        index=idx,
+    )
+    df.index.name = "datetime"
+    return df
+
+
+def pandas_feed(df: pd.DataFrame, **kwargs) -> bt.feeds.PandasData:
+    """backtrader's own PandasData over ``df`` (index made naive New York time)."""
+    naive = df.copy()
+    if naive.index.tz is not None:
+        naive.index = naive.index.tz_convert(NY).tz_localize(None)
+    return bt.feeds.PandasData(dataname=naive, openinterest=None, **kwargs)
+
+
+@pytest.fixture
+def bars() -> pd.DataFrame:
+    return make_bars()
