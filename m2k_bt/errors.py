@@ -62,10 +62,10 @@ def check_known(
     """Raise ``error`` naming the first key of ``given`` that is not in ``allowed``.
 
     >>> check_known(["fast"], ["fast", "slow"], "SmaCrossover parameter")
-    >>> check_known(["fsat"], ["fast", "slow"], "SmaCrossover parameter")
+    >>> check_known(["fsat"], ["fast", "slow"], "parameter")
     Traceback (most recent call last):
     ...
-    m2k_bt.errors.ParameterError: unknown SmaCrossover parameter 'fsat' (did you mean 'fast'?); known: fast, slow
+    m2k_bt.errors.ParameterError: unknown parameter 'fsat' (did you mean 'fast'?); known: fast, slow
     """
     allowed = list(allowed)
     for key in given:
