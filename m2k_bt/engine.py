@@ -1,0 +1,378 @@
+"""One configured backtest: data + contract + broker + strategy + sizer + analyzers.
+
+The command line, the optimiser, walk-forward and the benchmarks all run backtests through
+:func:`run_backtest`, so a trial in a study is exactly the backtest the runner would print.
+
+>>> from m2k_bt.engine import BacktestConfig
+>>> BacktestConfig(strategy="sma", params={"fast": 10, "slow": 30}).cash
+25000.0
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import backtrader as bt
+import pandas as pd
+
+from .broker import FuturesBroker
+from .commission import M2KCommInfo
+from .contracts import M2K, ContractSpec
+from .errors import ConfigError, ParameterError, check_known, did_you_mean
+
+__all__ = [
+    "BacktestConfig",
+    "BacktestResult",
+    "SIZERS",
+    "build_cerebro",
+    "run_backtest",
+    "resolve_strategy",
+]
+
+#: Sizer names accepted by :class:`BacktestConfig` and the command line.
+SIZERS = ("kelly", "fixed")
+
+
+@dataclass
+class BacktestConfig:
+    """Everything that defines a backtest besides the bars.
+
+    - ``strategy``: a key of ``m2k_bt.strategies.STRATEGIES`` (``"sma"``, ``"bollinger"``,
+      ``"adaptive"``) or a ``bt.Strategy`` subclass.
+    - ``params``: strategy parameters (validated; unknown names are errors).
+    - ``sizer``: ``"kelly"`` (default) or ``"fixed"``; ``sizer_params`` its parameters.
+    - ``spec``: the contract (default M2K); ``commission``, ``margin`` (initial),
+      ``maintenance_margin``, ``intraday_margin`` override the spec's dated defaults
+      (dollars per contract; setting only one of margin/maintenance keeps initial >= maint.).
+    - ``cash``: starting equity, dollars. ``slippage_ticks``: per market/stop fill.
+    - ``start``/``end``: date filter (inclusive, New York time). ``resample``: ``"5min"``,
+      ``"1h"``, ``"1d"``... ``rth_only``: enter only 09:30-16:00 New York.
+    - ``runonce``/``preload``: backtrader engine modes. ``analyzers``: ``False`` keeps only the
+      analyzers an optimisation trial needs. ``seed``: recorded in the report.
+    - ``data_path``/``data_rows``: provenance for the report (set by the loader).
+    """
+
+    strategy: Any = "sma"
+    params: dict = field(default_factory=dict)
+    sizer: str = "kelly"
+    sizer_params: dict = field(default_factory=dict)
+    spec: ContractSpec = M2K
+    cash: float = 25_000.0
+    commission: float | None = None
+    margin: float | None = None
+    maintenance_margin: float | None = None
+    intraday_margin: float | None = None
+    slippage_ticks: float = 0.0
+    start: str | None = None
+    end: str | None = None
+    resample: str | None = None
+    rth_only: bool = False
+    runonce: bool = True
+    preload: bool = True
+    analyzers: bool = True
+    seed: int | None = None
+    data_path: str | None = None
+    data_rows: int | None = None
+
+    def replace(self, **changes) -> BacktestConfig:
+        return dataclasses.replace(self, **changes)
+
+    @property
+    def strategy_name(self) -> str:
+        if isinstance(self.strategy, str):
+            return self.strategy
+        return getattr(self.strategy, "__name__", str(self.strategy))
+
+
+@dataclass
+class BacktestResult:
+    """What a backtest produced; see README "Report fields" for every key."""
+
+    config: BacktestConfig
+    start_value: float
+    final_value: float
+    bars: int
+    first_dt: Any
+    last_dt: Any
+    analysis: dict
+    metrics: dict
+    trades: list
+    equity: pd.DataFrame
+    margin_events: list
+    warnings: list
+    cerebro: Any = None
+    strategy: Any = None
+    elapsed: float = 0.0
+    data_report: list = field(default_factory=list)
+
+
+def resolve_strategy(strategy) -> type:
+    """The strategy class for a name of ``STRATEGIES`` or a class."""
+    from .strategies import STRATEGIES
+
+    if isinstance(strategy, str):
+        key = strategy.lower()
+        if key not in STRATEGIES:
+            raise ParameterError(
+                f"unknown strategy '{strategy}'{did_you_mean(key, STRATEGIES)}; "
+                f"known: {', '.join(sorted(STRATEGIES))} (see --list-strategies)"
+            )
+        return STRATEGIES[key]
+    if isinstance(strategy, type) and issubclass(strategy, bt.Strategy):
+        return strategy
+    raise ParameterError(f"strategy must be a name or a bt.Strategy subclass, got {strategy!r}")
+
+
+def _sizer(config: BacktestConfig):
+    from .sizers import FixedContracts, KellySizer
+
+    name = str(config.sizer).lower()
+    if name not in SIZERS:
+        raise ParameterError(
+            f"unknown sizer '{config.sizer}'{did_you_mean(name, SIZERS)}; known: kelly, fixed"
+        )
+    cls = KellySizer if name == "kelly" else FixedContracts
+    params = dict(config.sizer_params)
+    check_known(params, cls.params._getkeys(), f"{name} sizer parameter")
+    coerced = {}
+    for key, value in params.items():
+        default = getattr(cls.params, key)
+        coerced[key] = _coerce(value, default, f"{name} sizer parameter '{key}'")
+    return cls, coerced
+
+
+def _coerce(value, default, what: str):
+    """Turn a command-line string into the type of ``default``."""
+    if not isinstance(value, str):
+        return value
+    text = value.strip()
+    try:
+        if isinstance(default, bool):
+            if text.lower() in ("1", "true", "yes", "on"):
+                return True
+            if text.lower() in ("0", "false", "no", "off"):
+                return False
+            raise ValueError
+        if isinstance(default, int):
+            return int(text)
+        if isinstance(default, float):
+            return float(text)
+        if default is None:
+            if text.lower() == "none":
+                return None
+            try:
+                return int(text)
+            except ValueError:
+                return float(text)
+    except ValueError:
+        raise ParameterError(
+            f"{what} must be {type(default).__name__}, got {value!r}"
+        ) from None
+    return text
+
+
+def _check_money(name: str, value, allow_zero: bool = False) -> None:
+    if value is None:
+        return
+    ok = isinstance(value, (int, float)) and math.isfinite(value)
+    ok = ok and (value >= 0 if allow_zero else value > 0)
+    if not ok:
+        bound = ">= 0" if allow_zero else "> 0"
+        raise ConfigError(f"{name} must be a number {bound}, got {value!r}")
+
+
+def _select(bars: pd.DataFrame, config: BacktestConfig) -> pd.DataFrame:
+    if not isinstance(bars, pd.DataFrame) or bars.empty:
+        raise ConfigError("no bars to backtest: the data is empty")
+    out = bars
+    tz = out.index.tz
+    for name in ("start", "end"):
+        value = getattr(config, name)
+        if value is None:
+            continue
+        try:
+            ts = pd.Timestamp(value)
+        except (ValueError, TypeError):
+            raise ConfigError(f"{name} {value!r} is not a date (use YYYY-MM-DD)") from None
+        if tz is not None and ts.tzinfo is None:
+            ts = ts.tz_localize(tz)
+        if name == "start":
+            out = out[out.index >= ts]
+        else:
+            if ts == ts.normalize() and len(str(value)) <= 10:
+                ts = ts + pd.Timedelta(days=1)
+                out = out[out.index < ts]
+            else:
+                out = out[out.index <= ts]
+    if config.start and config.end and pd.Timestamp(config.start) > pd.Timestamp(config.end):
+        raise ConfigError(f"start {config.start} is after end {config.end}")
+    if config.resample:
+        from .feeds import resample_bars
+
+        out = resample_bars(out, config.resample)
+    if out.empty:
+        raise ConfigError(
+            f"no bars between start={config.start} and end={config.end}; the data covers "
+            f"{bars.index[0]} to {bars.index[-1]}"
+        )
+    return out
+
+
+class _Progress(bt.Analyzer):
+    """Calls ``callback(done, total)`` every ``every`` bars."""
+
+    params = (("callback", None), ("total", 0), ("every", 500))
+
+    def start(self):
+        self._n = 0
+
+    def next(self):
+        self._n += 1
+        if self._n % self.p.every == 0:
+            self.p.callback(self._n, self.p.total)
+
+    def stop(self):
+        self.p.callback(self._n, self.p.total)
+
+    def get_analysis(self):
+        return {}
+
+
+def build_cerebro(bars: pd.DataFrame, config: BacktestConfig, progress=None):
+    """A ready cerebro for ``config`` over ``bars`` (already selected); returns (cerebro, feed)."""
+    from .analyzers import add_analyzers
+    from .feeds import BarsFeed
+
+    _check_money("cash", config.cash)
+    _check_money("commission", config.commission, allow_zero=True)
+    _check_money("margin", config.margin)
+    _check_money("maintenance_margin", config.maintenance_margin)
+    _check_money("intraday_margin", config.intraday_margin)
+    _check_money("slippage_ticks", config.slippage_ticks, allow_zero=True)
+    if not isinstance(config.spec, ContractSpec):
+        raise ConfigError(f"spec must be a ContractSpec, got {config.spec!r}")
+
+    strat_cls = resolve_strategy(config.strategy)
+    params = dict(config.params)
+    if config.rth_only:
+        params["rth_only"] = True
+    validate = getattr(strat_cls, "validate_params", None)
+    params = validate(params) if validate else params
+    sizer_cls, sizer_params = _sizer(config)
+
+    overrides = {
+        k: v
+        for k, v in (
+            ("commission", config.commission),
+            ("margin", config.margin),
+            ("maintenance_margin", config.maintenance_margin),
+            ("intraday_margin", config.intraday_margin),
+        )
+        if v is not None
+    }
+    spec = config.spec
+    # a margin override moves initial and maintenance consistently with CME's 110% rule
+    if "margin" in overrides and "maintenance_margin" not in overrides:
+        overrides["maintenance_margin"] = min(spec.maintenance_margin, overrides["margin"])
+    if "maintenance_margin" in overrides and "margin" not in overrides:
+        overrides["margin"] = max(spec.initial_margin, overrides["maintenance_margin"])
+    comminfo = M2KCommInfo.from_spec(spec, **overrides)
+
+    cerebro = bt.Cerebro(runonce=config.runonce, preload=config.preload, stdstats=False)
+    feed = BarsFeed(dataname=bars)
+    cerebro.adddata(feed, name=spec.root)
+    cerebro.broker = FuturesBroker(cash=float(config.cash), slippage_ticks=config.slippage_ticks)
+    cerebro.broker.addcommissioninfo(comminfo)
+    cerebro.addstrategy(strat_cls, **params)
+    cerebro.addsizer(sizer_cls, **sizer_params)
+    add_analyzers(cerebro, minimal=not config.analyzers)
+    if progress is not None:
+        cerebro.addanalyzer(_Progress, _name="_progress", callback=progress, total=len(bars))
+    return cerebro, feed
+
+
+def _warnings(strategy, broker, data_report) -> list[str]:
+    out = []
+    for entry in data_report or []:
+        if isinstance(entry, dict):
+            out.append(
+                "data: line {line} {timestamp}: {problem} -> {action}".format(
+                    **{k: entry.get(k) for k in ("line", "timestamp", "problem", "action")}
+                )
+            )
+        else:
+            out.append(f"data: {entry}")
+    for ev in getattr(broker, "margin_events", []):
+        out.append(
+            f"{ev.kind} at {ev.dt}: equity ${ev.equity:,.2f} vs requirement "
+            f"${ev.requirement:,.2f} with {ev.contracts} contracts: {ev.action}"
+        )
+    for status, count in sorted(getattr(strategy, "order_rejections", {}).items()):
+        if count:
+            out.append(f"orders: {count} {status}")
+    return out
+
+
+def run_backtest(
+    bars: pd.DataFrame,
+    config: BacktestConfig | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> BacktestResult:
+    """Run one backtest; every user mistake raises an ``M2KError``."""
+    from .analyzers import metrics_from
+
+    config = config or BacktestConfig()
+    data_report = list(getattr(bars, "attrs", {}).get("report", []) or [])
+    selected = _select(bars, config)
+    cerebro, feed = build_cerebro(selected, config, progress)
+    t0 = time.perf_counter()
+    strategy = cerebro.run()[0]
+    elapsed = time.perf_counter() - t0
+
+    analysis = {}
+    for name in strategy.analyzers.getnames():
+        if name.startswith("_"):
+            continue
+        analysis[name] = _plain(strategy.analyzers.getbyname(name).get_analysis())
+    equity = _equity_frame(strategy)
+    broker = cerebro.broker
+    return BacktestResult(
+        config=config,
+        start_value=float(config.cash),
+        final_value=float(broker.getvalue()),
+        bars=len(selected),
+        first_dt=selected.index[0],
+        last_dt=selected.index[-1],
+        analysis=analysis,
+        metrics=metrics_from(analysis),
+        trades=list(getattr(strategy, "trade_log", [])),
+        equity=equity,
+        margin_events=list(getattr(broker, "margin_events", [])),
+        warnings=_warnings(strategy, broker, data_report),
+        cerebro=cerebro,
+        strategy=strategy,
+        elapsed=elapsed,
+        data_report=data_report,
+    )
+
+
+def _equity_frame(strategy) -> pd.DataFrame:
+    an = getattr(strategy.analyzers, "equity", None)
+    getter = getattr(an, "get_dataframe", None) if an is not None else None
+    if getter is not None:
+        return getter()
+    return pd.DataFrame(columns=["value", "cash", "position", "drawdown", "drawdown_pct"])
+
+
+def _plain(obj):
+    """Analyzer output as plain dicts/lists (backtrader's AutoOrderedDict included)."""
+    if isinstance(obj, dict):
+        return {str(k): _plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_plain(v) for v in obj]
+    return obj

@@ -1,0 +1,9 @@
+#!/usr/bin/env python
+"""Backtest M2K strategies: ``python run_backtest.py --help``."""
+
+import sys
+
+from m2k_bt.cli import main
+
+if __name__ == "__main__":
+    sys.exit(main())
