@@ -32,6 +32,11 @@ __all__ = [
     "build_cerebro",
     "run_backtest",
     "resolve_strategy",
+    "select_bars",
+    "collect_analysis",
+    "collect_warnings",
+    "equity_from",
+    "plain",
 ]
 
 #: Sizer names accepted by :class:`BacktestConfig` and the command line.
@@ -186,7 +191,7 @@ def _check_money(name: str, value, allow_zero: bool = False) -> None:
         raise ConfigError(f"{name} must be a number {bound}, got {value!r}")
 
 
-def _select(bars: pd.DataFrame, config: BacktestConfig) -> pd.DataFrame:
+def select_bars(bars: pd.DataFrame, config: BacktestConfig) -> pd.DataFrame:
     if not isinstance(bars, pd.DataFrame) or bars.empty:
         raise ConfigError("no bars to backtest: the data is empty")
     out = bars
@@ -243,8 +248,12 @@ class _Progress(bt.Analyzer):
         return {}
 
 
-def build_cerebro(bars: pd.DataFrame, config: BacktestConfig, progress=None):
-    """A ready cerebro for ``config`` over ``bars`` (already selected); returns (cerebro, feed)."""
+def build_cerebro(bars: pd.DataFrame | None, config: BacktestConfig, progress=None, feed=None):
+    """A ready cerebro for ``config``; returns (cerebro, feed).
+
+    The feed is ``BarsFeed(dataname=bars)`` (bars already selected), or ``feed`` when given (a
+    live ``QueueFeed``, say): everything else is the same, so a live run trades what a backtest
+    tests."""
     from .analyzers import add_analyzers
     from .feeds import BarsFeed
 
@@ -284,7 +293,8 @@ def build_cerebro(bars: pd.DataFrame, config: BacktestConfig, progress=None):
     comminfo = M2KCommInfo.from_spec(spec, **overrides)
 
     cerebro = bt.Cerebro(runonce=config.runonce, preload=config.preload, stdstats=False)
-    feed = BarsFeed(dataname=bars)
+    if feed is None:
+        feed = BarsFeed(dataname=bars)
     cerebro.adddata(feed, name=spec.root)
     cerebro.broker = FuturesBroker(cash=float(config.cash), slippage_ticks=config.slippage_ticks)
     cerebro.broker.addcommissioninfo(comminfo)
@@ -292,11 +302,12 @@ def build_cerebro(bars: pd.DataFrame, config: BacktestConfig, progress=None):
     cerebro.addsizer(sizer_cls, **sizer_params)
     add_analyzers(cerebro, minimal=not config.analyzers)
     if progress is not None:
-        cerebro.addanalyzer(_Progress, _name="_progress", callback=progress, total=len(bars))
+        total = len(bars) if bars is not None else 0
+        cerebro.addanalyzer(_Progress, _name="_progress", callback=progress, total=total)
     return cerebro, feed
 
 
-def _warnings(strategy, broker, data_report) -> list[str]:
+def collect_warnings(strategy, broker, data_report) -> list[str]:
     out = []
     for entry in data_report or []:
         if isinstance(entry, dict):
@@ -328,18 +339,14 @@ def run_backtest(
 
     config = config or BacktestConfig()
     data_report = list(getattr(bars, "attrs", {}).get("report", []) or [])
-    selected = _select(bars, config)
+    selected = select_bars(bars, config)
     cerebro, feed = build_cerebro(selected, config, progress)
     t0 = time.perf_counter()
     strategy = cerebro.run()[0]
     elapsed = time.perf_counter() - t0
 
-    analysis = {}
-    for name in strategy.analyzers.getnames():
-        if name.startswith("_"):
-            continue
-        analysis[name] = _plain(strategy.analyzers.getbyname(name).get_analysis())
-    equity = _equity_frame(strategy)
+    analysis = collect_analysis(strategy)
+    equity = equity_from(analysis)
     broker = cerebro.broker
     return BacktestResult(
         config=config,
@@ -353,7 +360,7 @@ def run_backtest(
         trades=list(getattr(strategy, "trade_log", [])),
         equity=equity,
         margin_events=list(getattr(broker, "margin_events", [])),
-        warnings=_warnings(strategy, broker, data_report),
+        warnings=collect_warnings(strategy, broker, data_report),
         cerebro=cerebro,
         strategy=strategy,
         elapsed=elapsed,
@@ -361,18 +368,27 @@ def run_backtest(
     )
 
 
-def _equity_frame(strategy) -> pd.DataFrame:
-    an = getattr(strategy.analyzers, "equity", None)
-    getter = getattr(an, "get_dataframe", None) if an is not None else None
-    if getter is not None:
-        return getter()
+def collect_analysis(strategy) -> dict:
+    """Every analyzer's output by name, as plain dicts (names starting with ``_`` skipped)."""
+    return {
+        name: plain(strategy.analyzers.getbyname(name).get_analysis())
+        for name in strategy.analyzers.getnames()
+        if not name.startswith("_")
+    }
+
+
+def equity_from(analysis: dict) -> pd.DataFrame:
+    from .analyzers import equity_frame
+
+    if "equity" in analysis:
+        return equity_frame(analysis["equity"])
     return pd.DataFrame(columns=["value", "cash", "position", "drawdown", "drawdown_pct"])
 
 
-def _plain(obj):
+def plain(obj):
     """Analyzer output as plain dicts/lists (backtrader's AutoOrderedDict included)."""
     if isinstance(obj, dict):
-        return {str(k): _plain(v) for k, v in obj.items()}
+        return {str(k): plain(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return [_plain(v) for v in obj]
+        return [plain(v) for v in obj]
     return obj

@@ -60,3 +60,29 @@ def pandas_feed(df: pd.DataFrame, **kwargs) -> bt.feeds.PandasData:
 @pytest.fixture
 def bars() -> pd.DataFrame:
     return make_bars()
+
+
+def rth_bars(start: str = "2024-02-20", end: str = "2024-03-28", seed: int = 1,
+             freq: str = "5min", vol: float = 0.002) -> pd.DataFrame:
+    """5-minute bars 09:35-16:00 New York on the weekdays of [start, end].
+
+    The default range has no CME holiday or early close, so the bars pass strict validation
+    (tick grid and Globex session) as a file written with :func:`write_bars_csv`.
+    """
+    days = pd.bdate_range(start, end)
+    stamps = [
+        t
+        for d in days
+        for t in pd.date_range(f"{d.date()} 09:35", f"{d.date()} 16:00", freq=freq, tz=NY)
+    ]
+    df = make_bars(len(stamps), seed=seed, vol=vol)
+    df.index = pd.DatetimeIndex(stamps, name="datetime")
+    return df
+
+
+def write_bars_csv(df: pd.DataFrame, path) -> str:
+    """Write bars as the generic CSV format (ISO timestamps with their UTC offset)."""
+    out = df.copy()
+    out.index = out.index.map(lambda t: t.isoformat())
+    out.to_csv(path, index_label="datetime")
+    return str(path)

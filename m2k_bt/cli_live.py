@@ -1,0 +1,262 @@
+"""``python run_backtest.py live --replay FILE --speed N [common args]``: paper trading on a stream.
+
+The bars of ``FILE`` are streamed by a :class:`~m2k_bt.live.ReplaySource` into a
+:class:`~m2k_bt.live.QueueFeed`; the strategy, sizer, ``FuturesBroker`` and ``M2KCommInfo`` are
+the ones a backtest of the same arguments uses (``engine.build_cerebro``), so what was
+backtested is what runs. Fills are printed as they happen; at the end (the stream is over,
+or Ctrl-C) the same report as a backtest is written, with two more analysis keys:
+
+- ``latency``: :class:`~m2k_bt.live.LiveLatency` (put -> order submitted, microseconds);
+- ``stream``: :meth:`~m2k_bt.live.QueueFeed.summary` (bars delivered, rejections, session
+  breaks, heartbeats, why the stream ended).
+
+Ctrl-C asks cerebro to stop (``cerebro.runstop()``) at the next bar or heartbeat: strategies
+and analyzers finish normally, the producer is stopped, and the report is written. A second
+Ctrl-C aborts at once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+
+import backtrader as bt
+import numpy as np
+import pandas as pd
+
+from .errors import ConfigError
+from .live import LiveLatency, QueueFeed, ReplaySource
+
+__all__ = ["FillPrinter", "build_parser", "live_cerebro", "run_live", "live_main"]
+
+
+class FillPrinter(bt.Analyzer):
+    """Prints each fill as the strategy is notified of it.
+
+    - ``stream`` (def: ``None``): file to write to; ``None`` is ``sys.stdout``.
+    """
+
+    params = (("stream", None),)
+
+    def start(self) -> None:
+        self.fills = 0
+
+    def notify_order(self, order) -> None:
+        if order.status != order.Completed:
+            return
+        self.fills += 1
+        ex = order.executed
+        side = "BUY " if order.isbuy() else "SELL"
+        dt = bt.num2date(ex.dt)
+        pos = self.strategy.getposition(order.data).size
+        out = self.p.stream or sys.stdout
+        print(f"fill {dt:%Y-%m-%d %H:%M:%S} {side} {abs(ex.size):g} {order.data._name or ''} "
+              f"@ {ex.price:.2f}  commission ${ex.comm:.2f}  position {pos:+g}", file=out,
+              flush=True)
+
+    def get_analysis(self) -> dict:
+        return {"fills": self.fills}
+
+
+def _bar_size(bars: pd.DataFrame) -> tuple[int, int]:
+    """(timeframe, compression) from the median bar spacing."""
+    if len(bars) < 2:
+        return bt.TimeFrame.Minutes, 1
+    minutes = float(np.median(np.diff(bars.index.asi8))) / 60e9
+    if minutes >= 24 * 60:
+        return bt.TimeFrame.Days, 1
+    return bt.TimeFrame.Minutes, max(1, int(round(minutes)))
+
+
+def live_cerebro(source, config, bars: pd.DataFrame | None = None, **feed_kw):
+    """A cerebro configured as ``engine.build_cerebro(bars, config)`` builds it for a backtest
+    (broker, commission, strategy, sizer, analyzers), but fed by ``QueueFeed(source=source,
+    **feed_kw)``, plus :class:`~m2k_bt.live.LiveLatency` as analyzer ``latency``. ``bars``
+    (the replayed frame, if any) sets the feed's bar size. Returns ``(cerebro, feed)``.
+    """
+    from .engine import build_cerebro
+
+    if bars is not None and len(bars) and not {"timeframe", "compression"} & set(feed_kw):
+        feed_kw["timeframe"], feed_kw["compression"] = _bar_size(bars)
+    feed_kw.setdefault("spec", config.spec)
+    feed = QueueFeed(source=source, **feed_kw)
+    # the backtest's cerebro, the stream in place of the backtest feed
+    cerebro, feed = build_cerebro(bars, config, feed=feed)
+    cerebro.addanalyzer(LiveLatency, _name="latency")
+    return cerebro, feed
+
+
+def _ny(dt):
+    return None if dt is None else pd.Timestamp(dt).tz_localize("America/New_York")
+
+
+def _install_sigint(cerebro, state: dict):
+    """Ctrl-C -> cerebro.runstop(); a second Ctrl-C raises KeyboardInterrupt. Main thread only."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+
+    def handler(signum, frame):
+        if state.get("interrupted"):
+            raise KeyboardInterrupt
+        state["interrupted"] = True
+        print("interrupted: stopping at the next bar or heartbeat (Ctrl-C again to abort)",
+              file=sys.stderr, flush=True)
+        cerebro.runstop()
+
+    return signal.signal(signal.SIGINT, handler)
+
+
+def run_live(source, config, bars: pd.DataFrame | None = None, fills=None, **feed_kw):
+    """Run ``config``'s strategy on ``source`` and return an ``engine.BacktestResult``.
+
+    ``fills``: stream to print fills on (``None``: stdout; ``False``: do not print). Ctrl-C
+    (in the main thread) stops the run cleanly; the result then lists ``"stopped by Ctrl-C"``
+    in its warnings. ``feed_kw`` go to :class:`~m2k_bt.live.QueueFeed`.
+    """
+    from .engine import BacktestResult, collect_analysis, collect_warnings, equity_from
+
+    cerebro, feed = live_cerebro(source, config, bars=bars, **feed_kw)
+    if fills is not False:
+        cerebro.addanalyzer(FillPrinter, _name="fills", stream=fills)
+    state: dict = {}
+    previous = _install_sigint(cerebro, state)
+    t0 = time.perf_counter()
+    try:
+        strategy = cerebro.run()[0]
+    except KeyboardInterrupt:
+        # a Ctrl-C that came outside the handler (second Ctrl-C, or not the main thread):
+        # finish what backtrader did not, so the report is still written
+        state["interrupted"] = True
+        strats = getattr(cerebro, "runningstrats", None) or []
+        if not strats:
+            raise
+        strategy = strats[0]
+        strategy._stop()
+        cerebro.broker.stop()
+        for data in cerebro.datas:
+            data.stop()
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
+        source.stop()
+    elapsed = time.perf_counter() - t0
+
+    analysis = collect_analysis(strategy)
+    analysis["stream"] = feed.summary()
+    broker = cerebro.broker
+    data_report = list(getattr(bars, "attrs", {}).get("report", []) or []) if bars is not None \
+        else []
+    warnings = collect_warnings(strategy, broker, data_report)
+    processed = len(strategy)  # a stop can come between a bar's arrival and the strategy's next
+    last_dt = strategy.datetime.datetime(0) if processed else None
+    if feed.delivered > processed:
+        warnings.append(f"{feed.delivered - processed} bar(s) received after the stop, "
+                        f"not traded")
+    if state.get("interrupted"):
+        warnings.append(f"stopped by Ctrl-C after {processed} bars")
+    elif feed.end_reason not in (None, "exhausted"):
+        warnings.append(f"stream ended early: {feed.end_reason} after {feed.delivered} bars")
+    for reason, count in sorted(feed.rejections.items()):
+        warnings.append(f"stream: {count} bar(s) rejected ({reason})")
+    try:
+        from .analyzers import metrics_from
+
+        metrics = metrics_from(analysis)
+    except (ImportError, KeyError, TypeError):
+        metrics = {}
+    return BacktestResult(
+        config=config,
+        start_value=float(config.cash),
+        final_value=float(broker.getvalue()),
+        bars=processed,
+        first_dt=_ny(feed.first_dt if processed else None),
+        last_dt=_ny(last_dt),
+        analysis=analysis,
+        metrics=metrics,
+        trades=list(getattr(strategy, "trade_log", [])),
+        equity=equity_from(analysis),
+        margin_events=list(getattr(broker, "margin_events", [])),
+        warnings=warnings,
+        cerebro=cerebro,
+        strategy=strategy,
+        elapsed=elapsed,
+        data_report=data_report,
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .cli import _Parser, add_common_args
+
+    p = _Parser(
+        prog="run_backtest.py live",
+        description="Paper-trade a strategy on a replayed stream of bars with the paper broker "
+        "(FuturesBroker + M2KCommInfo); prints fills as they happen and writes the backtest "
+        "report. Ctrl-C stops cleanly and still writes the report.",
+    )
+    g = p.add_argument_group("stream")
+    g.add_argument("--replay", required=True, metavar="FILE", help="bar file to stream")
+    g.add_argument("--speed", type=float, default=1.0,
+                   help="replay speed: 1 = real time (default), 60 = a minute per second, "
+                   "0 = as fast as possible")
+    g.add_argument("--max-wait", type=float, metavar="SECONDS",
+                   help="cap on any one pause of the replay (nights, weekends); default: none")
+    g.add_argument("--heartbeat", type=float, default=0.5, metavar="SECONDS",
+                   help="feed heartbeat: wait on an empty queue before handing back control (0.5)")
+    g.add_argument("--idle-timeout", type=float, metavar="SECONDS",
+                   help="end the run after this long without a bar (default: wait for ever)")
+    add_common_args(p)
+    return p
+
+
+def _line(stats: dict) -> str:
+    if not stats.get("count"):
+        return "no samples"
+    return (f"p50 {stats['p50_us']:,.0f} us  p99 {stats['p99_us']:,.0f} us  "
+            f"({stats['count']} bars)")
+
+
+def live_main(argv: list[str]) -> int:
+    """Entry point of ``run_backtest.py live``; returns the exit status."""
+    from .cli import config_from_args, default_out
+    from .engine import select_bars
+    from .report import write_outputs
+
+    args = build_parser().parse_args(argv)
+    if args.data and args.data != [args.replay]:
+        raise ConfigError("live streams --replay FILE; leave out --data (or give the same file)")
+    if args.speed is None or not np.isfinite(args.speed) or args.speed < 0:
+        raise ConfigError(f"--speed must be >= 0 (1 = real time, 0 = as fast as possible), "
+                          f"got {args.speed}")
+    if not args.heartbeat > 0:
+        raise ConfigError(f"--heartbeat must be seconds > 0, got {args.heartbeat}")
+    args.data = [args.replay]
+    bars, config = config_from_args(args)
+    selected = select_bars(bars, config)
+    selected.attrs = dict(bars.attrs)
+    source = ReplaySource(selected, speed=args.speed, max_wait=args.max_wait)
+    out = Path(args.out) if args.out else default_out(f"live-{config.strategy_name}")
+    if not args.quiet:
+        print(f"live: {len(selected)} bars from {args.replay} at speed {args.speed:g} "
+              f"({config.strategy_name}, {config.spec.root}); Ctrl-C stops and writes the report",
+              flush=True)
+    result = run_live(source, config, bars=selected, fills=False if args.quiet else None,
+                      qcheck=args.heartbeat, idle_timeout=args.idle_timeout)
+    paths = write_outputs(result, out, plot=not args.no_plot)
+    if not args.quiet:
+        from .report import build_report, format_summary
+
+        print(format_summary(build_report(result)))
+        lat = result.analysis["latency"]
+        stream = result.analysis["stream"]
+        print(f"latency put->order: {_line(lat)}; put->next: {_line(lat['next'])}")
+        print(f"stream: {stream['delivered']} bars, {stream['rejected']} rejected, "
+              f"{len(stream['session_breaks'])} session breaks, ended: "
+              f"{stream['end_reason'] or 'stopped'}")
+        for w in result.warnings:
+            print(f"warning: {w}")
+        print(f"outputs: {out} ({', '.join(sorted(Path(p).name for p in paths.values()))})")
+    return 0
