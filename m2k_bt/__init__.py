@@ -1,17 +1,140 @@
-"""m2k_bt: a Backtrader plugin pack for CME Micro E-mini Russell 2000 futures (M2K)."""
+"""m2k_bt: a Backtrader plugin pack for CME Micro E-mini Russell 2000 futures (M2K).
 
-from . import contracts, errors
-from .contracts import M2K, RTY, ContractSpec
-from .errors import ContractSpecError, DataFeedError, M2KError, ParameterError
+This module only re-exports; importing it changes nothing in backtrader. The optimisation
+modules (``m2k_bt.optimize``, ``m2k_bt.walkforward``, ``m2k_bt.overfitting``) need the
+``optimize`` extra and are imported from their modules.
+"""
+
+from . import (
+    analyzers,
+    broker,
+    commission,
+    contracts,
+    engine,
+    errors,
+    feeds,
+    indicators,
+    live,
+    report,
+    sessions,
+    sizers,
+    strategies,
+)
+from .analyzers import (
+    CostAnalyzer,
+    EquityCurve,
+    KellyLog,
+    MarginExposure,
+    ReturnsRisk,
+    TradeStats,
+    add_analyzers,
+    metrics_from,
+)
+from .broker import FuturesBroker, MarginEvent
+from .commission import M2KCommInfo
+from .contracts import (
+    M2K,
+    RTY,
+    ContractMonth,
+    ContractSpec,
+    contract_symbol,
+    expiry_date,
+    front_contract,
+    parse_symbol,
+    roll_date,
+)
+from .engine import BacktestConfig, BacktestResult, run_backtest
+from .errors import (
+    ConfigError,
+    ContractSpecError,
+    DataFeedError,
+    M2KError,
+    ParameterError,
+)
+from .feeds import BarsFeed, load_bars, resample_bars, validate_bars
+from .indicators import AdaptiveBollingerBands, BollingerBandsDdof, FibonacciLevels
+from .live import QueueFeed, ReplaySource
+from .report import build_report, format_summary, write_outputs
+from .sizers import FixedContracts, KellyDecision, KellySizer, kelly_fraction
+from .strategies import (
+    STRATEGIES,
+    AdaptiveBollinger,
+    BollingerReversion,
+    M2KStrategy,
+    SmaCrossover,
+)
+
+__version__ = "0.1.0"
 
 __all__ = [
+    # modules
+    "analyzers",
+    "broker",
+    "commission",
     "contracts",
+    "engine",
     "errors",
+    "feeds",
+    "indicators",
+    "live",
+    "report",
+    "sessions",
+    "sizers",
+    "strategies",
+    # contract facts
     "ContractSpec",
+    "ContractMonth",
     "M2K",
     "RTY",
+    "contract_symbol",
+    "expiry_date",
+    "front_contract",
+    "parse_symbol",
+    "roll_date",
+    # commission, margin, broker
+    "M2KCommInfo",
+    "FuturesBroker",
+    "MarginEvent",
+    # data
+    "load_bars",
+    "validate_bars",
+    "resample_bars",
+    "BarsFeed",
+    "QueueFeed",
+    "ReplaySource",
+    # strategies, indicators, sizers
+    "M2KStrategy",
+    "SmaCrossover",
+    "BollingerReversion",
+    "AdaptiveBollinger",
+    "STRATEGIES",
+    "BollingerBandsDdof",
+    "AdaptiveBollingerBands",
+    "FibonacciLevels",
+    "KellySizer",
+    "KellyDecision",
+    "FixedContracts",
+    "kelly_fraction",
+    # analyzers and reports
+    "TradeStats",
+    "CostAnalyzer",
+    "MarginExposure",
+    "KellyLog",
+    "ReturnsRisk",
+    "EquityCurve",
+    "add_analyzers",
+    "metrics_from",
+    "build_report",
+    "format_summary",
+    "write_outputs",
+    # running
+    "BacktestConfig",
+    "BacktestResult",
+    "run_backtest",
+    # errors
     "M2KError",
     "ContractSpecError",
     "DataFeedError",
     "ParameterError",
+    "ConfigError",
 ]

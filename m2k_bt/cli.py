@@ -8,6 +8,7 @@ exits with status 2; no traceback.
 from __future__ import annotations
 
 import argparse
+import json
 import datetime as _dt
 import os
 import re
@@ -257,9 +258,9 @@ def backtest_main(argv: list[str]) -> int:
     result = run_backtest(bars, config, progress=progress)
     paths = write_outputs(result, out, plot=not args.no_plot)
     if not args.quiet:
-        from .report import build_report
-
-        print(format_summary(build_report(result)))
+        # print what was saved, so the summary and report.json cannot differ
+        report = json.loads(Path(paths["report"]).read_text())
+        print(format_summary(report))
         print(f"outputs: {out}{os.sep} ({', '.join(sorted(Path(p).name for p in paths.values()))})")
     return 0
 

@@ -1,0 +1,372 @@
+"""Optuna search: space parsing, constraints, determinism, resume, worker pool and Dask."""
+
+from __future__ import annotations
+
+import json
+import math
+import multiprocessing as mp
+from dataclasses import dataclass, field
+
+import backtrader as bt
+import numpy as np
+import pandas as pd
+import pytest
+from conftest import make_bars
+
+from m2k_bt.errors import ConfigError, ParameterError
+from m2k_bt.optimize import (
+    ParamRange,
+    evaluate_params,
+    optimize,
+    parse_space,
+    study_storage_url,
+)
+
+optuna = pytest.importorskip("optuna")
+
+
+# ---------------------------------------------------------------- a fake engine
+# A deterministic stand-in for m2k_bt.engine.run_backtest, so search logic is tested exactly
+# and fast. Module-level so that spawned workers can unpickle it by reference.
+
+
+class FakeStrategy(bt.Strategy):
+    params = (("fast", 50), ("slow", 200), ("exit", "signal"))
+
+    @classmethod
+    def validate_params(cls, params: dict) -> dict:
+        if params.get("fast", 50) >= params.get("slow", 200):
+            raise ParameterError(f"fast ({params.get('fast')}) must be below slow")
+        return params
+
+
+@dataclass
+class FakeConfig:
+    strategy: object = FakeStrategy
+    params: dict = field(default_factory=dict)
+    cash: float = 25_000.0
+    analyzers: bool = True
+    start: str | None = None
+    end: str | None = None
+    resample: str | None = None
+    seed: int | None = None
+    strategy_name: str = "fake"
+
+
+@dataclass
+class FakeResult:
+    start_value: float
+    final_value: float
+    first_dt: object
+    last_dt: object
+    metrics: dict
+    equity: pd.DataFrame
+    strategy: object = None
+
+
+def fake_score(fast: int, slow: int) -> float:
+    """Peak at fast=30, slow=120."""
+    return 2.0 - ((fast - 30) / 10) ** 2 - ((slow - 120) / 40) ** 2
+
+
+def fake_run(bars: pd.DataFrame, config) -> FakeResult:
+    p = {"fast": 50, "slow": 200, **config.params}
+    score = fake_score(p["fast"], p["slow"])
+    # $5 per point on a position whose direction and size depend on the parameters
+    w = 1 + (p["fast"] % 3) - (p["slow"] % 2)
+    pnl = 5.0 * w * (bars["close"] - bars["close"].iloc[0])
+    value = config.cash + pnl + score * np.arange(len(bars))
+    equity = pd.DataFrame({"value": value.to_numpy()}, index=bars.index)
+    metrics = {
+        "sharpe": score,
+        "net_profit": float(value.iloc[-1] - config.cash),
+        "trades": 1 + p["fast"] // 10,
+    }
+    return FakeResult(
+        config.cash, float(value.iloc[-1]), bars.index[0], bars.index[-1], metrics, equity
+    )
+
+
+def hourly_bars(days: int = 40, seed: int = 0) -> pd.DataFrame:
+    return make_bars(24 * days, seed=seed, freq="1h")
+
+
+# ---------------------------------------------------------------- search space
+
+
+def test_parse_space_kinds():
+    s = parse_space(["fast=10:100:5", "devfactor=1.5:3.0:0.25", "exit=middle,signal", "x=2"])
+    assert s["fast"] == ParamRange("fast", "int", 10, 100, 5)
+    assert len(s["fast"].grid()) == 19  # (100 - 10) / 5 + 1
+    assert s["devfactor"].kind == "float" and s["devfactor"].grid() == [
+        1.5,
+        1.75,
+        2.0,
+        2.25,
+        2.5,
+        2.75,
+        3.0,
+    ]
+    assert s["exit"].grid() == ["middle", "signal"]
+    assert s["x"].grid() == [2]
+    assert str(s["devfactor"]) == "devfactor=1.5:3.0:0.25"
+
+
+def test_parse_space_errors():
+    with pytest.raises(ConfigError, match="LOW:HIGH"):
+        parse_space(["fast"])
+    with pytest.raises(ConfigError, match="above high"):
+        parse_space(["fast=100:10"])
+    with pytest.raises(ConfigError, match="step must be > 0"):
+        parse_space(["fast=10:100:0"])
+    with pytest.raises(ConfigError, match="needs a step"):
+        parse_space(["devfactor=1.5:3.0"])["devfactor"].grid()
+    with pytest.raises(ParameterError, match="did you mean 'fast'"):
+        parse_space(["fsat=10:20"], FakeStrategy)
+
+
+def test_default_space_for_real_strategies():
+    assert sorted(parse_space(None, "sma")) == ["fast", "slow"]
+    assert sorted(parse_space(None, "bollinger")) == ["devfactor", "period"]
+
+
+# ---------------------------------------------------------------- one trial
+
+
+def test_constraint_makes_trial_infeasible_without_a_backtest():
+    def must_not_run(bars, config):
+        raise AssertionError("a trial that breaks fast < slow must not be backtested")
+
+    out = evaluate_params(
+        hourly_bars(3), FakeConfig(), {"fast": 50, "slow": 40}, "sharpe", 1, must_not_run
+    )
+    assert out["value"] is None and out["infeasible"].startswith("constraint")
+
+
+def test_min_trades_makes_trial_infeasible():
+    # fast=10 -> 1 + 10 // 10 = 2 trades
+    bars = hourly_bars(3)
+    ok = evaluate_params(bars, FakeConfig(), {"fast": 10, "slow": 120}, "sharpe", 2, fake_run)
+    low = evaluate_params(bars, FakeConfig(), {"fast": 10, "slow": 120}, "sharpe", 3, fake_run)
+    assert ok["infeasible"] is None and ok["value"] == pytest.approx(fake_score(10, 120))
+    assert low["infeasible"] == "min_trades: 2 trades < 3"
+    assert len(ok["attrs"]["returns"]) == 4  # 3 days of hourly bars from 09:30 -> 4 trade dates
+
+
+# ---------------------------------------------------------------- studies
+
+
+def test_tpe_same_seed_same_trials_and_best():
+    bars = hourly_bars(5)
+    kw = dict(space=["fast=10:60:5", "slow=80:200:10"], trials=12, seed=7, workers=1)
+    a = optimize(bars, FakeConfig(), run_backtest=fake_run, quiet=True, **kw)
+    b = optimize(bars, FakeConfig(), run_backtest=fake_run, quiet=True, **kw)
+    assert a.best_params == b.best_params
+    assert a.trials["param_fast"].tolist() == b.trials["param_fast"].tolist()
+    assert a.n_complete + a.n_infeasible == 12
+
+
+def test_grid_finds_known_best_and_records_overfitting_stats(tmp_path):
+    bars = hourly_bars(30)
+    res = optimize(
+        bars,
+        FakeConfig(),
+        ["fast=10:50:10", "slow=40:160:40"],
+        sampler="grid",
+        workers=1,
+        out=tmp_path,
+        run_backtest=fake_run,
+        quiet=True,
+    )
+    # 5 x 4 = 20 points; fast >= slow is infeasible for (40, 40), (50, 40): 18 complete
+    assert (res.n_complete, res.n_infeasible) == (18, 2)
+    assert res.best_params == {"fast": 30, "slow": 120}
+    assert res.best_value == pytest.approx(2.0)
+    data = json.loads((tmp_path / "optimize.json").read_text())
+    assert data["best_params"] == {"fast": 30, "slow": 120}
+    assert 0.0 <= data["deflated_sharpe"]["dsr"] <= 1.0
+    assert data["deflated_sharpe"]["n_trials"] == 18
+    assert 0.0 <= data["pbo"]["pbo"] <= 1.0
+    assert (tmp_path / "study.db").exists()
+    trials = pd.read_csv(tmp_path / "trials.csv")
+    assert len(trials) == 20 and (trials["state"] == "PRUNED").sum() == 2
+
+
+def _killed_study(url: str, kill_at: int) -> None:
+    """Run in a child process: backtest number ``kill_at`` hard-kills the process, leaving its
+    trial RUNNING in the storage, as a power cut or kill -9 would."""
+    import os
+
+    calls = [0]
+
+    def dying_run(bars, config):
+        calls[0] += 1
+        if calls[0] == kill_at:
+            os._exit(1)
+        return fake_run(bars, config)
+
+    optimize(
+        hourly_bars(5),
+        FakeConfig(),
+        ["fast=10:40:10", "slow=100:140:20"],
+        trials=12,
+        sampler="grid",
+        storage=url,
+        study_name="resume",
+        workers=1,
+        run_backtest=dying_run,
+        quiet=True,
+        overfitting=False,
+    )
+
+
+@pytest.mark.parametrize("sampler", ["grid", "tpe"])
+def test_study_resumes_after_a_kill_without_losing_or_repeating(tmp_path, sampler):
+    url = study_storage_url(tmp_path)
+    space = ["fast=10:40:10", "slow=100:140:20"]  # 4 x 3 = 12 grid points
+    if sampler == "grid":
+        proc = mp.get_context("spawn").Process(target=_killed_study, args=(url, 4))
+        proc.start()
+        proc.join(60)
+        assert proc.exitcode == 1
+        study = optuna.load_study(study_name="resume", storage=url)
+        states = [t.state.name for t in study.trials]
+        assert states.count("COMPLETE") == 3 and states.count("RUNNING") == 1
+    else:
+        # an interruption inside the process (Ctrl-C) leaves the trial FAIL
+        calls = [0]
+
+        def interrupted(bars, config):
+            calls[0] += 1
+            if calls[0] == 3:
+                raise KeyboardInterrupt
+            return fake_run(bars, config)
+
+        with pytest.raises(KeyboardInterrupt):
+            optimize(
+                hourly_bars(5),
+                FakeConfig(),
+                space,
+                trials=12,
+                storage=url,
+                seed=1,
+                study_name="resume",
+                workers=1,
+                run_backtest=interrupted,
+                quiet=True,
+            )
+
+    res = optimize(
+        hourly_bars(5),
+        FakeConfig(),
+        space,
+        trials=12,
+        sampler=sampler,
+        seed=1,
+        storage=url,
+        study_name="resume",
+        workers=1,
+        run_backtest=fake_run,
+        quiet=True,
+        overfitting=False,
+    )
+    study = optuna.load_study(study_name="resume", storage=url)
+    done = [t for t in study.trials if t.state.name in ("COMPLETE", "PRUNED")]
+    assert len(done) == 12 == res.n_complete + res.n_infeasible
+    assert [t.state.name for t in study.trials].count("FAIL") == 1  # the interrupted one
+    interrupted_params = next(t.params for t in study.trials if t.state.name == "FAIL")
+    assert interrupted_params in [t.params for t in done]  # re-queued, not lost
+    if sampler == "grid":
+        keys = [(t.params["fast"], t.params["slow"]) for t in done]
+        assert len(set(keys)) == 12  # every grid point exactly once
+    # resuming a finished study runs nothing more
+    again = optimize(
+        hourly_bars(5),
+        FakeConfig(),
+        space,
+        trials=12,
+        sampler=sampler,
+        storage=url,
+        study_name="resume",
+        workers=1,
+        run_backtest=fake_run,
+        quiet=True,
+        overfitting=False,
+    )
+    assert again.n_complete + again.n_infeasible == 12
+
+
+def test_resume_refuses_a_different_space(tmp_path):
+    url = study_storage_url(tmp_path)
+    kw = dict(trials=2, storage=url, workers=1, run_backtest=fake_run, quiet=True)
+    optimize(hourly_bars(3), FakeConfig(), ["fast=10:40:10", "slow=100:140:20"], **kw)
+    with pytest.raises(ConfigError, match="already exists with space"):
+        optimize(hourly_bars(3), FakeConfig(), ["fast=10:50:10", "slow=100:140:20"], **kw)
+
+
+def test_local_pool_of_two_workers_runs_the_same_grid(tmp_path):
+    bars = hourly_bars(10)
+    space = ["fast=10:50:10", "slow=80:160:40"]
+    one = optimize(
+        bars, FakeConfig(), space, sampler="grid", workers=1, run_backtest=fake_run, quiet=True
+    )
+    two = optimize(
+        bars,
+        FakeConfig(),
+        space,
+        sampler="grid",
+        workers=2,
+        out=tmp_path,
+        run_backtest=fake_run,
+        quiet=True,
+    )
+    assert two.best_params == one.best_params == {"fast": 30, "slow": 120}
+    assert two.n_complete == one.n_complete == 15
+    study = optuna.load_study(study_name="m2k-fake", storage=study_storage_url(tmp_path))
+    keys = [tuple(sorted(t.params.items())) for t in study.trials]
+    assert len(keys) == len(set(keys)) == 15
+
+
+def test_dask_local_cluster_with_two_worker_processes_on_the_real_engine(tmp_path):
+    pytest.importorskip("distributed")
+    from m2k_bt.engine import BacktestConfig, run_backtest
+
+    bars = make_bars(1500, seed=3)
+    bars.index = bars.index.as_unit("ns")
+    cfg = BacktestConfig(strategy="sma", sizer="fixed")
+    space = ["fast=5:15:5", "slow=20:40:20"]  # 3 x 2 = 6 points
+    res = optimize(
+        bars, cfg, space, sampler="grid", dask="local", out=tmp_path, quiet=True, min_trades=0
+    )
+    assert res.n_complete + res.n_infeasible == 6
+    # the same backtests run here in this process give the same best value
+    direct = {
+        (f, s): run_backtest(bars, cfg.replace(params={"fast": f, "slow": s}, analyzers=False))
+        for f in (5, 10, 15)
+        for s in (20, 40)
+    }
+    best = max(
+        (r.metrics["sharpe"], k) for k, r in direct.items() if r.metrics["sharpe"] is not None
+    )
+    assert res.best_value == pytest.approx(best[0])
+    assert (res.best_params["fast"], res.best_params["slow"]) == best[1]
+
+
+def test_bad_settings_raise_config_errors():
+    bars = hourly_bars(3)
+    with pytest.raises(ConfigError, match="did you mean 'sharpe'"):
+        optimize(bars, FakeConfig(), ["fast=10:20"], objective="sharpee", run_backtest=fake_run)
+    with pytest.raises(ConfigError, match="--workers"):
+        optimize(bars, FakeConfig(), ["fast=10:20"], workers=0, run_backtest=fake_run)
+    with pytest.raises(ConfigError, match="no feasible trial"):
+        optimize(
+            bars,
+            FakeConfig(),
+            ["fast=10:20:10"],
+            sampler="grid",
+            min_trades=99,
+            workers=1,
+            run_backtest=fake_run,
+            quiet=True,
+        )
+    assert math.isfinite(fake_score(1, 1))

@@ -1,0 +1,205 @@
+"""Deflated Sharpe Ratio and PBO against the papers' numbers and hand-worked cases."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy.stats import kurtosis, norm, skew
+
+from m2k_bt.errors import ConfigError
+from m2k_bt.overfitting import (
+    EULER_GAMMA,
+    daily_returns,
+    deflated_sharpe_from_returns,
+    deflated_sharpe_ratio,
+    expected_max_sharpe,
+    probabilistic_sharpe_ratio,
+    probability_of_backtest_overfitting,
+    sharpe_ratio,
+)
+
+# ---------------------------------------------------------------- Deflated Sharpe Ratio
+
+
+def test_dsr_paper_worked_example():
+    # Bailey & Lopez de Prado (2014), numerical example: N = 100 trials, T = 1250 daily returns
+    # (5 years x 250 days), best annualised SR = 2.5, annualised V[SR_n] = 0.5, skew -3, kurt 10.
+    # Per day: SR = 2.5 / sqrt(250) = 0.158114; V = 0.5 / 250 = 0.002.
+    # SR* = sqrt(0.002) * ((1 - 0.5772) * Phi^-1(0.99) + 0.5772 * Phi^-1(1 - 1/(100 e)))
+    #     = 0.044721 * (0.4228 * 2.326348 + 0.5772 * 2.679345) = 0.113172
+    # z = (0.158114 - 0.113172) * sqrt(1249) / sqrt(1 + 3 * 0.158114 + 9/4 * 0.158114^2)
+    #   = 0.044942 * 35.341 / 1.23717 = 1.28382 -> DSR = Phi(1.28382) = 0.9004 (paper: 0.9004)
+    sr = 2.5 / math.sqrt(250)
+    assert expected_max_sharpe(100, 0.5 / 250) == pytest.approx(0.113172, abs=1e-6)
+    dsr = deflated_sharpe_ratio(sr, 1250, 100, 0.5 / 250, skew=-3, kurtosis=10)
+    assert dsr == pytest.approx(0.9004, abs=5e-5)
+
+
+def test_expected_max_sharpe_formula_written_out():
+    # N = 10, V = 1: (1 - g) * Phi^-1(0.9) + g * Phi^-1(1 - 1/(10 e))
+    n, g = 10, EULER_GAMMA
+    direct = (1 - g) * norm.ppf(1 - 1 / n) + g * norm.ppf(1 - 1 / (n * math.e))
+    assert expected_max_sharpe(10, 1.0) == pytest.approx(direct, rel=1e-12)
+    # scales with the standard deviation of the trials' Sharpe ratios
+    assert expected_max_sharpe(10, 0.04) == pytest.approx(0.2 * direct, rel=1e-12)
+
+
+def test_expected_max_sharpe_close_to_simulated_maximum():
+    # Independent check: the mean maximum of N = 100 standard normals, simulated, is ~2.508;
+    # the paper's closed form is an approximation within about 1%.
+    rng = np.random.default_rng(7)
+    simulated = rng.standard_normal((20_000, 100)).max(axis=1).mean()
+    assert expected_max_sharpe(100, 1.0) == pytest.approx(simulated, rel=0.02)
+
+
+def test_one_trial_reduces_to_psr_against_zero():
+    # N = 1: no selection bias, SR* = 0; DSR = PSR(0) = Phi(SR sqrt(T-1) / sqrt(1 - g3 SR + ...))
+    sr, t, g3, g4 = 0.08, 500, -0.5, 6.0
+    direct = norm.cdf(sr * math.sqrt(t - 1) / math.sqrt(1 - g3 * sr + (g4 - 1) / 4 * sr**2))
+    assert deflated_sharpe_ratio(sr, t, 1, 0.3, g3, g4) == pytest.approx(direct, rel=1e-12)
+    assert probabilistic_sharpe_ratio(sr, 0.0, t, g3, g4) == pytest.approx(direct, rel=1e-12)
+
+
+def test_psr_normal_returns_by_hand():
+    # Normal returns (skew 0, kurt 3): z = 0.1 * sqrt(100) / sqrt(1 + 0.5 * 0.01) = 0.997509
+    assert probabilistic_sharpe_ratio(0.1, 0.0, 101) == pytest.approx(norm.cdf(0.997509), abs=1e-6)
+    # SR equal to the benchmark: exactly one half
+    assert probabilistic_sharpe_ratio(0.05, 0.05, 300, -1.0, 8.0) == pytest.approx(0.5)
+
+
+def test_dsr_from_returns_matches_direct_scipy_computation():
+    rng = np.random.default_rng(3)
+    returns = pd.DataFrame(
+        rng.normal(0.0005, 0.01, (400, 12)), columns=[f"t{i}" for i in range(12)]
+    )
+    returns["t5"] += 0.002  # one trial with an edge
+    got = deflated_sharpe_from_returns(returns)
+
+    srs = returns.mean() / returns.std(ddof=1)
+    best = srs.idxmax()
+    r = returns[best].to_numpy()
+    g3, g4 = skew(r), kurtosis(r, fisher=False)
+    v = srs.var(ddof=1)
+    g = EULER_GAMMA
+    sr_star = math.sqrt(v) * ((1 - g) * norm.ppf(1 - 1 / 12) + g * norm.ppf(1 - 1 / (12 * math.e)))
+    z = (
+        (srs[best] - sr_star)
+        * math.sqrt(399)
+        / math.sqrt(1 - g3 * srs[best] + (g4 - 1) / 4 * srs[best] ** 2)
+    )
+    assert got.best == "t5" == best
+    assert got.sr == pytest.approx(srs[best])
+    assert got.sr_star == pytest.approx(sr_star)
+    assert got.dsr == pytest.approx(norm.cdf(z))
+    assert got.dsr < got.psr  # deflation for 12 trials lowers the probability
+    # declaring more trials than columns deflates further
+    assert deflated_sharpe_from_returns(returns, n_trials=500).dsr < got.dsr
+
+
+def test_sharpe_ratio_edges():
+    assert sharpe_ratio([0.01, 0.03]) == pytest.approx(0.02 / math.sqrt(2e-4))
+    assert math.isnan(sharpe_ratio([0.01]))
+    assert sharpe_ratio([0.0, 0.0, 0.0]) == 0.0
+    assert sharpe_ratio([0.01, 0.01]) == math.inf
+
+
+def test_dsr_input_errors_name_the_parameter():
+    with pytest.raises(ConfigError, match="n_trials"):
+        expected_max_sharpe(0, 1.0)
+    with pytest.raises(ConfigError, match="n_obs"):
+        probabilistic_sharpe_ratio(0.1, 0.0, 1)
+    with pytest.raises(ConfigError, match="annualised"):
+        probabilistic_sharpe_ratio(3.0, 0.0, 100, skew=2.0, kurtosis=3.0)
+
+
+# ---------------------------------------------------------------- PBO (CSCV)
+
+
+def test_pbo_hand_computed_s4():
+    # T = 4 periods, S = 4 blocks of one row, N = 3 trials, metric = total return.
+    m = np.array([[3.0, 4, 2], [0, 3, 4], [3, 6, 2], [4, 6, 7]])
+    # IS rows  IS totals   n*  OOS rows  OOS totals   OOS rank of n*  w=rank/4  lambda
+    # (0,1)    3  7  6     1   (2,3)     7 12  9      3              0.75      ln 3
+    # (0,2)    6 10  4     1   (1,3)     4  9 11      2              0.50      0
+    # (0,3)    7 10  9     1   (1,2)     3  9  6      3              0.75      ln 3
+    # (1,2)    3  9  6     1   (0,3)     7 10  9      3              0.75      ln 3
+    # (1,3)    4  9 11     2   (0,2)     6 10  4      1              0.25      -ln 3
+    # (2,3)    7 12  9     1   (0,1)     3  7  6      3              0.75      ln 3
+    # PBO = #(lambda <= 0) / 6 = 2 / 6
+    r = probability_of_backtest_overfitting(m, n_splits=4, metric="total")
+    ln3 = math.log(3)
+    assert r.n_combinations == 6
+    assert r.is_best == [1, 1, 1, 1, 2, 1]
+    assert r.logits == pytest.approx([ln3, 0.0, ln3, ln3, -ln3, ln3])
+    assert r.oos_performance == pytest.approx([12, 9, 9, 10, 4, 7])
+    assert r.pbo == pytest.approx(2 / 6)
+
+
+def test_pbo_hand_computed_s2_with_oos_tie():
+    # S = 2 (rows 0-1 | rows 2-3), N = 3, metric = mean.
+    m = np.array([[0.02, 0.01, 0.00], [0.02, 0.01, 0.00], [0.00, 0.01, 0.01], [0.00, 0.01, 0.01]])
+    # split 1: IS = rows 0-1, means (0.02, 0.01, 0) -> n* = 0; OOS means (0, 0.01, 0.01):
+    #          rank of trial 0 = 1 -> w = 1/4, lambda = -ln 3
+    # split 2: IS = rows 2-3, means (0, 0.01, 0.01) -> n* = 1 (first of the tie);
+    #          OOS means (0.02, 0.01, 0): rank 2 -> w = 1/2, lambda = 0
+    # PBO = 2 / 2 = 1
+    r = probability_of_backtest_overfitting(m, n_splits=2, metric="mean")
+    assert r.is_best == [0, 1]
+    assert r.logits == pytest.approx([-math.log(3), 0.0])
+    assert r.pbo == 1.0
+
+
+def test_pbo_dominant_strategy_is_zero():
+    # Trial 0 earns more than every other trial in every period, whatever the noise.
+    rng = np.random.default_rng(11)
+    base = rng.normal(0, 0.01, (240, 8))
+    base[:, 0] = base[:, 1:].max(axis=1) + 0.001
+    r = probability_of_backtest_overfitting(base, n_splits=8, metric="mean")
+    assert r.n_combinations == 70  # C(8, 4)
+    assert r.pbo == 0.0
+    assert all(b == 0 for b in r.is_best)
+
+
+def test_pbo_pure_noise_near_one_half():
+    rng = np.random.default_rng(2024)
+    noise = rng.normal(0, 0.01, (800, 40))
+    r = probability_of_backtest_overfitting(noise, n_splits=10)
+    assert r.n_combinations == 252  # C(10, 5)
+    assert 0.3 <= r.pbo <= 0.7
+
+
+def test_pbo_keeps_every_row_when_t_not_multiple_of_s():
+    rng = np.random.default_rng(5)
+    r = probability_of_backtest_overfitting(rng.normal(0, 1, (103, 4)), n_splits=4)
+    assert r.n_periods == 103 and r.n_combinations == 6
+
+
+def test_pbo_input_errors():
+    m = np.zeros((10, 3))
+    with pytest.raises(ConfigError, match="even"):
+        probability_of_backtest_overfitting(m, n_splits=3)
+    with pytest.raises(ConfigError, match="n_splits=16"):
+        probability_of_backtest_overfitting(m, n_splits=16)
+    with pytest.raises(ConfigError, match="N >= 2"):
+        probability_of_backtest_overfitting(np.zeros((10, 1)), n_splits=2)
+    with pytest.raises(ConfigError, match="metric"):
+        probability_of_backtest_overfitting(m, n_splits=2, metric="sortino")
+
+
+# ---------------------------------------------------------------- daily returns
+
+
+def test_daily_returns_use_cme_trade_dates():
+    idx = pd.DatetimeIndex(
+        ["2024-03-04 17:55", "2024-03-04 18:00", "2024-03-05 10:00", "2024-03-05 18:05"],
+        tz="America/New_York",
+    )
+    eq = pd.Series([25_000.0, 25_500.0, 25_250.0, 26_000.0], index=idx)
+    r = daily_returns(eq, start_value=25_000.0)
+    # 03-04: 25000 / 25000 - 1 = 0; 03-05 (18:00 bar onwards): 25250 / 25000 - 1 = 0.01;
+    # 03-06 (the 18:05 bar): 26000 / 25250 - 1 = 0.029703
+    assert [d.strftime("%m-%d") for d in r.index] == ["03-04", "03-05", "03-06"]
+    assert r.tolist() == pytest.approx([0.0, 0.01, 750 / 25_250])

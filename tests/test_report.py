@@ -1,0 +1,309 @@
+"""report.json, trades.csv, equity.csv and the text summary: consistent, valid, atomic."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import backtrader as bt
+import pytest
+from conftest import make_bars, pandas_feed
+from test_analyzers import CASH, PLAN, hand_bars, m2k_cerebro
+
+from m2k_bt.analyzers import add_analyzers, equity_frame, metrics_from
+from m2k_bt.contracts import M2K
+from m2k_bt.report import (
+    REPORT_JSON_SCHEMA,
+    REPORT_SCHEMA_VERSION,
+    TRADE_COLUMNS,
+    atomic_path,
+    build_report,
+    format_summary,
+    validate_report,
+    write_outputs,
+)
+
+
+@dataclass
+class FakeConfig:
+    strategy: Any = "Scripted"
+    params: dict = field(default_factory=lambda: {"plan": "hand"})
+    sizer: Any = None
+    sizer_params: dict = field(default_factory=dict)
+    spec: Any = M2K
+    cash: float = CASH
+    commission: float | None = None  # None: the spec's value is in force
+    margin: float | None = 770.0
+    maintenance_margin: float | None = 700.0
+    intraday_margin: float | None = None
+    slippage_ticks: float = 1.0
+    start: str | None = None
+    end: str | None = None
+    resample: str | None = None
+    rth_only: bool = False
+    seed: int | None = 7
+    data_path: str | None = "bars.csv"
+    data_rows: int = 17
+
+
+@dataclass
+class FakeResult:
+    config: Any
+    start_value: float
+    final_value: float
+    bars: int
+    first_dt: Any
+    last_dt: Any
+    analysis: dict
+    metrics: dict
+    trades: list
+    equity: Any
+    margin_events: list
+    warnings: list
+    cerebro: Any = None
+    strategy: Any = None
+
+
+def result_of(cerebro: bt.Cerebro, warnings=(), **cfg) -> FakeResult:
+    names = add_analyzers(cerebro)
+    strat = cerebro.run()[0]
+    analysis = {n: strat.analyzers.getbyname(n).get_analysis() for n in names}
+    eq = equity_frame(analysis["equity"])
+    return FakeResult(
+        config=FakeConfig(**cfg),
+        start_value=CASH,
+        final_value=cerebro.broker.getvalue(),
+        bars=len(strat),
+        first_dt=eq.index[0].to_pydatetime(),
+        last_dt=eq.index[-1].to_pydatetime(),
+        analysis=analysis,
+        metrics=metrics_from(analysis),
+        trades=list(getattr(strat, "trade_log", []) or []),
+        equity=eq,
+        margin_events=[],
+        warnings=list(warnings),
+        cerebro=cerebro,
+        strategy=strat,
+    )
+
+
+@pytest.fixture(scope="module")
+def hand_result() -> FakeResult:
+    # slippage 1 tick: see test_analyzers.test_costs_measure_slippage_exactly for the numbers
+    return result_of(m2k_cerebro(hand_bars(), PLAN, slip_points=0.1), warnings=["2 rows repaired"])
+
+
+def test_report_known_numbers_and_schema(hand_result):
+    report = build_report(hand_result)
+    assert validate_report(report) == []
+    assert report["schema"] == "m2k_bt/report"
+    assert report["schema_version"] == REPORT_SCHEMA_VERSION
+    res = report["results"]
+    # 4 trades: 102.52 - 16.24 - 6.24 + 56.28 = 136.32 at zero slippage, minus $5.50 slippage
+    assert res["net_profit"] == pytest.approx(130.82)
+    assert res["final_value"] == pytest.approx(CASH + 130.82)
+    assert res["trades"] == 4 and res["win_rate"] == pytest.approx(0.5)
+    assert res["commission"] == pytest.approx(8.68)  # 14 contract sides x 0.62
+    assert res["slippage"] == pytest.approx(5.50)
+    assert res["margin_calls"] == 0
+    inp = report["inputs"]
+    assert inp["contract"] == {
+        "root": "M2K",
+        "description": M2K.description,
+        "multiplier": 5.0,
+        "tick_size": 0.1,
+        "tick_value": 0.5,
+        "exchange": "CME",
+        "currency": "USD",
+    }
+    assert inp["costs"] == {"commission": 0.62, "slippage_ticks": 1.0}  # spec value in force
+    assert inp["margins"] == {"initial": 770.0, "maintenance": 700.0, "intraday": None}
+    assert inp["data"]["first_dt"] == "2024-03-04T10:00:00"
+    assert inp["data"]["bars"] == 17 and inp["data"]["rows"] == 17
+    assert inp["strategy"] == {"name": "Scripted", "params": {"plan": "hand"}}
+    assert inp["seed"] == 7
+    assert set(report["analyzers"]) == {"trades", "costs", "margin", "kelly", "returns"}
+    # the engine's warnings first, then the report's own: 17 one-minute bars are 1 trade date
+    assert report["warnings"] == [
+        "2 rows repaired",
+        "the run covers 1.0 trade dates: annualised figures (CAGR, Sharpe, Sortino, Calmar) "
+        "extrapolate it to a year",
+    ]
+    # plain JSON, no NaN
+    json.dumps(report, allow_nan=False)
+
+
+def test_schema_agrees_with_jsonschema(hand_result):
+    jsonschema = pytest.importorskip("jsonschema")
+    report = build_report(hand_result)
+    jsonschema.validate(report, REPORT_JSON_SCHEMA)
+    broken = json.loads(json.dumps(report))
+    del broken["results"]["sharpe"]
+    broken["warnings"].append(3)
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(broken, REPORT_JSON_SCHEMA)
+    problems = validate_report(broken)
+    assert "report.results: missing key 'sharpe'" in problems
+    last = len(broken["warnings"]) - 1
+    assert f"report.warnings[{last}]: expected string, got int" in problems
+
+
+def _summary_values(text: str) -> dict[str, str]:
+    out = {}
+    for line in text.splitlines()[2:]:
+        m = re.match(r"^(\S.*?)\s{2,}(.*)$", line)
+        if m:
+            out[m.group(1)] = m.group(2)
+    return out
+
+
+def _money(s: str) -> float:
+    s = s.split()[0]
+    neg = s.startswith("-")
+    return (-1 if neg else 1) * float(s.lstrip("-$").replace(",", ""))
+
+
+def test_outputs_consistent_between_summary_report_and_csvs(hand_result, tmp_path):
+    files = write_outputs(hand_result, tmp_path / "run", plot=False)
+    assert set(files) == {"report", "trades", "equity"}
+    report = json.loads(files["report"].read_text())
+    assert validate_report(report) == []
+    assert report["files"] == {"trades.csv": "trades", "equity.csv": "equity"}
+    res = report["results"]
+
+    with open(files["trades"], newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert list(rows[0])[: len(TRADE_COLUMNS)] == list(TRADE_COLUMNS)
+    assert len(rows) == res["trades"] == 4
+    # the run ends flat: trades' net P&L sums to final minus starting equity
+    net = sum(float(r["net_pnl"]) for r in rows)
+    assert net == pytest.approx(res["final_value"] - res["start_value"])
+    assert net == pytest.approx(res["net_profit"])
+    assert sum(float(r["commission"]) for r in rows) == pytest.approx(res["commission"])
+    assert rows[0]["entry_dt"] == "2024-03-04T10:01:00"
+    assert float(rows[0]["entry_price"]) == pytest.approx(2000.1)  # 2000.0 + 1 tick slippage
+
+    with open(files["equity"], newline="") as fh:
+        eq = list(csv.DictReader(fh))
+    assert list(eq[0]) == ["datetime", "value", "cash", "position", "close", "drawdown",
+                           "drawdown_pct"]  # fmt: skip
+    assert len(eq) == 17
+    assert float(eq[-1]["value"]) == pytest.approx(res["final_value"])
+    assert max(float(r["drawdown"]) for r in eq) == pytest.approx(res["max_drawdown"])
+
+    text = format_summary(report)
+    vals = _summary_values(text)
+    assert _money(vals["Final equity"]) == pytest.approx(res["final_value"], abs=0.005)
+    assert _money(vals["Net profit"]) == pytest.approx(res["net_profit"], abs=0.005)
+    assert _money(vals["Max drawdown"]) == pytest.approx(res["max_drawdown"], abs=0.005)
+    assert _money(vals["Expectancy"]) == pytest.approx(res["expectancy"], abs=0.005)
+    assert _money(vals["Commission"]) == pytest.approx(8.68)
+    assert int(vals["Trades"]) == 4
+    assert vals["Win rate"] == "50.00 %"
+    assert float(vals["Profit factor"]) == pytest.approx(res["profit_factor"], abs=0.005)
+    sharpe = res["sharpe"]
+    assert float(vals["Sharpe"]) == pytest.approx(sharpe, abs=0.005)
+    assert "2 rows repaired" in text
+    # no temporary files left behind
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == [
+        "equity.csv",
+        "report.json",
+        "trades.csv",
+    ]
+
+
+def test_summary_prints_none_as_na():
+    report = {
+        "results": {"start_value": 10000.0, "final_value": 10000.0, "sharpe": None,
+                    "trades": 0, "net_profit": 0.0, "expectancy": None},
+        "inputs": {"data": {"bars": 5}},
+        "warnings": [],
+    }  # fmt: skip
+    vals = _summary_values(format_summary(report))
+    assert vals["Sharpe"] == "n/a" and vals["Profit factor"] == "n/a"
+    assert vals["Expectancy"] == "n/a per trade"
+
+
+def test_strategy_trade_log_is_preferred_and_extra_columns_kept(hand_result, tmp_path):
+    log = [
+        {
+            "entry_dt": "2024-03-04T10:01:00",
+            "exit_dt": "2024-03-04T10:03:00",
+            "direction": "long",
+            "contracts": 2,
+            "entry_price": 2000.0,
+            "exit_price": 2010.5,
+            "gross_pnl": 105.0,
+            "commission": 2.48,
+            "net_pnl": 102.52,
+            "ticks": 105.0,
+            "bars_held": 2,
+            "exit_reason": "target",
+            "kelly_p": 0.55,
+            "kelly_b": 1.8,
+            "kelly_f": 0.1,
+            "mae_ticks": 4.0,
+        }
+    ]
+    fake = FakeResult(**{**hand_result.__dict__, "trades": log})
+    files = write_outputs(fake, tmp_path, plot=False)
+    with open(files["trades"], newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert len(rows) == 1
+    assert rows[0]["exit_reason"] == "target" and rows[0]["kelly_p"] == "0.55"
+    assert rows[0]["mae_ticks"] == "4.0"
+
+
+def test_report_warns_about_open_trades_and_nan_becomes_null():
+    # buy on bar 0 and never sell: the trade is open at the end
+    result = result_of(m2k_cerebro(hand_bars(), {0: 1}))
+    result.metrics["sharpe"] = math.nan
+    report = build_report(result)
+    assert report["results"]["sharpe"] is None
+    assert any("still open" in w for w in report["warnings"])
+    assert report["results"]["trades"] == 0
+    assert validate_report(report) == []
+
+
+def test_atomic_path_leaves_nothing_on_failure(tmp_path):
+    target = tmp_path / "report.json"
+    target.write_text("old")
+    with pytest.raises(RuntimeError):
+        with atomic_path(target) as tmp:
+            tmp.write_text("half")
+            raise RuntimeError("disk full")
+    assert target.read_text() == "old"
+    assert [p.name for p in tmp_path.iterdir()] == ["report.json"]
+
+
+def test_write_outputs_with_plots_on_a_real_run(tmp_path):
+    cerebro = bt.Cerebro()
+    cerebro.adddata(
+        pandas_feed(make_bars(400, seed=5), timeframe=bt.TimeFrame.Minutes, compression=5),
+        name="M2K",
+    )
+    cerebro.broker.setcash(CASH)
+    cerebro.broker.setcommission(
+        commission=0.62, margin=770, mult=5, commtype=bt.CommInfoBase.COMM_FIXED, stocklike=False
+    )
+    cerebro.addstrategy(_Alternate)
+    result = result_of(cerebro)
+    files = write_outputs(result, tmp_path)
+    assert set(files) == {"report", "trades", "equity", "plot", "equity_plot"}
+    for path in files.values():
+        assert Path(path).stat().st_size > 0
+    report = json.loads(files["report"].read_text())
+    assert report["files"]["plot.png"] == "plot"
+    assert not any("not written" in w for w in report["warnings"])
+    assert Path(files["plot"]).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+class _Alternate(bt.Strategy):
+    def next(self):
+        if len(self) % 25 == 1:
+            self.buy(size=1) if not self.position else self.close()

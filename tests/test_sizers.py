@@ -1,0 +1,218 @@
+"""Sizers: Kelly known answers, every cap binding in turn, no look-ahead, no-edge cases."""
+
+from __future__ import annotations
+
+import types
+
+import backtrader as bt
+import pytest
+from conftest import make_bars, pandas_feed
+
+from m2k_bt.errors import ParameterError
+from m2k_bt.sizers import FixedContracts, KellySizer, kelly_fraction
+from m2k_bt.strategies import BollingerReversion, SmaCrossover
+
+
+# ------------------------------------------------------------------ kelly_fraction
+def test_kelly_known_answer():
+    # (1.5 x 0.55 - 0.45) / 1.5 = (0.825 - 0.45) / 1.5 = 0.25
+    assert kelly_fraction(0.55, 1.5) == pytest.approx(0.25)
+
+
+@pytest.mark.parametrize("p,b", [(0.55, 1.5), (0.4, 2.0), (0.6, 0.5), (0.3, 1.0), (1.0, 3.0)])
+def test_kelly_equals_win_rate_form(p, b):
+    # f* = (b p - q) / b = p - (1 - p) / b
+    assert kelly_fraction(p, b) == pytest.approx(p - (1 - p) / b)
+
+
+@pytest.mark.parametrize("p,b", [(-0.1, 1.0), (1.1, 1.0), (0.5, 0.0), (0.5, -1.0),
+                                 (0.5, float("inf")), (True, 1.0)])
+def test_kelly_rejects(p, b):
+    with pytest.raises(ParameterError):
+        kelly_fraction(p, b)
+
+
+def test_zero_and_negative_edge():
+    assert kelly_fraction(0.5, 1.0) == pytest.approx(0.0)  # (1 x 0.5 - 0.5) / 1 = 0
+    assert kelly_fraction(0.4, 1.0) == pytest.approx(-0.2)  # (0.4 - 0.6) / 1
+
+
+# ------------------------------------------------------------------ KellySizer.decide
+def _trades(wins: int, losses: int, win=150.0, loss=-100.0, contracts=1):
+    return [{"net_pnl": win * contracts, "contracts": contracts, "exit_reason": "signal"}] * wins \
+        + [{"net_pnl": loss * contracts, "contracts": contracts, "exit_reason": "signal"}] * losses
+
+
+class _Bar:
+    """The one bar a sizer looks at: ``close[0]`` and ``datetime.datetime(0)``."""
+
+    def __init__(self, price: float) -> None:
+        self.close = [price]
+        self.datetime = types.SimpleNamespace(datetime=lambda ago: None)
+
+    def __len__(self) -> int:
+        return 1
+
+
+def _sizer(trades, equity=100_000.0, cash=None, stop_points=None, price=2000.0, position=0,
+           **params):
+    sizer = KellySizer(**params)
+    strategy = types.SimpleNamespace(
+        trade_log=trades,
+        stop_distance=lambda data: stop_points,
+        getposition=lambda data: types.SimpleNamespace(size=position),
+    )
+    broker = types.SimpleNamespace(getvalue=lambda: equity,
+                                   getcash=lambda: equity if cash is None else cash)
+    sizer.set(strategy, broker)
+    comminfo = types.SimpleNamespace(p=types.SimpleNamespace(mult=5.0),
+                                     get_margin=lambda price: 770.0)
+    return sizer, comminfo, _Bar(price)
+
+
+def decide(trades, isbuy=True, **kw):
+    sizer, comminfo, data = _sizer(trades, **kw)
+    return sizer.decide(comminfo, data, isbuy)
+
+
+def test_warmup_until_min_trades():
+    d = decide(_trades(11, 8), min_trades=20, warmup_contracts=2)
+    assert (d.binding, d.contracts, d.p, d.trades_used) == ("warmup", 2, None, 19)
+
+
+def test_kelly_binding_known_answer():
+    # 11 wins of $150, 9 losses of $100: p = 0.55, b = 1.5, f* = 0.25, half Kelly 0.125;
+    # risk = 20-point stop x $5 = $100; contracts = floor(0.125 x 10,000 / 100) = 12
+    d = decide(_trades(11, 9), equity=10_000.0, stop_points=20.0, max_exposure=100.0)
+    assert (d.p, d.b, d.f_star, d.f_used) == pytest.approx((0.55, 1.5, 0.25, 0.125))
+    assert (d.risk_per_contract, d.contracts, d.binding) == (100.0, 12, "kelly")
+
+
+def test_average_loss_is_the_risk_without_a_stop():
+    # no stop: risk = average losing trade per contract = $100 -> same 12 contracts
+    d = decide(_trades(11, 9, contracts=2), equity=10_000.0, max_exposure=100.0)
+    assert (d.risk_per_contract, d.contracts, d.binding) == (100.0, 12, "kelly")
+
+
+def test_max_fraction_binds():
+    # f* = 0.25, full Kelly (scale 1) capped at 0.1: floor(0.1 x 10,000 / 100) = 10
+    d = decide(_trades(11, 9), equity=10_000.0, kelly_scale=1.0, max_fraction=0.1,
+               max_exposure=100.0)
+    assert (d.f_used, d.contracts, d.binding) == (pytest.approx(0.1), 10, "max_fraction")
+
+
+def test_max_exposure_binds():
+    # Kelly says 12; notional cap floor(1.0 x 10,000 / (2000 x $5)) = 1 contract
+    d = decide(_trades(11, 9), equity=10_000.0, max_exposure=1.0)
+    assert (d.contracts, d.binding) == (1, "max_exposure")
+
+
+def test_margin_binds_and_reversal_frees_margin():
+    # Kelly 12, exposure cap floor(100 x 10,000 / 10,000) = 100, free cash $3,000 / $770 = 3
+    d = decide(_trades(11, 9), equity=10_000.0, cash=3_000.0, max_exposure=100.0)
+    assert (d.contracts, d.binding) == (3, "margin")
+    # reversing from 2 long: the close frees 2 x $770, (3,000 + 1,540) / 770 = 5.9 -> 5
+    d = decide(_trades(11, 9), isbuy=False, equity=10_000.0, cash=3_000.0, position=2,
+               max_exposure=100.0)
+    assert (d.contracts, d.binding) == (5, "margin")
+
+
+def test_max_contracts_binds():
+    d = decide(_trades(11, 9), equity=10_000.0, max_exposure=100.0, max_contracts=4)
+    assert (d.contracts, d.binding) == (4, "max_contracts")
+
+
+def test_zero_when_equity_too_small():
+    # floor(0.125 x 500 / 100) = floor(0.625) = 0
+    d = decide(_trades(11, 9), equity=500.0)
+    assert (d.contracts, d.binding) == (0, "zero")
+
+
+@pytest.mark.parametrize("wins,losses", [(10, 10), (8, 12), (0, 20)])
+def test_no_edge_means_no_trade(wins, losses):
+    # b = 1: p = 0.5 -> f* = 0; p = 0.4 -> f* = -0.2; no winner at all -> no edge
+    d = decide(_trades(wins, losses, win=100.0), equity=10_000.0)
+    assert (d.contracts, d.binding) == (0, "no_edge")
+
+
+def test_lookback_window_uses_latest_trades():
+    # 30 old losers then 11 wins / 9 losses: lookback 20 sees only the latest 20
+    d = decide(_trades(0, 30) + _trades(11, 9), lookback=20, equity=10_000.0, stop_points=20.0,
+               max_exposure=100.0)
+    assert (d.trades_used, d.p) == (20, pytest.approx(0.55))
+
+
+@pytest.mark.parametrize("params", [dict(lookback=0), dict(kelly_scale=1.5),
+                                    dict(min_trades=60), dict(max_exposure=-1)])
+def test_sizer_params_checked(params):
+    with pytest.raises(ParameterError):
+        KellySizer(**params)
+
+
+def test_fixed_contracts_rejects_zero():
+    with pytest.raises(ParameterError, match="contracts"):
+        FixedContracts(contracts=0)
+
+
+# ------------------------------------------------------------------ in a real run
+@pytest.mark.parametrize("runonce,preload", [(True, True), (False, False)])
+def test_kelly_in_cerebro_has_no_lookahead(runonce, preload):
+    df = make_bars(4000, seed=24)  # a seed whose first trades show an edge
+    cerebro = bt.Cerebro(stdstats=False)
+    cerebro.adddata(pandas_feed(df))
+    cerebro.broker.setcash(50_000.0)
+    cerebro.broker.setcommission(commission=0.62, margin=770.0, mult=5.0,
+                                 commtype=bt.CommInfoBase.COMM_FIXED, stocklike=False)
+    cerebro.addsizer(KellySizer, min_trades=5, lookback=10)
+    cerebro.addstrategy(BollingerReversion, stop_ticks=40)
+    strat = cerebro.run(runonce=runonce, preload=preload)[0]
+    sizer = strat.getsizer()
+    real = [t for t in strat.trade_log if t["exit_reason"] != "end"]
+    # real trades and paper trades of declined signals, in the order they closed
+    log = sorted(real + strat.shadow_log, key=lambda t: t["exit_dt"])
+    assert len(sizer.decisions) > 20 and {d.binding for d in sizer.decisions} - {"warmup"}
+    for d in sizer.decisions:
+        # only trades that closed at or before the decision's bar can be in its window
+        known = [t for t in log if t["exit_dt"] <= d.dt]
+        assert d.trades_used == min(10, len(known))
+        if d.p is not None:
+            window = known[-10:]
+            wins = sum(t["net_pnl"] > 0 for t in window)
+            assert d.p == pytest.approx(wins / len(window))
+    sized = [t for t in real if t["kelly_p"] is not None]
+    assert sized and all(t["contracts"] >= 1 for t in sized)
+
+
+def _sma_kelly_run(paper_trades: bool):
+    df = make_bars(6000, seed=5)
+    cerebro = bt.Cerebro(stdstats=False)
+    cerebro.adddata(pandas_feed(df))
+    cerebro.broker.setcash(50_000.0)
+    cerebro.broker.setcommission(commission=0.62, margin=770.0, mult=5.0,
+                                 commtype=bt.CommInfoBase.COMM_FIXED, stocklike=False)
+    cerebro.addsizer(KellySizer, min_trades=5, lookback=10, paper_trades=paper_trades)
+    cerebro.addstrategy(SmaCrossover, fast=5, slow=20)
+    strat = cerebro.run()[0]
+    return cerebro, strat, [d.binding for d in strat.getsizer().decisions]
+
+
+def test_declined_signals_are_paper_traded_so_kelly_can_resume():
+    # A losing stretch makes Kelly see no edge. Without paper trades no real trade closes
+    # again, the window never changes and every later decision is 'no_edge' ...
+    _, frozen, bindings = _sma_kelly_run(paper_trades=False)
+    first = bindings.index("no_edge")
+    assert set(bindings[first:]) == {"no_edge"}
+    # ... with them, the declined signals' paper results move the window and Kelly resumes.
+    cerebro, strat, bindings = _sma_kelly_run(paper_trades=True)
+    first = bindings.index("no_edge")
+    assert set(bindings[first:]) - {"no_edge"}
+    assert len(strat.trade_log) > len(frozen.trade_log)
+    for t in strat.shadow_log:
+        # one contract, net of two sides of $0.62: gross - 1.24
+        assert t["contracts"] == 1
+        sign = 1 if t["direction"] == "long" else -1
+        gross = (t["exit_price"] - t["entry_price"]) * sign * 5
+        assert t["net_pnl"] == pytest.approx(gross - 2 * 0.62)
+    # paper trades never reach the account: the real log still reconciles with equity
+    total = sum(t["net_pnl"] for t in strat.trade_log)
+    assert total == pytest.approx(cerebro.broker.getvalue() - 50_000.0)
