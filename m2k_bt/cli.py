@@ -8,8 +8,8 @@ exits with status 2; no traceback.
 from __future__ import annotations
 
 import argparse
-import json
 import datetime as _dt
+import json
 import os
 import re
 import sys
