@@ -248,6 +248,11 @@ class _Checker:
             )
 
 
+def _stamp_text(index: pd.DatetimeIndex) -> Callable[[int], str]:
+    """Lazy text of timestamp i (only built for flagged rows)."""
+    return lambda i: str(index[i])
+
+
 def _row_text(df: pd.DataFrame) -> Callable[[int], str]:
     """Lazy 'open=..., high=...' text of row i (only built for flagged rows)."""
     cols = [(c, df[c].to_numpy()) for c in _NUMERIC if c in df.columns]
@@ -322,7 +327,7 @@ def _validate(
 
     # 4. duplicates
     dup = np.asarray(df.index.duplicated(keep="first"))
-    chk.flag(dup, lines, df.index, "duplicate timestamp", np.asarray(df.index.astype(str)),
+    chk.flag(dup, lines, df.index, "duplicate timestamp", _stamp_text(df.index),
              "keep one bar per timestamp", "drop (keeping the first)")  # fmt: skip
     drop(dup)
 
@@ -377,7 +382,7 @@ def _validate(
             ok = in_globex_session(df.index)
             what = "bar outside the CME Globex session"
         bad = ~ok
-        chk.flag(bad, lines, df.index, what, np.asarray(df.index.astype(str)),
+        chk.flag(bad, lines, df.index, what, _stamp_text(df.index),
                  "remove bars outside Sunday 18:00-Friday 17:00 NY, the 17:00-18:00 break and "
                  "holidays (or pass tz= if the file is not New York time)", "drop")  # fmt: skip
         drop(bad)

@@ -705,9 +705,10 @@ def _preselect(bars: pd.DataFrame, config):
     """Apply start/end/resample once, so each trial does not redo them."""
     if not any(getattr(config, k, None) for k in ("start", "end", "resample")):
         return bars, config
-    from .engine import _select
+    from . import engine
 
-    return _select(bars, config), dataclasses.replace(config, start=None, end=None, resample=None)
+    select = getattr(engine, "select_bars", None) or engine._select
+    return select(bars, config), dataclasses.replace(config, start=None, end=None, resample=None)
 
 
 def optimize(
@@ -736,7 +737,8 @@ def optimize(
       fixed parameters.
     - ``space``: see :func:`parse_space` (def: the strategy's :data:`DEFAULT_SPACES`).
     - ``trials`` (def: ``50`` for TPE, the whole grid for ``"grid"``): finished trials wanted
-      in the study in total, counting those of earlier runs.
+      in the study in total, counting those of earlier runs; for TPE capped at the number of
+      distinct points when every parameter is discrete.
     - ``objective`` (def: ``"sharpe"``): a key of :data:`OBJECTIVES`.
     - ``sampler`` (def: ``"tpe"``): ``"tpe"`` or ``"grid"``.
     - ``workers`` (def: one per core): local worker processes; ignored with ``dask``.
@@ -772,6 +774,10 @@ def optimize(
         target = grid_size if trials is None else min(trials, grid_size)
     else:
         target = 50 if trials is None else trials
+        if isinstance(target, int) and all(r.kind != "float" or r.step for r in space.values()):
+            size = math.prod(len(r.grid()) for r in space.values())
+            if target > size:  # TPE would only repeat points
+                target = size
     if isinstance(target, bool) or not isinstance(target, int) or target < 1:
         raise ConfigError(f"--trials must be a whole number >= 1, got {trials!r}")
     bars, config = _preselect(bars, config)

@@ -115,6 +115,7 @@ class M2KStrategy(bt.Strategy, metaclass=_M2KStrategyMeta):
 
     **Rejections.** Margin, Rejected, Expired and broker-initiated Canceled orders are counted in
     ``order_rejections`` by status name and described in ``events``; the strategy carries on.
+    After a rejected entry it does not retry that direction until the signal changes.
     A liquidation submitted by :class:`m2k_bt.broker.FuturesBroker` (``order.info['margin_call']``)
     is logged with reason 'margin_call', and the strategy does not re-enter that direction until
     its signal changes.
@@ -532,9 +533,15 @@ class M2KStrategy(bt.Strategy, metaclass=_M2KStrategyMeta):
             return  # we cancelled it, or a bracket child went with its parent or sibling
         self.order_rejections[name] = self.order_rejections.get(name, 0) + 1
         side = "buy" if order.isbuy() else "sell"
+        entry = reason == "signal" and _sign(order.created.size) != -_sign(self.position.size)
+        if entry and status in (order.Margin, order.Rejected):
+            # retrying every bar would only repeat the rejection: wait for a new signal
+            self._blocked = _sign(order.created.size)
         self.events.append(
             f"{self._now()}: {name} {side} order of {abs(order.created.size):g} "
-            f"{self.data._name or 'data'} ({reason}); the strategy carries on"
+            f"{self.data._name or 'data'} ({reason}); "
+            + ("no new entry that way until the signal changes" if entry
+               else "the strategy carries on")
         )
 
     def _after_liquidation(self, order) -> None:

@@ -685,7 +685,7 @@ def plot_oos_equity(res: WalkForwardResult, path: str | Path) -> Path:
     eff = _fmt(res.efficiency)
     ax.set_title(f"Walk-forward out-of-sample equity ({len(res.folds)} folds, WFE {eff})")
     ax.set_ylabel("account value, $")
-    ax.legend(loc="upper left")
+    ax.legend(loc="best")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -370,3 +370,47 @@ def test_bad_settings_raise_config_errors():
             quiet=True,
         )
     assert math.isfinite(fake_score(1, 1))
+
+
+# ---------------------------------------------------------------- command line
+
+
+def _csv(tmp_path, n: int = 1500, seed: int = 5):
+    bars = make_bars(n, seed=seed)
+    bars.index = bars.index.tz_localize(None)
+    path = tmp_path / "bars.csv"
+    bars.to_csv(path)
+    return str(path)
+
+
+def test_cli_optimize_writes_outputs_and_resumes(tmp_path, capsys):
+    from m2k_bt.cli import main
+
+    out = tmp_path / "opt"
+    argv = ["optimize", "--data", _csv(tmp_path), "--lenient", "--sizer", "fixed",
+            "--space", "fast=5:10:5", "slow=20", "--sampler", "grid", "--workers", "1",
+            "--min-trades", "0", "--out", str(out)]  # fmt: skip
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "best sharpe" in printed and "deflated Sharpe ratio" in printed
+    for name in ("study.db", "trials.csv", "optimize.json"):
+        assert (out / name).exists(), name
+    first = json.loads((out / "optimize.json").read_text())
+    assert first["trials_complete"] == 2
+    # the same command again finds the finished study and runs nothing new
+    assert main(argv + ["--quiet"]) == 0
+    again = json.loads((out / "optimize.json").read_text())
+    assert again["trials_complete"] == 2 and again["best_params"] == first["best_params"]
+
+
+def test_cli_user_mistakes_exit_2_with_one_line(tmp_path, capsys):
+    from m2k_bt.cli import main
+
+    data = _csv(tmp_path, n=300)
+    assert main(["optimize", "--data", data, "--lenient", "--objective", "sharp"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "did you mean 'sharpe'" in err
+    assert main(["optimize", "--data", data, "--lenient", "--space", "fast"]) == 2
+    assert main(["optimize", "--data", data, "--lenient", "--trials", "0"]) == 2
+    assert main(["walkforward", "--data", data, "--lenient", "--is", "12M", "--oos", "3M"]) == 2
+    assert "no walk-forward fold fits" in capsys.readouterr().err
