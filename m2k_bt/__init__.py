@@ -9,6 +9,7 @@ from . import (
     analyzers,
     broker,
     commission,
+    continuous,
     contracts,
     engine,
     errors,
@@ -32,6 +33,7 @@ from .analyzers import (
 )
 from .broker import FuturesBroker, MarginEvent
 from .commission import M2KCommInfo
+from .continuous import build_continuous, calendar_checkdate, volume_checkcondition
 from .contracts import (
     M2K,
     RTY,
@@ -71,6 +73,7 @@ __all__ = [
     "analyzers",
     "broker",
     "commission",
+    "continuous",
     "contracts",
     "engine",
     "errors",
@@ -100,6 +103,9 @@ __all__ = [
     "validate_bars",
     "resample_bars",
     "BarsFeed",
+    "build_continuous",
+    "calendar_checkdate",
+    "volume_checkcondition",
     "QueueFeed",
     "ReplaySource",
     # strategies, indicators, sizers

@@ -66,7 +66,7 @@ def _bar_size(bars: pd.DataFrame) -> tuple[int, int]:
     """(timeframe, compression) from the median bar spacing."""
     if len(bars) < 2:
         return bt.TimeFrame.Minutes, 1
-    minutes = float(np.median(np.diff(bars.index.asi8))) / 60e9
+    minutes = float(np.median(np.diff(bars.index.as_unit("ns").asi8))) / 60e9
     if minutes >= 24 * 60:
         return bt.TimeFrame.Days, 1
     return bt.TimeFrame.Minutes, max(1, int(round(minutes)))

@@ -15,7 +15,8 @@ parameters (e.g. SmaCrossover's ``fast < slow``; no backtest is run), when it ma
 ``min_trades`` round trips, or when the objective is undefined (e.g. no Sharpe ratio without a
 return). Infeasible trials are recorded as Optuna ``PRUNED`` with the reason in the user
 attribute ``infeasible``; TPE treats them as the worst trials and they count towards
-``trials``. They take no part in DSR and PBO.
+``trials``. Their returns take no part in DSR and PBO, but those that ran a backtest count in
+the DSR's number of trials N (they were tried, then discarded).
 
 Where the study lives and who runs it:
 
@@ -662,8 +663,10 @@ class OptimizeResult:
             f"study {self.study_name}: {self.n_complete} complete, {self.n_infeasible} "
             f"infeasible, {self.n_failed} failed trials in {self.elapsed:.1f} s",
             f"best {self.objective} = {self.best_value:.4g} with {params}",
-            "  net profit ${:,.2f}, trades {}, max drawdown {}%".format(
-                m.get("net_profit") or 0.0, m.get("trades"), m.get("max_drawdown_pct")
+            "  net profit ${:,.2f}, trades {}, max drawdown {}".format(
+                m.get("net_profit") or 0.0,
+                m.get("trades"),
+                "n/a" if m.get("max_drawdown_pct") is None else f"{m['max_drawdown_pct']:.2f}%",
             ),
         ]
         if self.dsr:
@@ -996,7 +999,16 @@ def _overfitting(study, result: OptimizeResult, pbo_splits: int) -> None:
         result.notes.append("DSR and PBO need daily returns of 3+ trade dates; none computed")
         return
     try:
-        d = deflated_sharpe_from_returns(matrix, selected=best).as_dict()
+        # N counts every backtest the search ran and looked at, the infeasible ones (too few
+        # trades, undefined objective) included: they were tried and discarded, which is the
+        # selection the deflation corrects for. Constraint violations never ran: not counted.
+        ran = sum(
+            1
+            for t in study.get_trials(deepcopy=False)
+            if t.state.name in ("COMPLETE", "PRUNED") and "backtest" in t.user_attrs
+        )
+        n = max(ran, matrix.shape[1])
+        d = deflated_sharpe_from_returns(matrix, n_trials=n, selected=best).as_dict()
         d["sr_annualised"] = d["sr"] * math.sqrt(252)
         d["best"] = int(d["best"])
         result.dsr = d

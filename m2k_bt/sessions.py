@@ -70,7 +70,7 @@ def _schedule_cached(start: _dt.date, end: _dt.date) -> pd.DataFrame:
     sched = _calendar().schedule(start_date=start, end_date=end)
     sched = sched.tz_localize(None) if sched.index.tz is not None else sched
     for col in sched.columns:
-        sched[col] = sched[col].dt.tz_convert(NY)
+        sched[col] = pd.to_datetime(sched[col], utc=True).dt.tz_convert(NY)
     sched.index.name = "trade_date"
     return sched
 

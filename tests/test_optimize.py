@@ -414,3 +414,16 @@ def test_cli_user_mistakes_exit_2_with_one_line(tmp_path, capsys):
     assert main(["optimize", "--data", data, "--lenient", "--trials", "0"]) == 2
     assert main(["walkforward", "--data", data, "--lenient", "--is", "12M", "--oos", "3M"]) == 2
     assert "no walk-forward fold fits" in capsys.readouterr().err
+
+
+def test_real_engine_tpe_same_seed_same_best():
+    from m2k_bt.engine import BacktestConfig
+
+    bars = make_bars(1200, seed=8)
+    bars.index = bars.index.as_unit("ns")
+    cfg = BacktestConfig(strategy="sma", sizer="fixed")
+    kw = dict(space=["fast=5:20:5", "slow=25:60:5"], trials=4, seed=11, workers=1, quiet=True)
+    a = optimize(bars, cfg, min_trades=0, overfitting=False, **kw)
+    b = optimize(bars, cfg, min_trades=0, overfitting=False, **kw)
+    assert a.best_params == b.best_params and a.best_value == b.best_value
+    assert a.trials["param_fast"].tolist() == b.trials["param_fast"].tolist()

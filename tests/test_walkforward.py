@@ -211,3 +211,61 @@ def test_real_engine_walk_forward_small(tmp_path):
     for a, b in zip(res.folds, res.folds[1:]):
         assert b["oos_start_value"] == pytest.approx(a["oos_final_value"])
     assert res.oos_equity["value"].iloc[-1] == pytest.approx(res.final_value)
+
+
+def test_fold_without_a_feasible_trial_stays_flat_and_says_so():
+    bars = make_bars(24 * 30, seed=1, freq="1h")
+    res = walk_forward(
+        bars,
+        FakeConfig(),
+        ["fast=10", "slow=120"],
+        in_sample="480b",
+        out_of_sample="240b",
+        sampler="grid",
+        workers=1,
+        min_trades=99,
+        run_backtest=fake_run,
+    )
+    assert len(res.folds) == 1 and res.folds[0]["best_params"] == {}
+    assert res.final_value == res.start_value == 25_000.0
+    assert (res.oos_equity["value"] == 25_000.0).all()
+    assert res.skipped == ["fold 0: no feasible in-sample trial, flat out of sample"]
+
+
+def test_cli_walkforward_by_fold_count_writes_every_output(tmp_path, capsys):
+    from m2k_bt.cli import main
+
+    bars = make_bars(1500, seed=6)
+    bars.index = bars.index.tz_localize(None)
+    bars.to_csv(tmp_path / "bars.csv")
+    out = tmp_path / "wf"
+    argv = [
+        "walkforward",
+        "--data",
+        str(tmp_path / "bars.csv"),
+        "--lenient",
+        "--sizer",
+        "fixed",
+        "--space",
+        "fast=5:10:5",
+        "slow=20",
+        "--sampler",
+        "grid",
+        "--workers",
+        "1",
+        "--min-trades",
+        "0",
+        "--folds",
+        "2",
+        "--out",
+        str(out),
+    ]
+    assert main(argv) == 0
+    assert "walk-forward efficiency" in capsys.readouterr().out
+    for name in ("study.db", "walkforward.json", "folds.csv", "oos_equity.csv", "oos_equity.png"):
+        assert (out / name).exists(), name
+    data = json.loads((out / "walkforward.json").read_text())
+    assert len(data["folds"]) == 2
+    # rolling folds by count: in-sample 4x out-of-sample, OOS windows back to back
+    f0, f1 = data["folds"]
+    assert f0["is_bars"] == 4 * f0["oos_bars"] and f0["oos_end"] == f1["oos_start"]
