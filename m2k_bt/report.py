@@ -62,7 +62,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from .analyzers import equity_frame, metrics_from
+from .analyzers import METRIC_KEYS, equity_frame, metrics_from
 
 __all__ = [
     "REPORT_SCHEMA_VERSION",
@@ -96,6 +96,11 @@ TRADE_COLUMNS = (
     "kelly_b",
     "kelly_f",
 )
+
+#: Keys of ``report["results"]``: the equity, the headline metrics, the costs, margin calls.
+RESULT_KEYS = ("start_value", "final_value", *METRIC_KEYS, "commission", "slippage",
+               "margin_calls")
+_COUNT_KEYS = ("win_rate", "trades", "margin_calls")  # typed separately below
 
 _NUM = ["number", "null"]
 _INT = ["integer", "null"]
@@ -178,47 +183,9 @@ REPORT_JSON_SCHEMA: dict[str, Any] = {
         },
         "results": {
             "type": "object",
-            "required": [
-                "start_value",
-                "final_value",
-                "net_profit",
-                "return_pct",
-                "cagr",
-                "sharpe",
-                "sortino",
-                "calmar",
-                "sqn",
-                "profit_factor",
-                "win_rate",
-                "trades",
-                "max_drawdown",
-                "max_drawdown_pct",
-                "expectancy",
-                "commission",
-                "slippage",
-                "margin_calls",
-            ],
+            "required": list(RESULT_KEYS),
             "properties": {
-                **{
-                    k: {"type": _NUM}
-                    for k in (
-                        "start_value",
-                        "final_value",
-                        "net_profit",
-                        "return_pct",
-                        "cagr",
-                        "sharpe",
-                        "sortino",
-                        "calmar",
-                        "sqn",
-                        "profit_factor",
-                        "max_drawdown",
-                        "max_drawdown_pct",
-                        "expectancy",
-                        "commission",
-                        "slippage",
-                    )
-                },
+                **{k: {"type": _NUM} for k in RESULT_KEYS if k not in _COUNT_KEYS},
                 "win_rate": {"type": _NUM, "minimum": 0, "maximum": 1},
                 "trades": {"type": _INT, "minimum": 0},
                 "margin_calls": {"type": _INT, "minimum": 0},
