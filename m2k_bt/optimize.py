@@ -102,7 +102,7 @@ OBJECTIVES = {
 DEFAULT_SPACES = {
     "sma": ("fast=10:100:5", "slow=50:300:10"),
     "bollinger": ("period=10:60:5", "devfactor=1.5:3.0:0.25"),
-    "adaptive": ("period=10:60:5", "devfactor=1.5:3.0:0.25"),
+    "adaptive": ("period_high=16:40:4", "period_low=8:14:2", "devfactor=1.5:3.0:0.25"),
 }
 
 #: Default PBO block count S (C(16, 8) = 12,870 splits).

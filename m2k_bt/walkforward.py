@@ -25,6 +25,11 @@ Decisions, stated:
   that value as cash.
 - **A partial last fold** is kept when its out-of-sample window holds at least half of its
   nominal calendar length (or bar count); shorter tails are left out and reported.
+- **A fold with no feasible in-sample trial** (e.g. too few trades everywhere) does not trade
+  out of sample: its equity stays flat and ``skipped`` says so.
+- **Overfitting statistics** (DSR, PBO) are computed by :func:`m2k_bt.optimize.optimize` for a
+  whole study; per fold they are left out (in-sample windows are short and the OOS result is
+  the real test).
 - **Walk-forward efficiency** per fold is the annualised out-of-sample return over the
   annualised in-sample return of the best trial (``None`` when the in-sample figure is <= 0);
   overall, the annualised return of the stitched out-of-sample curve over the mean annualised
@@ -55,6 +60,7 @@ __all__ = [
     "Fold",
     "parse_window",
     "split_folds",
+    "folds_for_count",
     "WalkForwardResult",
     "walk_forward",
     "annualised_return",

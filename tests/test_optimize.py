@@ -332,7 +332,6 @@ def test_dask_local_cluster_with_two_worker_processes_on_the_real_engine(tmp_pat
     from m2k_bt.engine import BacktestConfig, run_backtest
 
     bars = make_bars(1500, seed=3)
-    bars.index = bars.index.as_unit("ns")
     cfg = BacktestConfig(strategy="sma", sizer="fixed")
     space = ["fast=5:15:5", "slow=20:40:20"]  # 3 x 2 = 6 points
     res = optimize(
@@ -420,7 +419,6 @@ def test_real_engine_tpe_same_seed_same_best():
     from m2k_bt.engine import BacktestConfig
 
     bars = make_bars(1200, seed=8)
-    bars.index = bars.index.as_unit("ns")
     cfg = BacktestConfig(strategy="sma", sizer="fixed")
     kw = dict(space=["fast=5:20:5", "slow=25:60:5"], trials=4, seed=11, workers=1, quiet=True)
     a = optimize(bars, cfg, min_trades=0, overfitting=False, **kw)

@@ -193,7 +193,6 @@ def test_real_engine_walk_forward_small(tmp_path):
     from m2k_bt.engine import BacktestConfig
 
     bars = make_bars(1800, seed=9)
-    bars.index = bars.index.as_unit("ns")
     cfg = BacktestConfig(strategy="sma", sizer="fixed")
     res = walk_forward(
         bars,

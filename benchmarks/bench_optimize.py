@@ -1,0 +1,141 @@
+#!/usr/bin/env python
+"""Optimisation throughput (GitHub issue #6): trials per minute with 1 and 2 local workers.
+
+::
+
+    .venv/bin/python benchmarks/bench_optimize.py                  # 1 and 2 workers
+    .venv/bin/python benchmarks/bench_optimize.py --dask           # and a Dask LocalCluster
+    .venv/bin/python benchmarks/bench_optimize.py --start 2024-01-01 --end 2024-03-31
+
+Every run searches the same grid (SmaCrossover ``fast`` x ``slow``, 12 points by default) on
+the same bars (the bundled ``datafeeds/m2k_5min.csv.gz``, one quarter by default), so each run
+does exactly the same backtests whatever the worker count: the grid is deterministic, TPE with
+several workers is not. Each run gets a fresh SQLite study in a temporary folder. Wall time
+includes starting the worker processes (spawn), sending them the bars and Optuna's storage
+bookkeeping, as a user of ``run_backtest.py optimize --workers N`` pays it. ``backtest s``
+is the median time of one backtest inside a trial.
+
+Prints a table; nothing is asserted (speed is measured, not asserted). A CPU check first
+measures how much parallel capacity two processes really get at that moment (the machine may
+be shared), so the speed-up can be read against it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+sys.path.insert(0, str(ROOT))
+
+
+def run_once(bars, config, space, workers: int | None, dask: str | None) -> dict:
+    from m2k_bt.optimize import optimize
+
+    with tempfile.TemporaryDirectory(prefix="bench-opt-") as tmp:
+        t0 = time.perf_counter()
+        res = optimize(
+            bars,
+            config,
+            space,
+            sampler="grid",
+            workers=workers or 1,
+            dask=dask,
+            out=tmp,
+            quiet=True,
+            min_trades=0,
+            overfitting=False,
+        )
+        wall = time.perf_counter() - t0
+    n = res.n_complete + res.n_infeasible
+    per_trial = [v for v in res.trials["elapsed_s"].tolist() if v == v and v is not None]
+    return {
+        "trials": n,
+        "wall_s": wall,
+        "trials_per_min": 60.0 * n / wall,
+        "backtest_s": statistics.median(per_trial) if per_trial else float("nan"),
+        "best": res.best_params,
+    }
+
+
+def _burn(n: int = 20_000_000) -> float:
+    t0 = time.perf_counter()
+    s = 0
+    for i in range(n):
+        s += i
+    return time.perf_counter() - t0
+
+
+def cpu_capacity() -> float:
+    """How many cores' worth of pure-Python work two processes get right now (2.0 on an idle
+    2-core machine; ~1 when another process or SMT sibling takes the second core)."""
+    import multiprocessing as mp
+
+    one = _burn()
+    with mp.get_context("spawn").Pool(2) as pool:
+        two = pool.map(_burn, [20_000_000, 20_000_000])
+    return 2 * one / max(two)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[1])
+    p.add_argument("--data", default=str(ROOT / "datafeeds" / "m2k_5min.csv.gz"))
+    p.add_argument("--start", default="2024-01-01")
+    p.add_argument("--end", default="2024-03-31")
+    p.add_argument("--space", nargs="+", default=["fast=10:40:10", "slow=100:200:50"])
+    p.add_argument("--workers", nargs="+", type=int, default=[1, 2])
+    p.add_argument("--dask", action="store_true", help="also run on a 2-process LocalCluster")
+    args = p.parse_args(argv)
+
+    from m2k_bt.engine import BacktestConfig
+    from m2k_bt.feeds import load_bars
+    from m2k_bt.optimize import _preselect
+
+    bars = load_bars(args.data)
+    config = BacktestConfig(strategy="sma", start=args.start, end=args.end)
+    bars, config = _preselect(bars, config)
+    print(
+        f"data: {Path(args.data).name}, {len(bars):,} bars {bars.index[0]} .. {bars.index[-1]}; "
+        f"space {' '.join(args.space)}; cores {os.cpu_count()}"
+    )
+    capacity = cpu_capacity()
+    print(f"CPU check: 2 processes of pure Python get {capacity:.2f} cores' worth of work")
+    rows = []
+    for w in args.workers:
+        rows.append(
+            (
+                f"local, {w} worker{'s' if w > 1 else ''}",
+                run_once(bars, config, args.space, w, None),
+            )
+        )
+    if args.dask:
+        rows.append(
+            ("dask LocalCluster, 2 procs", run_once(bars, config, args.space, None, "local"))
+        )
+    load = os.getloadavg()
+    base = rows[0][1]["trials_per_min"]
+    print(
+        f"{'runner':<28} {'trials':>6} {'wall s':>8} {'trials/min':>10} {'speed-up':>8} "
+        f"{'backtest s':>10}  best"
+    )
+    for name, r in rows:
+        print(
+            f"{name:<28} {r['trials']:>6} {r['wall_s']:>8.1f} {r['trials_per_min']:>10.1f} "
+            f"{r['trials_per_min'] / base:>7.2f}x {r['backtest_s']:>10.2f}  {r['best']}"
+        )
+    print(
+        f"load average after the runs: {load[0]:.2f} (1 min), {load[1]:.2f} (5 min) on "
+        f"{os.cpu_count()} cores (our own workers included); the speed-up can at best reach "
+        f"the CPU check's figure"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
