@@ -77,6 +77,10 @@ def _as_time(name: str, value) -> _dt.time:
     raise ParameterError(f"{name} must be a time like '09:30', got {value!r}")
 
 
+def _day_fraction(t: _dt.time) -> float:
+    return (t.hour * 3600 + t.minute * 60 + t.second + t.microsecond / 1e6) / 86400.0
+
+
 class FuturesBroker(bt.brokers.BackBroker):
     """``BackBroker`` plus maintenance margin, intraday margin and tick slippage.
 
@@ -113,7 +117,10 @@ class FuturesBroker(bt.brokers.BackBroker):
             raise ParameterError(
                 f"intraday_start {self._win_start} must be before intraday_end {self._win_end}"
             )
+        self._win_start_frac = _day_fraction(self._win_start)
+        self._win_end_frac = _day_fraction(self._win_end)
         super().__init__()
+        self._any_intraday: bool | None = None  # decided on the first bar
         self.margin_events: list[MarginEvent] = []
         self._owners: dict = {}
         self._forced: dict = {}
@@ -121,6 +128,7 @@ class FuturesBroker(bt.brokers.BackBroker):
 
     def start(self):
         super().start()
+        self._any_intraday = None
         self.margin_events = []
         self._owners = {}
         self._forced = {}
@@ -137,9 +145,16 @@ class FuturesBroker(bt.brokers.BackBroker):
 
     # -- the bar cycle ----------------------------------------------------------------------
     def next(self):
-        closing = self._update_regime()
+        if self._any_intraday is None:
+            self._any_intraday = any(
+                getattr(ci.p, "intraday_margin", None) is not None for ci in self.comminfo.values()
+            )
+        closing = self._update_regime() if self._any_intraday else ()
         super().next()
-        self._check_margins(closing)
+        if closing or any(pos.size for pos in self.positions.values()):
+            self._check_margins(closing)
+        elif self._negative and self.getvalue() >= 0:
+            self._negative = False
 
     def _datas(self):
         seen = dict.fromkeys(self.positions)
@@ -151,8 +166,9 @@ class FuturesBroker(bt.brokers.BackBroker):
         return [d for d in seen if len(d)]
 
     def _in_window(self, data) -> bool:
-        t = data.datetime.datetime(0).time()
-        return self._win_start <= t < self._win_end
+        # fraction of the day of backtrader's float time; 1e-7 day (9 ms) absorbs float noise
+        frac = data.datetime[0] % 1.0 + 1e-7
+        return self._win_start_frac <= frac < self._win_end_frac
 
     def _update_regime(self) -> list:
         """Set each commission info's intraday flag for this bar; rebase cash so that equity is

@@ -255,7 +255,7 @@ def backtest_main(argv: list[str]) -> int:
     bars, config = config_from_args(args)
     out = Path(args.out) if args.out else default_out(config.strategy_name)
     progress = ProgressBar("bars", enabled=not args.quiet)
-    result = run_backtest(bars, config, progress=progress)
+    result = run_backtest(bars, config, progress=progress if progress.enabled else None)
     paths = write_outputs(result, out, plot=not args.no_plot)
     if not args.quiet:
         # print what was saved, so the summary and report.json cannot differ

@@ -390,5 +390,7 @@ def plain(obj):
     if isinstance(obj, dict):
         return {str(k): plain(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
+        if obj and not isinstance(obj[0], (dict, list, tuple)):
+            return list(obj)  # a column of scalars (an equity curve): no per-item walk
         return [plain(v) for v in obj]
     return obj

@@ -25,6 +25,7 @@ N-minute, hourly and daily (CME trade date) bars without crossing the 17:00-18:0
 
 from __future__ import annotations
 
+import array
 import bisect
 import gzip
 import io
@@ -526,6 +527,11 @@ def load_bars(
 _EPOCH_ORDINAL = 719163  # datetime.date(1970, 1, 1).toordinal(), backtrader's date2num base
 
 
+def _doubles(values: np.ndarray) -> array.array:
+    """A numpy array as an ``array('d')``, the storage of backtrader's line buffers."""
+    return array.array("d", np.ascontiguousarray(values, dtype="float64").tobytes())
+
+
 def _date2num(index: pd.DatetimeIndex) -> np.ndarray:
     """Vectorised ``backtrader.date2num`` of naive wall-clock times, bit for bit."""
     ns = pd.DatetimeIndex(index).as_unit("ns").asi8
@@ -593,16 +599,20 @@ class BarsFeed(bt.feed.DataBase):
             raise ParameterError(
                 "BarsFeed dataname index must be strictly increasing; run validate_bars(df) first"
             )
-        self._dtnum = _date2num(idx)
-        self._dtlist = self._dtnum.tolist()
-        self._cols = [df[c].to_numpy(dtype="float64").tolist() for c in _NUMERIC]
+        # plain arrays of doubles: 8 bytes a value, copied into the line buffers in bulk
+        self._dtlist = _doubles(_date2num(idx))
+        self._cols = [_doubles(df[c].to_numpy(dtype="float64")) for c in _NUMERIC]
+        n = len(df)
         oi = df["openinterest"].to_numpy("float64") if "openinterest" in df.columns else None
-        self._oi = oi.tolist() if oi is not None else [0.0] * len(df)
+        self._oi = _doubles(oi if oi is not None else np.zeros(n))
         roll = df["roll"].to_numpy().astype("float64") if "roll" in df.columns else None
-        self._roll = roll.tolist() if roll is not None else [0.0] * len(df)
-        self.contracts: list[str] | None = (
-            df["contract"].astype(str).tolist() if "contract" in df.columns else None
-        )
+        self._roll = _doubles(roll if roll is not None else np.zeros(n))
+        if "contract" in df.columns:
+            codes, names = pd.factorize(df["contract"].astype(str))
+            self._contract_codes = array.array("i", codes.astype("int32").tobytes())
+            self._contract_names = [str(x) for x in names]
+        else:
+            self._contract_codes = self._contract_names = None
         steps = np.diff(idx.as_unit("ns").asi8)
         self._spacing = float(np.median(steps)) / 60e9 if len(steps) else None
 
@@ -615,6 +625,7 @@ class BarsFeed(bt.feed.DataBase):
             self._compression = minutes
         self._i = -1
         self._n = len(self._dtlist)
+        self._tick_nullify()  # no stale tick_* prices: see advance()
 
     def preload(self) -> None:
         """Bulk-copy the arrays into the line buffers when nothing per bar can intervene (no
@@ -664,10 +675,23 @@ class BarsFeed(bt.feed.DataBase):
         lines.roll[0] = self._roll[i]
         return True
 
+    @property
+    def contracts(self) -> list[str] | None:
+        """The contract symbol of every row (``None`` without a ``contract`` column)."""
+        if self._contract_codes is None:
+            return None
+        names = self._contract_names
+        return [names[c] for c in self._contract_codes]
+
+    def advance(self, size=1, datamaster=None, ticks=True):
+        # A preloaded bar is whole: skip backtrader's per-bar tick_* bookkeeping (the broker
+        # then reads the bar's own open/high/low/close, exactly what the ticks would hold).
+        super().advance(size, datamaster, ticks=False)
+
     def contract_at(self, when=None) -> str | None:
         """Contract symbol of the bar at ``when`` (a datetime or backtrader float time; the
         current bar when ``None``); ``None`` when the frame has no ``contract`` column."""
-        if self.contracts is None:
+        if self._contract_codes is None:
             return None
         if when is None:
             when = self.lines.datetime[0]
@@ -677,7 +701,7 @@ class BarsFeed(bt.feed.DataBase):
                                                      pd.Timestamp(when).tz_convert(NY)
                                                      .tz_localize(None)]))[0])
         pos = bisect.bisect_right(self._dtlist, when) - 1
-        return self.contracts[max(pos, 0)]
+        return self._contract_names[self._contract_codes[max(pos, 0)]]
 
 
 # --------------------------------------------------------------------------- resampling

@@ -180,12 +180,14 @@ class KellySizer(bt.Sizer):
                             "exit_dt": exit_dt})
 
     def _window(self) -> list[dict]:
+        n = self.p.lookback
         log = getattr(self.strategy, "trade_log", None)
-        trades = [t for t in log if t.get("exit_reason") != "end"] if log else self._extra
+        # only the last n of each log can be among the last n of both ('end' is only ever last)
+        trades = [t for t in log[-n - 1:] if t.get("exit_reason") != "end"] if log else self._extra
         shadow = getattr(self.strategy, "shadow_log", None) if self.p.paper_trades else None
         if shadow:
-            trades = list(heapq.merge(trades, shadow, key=lambda t: t["exit_dt"]))
-        return trades[-self.p.lookback:]
+            trades = list(heapq.merge(trades[-n:], shadow[-n:], key=lambda t: t["exit_dt"]))
+        return trades[-n:]
 
     def _stop_risk(self, data, mult: float) -> float | None:
         stop_distance = getattr(self.strategy, "stop_distance", None)

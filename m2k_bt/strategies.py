@@ -294,6 +294,7 @@ class M2KStrategy(bt.Strategy, metaclass=_M2KStrategyMeta):
     def start(self) -> None:
         comminfo = self.broker.getcommissioninfo(self.data)
         self._tick = float(getattr(comminfo.p, "tick_size", None) or DEFAULT_TICK)
+        self._roll_line = getattr(self.data.lines, "roll", None)
         self._mult = float(getattr(comminfo.p, "mult", None) or 1.0)
 
     # ----------------------------------------------------------------- the bar
@@ -301,7 +302,7 @@ class M2KStrategy(bt.Strategy, metaclass=_M2KStrategyMeta):
         self._fill_shadow()
         if self._live:
             return  # a market order is still working: decide when it is done
-        if self._in_flat_window():
+        if self._flat_time is not None and self._in_flat_window():
             self._go_flat("session_close")
             self._check_shadow(0)
             return
@@ -309,6 +310,13 @@ class M2KStrategy(bt.Strategy, metaclass=_M2KStrategyMeta):
         if wanted is None:
             return
         target = self._target(wanted)
+        if (
+            _sign(self.position.size) == target
+            and self._shadow is None
+            and not self._shadow_next
+            and (self._roll_line is None or self._roll_line[0] != 1.0)
+        ):
+            return  # the usual bar: holding what the signal wants, nothing to roll
         self._check_shadow(target)
         self._check_exit(target)
         self._check_roll(target)
@@ -335,7 +343,7 @@ class M2KStrategy(bt.Strategy, metaclass=_M2KStrategyMeta):
             self._close("signal")
 
     def _check_roll(self, target: int) -> None:
-        roll = getattr(self.data.lines, "roll", None)
+        roll = self._roll_line
         held = _sign(self.position.size)
         if roll is None or not held or held != target or roll[0] != 1.0:
             return
@@ -466,6 +474,8 @@ class M2KStrategy(bt.Strategy, metaclass=_M2KStrategyMeta):
             self._shadow_exit = True
 
     def _fill_shadow(self) -> None:
+        if not (self._shadow_exit or self._shadow_next):
+            return
         price = float(self.data.open[0])
         when = self.data.datetime.datetime(0)
         if self._shadow_exit and self._shadow is not None:
