@@ -30,13 +30,15 @@ import dataclasses
 import datetime as _dt
 import math
 import statistics
+from array import array
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from typing import Any
 
 import backtrader as bt
+import numpy as np
 
-from .contracts import M2K, trade_date
+from .contracts import M2K, SESSION_OPEN_HOUR, trade_date
 
 __all__ = [
     "TRADING_DAYS_PER_YEAR",
@@ -71,7 +73,7 @@ ANALYZER_NAMES: dict[str, str] = {
 }
 
 #: The analyzers an optimisation trial needs (``add_analyzers(minimal=True)``).
-MINIMAL_ANALYZER_NAMES = ("returns", "trades")
+MINIMAL_ANALYZER_NAMES = ("returns", "trades", "equity")
 
 #: Keys of the flat dict returned by :func:`metrics_from`.
 METRIC_KEYS = (
@@ -114,6 +116,277 @@ def _tick_value(comminfo, tick_size: float | None) -> tuple[float, float]:
         tick_size = getattr(comminfo.p, "tick_size", None) or M2K.tick_size
     mult = float(getattr(comminfo.p, "mult", 1.0) or 1.0)
     return float(tick_size), round(float(tick_size) * mult, 10)
+
+
+# -------------------------------------------------------------------------------------------
+# the per-bar recorder shared by MarginExposure, ReturnsRisk and EquityCurve
+# -------------------------------------------------------------------------------------------
+
+_EPOCH_ORDINAL = _dt.date(1970, 1, 1).toordinal()  # backtrader day 1 is 0001-01-01
+_US_PER_DAY = 86_400_000_000
+
+
+def _num2datetime64(times: np.ndarray) -> np.ndarray:
+    """backtrader float times as ``datetime64[us]``, exactly as ``bt.num2date(t)`` (no tz).
+
+    The same float steps as ``num2date``: whole days, then hours, minutes and seconds by
+    ``divmod(x, 1)`` (floor and remainder, both exact), then microseconds truncated, those
+    below 10 dropped and those above 999,990 rounded up to the next second.
+    """
+    t = np.asarray(times, dtype="float64")
+    days = np.floor(t)
+    part = t - days  # fraction of the day; then hours, minutes, seconds (in place, same steps)
+    part *= 24.0
+    h = np.floor(part)
+    part -= h
+    part *= 60.0
+    m = np.floor(part)
+    part -= m
+    part *= 60.0
+    sec = np.floor(part)
+    part -= sec
+    part *= 1e6
+    us = part.astype("int64")  # truncated, as int()
+    del part
+    us[us < 10] = 0
+    us[us > 999_990] = 1_000_000
+    whole = days.astype("int64")
+    whole -= _EPOCH_ORDINAL
+    for unit, count in ((h, 24), (m, 60), (sec, 60)):
+        whole *= count
+        whole += unit.astype("int64")
+    whole *= 1_000_000
+    whole += us
+    return whole.view("datetime64[us]")
+
+
+def _trade_dates64(when: np.ndarray) -> np.ndarray:
+    """CME trade dates (``datetime64[D]``) of naive New York ``datetime64`` moments, as
+    :func:`m2k_bt.contracts.trade_date`: from 18:00 on, the next day's."""
+    day = when.astype("datetime64[D]")
+    evening = (when - day) >= np.timedelta64(SESSION_OPEN_HOUR, "h")
+    return day + evening.astype("int64")
+
+
+def _floats(values, n: int) -> np.ndarray:
+    """The first ``n`` values of a line buffer or ``array('d')`` as a new float64 array."""
+    if isinstance(values, array) and values.typecode == "d":
+        return np.frombuffer(values, dtype="float64", count=n).copy()
+    out = np.fromiter(values, dtype="float64", count=n)  # a bounded buffer (deque)
+    return out
+
+
+_PER_BAR_HOOKS = ("next", "prenext", "nextstart")
+_FUND_HOOKS = ("notify_fund", "notify_cashvalue")
+
+
+def _ignore(*args) -> None:
+    """Stands in for backtrader's per-bar dispatch to an analyzer with nothing to do."""
+
+
+def _quiet(analyzer: bt.Analyzer, per_bar=None) -> None:
+    """Make backtrader's per-bar calls to one of this module's analyzers cost one call.
+
+    Every bar, backtrader calls each analyzer's ``_next`` (or ``_prenext``/``_nextstart``),
+    ``_notify_fund`` and ``_notify_cashvalue``, which loop over child analyzers and then call
+    ``next``/``notify_fund``/``notify_cashvalue``. Ours have no children and, but for the
+    recorder's driver (``per_bar``), nothing to do per bar, so those entry points are bound
+    straight to ``per_bar`` or to a no-op. A subclass that defines any of these hooks, or has
+    children, keeps backtrader's normal dispatch for that group.
+    """
+    if analyzer._children:
+        return
+    cls = type(analyzer)
+    if all(getattr(cls, h) is getattr(bt.Analyzer, h) for h in _FUND_HOOKS):
+        analyzer._notify_fund = analyzer._notify_cashvalue = _ignore
+    if all(getattr(cls, h) is getattr(bt.Analyzer, h) for h in _PER_BAR_HOOKS):
+        call = per_bar or _ignore
+        analyzer._next = analyzer._prenext = analyzer._nextstart = call
+    elif per_bar is not None:  # a subclass with its own next: run both
+        own_next = type(analyzer).next.__get__(analyzer)
+
+        def both() -> None:
+            per_bar()
+            own_next()
+
+        analyzer.next = both
+
+
+def _shared_floats(values: np.ndarray) -> list[float]:
+    """``values.tolist()`` with one float object per distinct value: an equity curve repeats
+    itself (flat stretches, prices on a tick grid), so ~10x fewer objects stay alive, and
+    only those are ever made."""
+    if ((values == 0) & np.signbit(values)).any():
+        return values.tolist()  # a -0.0 would be merged with 0.0
+    distinct, which = np.unique(values, return_inverse=True)
+    return distinct.astype(object)[which].tolist()
+
+
+class _BarRecorder:
+    """Account state at every bar, recorded once per strategy for the analyzers that need it.
+
+    :class:`MarginExposure`, :class:`ReturnsRisk` and :class:`EquityCurve` share one recorder,
+    attached to the strategy; the first of them to start drives it (see :func:`_quiet`), so
+    the others do nothing per bar. Per bar it appends three doubles: ``broker.getvalue()``,
+    ``broker.getcash()`` and the first feed's position. Bar times and closes are read after
+    the run from backtrader's line buffers (the strategy's ``datetime`` line, the first feed's
+    ``close``), which hold every bar in every ``preload``/``runonce`` mode; only when they may
+    not (``exactbars`` > 0, a replayed feed, or a close with several feeds) are the float time
+    and the close recorded per bar as well. Times become datetimes once, at the end, vectorised.
+    While a position is open, and only then, ``MarginExposure`` is called for its margin sums.
+    """
+
+    ATTR = "_m2k_bar_recorder"
+
+    def __init__(self, strategy) -> None:
+        self.strategy = strategy
+        self.start_value = strategy.broker.getvalue()
+        self.values = array("d")
+        self.cash = array("d")
+        self.positions = array("d")
+        datas = strategy.datas
+        cerebro = getattr(strategy, "cerebro", None)
+        exactbars = int(getattr(getattr(cerebro, "p", None), "exactbars", 0) or 0)
+        replay = any(getattr(d, "replaying", False) for d in datas)
+        self._dtline = strategy.lines.datetime
+        self.tz = getattr(self._dtline, "_tz", None)
+        own_times = exactbars > 0 or replay
+        self.times = array("d") if own_times else None
+        self.closes = array("d") if own_times or len(datas) != 1 else None
+        self.margin_hook = None  # MarginExposure._in_market(i, equity), set at its start
+        self._driver = None
+        self._users = 0
+        self._cache: dict[str, np.ndarray] = {}
+
+    @classmethod
+    def attach(cls, analyzer: bt.Analyzer) -> _BarRecorder:
+        """The strategy's recorder (made on first use); the first analyzer attached drives it."""
+        strategy = analyzer.strategy
+        rec = getattr(strategy, cls.ATTR, None)
+        if rec is None:
+            rec = cls(strategy)
+            setattr(strategy, cls.ATTR, rec)
+        if rec._driver is None:
+            rec._driver = analyzer
+            _quiet(analyzer, rec._first_bar)
+        else:
+            _quiet(analyzer)
+        rec._users += 1
+        return rec
+
+    def _first_bar(self) -> None:
+        """Build the per-bar function once every analyzer has started, then run it."""
+        record = self._recorder()
+        _quiet(self._driver, record)
+        record()
+
+    def _recorder(self):
+        strategy = self.strategy
+        broker = strategy.broker
+        data = strategy.datas[0]
+        datas = strategy.datas
+        multi = len(datas) > 1
+        getvalue, getcash = broker.getvalue, broker.getcash
+        if type(broker).getposition is bt.brokers.BackBroker.getposition:
+            getpos = broker.positions.__getitem__  # what BackBroker.getposition does
+        else:
+            getpos = broker.getposition
+        values_append = self.values.append
+        cash_append = self.cash.append
+        pos_append = self.positions.append
+        times_append = self.times.append if self.times is not None else None
+        closes_append = self.closes.append if self.closes is not None else None
+        dtline, close = self._dtline, data.close
+        hook = self.margin_hook
+        nvalues = self.values.__len__
+
+        def record() -> None:
+            value = getvalue()
+            values_append(value)
+            cash_append(getcash())
+            size = getpos(data).size
+            pos_append(size)
+            if times_append is not None:
+                times_append(dtline[0])
+            if closes_append is not None:
+                closes_append(close[0])
+            if hook is not None and (size or multi and any(getpos(d).size for d in datas)):
+                hook(nvalues() - 1, value)
+
+        return record
+
+    def __len__(self) -> int:
+        return len(self.values)
+
+    def column(self, key: str) -> np.ndarray:
+        """One column over the bars as a float64 array (``datetime64[us]`` for
+        ``"datetimes"``), computed once: ``values``, ``cash``, ``positions``, ``times``
+        (backtrader float times), ``closes`` (first feed) or ``datetimes``."""
+        out = self._cache.get(key)
+        if out is None:
+            out = self._cache[key] = self._compute(key)
+        return out
+
+    def _compute(self, key: str) -> np.ndarray:
+        n = len(self.values)
+        if key in ("values", "cash", "positions"):
+            return _floats(getattr(self, key), n)
+        if key == "times":
+            if self.times is not None:
+                return _floats(self.times, n)
+            if len(self._dtline) != n:  # cannot happen without replay or exactbars
+                raise RuntimeError(
+                    f"m2k_bt analyzers: {n} bars recorded but the strategy has "
+                    f"{len(self._dtline)}; please report this with your cerebro settings"
+                )
+            return _floats(self._dtline.array, n)
+        if key == "closes":
+            if self.closes is not None:
+                return _floats(self.closes, n)
+            data = self.strategy.datas[0]
+            m = len(data)
+            closes = _floats(data.close.array, m)
+            if m == n:
+                return closes
+            # not expected with one feed: each bar's close is the feed's last bar by then
+            at = np.searchsorted(_floats(data.datetime.array, m), self.times_np(), "right") - 1
+            return np.where(at >= 0, closes[np.maximum(at, 0)], np.nan)
+        if key == "datetimes":
+            times = self.column("times")
+            if self.tz is None:
+                return _num2datetime64(times)
+            return np.array(
+                [bt.num2date(t, tz=self.tz, naive=True) for t in times.tolist()],
+                dtype="datetime64[us]",
+            ).reshape(-1)
+        raise KeyError(key)
+
+    def values_np(self) -> np.ndarray:
+        """``broker.getvalue()`` at each bar ($)."""
+        return self.column("values")
+
+    def times_np(self) -> np.ndarray:
+        """The strategy's float time at each bar (backtrader's day numbers)."""
+        return self.column("times")
+
+    def datetimes_np(self) -> np.ndarray:
+        """Each bar's time as naive ``datetime64[us]``, as ``strategy.datetime.datetime(0)``."""
+        return self.column("datetimes")
+
+    def datetime_at(self, i: int | None) -> _dt.datetime | None:
+        """Bar ``i``'s time, as ``strategy.datetime.datetime(0)`` gave it on that bar."""
+        if i is None:
+            return None
+        return bt.num2date(float(self.times_np()[i]), tz=self.tz, naive=True)
+
+    def done(self) -> None:
+        """Called from each user's ``stop``: after the last one only the length is kept."""
+        self._users -= 1
+        if self._users <= 0:
+            self._cache.clear()
+            for name in ("values", "cash", "positions", "times", "closes"):
+                if getattr(self, name) is not None:
+                    setattr(self, name, array("d"))
 
 
 # -------------------------------------------------------------------------------------------
@@ -172,6 +445,7 @@ class TradeStats(bt.Analyzer):
     params = (("tick_size", None),)
 
     def start(self) -> None:
+        _quiet(self)
         self._open: dict[int, dict[str, float]] = {}
         self._closed: list[dict[str, Any]] = []
 
@@ -321,6 +595,7 @@ class CostAnalyzer(bt.Analyzer):
     params = (("tick_size", None),)
 
     def start(self) -> None:
+        _quiet(self)
         self._start_value = self.strategy.broker.getvalue()
         self.fills = 0
         self.contracts = 0.0
@@ -440,57 +715,80 @@ class MarginExposure(bt.Analyzer):
     """
 
     def start(self) -> None:
-        self.bars = 0
-        self.in_market = 0
+        self._rec = _BarRecorder.attach(self)
+        self._rec.margin_hook = self._in_market
+        self._market_bars = array("q")  # indices of the bars closed with a position
+        self._schemes: dict[Any, tuple] = {}
         self.nonpositive = 0
         self.peak_margin: float | None = None
-        self.peak_margin_dt = None
+        self._peak_margin_i: int | None = None
         self.peak_margin_pct: float | None = None
-        self.low_excess: float | None = None
-        self.low_excess_dt = None
+        self._low_excess: float | None = None  # over bars in the market
+        self._low_excess_i: int | None = None
         self.peak_notional: float | None = None
         self.peak_lev: float | None = None
         self.peak_contracts = 0.0
 
-    @staticmethod
-    def _initial(comminfo, price: float, mult: float) -> float:
-        margin = None if comminfo.stocklike else comminfo.get_margin(price)
-        return float(margin) if margin is not None else price * mult  # stock-like: fully paid
+    def _terms(self, comminfo) -> tuple[float, Any, Any]:
+        """(multiplier, initial margin(price), maintenance(price)) per contract for a scheme,
+        worked out once per scheme (see the class docstring for the rules)."""
+        terms = self._schemes.get(comminfo)
+        if terms is not None:
+            return terms
+        mult = float(getattr(comminfo.p, "mult", 1.0) or 1.0)
+        if comminfo.stocklike:
 
-    @classmethod
-    def _maintenance(cls, comminfo, price: float, mult: float) -> float:
+            def initial(price: float) -> float:
+                return price * mult  # stock-like: fully paid
+
+        else:
+            get_margin = comminfo.get_margin
+
+            def initial(price: float) -> float:
+                margin = get_margin(price)
+                return float(margin) if margin is not None else price * mult
+
         per = getattr(comminfo, "maintenance_per_contract", None)
+        fixed = getattr(comminfo.p, "maintenance_margin", None)
         if callable(per):
-            return float(per())
-        value = getattr(comminfo.p, "maintenance_margin", None)
-        return float(value) if value is not None else cls._initial(comminfo, price, mult)
 
-    def next(self) -> None:
+            def maintenance(price: float) -> float:
+                return float(per())
+
+        elif fixed is not None:
+
+            def maintenance(price: float) -> float:
+                return float(fixed)
+
+        else:
+            maintenance = initial
+        terms = self._schemes[comminfo] = (mult, initial, maintenance)
+        return terms
+
+    def _in_market(self, i: int, equity: float) -> None:
+        """Bar ``i`` closed with a position (called by the recorder; flat bars cost nothing:
+        their excess equity is the equity itself, read at the end)."""
         broker = self.strategy.broker
-        equity = broker.getvalue()
-        dt = self.strategy.datetime.datetime(0)
         init = maint = notional = contracts = 0.0
         for data in self.datas:
-            size = self.strategy.getposition(data).size
+            size = broker.getposition(data).size
             if not size:
                 continue
-            ci = broker.getcommissioninfo(data)
+            mult, initial, maintenance = self._terms(broker.getcommissioninfo(data))
             price = data.close[0]
-            mult = float(getattr(ci.p, "mult", 1.0) or 1.0)
-            init += abs(size) * self._initial(ci, price, mult)
-            maint += abs(size) * self._maintenance(ci, price, mult)
+            init += abs(size) * initial(price)
+            maint += abs(size) * maintenance(price)
             notional += abs(size) * price * mult
             contracts += abs(size)
-        self.bars += 1
         excess = equity - maint
-        if self.low_excess is None or excess < self.low_excess:
-            self.low_excess, self.low_excess_dt = excess, dt
+        if self._low_excess is None or excess < self._low_excess:
+            self._low_excess, self._low_excess_i = excess, i
         if not contracts:
             return
-        self.in_market += 1
+        self._market_bars.append(i)
         self.peak_contracts = max(self.peak_contracts, contracts)
         if self.peak_margin is None or init > self.peak_margin:
-            self.peak_margin, self.peak_margin_dt = init, dt
+            self.peak_margin, self._peak_margin_i = init, i
         self.peak_notional = max(self.peak_notional or 0.0, notional)
         if equity <= 0:
             self.nonpositive += 1
@@ -498,29 +796,48 @@ class MarginExposure(bt.Analyzer):
         self.peak_margin_pct = max(self.peak_margin_pct or 0.0, 100.0 * init / equity)
         self.peak_lev = max(self.peak_lev or 0.0, notional / equity)
 
+    def _lowest_excess(self) -> tuple[float | None, int | None]:
+        """(lowest excess equity, its bar): the first bar where it is lowest, flat or not."""
+        low, low_i = self._low_excess, self._low_excess_i
+        n = len(self._rec)
+        flat = np.ones(n, dtype=bool)
+        flat[np.frombuffer(self._market_bars, dtype="int64")] = False
+        if flat.any():
+            where = np.flatnonzero(flat)
+            values = self._rec.values_np()[where]
+            j = int(np.argmin(values))
+            value, i = float(values[j]), int(where[j])
+            if low is None or value < low or (value == low and i < low_i):
+                low, low_i = value, i
+        return low, low_i
+
     def stop(self) -> None:
         events = [
             _event_dict(e) for e in getattr(self.strategy.broker, "margin_events", None) or []
         ]
         kinds = Counter(e.get("kind") for e in events)
+        rec = self._rec
+        bars, in_market = len(rec), len(self._market_bars)
+        low_excess, low_i = self._lowest_excess()
         self.rets = {
             "peak_initial_margin": _r(self.peak_margin),
-            "peak_initial_margin_dt": self.peak_margin_dt,
+            "peak_initial_margin_dt": rec.datetime_at(self._peak_margin_i),
             "peak_margin_pct_of_equity": _r(self.peak_margin_pct, 6),
-            "lowest_excess_equity": _r(self.low_excess),
-            "lowest_excess_equity_dt": self.low_excess_dt,
+            "lowest_excess_equity": _r(low_excess),
+            "lowest_excess_equity_dt": rec.datetime_at(low_i),
             "peak_notional": _r(self.peak_notional),
             "peak_leverage": _r(self.peak_lev, 6),
             "peak_contracts": self.peak_contracts,
-            "bars": self.bars,
-            "bars_in_market": self.in_market,
-            "time_in_market_pct": _r(_div(100.0 * self.in_market, self.bars), 6),
+            "bars": bars,
+            "bars_in_market": in_market,
+            "time_in_market_pct": _r(_div(100.0 * in_market, bars), 6),
             "nonpositive_equity_bars": self.nonpositive,
             "margin_calls": kinds.get("margin_call", 0),
             "intraday_cutbacks": kinds.get("intraday_cutback", 0),
             "negative_equity_events": kinds.get("negative_equity", 0),
             "margin_events": events,
         }
+        rec.done()
 
     def get_analysis(self) -> dict[str, Any]:
         return self.rets
@@ -551,6 +868,9 @@ class KellyLog(bt.Analyzer):
     - ``max_contracts``: largest size decided; None without decisions.
     - ``binding``: count of decisions per binding limit (dict).
     """
+
+    def start(self) -> None:
+        _quiet(self)
 
     def stop(self) -> None:
         try:
@@ -601,9 +921,14 @@ def periods_per_year(
     >>> periods_per_year(bt.TimeFrame.Days, 1, rth)  # mislabelled intraday feed
     19656.0
     """
-    compression = max(int(compression or 1), 1)
     counts = Counter(trade_date(d) for d in datetimes)
-    per_date = float(statistics.median(counts.values())) if counts else None
+    return _periods(timeframe, compression, list(counts.values()))
+
+
+def _periods(timeframe: int, compression: int, bars_per_date: Sequence[int]) -> float:
+    """:func:`periods_per_year` from the number of bars on each trade date seen."""
+    compression = max(int(compression or 1), 1)
+    per_date = float(statistics.median(bars_per_date)) if len(bars_per_date) else None
     fixed = {
         bt.TimeFrame.Days: TRADING_DAYS_PER_YEAR,
         bt.TimeFrame.Weeks: 52,
@@ -622,8 +947,8 @@ def periods_per_year(
 class ReturnsRisk(bt.Analyzer):
     """Return, risk and drawdown of account equity, with the bar size's annualisation.
 
-    Values are ``broker.getvalue()`` at each bar (received through ``notify_fund``, as
-    backtrader's ``DrawDown`` and ``TimeReturn``), preceded by the value at the start. Per-bar
+    Values are ``broker.getvalue()`` at each bar close (the value backtrader's ``DrawDown``
+    and ``TimeReturn`` receive through ``notify_fund``), preceded by the value at the start. Per-bar
     simple returns r_t = V_t / V_(t-1) - 1 are annualised with :func:`periods_per_year` (P).
 
     Params:
@@ -660,30 +985,23 @@ class ReturnsRisk(bt.Analyzer):
     params = (("riskfreerate", 0.0), ("stddev_sample", True), ("periods", None))
 
     def start(self) -> None:
-        self._start_value = self.strategy.broker.getvalue()
-        self._value = self._start_value
-        self.values: list[float] = []
-        self.dts: list[_dt.datetime] = []
-
-    def notify_fund(self, cash, value, fundvalue, shares) -> None:
-        self._value = value
-
-    def next(self) -> None:
-        self.values.append(self._value)
-        self.dts.append(self.strategy.datetime.datetime(0))
+        self._rec = _BarRecorder.attach(self)
 
     def stop(self) -> None:
-        periods = self.p.periods or periods_per_year(
-            self.data._timeframe, self.data._compression, self.dts
+        rec = self._rec
+        _, per_date = np.unique(_trade_dates64(rec.datetimes_np()), return_counts=True)
+        periods = self.p.periods or _periods(
+            self.data._timeframe, self.data._compression, per_date.tolist()
         )
         self.rets = returns_statistics(
-            self._start_value,
-            self.values,
+            rec.start_value,
+            rec.values_np(),
             periods,
             riskfreerate=self.p.riskfreerate,
             stddev_sample=self.p.stddev_sample,
         )
-        self.rets["trade_dates"] = len({trade_date(d) for d in self.dts})
+        self.rets["trade_dates"] = len(per_date)
+        rec.done()
 
     def get_analysis(self) -> dict[str, Any]:
         return self.rets
@@ -702,21 +1020,26 @@ def returns_statistics(
     >>> s["max_drawdown"], round(s["max_drawdown_pct"], 6), s["return_pct"]
     (11.0, 10.0, 8.9)
     """
-    end_value = values[-1] if values else start_value
-    series = [start_value, *values]
-    # drawdown
-    peak = series[0]
-    max_dd = max_dd_pct = 0.0
-    run = max_run = 0
-    for v in series:
-        peak = max(peak, v)
-        dd = peak - v
-        max_dd = max(max_dd, dd)
-        if peak > 0:
-            max_dd_pct = max(max_dd_pct, 100.0 * dd / peak)
-        run = run + 1 if dd > 0 else 0
-        max_run = max(max_run, run)
+    values = np.asarray(values, dtype="float64")
     n = len(values)
+    end_value = float(values[-1]) if n else start_value
+    series = np.concatenate(([start_value], values))
+    # drawdown
+    peak = np.maximum.accumulate(series)
+    dd = peak - series
+    max_dd = float(dd.max())
+    above = peak > 0
+    if above.all():
+        pct = dd * 100.0
+        pct /= peak
+    else:
+        pct = 100.0 * dd[above] / peak[above]
+    max_dd_pct = max(0.0, float(pct.max())) if len(pct) else 0.0
+    del pct, peak, above
+    edges = np.diff(np.concatenate(([0], (dd > 0).astype("int8"), [0])))
+    runs = np.flatnonzero(edges == -1) - np.flatnonzero(edges == 1)
+    max_run = int(runs.max()) if len(runs) else 0
+    del dd, edges, runs
     years = n / periods if periods else 0.0
     out: dict[str, Any] = {
         "start_value": _r(start_value),
@@ -737,25 +1060,27 @@ def returns_statistics(
         "calmar": None,
         "riskfreerate": riskfreerate,
     }
-    if any(v <= 0 for v in series):
+    if (series <= 0).any():
         return out
     if years > 0:
         try:
             out["cagr"] = (end_value / start_value) ** (1.0 / years) - 1.0
         except OverflowError:
             out["cagr"] = None
-    rets = [b / a - 1.0 for a, b in zip(series[:-1], series[1:])]
+    rets = series[1:] / series[:-1]
+    rets -= 1.0
     rf = (1.0 + riskfreerate) ** (1.0 / periods) - 1.0 if periods else 0.0
-    excess = [r - rf for r in rets]
-    if len(excess) >= 2:
-        mean = statistics.fmean(excess)
-        sd = statistics.stdev(excess) if stddev_sample else statistics.pstdev(excess)
-        out["volatility"] = (
-            statistics.stdev(rets) if stddev_sample else statistics.pstdev(rets)
-        ) * math.sqrt(periods)
+    if len(rets) >= 2:
+        ddof = 1 if stddev_sample else 0
+        out["volatility"] = float(np.std(rets, ddof=ddof)) * math.sqrt(periods)
+        excess = rets  # r - rf, in place: rets are not needed any more
+        excess -= rf
+        mean = math.fsum(excess) / len(excess)  # as statistics.fmean
+        sd = float(np.std(excess, ddof=ddof))
         if sd > 0:
             out["sharpe"] = mean / sd * math.sqrt(periods)
-        downside = math.sqrt(sum(min(x, 0.0) ** 2 for x in excess) / len(excess))
+        losses = np.minimum(excess, 0.0)
+        downside = math.sqrt(float(np.dot(losses, losses)) / len(excess))
         if downside > 0:
             out["sortino"] = mean / downside * math.sqrt(periods)
     if out["cagr"] is not None and max_dd_pct > 0:
@@ -771,7 +1096,8 @@ def returns_statistics(
 class EquityCurve(bt.Analyzer):
     """Equity, cash and position at each bar close, for ``equity.csv`` and plots.
 
-    ``get_analysis()`` is a dict of equal-length lists (columns), one row per bar:
+    ``get_analysis()`` is a dict of equal-length numpy arrays (columns), one row per bar
+    (``.tolist()`` gives Python objects):
 
     - ``datetime``: bar time (naive, feed time zone).
     - ``value``: account equity, ``broker.getvalue()`` ($).
@@ -779,42 +1105,51 @@ class EquityCurve(bt.Analyzer):
     - ``position``: signed contracts held in the first data feed.
     - ``close``: the first feed's close (points).
     - ``drawdown``: running peak of value - value ($, >= 0); ``drawdown_pct``: as a % of the
-      peak (%).
+      peak (%; NaN while the peak is not positive).
 
-    :func:`equity_frame` turns it into a DataFrame indexed by ``datetime``.
+    :func:`equity_frame` turns it into a DataFrame indexed by ``datetime``. Per bar it costs
+    three appended doubles (shared with :class:`ReturnsRisk` and :class:`MarginExposure`);
+    the columns are built at the end.
     """
 
     COLUMNS = ("datetime", "value", "cash", "position", "close", "drawdown", "drawdown_pct")
 
     def start(self) -> None:
+        self._rec = _BarRecorder.attach(self)
         self.rets = {c: [] for c in self.COLUMNS}
-        self._peak = self.strategy.broker.getvalue()
 
-    def next(self) -> None:
-        broker = self.strategy.broker
-        value = broker.getvalue()
-        self._peak = max(self._peak, value)
-        dd = self._peak - value
-        r = self.rets
-        r["datetime"].append(self.strategy.datetime.datetime(0))
-        r["value"].append(value)
-        r["cash"].append(broker.getcash())
-        r["position"].append(self.strategy.getposition(self.data).size)
-        r["close"].append(self.data.close[0])
-        r["drawdown"].append(dd)
-        r["drawdown_pct"].append(100.0 * dd / self._peak if self._peak > 0 else None)
+    def stop(self) -> None:
+        rec = self._rec
+        values = rec.values_np()
+        peak = np.maximum.accumulate(np.concatenate(([rec.start_value], values)))[1:]
+        drawdown = peak - values
+        with np.errstate(divide="ignore", invalid="ignore"):
+            pct = np.where(peak > 0, 100.0 * drawdown / peak, np.nan)
+        position = rec.column("positions")
+        whole = bool(np.all(position == np.trunc(position)))  # contracts: ints, as before
+        # numpy columns: 8 bytes a bar, no Python object per value
+        self.rets = {
+            "datetime": rec.datetimes_np(),
+            "value": values,
+            "cash": rec.column("cash"),
+            "position": position.astype("int64") if whole else position,
+            "close": rec.column("closes"),
+            "drawdown": drawdown,
+            "drawdown_pct": pct,
+        }
+        rec.done()
 
     def get_analysis(self) -> dict[str, list]:
         return self.rets
 
 
-def equity_frame(analysis: dict[str, list]):
+def equity_frame(analysis: dict):
     """A pandas DataFrame of an :class:`EquityCurve` analysis, indexed by ``datetime``."""
     import pandas as pd
 
-    df = pd.DataFrame({c: analysis.get(c, []) for c in EquityCurve.COLUMNS})
-    df["datetime"] = pd.to_datetime(df["datetime"])
-    return df.set_index("datetime")
+    index = pd.DatetimeIndex(pd.to_datetime(analysis.get("datetime", [])), name="datetime")
+    cols = {c: analysis.get(c, []) for c in EquityCurve.COLUMNS if c != "datetime"}
+    return pd.DataFrame(cols, index=index, copy=False)
 
 
 # -------------------------------------------------------------------------------------------
@@ -834,7 +1169,8 @@ _CLASSES: dict[str, type[bt.Analyzer]] = {
 def add_analyzers(cerebro: bt.Cerebro, minimal: bool = False, **returns_params) -> list[str]:
     """Add this module's analyzers to ``cerebro`` under the names of :data:`ANALYZER_NAMES`.
 
-    ``minimal=True`` adds only ``returns`` and ``trades``, what an optimisation trial needs.
+    ``minimal=True`` adds only ``returns``, ``trades`` and ``equity``, what an optimisation
+    trial needs (the equity curve gives the per-day returns of the overfitting statistics).
     ``returns_params`` go to :class:`ReturnsRisk` (e.g. ``riskfreerate=0.04``). Returns the
     names added. Read them after ``cerebro.run()`` with
     ``{name: strat.analyzers.getbyname(name).get_analysis() for name in names}``.

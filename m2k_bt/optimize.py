@@ -278,16 +278,6 @@ def _equity_values(result) -> pd.Series:
     eq = getattr(result, "equity", None)
     if eq is not None and len(eq) and "value" in eq:
         return eq["value"]
-    # analyzers=False keeps only 'returns' and 'trades': read ReturnsRisk's per-bar values
-    strat = getattr(result, "strategy", None)
-    an = None
-    if strat is not None:
-        try:
-            an = strat.analyzers.getbyname("returns")
-        except (KeyError, AttributeError):
-            an = None
-    if an is not None and getattr(an, "values", None):
-        return pd.Series(an.values, index=pd.DatetimeIndex(an.dts))
     return pd.Series(dtype=float, index=pd.DatetimeIndex([]))
 
 

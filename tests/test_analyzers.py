@@ -89,6 +89,8 @@ def run(cerebro, extra=()):
         cerebro.addanalyzer(cls, _name=name, **kw)
     strat = cerebro.run()[0]
     analysis = {n: strat.analyzers.getbyname(n).get_analysis() for n in names}
+    # the equity curve's columns are numpy arrays; as Python lists they compare with ==
+    analysis["equity"] = {k: v.tolist() for k, v in analysis["equity"].items()}
     ext = {n: strat.analyzers.getbyname(n).get_analysis() for n, _, _ in extra}
     return strat, analysis, ext
 
@@ -467,7 +469,7 @@ def test_trade_statistics_breakeven_is_neither_win_nor_loss():
 def test_add_analyzers_names():
     cerebro = bt.Cerebro()
     assert add_analyzers(cerebro) == list(ANALYZER_NAMES)
-    assert add_analyzers(bt.Cerebro(), minimal=True) == ["returns", "trades"]
+    assert add_analyzers(bt.Cerebro(), minimal=True) == ["returns", "trades", "equity"]
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -495,3 +497,150 @@ def test_with_futures_broker(mode):
     assert m["lowest_excess_equity"] == pytest.approx(7966.68)
     assert m["lowest_excess_equity_dt"] == dt.datetime(2024, 3, 4, 10, 13)
     assert m["peak_initial_margin"] == pytest.approx(3 * 770)
+
+
+# -------------------------------------------------------------------------------------------
+# engine modes: the recorder reads times and closes from backtrader's line buffers when they
+# hold every bar, and records them per bar when they may not (exactbars, replay, 2 feeds)
+# -------------------------------------------------------------------------------------------
+
+
+class Watched(Random):
+    """Random trades, plus what backtrader itself says at every bar, for the cross-check."""
+
+    def start(self):
+        self.seen = []
+
+    def next(self):
+        super().next()
+        self.seen.append(
+            (
+                self.datetime.datetime(0),
+                self.broker.getvalue(),
+                self.position.size,
+                self.data.close[0],
+            )
+        )
+
+    prenext = next
+
+
+class FixedOffset(dt.tzinfo):
+    """A fixed UTC-6 zone that backtrader can localize with (no pytz here)."""
+
+    def utcoffset(self, when):
+        return dt.timedelta(hours=-6)
+
+    def dst(self, when):
+        return dt.timedelta(0)
+
+    def tzname(self, when):
+        return "UTC-6"
+
+
+ENGINE_MODES = [
+    pytest.param(dict(runonce=True, preload=True), id="runonce"),
+    pytest.param(dict(runonce=False, preload=True), id="next-preload"),
+    pytest.param(dict(runonce=False, preload=False), id="next-nopreload"),
+    pytest.param(dict(exactbars=1), id="exactbars"),
+    pytest.param(dict(exactbars=-1), id="exactbars-neg"),
+]
+
+
+def watched_run(mode, n=400, feeds=1, tz=None):
+    df = make_bars(n, seed=11, freq="5min")
+    cerebro = bt.Cerebro(stdstats=False, tz=tz, **mode)
+    for i in range(feeds):
+        feed = pandas_feed(df.iloc[:: i + 1], timeframe=bt.TimeFrame.Minutes, compression=5)
+        cerebro.adddata(feed, name=f"M2K{i}")
+    cerebro.broker.setcash(CASH)
+    cerebro.broker.setcommission(
+        commission=0.62, margin=770, mult=5, commtype=bt.CommInfoBase.COMM_FIXED, stocklike=False
+    )
+    cerebro.addstrategy(Watched, n=n, every=5)
+    return run(cerebro)
+
+
+@pytest.mark.parametrize("mode", ENGINE_MODES)
+def test_same_results_in_every_engine_mode(mode):
+    _, reference, _ = watched_run(dict(runonce=True, preload=True))
+    _, an, _ = watched_run(mode)
+    assert an["trades"]["trades"] > 10 and an["margin"]["bars_in_market"] > 0
+    for a in (an, reference):
+        for trade in a["trades"]["trade_list"]:
+            del trade["ref"]  # backtrader numbers trades across runs
+    for name in ANALYZER_NAMES:
+        assert an[name] == reference[name], name
+
+
+@pytest.mark.parametrize("mode", ENGINE_MODES)
+@pytest.mark.parametrize(
+    "feeds, tz", [(1, None), (2, None), (1, FixedOffset())], ids=["1feed", "2feeds", "tz"]
+)
+def test_equity_curve_is_what_backtrader_saw_at_each_bar(mode, feeds, tz):
+    if feeds == 2 and mode.get("exactbars", 0) > 0:
+        pytest.skip("backtrader's broker cannot value two feeds of unequal length with exactbars=1")
+    strat, an, _ = watched_run(mode, feeds=feeds, tz=tz)
+    eq = an["equity"]
+    times, values, sizes, closes = (list(col) for col in zip(*strat.seen))
+    assert eq["datetime"] == times  # bt.num2date bar by bar, with the strategy's tz
+    assert eq["value"] == values and eq["position"] == sizes and eq["close"] == closes
+    assert all(type(x) is int for x in eq["position"])  # contracts stay ints in equity.csv
+    lowest = min(
+        range(len(values)), key=lambda i: (values[i] - abs(sizes[i]) * 770 * (feeds == 1), i)
+    )
+    if feeds == 1:  # excess = equity - 770 per contract; the first bar where it is lowest
+        assert an["margin"]["lowest_excess_equity_dt"] == times[lowest]
+    assert an["returns"]["bars"] == len(times) == an["margin"]["bars"]
+
+
+def test_replayed_feed_records_every_call():
+    # replay: backtrader calls next on every 5-minute tick of the 30-minute bar being built
+    df = make_bars(240, seed=2, freq="5min")
+    cerebro = bt.Cerebro(stdstats=False)
+    cerebro.replaydata(
+        pandas_feed(df, timeframe=bt.TimeFrame.Minutes, compression=5),
+        timeframe=bt.TimeFrame.Minutes,
+        compression=30,
+    )
+    cerebro.broker.setcash(CASH)
+    cerebro.addstrategy(Watched, n=10_000, every=7)
+    strat, an, _ = run(cerebro)
+    assert an["returns"]["bars"] == len(strat.seen) == 240 > len(strat)
+    assert an["equity"]["datetime"] == [s[0] for s in strat.seen]
+    assert an["equity"]["close"] == [s[3] for s in strat.seen]
+
+
+def test_vectorised_times_match_num2date():
+    from m2k_bt.analyzers import _num2datetime64
+
+    rng = pytest.importorskip("numpy").random.default_rng(4)
+    start = bt.date2num(dt.datetime(2024, 1, 7, 18, 0))
+    minutes = start + rng.integers(0, 500_000, 2000) / 1440.0  # minute bars, float noise
+    stamps = start + rng.random(2000) * 800.0  # any time, microseconds included
+    edges = [start, start + 0.25, start + 1 - 1e-12, start + 1e-12, 1.0, 719163.0]
+    for t in [*minutes, *stamps, *edges]:
+        got = _num2datetime64([t]).tolist()[0]
+        assert got == bt.num2date(t), t
+
+
+def test_subclass_hooks_still_run():
+    from m2k_bt.analyzers import EquityCurve
+
+    class Counting(EquityCurve):
+        def start(self):
+            super().start()
+            self.calls = self.funds = 0
+
+        def next(self):
+            self.calls += 1
+
+        def notify_fund(self, cash, value, fundvalue, shares):
+            self.funds += 1
+
+    cerebro = m2k_cerebro(hand_bars(), PLAN)
+    cerebro.addanalyzer(Counting, _name="counting")
+    strat = cerebro.run()[0]
+    counting = strat.analyzers.counting
+    assert counting.calls == counting.funds == len(ROWS)
+    assert len(counting.get_analysis()["value"]) == len(ROWS)
