@@ -599,14 +599,8 @@ class BarsFeed(bt.feed.DataBase):
             raise ParameterError(
                 "BarsFeed dataname index must be strictly increasing; run validate_bars(df) first"
             )
-        # plain arrays of doubles: 8 bytes a value, copied into the line buffers in bulk
         self._dtlist = _doubles(_date2num(idx))
-        self._cols = [_doubles(df[c].to_numpy(dtype="float64")) for c in _NUMERIC]
-        n = len(df)
-        oi = df["openinterest"].to_numpy("float64") if "openinterest" in df.columns else None
-        self._oi = _doubles(oi if oi is not None else np.zeros(n))
-        roll = df["roll"].to_numpy().astype("float64") if "roll" in df.columns else None
-        self._roll = _doubles(roll if roll is not None else np.zeros(n))
+        self._columns()
         if "contract" in df.columns:
             codes, names = pd.factorize(df["contract"].astype(str))
             self._contract_codes = array.array("i", codes.astype("int32").tobytes())
@@ -616,6 +610,18 @@ class BarsFeed(bt.feed.DataBase):
         steps = np.diff(idx.as_unit("ns").asi8)
         self._spacing = float(np.median(steps)) / 60e9 if len(steps) else None
 
+    def _columns(self) -> None:
+        """Plain arrays of doubles (8 bytes a value) that preload copies into the line buffers
+        in bulk. Released after a bulk preload, rebuilt from ``dataname`` if the feed runs
+        again, so the bars are not held twice during a run."""
+        df = self.p.dataname
+        n = len(df)
+        self._cols = [_doubles(df[c].to_numpy(dtype="float64")) for c in _NUMERIC]
+        oi = df["openinterest"].to_numpy("float64") if "openinterest" in df.columns else None
+        self._oi = _doubles(oi if oi is not None else np.zeros(n))
+        roll = df["roll"].to_numpy().astype("float64") if "roll" in df.columns else None
+        self._roll = _doubles(roll if roll is not None else np.zeros(n))
+
     def start(self) -> None:
         super().start()
         tf_default = self.p.timeframe == bt.TimeFrame.Days and self.p.compression == 1
@@ -623,6 +629,8 @@ class BarsFeed(bt.feed.DataBase):
             minutes = max(1, int(round(self._spacing)))
             self._timeframe = bt.TimeFrame.Minutes
             self._compression = minutes
+        if self._cols is None:
+            self._columns()
         self._i = -1
         self._n = len(self._dtlist)
         self._tick_nullify()  # no stale tick_* prices: see advance()
@@ -655,6 +663,7 @@ class BarsFeed(bt.feed.DataBase):
             line.idx += n
             line.lencount += n
         self._i = self._n
+        self._cols = self._oi = self._roll = None  # the line buffers hold them now
         self._last()
         self.home()
 

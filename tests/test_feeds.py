@@ -341,3 +341,23 @@ def test_resample_never_spans_break_and_daily_is_trade_date():
 def test_resample_bad_rule():
     with pytest.raises(DataFeedError, match="'Nmin'"):
         resample_bars(make_bars(10), "5 parsecs")
+
+
+def test_bars_feed_runs_again_after_releasing_its_arrays():
+    # a bulk preload hands the arrays to the line buffers and drops them; a second run of the
+    # same feed (e.g. cerebro.run() again) rebuilds them from the frame: same bars, same result
+    from m2k_bt.commission import M2KCommInfo
+    from m2k_bt.strategies import SmaCrossover
+
+    feed = BarsFeed(dataname=make_bars(600, seed=9))
+    finals = []
+    for _ in range(2):
+        cerebro = bt.Cerebro(stdstats=False)
+        cerebro.adddata(feed)
+        cerebro.broker.addcommissioninfo(M2KCommInfo())
+        cerebro.broker.setcash(25_000.0)
+        cerebro.addstrategy(SmaCrossover, fast=10, slow=30)
+        cerebro.run()
+        assert feed._cols is None  # released after the bulk preload
+        finals.append(cerebro.broker.getvalue())
+    assert finals[0] == finals[1] != 25_000.0
