@@ -310,13 +310,13 @@ class M2KStrategy(bt.Strategy, metaclass=_M2KStrategyMeta):
         if wanted is None:
             return
         target = self._target(wanted)
-        if (
-            _sign(self.position.size) == target
-            and self._shadow is None
-            and not self._shadow_next
-            and (self._roll_line is None or self._roll_line[0] != 1.0)
-        ):
-            return  # the usual bar: holding what the signal wants, nothing to roll
+        if not self._shadow_next and (self._roll_line is None or self._roll_line[0] != 1.0):
+            held = _sign(self.position.size)
+            shadow = self._shadow
+            if (held == target and shadow is None) or (
+                not held and shadow is not None and shadow["direction"] == target
+            ):
+                return  # the usual bar: holding (really or on paper) what the signal wants
         self._check_shadow(target)
         self._check_exit(target)
         self._check_roll(target)
