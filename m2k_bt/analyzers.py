@@ -168,6 +168,14 @@ def _trade_dates64(when: np.ndarray) -> np.ndarray:
     return day + evening.astype("int64")
 
 
+def _view(values, n: int) -> np.ndarray:
+    """The first ``n`` values of a finished line buffer without copying them when it is an
+    ``array('d')`` (backtrader gives a re-run fresh buffers, so the view stays valid)."""
+    if isinstance(values, array) and values.typecode == "d":
+        return np.frombuffer(values, dtype="float64", count=n)
+    return _floats(values, n)
+
+
 def _floats(values, n: int) -> np.ndarray:
     """The first ``n`` values of a line buffer or ``array('d')`` as a new float64 array."""
     if isinstance(values, array) and values.typecode == "d":
@@ -330,7 +338,9 @@ class _BarRecorder:
     def _compute(self, key: str) -> np.ndarray:
         n = len(self.values)
         if key in ("values", "cash", "positions"):
-            return _floats(getattr(self, key), n)
+            # a view, not a copy: nothing appends to the recorder after the run, and done()
+            # swaps in empty arrays, leaving these buffers to the views alone
+            return np.frombuffer(getattr(self, key), dtype="float64", count=n)
         if key == "times":
             if self.times is not None:
                 return _floats(self.times, n)
@@ -339,13 +349,13 @@ class _BarRecorder:
                     f"m2k_bt analyzers: {n} bars recorded but the strategy has "
                     f"{len(self._dtline)}; please report this with your cerebro settings"
                 )
-            return _floats(self._dtline.array, n)
+            return _view(self._dtline.array, n)
         if key == "closes":
             if self.closes is not None:
                 return _floats(self.closes, n)
             data = self.strategy.datas[0]
             m = len(data)
-            closes = _floats(data.close.array, m)
+            closes = _view(data.close.array, m)
             if m == n:
                 return closes
             # not expected with one feed: each bar's close is the feed's last bar by then
@@ -1121,10 +1131,13 @@ class EquityCurve(bt.Analyzer):
     def stop(self) -> None:
         rec = self._rec
         values = rec.values_np()
-        peak = np.maximum.accumulate(np.concatenate(([rec.start_value], values)))[1:]
+        peak = np.maximum.accumulate(values)  # running peak, the start value included
+        np.maximum(peak, rec.start_value, out=peak)
         drawdown = peak - values
-        with np.errstate(divide="ignore", invalid="ignore"):
-            pct = np.where(peak > 0, 100.0 * drawdown / peak, np.nan)
+        positive = peak > 0
+        pct = np.divide(drawdown, peak, out=peak, where=positive)  # reuses peak's memory
+        pct *= 100.0
+        pct[~positive] = np.nan
         position = rec.column("positions")
         whole = bool(np.all(position == np.trunc(position)))  # contracts: ints, as before
         # numpy columns: 8 bytes a bar, no Python object per value

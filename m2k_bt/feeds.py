@@ -599,7 +599,6 @@ class BarsFeed(bt.feed.DataBase):
             raise ParameterError(
                 "BarsFeed dataname index must be strictly increasing; run validate_bars(df) first"
             )
-        self._dtlist = _doubles(_date2num(idx))
         self._columns()
         if "contract" in df.columns:
             codes, names = pd.factorize(df["contract"].astype(str))
@@ -610,12 +609,20 @@ class BarsFeed(bt.feed.DataBase):
         steps = np.diff(idx.as_unit("ns").asi8)
         self._spacing = float(np.median(steps)) / 60e9 if len(steps) else None
 
+    def _times(self) -> array.array:
+        """Bar times as backtrader float day numbers of New York wall-clock time."""
+        idx = self.p.dataname.index
+        if idx.tz is not None:
+            idx = idx.tz_convert(NY).tz_localize(None)
+        return _doubles(_date2num(idx))
+
     def _columns(self) -> None:
         """Plain arrays of doubles (8 bytes a value) that preload copies into the line buffers
         in bulk. Released after a bulk preload, rebuilt from ``dataname`` if the feed runs
         again, so the bars are not held twice during a run."""
         df = self.p.dataname
         n = len(df)
+        self._dtlist = self._times()
         self._cols = [_doubles(df[c].to_numpy(dtype="float64")) for c in _NUMERIC]
         oi = df["openinterest"].to_numpy("float64") if "openinterest" in df.columns else None
         self._oi = _doubles(oi if oi is not None else np.zeros(n))
@@ -663,7 +670,7 @@ class BarsFeed(bt.feed.DataBase):
             line.idx += n
             line.lencount += n
         self._i = self._n
-        self._cols = self._oi = self._roll = None  # the line buffers hold them now
+        self._cols = self._oi = self._roll = self._dtlist = None  # the line buffers hold them
         self._last()
         self.home()
 
@@ -709,7 +716,8 @@ class BarsFeed(bt.feed.DataBase):
                                                      if pd.Timestamp(when).tz is None else
                                                      pd.Timestamp(when).tz_convert(NY)
                                                      .tz_localize(None)]))[0])
-        pos = bisect.bisect_right(self._dtlist, when) - 1
+        times = self._dtlist if self._dtlist is not None else self._times()
+        pos = bisect.bisect_right(times, when) - 1
         return self._contract_names[self._contract_codes[max(pos, 0)]]
 
 
