@@ -121,6 +121,7 @@ class FuturesBroker(bt.brokers.BackBroker):
         self._win_end_frac = _day_fraction(self._win_end)
         super().__init__()
         self._any_intraday: bool | None = None  # decided on the first bar
+        self._maint_fns: dict = {}
         self.margin_events: list[MarginEvent] = []
         self._owners: dict = {}
         self._forced: dict = {}
@@ -129,6 +130,7 @@ class FuturesBroker(bt.brokers.BackBroker):
     def start(self):
         super().start()
         self._any_intraday = None
+        self._maint_fns = {}
         self.margin_events = []
         self._owners = {}
         self._forced = {}
@@ -193,14 +195,28 @@ class FuturesBroker(bt.brokers.BackBroker):
         return closing
 
     def _requirement(self) -> float:
+        """Maintenance requirement of the open positions now ($)."""
         total = 0.0
         for data, pos in self.positions.items():
             if pos.size:
-                ci = self.getcommissioninfo(data)
-                per = getattr(ci, "maintenance_per_contract", None)
-                maint = per() if per else getattr(ci.p, "maintenance_margin", ci.get_margin(0))
-                total += abs(pos.size) * maint
+                total += abs(pos.size) * self._maintenance(data)()
         return total
+
+    def _maintenance(self, data):
+        """A function giving ``data``'s maintenance margin per contract now (cached per data:
+        the commission info is fixed for the run, its intraday regime is read at each call)."""
+        fn = self._maint_fns.get(data)
+        if fn is None:
+            ci = self.getcommissioninfo(data)
+            per = getattr(ci, "maintenance_per_contract", None)
+            if per is None:
+                fixed = float(getattr(ci.p, "maintenance_margin", None) or ci.get_margin(0))
+
+                def per() -> float:
+                    return fixed
+
+            fn = self._maint_fns[data] = per
+        return fn
 
     def _check_margins(self, closing: list) -> None:
         equity = self.getvalue()
