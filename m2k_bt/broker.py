@@ -153,10 +153,16 @@ class FuturesBroker(bt.brokers.BackBroker):
             )
         closing = self._update_regime() if self._any_intraday else ()
         super().next()
-        if closing or any(pos.size for pos in self.positions.values()):
-            self._check_margins(closing)
-        elif self._negative and self.getvalue() >= 0:
-            self._negative = False
+        if not closing:
+            # the usual bar: requirement met, equity positive, nothing to record
+            requirement = self._requirement()
+            equity = self.getvalue()
+            if equity >= requirement and equity >= 0:
+                self._negative = False
+                return
+            if not requirement:
+                return  # flat with negative equity: recorded when it happened
+        self._check_margins(closing)
 
     def _datas(self):
         seen = dict.fromkeys(self.positions)

@@ -723,11 +723,12 @@ class SmaCrossover(M2KStrategy):
         super().__init__()
         self.sma_fast = bt.ind.SMA(self.data.close, period=self.p.fast)
         self.sma_slow = bt.ind.SMA(self.data.close, period=self.p.slow)
+        self._fast, self._slow = self.sma_fast.lines[0], self.sma_slow.lines[0]  # no lookups
         self.adx = (bt.ind.ADX(self.data, period=self.p.adx_period)
                     if self.p.adx_min is not None else None)
 
     def _signal(self) -> int:
-        return 1 if self.sma_fast[0] > self.sma_slow[0] else -1
+        return 1 if self._fast[0] > self._slow[0] else -1
 
     def _confirm_entry(self, direction: int) -> bool:
         return self.adx is None or self.adx[0] >= self.p.adx_min
