@@ -640,8 +640,13 @@ class M2KStrategy(bt.Strategy, metaclass=_M2KStrategyMeta):
     def stop(self) -> None:
         trade = self._open
         if trade is not None and trade.size:
-            trade.close_part(trade.size, float(self.data.close[0]), 0.0, self._mult)
-            self._log(trade, self.data.datetime.datetime(0), "end")
+            try:
+                price, when = float(self.data.close[0]), self.data.datetime.datetime(0)
+            except IndexError:  # exactbars=1 has released the buffers: the broker's last mark
+                pos = self.broker.getposition(self.data)
+                price, when = float(pos.adjbase), pos.datetime
+            trade.close_part(trade.size, price, 0.0, self._mult)
+            self._log(trade, when, "end")
             self._open = None
 
 

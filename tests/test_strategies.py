@@ -311,3 +311,24 @@ def test_misspelt_kwarg_through_cerebro_raises():
     cerebro.addstrategy(SmaCrossover, fsat=10)
     with pytest.raises(ParameterError, match="did you mean 'fast'"):
         cerebro.run()
+
+
+def test_open_trade_logged_at_the_end_with_exactbars():
+    # exactbars=1 releases the line buffers before stop(): the open trade is marked at the
+    # broker's last mark-to-market price instead, and still reconciles with equity
+    from m2k_bt.commission import M2KCommInfo
+
+    results = {}
+    for exactbars in (0, 1):
+        cerebro = bt.Cerebro(stdstats=False, exactbars=exactbars)
+        cerebro.adddata(pandas_feed(make_bars(2000)))
+        cerebro.broker.addcommissioninfo(M2KCommInfo())
+        cerebro.broker.setcash(25_000.0)
+        cerebro.addstrategy(SmaCrossover, fast=10, slow=30)
+        strat = cerebro.run()[0]
+        assert strat.trade_log[-1]["exit_reason"] == "end"
+        total = sum(t["net_pnl"] for t in strat.trade_log)
+        assert total == pytest.approx(cerebro.broker.getvalue() - 25_000.0)
+        results[exactbars] = strat.trade_log[-1]
+    assert results[1]["exit_price"] == results[0]["exit_price"]
+    assert results[1]["exit_dt"] == results[0]["exit_dt"]
