@@ -210,6 +210,7 @@ def config_from_args(args):
         resample=args.resample,
         rth_only=args.rth_only,
         seed=args.seed,
+        plot=not args.no_plot,
         data_path=bars.attrs.get("path"),
         data_rows=len(bars),
     )

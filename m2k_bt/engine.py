@@ -58,7 +58,9 @@ class BacktestConfig:
     - ``start``/``end``: date filter (inclusive, New York time). ``resample``: ``"5min"``,
       ``"1h"``, ``"1d"``... ``rth_only``: enter only 09:30-16:00 New York.
     - ``runonce``/``preload``: backtrader engine modes. ``analyzers``: ``False`` keeps only the
-      analyzers an optimisation trial needs. ``seed``: recorded in the report.
+      analyzers an optimisation trial needs. ``plot``: add the observers backtrader's plot
+      shows (buy/sell marks, account value); they cost a little per bar, so only when a plot
+      will be drawn. ``seed``: recorded in the report.
     - ``data_path``/``data_rows``: provenance for the report (set by the loader).
     """
 
@@ -80,6 +82,7 @@ class BacktestConfig:
     runonce: bool = True
     preload: bool = True
     analyzers: bool = True
+    plot: bool = False
     seed: int | None = None
     data_path: str | None = None
     data_rows: int | None = None
@@ -301,6 +304,9 @@ def build_cerebro(bars: pd.DataFrame | None, config: BacktestConfig, progress=No
     cerebro.addstrategy(strat_cls, **params)
     cerebro.addsizer(sizer_cls, **sizer_params)
     add_analyzers(cerebro, minimal=not config.analyzers)
+    if config.plot:
+        cerebro.addobserver(bt.observers.BuySell, barplot=True, bardist=0.002)
+        cerebro.addobserver(bt.observers.Value)
     if progress is not None:
         total = len(bars) if bars is not None else 0
         cerebro.addanalyzer(_Progress, _name="_progress", callback=progress, total=total)

@@ -97,6 +97,9 @@ TRADE_COLUMNS = (
     "kelly_f",
 )
 
+#: Warnings printed in the text summary; report.json keeps them all.
+SUMMARY_WARNINGS = 10
+
 #: Keys of ``report["results"]``: the equity, the headline metrics, the costs, margin calls.
 RESULT_KEYS = ("start_value", "final_value", *METRIC_KEYS, "commission", "slippage",
                "margin_calls")
@@ -603,5 +606,9 @@ def format_summary(report: dict[str, Any]) -> str:
     warnings = report.get("warnings") or []
     if warnings:
         lines.append(f"Warnings ({len(warnings)}):")
-        lines += [f"  - {w}" for w in warnings]
+        lines += [f"  - {w}" for w in warnings[:SUMMARY_WARNINGS]]
+        if len(warnings) > SUMMARY_WARNINGS:
+            lines.append(
+                f"  ... and {len(warnings) - SUMMARY_WARNINGS} more: every one is in report.json"
+            )
     return "\n".join(lines)

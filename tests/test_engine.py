@@ -95,3 +95,17 @@ def test_small_account_margin_call_reaches_the_report():
 def test_bad_configs(bars, kw, err, needle):
     with pytest.raises(err, match=needle):
         run_backtest(bars, fixed(**kw))
+
+
+def test_plot_observers_only_when_a_plot_is_drawn(bars):
+    import backtrader as bt
+
+    def observers(result):
+        return {type(o) for o in result.strategy.observers}
+
+    plain = run_backtest(bars, fixed())
+    plotted = run_backtest(bars, fixed(plot=True))
+    assert observers(plain) == set()
+    assert {bt.observers.BuySell, bt.observers.Value} <= observers(plotted)
+    # observers only watch: same trades, same money
+    assert plotted.final_value == pytest.approx(plain.final_value)

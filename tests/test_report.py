@@ -229,6 +229,21 @@ def test_summary_prints_none_as_na():
     assert vals["Expectancy"] == "n/a per trade"
 
 
+def test_summary_caps_warnings_report_keeps_all():
+    from m2k_bt.report import SUMMARY_WARNINGS
+
+    report = {
+        "results": {"start_value": 10000.0, "final_value": 10000.0, "trades": 0},
+        "inputs": {"data": {"bars": 5}},
+        "warnings": [f"data: line {i} repaired" for i in range(SUMMARY_WARNINGS + 5)],
+    }
+    text = format_summary(report)
+    assert f"Warnings ({SUMMARY_WARNINGS + 5}):" in text
+    assert f"line {SUMMARY_WARNINGS - 1} repaired" in text
+    assert f"line {SUMMARY_WARNINGS} repaired" not in text
+    assert "and 5 more: every one is in report.json" in text
+
+
 def test_strategy_trade_log_is_preferred_and_extra_columns_kept(hand_result, tmp_path):
     log = [
         {
