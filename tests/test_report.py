@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import math
 import re
@@ -17,6 +18,7 @@ from test_analyzers import CASH, PLAN, hand_bars, m2k_cerebro
 
 from m2k_bt.analyzers import add_analyzers, equity_frame, metrics_from
 from m2k_bt.contracts import M2K
+from m2k_bt.engine import BacktestResult
 from m2k_bt.report import (
     REPORT_JSON_SCHEMA,
     REPORT_SCHEMA_VERSION,
@@ -51,30 +53,12 @@ class FakeConfig:
     data_rows: int = 17
 
 
-@dataclass
-class FakeResult:
-    config: Any
-    start_value: float
-    final_value: float
-    bars: int
-    first_dt: Any
-    last_dt: Any
-    analysis: dict
-    metrics: dict
-    trades: list
-    equity: Any
-    margin_events: list
-    warnings: list
-    cerebro: Any = None
-    strategy: Any = None
-
-
-def result_of(cerebro: bt.Cerebro, warnings=(), **cfg) -> FakeResult:
+def result_of(cerebro: bt.Cerebro, warnings=(), **cfg) -> BacktestResult:
     names = add_analyzers(cerebro)
     strat = cerebro.run()[0]
     analysis = {n: strat.analyzers.getbyname(n).get_analysis() for n in names}
     eq = equity_frame(analysis["equity"])
-    return FakeResult(
+    return BacktestResult(
         config=FakeConfig(**cfg),
         start_value=CASH,
         final_value=cerebro.broker.getvalue(),
@@ -93,7 +77,7 @@ def result_of(cerebro: bt.Cerebro, warnings=(), **cfg) -> FakeResult:
 
 
 @pytest.fixture(scope="module")
-def hand_result() -> FakeResult:
+def hand_result() -> BacktestResult:
     # slippage 1 tick: see test_analyzers.test_costs_measure_slippage_exactly for the numbers
     return result_of(m2k_cerebro(hand_bars(), PLAN, slip_points=0.1), warnings=["2 rows repaired"])
 
@@ -265,7 +249,7 @@ def test_strategy_trade_log_is_preferred_and_extra_columns_kept(hand_result, tmp
             "mae_ticks": 4.0,
         }
     ]
-    fake = FakeResult(**{**hand_result.__dict__, "trades": log})
+    fake = dataclasses.replace(hand_result, trades=log)
     files = write_outputs(fake, tmp_path, plot=False)
     with open(files["trades"], newline="") as fh:
         rows = list(csv.DictReader(fh))
