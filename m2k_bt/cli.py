@@ -133,7 +133,8 @@ def add_common_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("output")
     g.add_argument("--out", metavar="DIR",
                    help="output folder (default: results/<time>-<strategy>)")
-    g.add_argument("--no-plot", action="store_true", help="skip plot.png and equity.png")
+    g.add_argument("--no-plot", action="store_true",
+                   help="skip report.html, plot.png and equity.png")
     g.add_argument("--quiet", action="store_true", help="no progress bar, no summary table")
     g.add_argument("--seed", type=int, help="random seed, recorded in the report")
 
@@ -213,6 +214,9 @@ def config_from_args(args):
         plot=not args.no_plot,
         data_path=bars.attrs.get("path"),
         data_rows=len(bars),
+        data_options={"paths": [str(Path(p).resolve()) for p in args.data or [DEFAULT_DATA]],
+                      "format": args.fmt, "tz": args.tz, "lenient": args.lenient,
+                      "roll": args.roll, "adjust": args.adjust},
     )
     return bars, config
 
@@ -242,11 +246,21 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_common_args(p)
     p.add_argument("--list-strategies", action="store_true", help="list strategies and params")
+    p.add_argument("--open", action="store_true", help="open report.html in the web browser")
+    p.add_argument("--rerun", metavar="REPORT_JSON",
+                   help="run again exactly as recorded in a report.json (flags given after it "
+                   "override; --data/--param add)")
     return p
 
 
 def backtest_main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
+    if args.rerun:
+        from .report import rerun_argv
+
+        rest = [a for i, a in enumerate(argv) if a != "--rerun" and argv[i - 1 : i] != ["--rerun"]
+                and not a.startswith("--rerun=")]
+        args = build_parser().parse_args(rerun_argv(args.rerun) + rest)
     if args.list_strategies:
         print(_list_strategies())
         return 0
@@ -263,6 +277,10 @@ def backtest_main(argv: list[str]) -> int:
         report = json.loads(Path(paths["report"]).read_text())
         print(format_summary(report))
         print(f"outputs: {out}{os.sep} ({', '.join(sorted(Path(p).name for p in paths.values()))})")
+    if args.open and "html" in paths:
+        import webbrowser
+
+        webbrowser.open(Path(paths["html"]).resolve().as_uri())
     return 0
 
 

@@ -61,7 +61,9 @@ class BacktestConfig:
       analyzers an optimisation trial needs. ``plot``: add the observers backtrader's plot
       shows (buy/sell marks, account value); they cost a little per bar, so only when a plot
       will be drawn. ``seed``: recorded in the report.
-    - ``data_path``/``data_rows``: provenance for the report (set by the loader).
+    - ``data_path``/``data_rows``: provenance for the report (set by the loader);
+      ``data_options``: how the data was loaded (``paths``, ``format``, ``tz``, ``lenient``,
+      ``roll``, ``adjust``), recorded in report.json so ``--rerun`` can load it again.
     """
 
     strategy: Any = "sma"
@@ -86,6 +88,7 @@ class BacktestConfig:
     seed: int | None = None
     data_path: str | None = None
     data_rows: int | None = None
+    data_options: dict = field(default_factory=dict)
 
     def replace(self, **changes) -> BacktestConfig:
         return dataclasses.replace(self, **changes)

@@ -54,21 +54,29 @@ import contextlib
 import csv
 import dataclasses
 import datetime as _dt
+import hashlib
 import json
 import math
 import os
+import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from .analyzers import METRIC_KEYS, equity_frame, metrics_from
+from .errors import ConfigError
 
 __all__ = [
     "REPORT_SCHEMA_VERSION",
     "REPORT_JSON_SCHEMA",
     "TRADE_COLUMNS",
     "build_report",
+    "ny_iso",
+    "ny_index_iso",
+    "rerun_argv",
+    "trade_table",
     "validate_report",
     "write_outputs",
     "format_summary",
@@ -76,7 +84,7 @@ __all__ = [
 ]
 
 #: Version of the report.json layout ("MAJOR.MINOR").
-REPORT_SCHEMA_VERSION = "1.0"
+REPORT_SCHEMA_VERSION = "1.1"
 
 #: Columns of trades.csv, in order; extra keys of a strategy's trade log follow them.
 TRADE_COLUMNS = (
@@ -118,6 +126,7 @@ REPORT_JSON_SCHEMA: dict[str, Any] = {
         "schema",
         "schema_version",
         "generated_at",
+        "versions",
         "inputs",
         "results",
         "analyzers",
@@ -129,6 +138,11 @@ REPORT_JSON_SCHEMA: dict[str, Any] = {
         "schema_version": {"type": "string"},
         "generated_at": {"type": "string"},
         "package_version": {"type": _STR},
+        "versions": {
+            "type": "object",
+            "required": ["m2k_bt", "backtrader", "pandas", "numpy"],
+            "additionalProperties": {"type": _STR},
+        },
         "inputs": {
             "type": "object",
             "required": ["data", "contract", "costs", "margins", "cash", "strategy", "sizer"],
@@ -146,6 +160,23 @@ REPORT_JSON_SCHEMA: dict[str, Any] = {
                         "end": {"type": _STR},
                         "resample": {"type": _STR},
                         "rth_only": {"type": ["boolean", "null"]},
+                        "files": {
+                            "type": "array",
+                            "items": {
+                                "type": "object",
+                                "required": ["path", "sha256"],
+                                "properties": {
+                                    "path": {"type": "string"},
+                                    "sha256": {"type": _STR},
+                                    "bytes": {"type": _INT},
+                                },
+                            },
+                        },
+                        "format": {"type": _STR},
+                        "tz": {"type": _STR},
+                        "lenient": {"type": ["boolean", "null"]},
+                        "roll": {"type": _STR},
+                        "adjust": {"type": _STR},
                     },
                 },
                 "contract": {
@@ -203,7 +234,12 @@ REPORT_JSON_SCHEMA: dict[str, Any] = {
         "component": {
             "type": "object",
             "required": ["name", "params"],
-            "properties": {"name": {"type": _STR}, "params": {"type": "object"}},
+            "properties": {
+                "name": {"type": _STR},
+                "class": {"type": _STR},
+                "params": {"type": "object"},
+                "param_types": {"type": "object", "additionalProperties": {"type": "string"}},
+            },
         }
     },
 }
@@ -214,15 +250,66 @@ REPORT_JSON_SCHEMA: dict[str, Any] = {
 # -------------------------------------------------------------------------------------------
 
 
+#: The time zone every timestamp of the outputs is written in.
+NY = ZoneInfo("America/New_York")
+
+
+def ny_iso(value: Any) -> str | None:
+    """ISO 8601 with the New York offset; a naive time is New York wall time (backtrader's
+    times are), an aware one is converted. At the autumn repeat a naive time is read as the
+    first (daylight-saving) one.
+
+    >>> ny_iso(_dt.datetime(2024, 1, 2, 9, 30))
+    '2024-01-02T09:30:00-05:00'
+    >>> ny_iso("2024-07-01T14:00:00+00:00")
+    '2024-07-01T10:00:00-04:00'
+    """
+    if value is None or value == "":
+        return None
+    if isinstance(value, str):
+        try:
+            value = _dt.datetime.fromisoformat(value)
+        except ValueError:
+            return value
+    if hasattr(value, "to_pydatetime"):  # pandas Timestamp
+        value = value.to_pydatetime()
+    if isinstance(value, _dt.datetime):
+        value = value.replace(tzinfo=NY) if value.tzinfo is None else value.astimezone(NY)
+        return value.isoformat(timespec="seconds" if not value.microsecond else "auto")
+    if isinstance(value, _dt.date):
+        return value.isoformat()
+    return str(value)
+
+
+def ny_index_iso(index) -> list[str]:
+    """:func:`ny_iso` of every time of a DatetimeIndex, vectorised (an equity curve's index)."""
+    import pandas as pd
+
+    idx = pd.DatetimeIndex(index)
+    if idx.tz is None:
+        try:
+            idx = idx.tz_localize(NY.key, ambiguous="infer", nonexistent="shift_forward")
+        except (ValueError, TypeError):  # not inferable (a gap at the repeat): first one
+            idx = idx.tz_localize(NY.key, ambiguous=[True] * len(idx),
+                                  nonexistent="shift_forward")
+    else:
+        idx = idx.tz_convert(NY.key)
+    text = pd.Index(idx.strftime("%Y-%m-%dT%H:%M:%S%z"))
+    return list(text.str[:-2] + ":" + text.str[-2:])
+
+
 def _jsonable(obj: Any) -> Any:
-    """Plain JSON types: dates to ISO strings, NaN/inf to None, numpy scalars to Python."""
+    """Plain JSON types: times to ISO strings in New York time, NaN/inf to None, numpy scalars
+    to Python."""
     if obj is None or isinstance(obj, (bool, str, int)):
         return obj
     if isinstance(obj, float):
         return obj if math.isfinite(obj) else None
-    if isinstance(obj, (_dt.datetime, _dt.date, _dt.time)):
+    if isinstance(obj, (_dt.datetime, _dt.date)) or hasattr(obj, "to_pydatetime"):
+        return ny_iso(obj)
+    if isinstance(obj, _dt.time):
         return obj.isoformat()
-    if hasattr(obj, "isoformat") and callable(obj.isoformat):  # pandas Timestamp
+    if hasattr(obj, "isoformat") and callable(obj.isoformat):
         return obj.isoformat()
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
         return _jsonable(dataclasses.asdict(obj))
@@ -237,6 +324,38 @@ def _jsonable(obj: Any) -> Any:
     if hasattr(obj, "item"):  # numpy scalar
         return _jsonable(obj.item())
     return str(obj)
+
+
+#: Keys holding dollars: rounded to the cent in report.json.
+MONEY_KEYS = frozenset({
+    "start_value", "final_value", "end_value", "net_profit", "max_drawdown", "expectancy",
+    "commission", "slippage", "total_costs", "gross_pnl", "net_pnl", "gross_profit",
+    "gross_loss", "avg_win", "avg_loss", "largest_win", "largest_loss", "equity",
+    "requirement", "risk_per_contract", "peak_initial_margin", "lowest_excess_equity",
+    "peak_notional", "cash", "initial", "maintenance", "intraday", "commission_per_contract",
+    "slippage_per_contract", "costs_per_contract", "tick_value", "value",
+})
+#: Keys holding ratios: 4 decimals.
+RATIO_KEYS = frozenset({
+    "sharpe", "sortino", "calmar", "sqn", "profit_factor", "payoff_ratio", "peak_leverage",
+    "efficiency",
+})
+
+
+def _rounded(obj: Any, key: str = "") -> Any:
+    """Money to the cent, ratios and percentages (``*_pct``) to 4 decimals, other floats to 10
+    significant digits (which drops binary noise such as 13323.739999999982)."""
+    if isinstance(obj, dict):
+        return {k: _rounded(v, k) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_rounded(v, key) for v in obj]
+    if isinstance(obj, float):
+        if key in MONEY_KEYS:
+            return round(obj, 2)
+        if key in RATIO_KEYS or key.endswith("_pct"):
+            return round(obj, 4)
+        return float(f"{obj:.10g}")
+    return obj
 
 
 def _name(component: Any) -> str | None:
@@ -260,9 +379,75 @@ def _package_version() -> str | None:
         return None
 
 
-# -------------------------------------------------------------------------------------------
-# building the report
-# -------------------------------------------------------------------------------------------
+def versions() -> dict[str, str | None]:
+    """Versions of the software a run used: m2k_bt, backtrader, pandas, numpy, Python."""
+    import backtrader
+    import numpy
+    import pandas
+
+    return {
+        "m2k_bt": _package_version(),
+        "backtrader": getattr(backtrader, "__version__", None),
+        "pandas": pandas.__version__,
+        "numpy": numpy.__version__,
+        "python": sys.version.split()[0],
+    }
+
+
+def file_sha256(path: str | os.PathLike) -> str | None:
+    """Hex sha256 of a file's bytes, or None when it cannot be read."""
+    digest = hashlib.sha256()
+    try:
+        with open(path, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(block)
+    except OSError:
+        return None
+    return digest.hexdigest()
+
+
+def _param_types(component: Any, params: dict[str, Any]) -> dict[str, str]:
+    """Type name of each parameter's value; for a None the declared optional type, as
+    ``"int|None"`` (the pack's strategies declare them in ``_optional_types``)."""
+    declared: dict[str, Any] = {}
+    for klass in reversed(type(component).__mro__):
+        declared.update(getattr(klass, "_optional_types", None) or {})
+    out = {}
+    for key, value in params.items():
+        if value is not None:
+            out[key] = type(value).__name__
+        elif isinstance(declared.get(key), type):
+            out[key] = f"{declared[key].__name__}|None"
+        else:
+            out[key] = "None"
+    return out
+
+
+def _effective_params(component: Any, fallback: dict) -> dict[str, Any]:
+    """Every parameter of a backtrader strategy/sizer instance (defaults included), or the
+    configured ones when no instance is at hand."""
+    params = getattr(component, "params", None)
+    keys = getattr(params, "_getkeys", None)
+    if keys is None:
+        return dict(fallback or {})
+    return {k: getattr(params, k) for k in keys()}  # the instance's values, not the defaults
+
+
+def _data_files(cfg: Any) -> list[dict[str, Any]]:
+    options = getattr(cfg, "data_options", None) or {}
+    paths = options.get("paths")
+    if not paths:
+        joined = getattr(cfg, "data_path", None)
+        paths = [p for p in str(joined).split(", ")] if joined else []
+    out = []
+    for path in paths:
+        p = Path(path)
+        out.append({
+            "path": str(p.resolve()) if p.exists() else str(path),
+            "sha256": file_sha256(p),
+            "bytes": p.stat().st_size if p.exists() else None,
+        })
+    return out
 
 
 def _inputs(result: Any) -> dict[str, Any]:
@@ -273,6 +458,11 @@ def _inputs(result: Any) -> dict[str, Any]:
 
     spec = c("spec")
     tick_value = getattr(spec, "tick_value", None)
+    strategy = getattr(result, "strategy", None)
+    sizer = getattr(strategy, "_sizer", None) if strategy is not None else None
+    strat_params = _effective_params(strategy, c("params"))
+    sizer_params = _effective_params(sizer, c("sizer_params"))
+    options = dict(c("data_options") or {})
     return {
         "data": {
             "path": c("data_path"),
@@ -284,6 +474,12 @@ def _inputs(result: Any) -> dict[str, Any]:
             "end": c("end"),
             "resample": c("resample"),
             "rth_only": c("rth_only"),
+            "files": _data_files(cfg),
+            "format": options.get("format"),
+            "tz": options.get("tz"),
+            "lenient": options.get("lenient"),
+            "roll": options.get("roll"),
+            "adjust": options.get("adjust"),
         },
         "contract": {
             "root": getattr(spec, "root", None),
@@ -309,9 +505,16 @@ def _inputs(result: Any) -> dict[str, Any]:
         "seed": c("seed"),
         "strategy": {
             "name": c("strategy_name") or _name(c("strategy")),
-            "params": dict(c("params") or {}),
+            "class": type(strategy).__name__ if strategy is not None else _name(c("strategy")),
+            "params": strat_params,
+            "param_types": _param_types(strategy, strat_params),
         },
-        "sizer": {"name": _name(c("sizer")), "params": dict(c("sizer_params") or {})},
+        "sizer": {
+            "name": _name(c("sizer")),
+            "class": type(sizer).__name__ if sizer is not None else None,
+            "params": sizer_params,
+            "param_types": _param_types(sizer, sizer_params),
+        },
     }
 
 
@@ -367,15 +570,19 @@ def build_report(result: Any) -> dict[str, Any]:
     report = {
         "schema": "m2k_bt/report",
         "schema_version": REPORT_SCHEMA_VERSION,
-        "generated_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "generated_at": _dt.datetime.now(NY).replace(microsecond=0),
         "package_version": _package_version(),
+        "versions": versions(),
         "inputs": _inputs(result),
         "results": results,
         "analyzers": {k: v for k, v in analysis.items() if k != "equity"},
         "margin_events": list(events),
         "warnings": warnings,
     }
-    return _jsonable(report)
+    report = _jsonable(report)
+    for key in ("results", "analyzers", "margin_events"):  # inputs stay exact for --rerun
+        report[key] = _rounded(report[key], key)
+    return report
 
 
 # -------------------------------------------------------------------------------------------
@@ -473,6 +680,37 @@ def _trade_rows(result: Any) -> list[dict[str, Any]]:
     return [_jsonable(r) for r in rows]
 
 
+_TIME_COLUMNS = ("entry_dt", "exit_dt")
+
+
+def _trade_record(row: dict[str, Any]) -> dict[str, Any]:
+    out = dict(row)
+    for key in _TIME_COLUMNS:
+        if key in out:
+            out[key] = ny_iso(out[key])
+    size = out.get("contracts")
+    if isinstance(size, float) and size.is_integer():
+        out["contracts"] = int(size)
+    return out
+
+
+def trade_table(result: Any):
+    """The rows of trades.csv as a DataFrame: columns :data:`TRADE_COLUMNS` then any a
+    strategy logs; times as ISO 8601 strings with the New York offset, ``contracts`` as
+    integers, a missing value as None."""
+    import pandas as pd
+
+    rows = [_trade_record(r) for r in _trade_rows(result)]
+    extra: list[str] = []
+    for row in rows:
+        extra += [k for k in row if k not in TRADE_COLUMNS and k not in extra]
+    columns = list(TRADE_COLUMNS) + extra
+    frame = pd.DataFrame([{k: row.get(k) for k in columns} for row in rows], columns=columns)
+    if len(frame) and frame["contracts"].notna().all():
+        frame["contracts"] = frame["contracts"].astype("int64")
+    return frame.astype(object).where(frame.notna(), None)
+
+
 def _cell(value: Any) -> Any:
     if value is None:
         return ""
@@ -480,16 +718,22 @@ def _cell(value: Any) -> Any:
 
 
 def _write_trades(result: Any, path: Path) -> Path:
-    rows = _trade_rows(result)
-    extra: list[str] = []
-    for row in rows:
-        extra += [k for k in row if k not in TRADE_COLUMNS and k not in extra]
-    columns = list(TRADE_COLUMNS) + extra
+    frame = trade_table(result)
     with atomic_path(path) as tmp, open(tmp, "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=columns, restval="", lineterminator="\n")
-        writer.writeheader()
-        for row in rows:
-            writer.writerow({k: _cell(row.get(k)) for k in columns})
+        writer = csv.writer(fh, lineterminator="\n")
+        writer.writerow(list(frame.columns))
+        for row in frame.itertuples(index=False):
+            writer.writerow([_cell(v) for v in row])
+    return path
+
+
+def _write_equity(equity, path: Path) -> Path:
+    frame = equity.round(8)
+    frame.index = ny_index_iso(frame.index)
+    if "position" in frame:
+        frame["position"] = frame["position"].astype("int64")
+    with atomic_path(path) as tmp:
+        frame.to_csv(tmp, index_label="datetime")
     return path
 
 
@@ -503,12 +747,13 @@ def _equity_df(result: Any):
 
 
 def write_outputs(result: Any, out_dir: str | os.PathLike, plot: bool = True) -> dict[str, Path]:
-    """Write report.json, trades.csv, equity.csv and (``plot=True``) plot.png, equity.png.
+    """Write report.json, trades.csv, equity.csv and (``plot=True``) report.html, plot.png,
+    equity.png.
 
     Every file is written atomically; report.json comes last and lists the others under
     ``files``. A plot that fails is reported as a warning in report.json instead of stopping
     the run (the numbers are still good). Returns role -> path for the files written: roles
-    ``trades``, ``equity``, ``plot``, ``equity_plot``, ``report``.
+    ``trades``, ``equity``, ``html``, ``plot``, ``equity_plot``, ``report``.
     """
     from .plotting import plot_backtrader, plot_equity
 
@@ -520,10 +765,15 @@ def write_outputs(result: Any, out_dir: str | os.PathLike, plot: bool = True) ->
     written["trades"] = _write_trades(result, out / "trades.csv")
     equity = _equity_df(result)
     if equity is not None:
-        with atomic_path(out / "equity.csv") as tmp:
-            equity.round(8).to_csv(tmp, index_label="datetime")
-        written["equity"] = out / "equity.csv"
+        written["equity"] = _write_equity(equity, out / "equity.csv")
+    report = build_report(result)
     if plot:
+        from .html_report import write_report_html
+
+        try:
+            written["html"] = write_report_html(result, out / "report.html", report=report)
+        except Exception as exc:  # noqa: BLE001 - reported in report.json
+            extra_warnings.append(f"report.html not written: {type(exc).__name__}: {exc}")
         cerebro = getattr(result, "cerebro", None)
         if cerebro is not None:
             try:
@@ -536,7 +786,6 @@ def write_outputs(result: Any, out_dir: str | os.PathLike, plot: bool = True) ->
             except Exception as exc:  # noqa: BLE001 - reported in report.json
                 extra_warnings.append(f"equity.png not written: {type(exc).__name__}: {exc}")
 
-    report = build_report(result)
     report["warnings"] += extra_warnings
     report["files"] = {p.name: role for role, p in written.items()}
     with atomic_path(out / "report.json") as tmp:
@@ -612,3 +861,82 @@ def format_summary(report: dict[str, Any]) -> str:
                 f"  ... and {len(warnings) - SUMMARY_WARNINGS} more: every one is in report.json"
             )
     return "\n".join(lines)
+
+
+# -------------------------------------------------------------------------------------------
+# --rerun
+# -------------------------------------------------------------------------------------------
+
+
+def _arg(value: Any) -> str:
+    """A parameter value as the command line writes it (read back by the engine's coercion)."""
+    if value is None or isinstance(value, (bool, str, int)):
+        return str(value)
+    if isinstance(value, float):
+        return repr(value)
+    raise ConfigError(f"parameter value {value!r} cannot be given on the command line")
+
+
+def rerun_argv(report_path: str | os.PathLike) -> list[str]:
+    """The ``run_backtest.py`` arguments that repeat the run a report.json records.
+
+    Every effective input is given explicitly (data files, roll and adjustment, contract,
+    costs, margins, cash, dates, strategy and sizer with every parameter, seed), so a rerun
+    does not depend on today's defaults. Raises :class:`~m2k_bt.errors.DataFeedError` when a
+    data file is missing or its sha256 differs from the recorded one (the rerun could not
+    reproduce the run), :class:`~m2k_bt.errors.ConfigError` for a file that is not a report.
+    """
+    from .errors import DataFeedError
+
+    path = Path(report_path)
+    try:
+        report = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"--rerun {path}: cannot read a report.json ({exc})") from None
+    if not isinstance(report, dict) or report.get("schema") != "m2k_bt/report":
+        raise ConfigError(f"--rerun {path}: not an m2k_bt report.json")
+    inp = report.get("inputs") or {}
+    data = inp.get("data") or {}
+    files = data.get("files")
+    if not files:
+        raise ConfigError(f"--rerun {path}: the report records no data files (schema "
+                          f"{report.get('schema_version')}; reports from 1.1 on do)")
+    argv: list[str] = []
+    for f in files:
+        digest = file_sha256(f["path"])
+        if digest is None:
+            raise DataFeedError(f"--rerun: data file {f['path']} is missing; the run cannot be "
+                                "repeated without it")
+        if f.get("sha256") and digest != f["sha256"]:
+            raise DataFeedError(f"--rerun: data file {f['path']} changed since the report "
+                                f"(sha256 {digest[:12]}... vs {f['sha256'][:12]}... recorded)")
+        argv += ["--data", f["path"]]
+    for flag, key in (("--format", "format"), ("--tz", "tz"), ("--roll", "roll"),
+                      ("--adjust", "adjust"), ("--start", "start"), ("--end", "end"),
+                      ("--resample", "resample")):
+        if data.get(key) is not None:
+            argv += [flag, str(data[key])]
+    if data.get("lenient"):
+        argv.append("--lenient")
+    if data.get("rth_only"):
+        argv.append("--rth-only")
+    contract = inp.get("contract") or {}
+    costs = inp.get("costs") or {}
+    margins = inp.get("margins") or {}
+    for flag, value in (("--contract", contract.get("root")), ("--cash", inp.get("cash")),
+                        ("--commission", costs.get("commission")),
+                        ("--slippage-ticks", costs.get("slippage_ticks")),
+                        ("--margin", margins.get("initial")),
+                        ("--maintenance-margin", margins.get("maintenance")),
+                        ("--intraday-margin", margins.get("intraday")),
+                        ("--seed", inp.get("seed"))):
+        if value is not None:
+            argv += [flag, _arg(value)]
+    strategy = inp.get("strategy") or {}
+    sizer = inp.get("sizer") or {}
+    argv += ["--strategy", str(strategy.get("name")), "--sizer", str(sizer.get("name"))]
+    for key, value in (strategy.get("params") or {}).items():
+        argv += ["--param", f"{key}={_arg(value)}"]
+    for key, value in (sizer.get("params") or {}).items():
+        argv += ["--sizer-param", f"{key}={_arg(value)}"]
+    return argv
