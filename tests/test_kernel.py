@@ -6,7 +6,6 @@ import math
 
 import numpy as np
 import pandas as pd
-import pytest
 
 from m2k_bt.engine import BacktestConfig, run_backtest
 from m2k_bt.indicators import band_side, rolling_bands, sma_above, tick_counts
