@@ -411,11 +411,31 @@ class EventActions(bt.Analyzer):
     (entries refused by ``signal_min``/``signal_max`` or an unknown signal, one per run of
     refused bars), ``by_kind`` (``{kind: {"entries_blocked": n, "forced_exits": n}}``),
     ``log`` (every record: ``dt, action, kind, event_time, description, direction, bars``,
-    ``value`` for signal blocks), ``warnings`` (coverage gaps of the avoided kinds).
+    ``value`` for signal blocks), ``warnings`` (coverage gaps of the avoided kinds),
+    ``settings`` (``avoid_events, event_before, event_after, flat_before_event, signal_min,
+    signal_max``, ``coverage`` of the avoided kinds and the feed's ``signal`` source and
+    ``max_age``).
     """
 
     def get_analysis(self) -> dict:
         strat = self.strategy
+        p = strat.p
+        gate = getattr(strat, "_gate", None)
+        settings = {
+            "avoid_events": list(getattr(p, "avoid_events", None) or []),
+            "event_before": getattr(p, "event_before", None),
+            "event_after": getattr(p, "event_after", None),
+            "flat_before_event": getattr(p, "flat_before_event", None),
+            "signal_min": getattr(p, "signal_min", None),
+            "signal_max": getattr(p, "signal_max", None),
+            "coverage": {} if gate is None else {
+                k: [f"{a}..{b} ({src})" for a, b, src in gate.calendar.coverage.get(k, [])]
+                or ["rule" if k in gate.calendar.rules else "your file"] for k in gate.kinds},
+        }
+        sig = getattr(getattr(self.data, "p", None), "signal", None)
+        if sig is not None and hasattr(sig, "source"):
+            settings["signal"] = {"source": sig.source, "max_age": None if sig.max_age is None
+                                  else str(sig.max_age)}
         log = list(getattr(strat, "event_log", []))
         by_kind: dict[str, dict] = {}
         for rec in log:
@@ -431,6 +451,7 @@ class EventActions(bt.Analyzer):
             "log": [{k: (str(v) if isinstance(v, (_dt.datetime, pd.Timestamp)) else v)
                      for k, v in rec.items()} for rec in log],
             "warnings": list(getattr(strat, "event_warnings", [])),
+            "settings": settings,
         }
 
 

@@ -31,6 +31,7 @@ lines named after your signals, :func:`signal_feed`), usable by any backtrader s
 from __future__ import annotations
 
 import csv
+import functools
 import math
 import os
 import re
@@ -306,3 +307,67 @@ def signal_feed(bars: pd.DataFrame, **signals: Signal) -> BarsFeed:
     cls = type(f"SignalFeed_{'_'.join(names)}", (_SignalLines,),
                {"lines": names, "_signal_lines": names})
     return cls(dataname=bars, signal=dict(signals))
+
+
+# --------------------------------------------------------------------------- run settings
+@functools.lru_cache(maxsize=8)
+def _load_cached(path: str, mtime: float, column, max_age, daily_at: str) -> Signal:
+    return load_signal(path, column=column, max_age=max_age, daily_at=daily_at)
+
+
+def config_signal(config) -> Signal | None:
+    """The :class:`Signal` of a ``BacktestConfig`` (``signal``: ``"FILE[:column]"``, a path or a
+    Signal; ``signal_max_age`` applies to a file), or ``None``."""
+    given = getattr(config, "signal", None)
+    if given is None:
+        return None
+    age = getattr(config, "signal_max_age", None)
+    if isinstance(given, Signal):
+        if age is not None:
+            return Signal(given.values, given.name, age, given.source)
+        return given
+    if not isinstance(given, (str, os.PathLike)):
+        raise ParameterError(f"signal must be 'FILE[:column]' or a Signal, got {given!r}")
+    path, column = parse_signal_spec(str(given))
+    if not Path(path).is_file():
+        raise DataFeedError(f"signal file not found: {path} (--signal FILE[:column])")
+    age_key = str(_age(age).value) if age is not None else None
+    sig = _load_cached(str(Path(path).resolve()), Path(path).stat().st_mtime, column, age_key,
+                       DEFAULT_DAILY_AT)
+    return Signal(sig.values, sig.name, _age(age), sig.source)
+
+
+def event_signal_params(config) -> dict:
+    """Strategy params for the event and signal settings of a ``BacktestConfig`` (only those
+    set); a strategy without them (not an :class:`~m2k_bt.strategies.M2KStrategy`) is an error.
+    """
+    out = {}
+    if getattr(config, "avoid_events", None):
+        out["avoid_events"] = config.avoid_events
+        if config.event_before is not None:
+            out["event_before"] = config.event_before
+        if config.event_after is not None:
+            out["event_after"] = config.event_after
+        if config.flat_before_event:
+            out["flat_before_event"] = True
+        if config.events is not None:
+            out["event_calendar"] = config.events
+    elif getattr(config, "flat_before_event", False) or getattr(config, "events", None):
+        from .errors import ConfigError
+
+        raise ConfigError("events / flat_before_event need avoid_events (which kinds to avoid, "
+                          "e.g. --avoid-events fomc,cpi)")
+    for key in ("signal_min", "signal_max"):
+        if getattr(config, key, None) is not None:
+            out[key] = getattr(config, key)
+    if out:
+        from .engine import resolve_strategy
+
+        cls = resolve_strategy(config.strategy)
+        missing = [k for k in out if k not in cls.params._getkeys()]
+        if missing:
+            from .errors import ConfigError
+
+            raise ConfigError(f"strategy {cls.__name__} has no parameter '{missing[0]}': event "
+                              f"and signal filters need an m2k_bt.strategies.M2KStrategy")
+    return out
