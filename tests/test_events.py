@@ -204,7 +204,8 @@ def test_plot_marks_blocked_bars_and_the_forced_exit():
 @pytest.mark.parametrize("body,message", [
     ("time,kind,description\n2024-13-45 14:00,fomc,x\n", r"mine.csv:2: time '2024-13-45 14:00'"),
     ("time,kind,description\nyesterday,fomc,x\n", r"mine.csv:2: time 'yesterday'"),
-    ("time,kind,description\n2024-03-20 14:00,FOMC day!,x\n", r"mine.csv:2: event kind 'FOMC day!'"),
+    ("time,kind,description\n2024-03-20 14:00,FOMC day!,x\n",
+     r"mine.csv:2: event kind 'FOMC day!'"),
     ("time,kind,description\n2024-03-20 14:00,fomc,a,b\n", r"mine.csv:2: expected 3 fields"),
     ("when,what\n2024-03-20 14:00,fomc\n", r"mine.csv:1: header must start with 'time,kind'"),
     ("# coverage fomc 2024-13-01 2024-12-31\ntime,kind\n", r"mine.csv:1: '2024-13-01' is not"),
