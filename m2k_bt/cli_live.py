@@ -91,7 +91,9 @@ def live_cerebro(source, config, bars: pd.DataFrame | None = None, **feed_kw):
 
 
 def _ny(dt):
-    return None if dt is None else pd.Timestamp(dt).tz_localize("America/New_York")
+    # the feed delivers only the first (daylight-time) pass of the repeated autumn hour
+    return None if dt is None else pd.Timestamp(dt).tz_localize("America/New_York",
+                                                                ambiguous=True)
 
 
 def _install_sigint(cerebro, state: dict):

@@ -75,8 +75,10 @@ _NY = ZoneInfo("America/New_York")
 
 #: Every reason a bar can be rejected for, in the order they are checked.
 REJECT_REASONS = (
-    "malformed",  # not a Bar, no datetime, a price or volume that is not a finite number,
-    # negative volume, open or close outside [low, high]
+    "malformed",  # not a Bar, no datetime (None, NaT), a price or volume that is not a finite
+    # number, negative volume, open or close outside [low, high]
+    "dst_time",  # a naive time that does not exist in New York (the spring DST gap), or an aware
+    # time in the second pass of the repeated autumn hour (New York time would run backwards)
     "duplicate",  # same timestamp as the last accepted bar
     "out_of_order",  # earlier than the last accepted bar
     "non_positive",  # a price <= 0
@@ -244,7 +246,7 @@ class ThreadedSource(BarSource):
 def bars_from_frame(df: pd.DataFrame) -> list[Bar]:
     """:class:`Bar` objects from an OHLCV DataFrame with a DatetimeIndex (tz-aware or naive
     New York), e.g. one from ``m2k_bt.feeds.load_bars``. Rows are kept as they are, bad ones
-    included: checking is the feed's job.
+    included: checking is the feed's job. Aware times are given in UTC.
 
     >>> idx = pd.DatetimeIndex(["2024-01-02 09:30"], tz="America/New_York")
     >>> df = pd.DataFrame({"open": [2000.0], "high": [2001.0], "low": [1999.5],
@@ -264,10 +266,10 @@ def bars_from_frame(df: pd.DataFrame) -> list[Bar]:
         raise DataFeedError(
             f"bars DataFrame needs a DatetimeIndex of bar times, got {type(df.index).__name__}"
         )
+    # aware times stay aware (in UTC, which is unambiguous): the feed converts them to New York
+    # and can then tell the two passes of the repeated autumn hour apart
     idx = df.index
-    if idx.tz is not None:
-        idx = idx.tz_convert(_NY).tz_localize(None)
-    dts = idx.to_pydatetime()
+    dts = (idx.tz_convert("UTC") if idx.tz is not None else idx).to_pydatetime()
     cols = [df[c].to_numpy(dtype=float) for c in ("open", "high", "low", "close")]
     vol = df["volume"].to_numpy(dtype=float) if "volume" in df.columns else np.zeros(len(df))
     return [
@@ -356,16 +358,28 @@ class ReplaySource(ThreadedSource):
         return "exhausted"
 
 
-def _naive_ny(dt) -> _dt.datetime:
+def _naive_ny(dt) -> tuple[_dt.datetime, str | None]:
+    """``(naive New York time, DST problem or None)``; raises TypeError for a non-time."""
+    if dt is pd.NaT or isinstance(dt, type(pd.NaT)):  # NaT is a datetime subclass, not a Timestamp
+        raise TypeError("dt is NaT (not a time)")
     if isinstance(dt, pd.Timestamp):
-        if dt is pd.NaT:
-            raise TypeError("NaT")
         dt = dt.to_pydatetime()
     if not isinstance(dt, _dt.datetime):
         raise TypeError(f"dt must be a datetime, got {type(dt).__name__}")
     if dt.tzinfo is not None:
-        dt = dt.astimezone(_NY).replace(tzinfo=None)
-    return dt
+        local = dt.astimezone(_NY)
+        if local.fold:  # zoneinfo marks the second pass of the repeated hour
+            return local.replace(tzinfo=None, fold=0), (
+                f"{dt.isoformat()} is {local.replace(tzinfo=None):%Y-%m-%d %H:%M} New York "
+                f"standard time, the second pass of the repeated autumn hour: New York "
+                f"wall-clock time would run backwards (CME Globex is closed then)"
+            )
+        return local.replace(tzinfo=None), None
+    there_and_back = dt.replace(tzinfo=_NY).astimezone(_dt.timezone.utc).astimezone(_NY)
+    if there_and_back.replace(tzinfo=None) != dt:
+        return dt, (f"{dt:%Y-%m-%d %H:%M} does not exist in America/New_York (the spring DST "
+                    f"gap); give the bar its UTC offset")
+    return dt, None
 
 
 def _bar_problem(
@@ -375,7 +389,7 @@ def _bar_problem(
     if not isinstance(bar, Bar):
         return None, "malformed", f"expected a Bar, got {type(bar).__name__}"
     try:
-        dt = _naive_ny(bar.dt)
+        dt, dst_problem = _naive_ny(bar.dt)
     except (TypeError, ValueError, OverflowError) as exc:
         return None, "malformed", f"bad dt {bar.dt!r}: {exc}"
     prices = {}
@@ -389,6 +403,8 @@ def _bar_problem(
         prices[name] = value
     if prices["volume"] < 0:
         return dt, "malformed", f"volume {prices['volume']} is negative"
+    if dst_problem:
+        return dt, "dst_time", dst_problem
     if last_dt is not None:
         if dt == last_dt:
             return dt, "duplicate", f"same time as the last accepted bar {last_dt}"

@@ -202,6 +202,12 @@ BAD_BARS = {
         _bar(12, o=2005.0),  # open above high
         Bar(None, 2000.0, 2001.0, 1999.0, 2000.5, 1.0),
         Bar(T0 + _dt.timedelta(minutes=13), "2000", 2001.0, 1999.0, 2000.5, 1.0),
+        Bar(pd.NaT, 2000.0, 2001.0, 1999.0, 2000.5, 1.0),  # used to crash in date2num
+    ],
+    "dst_time": [
+        _bar(0, dt=_dt.datetime(2024, 3, 10, 2, 30)),  # naive: 02:30 New York never happened
+        # 06:30 UTC is 01:30 EST, the second 01:30 of 2024-11-03
+        _bar(0, dt=_dt.datetime(2024, 11, 3, 6, 30, tzinfo=_dt.timezone.utc)),
     ],
     "duplicate": [_bar(9)],  # same time as the last good bar
     "out_of_order": [_bar(3)],
@@ -223,7 +229,8 @@ def test_each_bad_bar_kind_is_rejected_counted_and_logged(caplog):
     assert feed.rejections == expected
     assert len(feed.rejected) == sum(expected.values())
     assert [r for _, r in feed.rejected][:2] == ["malformed", "malformed"]
-    assert feed.rejected[5] == (T0 + _dt.timedelta(minutes=9), "duplicate")
+    assert feed.rejected[8] == (T0 + _dt.timedelta(minutes=9), "duplicate")
+    assert feed.rejected[5] == (None, "malformed")  # the NaT bar
     assert feed.delivered == 15  # every good bar reached the strategy
     assert len(strat) == 15
     assert sum("rejected (off_tick)" in r.getMessage() for r in caplog.records) == 1
@@ -251,6 +258,22 @@ def test_aware_timestamps_are_new_york_and_session_breaks_noted():
                        index=pd.DatetimeIndex(["2024-03-04 17:59", "2024-03-04 18:01"], tz=ny))
     _, _, feed2 = run_live(ReplaySource(df2, speed=0), fast=2, slow=3)
     assert [b.kind for b in feed2.session_breaks] == ["trade_date"]
+
+
+def test_utc_stream_through_the_repeated_autumn_hour_does_not_crash():
+    from m2k_bt.cli_live import run_live as cli_run_live
+
+    # 2024-11-03: 05:00-05:50 UTC is 01:00-01:50 EDT, 06:00-06:50 UTC is 01:00-01:50 EST again
+    idx = pd.date_range("2024-11-03 04:00", "2024-11-03 06:50", freq="10min", tz="UTC")
+    df = pd.DataFrame({"open": 2000.0, "high": 2000.5, "low": 1999.5, "close": 2000.0,
+                       "volume": 1.0}, index=idx)
+    result = cli_run_live(ReplaySource(df, speed=0), _config(), bars=df, fills=False,
+                          qcheck=HEARTBEAT, idle_timeout=IDLE_TIMEOUT)
+    stream = result.analysis["stream"]
+    # 04:00-05:50 UTC (12 bars) delivered; 06:00-06:50 UTC (6 bars) would repeat 01:00-01:50
+    assert stream["delivered"] == 12 and stream["rejections"] == {"dst_time": 6}
+    assert result.last_dt == pd.Timestamp("2024-11-03 05:50", tz="UTC")
+    assert "stream: 6 bar(s) rejected (dst_time)" in result.warnings
 
 
 # -- idle and stop paths -------------------------------------------------------------------------
