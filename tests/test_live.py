@@ -542,3 +542,14 @@ def test_live_main_rejects_a_negative_speed(tmp_path, capsys):
     code = main(["live", "--replay", str(tmp_path / "x.csv"), "--speed", "-1"])
     assert code == 2
     assert "--speed" in capsys.readouterr().err
+
+
+def test_missing_replay_file_names_the_replay_flag(tmp_path, capsys):
+    from m2k_bt.cli import main
+
+    missing = tmp_path / "nope.csv"
+    code = main(["live", "--replay", str(missing), "--speed", "0"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert f"replay file not found: {missing} (check the --replay path)" in err
+    assert "--data" not in err  # live's own flag, not the backtest's hint
