@@ -94,6 +94,9 @@ class Bar:
     - ``dt``: bar time, a ``datetime`` (or ``pandas.Timestamp``); tz-aware, or naive New York.
     - ``open``, ``high``, ``low``, ``close``: index points.
     - ``volume``: contracts.
+    - ``roll``: true on the first bar of a new contract of a continuous series (the feed's
+      ``roll`` line, as :class:`m2k_bt.feeds.BarsFeed` has it), so that strategies roll a held
+      position live as they do in a backtest.
 
     A ``Bar`` is a plain container: it is checked by :class:`QueueFeed`, so that a bad bar from a
     producer is rejected with a reason instead of failing in the producer's thread.
@@ -105,6 +108,7 @@ class Bar:
     low: float
     close: float
     volume: float = 0.0
+    roll: bool = False
 
 
 @dataclass(frozen=True)
@@ -271,10 +275,13 @@ def bars_from_frame(df: pd.DataFrame) -> list[Bar]:
     idx = df.index
     dts = (idx.tz_convert("UTC") if idx.tz is not None else idx).to_pydatetime()
     cols = [df[c].to_numpy(dtype=float) for c in ("open", "high", "low", "close")]
-    vol = df["volume"].to_numpy(dtype=float) if "volume" in df.columns else np.zeros(len(df))
+    n = len(df)
+    vol = df["volume"].to_numpy(dtype=float) if "volume" in df.columns else np.zeros(n)
+    roll = (df["roll"].fillna(False).to_numpy(dtype=bool) if "roll" in df.columns
+            else np.zeros(n, dtype=bool))
     return [
-        Bar(dt, float(o), float(h), float(lo), float(c), float(v))
-        for dt, o, h, lo, c, v in zip(dts, *cols, vol)
+        Bar(dt, float(o), float(h), float(lo), float(c), float(v), bool(r))
+        for dt, o, h, lo, c, v, r in zip(dts, *cols, vol, roll)
     ]
 
 
@@ -456,6 +463,9 @@ def _remove_idle_guard(cerebro) -> None:
 class QueueFeed(bt.feed.DataBase):
     """A live feed that takes bars from a thread-safe queue filled by a :class:`BarSource`.
 
+    Lines: the standard ones plus ``roll`` (1.0 on a bar whose :attr:`Bar.roll` is true, the
+    first bar of a new contract; else 0.0), as :class:`m2k_bt.feeds.BarsFeed` has it.
+
     Params:
 
     - ``source`` (def: ``None``): the :class:`BarSource`; started when cerebro starts the feed,
@@ -486,6 +496,8 @@ class QueueFeed(bt.feed.DataBase):
     - ``first_dt``, ``last_dt``: first and last delivered bar times (naive New York).
     - ``put_ns``: the producer's put stamp of the current bar (``None`` if it had none).
     """
+
+    lines = ("roll",)
 
     params = (
         ("source", None),
@@ -633,6 +645,7 @@ class QueueFeed(bt.feed.DataBase):
         lines.close[0] = float(bar.close)
         lines.volume[0] = float(bar.volume)
         lines.openinterest[0] = 0.0
+        lines.roll[0] = 1.0 if bar.roll else 0.0
         return True
 
     @property

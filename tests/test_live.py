@@ -186,6 +186,35 @@ def test_engine_parity_with_project_strategy_and_broker():
     assert all(first <= t["entry_dt"] < t["exit_dt"] <= last for t in live_trades)
 
 
+def test_replay_of_data_with_a_roll_rolls_like_the_backtest():
+    engine = pytest.importorskip("m2k_bt.engine")
+    from m2k_bt.cli_live import run_live as cli_run_live
+
+    df = make_bars(800, seed=11)
+    df["roll"] = False
+    df.iloc[500, df.columns.get_loc("roll")] = True  # a new contract from bar 500
+    config = engine.BacktestConfig(strategy="sma", params={"fast": 10, "slow": 40},
+                                   sizer="fixed")
+    result = engine.run_backtest(df, config)
+    live = cli_run_live(ReplaySource(df, speed=0), config, bars=df, fills=False,
+                        qcheck=HEARTBEAT, idle_timeout=IDLE_TIMEOUT)
+    # the crossover always holds a position after its first cross: the roll closes and reopens
+    assert [t["exit_reason"] for t in result.trades].count("roll") == 1
+    assert live.strategy.rolls == 1
+    assert len(live.trades) == len(result.trades)
+    assert live.final_value == pytest.approx(result.final_value, abs=1e-9)
+    assert [t["exit_reason"] for t in live.trades] == [t["exit_reason"] for t in result.trades]
+    assert [t["net_pnl"] for t in live.trades] == pytest.approx(
+        [t["net_pnl"] for t in result.trades], abs=1e-9)
+
+
+def test_bars_from_frame_carries_the_roll_column():
+    df = make_bars(3, seed=1)
+    df["roll"] = [False, True, False]
+    assert [b.roll for b in bars_from_frame(df)] == [False, True, False]
+    assert [b.roll for b in bars_from_frame(df.drop(columns="roll"))] == [False] * 3
+
+
 # -- bad bars ------------------------------------------------------------------------------------
 
 T0 = _dt.datetime(2024, 3, 4, 10, 0)
