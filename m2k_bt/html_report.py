@@ -144,18 +144,9 @@ def _save_html(layout, path: Path, title: str) -> Path:
     from bokeh.embed import file_html
     from bokeh.resources import INLINE
 
-    text = file_html(layout, resources=INLINE, title=title)
-    path = Path(path)
-    try:
-        from .outputs import atomic_write_text  # type: ignore[attr-defined]
-    except ImportError:
-        from .report import atomic_path
+    from .outputs import atomic_write_text
 
-        with atomic_path(path) as tmp:
-            tmp.write_text(text, encoding="utf-8")
-    else:
-        atomic_write_text(path, text)
-    return path
+    return atomic_write_text(Path(path), file_html(layout, resources=INLINE, title=title))
 
 
 # -------------------------------------------------------------------------------------------

@@ -23,6 +23,7 @@ import os
 from pathlib import Path
 
 from .errors import ConfigError
+from .outputs import atomic_path
 
 __all__ = [
     "DEFAULT_MAX_BARS",
@@ -47,8 +48,6 @@ DEFAULT_CANDLE_BARS = 300
 
 
 def _save_atomic(fig, path: Path, dpi: int) -> Path:
-    from .report import atomic_path
-
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=dpi, format="png", facecolor="white")
     return path
@@ -133,8 +132,8 @@ def plot_window(total: int, trades: list[tuple[int, int]], max_bars: int, last_t
     >>> plot_window(1000, [(10, 20), (500, 600)], max_bars=2000, last_trades=20)
     (0, 1000, 2)
     >>> plot_window(10_000, [(100, 200), (5000, 5100), (7000, 7400), (8000, 8200)],
-    ...             max_bars=3000, last_trades=20)  # pad = 3000 // 60 = 50 bars
-    (6950, 8250, 2)
+    ...             max_bars=3000, last_trades=20)  # pad 3000 // 60 = 50; end past exit 8200
+    (6950, 8251, 2)
     >>> plot_window(10_000, [], max_bars=3000, last_trades=20)
     (7000, 10000, 0)
     """

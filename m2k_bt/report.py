@@ -50,7 +50,6 @@ drawdown_pct`` (see :class:`m2k_bt.analyzers.EquityCurve`).
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import dataclasses
 import datetime as _dt
@@ -59,14 +58,13 @@ import json
 import math
 import os
 import sys
-import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
 from .analyzers import METRIC_KEYS, equity_frame, metrics_from
-from .errors import ConfigError
+from .errors import ConfigError, OutputError
+from .outputs import OutputFolder, atomic_open, atomic_path, atomic_write_text
 
 __all__ = [
     "REPORT_SCHEMA_VERSION",
@@ -211,6 +209,7 @@ REPORT_JSON_SCHEMA: dict[str, Any] = {
                 },
                 "cash": {"type": _NUM},
                 "seed": {"type": _INT},
+                "events": {"type": "object"},
                 "strategy": {"$ref": "#/$defs/component"},
                 "sizer": {"$ref": "#/$defs/component"},
             },
@@ -450,6 +449,24 @@ def _data_files(cfg: Any) -> list[dict[str, Any]]:
     return out
 
 
+#: BacktestConfig fields of the events and signals, recorded under ``inputs.events``.
+EVENT_FIELDS = ("avoid_events", "event_before", "event_after", "flat_before_event", "events",
+                "signal", "signal_min", "signal_max", "signal_max_age")
+#: Strategy params set from those fields (replayed by their own flags, not by --param).
+_EVENT_PARAMS = ("avoid_events", "event_before", "event_after", "flat_before_event",
+                 "event_calendar", "signal_min", "signal_max")
+
+
+def _events_inputs(cfg: Any) -> dict[str, Any]:
+    out = {}
+    for key in EVENT_FIELDS:
+        value = getattr(cfg, key, None)
+        if key in ("events", "signal") and value is not None and not isinstance(value, str):
+            value = f"<{type(value).__name__} given in Python>"
+        out[key] = value
+    return out
+
+
 def _inputs(result: Any) -> dict[str, Any]:
     cfg = getattr(result, "config", None)
 
@@ -503,6 +520,7 @@ def _inputs(result: Any) -> dict[str, Any]:
         },
         "cash": c("cash"),
         "seed": c("seed"),
+        "events": _events_inputs(cfg),
         "strategy": {
             "name": c("strategy_name") or _name(c("strategy")),
             "class": type(strategy).__name__ if strategy is not None else _name(c("strategy")),
@@ -653,25 +671,6 @@ def validate_report(report: dict[str, Any]) -> list[str]:
 # -------------------------------------------------------------------------------------------
 
 
-@contextlib.contextmanager
-def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; on success move it onto ``path`` atomically.
-
-    On an exception the temporary file is removed and ``path`` is left as it was.
-    """
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    os.chmod(tmp, 0o644)  # mkstemp makes 0600; reports are meant to be shared
-    try:
-        yield Path(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-
-
 def _trade_rows(result: Any) -> list[dict[str, Any]]:
     rows = list(getattr(result, "trades", None) or [])
     if not rows:
@@ -719,7 +718,7 @@ def _cell(value: Any) -> Any:
 
 def _write_trades(result: Any, path: Path) -> Path:
     frame = trade_table(result)
-    with atomic_path(path) as tmp, open(tmp, "w", newline="") as fh:
+    with atomic_open(path, "w", newline="") as fh:
         writer = csv.writer(fh, lineterminator="\n")
         writer.writerow(list(frame.columns))
         for row in frame.itertuples(index=False):
@@ -732,8 +731,8 @@ def _write_equity(equity, path: Path) -> Path:
     frame.index = ny_index_iso(frame.index)
     if "position" in frame:
         frame["position"] = frame["position"].astype("int64")
-    with atomic_path(path) as tmp:
-        frame.to_csv(tmp, index_label="datetime")
+    with atomic_open(path, "w", newline="") as fh:
+        frame.to_csv(fh, index_label="datetime")
     return path
 
 
@@ -746,51 +745,74 @@ def _equity_df(result: Any):
     return df
 
 
+#: Files :func:`write_outputs` may write; an earlier run's copies are removed before writing.
+OUTPUT_FILES = ("report.json", "trades.csv", "equity.csv", "report.html", "plot.png",
+                "equity.png")
+
+
 def write_outputs(result: Any, out_dir: str | os.PathLike, plot: bool = True) -> dict[str, Path]:
     """Write report.json, trades.csv, equity.csv and (``plot=True``) report.html, plot.png,
     equity.png.
 
-    Every file is written atomically; report.json comes last and lists the others under
-    ``files``. A plot that fails is reported as a warning in report.json instead of stopping
-    the run (the numbers are still good). Returns role -> path for the files written: roles
-    ``trades``, ``equity``, ``html``, ``plot``, ``equity_plot``, ``report``.
+    The folder is locked for the duration (:class:`m2k_bt.outputs.OutputFolder`; a caller that
+    already holds the lock keeps it). An earlier run's outputs are removed first, report.json
+    first of all; every file is written atomically and report.json comes last, listing the
+    others under ``files``: a folder holding report.json is always one complete run. A plot
+    that fails is reported as a warning in report.json instead of stopping the run (the
+    numbers are still good). A write that fails (a full disk, say) removes what this call
+    wrote and raises :class:`~m2k_bt.errors.OutputError` naming the file. Returns role ->
+    path for the files written: roles ``trades``, ``equity``, ``html``, ``plot``,
+    ``equity_plot``, ``report``.
     """
     from .plotting import plot_backtrader, plot_equity
 
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     written: dict[str, Path] = {}
     extra_warnings: list[str] = []
-
-    written["trades"] = _write_trades(result, out / "trades.csv")
-    equity = _equity_df(result)
-    if equity is not None:
-        written["equity"] = _write_equity(equity, out / "equity.csv")
-    report = build_report(result)
-    if plot:
-        from .html_report import write_report_html
-
+    with OutputFolder(out) as folder:
+        folder.clear(OUTPUT_FILES)
         try:
-            written["html"] = write_report_html(result, out / "report.html", report=report)
-        except Exception as exc:  # noqa: BLE001 - reported in report.json
-            extra_warnings.append(f"report.html not written: {type(exc).__name__}: {exc}")
-        cerebro = getattr(result, "cerebro", None)
-        if cerebro is not None:
-            try:
-                written["plot"] = plot_backtrader(cerebro, out / "plot.png")
-            except Exception as exc:  # noqa: BLE001 - reported in report.json
-                extra_warnings.append(f"plot.png not written: {type(exc).__name__}: {exc}")
-        if equity is not None and len(equity):
-            try:
-                written["equity_plot"] = plot_equity(equity, out / "equity.png")
-            except Exception as exc:  # noqa: BLE001 - reported in report.json
-                extra_warnings.append(f"equity.png not written: {type(exc).__name__}: {exc}")
+            written["trades"] = _write_trades(result, out / "trades.csv")
+            equity = _equity_df(result)
+            if equity is not None:
+                written["equity"] = _write_equity(equity, out / "equity.csv")
+            report = build_report(result)
+            if plot:
+                from .html_report import write_report_html
 
-    report["warnings"] += extra_warnings
-    report["files"] = {p.name: role for role, p in written.items()}
-    with atomic_path(out / "report.json") as tmp:
-        tmp.write_text(json.dumps(report, indent=2, allow_nan=False) + "\n")
-    written["report"] = out / "report.json"
+                try:
+                    written["html"] = write_report_html(result, out / "report.html",
+                                                        report=report)
+                except OutputError:
+                    raise
+                except Exception as exc:  # noqa: BLE001 - reported in report.json
+                    extra_warnings.append(f"report.html not written: {type(exc).__name__}: {exc}")
+                cerebro = getattr(result, "cerebro", None)
+                if cerebro is not None:
+                    try:
+                        written["plot"] = plot_backtrader(cerebro, out / "plot.png")
+                    except OutputError:
+                        raise
+                    except Exception as exc:  # noqa: BLE001 - reported in report.json
+                        extra_warnings.append(f"plot.png not written: {type(exc).__name__}: {exc}")
+                if equity is not None and len(equity):
+                    try:
+                        written["equity_plot"] = plot_equity(equity, out / "equity.png")
+                    except OutputError:
+                        raise
+                    except Exception as exc:  # noqa: BLE001 - reported in report.json
+                        extra_warnings.append(
+                            f"equity.png not written: {type(exc).__name__}: {exc}"
+                        )
+
+            report["warnings"] += extra_warnings
+            report["files"] = {p.name: role for role, p in written.items()}
+            atomic_write_text(out / "report.json",
+                              json.dumps(report, indent=2, allow_nan=False) + "\n")
+            written["report"] = out / "report.json"
+        except OutputError:
+            folder.clear(p.name for p in written.values())  # no half run left behind
+            raise
     return written
 
 
@@ -932,11 +954,29 @@ def rerun_argv(report_path: str | os.PathLike) -> list[str]:
                         ("--seed", inp.get("seed"))):
         if value is not None:
             argv += [flag, _arg(value)]
+    events = inp.get("events") or {}
+    for key in ("events", "signal"):
+        if str(events.get(key) or "").startswith("<"):
+            raise ConfigError(f"--rerun {path}: the run's {key} came from Python, not a file")
+    for flag, key in (("--avoid-events", "avoid_events"), ("--events", "events"),
+                      ("--signal", "signal"), ("--signal-min", "signal_min"),
+                      ("--signal-max", "signal_max"), ("--signal-max-age", "signal_max_age")):
+        value = events.get(key)
+        if value is not None:
+            argv += [flag, ",".join(value) if isinstance(value, list) else _arg(value)]
+    if events.get("event_before") is not None or events.get("event_after") is not None:
+        params = (inp.get("strategy") or {}).get("params") or {}
+        before = _first(events.get("event_before"), params.get("event_before"))
+        after = _first(events.get("event_after"), params.get("event_after"))
+        argv += ["--event-window", f"{_arg(before)},{_arg(after)}"]
+    if events.get("flat_before_event"):
+        argv.append("--flat-before-event")
     strategy = inp.get("strategy") or {}
     sizer = inp.get("sizer") or {}
     argv += ["--strategy", str(strategy.get("name")), "--sizer", str(sizer.get("name"))]
     for key, value in (strategy.get("params") or {}).items():
-        argv += ["--param", f"{key}={_arg(value)}"]
+        if key not in _EVENT_PARAMS:
+            argv += ["--param", f"{key}={_arg(value)}"]
     for key, value in (sizer.get("params") or {}).items():
         argv += ["--sizer-param", f"{key}={_arg(value)}"]
     return argv

@@ -352,8 +352,10 @@ def test_rerun_reproduces_the_run_exactly(tmp_path):
     first = tmp_path / "first"
     assert main(["--data", data, "--out", str(first), "--param", "fast=12", "--param",
                  "slow=40", "--param", "stop_atr=2.5", "--sizer-param", "kelly_scale=0.3",
-                 "--slippage-ticks", "1", "--cash", "30000", "--no-plot", "--quiet"]) == 0
+                 "--slippage-ticks", "1", "--cash", "30000", "--avoid-events", "fomc,cpi",
+                 "--event-window", "15,30", "--no-plot", "--quiet"]) == 0
     report = json.loads((first / "report.json").read_text())
+    assert report["inputs"]["events"]["event_before"] == 15.0
     strat = report["inputs"]["strategy"]
     assert strat["params"]["fast"] == 12 and strat["param_types"]["fast"] == "int"
     assert strat["params"]["stop_atr"] == 2.5 and strat["param_types"]["stop_atr"] == "float"
