@@ -71,7 +71,7 @@ def _tick_price(n, tick, p10):
 
 
 @njit(cache=True)
-def run_loop(o, h, l, c, ct, sig, mid, allow_long, allow_short, rth, flatw, roll,
+def run_loop(o, h, lw, c, ct, sig, mid, allow_long, allow_short, rth, flatw, roll,
              stop_n, target_n, ip, fp):
     n = len(c)
     kind, exit_signal, long_only = ip[IP_KIND], ip[IP_EXIT_SIGNAL], ip[IP_LONG_ONLY]
@@ -251,7 +251,7 @@ def run_loop(o, h, l, c, ct, sig, mid, allow_long, allow_short, rth, flatw, roll
                 continue
             size = o_size[k]
             buy = size > 0
-            op, hi, lo = o[i], h[i], l[i]
+            op, hi, lo = o[i], h[i], lw[i]
             fill = np.nan
             t = o_type[k]
             if t == MARKET:
