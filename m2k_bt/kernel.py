@@ -75,13 +75,20 @@ __all__ = [
     "simulate_many",
     "supported",
     "prepare",
+    "KERNEL_EXIT_REASONS",
 ]
 
 _KINDS = {SmaCrossover: "sma", BollingerReversion: "bollinger", AdaptiveBollinger: "adaptive"}
 
-#: Strategy parameters the kernel models (every parameter of the three built-in strategies).
+#: Strategy parameters the kernel models; any other parameter must keep its default.
+_BASE_PARAMS = {"long_only", "stop_ticks", "target_ticks", "stop_atr", "target_atr",
+                "atr_period", "rth_only", "flat_before_close"}
+_BAND_PARAMS = {"devfactor", "ddof", "exit", "rsi_period", "rsi_oversold", "rsi_overbought"}
 _KNOWN_PARAMS = {
-    cls: set(dict(cls.params._getitems())) for cls in _KINDS
+    SmaCrossover: _BASE_PARAMS | {"fast", "slow", "adx_min", "adx_period"},
+    BollingerReversion: _BASE_PARAMS | _BAND_PARAMS | {"period"},
+    AdaptiveBollinger: _BASE_PARAMS | _BAND_PARAMS | {"period_high", "period_low",
+                                                       "vol_lookback", "vol_threshold"},
 }
 #: BacktestConfig fields the kernel reads or that do not change the trades.
 _KNOWN_FIELDS = {
@@ -346,9 +353,11 @@ class KernelResult:
     strategy: Any = None
 
 
-_REASONS = EXIT_REASONS  # ("signal", "stop", "target", "session_close", "margin_call", ...)
-assert _REASONS[:7] == ("signal", "stop", "target", "session_close", "margin_call", "roll",
-                        "end")
+#: Exit reasons the kernel produces, by the loop's reason code (all of ``EXIT_REASONS`` but
+#: 'event': event filters are not modelled).
+KERNEL_EXIT_REASONS = ("signal", "stop", "target", "session_close", "margin_call", "roll", "end")
+assert set(KERNEL_EXIT_REASONS) <= set(EXIT_REASONS)
+_REASONS = KERNEL_EXIT_REASONS
 
 
 def _comminfo(config: BacktestConfig) -> M2KCommInfo:

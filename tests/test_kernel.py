@@ -68,6 +68,7 @@ from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
 from m2k_bt.kernel import (  # noqa: E402
+    KERNEL_EXIT_REASONS,
     KernelData,
     KernelUnsupported,
     prepare,
@@ -193,7 +194,8 @@ def test_named_cases_agree_and_cover_every_reason_and_cap():
         reasons |= {t["exit_reason"] for t in got.trades}
         bindings |= {d.binding for d in got.decisions}
         assert got.trades or got.decisions, name
-    assert reasons == set(EXIT_REASONS), set(EXIT_REASONS) - reasons
+    assert reasons == set(KERNEL_EXIT_REASONS), set(KERNEL_EXIT_REASONS) - reasons
+    assert set(EXIT_REASONS) - reasons == {"event"}  # event filters run in cerebro
     assert bindings == set(BINDINGS), set(BINDINGS) - bindings
 
 
@@ -378,3 +380,10 @@ def test_indicators_are_computed_once_per_data_set():
         assert res.final_value == simulate(bars, config).final_value
     many = simulate_many(bars, grid)  # from the bars: one KernelData made for all
     assert [r.final_value for r in many] == [r.final_value for r in results]
+
+
+def test_event_and_signal_filters_run_in_cerebro():
+    ok, why = supported(BacktestConfig(avoid_events="fomc"))
+    assert not ok and "avoid_events" in why
+    ok, why = supported(BacktestConfig(params={"avoid_events": "fomc"}))
+    assert not ok and "avoid_events" in why
