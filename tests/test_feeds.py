@@ -72,7 +72,7 @@ def test_yahoo_nulls_adj_close(tmp_path):
              "2025-03-11,null,null,null,null,null,null",
              "2025-03-12,2005.0,2012.0,2001.0,2010.0,2010.0,900"]  # fmt: skip
     path = write(tmp_path, "y.csv", lines)
-    with pytest.raises(DataFeedError, match=r"y\.csv, line 3: missing price"):
+    with pytest.raises(DataFeedError, match=r"y\.csv, line 3: missing or non-finite price"):
         load_bars(path)
     df = load_bars(path, lenient=True)
     assert df.attrs["format"] == "yahoo" and len(df) == 2
@@ -124,7 +124,7 @@ def test_databento_mixed_schemas(tmp_path):
              "ohlcv-1m,2025-03-10 14:00:00+00:00,M2KM5,2000.0,2000.5,1999.8,2000.3,120",
              "ohlcv-1h,2025-03-10 14:00:00+00:00,M2KM5,2000.0,2004.5,1999.8,2003.3,50"]  # fmt: skip
     path = write(tmp_path, "mix.csv", lines)
-    with pytest.raises(DataFeedError, match=r"line 3: file mixes schemas"):
+    with pytest.raises(DataFeedError, match=r"line 3: row of another schema \(the file mixes schemas"):
         load_bars(path)
     df = load_bars(path, lenient=True)
     assert len(df) == 1 and df.attrs["report"][0]["line"] == 3
@@ -156,19 +156,19 @@ def test_unknown_fmt_and_missing_file(tmp_path):
 @pytest.mark.parametrize(
     ("row", "message", "action"),
     [
-        ("2025-03-10 10:03:00-04:00,2000.0,2000.5,1999.8,nan,5", "missing price", "drop"),
+        ("2025-03-10 10:03:00-04:00,2000.0,2000.5,1999.8,nan,5", "missing or non-finite price", "drop"),
         ("not-a-time,2000.0,2000.5,1999.8,2000.3,5", "unparseable timestamp", "drop"),
         ("2025-03-10 10:03:00-04:00,2000.0,1999.9,1999.8,2000.3,5", "inconsistent OHLC",
-         "widen high/low to cover open and close in"),
+         "widen high/low to cover open and close"),
         ("2025-03-10 10:03:00-04:00,-1.0,2000.5,-1.0,2000.3,5", "non-positive price", "drop"),
         ("2025-03-10 10:02:00-04:00,2000.0,2000.5,1999.8,2000.3,5", "duplicate timestamp",
          "drop (keeping the first)"),
         ("2025-03-10 10:03:00-04:00,2000.05,2000.5,1999.8,2000.3,5", "off the 0.1 tick grid",
-         "round to the nearest tick"),
+         "round to 2000.0"),  # 2000.05 / 0.1 = 20000.4999..., nearest tick 20000
         ("2025-03-10 17:30:00-04:00,2000.0,2000.5,1999.8,2000.3,5", "outside the CME Globex",
          "drop"),
         ("2025-03-10 10:03:00-04:00,2000.0,2000.5,1999.8,2000.3,", "missing or non-numeric "
-         "volume", "set to 0 in"),
+         "volume", "set to 0"),
     ],
 )  # fmt: skip
 def test_each_problem_strict_and_lenient(tmp_path, row, message, action):
