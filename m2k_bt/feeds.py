@@ -205,16 +205,14 @@ def _gunzip(data: bytes, path: str) -> bytes:
 
 
 def _decode(data: bytes, path: str) -> str:
-    if data.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
-        encoding = "utf-16"
-    else:
-        encoding = "utf-8-sig"
+    utf16 = data.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE))
+    encoding, name = ("utf-16", "UTF-16") if utf16 else ("utf-8-sig", "UTF-8")
     try:
         text = data.decode(encoding)
     except UnicodeDecodeError as exc:
         line = data.count(b"\n", 0, exc.start) + 1
         raise DataFeedError(
-            f"{path}, line {line}: not {encoding.upper()[:6]} text (byte "
+            f"{path}, line {line}: not {name} text (byte "
             f"{data[exc.start : exc.start + 1]!r} at offset {exc.start}); save the file as a "
             f"UTF-8 CSV"
         ) from exc
@@ -293,10 +291,10 @@ def _read_csv(text: str, path: str, **kwargs) -> pd.DataFrame:
 
 
 def _blank_rows(raw: pd.DataFrame) -> np.ndarray:
-    """Rows that came from blank lines (every field missing)."""
+    """Rows without any text (blank lines, or only delimiters): skipped, nothing is lost."""
     if raw.shape[1] == 0:
         return np.zeros(len(raw), dtype=bool)
-    return np.asarray(raw.isna().all(axis=1))
+    return np.asarray((raw.isna() | (raw == "")).all(axis=1))
 
 
 def _rename(raw: pd.DataFrame, source: str) -> pd.DataFrame:
