@@ -28,7 +28,7 @@ import backtrader as bt
 import numpy as np
 import pandas as pd
 
-from .errors import ConfigError
+from .errors import ConfigError, DataFeedError
 from .live import LiveLatency, QueueFeed, ReplaySource
 
 __all__ = ["FillPrinter", "build_parser", "live_cerebro", "run_live", "live_main"]
@@ -91,7 +91,9 @@ def live_cerebro(source, config, bars: pd.DataFrame | None = None, **feed_kw):
 
 
 def _ny(dt):
-    return None if dt is None else pd.Timestamp(dt).tz_localize("America/New_York")
+    # the feed delivers only the first (daylight-time) pass of the repeated autumn hour
+    return None if dt is None else pd.Timestamp(dt).tz_localize("America/New_York",
+                                                                ambiguous=True)
 
 
 def _install_sigint(cerebro, state: dict):
@@ -233,6 +235,9 @@ def live_main(argv: list[str]) -> int:
                           f"got {args.speed}")
     if not args.heartbeat > 0:
         raise ConfigError(f"--heartbeat must be seconds > 0, got {args.heartbeat}")
+    if not Path(args.replay).is_file():
+        # checked here so that the hint names live's flag, not the backtest's --data
+        raise DataFeedError(f"replay file not found: {args.replay} (check the --replay path)")
     args.data = [args.replay]
     bars, config = config_from_args(args)
     selected = select_bars(bars, config)
