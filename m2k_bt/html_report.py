@@ -216,7 +216,7 @@ def _indicators_of(result: Any, n: int) -> tuple[dict, dict]:
 
 
 def _trade_frame(result: Any) -> pd.DataFrame:
-    from .report import trade_table
+    from .records import trade_table
 
     return trade_table(result)
 
@@ -764,14 +764,12 @@ def _plot_trades(trades: pd.DataFrame) -> pd.DataFrame:
     return df
 
 
-def report_layout(result: Any, report: dict[str, Any] | None = None):
-    """The Bokeh layout of ``report.html`` for a backtest result (see the module doc)."""
+def report_layout(result: Any, report: dict[str, Any]):
+    """The Bokeh layout of ``report.html`` for a backtest result and its report.json content
+    (see the module doc)."""
     from bokeh.layouts import column, row
     from bokeh.models import Div, Range1d
 
-    from .report import build_report
-
-    report = report if report is not None else build_report(result)
     bars = _bars_of(result)
     trades = _plot_trades(_trade_frame(result))
     parts: list = [Div(text=_cards_html(report), sizing_mode="stretch_width")]
@@ -808,18 +806,16 @@ def report_layout(result: Any, report: dict[str, Any] | None = None):
     return column(*parts, sizing_mode="stretch_width")
 
 
-def write_report_html(
-    result: Any, path: str | os.PathLike, report: dict[str, Any] | None = None
-) -> Path:
+def write_report_html(result: Any, path: str | os.PathLike, report: dict[str, Any]) -> Path:
     """Write ``report.html`` for a backtest result; returns the path.
 
     - ``result``: a :class:`~m2k_bt.engine.BacktestResult` (the strategy's data lines give the
       candles and indicators; without them the equity curve's close is drawn).
-    - ``report``: its report.json content (def: ``build_report(result)``), for the cards.
+    - ``report``: its report.json content (``m2k_bt.report.build_report(result)``): the cards,
+      costs, Kelly log and warnings come from it.
 
     The file is written atomically and carries every resource inline (opens offline).
     """
-    report = report if report is not None else None
     layout = report_layout(result, report)
     title = "m2k_bt report"
     return _save_html(layout, Path(path), title)

@@ -16,6 +16,7 @@ from conftest import rth_bars, write_bars_csv
 
 from m2k_bt import html_report as hr
 from m2k_bt.cli import main
+from m2k_bt.report import build_report
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMEDRIVER = shutil.which("chromedriver")
@@ -121,7 +122,7 @@ def test_layout_marks_every_trade_and_hover_shows_its_row(run_dir):
     result = run_backtest(data, BacktestConfig(params={"fast": 10, "slow": 30,
                                                        "stop_ticks": 60},
                                                sizer_params={"min_trades": 5}))
-    layout = hr.report_layout(result)
+    layout = hr.report_layout(result, build_report(result))
     (trades,) = _models(layout, "trades")
     assert len(trades.data["entry_dt"]) == len(result.trades) == len(_trade_rows(run_dir))
     (hover,) = _models(layout, "trade_hover")
