@@ -260,8 +260,9 @@ class M2KStrategy(bt.Strategy, metaclass=_M2KStrategyMeta):
                     raise ValueError
                 return value.strip()
         except (TypeError, ValueError):
+            article = "an" if kind.__name__[0] in "aeiou" else "a"
             raise ParameterError(
-                f"{where} must be a {kind.__name__}, got {value!r}"
+                f"{where} must be {article} {kind.__name__}, got {value!r}"
             ) from None
         return value
 
