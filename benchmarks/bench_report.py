@@ -35,7 +35,7 @@ def random_walk(n: int, seed: int = 11) -> pd.DataFrame:
     close = np.round(2000.0 * np.exp(np.cumsum(rng.normal(0.0, 0.0004, n))) / 0.1) * 0.1
     open_ = np.concatenate([[2000.0], close[:-1]])
     span = np.round(np.abs(rng.normal(0.0, 0.0004, n)) * close / 0.1) * 0.1
-    idx = pd.date_range("2020-01-05 18:00", periods=n, freq="1min", tz="America/New_York")
+    idx = pd.date_range("2020-01-05 18:00", periods=n, freq="1min")  # naive: New York wall time
     return pd.DataFrame({
         "open": open_, "high": np.maximum(open_, close) + span,
         "low": np.minimum(open_, close) - span, "close": close,

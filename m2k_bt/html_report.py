@@ -944,7 +944,16 @@ def study_layout(result: Any):
 
 
 def _sort_key(v):
-    return (0, float(v), "") if isinstance(v, (int, float)) else (1, 0.0, str(v))
+    """Numbers (numpy's too) in numeric order, then anything else by its text.
+
+    >>> sorted([10, np.int64(5), "a"], key=_sort_key)
+    [np.int64(5), 10, 'a']
+    """
+    import numbers
+
+    if isinstance(v, numbers.Number) and not isinstance(v, bool):
+        return (0, float(v), "")
+    return (1, 0.0, str(v))
 
 
 def _parallel_coordinates(df, params, vals, cmap, objective):
@@ -993,6 +1002,10 @@ def _folds_frame(result) -> pd.DataFrame:
         row.setdefault("fold", i)
         params = row.pop("best_params", row.pop("params", None)) or {}
         row.update({f"param_{k}": v for k, v in params.items()})
+        for side in ("is", "oos"):
+            metrics = row.pop(f"{side}_metrics", None) or {}
+            row.update({f"{side}_{k}": v for k, v in metrics.items()
+                        if k in ("net_profit", "sharpe", "trades", "max_drawdown_pct")})
         rows.append({k: v for k, v in row.items()
                      if v is None or isinstance(v, (int, float, str, _dt.date, pd.Timestamp))})
     return pd.DataFrame(rows)

@@ -1026,6 +1026,9 @@ def _write(result: OptimizeResult, out: Path) -> dict:
     paths["optimize.json"] = p
     if result.storage and result.storage.startswith("sqlite:///"):
         paths["study.db"] = Path(result.storage[len("sqlite:///") :])
+    from .html_report import write_study_html
+
+    paths["study.html"] = write_study_html(result, out / "study.html")
     return paths
 
 

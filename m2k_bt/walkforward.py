@@ -663,6 +663,9 @@ def _write(res: WalkForwardResult, out: Path, plot: bool) -> dict:
         p = out / "oos_equity.png"
         plot_oos_equity(res, p)
         paths["oos_equity.png"] = p
+    from .html_report import write_walkforward_html
+
+    paths["walkforward.html"] = write_walkforward_html(res, out / "walkforward.html")
     return paths
 
 

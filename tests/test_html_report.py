@@ -186,6 +186,31 @@ def test_study_and_walkforward_html_from_plain_results(tmp_path):
     assert "0.620" in path.read_text()
 
 
+@pytest.fixture(scope="module")
+def study_dirs(tmp_path_factory):
+    """A real grid study (fast 5/10 x slow 20/30) and a 2-fold walk-forward of the CLI."""
+    from conftest import make_bars
+
+    tmp = tmp_path_factory.mktemp("study")
+    bars = make_bars(1500, seed=6)
+    bars.index = bars.index.tz_localize(None)
+    bars.to_csv(tmp / "bars.csv")
+    common = ["--data", str(tmp / "bars.csv"), "--lenient", "--sizer", "fixed", "--space",
+              "fast=5:10:5", "slow=20:30:10", "--sampler", "grid", "--workers", "1",
+              "--min-trades", "0", "--quiet"]
+    assert main(["optimize", *common, "--out", str(tmp / "opt")]) == 0
+    assert main(["walkforward", *common, "--folds", "2", "--out", str(tmp / "wf")]) == 0
+    return tmp / "opt", tmp / "wf"
+
+
+def test_optimize_and_walkforward_write_their_html(study_dirs):
+    opt, wf = study_dirs
+    page = (opt / "study.html").read_text()
+    assert "Deflated Sharpe ratio" in page and "Probability of backtest overfitting" in page
+    assert "<script src=" not in page
+    assert "Walk-forward efficiency" in (wf / "walkforward.html").read_text()
+
+
 # -------------------------------------------------------------------------------------------
 # in a real browser
 # -------------------------------------------------------------------------------------------
@@ -352,6 +377,17 @@ def test_report_html_in_chromium(browser, run_dir, tmp_path):
     shot = tmp_path / "report-zoomed.png"
     browser.save_screenshot(str(shot))
     assert shot.stat().st_size > 10_000 and (tmp_path / "report.png").stat().st_size > 10_000
+
+
+def test_real_study_and_walkforward_html_in_chromium(browser, study_dirs, tmp_path):
+    opt, wf = study_dirs
+    assert _errors(_open(browser, opt / "study.html")) == []
+    assert _canvas_painted(browser, "param_heatmap") > 2  # two parameters: a heatmap
+    assert _canvas_painted(browser, "objective_fig") > 2
+    browser.save_screenshot(str(tmp_path / "study.png"))
+    assert _errors(_open(browser, wf / "walkforward.html")) == []
+    assert _canvas_painted(browser, "oos_fig") > 2
+    browser.save_screenshot(str(tmp_path / "walkforward.png"))
 
 
 def test_study_and_walkforward_html_in_chromium(browser, tmp_path):
