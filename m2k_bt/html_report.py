@@ -73,7 +73,7 @@ _OTHER_EXIT = ("asterisk", "#8c564b")
 #: Number formats of trade columns in the hover (Bokeh's numeral.js syntax).
 _TOOLTIP_FORMATS = {
     **dict.fromkeys(("gross_pnl", "commission", "net_pnl"), "{$0,0.00}"),
-    **dict.fromkeys(("entry_price", "exit_price", "stop_price", "target_price"), "{0,0.00}"),
+    **dict.fromkeys(("entry_price", "exit_price", "stop_level", "target_level"), "{0,0.00}"),
     **dict.fromkeys(("kelly_p", "kelly_b", "kelly_f"), "{0.0000}"),
     "ticks": "{0.0}",
 }
@@ -198,6 +198,8 @@ def _indicators_of(result: Any, n: int) -> tuple[dict, dict]:
     except AttributeError:
         return overlay, panel
     for ind in indicators:
+        if not getattr(ind.plotinfo, "plot", True):
+            continue  # an internal helper (backtrader would not plot it either)
         try:
             base = ind.plotlabel().replace(" (", "(")
         except Exception:  # noqa: BLE001 - a label is a nicety
@@ -388,7 +390,7 @@ def _price_figure(bars, trades, overlay, margin_events, x_range):
         tsrc = ColumnDataSource(_columns(trades), name="trades")
         p.segment("x_entry", "entry_price", "x_exit", "exit_price", source=tsrc,
                   color="link_color", line_width=1.5, line_alpha=0.8)
-        for col, colour in (("stop_price", "#d62728"), ("target_price", "#2ca02c")):
+        for col, colour in (("stop_level", "#d62728"), ("target_level", "#2ca02c")):
             if col in trades and trades[col].notna().any():
                 p.segment("x_entry", col, "x_exit", col, source=tsrc, color=colour,
                           line_dash="dashed", line_width=1.2, legend_label=col.split("_")[0])
@@ -708,7 +710,7 @@ def _trade_table(trades):
         fmt = None
         if c in money:
             fmt = NumberFormatter(format="$0,0.00")
-        elif c in ("entry_price", "exit_price", "stop_price", "target_price"):
+        elif c in ("entry_price", "exit_price", "stop_level", "target_level"):
             fmt = NumberFormatter(format="0,0.00")
         cols.append(TableColumn(field=c, title=c, **({"formatter": fmt} if fmt else {})))
     return DataTable(source=src, columns=cols, sortable=True, reorderable=False, height=320,
@@ -750,6 +752,52 @@ def _margin_event_frame(result, bars) -> pd.DataFrame:
     return df.fillna("")
 
 
+def _bracket_levels(result: Any, bars: pd.DataFrame, trades: pd.DataFrame) -> pd.DataFrame:
+    """Add ``stop_level``/``target_level`` to the trades of a strategy with stops or targets,
+    the way :meth:`m2k_bt.strategies.M2KStrategy._bracket_for` sets them: from the signal bar's
+    close (the bar before the entry fill), ``stop_ticks``/``target_ticks`` ticks or
+    ``stop_atr``/``target_atr`` times that bar's ATR, floored to whole ticks (>= 1). A trade
+    reopened by a roll keeps the levels of the trade it continues."""
+    strategy = getattr(result, "strategy", None)
+    p = getattr(strategy, "p", None)
+    if p is None or not len(trades) or bars is None or "stop_level" in trades:
+        return trades
+    spec = getattr(getattr(result, "config", None), "spec", None)
+    tick = float(getattr(spec, "tick_size", 0.0) or 0.0)
+    if not tick:
+        return trades
+    atr_line = getattr(strategy, "_atr", None)
+    atr = np.asarray(atr_line.array, dtype="float64") if atr_line is not None else None
+    t = bars.index.to_numpy(dtype="float64")
+    close = bars["close"].to_numpy(dtype="float64")
+    sig = np.clip(np.searchsorted(t, trades["x_entry"].to_numpy()) - 1, 0, len(t) - 1)
+    direction = np.where(trades["direction"] == "long", 1.0, -1.0)
+
+    def distance(kind: str) -> np.ndarray | None:
+        ticks, atrs = getattr(p, f"{kind}_ticks", None), getattr(p, f"{kind}_atr", None)
+        if ticks is not None:
+            points = np.full(len(sig), ticks * tick)
+        elif atrs is not None and atr is not None and len(atr) == len(t):
+            points = atrs * atr[sig]
+        else:
+            return None
+        return np.maximum(1, np.floor(points / tick + 1e-9)) * tick
+
+    out = trades.copy()
+    ref = np.round(close[sig] / tick) * tick
+    for kind, sign in (("stop", -1.0), ("target", 1.0)):
+        dist = distance(kind)
+        if dist is None:
+            continue
+        level = np.round((ref + sign * direction * dist) / tick) * tick
+        reasons = out["exit_reason"].tolist()
+        for i in range(1, len(out)):  # a roll's continuation keeps the carried-over levels
+            if reasons[i - 1] == "roll" and out["entry_dt"].iat[i] == out["exit_dt"].iat[i - 1]:
+                level[i] = level[i - 1]
+        out[f"{kind}_level"] = np.round(level, 6)
+    return out
+
+
 def _plot_trades(trades: pd.DataFrame) -> pd.DataFrame:
     """The trades.csv rows plus the columns the chart needs (x in ms, link colour)."""
     df = trades.copy()
@@ -771,7 +819,7 @@ def report_layout(result: Any, report: dict[str, Any]):
     from bokeh.models import Div, Range1d
 
     bars = _bars_of(result)
-    trades = _plot_trades(_trade_frame(result))
+    trades = _bracket_levels(result, bars, _plot_trades(_trade_frame(result)))
     parts: list = [Div(text=_cards_html(report), sizing_mode="stretch_width")]
     x_range = None
     if bars is not None and len(bars):

@@ -131,6 +131,19 @@ def test_layout_marks_every_trade_and_hover_shows_its_row(run_dir):
     # a stop exit is drawn with the stop's marker; stop levels when the trades log them
     reasons = set(trades.data["exit_reason"])
     assert "stop" in reasons
+    # stop levels (60 ticks = 6.0 points from the signal bar's close): a stop exit fills at
+    # its level, or beyond it when the bar opens through it
+    d = trades.data
+    stops = [i for i, r in enumerate(d["exit_reason"]) if r == "stop"]
+    for i in stops:
+        sign = 1 if d["direction"][i] == "long" else -1
+        assert sign * (d["exit_price"][i] - d["stop_level"][i]) <= 1e-9
+    assert any(abs(d["exit_price"][i] - d["stop_level"][i]) < 1e-9 for i in stops)
+    assert "target_level" not in d  # no target asked
+    # SMA 10 and 30 over the price; the internal TickSums helper (plot=False) is not drawn
+    assert _models(layout, "indicators") == []
+    overlay, panel = hr._indicators_of(result, result.bars)
+    assert list(overlay) == ["SMA(10)", "SMA(30)"] and panel == {}
     # linked panels share the price chart's x range
     panels = [m for m in layout.references() if getattr(m, "name", None) in
               ("price", "equity", "drawdown", "position", "margin")]
