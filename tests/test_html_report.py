@@ -420,3 +420,33 @@ def test_study_and_walkforward_html_in_chromium(browser, tmp_path):
     assert _errors(_open(browser, wf)) == []
     assert _canvas_painted(browser, "oos_fig") > 2
     browser.save_screenshot(str(tmp_path / "walkforward.png"))
+
+
+def test_rolls_margin_events_and_warnings_are_shown():
+    from types import SimpleNamespace
+
+    from bokeh.models import Span
+
+    from m2k_bt.engine import BacktestConfig, run_backtest
+
+    data = rth_bars()
+    data["roll"] = False
+    data.iloc[[300, 1200], data.columns.get_loc("roll")] = True  # two roll bars
+    result = run_backtest(data, BacktestConfig(params={"fast": 10, "slow": 30},
+                                               sizer="fixed"))
+    event = SimpleNamespace(dt=data.index[500].tz_localize(None).to_pydatetime(),
+                            kind="margin_call", equity=600.0, requirement=700.0, contracts=1,
+                            action="liquidated 1 contract")
+    result.margin_events = [event]
+    report = build_report(result)
+    report["warnings"] = ["data: line 7 2024-02-20 10:05: high below close -> repaired",
+                          "margin_call at 2024-02-27 10:15: equity $600.00"]
+    layout = hr.report_layout(result, report)
+    (price,) = _models(layout, "price")
+    rolls = [s for s in price.center if isinstance(s, Span)]
+    assert len(rolls) == 2  # one dashed vertical per roll bar
+    (events,) = _models(layout, "margin_events")
+    assert events.data["kind"] == ["margin_call"]
+    assert events.data["price"][0] == pytest.approx(data["close"].iloc[500])  # on that bar
+    page = hr._warnings_html(report, result)
+    assert "1 warning(s)" in page and "1 data repair(s)" in page and "high below close" in page
