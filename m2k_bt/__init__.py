@@ -51,6 +51,7 @@ from .errors import (
     ContractSpecError,
     DataFeedError,
     M2KError,
+    OutputError,
     ParameterError,
 )
 from .feeds import BarsFeed, load_bars, resample_bars, validate_bars
@@ -143,4 +144,5 @@ __all__ = [
     "DataFeedError",
     "ParameterError",
     "ConfigError",
+    "OutputError",
 ]

@@ -16,6 +16,7 @@ __all__ = [
     "DataFeedError",
     "ParameterError",
     "ConfigError",
+    "OutputError",
     "did_you_mean",
     "check_known",
 ]
@@ -39,6 +40,10 @@ class ParameterError(M2KError):
 
 class ConfigError(M2KError):
     """A run, optimisation or walk-forward setting is impossible."""
+
+
+class OutputError(ConfigError):
+    """An output folder or file cannot be created, written or locked (names the path)."""
 
 
 def did_you_mean(name: str, choices: Iterable[str]) -> str:

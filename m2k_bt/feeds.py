@@ -51,6 +51,7 @@ __all__ = [
     "detect_format",
     "BarsFeed",
     "resample_bars",
+    "LineNumbers",
 ]
 
 #: Names accepted by ``load_bars(fmt=...)``.
@@ -75,6 +76,66 @@ _TIME_RE = re.compile(r"^\d{1,2}:\d{2}(:\d{2})?$")
 
 
 # --------------------------------------------------------------------------- reading
+
+
+class LineNumbers:
+    """Read-only file line numbers of a frame's rows, kept in ``df.attrs["lines"]``.
+
+    pandas copies ``attrs`` into the result of every operation and, in ``concat`` and
+    ``groupby``, compares the inputs' ``attrs`` with ``==``. A bare numpy array there breaks both
+    (its ``==`` is elementwise, so pandas 3 raises "truth value of an array is ambiguous"). This
+    wrapper compares as one bool (same numbers), is never deep-copied (it cannot change) and
+    behaves like a sequence of ints: ``len``, indexing, iteration, ``tolist()``,
+    ``np.asarray(lines)``.
+
+    >>> lines = LineNumbers([2, 3, 5])
+    >>> lines == LineNumbers([2, 3, 5]), lines.tolist(), int(lines[-1])
+    (True, [2, 3, 5], 5)
+    """
+
+    __slots__ = ("_values",)
+
+    def __init__(self, values) -> None:
+        arr = np.array(values, dtype="int64")
+        arr.flags.writeable = False
+        self._values = arr
+
+    def __eq__(self, other) -> bool:
+        if self is other:
+            return True
+        if not isinstance(other, LineNumbers):
+            return NotImplemented
+        return bool(np.array_equal(self._values, other._values))
+
+    __hash__ = None  # mutable-looking container semantics: not a dict key
+
+    def __deepcopy__(self, memo) -> LineNumbers:
+        return self  # immutable
+
+    def __copy__(self) -> LineNumbers:
+        return self
+
+    def __len__(self) -> int:
+        return len(self._values)
+
+    def __getitem__(self, i):
+        return self._values[i]
+
+    def __iter__(self):
+        return iter(self._values.tolist())
+
+    def __array__(self, dtype=None, copy=None):
+        arr = self._values if dtype is None else self._values.astype(dtype)
+        return arr.copy() if copy else arr
+
+    def tolist(self) -> list[int]:
+        return self._values.tolist()
+
+    def __repr__(self) -> str:
+        return f"LineNumbers({self._values.tolist()!r})" if len(self) <= 10 else (
+            f"LineNumbers(<{len(self)} lines {self._values[0]}..{self._values[-1]}>)"
+        )
+
 
 
 def _open_text(path: str) -> str:
@@ -442,7 +503,7 @@ def validate_bars(
     lines = np.arange(1, len(frame) + 1)
     out, report, kept = _validate(frame, lines, spec, lenient, source, daily)
     out = _finish_columns(out)
-    out.attrs = {"report": report, "source": source, "lines": kept}
+    out.attrs = {"report": report, "source": source, "lines": LineNumbers(kept)}
     return out
 
 
@@ -464,8 +525,9 @@ def load_bars(
     - ``lenient`` (def: ``False``): repair or drop bad rows instead of raising; each change is
       listed in ``df.attrs["report"]``.
 
-    The frame also carries ``attrs["format"]``, ``attrs["source"]`` and ``attrs["lines"]`` (the
-    file line of each row kept).
+    The frame also carries ``attrs["format"]``, ``attrs["source"]`` and ``attrs["lines"]``
+    (a :class:`LineNumbers`: the file line of each row kept, for the frame as returned; a slice
+    of the frame keeps the whole list).
     """
     path = os.fspath(path)
     if fmt is not None and fmt not in FORMATS:
@@ -516,7 +578,7 @@ def load_bars(
         "report": extra.get("report", []) + report,
         "source": path,
         "format": fmt,
-        "lines": kept,
+        "lines": LineNumbers(kept),
         "ignored_columns": ignored,
     }
     return df
@@ -793,5 +855,7 @@ def resample_bars(df: pd.DataFrame, rule: str) -> pd.DataFrame:
     out_idx = pd.DatetimeIndex(pd.to_datetime(grouped.index.to_numpy(), unit="ns"))
     out = grouped.set_axis(out_idx.tz_localize(NY, ambiguous="NaT", nonexistent="shift_forward"))
     out.index.name = "datetime"
+    # the load report and source still describe the data; line numbers no longer match rows
+    out.attrs = {k: v for k, v in df.attrs.items() if k != "lines"}
     return out
 

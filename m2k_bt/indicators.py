@@ -27,6 +27,11 @@ __all__ = [
     "FIB_RATIOS",
     "fibonacci_levels",
     "rolling_bands",
+    "TickSums",
+    "tick_counts",
+    "window_tick_sums",
+    "sma_above",
+    "band_side",
 ]
 
 #: Retracement ratios drawn by :class:`FibonacciLevels`, as fractions of the swing.
@@ -227,3 +232,104 @@ class FibonacciLevels(bt.Indicator):
         self.l.swing_low = lo
         for ratio, name in zip(FIB_RATIOS, self.lines.getlinealiases()[2:]):
             setattr(self.l, name, hi - ratio * (hi - lo))
+
+
+class TickSums(bt.Indicator):
+    """Rolling sums of closes (and of their squares) counted in whole ticks, as exact integers.
+
+    The strategies decide their comparisons on these (``SmaCrossover``: fast vs slow average;
+    the Bollinger strategies: close vs bands) so that a tie on the 0.10 tick grid is a tie, not
+    whatever float noise ``math.fsum(window) / period`` leaves. Each close counts as
+    ``round(close / tick)`` ticks (a close off the grid is snapped to the nearest tick). Values
+    are integers held in floats, exact while below 2**53 (a 10,000-bar window of closes at
+    20,000 ticks has sums of squares of 4e12).
+
+    Lines: ``sum`` (ticks), ``sumsq`` (ticks squared).
+
+    Params:
+
+    - ``period`` (def: ``20``): bars in the window.
+    - ``tick`` (def: ``0.10``): tick size, index points.
+    """
+
+    lines = ("sum", "sumsq")
+    params = (("period", 20), ("tick", 0.10))
+    plotinfo = dict(plot=False)
+
+    def __init__(self) -> None:
+        self.addminperiod(self.p.period)
+
+    def next(self) -> None:
+        ticks = np.rint(np.asarray(self.data.get(size=self.p.period), dtype="float64")
+                        / self.p.tick).astype("int64")
+        self.lines.sum[0] = float(ticks.sum())
+        self.lines.sumsq[0] = float((ticks * ticks).sum())
+
+    def once(self, start: int, end: int) -> None:
+        period = self.p.period
+        start = max(start, period - 1)
+        if start >= end:
+            return
+        src = np.asarray(self.data.array[start - period + 1 : end], dtype="float64")
+        s, q = window_tick_sums(tick_counts(src, self.p.tick), period)
+        _put(self.lines.sum, start, end, s.astype("float64"))
+        _put(self.lines.sumsq, start, end, q.astype("float64"))
+
+
+def tick_counts(prices: np.ndarray, tick: float) -> np.ndarray:
+    """Prices as whole ticks (int64), nearest tick: ``round(price / tick)``.
+
+    >>> tick_counts(np.array([2000.0, 2000.1, 1999.9]), 0.1).tolist()
+    [20000, 20001, 19999]
+    """
+    return np.rint(np.asarray(prices, dtype="float64") / tick).astype("int64")
+
+
+def window_tick_sums(ticks: np.ndarray, period: int) -> tuple[np.ndarray, np.ndarray]:
+    """Sums of ``period`` consecutive tick counts and of their squares (exact, int64), one per
+    full window: element i covers ``ticks[i : i + period]``.
+
+    >>> s, q = window_tick_sums(np.array([1, 2, 3, 4]), 3)
+    >>> s.tolist(), q.tolist()
+    ([6, 9], [14, 29])
+    """
+    ticks = np.asarray(ticks, dtype="int64")
+    c = np.concatenate(([0], np.cumsum(ticks)))
+    c2 = np.concatenate(([0], np.cumsum(ticks * ticks)))
+    return c[period:] - c[:-period], c2[period:] - c2[:-period]
+
+
+def sma_above(sum_fast: int, fast: int, sum_slow: int, slow: int) -> bool:
+    """True when the fast average is strictly above the slow one, decided exactly on integer
+    tick sums: ``sum_fast / fast > sum_slow / slow`` as ``sum_fast * slow > sum_slow * fast``.
+    Equal averages are not "above".
+
+    >>> sma_above(3, 3, 6, 6), sma_above(4, 3, 6, 6)
+    (False, True)
+    """
+    return int(sum_fast) * slow > int(sum_slow) * fast
+
+
+def band_side(close_ticks: int, s: int, q: int, n: int, devfactor: float, ddof: int) -> int:
+    """Where a close lies against Bollinger bands of ``n`` closes with tick sums ``s``, ``q``:
+    +1 strictly above the upper band, -1 strictly below the lower, 0 on or between them.
+
+    With mean m = s/n and variance v = (n q - s^2) / (n (n - ddof)), the close c is below the
+    lower band when m - c > devfactor sqrt(v), i.e. when d = s - n c > 0 and
+    d^2 (n - ddof) > devfactor^2 n (n q - s^2); above the upper band symmetrically. The left
+    side is an exact integer; the right side is the integer n (n q - s^2) times devfactor^2
+    (exact for devfactors such as 2, 1.5 or 2.5 whose square is a short binary fraction, else
+    rounded once). A close exactly on a band is on it, not outside.
+
+    >>> band_side(2, 0, 8, 2, 2.0, 1)   # closes -2, 2: mean 0, sd 2.83, bands +-5.66
+    0
+    >>> band_side(10, 0, 8, 2, 2.0, 1)
+    1
+    """
+    d = int(s) - n * int(close_ticks)
+    if d == 0:
+        return 0
+    spread = float(n * (n * int(q) - int(s) * int(s)))
+    if float(d * d * (n - ddof)) > (devfactor * devfactor) * spread:
+        return -1 if d > 0 else 1
+    return 0

@@ -19,6 +19,7 @@ import os
 from pathlib import Path
 
 from .errors import ConfigError
+from .outputs import atomic_path
 
 __all__ = ["DEFAULT_MAX_BARS", "DEFAULT_CANDLE_BARS", "plot_backtrader", "plot_equity"]
 
@@ -30,8 +31,6 @@ DEFAULT_CANDLE_BARS = 300
 
 
 def _save_atomic(fig, path: Path, dpi: int) -> Path:
-    from .report import atomic_path
-
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=dpi, format="png", facecolor="white")
     return path

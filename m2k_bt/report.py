@@ -50,19 +50,18 @@ drawdown_pct`` (see :class:`m2k_bt.analyzers.EquityCurve`).
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import dataclasses
 import datetime as _dt
 import json
 import math
 import os
-import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from .analyzers import METRIC_KEYS, equity_frame, metrics_from
+from .errors import OutputError
+from .outputs import OutputFolder, atomic_open, atomic_path, atomic_write_text
 
 __all__ = [
     "REPORT_SCHEMA_VERSION",
@@ -446,25 +445,6 @@ def validate_report(report: dict[str, Any]) -> list[str]:
 # -------------------------------------------------------------------------------------------
 
 
-@contextlib.contextmanager
-def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; on success move it onto ``path`` atomically.
-
-    On an exception the temporary file is removed and ``path`` is left as it was.
-    """
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    os.chmod(tmp, 0o644)  # mkstemp makes 0600; reports are meant to be shared
-    try:
-        yield Path(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-
-
 def _trade_rows(result: Any) -> list[dict[str, Any]]:
     rows = list(getattr(result, "trades", None) or [])
     if not rows:
@@ -485,7 +465,7 @@ def _write_trades(result: Any, path: Path) -> Path:
     for row in rows:
         extra += [k for k in row if k not in TRADE_COLUMNS and k not in extra]
     columns = list(TRADE_COLUMNS) + extra
-    with atomic_path(path) as tmp, open(tmp, "w", newline="") as fh:
+    with atomic_open(path, "w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=columns, restval="", lineterminator="\n")
         writer.writeheader()
         for row in rows:
@@ -502,46 +482,65 @@ def _equity_df(result: Any):
     return df
 
 
+#: Files :func:`write_outputs` may write; an earlier run's copies are removed before writing.
+OUTPUT_FILES = ("report.json", "trades.csv", "equity.csv", "plot.png", "equity.png")
+
+
 def write_outputs(result: Any, out_dir: str | os.PathLike, plot: bool = True) -> dict[str, Path]:
     """Write report.json, trades.csv, equity.csv and (``plot=True``) plot.png, equity.png.
 
-    Every file is written atomically; report.json comes last and lists the others under
-    ``files``. A plot that fails is reported as a warning in report.json instead of stopping
-    the run (the numbers are still good). Returns role -> path for the files written: roles
-    ``trades``, ``equity``, ``plot``, ``equity_plot``, ``report``.
+    The folder is locked for the duration (:class:`m2k_bt.outputs.OutputFolder`; a caller that
+    already holds the lock keeps it). An earlier run's outputs are removed first, report.json
+    first of all; every file is written atomically and report.json comes last, listing the
+    others under ``files``: a folder holding report.json is always one complete run. A plot
+    that fails is reported as a warning in report.json instead of stopping the run (the
+    numbers are still good). A write that fails (a full disk, say) removes what this call
+    wrote and raises :class:`~m2k_bt.errors.OutputError` naming the file. Returns role ->
+    path for the files written: roles ``trades``, ``equity``, ``plot``, ``equity_plot``,
+    ``report``.
     """
     from .plotting import plot_backtrader, plot_equity
 
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     written: dict[str, Path] = {}
     extra_warnings: list[str] = []
+    with OutputFolder(out) as folder:
+        folder.clear(OUTPUT_FILES)
+        try:
+            written["trades"] = _write_trades(result, out / "trades.csv")
+            equity = _equity_df(result)
+            if equity is not None:
+                with atomic_open(out / "equity.csv", "w", newline="") as fh:
+                    equity.round(8).to_csv(fh, index_label="datetime")
+                written["equity"] = out / "equity.csv"
+            if plot:
+                cerebro = getattr(result, "cerebro", None)
+                if cerebro is not None:
+                    try:
+                        written["plot"] = plot_backtrader(cerebro, out / "plot.png")
+                    except OutputError:
+                        raise
+                    except Exception as exc:  # noqa: BLE001 - reported in report.json
+                        extra_warnings.append(f"plot.png not written: {type(exc).__name__}: {exc}")
+                if equity is not None and len(equity):
+                    try:
+                        written["equity_plot"] = plot_equity(equity, out / "equity.png")
+                    except OutputError:
+                        raise
+                    except Exception as exc:  # noqa: BLE001 - reported in report.json
+                        extra_warnings.append(
+                            f"equity.png not written: {type(exc).__name__}: {exc}"
+                        )
 
-    written["trades"] = _write_trades(result, out / "trades.csv")
-    equity = _equity_df(result)
-    if equity is not None:
-        with atomic_path(out / "equity.csv") as tmp:
-            equity.round(8).to_csv(tmp, index_label="datetime")
-        written["equity"] = out / "equity.csv"
-    if plot:
-        cerebro = getattr(result, "cerebro", None)
-        if cerebro is not None:
-            try:
-                written["plot"] = plot_backtrader(cerebro, out / "plot.png")
-            except Exception as exc:  # noqa: BLE001 - reported in report.json
-                extra_warnings.append(f"plot.png not written: {type(exc).__name__}: {exc}")
-        if equity is not None and len(equity):
-            try:
-                written["equity_plot"] = plot_equity(equity, out / "equity.png")
-            except Exception as exc:  # noqa: BLE001 - reported in report.json
-                extra_warnings.append(f"equity.png not written: {type(exc).__name__}: {exc}")
-
-    report = build_report(result)
-    report["warnings"] += extra_warnings
-    report["files"] = {p.name: role for role, p in written.items()}
-    with atomic_path(out / "report.json") as tmp:
-        tmp.write_text(json.dumps(report, indent=2, allow_nan=False) + "\n")
-    written["report"] = out / "report.json"
+            report = build_report(result)
+            report["warnings"] += extra_warnings
+            report["files"] = {p.name: role for role, p in written.items()}
+            atomic_write_text(out / "report.json",
+                              json.dumps(report, indent=2, allow_nan=False) + "\n")
+            written["report"] = out / "report.json"
+        except OutputError:
+            folder.clear(p.name for p in written.values())  # no half run left behind
+            raise
     return written
 
 

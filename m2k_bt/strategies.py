@@ -25,7 +25,13 @@ import backtrader as bt
 
 from .contracts import round_to_tick
 from .errors import ParameterError, check_known
-from .indicators import AdaptiveBollingerBands, BollingerBandsDdof
+from .indicators import (
+    AdaptiveBollingerBands,
+    BollingerBandsDdof,
+    TickSums,
+    band_side,
+    sma_above,
+)
 
 __all__ = [
     "M2KStrategy",
@@ -61,6 +67,12 @@ def strategy_params(cls) -> dict:
 
 def _sign(x: float) -> int:
     return (x > 0) - (x < 0)
+
+
+def _tick_of(strategy) -> float:
+    """The tick size of the strategy's data (its commission info's, else M2K's 0.10)."""
+    comminfo = strategy.broker.getcommissioninfo(strategy.data)
+    return float(getattr(comminfo.p, "tick_size", None) or DEFAULT_TICK)
 
 
 def _parse_hhmm(value: str) -> _dt.time:
@@ -728,12 +740,17 @@ class SmaCrossover(M2KStrategy):
         super().__init__()
         self.sma_fast = bt.ind.SMA(self.data.close, period=self.p.fast)
         self.sma_slow = bt.ind.SMA(self.data.close, period=self.p.slow)
-        self._fast, self._slow = self.sma_fast.lines[0], self.sma_slow.lines[0]  # no lookups
+        # the crossover is decided on exact integer tick sums (see _signal), not on the SMAs
+        tick = _tick_of(self)
+        self._fast = TickSums(self.data.close, period=self.p.fast, tick=tick).lines.sum
+        self._slow = TickSums(self.data.close, period=self.p.slow, tick=tick).lines.sum
         self.adx = (bt.ind.ADX(self.data, period=self.p.adx_period)
                     if self.p.adx_min is not None else None)
 
     def _signal(self) -> int:
-        return 1 if self._fast[0] > self._slow[0] else -1
+        # fast above slow, decided exactly in ticks: sum_fast * slow > sum_slow * fast; equal
+        # averages (common on the 0.10 grid in a flat stretch) are not "above": short/flat
+        return 1 if sma_above(self._fast[0], self.p.fast, self._slow[0], self.p.slow) else -1
 
     def _confirm_entry(self, direction: int) -> bool:
         return self.adx is None or self.adx[0] >= self.p.adx_min
@@ -779,28 +796,45 @@ class _BandReversion(M2KStrategy):
         super().__init__()
         self.bands = self._make_bands()
         p = self.p
+        self._tick_size = _tick_of(self)
+        self._sums = {n: TickSums(self.data.close, period=n, tick=self._tick_size)
+                      for n in self._band_periods()}
         self.rsi = (bt.ind.RSI(self.data.close, period=p.rsi_period, safediv=True)
                     if p.rsi_oversold is not None or p.rsi_overbought is not None else None)
 
     def _make_bands(self):
         raise NotImplementedError
 
+    def _band_periods(self) -> tuple[int, ...]:
+        raise NotImplementedError
+
+    def _window_now(self) -> int:
+        """Bars in the bands' window on this bar."""
+        raise NotImplementedError
+
     def _band_signal(self) -> int:
-        """The article's signal: +1 below the lower band, -1 above the upper, else 0."""
-        close = self.data.close[0]
-        if close < self.bands.bot[0]:
-            return 1
-        if close > self.bands.top[0]:
-            return -1
-        return 0
+        """The article's signal: +1 below the lower band, -1 above the upper, else 0.
+
+        Decided exactly on integer tick sums (:func:`~m2k_bt.indicators.band_side`): a close
+        exactly on a band is inside, and no float noise moves it out."""
+        return -self._side()
+
+    def _side(self) -> int:
+        n = self._window_now()
+        sums = self._sums[n]
+        self._close_ticks = round(self.data.close[0] / self._tick_size)
+        self._sum_now = int(sums.sum[0])
+        return band_side(self._close_ticks, self._sum_now, int(sums.sumsq[0]), n,
+                         self.p.devfactor, self.p.ddof)
 
     def _signal(self) -> int:
         band = self._band_signal()
         if self.p.exit == "signal" or band:
             return band
         held = _sign(self.position.size)
-        close, mid = self.data.close[0], self.bands.mid[0]
-        if (held > 0 and close >= mid) or (held < 0 and close <= mid):
+        # close vs the middle band (the mean) exactly: n * close_ticks vs the tick sum
+        at = self._window_now() * self._close_ticks - self._sum_now
+        if (held > 0 and at >= 0) or (held < 0 and at <= 0):
             return 0  # back at the middle band: take the profit
         return held
 
@@ -850,6 +884,12 @@ class BollingerReversion(_BandReversion):
         return BollingerBandsDdof(self.data.close, period=p.period, devfactor=p.devfactor,
                                   ddof=p.ddof)
 
+    def _band_periods(self) -> tuple[int, ...]:
+        return (self.p.period,)
+
+    def _window_now(self) -> int:
+        return self.p.period
+
 
 class AdaptiveBollinger(_BandReversion):
     """Bollinger reversion on the article's volatility-adjusted bands.
@@ -887,6 +927,12 @@ class AdaptiveBollinger(_BandReversion):
                                       period_low=p.period_low, vol_lookback=p.vol_lookback,
                                       vol_threshold=p.vol_threshold, devfactor=p.devfactor,
                                       ddof=p.ddof)
+
+    def _band_periods(self) -> tuple[int, ...]:
+        return tuple(dict.fromkeys((self.p.period_high, self.p.period_low)))
+
+    def _window_now(self) -> int:
+        return int(self.bands.window[0])
 
 
 #: Strategy name (as the command line spells it) -> class.

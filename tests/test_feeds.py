@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import gzip
+import json
 
 import backtrader as bt
 import numpy as np
@@ -12,7 +13,14 @@ import pytest
 from conftest import make_bars, pandas_feed
 
 from m2k_bt.errors import DataFeedError, ParameterError
-from m2k_bt.feeds import BarsFeed, detect_format, load_bars, resample_bars, validate_bars
+from m2k_bt.feeds import (
+    BarsFeed,
+    LineNumbers,
+    detect_format,
+    load_bars,
+    resample_bars,
+    validate_bars,
+)
 
 NY = "America/New_York"
 GOOD = [  # Monday 2025-03-10, RTH
@@ -361,3 +369,64 @@ def test_bars_feed_runs_again_after_releasing_its_arrays():
         assert feed._cols is None  # released after the bulk preload
         finals.append(cerebro.broker.getvalue())
     assert finals[0] == finals[1] != 25_000.0
+
+
+# ------------------------------------------------------------------ issue 11, item 1: attrs
+
+
+@pytest.fixture(scope="module")
+def loaded_5min(tmp_path_factory):
+    from conftest import rth_bars, write_bars_csv
+
+    path = write_bars_csv(rth_bars(), tmp_path_factory.mktemp("rs") / "M2KH4_5min.csv")
+    return path, load_bars(path)
+
+
+@pytest.mark.parametrize("rule", ["15min", "1h", "4h", "1d"])
+def test_resample_works_on_frames_from_load_bars(loaded_5min, rule):
+    # pandas 3 compares attrs with == inside groupby/concat: a numpy array there raised
+    # "truth value of an array ... is ambiguous" for every rule
+    _, df = loaded_5min
+    out = resample_bars(df, rule)
+    assert len(out) > 0 and out["volume"].sum() == df["volume"].sum()
+    assert "lines" not in out.attrs  # rows no longer match file lines
+    assert out.attrs["source"] == df.attrs["source"] and out.attrs["report"] == []
+
+
+def test_loaded_frames_concat_and_keep_line_numbers(loaded_5min):
+    _, df = loaded_5min
+    both = pd.concat([df.iloc[:10], df.iloc[10:20]])
+    assert both.attrs["lines"] == df.attrs["lines"]  # one bool, not an array
+    assert isinstance(df.attrs["lines"], LineNumbers)
+    assert np.asarray(df.attrs["lines"])[:3].tolist() == [2, 3, 4]
+    assert not [k for k, v in df.attrs.items() if isinstance(v, np.ndarray)]
+    framed = validate_bars(df)
+    assert not [k for k, v in framed.attrs.items() if isinstance(v, np.ndarray)]
+    assert len(resample_bars(framed, "1h")) > 0
+
+
+def test_cli_backtest_with_resample_1h(loaded_5min, tmp_path, capsys):
+    from m2k_bt.cli import main
+
+    path, _ = loaded_5min
+    out = tmp_path / "out"
+    code = main(["--data", path, "--resample", "1h", "--param", "fast=3", "--param", "slow=8",
+                 "--out", str(out), "--no-plot", "--quiet"])
+    assert code == 0, capsys.readouterr().err
+    report = json.loads((out / "report.json").read_text())
+    data = report["inputs"]["data"]
+    # 28 weekdays of 5-min bars 09:35-16:00; hourly bins start 09:00, 10:00, ..., 16:00 (the
+    # 16:00 bar alone): 8 bins a day x 28 days = 224 bars
+    assert data["resample"] == "1h" and data["bars"] == 8 * 28
+
+
+def test_live_replay_with_resample(loaded_5min, tmp_path, capsys):
+    from m2k_bt.cli import main
+
+    path, _ = loaded_5min
+    out = tmp_path / "live"
+    code = main(["live", "--replay", path, "--resample", "1h", "--speed", "0",
+                 "--heartbeat", "0.02", "--param", "fast=3", "--param", "slow=8",
+                 "--sizer", "fixed", "--out", str(out), "--no-plot", "--quiet"])
+    assert code == 0, capsys.readouterr().err
+    assert (out / "report.json").exists()

@@ -1,0 +1,353 @@
+"""Writing result files safely: atomic files, a checked and locked output folder.
+
+Every file m2k_bt writes (the runner's report.json, trades.csv, equity.csv, plots, report.html;
+the optimiser's trials.csv and optimize.json; walk-forward outputs) goes through this module, so
+the same promises hold everywhere:
+
+- **Atomic.** A file is written to a temporary file beside it (``.<name>.<random>.m2k-tmp``)
+  and moved onto its name with ``os.replace``: a reader, or a run killed at any moment, sees
+  the old file or the new one, never a half-written one. On an error the temporary file is
+  removed.
+- **No symlink is followed.** The temporary file is created with ``O_EXCL`` (never through an
+  existing name) and ``os.replace`` swaps the directory entry itself: a symlink planted under
+  the target name is replaced by the new file; the file it pointed to is not touched.
+- **One clear error.** Any ``OSError`` while writing (no space left, permission denied, a
+  folder that is a file...) becomes :class:`~m2k_bt.errors.OutputError` naming the file.
+- **One run per folder.** :class:`OutputFolder` (or :func:`lock_output_dir`) creates the folder,
+  checks it can be written (before any data is loaded), and holds an exclusive lock on it
+  (``fcntl.flock`` on ``.m2k_bt.lock`` in the folder) for the whole run: a second run into the
+  same folder fails at once with ``results/x is in use by another run (pid N); wait for it or
+  choose another --out``. :meth:`OutputFolder.clear` removes an earlier run's outputs, the
+  marker file (``report.json``) first, so a folder holding the marker is one complete run.
+
+The API, all of it:
+
+- ``atomic_path(path)``: context manager yielding a temporary ``Path`` to write; moved onto
+  ``path`` when the block ends without an exception.
+- ``atomic_open(path, mode="w")``: the same, yielding an open file object (text or binary).
+- ``atomic_write_text(path, text)`` / ``atomic_write_bytes(path, data)``: one-shot writes;
+  return ``path`` as a ``Path``.
+- ``check_writable(folder)``: create ``folder`` (and parents) and prove a file can be written
+  in it; returns the folder as a ``Path`` or raises ``OutputError``.
+- ``OutputFolder(folder, marker="report.json")`` / ``lock_output_dir(folder)``: context
+  manager that checks and locks the folder; ``.clear(names)`` removes stale outputs.
+
+>>> import tempfile, pathlib
+>>> d = pathlib.Path(tempfile.mkdtemp())
+>>> with OutputFolder(d / "run") as out:
+...     _ = atomic_write_text(out.path / "report.json", "{}")
+>>> sorted(p.name for p in (d / "run").iterdir())
+['report.json']
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import tempfile
+import threading
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import IO, Any
+
+from .errors import OutputError
+
+__all__ = [
+    "LOCK_NAME",
+    "OutputError",
+    "OutputFolder",
+    "atomic_open",
+    "atomic_path",
+    "atomic_write_bytes",
+    "atomic_write_text",
+    "check_writable",
+    "lock_output_dir",
+]
+
+#: Name of the lock file an :class:`OutputFolder` holds in the folder during a run.
+LOCK_NAME = ".m2k_bt.lock"
+
+#: Suffix of the writer's temporary files; :meth:`OutputFolder.clear` removes leftovers.
+TMP_SUFFIX = ".m2k-tmp"
+
+#: Test hook: when set to a file name, the writer dies with SIGKILL just before moving that
+#: file into place (used by the test that a killed run leaves no mixed folder).
+_KILL_HOOK = "M2K_BT_TEST_KILL_BEFORE"
+
+
+def _why(exc: OSError) -> str:
+    if exc.errno == errno.ENOSPC:
+        return "no space left on the device; free some space or choose another --out"
+    if exc.errno == errno.EDQUOT:
+        return "disk quota exceeded; free some space or choose another --out"
+    if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return "permission denied (read-only folder?); choose another --out"
+    if exc.errno in (errno.ENOTDIR, errno.EEXIST):
+        return "a file stands where a folder is needed; choose another --out"
+    if exc.errno == errno.EISDIR:
+        return "a folder stands where a file is needed; remove it or choose another --out"
+    return f"{exc.strerror or exc}; choose another --out"
+
+
+def _error(path: Path, exc: OSError, what: str = "cannot write") -> OutputError:
+    return OutputError(f"{what} {path}: {_why(exc)}")
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; on success move it onto ``path`` atomically.
+
+    On an exception the temporary file is removed and ``path`` is left as it was. A symlink at
+    ``path`` is replaced, not followed. ``OSError`` becomes :class:`OutputError`.
+    """
+    path = Path(path)
+    try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TMP_SUFFIX)
+    except OSError as exc:
+        raise _error(path, exc) from exc
+    try:
+        os.close(fd)
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600; reports are meant to be shared
+        yield Path(tmp)
+        _replace(tmp, path)
+    except BaseException as exc:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        if isinstance(exc, OSError):
+            raise _error(path, exc) from exc
+        raise
+
+
+@contextlib.contextmanager
+def atomic_open(path: str | os.PathLike, mode: str = "w", **kwargs: Any) -> Iterator[IO]:
+    """Yield a file object open on a fresh temporary file; moved onto ``path`` on success.
+
+    ``mode`` is ``"w"`` (text; ``kwargs`` go to ``open``, e.g. ``newline=""``) or ``"wb"``.
+    The file is opened from the descriptor ``mkstemp`` returned, never again by name.
+    """
+    if mode not in ("w", "wb"):
+        raise ValueError(f"atomic_open mode must be 'w' or 'wb', got {mode!r}")
+    path = Path(path)
+    try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TMP_SUFFIX)
+    except OSError as exc:
+        raise _error(path, exc) from exc
+    try:
+        os.fchmod(fd, 0o644)
+        if mode == "w":
+            kwargs.setdefault("encoding", "utf-8")
+        with os.fdopen(fd, mode, **kwargs) as fh:
+            yield fh
+        _replace(tmp, path)
+    except BaseException as exc:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        if isinstance(exc, OSError):
+            raise _error(path, exc) from exc
+        raise
+
+
+def _replace(tmp: str, path: Path) -> None:
+    if os.environ.get(_KILL_HOOK) == path.name:  # pragma: no cover - runs in a killed child
+        import signal
+
+        os.kill(os.getpid(), signal.SIGKILL)
+    os.replace(tmp, path)
+
+
+def atomic_write_text(path: str | os.PathLike, text: str, encoding: str = "utf-8") -> Path:
+    """Write ``text`` to ``path`` atomically; returns ``path`` as a ``Path``."""
+    with atomic_open(path, "w", encoding=encoding, newline="") as fh:
+        fh.write(text)
+    return Path(path)
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+    """Write ``data`` to ``path`` atomically; returns ``path`` as a ``Path``."""
+    with atomic_open(path, "wb") as fh:
+        fh.write(data)
+    return Path(path)
+
+
+def check_writable(folder: str | os.PathLike) -> Path:
+    """Create ``folder`` (and parents) and prove a file can be written and removed in it.
+
+    Run it before the slow part of a job, so a read-only folder, a file in the way, ``/proc``
+    or a full disk is reported at once. Returns ``folder`` as a ``Path``; raises
+    :class:`OutputError` naming the folder and what is wrong.
+    """
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise OutputError(f"cannot write {folder}: it is a file, not a folder; "
+                          f"choose another --out")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise _error(folder, exc, "cannot create") from exc
+    probe = None
+    try:
+        fd, probe = tempfile.mkstemp(dir=folder, prefix=".write-check.", suffix=TMP_SUFFIX)
+        try:
+            os.write(fd, b"m2k_bt write check\n" * 64)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError as exc:
+        raise _error(folder, exc) from exc
+    finally:
+        if probe is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(probe)
+    return folder
+
+
+#: Folders this process holds locked: realpath -> [OutputFolder, nesting depth].
+_HELD: dict[str, list] = {}
+_HELD_LOCK = threading.Lock()
+
+
+def _lock_fd(fd: int) -> bool:
+    """Try an exclusive, non-blocking lock; False when another process holds it."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows
+        import msvcrt
+
+        try:
+            msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
+        except OSError:
+            return False
+        return True
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    return True
+
+
+def _holder(lock: Path) -> str:
+    try:
+        pid = lock.read_text().strip()
+    except OSError:
+        pid = ""
+    return f"pid {pid}" if pid.isdigit() else "pid unknown"
+
+
+class OutputFolder:
+    """An output folder checked, created and locked for one run.
+
+    - ``path``: the folder (created with its parents).
+    - ``marker`` (def: ``"report.json"``): the file whose presence means "one complete run";
+      :meth:`clear` removes it first and the caller writes it last.
+
+    ``with OutputFolder("results/x") as out:`` checks the folder is writable
+    (:func:`check_writable`) and takes the lock, or raises :class:`OutputError`
+    (``results/x is in use by another run (pid N); wait for it or choose another --out``).
+    On leaving, the lock is released and its file removed; a folder this run created and left
+    empty is removed too.
+    """
+
+    def __init__(self, path: str | os.PathLike, marker: str = "report.json"):
+        self.path = Path(path)
+        self.marker = marker
+        self._fd: int | None = None
+        self._created = False
+        self._key: str | None = None
+
+    def __enter__(self) -> OutputFolder:
+        self._created = not self.path.exists()
+        check_writable(self.path)
+        self._key = os.path.realpath(self.path)
+        with _HELD_LOCK:
+            if self._key in _HELD:  # this process holds it already (the CLI around a library
+                _HELD[self._key][1] += 1  # call): nested use shares that lock
+                return self
+            self._lock()
+            _HELD[self._key] = [self, 1]
+        return self
+
+    def _lock(self) -> None:
+        lock = self.path / LOCK_NAME
+        while True:
+            try:
+                fd = os.open(lock, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o644)
+            except OSError as exc:
+                raise _error(lock, exc) from exc
+            if not _lock_fd(fd):
+                os.close(fd)
+                raise OutputError(f"{self.path} is in use by another run ({_holder(lock)}); "
+                                  f"wait for it or choose another --out")
+            # the holder before us may have removed the file after we opened it: the lock is
+            # only ours if the name still points at the file we locked
+            try:
+                same = os.path.samestat(os.fstat(fd), os.stat(lock, follow_symlinks=False))
+            except FileNotFoundError:
+                same = False
+            if same:
+                break
+            os.close(fd)
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self._fd = fd
+
+    def __exit__(self, *exc_info) -> None:
+        with _HELD_LOCK:
+            entry = _HELD.get(self._key)
+            if entry is None:
+                return
+            entry[1] -= 1
+            if entry[1] > 0:
+                return
+            del _HELD[self._key]
+        owner = entry[0]
+        if owner._fd is None:
+            return
+        owner._unlock()
+
+    def _unlock(self) -> None:
+        with contextlib.suppress(OSError):
+            os.unlink(self.path / LOCK_NAME)  # while still locked: nobody can be holding it
+        os.close(self._fd)
+        self._fd = None
+        if self._created:
+            with contextlib.suppress(OSError):
+                self.path.rmdir()  # only succeeds when the run left nothing
+
+    def clear(self, names: Iterable[str] = ()) -> list[str]:
+        """Remove an earlier run's outputs: the marker first, then the files its ``files``
+        list names, then ``names``, then writer leftovers (``*.m2k-tmp``).
+
+        Only plain files and symlinks directly in the folder are removed (a symlink itself,
+        never its target); sub-folders and other files are left alone. Returns the names
+        removed.
+        """
+        removed: list[str] = []
+        listed: list[str] = []
+        marker = self.path / self.marker
+        if self.marker.endswith(".json") and marker.is_file() and not marker.is_symlink():
+            with contextlib.suppress(OSError, ValueError):
+                import json
+
+                files = json.loads(marker.read_text()).get("files") or {}
+                listed = [str(n) for n in files if isinstance(n, str)]
+        candidates = [self.marker, *listed, *names]
+        candidates += [p.name for p in self.path.glob(f".*{TMP_SUFFIX}")]
+        for name in dict.fromkeys(candidates):
+            if not name or Path(name).name != name or name in (".", "..", LOCK_NAME):
+                continue  # only names directly in the folder
+            target = self.path / name
+            if target.is_symlink() or target.is_file():
+                try:
+                    target.unlink()
+                except FileNotFoundError:
+                    continue
+                except OSError as exc:
+                    raise _error(target, exc, "cannot remove") from exc
+                removed.append(name)
+        return removed
+
+
+def lock_output_dir(path: str | os.PathLike, marker: str = "report.json") -> OutputFolder:
+    """``with lock_output_dir("results/x") as out: ...``: same as :class:`OutputFolder`."""
+    return OutputFolder(path, marker=marker)
