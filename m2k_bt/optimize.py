@@ -55,6 +55,7 @@ not the study. A grid evaluates the same set of points at any worker count.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -1289,7 +1290,6 @@ def optimize(
     - ``reconnect`` (def: 60 s): how long a lost storage connection is retried before a
       :class:`StorageError`; the study stays resumable.
     """
-    import optuna
 
     t0 = time.perf_counter()
     if objective not in OBJECTIVES:
@@ -1322,8 +1322,28 @@ def optimize(
         raise ConfigError("no bars to optimise on: the data is empty")
 
     out_dir = Path(out) if out is not None else None
-    if out_dir is not None:
-        out_dir.mkdir(parents=True, exist_ok=True)
+    with contextlib.ExitStack() as stack:
+        if out_dir is not None:
+            from .outputs import OutputFolder
+
+            # one run per folder: a second optimize into it refuses at once
+            stack.enter_context(OutputFolder(out_dir, marker="optimize.json")).clear(
+                ["trials.csv"]
+            )
+        return _optimize_in(
+            bars, config, space, target, objective, sampler, workers, storage, dask, seed,
+            min_trades, study_name, out_dir, run_backtest, quiet, progress, overfitting,
+            pbo_splits, heartbeat, reconnect, t0,
+        )
+
+
+def _optimize_in(
+    bars, config, space, target, objective, sampler, workers, storage, dask, seed, min_trades,
+    study_name, out_dir, run_backtest, quiet, progress, overfitting, pbo_splits, heartbeat,
+    reconnect, t0,
+) -> OptimizeResult:
+    import optuna
+
     remote = _is_remote(storage)
     url = storage
     if url is None:
@@ -1585,12 +1605,17 @@ def _overfitting(study, result: OptimizeResult, pbo_splits: int) -> None:
 
 
 def _write(result: OptimizeResult, out: Path) -> dict:
+    """trials.csv and optimize.json, each written atomically (a kill leaves the old file or
+    the new one; a symlink planted in ``out`` is replaced, not followed)."""
+    from .outputs import atomic_open, atomic_write_text
+
     paths = {}
     p = out / "trials.csv"
-    result.trials.to_csv(p, index=False)
+    with atomic_open(p, "w", newline="") as fh:
+        result.trials.to_csv(fh, index=False)
     paths["trials.csv"] = p
     p = out / "optimize.json"
-    p.write_text(json.dumps(_clean(result.as_dict()), indent=2, default=str))
+    atomic_write_text(p, json.dumps(_clean(result.as_dict()), indent=2, default=str))
     paths["optimize.json"] = p
     if result.storage and result.storage.startswith("sqlite:///"):
         paths["study.db"] = Path(result.storage[len("sqlite:///") :])
