@@ -85,6 +85,10 @@ __all__ = [
     "optimize",
     "evaluate_params",
     "study_storage_url",
+    "study_status",
+    "format_status",
+    "mask_url",
+    "StorageError",
 ]
 
 #: Objectives (keys of ``BacktestResult.metrics``) and their direction.
@@ -773,19 +777,22 @@ def _open_study(plan: _Plan, direction: str, sampler):
 def _setup(study, created: bool, plan: _Plan, direction, objective, strategy_name) -> list[str]:
     """The creator records the settings and queues the grid, then marks the study ready;
     others wait for that (up to a minute), check their settings match, then recover."""
-    if not created:
+    if created:
+        study.set_user_attr("m2k_setup", _owner())  # first: joiners now wait for m2k_ready
+    else:
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             attrs = study.user_attrs
-            if attrs.get("m2k_ready") or (attrs.get("objective") and study.get_trials(
-                deepcopy=False
-            )):
+            # ready, or a study of an earlier version (settings but no set-up mark)
+            if attrs.get("m2k_ready") or ("m2k_setup" not in attrs and attrs.get("objective")):
                 break
             time.sleep(0.2)
     _check_study(study, direction, objective, plan.space, strategy_name)
     notes = _recover(study, plan)
     if plan.sampler == "grid":
         _enqueue_grid(study, plan)
+    if study.user_attrs.get("trials") != plan.target:
+        study.set_user_attr("trials", plan.target)  # for --status
     if not study.user_attrs.get("m2k_ready"):
         study.set_user_attr("m2k_ready", True)
     return notes
@@ -1008,14 +1015,14 @@ def _work(study, plan: _Plan, payload, progress=None) -> int:
     is re-run here. Returns the number of trials run."""
     bars, config, space, objective, min_trades, run = payload
     rng = np.random.default_rng(_derive_seed(plan.seed, plan.identity, "free"))
-    ran = 0
+    ran, reaped = 0, time.monotonic()
     with _Heartbeat(study._storage, plan.heartbeat) as beat:
         while True:
-            _retrying(plan, _reap, study, plan)
             got = _retrying(plan, _claim, study, plan, rng)
             if got is None:
                 if not _retrying(plan, _busy, study):
                     return ran
+                _retrying(plan, _reap, study, plan)  # a trial we wait for may be dead
                 time.sleep(_POLL)
                 continue
             trial, params = got
@@ -1028,6 +1035,9 @@ def _work(study, plan: _Plan, payload, progress=None) -> int:
             _retrying(plan, _tell, study, trial, outcome)
             beat.ids.discard(trial._trial_id)
             ran += 1
+            if time.monotonic() - reaped > plan.heartbeat:  # dead processes' trials, now and
+                _retrying(plan, _reap, study, plan)  # then (queued retries go first)
+                reaped = time.monotonic()
             if progress is not None:
                 c = _retrying(plan, _counts, study)
                 progress(min(c["COMPLETE"] + c["PRUNED"], plan.target), plan.target)
@@ -1521,17 +1531,94 @@ def _collect(study, objective, direction, url, sampler, notes) -> OptimizeResult
         n_infeasible=len(pruned),
         n_failed=len(failed),
         study_name=study.study_name,
-        storage=_redact(url),
+        storage=mask_url(url),
         trials=table,
         notes=list(notes),
     )
 
 
-def _redact(url: str | None) -> str | None:
-    if url is None or "@" not in url:
-        return url
-    scheme, _, rest = url.partition("://")
-    return f"{scheme}://***@{rest.rsplit('@', 1)[1]}"
+def study_status(storage: str, study_name: str | None = None) -> list[dict]:
+    """Progress of the studies in ``storage`` (or of ``study_name``), read without running
+    anything: ``study``, ``trials`` (the study's --trials), counts ``complete``,
+    ``infeasible``, ``running``, ``queued``, ``failed``, ``distinct`` parameter sets, ``best``
+    (``{"value", "params", "number"}`` or None) and ``running_trials``
+    (``[{"number", "owner", "seconds", "params"}]``)."""
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    url = storage
+    st = _storage(url, heartbeat=DEFAULT_HEARTBEAT)
+    try:
+        names = [s.study_name for s in optuna.get_all_study_summaries(st, include_best_trial=False)]
+    except _db_errors() as exc:
+        raise StorageError(f"--storage {mask_url(url)}: {_one_line(exc, url)}") from None
+    if study_name is not None:
+        if study_name not in names:
+            raise StorageError(
+                f"--storage {mask_url(url)} holds no study '{study_name}'"
+                f"{did_you_mean(study_name, names)}; studies: {', '.join(names) or 'none'}"
+            )
+        names = [study_name]
+    out, now = [], datetime.now()
+    for name in names:
+        study = optuna.load_study(study_name=name, storage=st)
+        trials = [t for t in study.get_trials(deepcopy=False) if not _discarded(t)]
+        by = {k: [t for t in trials if t.state.name == k] for k in
+              ("COMPLETE", "PRUNED", "RUNNING", "WAITING", "FAIL")}
+        best = None
+        if by["COMPLETE"]:
+            b = study.best_trial
+            best = {"value": b.value, "params": dict(b.params), "number": b.number}
+        out.append({
+            "study": name,
+            "trials": study.user_attrs.get("trials"),
+            "objective": study.user_attrs.get("objective"),
+            "complete": len(by["COMPLETE"]),
+            "infeasible": len(by["PRUNED"]),
+            "running": len(by["RUNNING"]),
+            "queued": len(by["WAITING"]),
+            "failed": len(by["FAIL"]),
+            "distinct": len({_param_key(t) for t in by["COMPLETE"] + by["PRUNED"]}),
+            "best": best,
+            "running_trials": [
+                {
+                    "number": t.number,
+                    "owner": t.system_attrs.get("m2k_owner"),
+                    "seconds": round((now - t.datetime_start).total_seconds(), 1)
+                    if t.datetime_start else None,
+                    "params": _full_params(t, list(t.params)) or dict(t.params),
+                }
+                for t in by["RUNNING"]
+            ],
+        })
+    return out
+
+
+def format_status(rows: list[dict]) -> str:
+    """The text ``optimize --status`` prints."""
+    if not rows:
+        return "no study in this storage yet"
+    lines = []
+    for r in rows:
+        done = r["complete"] + r["infeasible"]
+        lines.append(
+            f"study {r['study']}: {done}/{r['trials'] or '?'} finished ({r['complete']} complete, "
+            f"{r['infeasible']} infeasible; {r['distinct']} distinct), {r['running']} running, "
+            f"{r['queued']} queued, {r['failed']} failed"
+        )
+        if r["best"]:
+            params = ", ".join(f"{k}={v}" for k, v in r["best"]["params"].items())
+            lines.append(
+                f"  best {r['objective'] or 'value'} = {r['best']['value']:.4g} with {params} "
+                f"(trial {r['best']['number']})"
+            )
+        for t in r["running_trials"]:
+            params = ", ".join(f"{k}={v}" for k, v in t["params"].items())
+            lines.append(
+                f"  running: trial {t['number']} ({params}) on {t['owner'] or '?'} for "
+                f"{t['seconds']} s"
+            )
+    return "\n".join(lines)
 
 
 def _param_key(t) -> tuple:
