@@ -21,16 +21,14 @@ the DSR's number of trials N (they were tried, then discarded).
 Where the study lives and who runs it:
 
 - **Embedded default**: SQLite ``study.db`` in the output folder, run by ``workers`` local
-  processes (def: one per core), each calling ``study.optimize`` on the shared storage, with
-  the bars sent once per process. ``workers=1`` runs in this process.
-- ``storage``: any Optuna RDB URL, e.g. ``postgresql://user:pw@db-host/optuna``, so that
-  drivers on many machines share one study (run the same command on each; give each the same
-  ``--study-name``). Storages other than SQLite get Optuna's heartbeat (60 s) and
-  ``RetryHeartbeatStaleTrialCallback``: a trial whose process died is failed after 180 s and
-  re-queued with the same parameters (SQLite studies are recovered at once, see Resume).
+  processes (def: one per core) on the shared storage, with the bars sent once per process.
+  ``workers=1`` runs in this process.
+- ``storage``: any Optuna RDB URL, e.g. ``postgresql://user:pw@db-host/optuna`` (mapped to the
+  installed driver, psycopg 3 from the ``postgres`` extra), so that processes on many machines
+  share one study: run the same command on each, with the same ``--study-name``.
 - ``dask``: ``"local"`` starts a ``distributed.LocalCluster(n_workers=2, processes=True,
   threads_per_worker=1)``; an address such as ``"tcp://10.0.0.5:8786"`` connects to a running
-  cluster. Trials run as Dask tasks (``ask`` here, backtest on a worker, ``tell`` here); the
+  cluster. Trials run as Dask tasks (claimed and recorded here, backtest on a worker); the
   study stays in the driver's storage. To build a cluster on several machines, with the same
   Python environment and ``pip install -e .[optimize]`` on each::
 
@@ -41,10 +39,31 @@ Where the study lives and who runs it:
       # anywhere, the driver
       python run_backtest.py optimize --dask tcp://A:8786 --trials 500 --out results/opt
 
+How processes share a study (any storage, SQLite included):
+
+- ``trials`` is the study's: before a process starts a new trial it counts the study's
+  finished, running and queued trials in the storage; trial numbers order concurrent claims,
+  so K processes together run ``trials`` and all stop.
+- The first process creates the study (creation is race-free: the others load it) and queues
+  the grid; the others wait for that, then join. Queued trials are claimed atomically; one
+  whose parameter set is already finished, running or queued elsewhere is discarded (FAIL
+  with the system attribute ``m2k_discard``, counted nowhere).
+- A TPE proposal equal to a finished, running or queued parameter set is re-drawn
+  (:data:`REDRAWS` times, then a free point at random). Each process seeds its sampler from
+  ``seed``, its identity (host and pid when the storage is shared, worker number) and the
+  number of finished trials, so neither a second process nor a resumed study replays
+  proposals.
+- Dead processes: every running trial records a heartbeat (``heartbeat``, def 10 s) and its
+  owner (``host:pid``). A trial whose owner on this host is gone, or whose heartbeat is older
+  than 3 heartbeats, is failed and re-queued once with all its parameters (from the queue's
+  ``fixed_params``, never a half-drawn set) by whichever process sees it; processes stay until
+  no trial of the study is running, so nothing stays RUNNING.
+- A lost connection is retried with backoff for ``reconnect`` seconds (def 60), then a
+  :class:`StorageError` (one line, password masked); the study stays resumable.
+
 Resume. Re-running with the same output folder (or ``storage`` and ``study_name``) loads the
-study and runs only what is missing up to ``trials`` finished (complete + infeasible) trials.
-Trials left ``RUNNING`` or ``FAIL`` by an interrupted run are marked ``FAIL`` and their
-parameters re-queued once, so no trial is lost; a grid never queues a parameter set twice.
+study and runs only what is missing up to ``trials``; interrupted trials are re-queued as
+above, failed ones (Ctrl-C) too, once; a grid never queues a parameter set twice.
 
 Determinism. With ``seed`` and one worker, TPE proposes the same trials in the same order and
 finds the same best parameters every time (the backtests themselves are deterministic). With
