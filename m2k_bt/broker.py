@@ -109,8 +109,11 @@ class FuturesBroker(bt.brokers.BackBroker):
         ticks = self.p.slippage_ticks
         if not isinstance(ticks, (int, float)) or not math.isfinite(ticks) or ticks < 0:
             raise ParameterError(f"slippage_ticks must be a number >= 0, got {ticks!r}")
-        if self.p.cash is None or not math.isfinite(self.p.cash) or self.p.cash <= 0:
-            raise ParameterError(f"cash must be a positive number of dollars, got {self.p.cash!r}")
+        cash = self.p.cash
+        if isinstance(cash, bool) or not isinstance(cash, (int, float)) or not (
+            math.isfinite(cash) and cash >= 0
+        ):
+            raise ParameterError(f"cash must be a number of dollars >= 0, got {cash!r}")
         self._win_start = _as_time("intraday_start", self.p.intraday_start)
         self._win_end = _as_time("intraday_end", self.p.intraday_end)
         if self._win_start >= self._win_end:
@@ -135,6 +138,21 @@ class FuturesBroker(bt.brokers.BackBroker):
         self._owners = {}
         self._forced = {}
         self._negative = False
+
+    # -- a zero account ---------------------------------------------------------------------
+    def _get_value(self, datas=None, lever=False):
+        """BackBroker's value; an account that started with no cash (``cash=0``, or
+        ``setcash(0)`` before the run) holds no fund shares, and BackBroker's fund-value update
+        (value / shares) would divide by zero: there the fund value stays at its start."""
+        if self._fundshares or self._fundhist:
+            return super()._get_value(datas=datas, lever=lever)
+        self._fundshares = 1.0  # stand-in share, removed again below
+        try:
+            return super()._get_value(datas=datas, lever=lever)
+        finally:
+            self._fundshares -= 1.0  # leaves the shares that cash added meanwhile bought
+            self._fundval = (self._value / self._fundshares if self._fundshares
+                             else self.p.fundstartval)
 
     # -- order entry: remember who trades each data, for forced orders ----------------------
     def buy(self, owner, data, size, *args, **kwargs):
@@ -215,11 +233,22 @@ class FuturesBroker(bt.brokers.BackBroker):
         if fn is None:
             ci = self.getcommissioninfo(data)
             per = getattr(ci, "maintenance_per_contract", None)
-            if per is None:
-                fixed = float(getattr(ci.p, "maintenance_margin", None) or ci.get_margin(0))
+            fixed = getattr(ci.p, "maintenance_margin", None)
+            if per is None and fixed is not None:
+                fixed = float(fixed)
 
                 def per() -> float:
                     return fixed
+
+            elif per is None and ci.stocklike:
+
+                def per() -> float:
+                    return 0.0  # stock-like: the whole price is paid in cash, nothing to call
+
+            elif per is None:  # a futures scheme without a maintenance figure: its initial margin
+
+                def per() -> float:
+                    return float(ci.get_margin(data.close[0]) or 0.0)
 
             fn = self._maint_fns[data] = per
         return fn

@@ -28,7 +28,7 @@ import backtrader as bt
 import numpy as np
 import pandas as pd
 
-from .errors import ConfigError
+from .errors import ConfigError, DataFeedError
 from .live import LiveLatency, QueueFeed, ReplaySource
 
 __all__ = ["FillPrinter", "build_parser", "live_cerebro", "run_live", "live_main"]
@@ -91,7 +91,9 @@ def live_cerebro(source, config, bars: pd.DataFrame | None = None, **feed_kw):
 
 
 def _ny(dt):
-    return None if dt is None else pd.Timestamp(dt).tz_localize("America/New_York")
+    # the feed delivers only the first (daylight-time) pass of the repeated autumn hour
+    return None if dt is None else pd.Timestamp(dt).tz_localize("America/New_York",
+                                                                ambiguous=True)
 
 
 def _install_sigint(cerebro, state: dict):
@@ -189,7 +191,7 @@ def run_live(source, config, bars: pd.DataFrame | None = None, fills=None, **fee
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .cli import _Parser, add_common_args
+    from .cli_common import _Parser, add_common_args
 
     p = _Parser(
         prog="run_backtest.py live",
@@ -221,7 +223,7 @@ def _line(stats: dict) -> str:
 
 def live_main(argv: list[str]) -> int:
     """Entry point of ``run_backtest.py live``; returns the exit status."""
-    from .cli import config_from_args, default_out
+    from .cli_common import config_from_args, default_out
     from .engine import select_bars
     from .report import write_outputs
 
@@ -233,6 +235,9 @@ def live_main(argv: list[str]) -> int:
                           f"got {args.speed}")
     if not args.heartbeat > 0:
         raise ConfigError(f"--heartbeat must be seconds > 0, got {args.heartbeat}")
+    if not Path(args.replay).is_file():
+        # checked here so that the hint names live's flag, not the backtest's --data
+        raise DataFeedError(f"replay file not found: {args.replay} (check the --replay path)")
     args.data = [args.replay]
     bars, config = config_from_args(args)
     selected = select_bars(bars, config)

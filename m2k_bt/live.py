@@ -75,8 +75,10 @@ _NY = ZoneInfo("America/New_York")
 
 #: Every reason a bar can be rejected for, in the order they are checked.
 REJECT_REASONS = (
-    "malformed",  # not a Bar, no datetime, a price or volume that is not a finite number,
-    # negative volume, open or close outside [low, high]
+    "malformed",  # not a Bar, no datetime (None, NaT), a price or volume that is not a finite
+    # number, negative volume, open or close outside [low, high]
+    "dst_time",  # a naive time that does not exist in New York (the spring DST gap), or an aware
+    # time in the second pass of the repeated autumn hour (New York time would run backwards)
     "duplicate",  # same timestamp as the last accepted bar
     "out_of_order",  # earlier than the last accepted bar
     "non_positive",  # a price <= 0
@@ -92,6 +94,9 @@ class Bar:
     - ``dt``: bar time, a ``datetime`` (or ``pandas.Timestamp``); tz-aware, or naive New York.
     - ``open``, ``high``, ``low``, ``close``: index points.
     - ``volume``: contracts.
+    - ``roll``: true on the first bar of a new contract of a continuous series (the feed's
+      ``roll`` line, as :class:`m2k_bt.feeds.BarsFeed` has it), so that strategies roll a held
+      position live as they do in a backtest.
 
     A ``Bar`` is a plain container: it is checked by :class:`QueueFeed`, so that a bad bar from a
     producer is rejected with a reason instead of failing in the producer's thread.
@@ -103,6 +108,7 @@ class Bar:
     low: float
     close: float
     volume: float = 0.0
+    roll: bool = False
 
 
 @dataclass(frozen=True)
@@ -244,7 +250,7 @@ class ThreadedSource(BarSource):
 def bars_from_frame(df: pd.DataFrame) -> list[Bar]:
     """:class:`Bar` objects from an OHLCV DataFrame with a DatetimeIndex (tz-aware or naive
     New York), e.g. one from ``m2k_bt.feeds.load_bars``. Rows are kept as they are, bad ones
-    included: checking is the feed's job.
+    included: checking is the feed's job. Aware times are given in UTC.
 
     >>> idx = pd.DatetimeIndex(["2024-01-02 09:30"], tz="America/New_York")
     >>> df = pd.DataFrame({"open": [2000.0], "high": [2001.0], "low": [1999.5],
@@ -264,15 +270,18 @@ def bars_from_frame(df: pd.DataFrame) -> list[Bar]:
         raise DataFeedError(
             f"bars DataFrame needs a DatetimeIndex of bar times, got {type(df.index).__name__}"
         )
+    # aware times stay aware (in UTC, which is unambiguous): the feed converts them to New York
+    # and can then tell the two passes of the repeated autumn hour apart
     idx = df.index
-    if idx.tz is not None:
-        idx = idx.tz_convert(_NY).tz_localize(None)
-    dts = idx.to_pydatetime()
+    dts = (idx.tz_convert("UTC") if idx.tz is not None else idx).to_pydatetime()
     cols = [df[c].to_numpy(dtype=float) for c in ("open", "high", "low", "close")]
-    vol = df["volume"].to_numpy(dtype=float) if "volume" in df.columns else np.zeros(len(df))
+    n = len(df)
+    vol = df["volume"].to_numpy(dtype=float) if "volume" in df.columns else np.zeros(n)
+    roll = (df["roll"].fillna(False).to_numpy(dtype=bool) if "roll" in df.columns
+            else np.zeros(n, dtype=bool))
     return [
-        Bar(dt, float(o), float(h), float(lo), float(c), float(v))
-        for dt, o, h, lo, c, v in zip(dts, *cols, vol)
+        Bar(dt, float(o), float(h), float(lo), float(c), float(v), bool(r))
+        for dt, o, h, lo, c, v, r in zip(dts, *cols, vol, roll)
     ]
 
 
@@ -356,16 +365,28 @@ class ReplaySource(ThreadedSource):
         return "exhausted"
 
 
-def _naive_ny(dt) -> _dt.datetime:
+def _naive_ny(dt) -> tuple[_dt.datetime, str | None]:
+    """``(naive New York time, DST problem or None)``; raises TypeError for a non-time."""
+    if dt is pd.NaT or isinstance(dt, type(pd.NaT)):  # NaT is a datetime subclass, not a Timestamp
+        raise TypeError("dt is NaT (not a time)")
     if isinstance(dt, pd.Timestamp):
-        if dt is pd.NaT:
-            raise TypeError("NaT")
         dt = dt.to_pydatetime()
     if not isinstance(dt, _dt.datetime):
         raise TypeError(f"dt must be a datetime, got {type(dt).__name__}")
     if dt.tzinfo is not None:
-        dt = dt.astimezone(_NY).replace(tzinfo=None)
-    return dt
+        local = dt.astimezone(_NY)
+        if local.fold:  # zoneinfo marks the second pass of the repeated hour
+            return local.replace(tzinfo=None, fold=0), (
+                f"{dt.isoformat()} is {local.replace(tzinfo=None):%Y-%m-%d %H:%M} New York "
+                f"standard time, the second pass of the repeated autumn hour: New York "
+                f"wall-clock time would run backwards (CME Globex is closed then)"
+            )
+        return local.replace(tzinfo=None), None
+    there_and_back = dt.replace(tzinfo=_NY).astimezone(_dt.timezone.utc).astimezone(_NY)
+    if there_and_back.replace(tzinfo=None) != dt:
+        return dt, (f"{dt:%Y-%m-%d %H:%M} does not exist in America/New_York (the spring DST "
+                    f"gap); give the bar its UTC offset")
+    return dt, None
 
 
 def _bar_problem(
@@ -375,7 +396,7 @@ def _bar_problem(
     if not isinstance(bar, Bar):
         return None, "malformed", f"expected a Bar, got {type(bar).__name__}"
     try:
-        dt = _naive_ny(bar.dt)
+        dt, dst_problem = _naive_ny(bar.dt)
     except (TypeError, ValueError, OverflowError) as exc:
         return None, "malformed", f"bad dt {bar.dt!r}: {exc}"
     prices = {}
@@ -389,6 +410,8 @@ def _bar_problem(
         prices[name] = value
     if prices["volume"] < 0:
         return dt, "malformed", f"volume {prices['volume']} is negative"
+    if dst_problem:
+        return dt, "dst_time", dst_problem
     if last_dt is not None:
         if dt == last_dt:
             return dt, "duplicate", f"same time as the last accepted bar {last_dt}"
@@ -440,6 +463,9 @@ def _remove_idle_guard(cerebro) -> None:
 class QueueFeed(bt.feed.DataBase):
     """A live feed that takes bars from a thread-safe queue filled by a :class:`BarSource`.
 
+    Lines: the standard ones plus ``roll`` (1.0 on a bar whose :attr:`Bar.roll` is true, the
+    first bar of a new contract; else 0.0), as :class:`m2k_bt.feeds.BarsFeed` has it.
+
     Params:
 
     - ``source`` (def: ``None``): the :class:`BarSource`; started when cerebro starts the feed,
@@ -470,6 +496,8 @@ class QueueFeed(bt.feed.DataBase):
     - ``first_dt``, ``last_dt``: first and last delivered bar times (naive New York).
     - ``put_ns``: the producer's put stamp of the current bar (``None`` if it had none).
     """
+
+    lines = ("roll",)
 
     params = (
         ("source", None),
@@ -617,6 +645,7 @@ class QueueFeed(bt.feed.DataBase):
         lines.close[0] = float(bar.close)
         lines.volume[0] = float(bar.volume)
         lines.openinterest[0] = 0.0
+        lines.roll[0] = 1.0 if bar.roll else 0.0
         return True
 
     @property

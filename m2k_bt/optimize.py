@@ -1409,10 +1409,6 @@ def _optimize_in(
         sampler, _derive_seed(seed, plan.identity, n_done or ""), plan.parallel
     )
     payload = (bars, config, space, objective, min_trades, run_backtest)
-    if progress is None and not quiet:
-        from .cli import ProgressBar
-
-        progress = ProgressBar("trials")
     if dask is not None:
         client, cluster = _dask_client(dask)
         try:

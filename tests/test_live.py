@@ -186,6 +186,35 @@ def test_engine_parity_with_project_strategy_and_broker():
     assert all(first <= t["entry_dt"] < t["exit_dt"] <= last for t in live_trades)
 
 
+def test_replay_of_data_with_a_roll_rolls_like_the_backtest():
+    engine = pytest.importorskip("m2k_bt.engine")
+    from m2k_bt.cli_live import run_live as cli_run_live
+
+    df = make_bars(800, seed=11)
+    df["roll"] = False
+    df.iloc[500, df.columns.get_loc("roll")] = True  # a new contract from bar 500
+    config = engine.BacktestConfig(strategy="sma", params={"fast": 10, "slow": 40},
+                                   sizer="fixed")
+    result = engine.run_backtest(df, config)
+    live = cli_run_live(ReplaySource(df, speed=0), config, bars=df, fills=False,
+                        qcheck=HEARTBEAT, idle_timeout=IDLE_TIMEOUT)
+    # the crossover always holds a position after its first cross: the roll closes and reopens
+    assert [t["exit_reason"] for t in result.trades].count("roll") == 1
+    assert live.strategy.rolls == 1
+    assert len(live.trades) == len(result.trades)
+    assert live.final_value == pytest.approx(result.final_value, abs=1e-9)
+    assert [t["exit_reason"] for t in live.trades] == [t["exit_reason"] for t in result.trades]
+    assert [t["net_pnl"] for t in live.trades] == pytest.approx(
+        [t["net_pnl"] for t in result.trades], abs=1e-9)
+
+
+def test_bars_from_frame_carries_the_roll_column():
+    df = make_bars(3, seed=1)
+    df["roll"] = [False, True, False]
+    assert [b.roll for b in bars_from_frame(df)] == [False, True, False]
+    assert [b.roll for b in bars_from_frame(df.drop(columns="roll"))] == [False] * 3
+
+
 # -- bad bars ------------------------------------------------------------------------------------
 
 T0 = _dt.datetime(2024, 3, 4, 10, 0)
@@ -202,6 +231,12 @@ BAD_BARS = {
         _bar(12, o=2005.0),  # open above high
         Bar(None, 2000.0, 2001.0, 1999.0, 2000.5, 1.0),
         Bar(T0 + _dt.timedelta(minutes=13), "2000", 2001.0, 1999.0, 2000.5, 1.0),
+        Bar(pd.NaT, 2000.0, 2001.0, 1999.0, 2000.5, 1.0),  # used to crash in date2num
+    ],
+    "dst_time": [
+        _bar(0, dt=_dt.datetime(2024, 3, 10, 2, 30)),  # naive: 02:30 New York never happened
+        # 06:30 UTC is 01:30 EST, the second 01:30 of 2024-11-03
+        _bar(0, dt=_dt.datetime(2024, 11, 3, 6, 30, tzinfo=_dt.timezone.utc)),
     ],
     "duplicate": [_bar(9)],  # same time as the last good bar
     "out_of_order": [_bar(3)],
@@ -223,7 +258,8 @@ def test_each_bad_bar_kind_is_rejected_counted_and_logged(caplog):
     assert feed.rejections == expected
     assert len(feed.rejected) == sum(expected.values())
     assert [r for _, r in feed.rejected][:2] == ["malformed", "malformed"]
-    assert feed.rejected[5] == (T0 + _dt.timedelta(minutes=9), "duplicate")
+    assert feed.rejected[8] == (T0 + _dt.timedelta(minutes=9), "duplicate")
+    assert feed.rejected[5] == (None, "malformed")  # the NaT bar
     assert feed.delivered == 15  # every good bar reached the strategy
     assert len(strat) == 15
     assert sum("rejected (off_tick)" in r.getMessage() for r in caplog.records) == 1
@@ -251,6 +287,22 @@ def test_aware_timestamps_are_new_york_and_session_breaks_noted():
                        index=pd.DatetimeIndex(["2024-03-04 17:59", "2024-03-04 18:01"], tz=ny))
     _, _, feed2 = run_live(ReplaySource(df2, speed=0), fast=2, slow=3)
     assert [b.kind for b in feed2.session_breaks] == ["trade_date"]
+
+
+def test_utc_stream_through_the_repeated_autumn_hour_does_not_crash():
+    from m2k_bt.cli_live import run_live as cli_run_live
+
+    # 2024-11-03: 05:00-05:50 UTC is 01:00-01:50 EDT, 06:00-06:50 UTC is 01:00-01:50 EST again
+    idx = pd.date_range("2024-11-03 04:00", "2024-11-03 06:50", freq="10min", tz="UTC")
+    df = pd.DataFrame({"open": 2000.0, "high": 2000.5, "low": 1999.5, "close": 2000.0,
+                       "volume": 1.0}, index=idx)
+    result = cli_run_live(ReplaySource(df, speed=0), _config(), bars=df, fills=False,
+                          qcheck=HEARTBEAT, idle_timeout=IDLE_TIMEOUT)
+    stream = result.analysis["stream"]
+    # 04:00-05:50 UTC (12 bars) delivered; 06:00-06:50 UTC (6 bars) would repeat 01:00-01:50
+    assert stream["delivered"] == 12 and stream["rejections"] == {"dst_time": 6}
+    assert result.last_dt == pd.Timestamp("2024-11-03 05:50", tz="UTC")
+    assert "stream: 6 bar(s) rejected (dst_time)" in result.warnings
 
 
 # -- idle and stop paths -------------------------------------------------------------------------
@@ -519,3 +571,14 @@ def test_live_main_rejects_a_negative_speed(tmp_path, capsys):
     code = main(["live", "--replay", str(tmp_path / "x.csv"), "--speed", "-1"])
     assert code == 2
     assert "--speed" in capsys.readouterr().err
+
+
+def test_missing_replay_file_names_the_replay_flag(tmp_path, capsys):
+    from m2k_bt.cli import main
+
+    missing = tmp_path / "nope.csv"
+    code = main(["live", "--replay", str(missing), "--speed", "0"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert f"replay file not found: {missing} (check the --replay path)" in err
+    assert "--data" not in err  # live's own flag, not the backtest's hint
