@@ -179,6 +179,10 @@ def optimize_main(argv: list[str]) -> int:
     if args.heartbeat < 1:
         raise ConfigError(f"--heartbeat must be a whole number of seconds >= 1, "
                           f"got {args.heartbeat}")
+    if args.storage:
+        from .optimize import _storage
+
+        _storage(args.storage)  # a wrong URL or password is reported before the data loads
     bars, config = config_from_args(args)
     out = _out(args, "optimize", config.strategy_name)
     res = optimize(

@@ -560,16 +560,18 @@ def test_killed_while_writing_trials_csv_leaves_no_partial_file(tmp_path):
 
     from servers import ROOT, child_env
 
+    from m2k_bt.cli import main
+
     out = tmp_path / "opt"
     argv = _cli_argv(tmp_path, out)
+    assert main(argv) == 0  # a complete earlier run
     cmd = [sys.executable, str(ROOT / "run_backtest.py"), *argv]
-    assert subprocess.run(cmd, env=child_env(), timeout=120).returncode == 0
     r = subprocess.run(cmd, env=child_env(M2K_BT_TEST_KILL_BEFORE="trials.csv"), timeout=120)
     assert r.returncode == -signal.SIGKILL
     assert not (out / "trials.csv").exists() and not (out / "optimize.json").exists()
     left = {p.name for p in out.iterdir() if not p.name.startswith(".")}  # hidden: the temp
     assert left <= {"study.db", "study.db-wal", "study.db-shm"}  # the study, resumable
-    assert subprocess.run(cmd, env=child_env(), timeout=120).returncode == 0  # resumes
+    assert main(argv) == 0  # resumes
     assert len(pd.read_csv(out / "trials.csv")) == 2
 
 

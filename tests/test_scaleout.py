@@ -16,7 +16,7 @@ import time
 from collections import Counter
 
 import pytest
-from servers import PASSWORD, ROOT, TESTS, DaskCluster, PostgresServer, child_env, pg_bin
+from servers import PASSWORD, TESTS, DaskCluster, PostgresServer, child_env, pg_bin
 
 optuna = pytest.importorskip("optuna")
 
@@ -146,21 +146,19 @@ def test_tpe_across_two_processes_shares_the_trials_cap_and_repeats_no_set(pg):
     assert len(owners(trials)) == 2
 
 
-def test_wrong_password_is_one_masked_line_exit_2(pg, tmp_path):
+def test_wrong_password_is_one_masked_line_exit_2(pg, tmp_path, capsys):
+    from m2k_bt.cli import main
+
     url = pg.url(password="not-the-password", db="postgres")
-    r = subprocess.run(
-        [sys.executable, str(ROOT / "run_backtest.py"), "optimize", "--storage", url,
-         "--out", str(tmp_path / "o"), "--trials", "2", "--quiet"],
-        capture_output=True, text=True, env=child_env(), timeout=120,
-    )  # fmt: skip
-    assert r.returncode == 2
-    err = r.stderr.strip()
+    assert main(["optimize", "--storage", url, "--out", str(tmp_path / "o"), "--trials", "2",
+                 "--quiet"]) == 2  # fmt: skip
+    err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0, err
     assert "not-the-password" not in err and "m2k:***@127.0.0.1" in err
     assert "password authentication failed" in err
 
 
-def test_server_stopped_mid_study_one_line_exit_2_then_resume_completes(pg, tmp_path):
+def test_server_stopped_mid_study_one_line_exit_2_then_resume_completes(pg, monkeypatch):
     url = pg.fresh_db()
     args = ["--storage", url, "--sampler", "grid", "--reconnect", "2"]
     proc = driver(*args)
@@ -174,32 +172,39 @@ def test_server_stopped_mid_study_one_line_exit_2_then_resume_completes(pg, tmp_
     line = err.strip()
     assert line.count("\n") == 0 and "lost the connection" in line, line
     assert PASSWORD not in line and "run the same command again" in line
-    rc, out, err = finish([driver(*args)])[0]
-    assert rc == 0, err
+    # resume (here, in this process): the trial the lost connection left RUNNING is re-run
+    import scaleout_driver as d
+
+    from m2k_bt.optimize import optimize
+
+    monkeypatch.setenv("M2K_TEST_DELAY", "0")
+    optimize(d.bars(), d.DriverConfig(), ["fast=10:40:10", "slow=100:200:50"], sampler="grid",
+             storage=url, study_name="scale", workers=1, run_backtest=d.slow_run, quiet=True,
+             overfitting=False, heartbeat=1)  # fmt: skip
     assert_every_point_once(trials_of(url))
 
 
-def test_postgresql_url_works_as_written(pg, tmp_path):
-    """``postgresql://`` (no +driver) through the real command line, then --status."""
+def test_postgresql_url_works_as_written(pg, tmp_path, capsys):
+    """``postgresql://`` (no +driver) through the command line, then --status."""
     from conftest import make_bars
+
+    from m2k_bt.cli import main
 
     bars = make_bars(600, seed=2)
     bars.index = bars.index.tz_localize(None)
     data = tmp_path / "bars.csv"
     bars.to_csv(data)
     url = pg.fresh_db()
-    cmd = [sys.executable, str(ROOT / "run_backtest.py"), "optimize", "--data", str(data),
-           "--lenient", "--sizer", "fixed", "--space", "fast=5:10:5", "slow=20:30:10",
-           "--sampler", "grid", "--min-trades", "0", "--workers", "1", "--storage", url,
-           "--study-name", "cli", "--out", str(tmp_path / "o"), "--quiet"]  # fmt: skip
-    r = subprocess.run(cmd, capture_output=True, text=True, env=child_env(), timeout=120)
-    assert r.returncode == 0, r.stderr
-    r = subprocess.run(
-        [sys.executable, str(ROOT / "run_backtest.py"), "optimize", "--status", "--storage", url],
-        capture_output=True, text=True, env=child_env(), timeout=60,
-    )  # fmt: skip
-    assert r.returncode == 0, r.stderr
-    assert "study cli: 4/4 finished" in r.stdout and "0 running" in r.stdout
+    assert url.startswith("postgresql://m2k:")
+    assert main(["optimize", "--data", str(data), "--lenient", "--sizer", "fixed",
+                 "--space", "fast=5:10:5", "slow=20:30:10", "--sampler", "grid",
+                 "--min-trades", "0", "--workers", "1", "--storage", url, "--study-name", "cli",
+                 "--out", str(tmp_path / "o"), "--quiet"]) == 0  # fmt: skip
+    capsys.readouterr()
+    assert main(["optimize", "--status", "--storage", url]) == 0
+    printed = capsys.readouterr().out
+    assert "study cli: 4/4 finished (4 complete, 0 infeasible; 4 distinct)" in printed
+    assert "0 running, 0 queued, 0 failed" in printed and "best sharpe" in printed
 
 
 # ---------------------------------------------------------------- SQLite and Dask
