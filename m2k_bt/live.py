@@ -484,6 +484,9 @@ class QueueFeed(bt.feed.DataBase):
       against the bar that created them).
     - ``timeframe`` (def: ``Minutes``), ``compression`` (def: ``1``): the bar size, for
       analyzers; set ``compression=5`` for 5-minute bars.
+    - ``stop_event`` (def: ``None``): a ``threading.Event``; once it is set the feed ends the
+      stream at its next call (``end_reason`` ``"stopped"``), even if it was set before the run
+      began (a stop that ``cerebro.runstop()`` alone would lose: ``run()`` clears it).
 
     After (or during) a run:
 
@@ -509,6 +512,7 @@ class QueueFeed(bt.feed.DataBase):
         ("guard_broker", True),
         ("timeframe", bt.TimeFrame.Minutes),
         ("compression", 1),
+        ("stop_event", None),
     )
 
     def __init__(self) -> None:
@@ -532,6 +536,9 @@ class QueueFeed(bt.feed.DataBase):
         it = self.p.idle_timeout
         if it is not None and not (isinstance(it, (int, float)) and it > 0):
             raise ParameterError(f"QueueFeed idle_timeout must be seconds > 0 or None, got {it!r}")
+        ev = self.p.stop_event
+        if ev is not None and not callable(getattr(ev, "is_set", None)):
+            raise ParameterError(f"QueueFeed stop_event must be a threading.Event, got {ev!r}")
         self._reset_state()
 
     def _reset_state(self) -> None:
@@ -572,15 +579,21 @@ class QueueFeed(bt.feed.DataBase):
             self._guarded = False
         super().stop()
 
+    def _stop_asked(self) -> bool:
+        ev = self.p.stop_event
+        return ev is not None and ev.is_set()
+
     def _load(self):
         if self._ended:
             return False
+        if self._stop_asked():
+            return self._end("stopped")
         while True:
             wait = self._qcheck
             try:
                 item = self.queue.get(timeout=wait) if wait > 0 else self.queue.get_nowait()
             except queue.Empty:
-                return self._on_idle()
+                return self._end("stopped") if self._stop_asked() else self._on_idle()
             self._idle_since = None
             if isinstance(item, EndOfStream):
                 return self._end(item.reason)

@@ -5,10 +5,16 @@ heartbeat is short, and each run has an ``idle_timeout`` so that a bug ends a te
 from __future__ import annotations
 
 import datetime as _dt
+import json
 import logging
 import math
+import os
 import queue
+import signal
+import subprocess
+import sys
 import threading
+from pathlib import Path
 
 import backtrader as bt
 import pandas as pd
@@ -528,7 +534,9 @@ def test_run_live_stops_on_sigint_and_keeps_the_result(capsys):
     assert result.bars == 40
     assert "stopped by Ctrl-C after 40 bars" in result.warnings
     assert result.analysis["latency"]["next"]["count"] == 40
-    assert result.analysis["stream"]["end_reason"] is None
+    # the stop ended the stream (the feed's stop_event) and cerebro (runstop)
+    assert result.analysis["stream"]["end_reason"] == "stopped"
+    assert result.analysis["stream"]["interrupted_by"] == "SIGINT"
     assert not src.is_alive()
     out = capsys.readouterr()
     assert out.out.count("fill ") == result.analysis["fills"]["fills"] > 0
@@ -582,3 +590,75 @@ def test_missing_replay_file_names_the_replay_flag(tmp_path, capsys):
     assert code == 2
     assert f"replay file not found: {missing} (check the --replay path)" in err
     assert "--data" not in err  # live's own flag, not the backtest's hint
+
+
+# -- signals on the real command, in a subprocess ------------------------------------------------
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _start_live(tmp_path):
+    """``run_backtest.py live`` on a quiet stream: 1-minute bars at real-time speed, so after the
+    first bar it waits a minute for the next, flat (the SMA needs 20 bars)."""
+    df = make_bars(300, seed=9, freq="1min")
+    path = tmp_path / "M2KH4_1min.csv"
+    frame = df.copy()
+    frame.index = frame.index.tz_localize(None)
+    frame.to_csv(path, index_label="datetime")
+    out = tmp_path / "out"
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen(
+        [sys.executable, str(REPO / "run_backtest.py"), "live", "--replay", str(path),
+         "--speed", "1", "--heartbeat", "0.05", "--strategy", "sma", "--param", "fast=5",
+         "--param", "slow=20", "--sizer", "fixed", "--out", str(out), "--no-plot"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=tmp_path)
+    first = proc.stdout.readline()  # printed once the signal handlers are in place
+    assert first.startswith("live: 300 bars"), first + proc.stderr.read()
+    return proc, out
+
+
+def _finish(proc):
+    try:
+        out, err = proc.communicate(timeout=120)  # a safety net, not a speed check
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out, err = proc.communicate()
+        pytest.fail(f"live did not stop: {err}")
+    return proc.returncode, out, err
+
+
+@pytest.mark.parametrize("signals,status,how", [
+    ([signal.SIGTERM], 143, "SIGTERM"),  # used to die at once: 143 and no report
+    ([signal.SIGINT], 130, "Ctrl-C"),  # used to exit 0
+    ([signal.SIGINT, signal.SIGINT], 130, "Ctrl-C"),  # the second used to crash in stop()
+    ([signal.SIGINT, signal.SIGTERM, signal.SIGINT], 130, "Ctrl-C"),
+])
+def test_signals_end_live_like_one_ctrl_c_with_a_report(tmp_path, signals, status, how):
+    proc, out = _start_live(tmp_path)
+    for i, sig in enumerate(signals):
+        if i:
+            threading.Event().wait(0.02)  # within the heartbeat: the run is still stopping
+        proc.send_signal(sig)
+    code, printed, err = _finish(proc)
+    assert code == status, err
+    assert "Traceback" not in err
+    report = json.loads((out / "report.json").read_text())
+    assert f"stopped by {how} after" in " ".join(report["warnings"])
+    assert report["analyzers"]["stream"]["interrupted_by"] == ("SIGTERM" if status == 143
+                                                               else "SIGINT")
+    assert (out / "trades.csv").exists() and (out / "equity.csv").exists()
+    assert "outputs:" in printed
+
+
+def test_a_signal_after_the_run_is_ignored_until_exit(tmp_path):
+    # Ctrl-C, then Ctrl-C again while the outputs are written or the process is ending
+    proc, out = _start_live(tmp_path)
+    proc.send_signal(signal.SIGINT)
+    for _ in range(200):
+        if (out / "report.json").exists() or proc.poll() is not None:
+            break
+        threading.Event().wait(0.01)
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGINT)
+    code, _, err = _finish(proc)
+    assert code == 130 and "Traceback" not in err
+    assert (out / "report.json").exists()
