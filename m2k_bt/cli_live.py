@@ -6,7 +6,8 @@ the ones a backtest of the same arguments uses (``engine.build_cerebro``), so wh
 backtested is what runs. Fills are printed as they happen; at the end (the stream is over,
 or Ctrl-C) the same report as a backtest is written, with two more analysis keys:
 
-- ``latency``: :class:`~m2k_bt.live.LiveLatency` (put -> order submitted, microseconds);
+- ``latency``: :class:`~m2k_bt.live.LiveLatency` (bar taken off the queue -> order submitted,
+  microseconds; the queue wait apart as ``backlog``);
 - ``stream``: :meth:`~m2k_bt.live.QueueFeed.summary` (bars delivered, rejections, session
   breaks, heartbeats, why the stream ended).
 
@@ -40,7 +41,9 @@ __all__ = ["FillPrinter", "SignalStop", "build_parser", "live_cerebro", "run_liv
 
 
 class FillPrinter(bt.Analyzer):
-    """Prints each fill as the strategy is notified of it.
+    """Prints each fill as the strategy is notified of it, with the position after that fill
+    (a reversal's close and open are notified together, after both filled: the position is
+    counted fill by fill, not read from the broker).
 
     - ``stream`` (def: ``None``): file to write to; ``None`` is ``sys.stdout``.
     """
@@ -49,6 +52,7 @@ class FillPrinter(bt.Analyzer):
 
     def start(self) -> None:
         self.fills = 0
+        self._held: dict = {}
 
     def notify_order(self, order) -> None:
         if order.status != order.Completed:
@@ -57,7 +61,8 @@ class FillPrinter(bt.Analyzer):
         ex = order.executed
         side = "BUY " if order.isbuy() else "SELL"
         dt = bt.num2date(ex.dt)
-        pos = self.strategy.getposition(order.data).size
+        pos = self._held.get(order.data, 0.0) + ex.size
+        self._held[order.data] = pos
         out = self.p.stream or sys.stdout
         print(f"fill {dt:%Y-%m-%d %H:%M:%S} {side} {abs(ex.size):g} {order.data._name or ''} "
               f"@ {ex.price:.2f}  commission ${ex.comm:.2f}  position {pos:+g}", file=out,
@@ -358,7 +363,8 @@ def _print_summary(result, out, paths) -> None:
     print(format_summary(build_report(result)))
     lat = result.analysis["latency"]
     stream = result.analysis["stream"]
-    print(f"latency put->order: {_line(lat)}; put->next: {_line(lat['next'])}")
+    print(f"latency off the queue->order: {_line(lat)}; ->end of next: {_line(lat['next'])}; "
+          f"queue backlog (put->off the queue, not our latency): {_line(lat['backlog'])}")
     print(f"stream: {stream['delivered']} bars, {stream['rejected']} rejected, "
           f"{len(stream['session_breaks'])} session breaks, ended: "
           f"{stream['end_reason'] or 'stopped'}")

@@ -423,7 +423,43 @@ def test_latency_is_recorded_per_bar_with_an_order():
     assert lat["count"] == order_bars
     assert 0 < lat["p50_us"] <= lat["p99_us"] <= lat["max_us"]
     assert lat["next"]["count"] == 300
-    assert set(lat) == {"count", "p50_us", "p99_us", "mean_us", "max_us", "next", "orders"}
+    assert set(lat) == {"count", "p50_us", "p99_us", "mean_us", "max_us", "next", "backlog",
+                        "orders"}
+    assert lat["backlog"]["count"] == 300
+
+
+class StaleStamps(ThreadedSource):
+    """Stamps every bar as put ``AGE_S`` seconds ago: a queue backlog we know."""
+
+    AGE_S = 1000
+
+    def __init__(self, bars):
+        super().__init__(name="stale")
+        self.bars = bars
+
+    def produce(self):
+        for bar in self.bars:
+            self._queue.put((bar, _dt_ns() - self.AGE_S * 10**9))
+        return None
+
+
+def _dt_ns() -> int:
+    import time
+
+    return time.perf_counter_ns()
+
+
+def test_latency_is_measured_from_the_queue_not_from_the_put():
+    # at --speed 0 the producer runs ahead: the old figures were the queue wait (p50 0.63 s)
+    strat, _, feed = run_live(StaleStamps(bars_from_frame(make_bars(200, seed=3))))
+    lat = strat.analyzers.latency.get_analysis()
+    assert lat["count"] > 0 and lat["next"]["count"] == 200
+    # every bar waited >= 1000 s by its stamp: that is the backlog, reported apart...
+    assert lat["backlog"]["count"] == 200
+    assert lat["backlog"]["p50_us"] >= StaleStamps.AGE_S * 1e6
+    # ...and not in our latency, which starts when the feed takes the bar off the queue
+    assert lat["max_us"] < StaleStamps.AGE_S * 1e6
+    assert lat["next"]["max_us"] < StaleStamps.AGE_S * 1e6
 
 
 def test_bare_bars_on_the_queue_are_accepted_without_latency():
@@ -435,7 +471,9 @@ def test_bare_bars_on_the_queue_are_accepted_without_latency():
 
     strat, _, feed = run_live(Bare(), fast=2, slow=5)
     assert feed.delivered == 30
-    assert strat.analyzers.latency.get_analysis()["next"]["count"] == 0
+    lat = strat.analyzers.latency.get_analysis()
+    assert lat["next"]["count"] == 30  # timed from the queue
+    assert lat["backlog"]["count"] == 0  # no put stamp: no queue wait known
 
 
 # -- inputs checked at the door ----------------------------------------------------------------
@@ -542,6 +580,28 @@ def test_run_live_stops_on_sigint_and_keeps_the_result(capsys):
     assert out.out.count("fill ") == result.analysis["fills"]["fills"] > 0
 
 
+def test_fill_lines_show_the_position_after_each_fill():
+    import io
+
+    from m2k_bt.cli_live import run_live as cli_run_live
+
+    df = make_bars(400, seed=7)
+    printed = io.StringIO()
+    result = cli_run_live(ReplaySource(df, speed=0), _config(), bars=df, fills=printed,
+                          qcheck=HEARTBEAT, idle_timeout=IDLE_TIMEOUT)
+    lines = printed.getvalue().splitlines()
+    assert len(lines) == result.analysis["fills"]["fills"] > 2
+    held = 0
+    for line in lines:
+        words = line.split()
+        size = float(words[4]) * (1 if words[3] == "BUY" else -1)
+        held += size
+        assert float(line.rsplit("position ", 1)[1]) == held, line
+    # a reversal is two fills on one bar: flat after the close, then the new side
+    assert any(line.endswith("position +0") for line in lines)
+    assert len(set(lines)) == len(lines)  # no two identical lines
+
+
 def test_run_live_with_a_dying_source_reports_why():
     from m2k_bt.cli_live import run_live
 
@@ -569,7 +629,8 @@ def test_live_main_replays_a_file_and_writes_the_report(tmp_path, capsys):
                  "--sizer", "fixed", "--out", str(out), "--no-plot"])
     printed = capsys.readouterr().out
     assert code == 0
-    assert "fill " in printed and "latency put->order" in printed
+    assert "fill " in printed and "latency off the queue->order" in printed
+    assert "queue backlog (put->off the queue, not our latency)" in printed
     assert any(out.iterdir())
 
 
