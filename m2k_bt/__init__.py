@@ -13,11 +13,13 @@ from . import (
     contracts,
     engine,
     errors,
+    events,
     feeds,
     indicators,
     live,
     report,
     sessions,
+    signals,
     sizers,
     strategies,
 )
@@ -54,10 +56,12 @@ from .errors import (
     OutputError,
     ParameterError,
 )
+from .events import EventCalendar, load_calendar, read_events_csv
 from .feeds import BarsFeed, load_bars, resample_bars, validate_bars
 from .indicators import AdaptiveBollingerBands, BollingerBandsDdof, FibonacciLevels
 from .live import QueueFeed, ReplaySource
 from .report import build_report, format_summary, write_outputs
+from .signals import Signal, SignalFeed, align_signal, load_signal, signal_feed
 from .sizers import FixedContracts, KellyDecision, KellySizer, kelly_fraction
 from .strategies import (
     STRATEGIES,
@@ -78,11 +82,13 @@ __all__ = [
     "contracts",
     "engine",
     "errors",
+    "events",
     "feeds",
     "indicators",
     "live",
     "report",
     "sessions",
+    "signals",
     "sizers",
     "strategies",
     # contract facts
@@ -109,6 +115,15 @@ __all__ = [
     "volume_checkcondition",
     "QueueFeed",
     "ReplaySource",
+    # events and signals
+    "EventCalendar",
+    "load_calendar",
+    "read_events_csv",
+    "Signal",
+    "SignalFeed",
+    "align_signal",
+    "load_signal",
+    "signal_feed",
     # strategies, indicators, sizers
     "M2KStrategy",
     "SmaCrossover",

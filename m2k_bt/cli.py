@@ -110,6 +110,23 @@ def add_common_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--rth-only", action="store_true",
                    help="enter trades only in regular hours, 09:30-16:00 New York")
 
+    g = p.add_argument_group("events and signals (README: Event calendar and signals)")
+    g.add_argument("--avoid-events", metavar="KINDS",
+                   help="no entries around these events: fomc,cpi,nfp,russell_recon,expiry "
+                   "or kinds from --events")
+    g.add_argument("--event-window", metavar="BEFORE,AFTER",
+                   help="minutes before and after each event (default 30,60)")
+    g.add_argument("--flat-before-event", action="store_true",
+                   help="also close open positions before each avoided event")
+    g.add_argument("--events", metavar="FILE",
+                   help="CSV of your own events (time,kind,description)")
+    g.add_argument("--signal", metavar="FILE[:COLUMN]",
+                   help="external series (time,value or a named column), used as of each bar")
+    g.add_argument("--signal-min", type=float, help="enter only while the signal is >= X")
+    g.add_argument("--signal-max", type=float, help="enter only while the signal is <= Y")
+    g.add_argument("--signal-max-age", metavar="AGE",
+                   help="after AGE without a new value (e.g. 3D, 90min) the signal is unknown")
+
     g = p.add_argument_group("contract and costs")
     g.add_argument("--contract", default="M2K", help="M2K (default) or RTY, or a registered root")
     g.add_argument("--cash", type=float, default=25_000.0, help="starting equity, $ (25000)")
@@ -184,6 +201,33 @@ def load_data(args):
     return out
 
 
+def _event_signal_args(args) -> dict:
+    """BacktestConfig fields of the events-and-signals flags."""
+    out = {}
+    window = getattr(args, "event_window", None)
+    if window is not None:
+        parts = [x.strip() for x in window.split(",")]
+        try:
+            before, after = (float(x) for x in parts)
+            if not (before >= 0 and after >= 0):
+                raise ValueError
+        except ValueError:
+            raise ConfigError(f"--event-window takes BEFORE,AFTER minutes >= 0, e.g. 30,60; "
+                              f"got {window!r}") from None
+        out.update(event_before=before, event_after=after)
+    for flag, key in (("avoid_events", "avoid_events"), ("events", "events"),
+                      ("signal", "signal"), ("signal_min", "signal_min"),
+                      ("signal_max", "signal_max"), ("signal_max_age", "signal_max_age")):
+        value = getattr(args, flag, None)
+        if value is not None:
+            out[key] = value
+    if getattr(args, "flat_before_event", False):
+        out["flat_before_event"] = True
+    if out.get("events") is not None and not Path(out["events"]).is_file():
+        raise DataFeedError(f"--events file not found: {out['events']}")
+    return out
+
+
 def config_from_args(args):
     """(bars DataFrame, BacktestConfig) from parsed common args."""
     from .contracts import get_spec
@@ -209,6 +253,7 @@ def config_from_args(args):
         end=args.end,
         resample=args.resample,
         rth_only=args.rth_only,
+        **_event_signal_args(args),
         seed=args.seed,
         plot=not args.no_plot,
         data_path=bars.attrs.get("path"),

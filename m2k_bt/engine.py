@@ -62,6 +62,12 @@ class BacktestConfig:
       shows (buy/sell marks, account value); they cost a little per bar, so only when a plot
       will be drawn. ``seed``: recorded in the report.
     - ``data_path``/``data_rows``: provenance for the report (set by the loader).
+    - Events and signals (:mod:`m2k_bt.events`, :mod:`m2k_bt.signals`; passed to the strategy's
+      params and the feed, so optimisation and walk-forward use them too): ``avoid_events``
+      (kinds, ``"fomc,cpi"``), ``event_before``/``event_after`` (minutes; ``None`` keeps the
+      strategy's 30/60), ``flat_before_event``, ``events`` (a CSV of your own events or an
+      ``EventCalendar``), ``signal`` (``"FILE[:column]"`` or a ``Signal``), ``signal_min``,
+      ``signal_max``, ``signal_max_age`` (``"3D"``, ``"90min"``; ``None`` = no limit).
     """
 
     strategy: Any = "sma"
@@ -86,6 +92,15 @@ class BacktestConfig:
     seed: int | None = None
     data_path: str | None = None
     data_rows: int | None = None
+    avoid_events: Any = None
+    event_before: float | None = None
+    event_after: float | None = None
+    flat_before_event: bool = False
+    events: Any = None
+    signal: Any = None
+    signal_min: float | None = None
+    signal_max: float | None = None
+    signal_max_age: Any = None
 
     def replace(self, **changes) -> BacktestConfig:
         return dataclasses.replace(self, **changes)
@@ -273,6 +288,9 @@ def build_cerebro(bars: pd.DataFrame | None, config: BacktestConfig, progress=No
     params = dict(config.params)
     if config.rth_only:
         params["rth_only"] = True
+    from .signals import config_signal, event_signal_params
+
+    params.update(event_signal_params(config))
     validate = getattr(strat_cls, "validate_params", None)
     params = validate(params) if validate else params
     sizer_cls, sizer_params = _sizer(config)
@@ -296,17 +314,32 @@ def build_cerebro(bars: pd.DataFrame | None, config: BacktestConfig, progress=No
     comminfo = M2KCommInfo.from_spec(spec, **overrides)
 
     cerebro = bt.Cerebro(runonce=config.runonce, preload=config.preload, stdstats=False)
+    signal = config_signal(config)
     if feed is None:
-        feed = BarsFeed(dataname=bars)
+        if signal is not None:
+            from .signals import SignalFeed
+
+            feed = SignalFeed(dataname=bars, signal=signal)
+        else:
+            feed = BarsFeed(dataname=bars)
     cerebro.adddata(feed, name=spec.root)
     cerebro.broker = FuturesBroker(cash=float(config.cash), slippage_ticks=config.slippage_ticks)
     cerebro.broker.addcommissioninfo(comminfo)
     cerebro.addstrategy(strat_cls, **params)
     cerebro.addsizer(sizer_cls, **sizer_params)
     add_analyzers(cerebro, minimal=not config.analyzers)
+    filtered = bool(params.get("avoid_events")) or signal is not None
+    if filtered:
+        from .events import EventActions
+
+        cerebro.addanalyzer(EventActions, _name="events")
     if config.plot:
         cerebro.addobserver(bt.observers.BuySell, barplot=True, bardist=0.002)
         cerebro.addobserver(bt.observers.Value)
+        if filtered:
+            from .events import EventMarks
+
+            cerebro.addobserver(EventMarks)
     if progress is not None:
         total = len(bars) if bars is not None else 0
         cerebro.addanalyzer(_Progress, _name="_progress", callback=progress, total=total)
@@ -332,6 +365,7 @@ def collect_warnings(strategy, broker, data_report) -> list[str]:
     for status, count in sorted(getattr(strategy, "order_rejections", {}).items()):
         if count:
             out.append(f"orders: {count} {status}")
+    out.extend(getattr(strategy, "event_warnings", None) or [])
     return out
 
 

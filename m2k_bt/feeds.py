@@ -27,19 +27,21 @@ from __future__ import annotations
 
 import array
 import bisect
-import gzip
+import codecs
+import csv
 import io
 import math
 import os
 import re
 import warnings
+import zlib
 from collections.abc import Callable
 
 import backtrader as bt
 import numpy as np
 import pandas as pd
 
-from .contracts import M2K, TICK_TOLERANCE, ContractSpec
+from .contracts import M2K, ContractSpec
 from .errors import DataFeedError, ParameterError, did_you_mean
 from .sessions import NY, in_globex_session, is_trading_day, trade_dates
 
@@ -52,6 +54,9 @@ __all__ = [
     "BarsFeed",
     "resample_bars",
     "LineNumbers",
+    "HINTS",
+    "MAX_PRICE",
+    "TICK_ABS_TOLERANCE",
 ]
 
 #: Names accepted by ``load_bars(fmt=...)``.
@@ -137,18 +142,107 @@ class LineNumbers:
         )
 
 
+#: Fixes that messages suggest, each naming the command-line flag and the Python argument so one
+#: text reads right in both. Every hint of this module comes from here.
+HINTS = {
+    "lenient": "load leniently (--lenient / lenient=True)",
+    "tz": "add UTC offsets to the timestamps or give the file's time zone (--tz / tz=)",
+    "no_contract": "skip the contract checks (--contract none / spec=None)",
+    "snap": "round each price to the tick (--snap-to-tick / snap_to_tick=True)",
+    "ratio": "a back-adjusted series must be ratio-adjusted (--adjust ratio / adjust='ratio')",
+}
+
+#: Absolute tolerance, in price points, within which a price counts as on the tick grid (float64
+#: noise). The float32 rendering of an on-grid price (Yahoo writes 1408.699951171875 for 1408.7)
+#: also counts as on the grid; anything else off the grid is reported.
+TICK_ABS_TOLERANCE = 1e-6
+
+#: Largest price accepted, in points: beyond it a value is corrupt or in fixed-point units (e.g.
+#: Databento's 1e-9), not a quote. No futures contract or index is quoted near 1e9.
+MAX_PRICE = 1e9
+
+_GZIP_MAGIC = b"\x1f\x8b"
+_CHUNK = 1 << 16
+
+
+def _fail_line(parts: list[bytes]) -> int:
+    """Number of complete lines in the decoded ``parts``."""
+    return sum(p.count(b"\n") for p in parts)
+
+
+def _gunzip(data: bytes, path: str) -> bytes:
+    """Decompress every gzip member of ``data``; corrupt or truncated data raises a
+    :class:`DataFeedError` naming the last complete line before the damage."""
+    parts: list[bytes] = []
+    view = memoryview(data)
+    pos = 0
+    while True:
+        unzip = zlib.decompressobj(wbits=31)
+        try:
+            while not unzip.eof and pos < len(view):
+                parts.append(unzip.decompress(view[pos : pos + _CHUNK]))
+                pos += _CHUNK
+            parts.append(unzip.flush())
+        except zlib.error as exc:
+            raise DataFeedError(
+                f"{path}: corrupt gzip data after line {_fail_line(parts)} ({exc}); the file is "
+                f"damaged: download or compress it again"
+            ) from exc
+        if not unzip.eof:
+            raise DataFeedError(
+                f"{path}: the gzip data ends early, after line {_fail_line(parts)} (a truncated "
+                f"file); download or compress it again"
+            )
+        rest = bytes(unzip.unused_data) + bytes(view[pos:])
+        if not rest.strip(b"\x00"):  # the end, or zero padding
+            return b"".join(parts)
+        if not rest.startswith(_GZIP_MAGIC):
+            raise DataFeedError(
+                f"{path}: {len(rest)} bytes of junk after the gzip data (after line "
+                f"{_fail_line(parts)}); download or compress the file again"
+            )
+        view, pos = memoryview(rest), 0  # another gzip member follows
+
+
+def _decode(data: bytes, path: str) -> str:
+    utf16 = data.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE))
+    encoding, name = ("utf-16", "UTF-16") if utf16 else ("utf-8-sig", "UTF-8")
+    try:
+        text = data.decode(encoding)
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise DataFeedError(
+            f"{path}, line {line}: not {name} text (byte "
+            f"{data[exc.start : exc.start + 1]!r} at offset {exc.start}); save the file as a "
+            f"UTF-8 CSV"
+        ) from exc
+    nul = text.find("\x00")
+    if nul >= 0:
+        raise DataFeedError(
+            f"{path}, line {text.count(chr(10), 0, nul) + 1}: a NUL byte; this is not a text "
+            f"file (expected a CSV, or a .gz of one)"
+        )
+    return text
+
 
 def _open_text(path: str) -> str:
     if not os.path.exists(path):
         raise DataFeedError(f"{path}: no such file; check the path (cwd is {os.getcwd()})")
     if os.path.isdir(path):
         raise DataFeedError(f"{path}: is a directory, expected a bar file")
-    opener = gzip.open if path.endswith(".gz") else open
     try:
-        with opener(path, "rt", encoding="utf-8-sig", newline="") as f:
-            return f.read()
-    except (OSError, UnicodeDecodeError, EOFError) as exc:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as exc:
         raise DataFeedError(f"{path}: cannot read ({exc}); expected a text or .gz CSV") from exc
+    if data.startswith(_GZIP_MAGIC):
+        data = _gunzip(data, path)
+    elif path.endswith(".gz") and data:
+        raise DataFeedError(
+            f"{path}: not gzip data (it does not start with the gzip bytes 1f 8b); if it is "
+            f"plain text, remove .gz from its name"
+        )
+    return _decode(data, path)
 
 
 def _norm(name: str) -> str:
@@ -185,23 +279,51 @@ def detect_format(text: str) -> str:
 
 
 def _read_csv(text: str, path: str, **kwargs) -> pd.DataFrame:
+    """All fields as text; blank lines kept as empty rows so row i is file line i + offset."""
     try:
-        return pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False, **kwargs)
-    except (pd.errors.ParserError, ValueError) as exc:
+        raw = pd.read_csv(
+            io.StringIO(text), dtype=str, keep_default_na=False, skip_blank_lines=False,
+            **kwargs,
+        )  # fmt: skip
+    except (pd.errors.ParserError, ValueError, csv.Error, OverflowError) as exc:
         raise DataFeedError(f"{path}: not a readable CSV ({exc})") from exc
+    return raw
 
 
-def _rename(raw: pd.DataFrame, path: str) -> pd.DataFrame:
-    mapping = {}
-    for col in raw.columns:
-        key = _ALIASES.get(_norm(col))
-        if key is not None and key not in mapping.values():
-            mapping[col] = key
+def _blank_rows(raw: pd.DataFrame) -> np.ndarray:
+    """Rows without any text (blank lines, or only delimiters): skipped, nothing is lost."""
+    if raw.shape[1] == 0:
+        return np.zeros(len(raw), dtype=bool)
+    return np.asarray((raw.isna() | (raw == "")).all(axis=1))
+
+
+def _rename(raw: pd.DataFrame, source: str) -> pd.DataFrame:
+    """Canonical column names; two columns meaning the same thing (``last`` and ``close``,
+    ``Open`` and ``open``, a repeated header) raise instead of one silently winning."""
+    mapping: dict = {}
+    owner: dict[str, str] = {}
+    names = [str(c) for c in raw.columns]
+    for col, name in zip(raw.columns, names):
+        base = name
+        dup = re.fullmatch(r"(.*)\.(\d+)", name)  # pandas renames a repeated 'open' 'open.1'
+        if dup and dup.group(1) in names:
+            base = dup.group(1)
+        key = _ALIASES.get(_norm(base))
+        if key is None:
+            continue
+        if key in owner:
+            what = (f"column '{base}' appears twice" if owner[key] == base else
+                    f"columns '{owner[key]}' and '{base}' both give '{key}'")  # fmt: skip
+            raise DataFeedError(
+                f"{source}, line 1: {what}; keep one of them (delete or rename the other)"
+            )
+        owner[key] = name
+        mapping[col] = key
     return raw.rename(columns=mapping)
 
 
-def _read_raw(text: str, fmt: str, path: str) -> tuple[pd.DataFrame, int, str | None]:
-    """Raw string frame with canonical column names, the file line of row 0, default tz."""
+def _read_raw(text: str, fmt: str, path: str) -> tuple[pd.DataFrame, np.ndarray, str | None]:
+    """Raw string frame with canonical column names, the file line of each row, time format."""
     if fmt == "ninjatrader":
         raw = _read_csv(text, path, sep=";", header=None)
         if raw.shape[1] < 6:
@@ -209,10 +331,13 @@ def _read_raw(text: str, fmt: str, path: str) -> tuple[pd.DataFrame, int, str | 
                 f"{path}, line 1: NinjaTrader rows need 6 fields 'yyyyMMdd HHmmss;O;H;L;C;V', "
                 f"found {raw.shape[1]}"
             )
+        lines = np.arange(1, 1 + len(raw))
+        keep = ~_blank_rows(raw)
+        raw, lines = raw[keep], lines[keep]
         raw = raw.iloc[:, :6]
         raw.columns = ["datetime", "open", "high", "low", "close", "volume"]
-        raw["datetime"] = raw["datetime"].str.strip()
-        return raw, 1, "%Y%m%d %H%M%S"
+        raw["datetime"] = raw["datetime"].fillna("").str.strip()
+        return raw, lines, "%Y%m%d %H%M%S"
     if fmt == "backtrader":
         header = text.split("\n", 1)[0].split(",")
         raw = _read_csv(text, path, header=None, skiprows=1)
@@ -222,41 +347,89 @@ def _read_raw(text: str, fmt: str, path: str) -> tuple[pd.DataFrame, int, str | 
                 f"{path}, line 2: backtrader rows need Date,Time,Open,High,Low,Close,Volume"
                 f"[,OpenInterest]; found {raw.shape[1]} fields (header: {','.join(header)})"
             )
+        lines = np.arange(2, 2 + len(raw))
+        keep = ~_blank_rows(raw)
+        raw, lines = raw[keep], lines[keep]
         raw = raw.iloc[:, : min(8, raw.shape[1])]
         raw.columns = names[: raw.shape[1]]
-        return raw, 2, None
-    raw = _rename(_read_csv(text, path), path)
-    return raw, 2, None
+        return raw, lines, None
+    raw = _read_csv(text, path)
+    lines = np.arange(2, 2 + len(raw))
+    keep = ~_blank_rows(raw)
+    raw = _rename(raw[keep], path)
+    return raw, lines[keep], None
+
+
+#: ``_localize`` codes: why a naive time has no New York moment.
+_TS_OK, _DST_GAP, _DST_REPEAT = 0, 1, 2
+
+
+def _check_tz(tz: str | None) -> None:
+    if tz is None:
+        return
+    try:
+        pd.Timestamp("2000-01-01").tz_localize(tz)
+    except Exception as exc:  # pytz / zoneinfo raise their own kinds
+        raise DataFeedError(
+            f"tz={tz!r} is not a time zone name like 'America/New_York' or 'UTC' (--tz / tz=)"
+        ) from exc
+
+
+def _localize(idx: pd.DatetimeIndex, tz: str) -> tuple[pd.DatetimeIndex, np.ndarray]:
+    """Naive times read in ``tz``, as New York; codes mark the times that do not exist (the
+    spring-forward gap) or are ambiguous (the repeated autumn hour): those become NaT."""
+    codes = np.zeros(len(idx), dtype="int8")
+    local = idx.tz_localize(tz, ambiguous="NaT", nonexistent="NaT")
+    lost = np.asarray(local.isna()) & ~np.asarray(idx.isna())
+    if lost.any():
+        shifted = idx[lost].tz_localize(tz, ambiguous="NaT", nonexistent="shift_forward")
+        codes[lost] = np.where(np.asarray(shifted.isna()), _DST_REPEAT, _DST_GAP)
+    return local.tz_convert(NY), codes
+
+
+def _nanoseconds(text: pd.Series) -> pd.DatetimeIndex:
+    """Integer nanoseconds since 1970 UTC; values beyond the datetime range become NaT."""
+    nums = pd.to_numeric(text, errors="coerce")
+    if nums.dtype != "int64":  # some value beyond int64: parse each exactly
+        nat = np.iinfo("int64").min
+        nums = np.array([v if v < 2**63 else nat for v in map(int, text)], dtype="int64")
+    ts = pd.to_datetime(np.asarray(nums, dtype="int64"), unit="ns", utc=True)
+    return pd.DatetimeIndex(ts).tz_convert(NY)
 
 
 def _parse_times(raw: pd.DataFrame, fmt: str, tz: str | None, path: str, time_fmt):
-    """Timestamps (tz-aware NY, NaT where unparseable), the raw text, and daily flag."""
+    """Timestamps (tz-aware NY, NaT where unparseable), the raw text, the daily flag, the
+    :func:`_localize` codes and the zone naive times were read in."""
     cols = set(raw.columns)
+
+    def col(name: str) -> pd.Series:
+        return raw[name].fillna("").astype(str).str.strip()
+
     if "datetime" in cols:
-        text = raw["datetime"].astype(str).str.strip()
+        text = col("datetime")
     elif "date" in cols and "time" in cols:
-        text = raw["date"].astype(str).str.strip() + " " + raw["time"].astype(str).str.strip()
+        text = col("date") + " " + col("time")
     elif "date" in cols:
-        text = raw["date"].astype(str).str.strip()
+        text = col("date")
     elif "time" in cols:
-        text = raw["time"].astype(str).str.strip()
+        text = col("time")
     else:
         raise DataFeedError(
             f"{path}, line 1: no timestamp column; expected 'datetime' (or 'timestamp', "
-            f"'ts_event') or 'date' with optional 'time'; found columns: {', '.join(raw.columns)}"
+            f"'ts_event') or 'date' with optional 'time'; found columns: "
+            f"{', '.join(map(str, raw.columns))}"
         )
     default_tz = tz or ("UTC" if fmt == "databento" else NY)
-    if fmt == "databento" and text.str.fullmatch(r"\d{15,}").all():
-        nums = pd.to_numeric(text, errors="coerce")
-        ts = pd.to_datetime(nums, unit="ns", utc=True)
-        return pd.DatetimeIndex(ts).tz_convert(NY), text, False
+    none = np.zeros(len(text), dtype="int8")
+    if fmt == "databento" and len(text) and text.str.fullmatch(r"\d{15,}").all():
+        return _nanoseconds(text), text, False, none, default_tz
     daily = bool(len(text)) and bool(text.str.fullmatch(r"\d{4}-?\d{2}-?\d{2}").all())
     has_offset = text.str.contains(r"(?:[+-]\d{2}:?\d{2}|Z)$", regex=True)
     if has_offset.any():
         ts = pd.to_datetime(text, errors="coerce", utc=True, format="ISO8601")
         if not has_offset.all():
             ts = ts.where(has_offset)  # mixing naive and offset stamps: flag the naive ones
-        return pd.DatetimeIndex(ts).tz_convert(NY), text, False
+        return pd.DatetimeIndex(ts).tz_convert(NY), text, False, none, default_tz
     if time_fmt is not None:
         ts = pd.to_datetime(text, errors="coerce", format=time_fmt)
     else:
@@ -268,12 +441,9 @@ def _parse_times(raw: pd.DataFrame, fmt: str, tz: str | None, path: str, time_fm
             ts = pd.to_datetime(text, errors="coerce", format="mixed")
     idx = pd.DatetimeIndex(ts)
     if idx.tz is not None:
-        return idx.tz_convert(NY), text, daily
-    try:
-        local = idx.tz_localize(default_tz, ambiguous="NaT", nonexistent="NaT")
-    except Exception as exc:  # unknown zone names
-        raise DataFeedError(f"tz={tz!r} is not a time zone name like 'America/New_York'") from exc
-    return local.tz_convert(NY), text, daily
+        return idx.tz_convert(NY), text, daily, none, default_tz
+    local, codes = _localize(idx, default_tz)
+    return local, text, daily, codes, default_tz
 
 
 class _Checker:
@@ -284,7 +454,15 @@ class _Checker:
         self.lenient = lenient
         self.report: list[dict] = []
 
-    def flag(self, mask, lines, stamps, problem: str, values, fix: str, action: str) -> None:
+    def flag(
+        self, mask, lines, stamps, problem: str, values, fix: str, action: str,
+        lenient_does: str | None = None,
+    ) -> None:  # fmt: skip
+        """Raise for the first row of ``mask`` (strict) or record each row (lenient).
+
+        ``action`` is the report's word for what was done (``"drop"``); ``lenient_does`` what
+        lenient loading would do, for the strict message (default: ``"<action> such rows"``).
+        """
         mask = np.asarray(mask, dtype=bool)
         if not mask.any():
             return
@@ -294,20 +472,24 @@ class _Checker:
             i = where[0]
             line = lines[i]
             more = f" ({len(where) - 1} more rows like it)" if len(where) > 1 else ""
+            does = lenient_does or f"{action} such rows"
             raise DataFeedError(
                 f"{self.source}, line {line}: {problem}: {show(i)}{more}; {fix}, "
-                f"or load with lenient=True to {action} such rows"
+                f"or {HINTS['lenient']} to {does}"
             )
         stamp_list = list(pd.DatetimeIndex(np.asarray(stamps)[where]) if len(stamps) else [])
         for i, ts in zip(where, stamp_list):
-            self.report.append(
-                {
-                    "line": None if lines[i] is None else int(lines[i]),
-                    "timestamp": None if pd.isna(ts) else ts,
-                    "problem": f"{problem}: {show(i)}",
-                    "action": action,
-                }
-            )
+            self.record(lines[i], ts, f"{problem}: {show(i)}", action)
+
+    def record(self, line, ts, problem: str, action: str) -> None:
+        self.report.append(
+            {
+                "line": None if line is None else int(line),
+                "timestamp": None if ts is None or pd.isna(ts) else ts,
+                "problem": problem,
+                "action": action,
+            }
+        )
 
 
 def _stamp_text(index: pd.DatetimeIndex) -> Callable[[int], str]:
@@ -315,9 +497,9 @@ def _stamp_text(index: pd.DatetimeIndex) -> Callable[[int], str]:
     return lambda i: str(index[i])
 
 
-def _row_text(df: pd.DataFrame) -> Callable[[int], str]:
+def _row_text(df: pd.DataFrame, columns=_NUMERIC) -> Callable[[int], str]:
     """Lazy 'open=..., high=...' text of row i (only built for flagged rows)."""
-    cols = [(c, df[c].to_numpy()) for c in _NUMERIC if c in df.columns]
+    cols = [(c, df[c].to_numpy()) for c in columns if c in df.columns]
     return lambda i: ", ".join(f"{c}={arr[i]}" for c, arr in cols)
 
 
@@ -328,9 +510,13 @@ def _validate(
     lenient: bool,
     source: str,
     daily: bool,
-    raw_ts: np.ndarray | None = None,
+    raw_ts=None,
+    ts_codes: np.ndarray | None = None,
+    tz_name: str = NY,
+    snap_to_tick: bool = False,
 ) -> tuple[pd.DataFrame, list[dict], np.ndarray]:
-    """The checks; returns the clean frame (no attrs), the report and the kept lines."""
+    """The checks on a frame with a tz-aware index; returns the clean frame (no attrs), the
+    report and the kept lines."""
     chk = _Checker(source, lenient)
     missing = [c for c in _NUMERIC if c not in df.columns]
     if missing:
@@ -338,12 +524,9 @@ def _validate(
             f"{source}, line 1: missing column(s) {', '.join(missing)}; found columns: "
             f"{', '.join(map(str, df.columns))}; a bar file needs open, high, low, close, volume"
         )
-    idx = pd.DatetimeIndex(df.index)
-    if idx.tz is None:
-        idx = idx.tz_localize(NY)
     df = df.copy()
     df.attrs = {}
-    df.index = idx.tz_convert(NY)
+    df.index = pd.DatetimeIndex(df.index).tz_convert(NY)
     df.index.name = "datetime"
     lines = np.asarray(lines, dtype=object)
 
@@ -353,28 +536,38 @@ def _validate(
         df = df[keep]
         lines = lines[keep]
 
-    # 1. unparseable timestamps
+    # 1. timestamps: unparseable, or naive times that do not exist / are ambiguous in tz_name
     bad = np.asarray(df.index.isna())
-    vals = raw_ts if raw_ts is not None else np.array(["NaT"] * len(df), dtype=object)
-    chk.flag(bad, lines, df.index, "unparseable timestamp", vals,
-             "write timestamps as ISO 'YYYY-MM-DD HH:MM:SS[+HH:MM]'", "drop")  # fmt: skip
-    drop(bad)
+    if bad.any():
+        vals = raw_ts if raw_ts is not None else np.array(["NaT"] * len(df), dtype=object)
+        codes = ts_codes if ts_codes is not None else np.zeros(len(df), dtype="int8")
+        kinds = (
+            (_DST_GAP, f"this time does not exist in {tz_name} (clocks skip that hour)",
+             HINTS["tz"]),
+            (_DST_REPEAT, f"this time is ambiguous in {tz_name} (the repeated autumn hour)",
+             HINTS["tz"]),
+            (_TS_OK, "unparseable timestamp",
+             "write timestamps as ISO 'YYYY-MM-DD HH:MM:SS[+HH:MM]'"),
+        )  # fmt: skip
+        for code, problem, fix in kinds:
+            chk.flag(bad & (codes == code), lines, df.index, problem, vals, fix, "drop")
+        drop(bad)
 
-    # 2. numbers: NaN / null / text; rows without prices go first, then missing volumes
+    # 2. numbers: NaN / null / text / inf; rows without prices go first, then missing volumes
     for col in (*_NUMERIC, "openinterest"):
         if col in df.columns:
             df[col] = pd.to_numeric(df[col], errors="coerce").astype("float64").to_numpy()
     px = df[list(PRICE_COLUMNS)].to_numpy()
     nan_rows = ~np.isfinite(px).all(axis=1)
-    chk.flag(nan_rows, lines, df.index, "missing price (NaN, null or text)", _row_text(df),
-             "remove the row or fill the prices", "drop")  # fmt: skip
+    chk.flag(nan_rows, lines, df.index, "missing or non-finite price (NaN, inf, null or text)",
+             _row_text(df), "remove the row or fill the prices", "drop")  # fmt: skip
     drop(nan_rows)
     for col in ("volume", "openinterest"):
         if col in df.columns:
             num = df[col].to_numpy()
             bad = ~np.isfinite(num)
             chk.flag(bad, lines, df.index, f"missing or non-numeric {col}", num,
-                     "fill the value", "set to 0 in")  # fmt: skip
+                     "fill the value", "set to 0", f"set the {col} to 0")  # fmt: skip
             df[col] = np.where(bad, 0.0, num)
 
     # 3. sorting (before duplicates, so they sit side by side)
@@ -382,25 +575,29 @@ def _validate(
     if (np.diff(df.index.asi8) < 0).any():
         msg = f"{source}: timestamps were not in ascending order; sorted them"
         warnings.warn(msg, stacklevel=3)
-        chk.report.append({"line": None, "timestamp": None, "problem": "unsorted timestamps",
-                           "action": "sorted"})  # fmt: skip
+        chk.record(None, None, "unsorted timestamps", "sorted")
         df = df.iloc[order]
         lines = lines[order]
 
     # 4. duplicates
     dup = np.asarray(df.index.duplicated(keep="first"))
     chk.flag(dup, lines, df.index, "duplicate timestamp", _stamp_text(df.index),
-             "keep one bar per timestamp", "drop (keeping the first)")  # fmt: skip
+             "keep one bar per timestamp", "drop (keeping the first)",
+             "keep the first bar of each timestamp")  # fmt: skip
     drop(dup)
 
-    # 5. non-positive prices and negative volume
+    # 5. impossible prices (<= 0, beyond MAX_PRICE) and negative volume
     px = df[list(PRICE_COLUMNS)].to_numpy()
     bad = (px <= 0).any(axis=1)
-    if bad.any():
-        vals = _row_text(df)
-        chk.flag(bad, lines, df.index, "non-positive price", vals,
-                 "prices must be > 0 (back-adjusted series: adjust='ratio')", "drop")  # fmt: skip
-        drop(bad)
+    chk.flag(bad, lines, df.index, "non-positive price", _row_text(df),
+             f"prices must be > 0 ({HINTS['ratio']})", "drop")  # fmt: skip
+    drop(bad)
+    px = df[list(PRICE_COLUMNS)].to_numpy()
+    bad = (px > MAX_PRICE).any(axis=1)
+    chk.flag(bad, lines, df.index, f"impossible price (above {MAX_PRICE:g})", _row_text(df),
+             "check the file (fixed-point prices in 1e-9 units must be divided by 1e9)",
+             "drop")  # fmt: skip
+    drop(bad)
     bad = np.asarray(df["volume"] < 0)
     chk.flag(bad, lines, df.index, "negative volume", np.asarray(df["volume"]),
              "volume must be >= 0", "drop")  # fmt: skip
@@ -408,22 +605,7 @@ def _validate(
 
     # 6. tick grid (contract-specific)
     if spec is not None and len(df):
-        tick = spec.tick_size
-        decimals = max(0, -math.floor(math.log10(tick)) + 2)
-        px = df[list(PRICE_COLUMNS)].to_numpy()
-        ticks = px / tick
-        near = np.round(ticks)
-        off = np.abs(ticks - near) > TICK_TOLERANCE * np.maximum(1.0, np.abs(ticks))
-        bad = off.any(axis=1)
-        if bad.any():
-            vals = _row_text(df)
-            chk.flag(bad, lines, df.index, f"price off the {tick} tick grid of {spec.root}", vals,
-                     "check the instrument (other contracts: pass spec=None or their spec)",
-                     "round to the nearest tick")  # fmt: skip
-        # snap everything: float noise goes, lenient off-grid prices are rounded
-        snapped = np.round(near * tick, decimals)
-        for j, col in enumerate(PRICE_COLUMNS):
-            df[col] = snapped[:, j]
+        df, lines = _snap_to_grid(df, lines, spec, chk, lenient or snap_to_tick)
 
     # 7. OHLC consistency
     o, h, lo, c = (df[col].to_numpy() for col in PRICE_COLUMNS)
@@ -431,7 +613,8 @@ def _validate(
     if bad.any():
         vals = _row_text(df)
         chk.flag(bad, lines, df.index, "inconsistent OHLC (high below open/close or low above)",
-                 vals, "fix the bar", "widen high/low to cover open and close in")  # fmt: skip
+                 vals, "fix the bar", "widen high/low to cover open and close",
+                 "widen high/low to cover open and close")  # fmt: skip
         df["high"] = np.maximum.reduce([o, h, lo, c])
         df["low"] = np.minimum.reduce([o, h, lo, c])
 
@@ -446,10 +629,51 @@ def _validate(
         bad = ~ok
         chk.flag(bad, lines, df.index, what, _stamp_text(df.index),
                  "remove bars outside Sunday 18:00-Friday 17:00 NY, the 17:00-18:00 break and "
-                 "holidays (or pass tz= if the file is not New York time)", "drop")  # fmt: skip
+                 "holidays (if the file is not New York time, give its time zone: --tz / tz=)",
+                 "drop")  # fmt: skip
         drop(bad)
 
     return df, chk.report, lines.astype("int64")
+
+
+def _snap_to_grid(df, lines, spec: ContractSpec, chk: _Checker, repair: bool):
+    """Prices onto the tick grid. Float noise is snapped silently; a price off the grid raises
+    (strict, naming only the offending columns) or, with ``repair``, is rounded to the nearest
+    tick with one report line per price. A price that rounds to 0 is dropped."""
+    tick = spec.tick_size
+    decimals = max(0, -math.floor(math.log10(tick)) + 2)
+    px = df[list(PRICE_COLUMNS)].to_numpy()
+    grid = np.round(np.round(px / tick) * tick, decimals)
+    off = np.abs(px - grid) > TICK_ABS_TOLERANCE
+    off &= px.astype("float32") != grid.astype("float32")  # float32 rendering of a grid price
+    rows = off.any(axis=1)
+    if rows.any():
+        problem = f"price off the {tick:g} tick grid of {spec.root}"
+        if not repair:
+            def offending(i: int) -> str:
+                return ", ".join(f"{c}={float(px[i, j])}" for j, c in enumerate(PRICE_COLUMNS)
+                                 if off[i, j])  # fmt: skip
+
+            chk.flag(rows, lines, df.index, problem, offending,
+                     f"check the instrument: for data not on the {spec.root} grid (e.g. the RUT "
+                     f"cash index) {HINTS['no_contract']} or {HINTS['snap']}",
+                     "round to the tick", "round such prices to the tick")  # fmt: skip
+        for i, j in zip(*np.nonzero(off)):
+            chk.record(lines[i], df.index[i], f"{problem}: {PRICE_COLUMNS[j]}={float(px[i, j])}",
+                       f"round to {float(grid[i, j])}")  # fmt: skip
+    zero = (grid <= 0).any(axis=1)
+    before = _row_text(df)
+    for j, col in enumerate(PRICE_COLUMNS):
+        df[col] = grid[:, j]
+    if zero.any():
+        # lenient rounding must not invent a price of 0 (0.03 on a 0.10 grid)
+        keep = ~zero
+        for i in np.flatnonzero(zero):
+            chk.record(lines[i], df.index[i],
+                       f"price rounds to 0 on the {tick:g} tick grid: {before(i)}",
+                       "drop")  # fmt: skip
+        df, lines = df[keep], lines[keep]
+    return df, lines
 
 
 def _finish_columns(df: pd.DataFrame) -> pd.DataFrame:
@@ -473,11 +697,16 @@ def validate_bars(
     spec: ContractSpec | None = M2K,
     lenient: bool = False,
     source: str = "<frame>",
+    tz: str | None = None,
+    snap_to_tick: bool = False,
 ) -> pd.DataFrame:
     """Validate a bar frame built in memory (same checks as :func:`load_bars`).
 
-    Lines in messages count from 1 for the first row. Returns a new frame; the input is
-    not changed.
+    A naive index is read in ``tz`` (New York when ``None``); a naive time that does not exist
+    there (the spring-forward gap) or is ambiguous (the repeated autumn hour) is an error, or a
+    dropped row when ``lenient``. Lines in messages count from 1 for the first row. Returns a new
+    frame; the input is not changed. ``spec``, ``lenient``, ``snap_to_tick``: as in
+    :func:`load_bars`.
 
     >>> import pandas as pd
     >>> idx = pd.DatetimeIndex(["2025-03-10 10:00"], tz="America/New_York")
@@ -497,11 +726,24 @@ def validate_bars(
             f"{source}: the index must be a DatetimeIndex of bar times, got "
             f"{type(df.index).__name__}; use df.set_index('datetime')"
         )
-    frame = df.rename(columns={c: _ALIASES.get(_norm(c), c) for c in df.columns})
-    local = frame.index.tz_convert(NY).tz_localize(None) if frame.index.tz else frame.index
-    daily = len(local) > 0 and bool((local == local.normalize()).all())
+    _check_tz(tz)
+    frame = _rename(df, source)
+    idx = frame.index
+    tz_name = tz or NY
+    codes = None
+    if idx.tz is None:
+        naive = idx
+        idx, codes = _localize(idx, tz_name)
+        raw_ts = _stamp_text(naive)
+    else:
+        raw_ts = _stamp_text(idx)
+    local = idx.tz_convert(NY).tz_localize(None)
+    valid = local[~local.isna()]
+    daily = len(valid) > 0 and bool((valid == valid.normalize()).all())
+    frame = frame.set_axis(idx)
     lines = np.arange(1, len(frame) + 1)
-    out, report, kept = _validate(frame, lines, spec, lenient, source, daily)
+    out, report, kept = _validate(frame, lines, spec, lenient, source, daily, raw_ts, codes,
+                                  tz_name, snap_to_tick)  # fmt: skip
     out = _finish_columns(out)
     out.attrs = {"report": report, "source": source, "lines": LineNumbers(kept)}
     return out
@@ -513,6 +755,7 @@ def load_bars(
     tz: str | None = None,
     spec: ContractSpec | None = M2K,
     lenient: bool = False,
+    snap_to_tick: bool = False,
 ) -> pd.DataFrame:
     """Read and validate a bar file; see the module docstring for formats and checks.
 
@@ -521,9 +764,12 @@ def load_bars(
     - ``tz`` (def: ``None``): time zone of naive timestamps in the file (New York when ``None``;
       UTC for Databento).
     - ``spec`` (def: ``M2K``): contract for the tick-grid and Globex-session checks; ``None``
-      skips them (other instruments).
+      skips them (other instruments, e.g. the RUT cash index or SPY).
     - ``lenient`` (def: ``False``): repair or drop bad rows instead of raising; each change is
       listed in ``df.attrs["report"]``.
+    - ``snap_to_tick`` (def: ``False``): round prices that are off ``spec``'s tick grid to the
+      nearest tick, one report line per repaired price (``lenient`` does this too); every other
+      check stays as strict as ``lenient`` says.
 
     The frame also carries ``attrs["format"]``, ``attrs["source"]`` and ``attrs["lines"]``
     (a :class:`LineNumbers`: the file line of each row kept, for the frame as returned; a slice
@@ -534,32 +780,35 @@ def load_bars(
         raise DataFeedError(
             f"unknown fmt '{fmt}'{did_you_mean(str(fmt), FORMATS)}; known: {', '.join(FORMATS)}"
         )
+    _check_tz(tz)
     text = _open_text(path)
     if not text.strip():
         raise DataFeedError(f"{path}: the file is empty; expected a header and bars")
     fmt = fmt or detect_format(text)
-    raw, first_line, time_fmt = _read_raw(text, fmt, path)
-    extra = {}
+    raw, raw_lines, time_fmt = _read_raw(text, fmt, path)
+    if raw.empty:
+        raise DataFeedError(
+            f"{path}: no bars, only the header line {text.splitlines()[0][:80]!r}; expected "
+            f"rows of bars below it"
+        )
+    report: list[dict] = []
     if fmt == "databento" and ("schema" in raw.columns or "rtype" in raw.columns):
         key = "schema" if "schema" in raw.columns else "rtype"
         kinds = raw[key].value_counts()
         if len(kinds) > 1:
             main = kinds.index[0]
             bad = np.asarray(raw[key] != main)
-            lines = np.arange(first_line, first_line + len(raw))
             chk = _Checker(path, lenient)
-            chk.flag(bad, lines, [pd.NaT] * len(raw),
-                     f"file mixes {key}s {', '.join(map(str, kinds.index))}; row {key}",
-                     np.asarray(raw[key]), f"split the file by {key}",
-                     f"drop (keeping {key} {main}) in")  # fmt: skip
-            extra["report"] = chk.report
+            chk.flag(bad, raw_lines, [pd.NaT] * len(raw),
+                     f"row of another {key} (the file mixes {key}s "
+                     f"{', '.join(map(str, kinds.index))})", np.asarray(raw[key]),
+                     f"split the file by {key}",
+                     f"drop (keeping {key} {main}, the most common)",
+                     f"keep the {main} rows (the most common) and drop the others")  # fmt: skip
+            report = chk.report
             raw = raw[~bad]
-            raw_lines = lines[~bad]
-        else:
-            raw_lines = np.arange(first_line, first_line + len(raw))
-    else:
-        raw_lines = np.arange(first_line, first_line + len(raw))
-    index, raw_text, daily = _parse_times(raw, fmt, tz, path, time_fmt)
+            raw_lines = raw_lines[~bad]
+    index, raw_text, daily, codes, tz_name = _parse_times(raw, fmt, tz, path, time_fmt)
     frame = raw.drop(
         columns=[c for c in ("datetime", "date", "time", "schema", "rtype") if c in raw.columns]
     )
@@ -572,10 +821,19 @@ def load_bars(
             for col in PRICE_COLUMNS:
                 frame[col] = pd.to_numeric(frame[col], errors="coerce") / 1e9
     frame.attrs = {}
-    df, report, kept = _validate(frame, raw_lines, spec, lenient, path, daily, np.asarray(raw_text))
+    df, checks, kept = _validate(frame, raw_lines, spec, lenient, path, daily,
+                                 np.asarray(raw_text), codes, tz_name, snap_to_tick)  # fmt: skip
+    report += checks
+    if df.empty:
+        first = next((e for e in report if e["line"] is not None), None)
+        why = f" (first: line {first['line']}: {first['problem']})" if first else ""
+        raise DataFeedError(
+            f"{path}: no bars left: every one of the {len(raw_lines)} rows was dropped{why}; "
+            f"fix the file or check fmt/tz (--format / fmt=, --tz / tz=)"
+        )
     df = _finish_columns(df)
     df.attrs = {
-        "report": extra.get("report", []) + report,
+        "report": report,
         "source": path,
         "format": fmt,
         "lines": LineNumbers(kept),

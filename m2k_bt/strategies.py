@@ -44,7 +44,8 @@ __all__ = [
 ]
 
 #: Values of ``exit_reason`` in :attr:`M2KStrategy.trade_log`.
-EXIT_REASONS = ("signal", "stop", "target", "session_close", "margin_call", "roll", "end")
+EXIT_REASONS = ("signal", "stop", "target", "session_close", "event", "margin_call", "roll",
+                "end")
 
 DEFAULT_TICK = 0.10  # M2K minimum price fluctuation, index points (CME, as of 2024)
 RTH_OPEN = _dt.time(9, 30)  # NYSE cash session, New York time
@@ -154,6 +155,19 @@ class M2KStrategy(bt.Strategy, metaclass=_M2KStrategyMeta):
     - ``atr_period`` (def: ``14``): ATR period for ``stop_atr``/``target_atr``.
     - ``rth_only`` (def: ``False``): enter only during regular hours, 09:30-16:00 New York.
     - ``flat_before_close`` (def: ``None``): "HH:MM" New York time to go flat, e.g. "15:55".
+    - ``avoid_events`` (def: ``None``): event kinds to stay out of, e.g. ``"fomc,cpi"`` or
+      ``("fomc", "nfp")``; see :mod:`m2k_bt.events` (fomc, cpi, nfp, russell_recon, expiry and
+      kinds of your own). No new entry whose fill (the next bar's open) falls inside
+      ``[event - event_before, event + event_after)``; each blocked entry is in
+      ``event_log``. Dates outside the table's coverage give a warning (``event_warnings``).
+    - ``event_before`` (def: ``30.0``) / ``event_after`` (def: ``60.0``): minutes.
+    - ``flat_before_event`` (def: ``False``): also close a held position on the first bar whose
+      next open is inside a window (so the account is flat when it starts; reason 'event').
+    - ``event_calendar`` (def: ``None``): the shipped table; a CSV path of your own events
+      (added to it); or an :class:`m2k_bt.events.EventCalendar`.
+    - ``signal_min`` / ``signal_max`` (def: ``None``): new entries only while the feed's
+      ``signal`` line (:class:`m2k_bt.signals.SignalFeed`) is within range; unknown (NaN)
+      blocks entries.
     """
 
     params = (
@@ -165,6 +179,13 @@ class M2KStrategy(bt.Strategy, metaclass=_M2KStrategyMeta):
         ("atr_period", 14),
         ("rth_only", False),
         ("flat_before_close", None),
+        ("avoid_events", None),
+        ("event_before", 30.0),
+        ("event_after", 60.0),
+        ("flat_before_event", False),
+        ("event_calendar", None),
+        ("signal_min", None),
+        ("signal_max", None),
     )
     #: Types of the params whose default is ``None`` (others take their default's type).
     _optional_types: dict[str, type] = {
@@ -173,6 +194,10 @@ class M2KStrategy(bt.Strategy, metaclass=_M2KStrategyMeta):
         "stop_atr": float,
         "target_atr": float,
         "flat_before_close": str,
+        "avoid_events": object,  # str or sequence: checked in _check_params
+        "event_calendar": object,  # path or EventCalendar: checked in _check_params
+        "signal_min": float,
+        "signal_max": float,
     }
 
     # ----------------------------------------------------------------- parameter checks
@@ -238,8 +263,9 @@ class M2KStrategy(bt.Strategy, metaclass=_M2KStrategyMeta):
                     raise ValueError
                 return value.strip()
         except (TypeError, ValueError):
+            article = "an" if kind.__name__[0] in "aeiou" else "a"
             raise ParameterError(
-                f"{where} must be a {kind.__name__}, got {value!r}"
+                f"{where} must be {article} {kind.__name__}, got {value!r}"
             ) from None
         return value
 
@@ -274,6 +300,25 @@ class M2KStrategy(bt.Strategy, metaclass=_M2KStrategyMeta):
                     f"reopen), got {flat!r}"
                 )
 
+        cls._check_event_params(v)
+
+    @classmethod
+    def _check_event_params(cls, v: dict) -> None:
+        from .events import parse_kinds
+
+        name = cls.__name__
+        v["avoid_events"] = parse_kinds(v["avoid_events"]) or None
+        for key in ("event_before", "event_after"):
+            if not (math.isfinite(v[key]) and v[key] >= 0):
+                raise ParameterError(f"{name} parameter '{key}' must be minutes >= 0, got "
+                                     f"{v[key]!r}")
+        if v["flat_before_event"] and not v["avoid_events"]:
+            raise ParameterError(f"{name}: flat_before_event needs avoid_events (which kinds, "
+                                 f"e.g. 'fomc,cpi')")
+        low, high = v["signal_min"], v["signal_max"]
+        if low is not None and high is not None and low > high:
+            raise ParameterError(f"{name}: signal_min ({low}) is above signal_max ({high})")
+
     @classmethod
     def _check_period(cls, v: dict, key: str, low: int = 2) -> None:
         if v[key] < low:
@@ -307,16 +352,43 @@ class M2KStrategy(bt.Strategy, metaclass=_M2KStrategyMeta):
         self._shadow: dict | None = None  # the paper trade open now
         self._shadow_next = 0  # paper entry direction to fill at the next bar's open
         self._shadow_exit = False  # paper exit to fill at the next bar's open
+        self.event_log: list[dict] = []  # blocked entries and forced exits (m2k_bt.events)
+        self.event_warnings: list[str] = []
+        self._event_mark = (False, False)
+        self._gate = self._event_cur = None
+        if p.avoid_events:
+            from .events import EventGate, resolve_calendar
+
+            self._gate = EventGate(resolve_calendar(p.event_calendar), p.avoid_events,
+                                   p.event_before, p.event_after)
+        self._gate_seen: list[float] = []  # first and last bar time checked against it
+        self._gate_keys: dict[tuple, dict] = {}
+        self._signal_run: dict | None = None  # the signal block going on
 
     def start(self) -> None:
         comminfo = self.broker.getcommissioninfo(self.data)
         self._tick = float(getattr(comminfo.p, "tick_size", None) or DEFAULT_TICK)
         self._roll_line = getattr(self.data.lines, "roll", None)
         self._mult = float(getattr(comminfo.p, "mult", None) or 1.0)
+        self._signal_line = getattr(self.data.lines, "signal", None)
+        if (self.p.signal_min is not None or self.p.signal_max is not None) and (
+                self._signal_line is None):
+            raise ParameterError(
+                f"{type(self).__name__}: signal_min/signal_max need a feed with a 'signal' line "
+                f"(m2k_bt.signals.SignalFeed, or --signal FILE on the command line)"
+            )
+        if self._gate is not None:
+            from .events import bar_minutes
+
+            self._bar_days = bar_minutes(self.data) / 1440.0
 
     # ----------------------------------------------------------------- the bar
     def next(self) -> None:
         self._fill_shadow()
+        if self._gate is not None or self._event_mark != (False, False):
+            self._event_mark = (False, False)
+            if self._gate is not None and self._event_bar():
+                return
         if self._live:
             return  # a market order is still working: decide when it is done
         if self._flat_time is not None and self._in_flat_window():
@@ -390,7 +462,84 @@ class M2KStrategy(bt.Strategy, metaclass=_M2KStrategyMeta):
             return False
         if self.p.rth_only and not RTH_OPEN <= self.data.datetime.time(0) < RTH_CLOSE:
             return False
+        if self._gate is not None and self._event_blocks(direction):
+            return False
+        if self._signal_line is not None and not self._signal_ok(direction):
+            return False
         return self._confirm_entry(direction)
+
+    # ----------------------------------------------------------------- events and signals
+    def _event_bar(self) -> bool:
+        """Find the avoided event whose window holds this bar's next open (the fill); with
+        ``flat_before_event`` close for it. True when the bar is done."""
+        x = float(self.data.datetime[0])
+        seen = self._gate_seen
+        if seen:
+            seen[1] = x
+        else:
+            seen.extend((x, x))
+        event = self._event_cur = self._gate.window_at(x + self._bar_days)
+        if event is None or not self.p.flat_before_event:
+            return False
+        if self._live:
+            return True
+        held = _sign(self.position.size)
+        if held:
+            self._log_event("forced_exit", event, held)
+            self._event_mark = (False, True)
+            self._close("event")
+        self._check_shadow(0)
+        wanted = self._signal()
+        target = self._target(wanted) if wanted is not None else 0
+        if target and target not in (held, self._blocked):
+            self._event_blocks(target, event)  # an entry the window refuses
+        return True
+
+    def _event_blocks(self, direction: int, event=None) -> bool:
+        event = event or self._event_cur
+        if event is None:
+            return False
+        key = (event.time, event.kind, direction)
+        rec = self._gate_keys.get(key)
+        if rec is None:
+            rec = self._gate_keys[key] = self._log_event("entry_blocked", event, direction)
+        rec["bars"] += 1
+        self._event_mark = (True, self._event_mark[1])
+        return True
+
+    def _log_event(self, action: str, event, direction: int) -> dict:
+        rec = {"dt": self.data.datetime.datetime(0), "action": action, "kind": event.kind,
+               "event_time": event.time.tz_localize(None).to_pydatetime(),
+               "description": event.description,
+               "direction": "long" if direction > 0 else "short", "bars": 0}
+        self.event_log.append(rec)
+        return rec
+
+    def _signal_ok(self, direction: int) -> bool:
+        low, high = self.p.signal_min, self.p.signal_max
+        if low is None and high is None:
+            return True
+        value = float(self._signal_line[0])
+        ok = not math.isnan(value) and (low is None or value >= low) and (
+            high is None or value <= high)
+        now = len(self.data)
+        run = self._signal_run
+        if ok:
+            return True
+        if run is None or run["_bar"] != now - 1 or run["direction"] != (
+                "long" if direction > 0 else "short"):
+            run = {"dt": self.data.datetime.datetime(0), "action": "signal_blocked",
+                   "kind": "signal", "event_time": None,
+                   "description": "signal unknown" if math.isnan(value) else
+                   f"signal {value:g} outside [{low}, {high}]",
+                   "direction": "long" if direction > 0 else "short", "bars": 0,
+                   "value": None if math.isnan(value) else value}
+            self.event_log.append(run)
+            self._signal_run = run
+        run["bars"] += 1
+        run["_bar"] = now
+        self._event_mark = (True, self._event_mark[1])
+        return False
 
     def _in_flat_window(self) -> bool:
         if self._flat_time is None:
@@ -673,6 +822,12 @@ class M2KStrategy(bt.Strategy, metaclass=_M2KStrategyMeta):
         })
 
     def stop(self) -> None:
+        for rec in self.event_log:
+            rec.pop("_bar", None)
+        if self._gate is not None and self._gate_seen:
+            first, last = (bt.num2date(x) for x in self._gate_seen)
+            self.event_warnings = self._gate.calendar.coverage_warnings(
+                self._gate.kinds, first, last)
         trade = self._open
         if trade is not None and trade.size:
             try:

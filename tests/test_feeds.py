@@ -12,6 +12,7 @@ import pandas as pd
 import pytest
 from conftest import make_bars, pandas_feed
 
+from m2k_bt.contracts import M2K
 from m2k_bt.errors import DataFeedError, ParameterError
 from m2k_bt.feeds import (
     BarsFeed,
@@ -72,7 +73,7 @@ def test_yahoo_nulls_adj_close(tmp_path):
              "2025-03-11,null,null,null,null,null,null",
              "2025-03-12,2005.0,2012.0,2001.0,2010.0,2010.0,900"]  # fmt: skip
     path = write(tmp_path, "y.csv", lines)
-    with pytest.raises(DataFeedError, match=r"y\.csv, line 3: missing price"):
+    with pytest.raises(DataFeedError, match=r"y\.csv, line 3: missing or non-finite price"):
         load_bars(path)
     df = load_bars(path, lenient=True)
     assert df.attrs["format"] == "yahoo" and len(df) == 2
@@ -124,7 +125,7 @@ def test_databento_mixed_schemas(tmp_path):
              "ohlcv-1m,2025-03-10 14:00:00+00:00,M2KM5,2000.0,2000.5,1999.8,2000.3,120",
              "ohlcv-1h,2025-03-10 14:00:00+00:00,M2KM5,2000.0,2004.5,1999.8,2003.3,50"]  # fmt: skip
     path = write(tmp_path, "mix.csv", lines)
-    with pytest.raises(DataFeedError, match=r"line 3: file mixes schemas"):
+    with pytest.raises(DataFeedError, match=r"line 3: row of another schema \(the file mixes"):
         load_bars(path)
     df = load_bars(path, lenient=True)
     assert len(df) == 1 and df.attrs["report"][0]["line"] == 3
@@ -156,19 +157,20 @@ def test_unknown_fmt_and_missing_file(tmp_path):
 @pytest.mark.parametrize(
     ("row", "message", "action"),
     [
-        ("2025-03-10 10:03:00-04:00,2000.0,2000.5,1999.8,nan,5", "missing price", "drop"),
+        ("2025-03-10 10:03:00-04:00,2000.0,2000.5,1999.8,nan,5", "missing or non-finite price",
+         "drop"),
         ("not-a-time,2000.0,2000.5,1999.8,2000.3,5", "unparseable timestamp", "drop"),
         ("2025-03-10 10:03:00-04:00,2000.0,1999.9,1999.8,2000.3,5", "inconsistent OHLC",
-         "widen high/low to cover open and close in"),
+         "widen high/low to cover open and close"),
         ("2025-03-10 10:03:00-04:00,-1.0,2000.5,-1.0,2000.3,5", "non-positive price", "drop"),
         ("2025-03-10 10:02:00-04:00,2000.0,2000.5,1999.8,2000.3,5", "duplicate timestamp",
          "drop (keeping the first)"),
         ("2025-03-10 10:03:00-04:00,2000.05,2000.5,1999.8,2000.3,5", "off the 0.1 tick grid",
-         "round to the nearest tick"),
+         "round to 2000.0"),  # 2000.05 / 0.1 = 20000.4999..., nearest tick 20000
         ("2025-03-10 17:30:00-04:00,2000.0,2000.5,1999.8,2000.3,5", "outside the CME Globex",
          "drop"),
         ("2025-03-10 10:03:00-04:00,2000.0,2000.5,1999.8,2000.3,", "missing or non-numeric "
-         "volume", "set to 0 in"),
+         "volume", "set to 0"),
     ],
 )  # fmt: skip
 def test_each_problem_strict_and_lenient(tmp_path, row, message, action):
@@ -430,3 +432,246 @@ def test_live_replay_with_resample(loaded_5min, tmp_path, capsys):
                  "--sizer", "fixed", "--out", str(out), "--no-plot", "--quiet"])
     assert code == 0, capsys.readouterr().err
     assert (out / "report.json").exists()
+
+
+# ------------------------------------------------------------------ issue 11, item 4: no escapes
+
+
+@pytest.mark.parametrize(
+    ("header", "message"),
+    [
+        ("datetime,open,high,low,last,close,volume", "columns 'last' and 'close' both give"),
+        ("datetime,Open,open,high,low,close,volume", "columns 'Open' and 'open' both give"),
+        ("datetime,open,open,high,low,close,volume", "column 'open' appears twice"),
+    ],
+)
+def test_duplicate_canonical_columns_are_a_data_feed_error(tmp_path, header, message):
+    row = "2025-03-10 10:00:00-04:00,2000.0,2000.0,2000.5,1999.8,2000.3,120"
+    with pytest.raises(DataFeedError, match=rf"dup\.csv, line 1: {message}") as err:
+        load_bars(write(tmp_path, "dup.csv", [header, row]))
+    assert "keep one of them" in str(err.value)
+
+
+def test_validate_bars_duplicate_canonical_columns():
+    df = make_bars(3, freq="1min", start="2025-03-10 10:00")
+    df["Close"] = df["close"]
+    with pytest.raises(DataFeedError, match=r"columns 'close' and 'Close' both give 'close'"):
+        validate_bars(df)
+
+
+def _gz_rows(n):
+    rows = [HEADER] + [
+        f"{t.isoformat()},2000.0,2000.5,1999.8,2000.3,{i}"
+        for i, t in enumerate(pd.date_range("2025-03-10 09:30", periods=n, freq="1min", tz=NY))
+    ]
+    return gzip.compress(("\n".join(rows) + "\n").encode())
+
+
+def test_corrupt_gzip_is_a_data_feed_error_naming_the_line(tmp_path):
+    data = bytearray(_gz_rows(300))
+    mid = len(data) // 2
+    data[mid : mid + 40] = bytes(b ^ 0xFF for b in data[mid : mid + 40])  # zlib.error before
+    path = tmp_path / "bad.csv.gz"
+    path.write_bytes(bytes(data))
+    with pytest.raises(DataFeedError, match=r"bad\.csv\.gz: corrupt gzip data after line \d+ \("):
+        load_bars(path)
+    path.write_bytes(_gz_rows(300)[:-30])  # truncated
+    with pytest.raises(DataFeedError, match=r"gzip data ends early, after line \d+"):
+        load_bars(path, lenient=True)
+    path.write_bytes(b"datetime,open\n")  # named .gz but plain text
+    with pytest.raises(DataFeedError, match=r"not gzip data"):
+        load_bars(path)
+
+
+def test_databento_ts_event_out_of_range_is_a_data_feed_error(tmp_path):
+    header = "ts_event,rtype,open,high,low,close,volume,symbol"
+    lines = [header,
+             "1741615200000000000,33,2000.0,2000.5,1999.8,2000.3,120,M2KM5",
+             "99999999999999999999,33,2000.0,2000.5,1999.8,2000.3,120,M2KM5"]  # fmt: skip
+    path = write(tmp_path, "db.csv", lines)
+    with pytest.raises(DataFeedError, match=r"db\.csv, line 3: unparseable timestamp: 9{20}"):
+        load_bars(path)
+    df = load_bars(path, lenient=True)
+    # 1741615200 s = 2025-03-10 14:00 UTC = 10:00 EDT
+    assert [str(t) for t in df.index] == ["2025-03-10 10:00:00-04:00"]
+    assert df.attrs["report"][0]["line"] == 3
+
+
+@pytest.mark.parametrize(
+    ("stamp", "message"),
+    [
+        ("2025-03-09 02:30", "this time does not exist in America/New_York"),
+        ("2025-11-02 01:30", "this time is ambiguous in America/New_York"),
+    ],
+)
+def test_naive_dst_gap_and_repeat_are_named(tmp_path, stamp, message):
+    idx = pd.DatetimeIndex(["2025-03-07 10:00", stamp])
+    df = pd.DataFrame({"open": [2000.0] * 2, "high": [2000.0] * 2, "low": [2000.0] * 2,
+                       "close": [2000.0] * 2, "volume": [1.0] * 2}, index=idx)  # fmt: skip
+    with pytest.raises(DataFeedError, match=rf"line 2: {message}.*: {stamp}") as err:
+        validate_bars(df, spec=None)
+    assert "add UTC offsets" in str(err.value) and "--tz" in str(err.value)
+    out = validate_bars(df, spec=None, lenient=True)
+    assert len(out) == 1 and out.attrs["report"][0]["line"] == 2
+    # the same naive time read from a file (was "unparseable timestamp")
+    path = write(tmp_path, "dst.csv", [HEADER, f"{stamp}:00,2000.0,2000.0,2000.0,2000.0,1"])
+    with pytest.raises(DataFeedError, match=rf"dst\.csv, line 2: {message}"):
+        load_bars(path, spec=None)
+    # with a zone that has no such gap the time is fine: 02:30 UTC = 21:30 or 22:30 NY
+    assert len(validate_bars(df, spec=None, tz="UTC")) == 2
+
+
+def test_unknown_time_zone_is_a_data_feed_error(tmp_path):
+    path = write(tmp_path, "a.csv", [HEADER, *GOOD])
+    with pytest.raises(DataFeedError, match=r"tz='Mars/Olympus' is not a time zone.*--tz"):
+        load_bars(path, tz="Mars/Olympus")
+
+
+def test_binary_and_non_utf8_files_name_the_line(tmp_path):
+    path = tmp_path / "bin.csv"
+    path.write_bytes((HEADER + "\n" + GOOD[0] + "\n").encode() + b"\xff\xfe\x00garbage\n")
+    with pytest.raises(DataFeedError, match=r"bin\.csv, line 3: not UTF-8 text"):
+        load_bars(path)
+    path.write_bytes((HEADER + "\n" + GOOD[0] + "\n\x00\x00\n").encode())
+    with pytest.raises(DataFeedError, match=r"bin\.csv, line 3: a NUL byte"):
+        load_bars(path)
+
+
+def test_blank_lines_keep_line_numbers_true(tmp_path):
+    bad = "2025-03-10 10:03:00-04:00,2000.0,2000.5,1999.8,nan,5"
+    path = write(tmp_path, "blank.csv", [HEADER, GOOD[0], "", GOOD[1], "", bad])
+    with pytest.raises(DataFeedError, match=r"blank\.csv, line 6: missing"):  # was line 4
+        load_bars(path)
+
+
+# ------------------------------------------------------------------ issue 11, item 13: prices
+
+
+@pytest.mark.parametrize("value", ["1e308", "1e400", "inf", "-inf"])
+@pytest.mark.parametrize("spec", [M2K, None])
+def test_huge_and_infinite_prices_are_errors_or_dropped(tmp_path, value, spec):
+    row = f"2025-03-10 10:03:00-04:00,2000.0,{value},1999.8,2000.3,5"
+    path = write(tmp_path, "huge.csv", [HEADER, *GOOD, row])
+    with pytest.raises(DataFeedError, match=r"line 5: (missing or non-finite|impossible)"):
+        load_bars(path, spec=spec)
+    df = load_bars(path, spec=spec, lenient=True)
+    assert len(df) == 3 and np.isfinite(df[["open", "high", "low", "close"]].to_numpy()).all()
+    assert [e["line"] for e in df.attrs["report"]] == [5]
+
+
+def test_lenient_rounding_never_makes_a_zero_price(tmp_path):
+    # 0.03 on the 0.10 grid rounds to 0.0, an impossible price: dropped with a report line
+    row = "2025-03-10 10:03:00-04:00,0.03,0.1,0.03,0.1,5"
+    df = load_bars(write(tmp_path, "z.csv", [HEADER, *GOOD, row]), lenient=True)
+    assert len(df) == 3 and (df[["open", "high", "low", "close"]] > 0).all().all()
+    lines = [(e["line"], e["action"]) for e in df.attrs["report"]]
+    assert (5, "drop") in lines and any("rounds to 0" in e["problem"] for e in df.attrs["report"])
+
+
+@pytest.mark.parametrize("price", ["2000.0015", "50000.05", "123456.05", "2000.0002"])
+def test_tick_check_uses_an_absolute_tolerance(tmp_path, price):
+    # relative tolerance (1e-6 x ticks) let 2000.0015 snap silently (0.015 ticks off) and above
+    # 50,000 points (500,000 ticks: 0.5 ticks of tolerance) never caught an off-grid price
+    row = f"2025-03-10 10:03:00-04:00,{price},{price},{price},{price},5"
+    with pytest.raises(DataFeedError, match=rf"line 5: price off the 0.1 tick grid of M2K: "
+                                            rf"open={price}, high={price}"):  # fmt: skip
+        load_bars(write(tmp_path, "t.csv", [HEADER, *GOOD, row]))
+
+
+def test_float64_and_float32_noise_still_snap_silently(tmp_path):
+    rows = [HEADER,
+            "2025-03-10 10:00:00-04:00,2000.1000000001,2000.2999999999,2000.0,2000.1,5",
+            "2025-03-10 10:01:00-04:00,1416.400024,1419.300049,1403.699951,1408.699951,5"]
+    df = load_bars(write(tmp_path, "n.csv", rows))  # fmt: skip
+    assert df.iloc[0].tolist()[:4] == [2000.1, 2000.3, 2000.0, 2000.1]
+    assert df.iloc[1].tolist()[:4] == [1416.4, 1419.3, 1403.7, 1408.7]
+    assert df.attrs["report"] == []
+
+
+# ------------------------------------------------------------------ issue 11, item 18
+
+
+def test_off_tick_error_names_only_the_offending_columns(tmp_path):
+    row = "2025-03-10 10:03:00-04:00,2000.0,2000.5,1999.8,2000.05,5"
+    with pytest.raises(DataFeedError) as err:
+        load_bars(write(tmp_path, "o.csv", [HEADER, *GOOD, row]))
+    text = str(err.value)
+    assert "grid of M2K: close=2000.05;" in text
+    assert "open=" not in text and "volume=" not in text
+
+
+def test_snap_to_tick_repairs_each_price_with_a_report_line(tmp_path):
+    row = "2025-03-10 10:03:00-04:00,2000.04,2000.5,1999.8,2000.26,5"
+    path = write(tmp_path, "s.csv", [HEADER, *GOOD, row])
+    df = load_bars(path, snap_to_tick=True)
+    assert df.iloc[3].tolist()[:4] == [2000.0, 2000.5, 1999.8, 2000.3]
+    assert [(e["line"], e["problem"].split(": ")[1], e["action"]) for e in df.attrs["report"]] == [
+        (5, "open=2000.04", "round to 2000.0"), (5, "close=2000.26", "round to 2000.3")]
+    # every other check stays strict
+    bad = write(tmp_path, "s2.csv", [HEADER, *GOOD, row, row])
+    with pytest.raises(DataFeedError, match="duplicate timestamp"):
+        load_bars(bad, snap_to_tick=True)
+    out = validate_bars(load_bars(path, spec=None), snap_to_tick=True)
+    assert out["close"].iloc[3] == 2000.3 and len(out.attrs["report"]) == 2
+
+
+def test_spec_none_loads_cash_index_levels(tmp_path):
+    # RUT cash index (Yahoo): float32 index levels to the cent, off any futures grid; volume in
+    # the hundreds of millions; days the futures calendar may not know
+    lines = ["Date,Close,High,Low,Open,Volume",
+             "1987-09-10,168.97000122070312,168.97999572753906,167.44000244140625,"
+             "167.44000244140625,179800000",
+             "1987-09-11,170.5399932861328,170.5399932861328,168.75,168.97000122070312,178000000"]
+    path = write(tmp_path, "rut.csv", lines)  # fmt: skip
+    with pytest.raises(DataFeedError, match=r"--contract none / spec=None"):
+        load_bars(path)
+    df = load_bars(path, spec=None)
+    assert df["close"].tolist() == [168.97000122070312, 170.5399932861328]
+    assert df.attrs["report"] == [] and len(resample_bars(df, "1d")) == 2
+
+
+@pytest.mark.parametrize(
+    ("row", "hint"),
+    [
+        ("2025-03-10 10:03:00-04:00,2000.05,2000.5,1999.8,2000.3,5", "--snap-to-tick"),
+        ("2025-03-10 17:30:00-04:00,2000.0,2000.5,1999.8,2000.3,5", "--tz"),
+        ("2025-03-10 10:03:00-04:00,-1.0,2000.5,-1.0,2000.3,5", "--adjust ratio"),
+        ("not-a-time,2000.0,2000.5,1999.8,2000.3,5", "--lenient"),
+    ],
+)
+def test_hints_name_the_cli_flag_not_only_python(tmp_path, row, hint):
+    with pytest.raises(DataFeedError) as err:
+        load_bars(write(tmp_path, "h.csv", [HEADER, *GOOD, row]))
+    text = str(err.value)
+    assert hint in text and "--lenient / lenient=True" in text
+    assert "pass spec=None" not in text and "pass tz=" not in text
+    assert "load with lenient=True" not in text
+
+
+# ------------------------------------------------------------------ issue 11, item 19: wording
+
+
+def test_mixed_schema_message_reads_as_a_sentence(tmp_path):
+    lines = ["schema,ts_event_utc,symbol,open,high,low,close,volume",
+             "ohlcv-1m,2025-03-10 14:00:00+00:00,M2KM5,2000.0,2000.5,1999.8,2000.3,120",
+             "ohlcv-1m,2025-03-10 14:01:00+00:00,M2KM5,2000.0,2000.5,1999.8,2000.3,120",
+             "ohlcv-1h,2025-03-10 14:00:00+00:00,M2KM5,2000.0,2004.5,1999.8,2003.3,50"]  # fmt: skip
+    with pytest.raises(DataFeedError) as err:
+        load_bars(write(tmp_path, "mix.csv", lines))
+    text = str(err.value)
+    assert "drop (keeping schema ohlcv-1m) in" not in text
+    assert text.endswith("to keep the ohlcv-1m rows (the most common) and drop the others")
+
+
+def test_header_only_csv_names_the_file(tmp_path):
+    with pytest.raises(DataFeedError, match=r"hdr\.csv: no bars, only the header line"):
+        load_bars(write(tmp_path, "hdr.csv", [HEADER]))
+    with pytest.raises(DataFeedError, match=r"hdr\.csv: no bars, only the header line"):
+        load_bars(write(tmp_path, "hdr.csv", [HEADER, "", ""]))
+
+
+def test_all_rows_dropped_names_the_file_and_first_problem(tmp_path):
+    path = write(tmp_path, "all.csv", [HEADER, "x,1,1,1,1,1", "y,1,1,1,1,1"])
+    expected = r"all\.csv: no bars left: every one of the 2 rows was dropped \(first: line 2: unp"
+    with pytest.raises(DataFeedError, match=expected):
+        load_bars(path, lenient=True)

@@ -291,7 +291,7 @@ def test_validate_coerces_cli_strings():
 @pytest.mark.parametrize("cls,params,words", [
     (SmaCrossover, {"fsat": 10}, "did you mean 'fast'"),
     (SmaCrossover, {"fast": 200, "slow": 50}, "fast (200) must be shorter"),
-    (SmaCrossover, {"fast": "ten"}, "'fast' must be a int"),
+    (SmaCrossover, {"fast": "ten"}, "'fast' must be an int"),
     (BollingerReversion, {"period": 1}, "'period' must be an integer >= 2"),
     (BollingerReversion, {"devfactor": 0}, "'devfactor' must be > 0"),
     (BollingerReversion, {"stop_ticks": -5}, "'stop_ticks' must be > 0"),
