@@ -191,7 +191,7 @@ def run_live(source, config, bars: pd.DataFrame | None = None, fills=None, **fee
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .cli import _Parser, add_common_args
+    from .cli_common import _Parser, add_common_args
 
     p = _Parser(
         prog="run_backtest.py live",
@@ -223,7 +223,7 @@ def _line(stats: dict) -> str:
 
 def live_main(argv: list[str]) -> int:
     """Entry point of ``run_backtest.py live``; returns the exit status."""
-    from .cli import config_from_args, default_out
+    from .cli_common import config_from_args, default_out
     from .engine import select_bars
     from .report import write_outputs
 

@@ -75,7 +75,7 @@ def _add_search_args(p: argparse.ArgumentParser) -> None:
 
 
 def build_optimize_parser() -> argparse.ArgumentParser:
-    from .cli import _Parser, add_common_args
+    from .cli_common import _Parser, add_common_args
 
     p = _Parser(
         prog="run_backtest.py optimize",
@@ -88,7 +88,7 @@ def build_optimize_parser() -> argparse.ArgumentParser:
 
 
 def build_walkforward_parser() -> argparse.ArgumentParser:
-    from .cli import _Parser, add_common_args
+    from .cli_common import _Parser, add_common_args
 
     p = _Parser(
         prog="run_backtest.py walkforward",
@@ -124,7 +124,7 @@ def _space(args) -> list[str] | None:
 
 
 def _out(args, kind: str, strategy: str) -> Path:
-    from .cli import default_out
+    from .cli_common import default_out
 
     if args.out:
         return Path(args.out)
@@ -146,7 +146,7 @@ def _search_kwargs(args) -> dict:
 
 def optimize_main(argv: list[str]) -> int:
     """``run_backtest.py optimize ...``; returns the exit status."""
-    from .cli import ProgressBar, config_from_args
+    from .cli_common import ProgressBar, config_from_args
     from .optimize import optimize
 
     args = build_optimize_parser().parse_args(argv)
@@ -171,7 +171,7 @@ def optimize_main(argv: list[str]) -> int:
 
 def walkforward_main(argv: list[str]) -> int:
     """``run_backtest.py walkforward ...``; returns the exit status."""
-    from .cli import ProgressBar, config_from_args
+    from .cli_common import ProgressBar, config_from_args
     from .walkforward import walk_forward
 
     args = build_walkforward_parser().parse_args(argv)

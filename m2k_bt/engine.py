@@ -24,6 +24,7 @@ from .broker import FuturesBroker
 from .commission import M2KCommInfo
 from .contracts import M2K, ContractSpec
 from .errors import ConfigError, ParameterError, check_known, did_you_mean
+from .strategies import resolve_strategy
 
 __all__ = [
     "BacktestConfig",
@@ -132,23 +133,6 @@ class BacktestResult:
     strategy: Any = None
     elapsed: float = 0.0
     data_report: list = field(default_factory=list)
-
-
-def resolve_strategy(strategy) -> type:
-    """The strategy class for a name of ``STRATEGIES`` or a class."""
-    from .strategies import STRATEGIES
-
-    if isinstance(strategy, str):
-        key = strategy.lower()
-        if key not in STRATEGIES:
-            raise ParameterError(
-                f"unknown strategy '{strategy}'{did_you_mean(key, STRATEGIES)}; "
-                f"known: {', '.join(sorted(STRATEGIES))} (see --list-strategies)"
-            )
-        return STRATEGIES[key]
-    if isinstance(strategy, type) and issubclass(strategy, bt.Strategy):
-        return strategy
-    raise ParameterError(f"strategy must be a name or a bt.Strategy subclass, got {strategy!r}")
 
 
 def _sizer(config: BacktestConfig):

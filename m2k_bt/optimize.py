@@ -810,10 +810,6 @@ def optimize(
     c, p, _, _ = _count(study)
     remaining = max(0, target - c - p)
     payload = (bars, config, space, objective, min_trades, run_backtest)
-    if progress is None and not quiet:
-        from .cli import ProgressBar
-
-        progress = ProgressBar("trials")
     if remaining:
         if dask is not None:
             client, cluster = _dask_client(dask)

@@ -361,7 +361,7 @@ def event_signal_params(config) -> dict:
         if getattr(config, key, None) is not None:
             out[key] = getattr(config, key)
     if out:
-        from .engine import resolve_strategy
+        from .strategies import resolve_strategy
 
         cls = resolve_strategy(config.strategy)
         missing = [k for k in out if k not in cls.params._getkeys()]

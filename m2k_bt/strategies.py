@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import backtrader as bt
 
 from .contracts import round_to_tick
-from .errors import ParameterError, check_known
+from .errors import ParameterError, check_known, did_you_mean
 from .indicators import (
     AdaptiveBollingerBands,
     BollingerBandsDdof,
@@ -39,6 +39,7 @@ __all__ = [
     "BollingerReversion",
     "AdaptiveBollinger",
     "STRATEGIES",
+    "resolve_strategy",
     "strategy_params",
     "EXIT_REASONS",
 ]
@@ -1096,3 +1097,18 @@ STRATEGIES: dict[str, type[M2KStrategy]] = {
     "bollinger": BollingerReversion,
     "adaptive": AdaptiveBollinger,
 }
+
+
+def resolve_strategy(strategy) -> type:
+    """The strategy class for a name of :data:`STRATEGIES` or a ``bt.Strategy`` subclass."""
+    if isinstance(strategy, str):
+        key = strategy.lower()
+        if key not in STRATEGIES:
+            raise ParameterError(
+                f"unknown strategy '{strategy}'{did_you_mean(key, STRATEGIES)}; "
+                f"known: {', '.join(sorted(STRATEGIES))} (see --list-strategies)"
+            )
+        return STRATEGIES[key]
+    if isinstance(strategy, type) and issubclass(strategy, bt.Strategy):
+        return strategy
+    raise ParameterError(f"strategy must be a name or a bt.Strategy subclass, got {strategy!r}")

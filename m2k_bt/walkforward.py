@@ -473,7 +473,7 @@ def walk_forward(
             optimize_kwargs["storage"] = f"sqlite:///{(out_dir / 'study.db').resolve()}"
 
     base_name = optimize_kwargs.pop("study_name", None) or "m2k-walkforward"
-    quiet = optimize_kwargs.pop("quiet", True)
+    optimize_kwargs.pop("quiet", None)  # the library prints no progress of its own
 
     rows: list[dict] = []
     skipped: list[str] = []
@@ -484,11 +484,6 @@ def walk_forward(
         is_bars = bars.iloc[fold.is_slice]
         oos_bars = bars.iloc[fold.oos_slice]
         assert is_bars.index[-1] < oos_bars.index[0], "look-ahead: in-sample overlaps OOS"
-        trial_bar = None
-        if not quiet:
-            from .cli import ProgressBar
-
-            trial_bar = ProgressBar(f"trials, fold {fold.index + 1}/{len(fold_list)}")
         try:
             opt = optimize(
                 is_bars,
@@ -499,7 +494,7 @@ def walk_forward(
                 out=None,
                 overfitting=False,
                 quiet=True,
-                progress=trial_bar,
+                progress=None,  # progress is reported per fold, through ``progress``
                 **optimize_kwargs,
             )
         except ConfigError as exc:

@@ -1,6 +1,7 @@
 """run_backtest.py end to end: outputs, consistency, and one-line errors with exit status 2."""
 
 import csv
+import io
 import json
 import subprocess
 import sys
@@ -129,3 +130,24 @@ def test_script_exits_2_without_traceback(tmp_path):
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr
     assert proc.stderr.strip().startswith("error: data file not found")
+
+
+class _Tty(io.StringIO):
+    def isatty(self):
+        return True
+
+
+def test_progress_bar_is_tqdm_on_a_terminal_and_silent_elsewhere():
+    from m2k_bt.cli import ProgressBar
+
+    piped = io.StringIO()
+    bar = ProgressBar("bars", stream=piped)
+    bar(5, 10)
+    bar(10, 10)
+    assert piped.getvalue() == "" and not bar.enabled
+    tty = _Tty()
+    bar = ProgressBar("bars", stream=tty)
+    bar(5, 10)
+    bar(10, 10)
+    assert "100%" in tty.getvalue() and "10/10" in tty.getvalue()  # tqdm's own format
+    assert ProgressBar("bars", enabled=False, stream=_Tty()).enabled is False

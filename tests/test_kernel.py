@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pytest
 
 from m2k_bt.engine import BacktestConfig, run_backtest
 from m2k_bt.indicators import band_side, rolling_bands, sma_above, tick_counts
@@ -58,3 +60,330 @@ def test_close_exactly_on_a_band_is_inside():
         strategy="bollinger", sizer="fixed",
         params={"period": 5, "ddof": 0, "exit": "signal"}))
     assert res.trades == []  # before the rule: a short at 2000.3
+
+
+# ------------------------------------------------------------------ kernel vs cerebro
+from conftest import make_bars  # noqa: E402
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from m2k_bt.kernel import (  # noqa: E402
+    KERNEL_EXIT_REASONS,
+    KernelData,
+    KernelUnsupported,
+    prepare,
+    simulate,
+    simulate_many,
+    supported,
+)
+from m2k_bt.sizers import BINDINGS  # noqa: E402
+from m2k_bt.strategies import EXIT_REASONS, M2KStrategy  # noqa: E402
+
+BUNDLED = Path(__file__).resolve().parents[1] / "datafeeds" / "m2k_5min.csv.gz"
+
+
+def stressed_bars(n: int, seed: int, vol: float = 0.002, gaps: int = 3, rolls: int = 3,
+                  freq: str = "5min") -> pd.DataFrame:
+    """A random walk on the tick grid with session-like gaps (bars removed, the price jumping
+    across the gap, so stops are gapped through) and roll markers (the price jumping by a roll
+    spread on the first bar of the new contract)."""
+    rng = np.random.default_rng(seed)
+    df = make_bars(n + 40 * gaps, seed=seed, vol=vol, freq=freq)
+    keep = np.ones(len(df), dtype=bool)
+    jump = np.zeros(len(df))
+    for start in rng.integers(50, len(df) - 50, gaps):
+        keep[start:start + int(rng.integers(5, 40))] = False
+        jump[start:] += round(float(rng.normal(0, 80))) * 0.1
+    roll = np.zeros(len(df), dtype=bool)
+    for at in rng.integers(50, len(df) - 10, rolls):
+        roll[at] = True
+        jump[at:] += round(float(rng.normal(0, 50))) * 0.1
+    out = df.copy()
+    for col in ("open", "high", "low", "close"):
+        out[col] = np.round(out[col].to_numpy() + jump, 1)
+    out["roll"] = roll
+    return out[keep].iloc[:n]
+
+
+def _same(a, b, where: str) -> None:
+    if isinstance(a, float) and isinstance(b, float):
+        assert abs(a - b) <= 1e-6, f"{where}: cerebro {a!r} vs kernel {b!r}"
+    else:
+        assert a == b, f"{where}: cerebro {a!r} vs kernel {b!r}"
+
+
+def assert_parity(bars, config):
+    """Kernel and cerebro agree row for row; returns (cerebro result, kernel result)."""
+    ref = run_backtest(bars, config)
+    got = simulate(bars, config)
+    assert len(got.trades) == len(ref.trades), (
+        f"{len(ref.trades)} cerebro trades vs {len(got.trades)} kernel trades")
+    for j, (x, y) in enumerate(zip(ref.trades, got.trades)):
+        assert set(y) >= set(x)
+        for key, value in x.items():
+            _same(value, y[key], f"trade {j} {key}")
+    assert abs(ref.final_value - got.final_value) < 0.005  # to the cent
+    assert got.equity["value"].to_numpy() == pytest.approx(ref.equity["value"].to_numpy(),
+                                                            abs=1e-6)
+    for key in ref.metrics:
+        r, k = ref.metrics[key], got.metrics[key]
+        assert (r is None) == (k is None), key
+        if r is not None:
+            assert k == pytest.approx(r, rel=1e-9, abs=1e-9), key
+    assert [(e.dt, e.kind, e.contracts) for e in ref.margin_events] == \
+        [(e.dt, e.kind, e.contracts) for e in got.margin_events]
+    for x, y in zip(ref.margin_events, got.margin_events):
+        assert y.equity == pytest.approx(x.equity, abs=1e-6)
+    sizer = ref.strategy.getsizer()
+    decisions = getattr(sizer, "decisions", [])
+    assert [(d.dt, d.contracts, d.binding) for d in decisions] == \
+        [(d.dt, d.contracts, d.binding) for d in got.decisions]
+    assert got.order_rejections == {k: v for k, v in ref.strategy.order_rejections.items() if v}
+    assert got.rolls == ref.strategy.rolls
+    assert got.shadow_trades == len(ref.strategy.shadow_log)
+    assert got.warnings == ref.warnings
+    return ref, got
+
+
+#: Hand-picked cases that together reach every exit reason and every Kelly binding.
+_STRESS = stressed_bars(2500, seed=11, vol=0.003)
+_CALM = stressed_bars(2500, seed=5, vol=0.0015, gaps=1)
+KELLY_FAST = {"min_trades": 4, "lookback": 12}
+CASES = [
+    ("sma ls kelly", _CALM, BacktestConfig(strategy="sma", params={"fast": 10, "slow": 30},
+                                           sizer_params=KELLY_FAST)),
+    ("sma stops", _STRESS, BacktestConfig(
+        strategy="sma", sizer="fixed", slippage_ticks=1,
+        params={"fast": 8, "slow": 40, "stop_ticks": 25, "target_ticks": 60})),
+    ("sma session", _CALM, BacktestConfig(
+        strategy="sma", sizer="fixed", rth_only=True,
+        params={"fast": 6, "slow": 24, "flat_before_close": "15:30", "long_only": True})),
+    ("margin calls", _STRESS, BacktestConfig(strategy="bollinger", sizer="fixed", cash=3000.0,
+                                             sizer_params={"contracts": 3})),
+    ("kelly max_fraction", _CALM, BacktestConfig(
+        strategy="sma", params={"fast": 10, "slow": 30, "stop_ticks": 40},
+        sizer_params={**KELLY_FAST, "max_fraction": 0.002})),
+    ("kelly zero", _CALM, BacktestConfig(
+        strategy="sma", params={"fast": 10, "slow": 30, "stop_ticks": 400},
+        sizer_params={**KELLY_FAST, "max_fraction": 0.001})),
+    ("kelly exposure", _CALM, BacktestConfig(
+        strategy="bollinger", params={"stop_ticks": 5},
+        sizer_params={**KELLY_FAST, "max_exposure": 0.3, "kelly_scale": 1.0})),
+    ("kelly margin", _CALM, BacktestConfig(
+        strategy="bollinger", cash=2000.0, params={"stop_ticks": 5, "exit": "signal"},
+        sizer_params={**KELLY_FAST, "max_exposure": 50.0, "kelly_scale": 1.0,
+                      "max_fraction": 1.0})),
+    ("kelly max_contracts", _CALM, BacktestConfig(
+        strategy="bollinger", params={"stop_ticks": 5, "exit": "signal"},
+        sizer_params={**KELLY_FAST, "max_contracts": 1, "kelly_scale": 1.0})),
+    ("bollinger rsi", _STRESS, BacktestConfig(
+        strategy="bollinger", sizer="fixed", sizer_params={"contracts": 2},
+        params={"ddof": 0, "rsi_oversold": 45, "rsi_overbought": 55, "stop_atr": 3.0})),
+    ("adaptive", _STRESS, BacktestConfig(
+        strategy="adaptive", params={"vol_threshold": 0.003, "target_atr": 2.0},
+        sizer_params={**KELLY_FAST, "paper_trades": False})),
+    ("sma adx", _STRESS, BacktestConfig(strategy="sma", sizer="fixed",
+                                        params={"fast": 10, "slow": 30, "adx_min": 25.0})),
+]
+
+
+def test_named_cases_agree_and_cover_every_reason_and_cap():
+    reasons, bindings = set(), set()
+    for name, bars, config in CASES:
+        ref, got = assert_parity(bars, config)
+        reasons |= {t["exit_reason"] for t in got.trades}
+        bindings |= {d.binding for d in got.decisions}
+        assert got.trades or got.decisions, name
+    assert reasons == set(KERNEL_EXIT_REASONS), set(KERNEL_EXIT_REASONS) - reasons
+    assert set(EXIT_REASONS) - reasons == {"event"}  # event filters run in cerebro
+    assert bindings == set(BINDINGS), set(BINDINGS) - bindings
+
+
+@st.composite
+def configs(draw):
+    kind = draw(st.sampled_from(["sma", "bollinger", "adaptive"]))
+    params: dict = {}
+    if kind == "sma":
+        fast = draw(st.integers(2, 20))
+        params.update(fast=fast, slow=draw(st.integers(fast + 1, 60)))
+        if draw(st.booleans()):
+            params["adx_min"] = float(draw(st.integers(10, 40)))
+    else:
+        if kind == "bollinger":
+            params["period"] = draw(st.integers(3, 30))
+        else:
+            params.update(period_high=draw(st.integers(5, 25)), period_low=draw(st.integers(3, 20)),
+                          vol_lookback=draw(st.integers(10, 60)),
+                          vol_threshold=draw(st.sampled_from([0.001, 0.002, 0.003])))
+        params.update(devfactor=draw(st.sampled_from([1.0, 1.5, 2.0, 2.5])),
+                      ddof=draw(st.sampled_from([0, 1])),
+                      exit=draw(st.sampled_from(["middle", "signal"])))
+        if draw(st.booleans()):
+            params.update(rsi_oversold=40.0, rsi_overbought=60.0)
+    params["long_only"] = draw(st.booleans())
+    stop = draw(st.sampled_from([None, "ticks", "atr"]))
+    if stop == "ticks":
+        params["stop_ticks"] = draw(st.integers(3, 60))
+    elif stop == "atr":
+        params["stop_atr"] = draw(st.sampled_from([0.5, 1.5, 3.0]))
+    target = draw(st.sampled_from([None, "ticks", "atr"]))
+    if target == "ticks":
+        params["target_ticks"] = draw(st.integers(3, 80))
+    elif target == "atr":
+        params["target_atr"] = draw(st.sampled_from([1.0, 2.5]))
+    if draw(st.booleans()):
+        params["flat_before_close"] = draw(st.sampled_from(["15:00", "15:55"]))
+    sizer = draw(st.sampled_from(["fixed", "kelly"]))
+    if sizer == "fixed":
+        sizer_params = {"contracts": draw(st.integers(1, 6))}
+    else:
+        lookback = draw(st.integers(3, 30))
+        sizer_params = {"lookback": lookback, "min_trades": draw(st.integers(1, lookback)),
+                        "warmup_contracts": draw(st.integers(0, 3)),
+                        "kelly_scale": draw(st.sampled_from([0.25, 0.5, 1.0])),
+                        "max_fraction": draw(st.sampled_from([0.01, 0.2, 1.0])),
+                        "max_exposure": draw(st.sampled_from([0.5, 2.0, 20.0])),
+                        "max_contracts": draw(st.integers(1, 60)),
+                        "paper_trades": draw(st.booleans())}
+    return BacktestConfig(
+        strategy=kind, params=params, sizer=sizer, sizer_params=sizer_params,
+        cash=float(draw(st.sampled_from([1500, 3000, 8000, 25000]))),
+        slippage_ticks=float(draw(st.integers(0, 3))),
+        commission=draw(st.sampled_from([None, 0.0, 2.5])),
+        margin=draw(st.sampled_from([None, 1500.0])),
+        rth_only=draw(st.booleans()),
+    )
+
+
+@settings(max_examples=25, derandomize=True, deadline=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(config=configs(), seed=st.integers(0, 10_000),
+       vol=st.sampled_from([0.001, 0.002, 0.004]))
+def test_random_configs_agree_with_cerebro(config, seed, vol):
+    bars = stressed_bars(900, seed=seed, vol=vol, gaps=2, rolls=2)
+    assert_parity(bars, config)
+
+
+def test_bundled_data_every_strategy_and_sizer():
+    from m2k_bt.feeds import load_bars
+
+    bars = load_bars(BUNDLED).iloc[-4000:]
+    for strategy in ("sma", "bollinger", "adaptive"):
+        for sizer in ("fixed", "kelly"):
+            params = {"fast": 20, "slow": 80} if strategy == "sma" else {}
+            assert_parity(bars, BacktestConfig(strategy=strategy, sizer=sizer, params=params))
+
+
+# ------------------------------------------------------------------ known answers, both engines
+def hand(rows, start="2024-03-04 10:00", freq="1min") -> pd.DataFrame:
+    """Bars from (open, high, low, close) rows, New York time."""
+    idx = pd.date_range(start, periods=len(rows), freq=freq, tz=NY, name="datetime")
+    o, h, lo, c = (np.array(col, dtype="float64") for col in zip(*rows))
+    return pd.DataFrame({"open": o, "high": h, "low": lo, "close": c, "volume": 100.0},
+                        index=idx)
+
+
+# four bars that make a close of 2000.0 fall below BollingerReversion(period=5, devfactor=1)'s
+# lower band (window 2010, 2012, 2010, 2012, 2000: mean 2008.8, sd 5.02, lower band 2003.78),
+# so the strategy buys on the bar closing at 2000.0 and the order fills at the next open
+LEAD = [(2010.0, 2012.0, 2010.0, 2010.0), (2010.0, 2012.0, 2010.0, 2012.0),
+        (2012.0, 2012.0, 2010.0, 2010.0), (2010.0, 2012.0, 2010.0, 2012.0)]
+BUY_BELOW = BacktestConfig(strategy="bollinger", sizer="fixed", sizer_params={"contracts": 2},
+                           params={"period": 5, "devfactor": 1.0})
+
+
+@pytest.mark.parametrize("slippage,net", [(0.0, 102.52), (1.0, 100.52)])
+def test_known_answer_commission_and_slippage(slippage, net):
+    rows = LEAD + [(2010.0, 2012.0, 2000.0, 2000.0),   # signal: below the lower band
+                   (2000.0, 2011.0, 1999.0, 2010.5),   # bought at the open; back at the middle
+                   (2010.5, 2011.0, 2010.0, 2010.5),   # sold at the open
+                   (2010.5, 2011.0, 2010.0, 2010.5)]
+    config = BUY_BELOW.replace(slippage_ticks=slippage)
+    ref, got = assert_parity(hand(rows), config)
+    (trade,) = got.trades
+    # 2 contracts x 10.5 pts x $5 - 4 sides x $0.62 = 102.52; with one tick (0.1 pt) of
+    # slippage on each fill: 2 x (2010.4 - 2000.1) x 5 - 2.48 = 100.52
+    assert trade["net_pnl"] == pytest.approx(net)
+    assert got.final_value == pytest.approx(25_000.0 + net)
+
+
+def test_known_answer_margin_call_and_negative_equity():
+    rows = LEAD + [(2010.0, 2012.0, 2000.0, 2000.0),   # signal: buy 2
+                   (2000.0, 2000.0, 1990.0, 1990.0),   # filled at 2000.0
+                   (1990.0, 1990.0, 1950.0, 1950.0),
+                   (1950.0, 1950.0, 1930.0, 1930.0),   # equity below maintenance
+                   (1925.0, 1926.0, 1920.0, 1921.0),   # liquidated at the open, 1925.0
+                   (1921.0, 1922.0, 1920.0, 1921.0)]
+    ref, got = assert_parity(hand(rows), BUY_BELOW.replace(cash=2000.0))
+    (event,) = got.margin_events
+    # equity = 2,000 - 2 x 0.62 + 2 x (1930 - 2000) x $5 = 1,298.76 < 2 x $700 = 1,400
+    assert (event.kind, event.equity, event.requirement) == ("margin_call", pytest.approx(
+        1298.76), 1400.0)
+    assert got.trades[0]["exit_reason"] == "margin_call"
+    assert got.trades[0]["exit_price"] == 1925.0
+    # final = 2,000 - 2 x 75 pts x $5 - 4 x 0.62 = 1,247.52
+    assert got.final_value == pytest.approx(1247.52)
+    crash = LEAD + [(2010.0, 2012.0, 2000.0, 2000.0), (2000.0, 2000.0, 1700.0, 1700.0),
+                    (1700.0, 1701.0, 1699.0, 1700.0), (1700.0, 1701.0, 1699.0, 1700.0)]
+    ref, got = assert_parity(hand(crash), BUY_BELOW.replace(cash=2000.0))
+    # equity = 2,000 - 1.24 + 2 x (-300) x 5 = -1,001.24 < 0
+    assert [e.kind for e in got.margin_events] == ["negative_equity", "margin_call"]
+    assert got.margin_events[0].equity == pytest.approx(-1001.24)
+
+
+def test_known_answer_initial_margin_rejection():
+    rows = LEAD + [(2010.0, 2012.0, 2000.0, 2000.0)] + [(2000.0, 2001.0, 1999.0, 2000.0)] * 3
+    # 2 contracts need 2 x $770 + 2 x $0.62 = $1,541.24 > $1,000 cash: Margin, no trade
+    ref, got = assert_parity(hand(rows), BUY_BELOW.replace(cash=1000.0))
+    assert got.trades == [] and got.order_rejections == {"Margin": 1}
+    assert got.final_value == 1000.0
+
+
+# ------------------------------------------------------------------ support, reuse, errors
+class MyStrategy(M2KStrategy):
+    def _signal(self):
+        return 1
+
+
+def test_unsupported_configs_say_why():
+    assert supported(BacktestConfig(strategy=MyStrategy))[0] is False
+    assert "MyStrategy" in supported(BacktestConfig(strategy=MyStrategy))[1]
+    ok, why = supported(BacktestConfig(intraday_margin=300.0))
+    assert not ok and "intraday" in why
+    with pytest.raises(KernelUnsupported, match="intraday"):
+        simulate(make_bars(300), BacktestConfig(intraday_margin=300.0))
+    for strategy in ("sma", "bollinger", "adaptive"):
+        for sizer in ("fixed", "kelly"):
+            assert supported(BacktestConfig(strategy=strategy, sizer=sizer)) == (True, "")
+
+
+def test_bad_config_raises_the_runners_errors():
+    from m2k_bt.errors import ParameterError
+
+    with pytest.raises(ParameterError, match="fsat"):
+        simulate(make_bars(300), BacktestConfig(params={"fsat": 3}))
+    with pytest.raises(ParameterError):
+        simulate(make_bars(300), BacktestConfig(sizer="fixed", sizer_params={"contracts": 0}))
+
+
+def test_indicators_are_computed_once_per_data_set():
+    bars = make_bars(1500, seed=4)
+    data = prepare(bars)
+    assert isinstance(data, KernelData)
+    grid = [BacktestConfig(strategy="sma", sizer="fixed", params={"fast": f, "slow": s})
+            for f in (5, 10) for s in (30, 60)]
+    results = simulate_many(data, grid)
+    # one tick-sum array per window (5, 10, 30, 60), one signal per pair: shared by the trials
+    assert sorted(k[1] for k in data._memo if k[0] == "sums") == [5, 10, 30, 60]
+    assert data.sums(30)[0] is data.sums(30)[0]
+    for config, res in zip(grid, results):
+        assert res.final_value == simulate(bars, config).final_value
+    many = simulate_many(bars, grid)  # from the bars: one KernelData made for all
+    assert [r.final_value for r in many] == [r.final_value for r in results]
+
+
+def test_event_and_signal_filters_run_in_cerebro():
+    ok, why = supported(BacktestConfig(avoid_events="fomc"))
+    assert not ok and "avoid_events" in why
+    ok, why = supported(BacktestConfig(params={"avoid_events": "fomc"}))
+    assert not ok and "avoid_events" in why

@@ -1,0 +1,686 @@
+"""The research engine: the pack's built-in strategies simulated by a compiled loop.
+
+:func:`simulate` runs the same backtest as :func:`m2k_bt.engine.run_backtest` for the same
+:class:`~m2k_bt.engine.BacktestConfig`, without cerebro: the indicators are computed once with
+numpy (or, for ATR/ADX/RSI, with backtrader's own indicators in one pass), the bar loop is a
+numba function (:mod:`m2k_bt._kernel_loop`, compiled once per machine and cached), and the
+metrics come from the analyzers' own functions (:func:`~m2k_bt.analyzers.returns_statistics`,
+:func:`~m2k_bt.analyzers.trade_statistics`). Parity with cerebro is the product: the trade log
+has the same rows (times, sizes, reasons; prices and P&L equal to 1e-6) and the final equity
+agrees to the cent; ``tests/test_kernel.py`` checks it on random configurations and data.
+
+What it models: ``SmaCrossover`` (long/short, long-only, ADX filter), ``BollingerReversion``
+and ``AdaptiveBollinger`` (exit middle/signal, ddof, RSI filter), ``FixedContracts`` and
+``KellySizer`` (window, warm-up, scale, every cap, paper trades), ``M2KCommInfo`` fees and
+margins, ``FuturesBroker`` initial-margin rejection (at submission and at the fill),
+maintenance-margin calls with liquidation at the next open, negative-equity events, slippage
+ticks clipped to the bar, bracket stops/targets (ticks or ATRs) with backtrader's fill rules,
+``rth_only``, ``flat_before_close`` and rolls on the feed's ``roll`` marker. Anything else
+(see :func:`supported`) is reported as unsupported, with the reason, and runs in cerebro.
+
+>>> ok, why = supported(BacktestConfig(strategy="sma"))
+>>> ok, why
+(True, '')
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as _dt
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from . import _kernel_loop as loop
+from .analyzers import (
+    _periods,
+    _trade_dates64,
+    metrics_from,
+    returns_statistics,
+    trade_statistics,
+)
+from .broker import MarginEvent
+from .commission import M2KCommInfo
+from .contracts import ContractSpec
+from .engine import (
+    BacktestConfig,
+    _check_money,
+    _sizer,
+    collect_warnings,
+    resolve_strategy,
+    select_bars,
+)
+from .errors import ConfigError
+from .indicators import AdaptiveBollingerBands, tick_counts, window_tick_sums
+from .sizers import BINDINGS, FixedContracts, KellyDecision, KellySizer
+from .strategies import (
+    EXIT_REASONS,
+    GLOBEX_REOPEN,
+    RTH_CLOSE,
+    RTH_OPEN,
+    AdaptiveBollinger,
+    BollingerReversion,
+    SmaCrossover,
+)
+
+__all__ = [
+    "KernelResult",
+    "KernelData",
+    "KernelUnsupported",
+    "KernelDiverged",
+    "simulate",
+    "simulate_many",
+    "supported",
+    "prepare",
+    "KERNEL_EXIT_REASONS",
+]
+
+_KINDS = {SmaCrossover: "sma", BollingerReversion: "bollinger", AdaptiveBollinger: "adaptive"}
+
+#: Strategy parameters the kernel models; any other parameter must keep its default.
+_BASE_PARAMS = {"long_only", "stop_ticks", "target_ticks", "stop_atr", "target_atr",
+                "atr_period", "rth_only", "flat_before_close"}
+_BAND_PARAMS = {"devfactor", "ddof", "exit", "rsi_period", "rsi_oversold", "rsi_overbought"}
+_KNOWN_PARAMS = {
+    SmaCrossover: _BASE_PARAMS | {"fast", "slow", "adx_min", "adx_period"},
+    BollingerReversion: _BASE_PARAMS | _BAND_PARAMS | {"period"},
+    AdaptiveBollinger: _BASE_PARAMS | _BAND_PARAMS | {"period_high", "period_low",
+                                                       "vol_lookback", "vol_threshold"},
+}
+#: BacktestConfig fields the kernel reads or that do not change the trades.
+_KNOWN_FIELDS = {
+    "strategy", "params", "sizer", "sizer_params", "spec", "cash", "commission", "margin",
+    "maintenance_margin", "intraday_margin", "slippage_ticks", "start", "end", "resample",
+    "rth_only", "runonce", "preload", "analyzers", "plot", "seed", "data_path", "data_rows",
+}
+_SIZER_PARAMS = {
+    "fixed": set(FixedContracts.params._getkeys()),
+    "kelly": set(KellySizer.params._getkeys()),
+}
+
+
+class KernelUnsupported(ConfigError):
+    """The configuration uses something the kernel does not model; run it in cerebro."""
+
+
+class KernelDiverged(ConfigError):
+    """The simulation reached a state the kernel does not model (a partly filled order, a
+    partly liquidated position to re-protect); the run must be made in cerebro."""
+
+
+# ------------------------------------------------------------------------------ support
+def _strategy_class(config: BacktestConfig):
+    try:
+        return resolve_strategy(config.strategy)
+    except ConfigError:
+        raise
+    except Exception:  # noqa: BLE001 - an unknown object: not ours
+        return None
+
+
+def supported(config: BacktestConfig) -> tuple[bool, str]:
+    """Whether :func:`simulate` models ``config`` exactly, and if not, why (one line).
+
+    >>> supported(BacktestConfig(sizer="fixed", intraday_margin=400.0))[1]
+    'intraday margin (intraday_margin=400.0) is not modelled by the kernel'
+    """
+    cls = resolve_strategy(config.strategy)
+    if cls not in _KINDS:
+        return False, (f"strategy {getattr(cls, '__name__', cls)} is not a built-in strategy "
+                       f"(sma, bollinger, adaptive)")
+    sizer = str(config.sizer).lower()
+    if sizer not in _SIZER_PARAMS:
+        return False, f"sizer {config.sizer!r} is not modelled by the kernel (fixed, kelly)"
+    extra = set(config.sizer_params) - _SIZER_PARAMS[sizer]
+    if extra:
+        return False, f"sizer parameter(s) {', '.join(sorted(extra))} not modelled by the kernel"
+    defaults = {f.name: f for f in dataclasses.fields(BacktestConfig)}
+    for name, f in defaults.items():
+        if name in _KNOWN_FIELDS:
+            continue
+        default = f.default if f.default is not dataclasses.MISSING else (
+            f.default_factory() if f.default_factory is not dataclasses.MISSING else None)
+        if getattr(config, name, default) != default:
+            return False, f"config field {name}={getattr(config, name)!r} is not modelled by " \
+                          f"the kernel"
+    intraday = config.intraday_margin
+    if intraday is None and isinstance(config.spec, ContractSpec):
+        intraday = config.spec.intraday_margin
+    if intraday is not None:
+        return False, f"intraday margin (intraday_margin={intraday}) is not modelled by the kernel"
+    values = cls.validate_params(dict(config.params))
+    known = _KNOWN_PARAMS[cls]
+    base = dict(cls.params._getitems())
+    for name, value in values.items():
+        if name not in known and value != base.get(name):
+            return False, f"{cls.__name__} parameter {name}={value!r} is not modelled by the kernel"
+    return True, ""
+
+
+# ------------------------------------------------------------------------------ data
+class KernelData:
+    """One selected bar set with everything the kernel derives from it, computed once.
+
+    Holds the price columns, tick counts, bar times and the indicator arrays already built
+    (window tick sums by period, SMA signals by (fast, slow), band sides, ATR/ADX/RSI by
+    period), so that every trial of a study on the same bars shares them. Made by
+    :func:`prepare`; pass it to :func:`simulate` instead of the bars.
+    """
+
+    def __init__(self, selected: pd.DataFrame, tick: float, data_report: list) -> None:
+        self.bars = selected
+        self.tick = float(tick)
+        self.data_report = data_report
+        self.n = len(selected)
+        self.open = selected["open"].to_numpy(dtype="float64")
+        self.high = selected["high"].to_numpy(dtype="float64")
+        self.low = selected["low"].to_numpy(dtype="float64")
+        self.close = selected["close"].to_numpy(dtype="float64")
+        roll = selected["roll"].to_numpy() if "roll" in selected.columns else None
+        self.roll = (np.asarray(roll, dtype="float64") == 1.0) if roll is not None else \
+            np.zeros(self.n, dtype=bool)
+        from .analyzers import _num2datetime64
+        from .feeds import _date2num
+
+        idx = selected.index
+        if idx.tz is not None:
+            idx = idx.tz_convert("America/New_York").tz_localize(None)
+        self.times = _num2datetime64(_date2num(idx))  # bar times exactly as backtrader's
+        self.tod = (self.times - self.times.astype("datetime64[D]")).astype("int64")  # us
+        steps = np.diff(idx.as_unit("ns").asi8)
+        spacing = float(np.median(steps)) / 60e9 if len(steps) else None
+        self.intraday = spacing is not None and spacing < 1440
+        self.compression = max(1, int(round(spacing))) if self.intraday else 1
+        self.ct = tick_counts(self.close, tick)
+        self._memo: dict = {}
+
+    def _get(self, key, make):
+        value = self._memo.get(key)
+        if value is None:
+            value = self._memo[key] = make()
+        return value
+
+    def sums(self, period: int) -> tuple[np.ndarray, np.ndarray]:
+        """Exact tick sums of ``period`` closes (and squares) ending at each bar (0 before)."""
+        def make():
+            s = np.zeros(self.n, dtype="int64")
+            q = np.zeros(self.n, dtype="int64")
+            if self.n >= period:
+                ws, wq = window_tick_sums(self.ct, period)
+                s[period - 1:], q[period - 1:] = ws, wq
+            return s, q
+        return self._get(("sums", period), make)
+
+    def sma_signal(self, fast: int, slow: int) -> np.ndarray:
+        def make():
+            sf, _ = self.sums(fast)
+            ss, _ = self.sums(slow)
+            return np.where(sf * slow > ss * fast, 1, -1).astype("int64")
+        return self._get(("sma", fast, slow), make)
+
+    def band(self, period: int, devfactor: float, ddof: int) -> tuple[np.ndarray, np.ndarray]:
+        """(band signal, middle side) per bar for fixed-window bands: signal +1 below the lower
+        band, -1 above the upper, else 0; middle side = sign(n x close - sum)."""
+        def make():
+            s, q = self.sums(period)
+            return _band_arrays(self.ct, s, q, np.full(self.n, period, dtype="int64"),
+                                devfactor, ddof)
+        return self._get(("band", period, float(devfactor), int(ddof)), make)
+
+    def adaptive_window(self, p) -> np.ndarray:
+        key = ("adaptive", p["period_high"], p["period_low"], p["vol_lookback"],
+               float(p["vol_threshold"]))
+
+        def make():
+            need = max(p["vol_lookback"] + 1, p["period_high"], p["period_low"])
+            out = np.zeros(self.n, dtype="int64")
+            if self.n >= need:
+                fake = _Params(period_high=p["period_high"], period_low=p["period_low"],
+                               vol_lookback=p["vol_lookback"], vol_threshold=p["vol_threshold"],
+                               devfactor=2.0, ddof=1)
+                values = AdaptiveBollingerBands._compute(fake, self.close, self.n - need + 1)
+                out[need - 1:] = values[3].astype("int64")
+            return out
+        return self._get(key, make)
+
+    def adaptive_band(self, p) -> tuple[np.ndarray, np.ndarray]:
+        key = ("aband", p["period_high"], p["period_low"], p["vol_lookback"],
+               float(p["vol_threshold"]), float(p["devfactor"]), int(p["ddof"]))
+
+        def make():
+            window = self.adaptive_window(p)
+            sh, qh = self.sums(p["period_high"])
+            sl, ql = self.sums(p["period_low"])
+            high = window == p["period_high"]
+            s = np.where(high, sh, sl)
+            q = np.where(high, qh, ql)
+            w = np.where(window > 0, window, p["period_low"])
+            return _band_arrays(self.ct, s, q, w, p["devfactor"], p["ddof"])
+        return self._get(key, make)
+
+    def indicator(self, kind: str, period: int) -> tuple[np.ndarray, int]:
+        """backtrader's own ATR / ADX / RSI(safediv) values and minimum period, computed once
+        in a cerebro pass (runonce) over these bars."""
+        key = ("bt", kind, period)
+        if key not in self._memo:
+            missing = [k for k in self._pending_bt if ("bt", *k) not in self._memo]
+            self._probe(sorted(set(missing) | {(kind, period)}))
+        return self._memo[key]
+
+    _pending_bt: tuple = ()
+
+    def _probe(self, specs) -> None:
+        import backtrader as bt
+
+        from .feeds import BarsFeed
+
+        class Probe(bt.Strategy):
+            def __init__(self):
+                self.made = {}
+                for kind, period in specs:
+                    if kind == "atr":
+                        ind = bt.ind.ATR(self.data, period=period)
+                    elif kind == "adx":
+                        ind = bt.ind.ADX(self.data, period=period)
+                    else:
+                        ind = bt.ind.RSI(self.data.close, period=period, safediv=True)
+                    self.made[(kind, period)] = ind
+
+        cerebro = bt.Cerebro(runonce=True, preload=True, stdstats=False)
+        cerebro.adddata(BarsFeed(dataname=self.bars))
+        cerebro.addstrategy(Probe)
+        strat = cerebro.run()[0]
+        for spec, ind in strat.made.items():
+            values = np.frombuffer(ind.lines[0].array, dtype="float64", count=self.n).copy() \
+                if self.n else np.zeros(0)
+            self._memo[("bt", *spec)] = (values, int(ind._minperiod))
+
+
+class _Params:
+    """A stand-in for an indicator's ``self`` holding only ``p`` (for ``_compute``)."""
+
+    def __init__(self, **kw) -> None:
+        self.p = type("P", (), kw)
+
+
+def _band_arrays(ct, s, q, n, devfactor: float, ddof: int) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`m2k_bt.indicators.band_side` and the middle-band side, vectorised, same ops."""
+    d = s - n * ct
+    spread = (n * (n * q - s * s)).astype("float64")
+    lhs = (d * d * (n - ddof)).astype("float64")
+    outside = (lhs > (devfactor * devfactor) * spread) & (d != 0)
+    side = np.where(outside, np.where(d > 0, -1, 1), 0)
+    return (-side).astype("int64"), np.sign(n * ct - s).astype("int64")
+
+
+def prepare(bars: pd.DataFrame, config: BacktestConfig | None = None) -> KernelData:
+    """The bars ``config`` selects (start, end, resample), ready for :func:`simulate`."""
+    config = config or BacktestConfig()
+    data_report = list(getattr(bars, "attrs", {}).get("report", []) or [])
+    selected = select_bars(bars, config)
+    return KernelData(selected, float(config.spec.tick_size), data_report)
+
+
+# ------------------------------------------------------------------------------ result
+@dataclass
+class KernelResult:
+    """What :func:`simulate` produced: the fields of :class:`~m2k_bt.engine.BacktestResult`
+    (so :func:`m2k_bt.report.write_outputs` takes it as it is) plus the kernel's extras."""
+
+    config: BacktestConfig
+    start_value: float
+    final_value: float
+    bars: int
+    first_dt: Any
+    last_dt: Any
+    analysis: dict
+    metrics: dict
+    trades: list
+    equity: pd.DataFrame
+    margin_events: list
+    warnings: list
+    decisions: list = field(default_factory=list)
+    order_rejections: dict = field(default_factory=dict)
+    rolls: int = 0
+    shadow_trades: int = 0
+    elapsed: float = 0.0
+    data_report: list = field(default_factory=list)
+    engine: str = "kernel"
+    cerebro: Any = None
+    strategy: Any = None
+
+
+#: Exit reasons the kernel produces, by the loop's reason code (all of ``EXIT_REASONS`` but
+#: 'event': event filters are not modelled).
+KERNEL_EXIT_REASONS = ("signal", "stop", "target", "session_close", "margin_call", "roll", "end")
+assert set(KERNEL_EXIT_REASONS) <= set(EXIT_REASONS)
+_REASONS = KERNEL_EXIT_REASONS
+
+
+def _comminfo(config: BacktestConfig) -> M2KCommInfo:
+    """The commission scheme :func:`m2k_bt.engine.build_cerebro` builds for ``config``."""
+    overrides = {
+        k: v
+        for k, v in (
+            ("commission", config.commission),
+            ("margin", config.margin),
+            ("maintenance_margin", config.maintenance_margin),
+            ("intraday_margin", config.intraday_margin),
+        )
+        if v is not None
+    }
+    spec = config.spec
+    if "margin" in overrides and "maintenance_margin" not in overrides:
+        overrides["maintenance_margin"] = min(spec.maintenance_margin, overrides["margin"])
+    if "maintenance_margin" in overrides and "margin" not in overrides:
+        overrides["margin"] = max(spec.initial_margin, overrides["maintenance_margin"])
+    return M2KCommInfo.from_spec(spec, **overrides)
+
+
+def _time_us(t: _dt.time) -> int:
+    return ((t.hour * 60 + t.minute) * 60 + t.second) * 1_000_000 + t.microsecond
+
+
+def simulate(bars, config: BacktestConfig | None = None) -> KernelResult:
+    """Run ``config`` on ``bars`` (a DataFrame as for ``run_backtest``, or a
+    :class:`KernelData` from :func:`prepare`) in the kernel.
+
+    Raises :class:`KernelUnsupported` for a configuration :func:`supported` refuses (run it in
+    cerebro), and every error ``run_backtest`` raises for a bad configuration.
+    """
+    config = config or BacktestConfig()
+    _check_money("cash", config.cash)
+    _check_money("commission", config.commission, allow_zero=True)
+    _check_money("margin", config.margin)
+    _check_money("maintenance_margin", config.maintenance_margin)
+    _check_money("intraday_margin", config.intraday_margin)
+    _check_money("slippage_ticks", config.slippage_ticks, allow_zero=True)
+    if not isinstance(config.spec, ContractSpec):
+        raise ConfigError(f"spec must be a ContractSpec, got {config.spec!r}")
+    ok, why = supported(config)
+    if not ok:
+        raise KernelUnsupported(f"the kernel cannot run this configuration: {why}; use cerebro")
+    cls = resolve_strategy(config.strategy)
+    params = dict(config.params)
+    if config.rth_only:
+        params["rth_only"] = True
+    p = cls.validate_params(params)
+    sizer_cls, sp = _sizer(config)
+    sp = {**dict(sizer_cls.params._getitems()), **sp}
+    if sizer_cls is FixedContracts:
+        FixedContracts.__init__(_Params(**sp))  # the sizer's own checks
+    else:
+        _check_kelly(sp)
+    ci = _comminfo(config)
+    data = bars if isinstance(bars, KernelData) else prepare(bars, config)
+    if abs(data.tick - float(ci.p.tick_size)) > 1e-12:
+        data = KernelData(data.bars, float(ci.p.tick_size), data.data_report)
+    t0 = time.perf_counter()
+    n = data.n
+    tick = float(ci.p.tick_size)
+    mult = float(ci.p.mult)
+
+    kind = _KINDS[cls]
+    minperiods = [1]
+    if kind == "sma":
+        sig = data.sma_signal(p["fast"], p["slow"])
+        mid = np.zeros(n, dtype="int64")
+        minperiods.append(p["slow"])
+    elif kind == "bollinger":
+        sig, mid = data.band(p["period"], p["devfactor"], p["ddof"])
+        minperiods.append(p["period"])
+    else:
+        sig, mid = data.adaptive_band(p)
+        minperiods.append(max(p["vol_lookback"] + 1, p["period_high"], p["period_low"]))
+    allow_long = np.ones(n, dtype=bool)
+    allow_short = np.ones(n, dtype=bool)
+    wants = []
+    if p["stop_atr"] is not None or p["target_atr"] is not None:
+        wants.append(("atr", p["atr_period"]))
+    if kind == "sma" and p["adx_min"] is not None:
+        wants.append(("adx", p["adx_period"]))
+    if kind != "sma" and (p["rsi_oversold"] is not None or p["rsi_overbought"] is not None):
+        wants.append(("rsi", p["rsi_period"]))
+    data._pending_bt = tuple(wants)
+    atr = None
+    for what, period in wants:
+        values, mp = data.indicator(what, period)
+        minperiods.append(mp)
+        if what == "atr":
+            atr = values
+        elif what == "adx":
+            allow_long = allow_short = values >= p["adx_min"]
+        else:
+            low, high = p["rsi_oversold"], p["rsi_overbought"]
+            allow_long = values < low if low is not None else np.ones(n, dtype=bool)
+            allow_short = values > high if high is not None else np.ones(n, dtype=bool)
+    first = max(minperiods) - 1
+
+    stop_n = _distance_ticks(p["stop_ticks"], p["stop_atr"], atr, tick, n)
+    target_n = _distance_ticks(p["target_ticks"], p["target_atr"], atr, tick, n)
+    rth = (data.tod >= _time_us(RTH_OPEN)) & (data.tod < _time_us(RTH_CLOSE))
+    flat = p["flat_before_close"]
+    if flat:
+        hh, mm = (int(x) for x in flat.strip().split(":"))
+        flatw = (data.tod >= _time_us(_dt.time(hh, mm))) & (data.tod < _time_us(GLOBEX_REOPEN))
+    else:
+        flatw = np.zeros(n, dtype=bool)
+
+    decimals = max(0, -int(np.floor(np.log10(tick))) + 2)
+    st = float(config.slippage_ticks or 0.0)
+    ip = np.zeros(loop.N_IP, dtype="int64")
+    ip[loop.IP_KIND] = 0 if kind == "sma" else 1
+    ip[loop.IP_EXIT_SIGNAL] = int(kind != "sma" and p["exit"] == "signal")
+    ip[loop.IP_LONG_ONLY] = int(bool(p["long_only"]))
+    ip[loop.IP_FIRST] = first
+    ip[loop.IP_SIZER] = 0 if sizer_cls is FixedContracts else 1
+    ip[loop.IP_FIXED] = int(sp.get("contracts", 1))
+    ip[loop.IP_LOOKBACK] = int(sp.get("lookback", 1))
+    ip[loop.IP_MIN_TRADES] = int(sp.get("min_trades", 1))
+    ip[loop.IP_WARMUP] = int(sp.get("warmup_contracts", 0))
+    ip[loop.IP_MAXC] = int(sp.get("max_contracts", 1))
+    ip[loop.IP_PAPER] = int(bool(sp.get("paper_trades", True)))
+    ip[loop.IP_RTH] = int(bool(p["rth_only"]))
+    ip[loop.IP_FLAT] = int(bool(flat))
+    ip[loop.IP_LIQUIDATE] = 1
+    fp = np.zeros(loop.N_FP, dtype="float64")
+    fp[loop.FP_CASH] = float(config.cash)
+    fp[loop.FP_COMM] = float(ci.p.commission)
+    fp[loop.FP_MULT] = mult
+    fp[loop.FP_MARGIN] = float(ci.p.margin)
+    fp[loop.FP_MAINT] = float(ci.p.maintenance_margin)
+    fp[loop.FP_TICK] = tick
+    fp[loop.FP_SLIP] = st * tick if st else 0.0
+    fp[loop.FP_SHADOW_SLIP] = st * tick * mult
+    fp[loop.FP_SCALE] = float(sp.get("kelly_scale", 0.5))
+    fp[loop.FP_MAXFRAC] = float(sp.get("max_fraction", 0.2))
+    fp[loop.FP_MAXEXP] = float(sp.get("max_exposure", 2.0))
+    fp[loop.FP_P10] = 10.0 ** decimals
+
+    value, cash, pos, trades, dec, mev, counters = loop.run_loop(
+        data.open, data.high, data.low, data.close, data.ct, sig, mid, allow_long, allow_short,
+        rth, flatw, data.roll, stop_n, target_n, ip, fp)
+    if counters[4]:
+        what = {1: "a partly executed order", 2: "re-protecting a partly liquidated position",
+                3: "too many bracket groups"}[int(counters[4])]
+        raise KernelDiverged(f"the kernel reached {what}, which it does not model; run this "
+                             f"configuration in cerebro")
+    elapsed = time.perf_counter() - t0
+    return _result(config, data, ci, value, cash, pos, trades, dec, mev, counters, elapsed)
+
+
+def _check_kelly(sp: dict) -> None:
+    fake = _Params(**sp)
+    try:
+        KellySizer.__init__(fake)
+    except AttributeError:
+        pass  # the checks ran before the sizer set its own attributes
+
+
+def _distance_ticks(ticks, atrs, atr, tick: float, n: int) -> np.ndarray:
+    """Whole ticks (>= 1) of a stop or target distance on each bar, as
+    ``M2KStrategy._distance``; -1 where there is none."""
+    if ticks is not None:
+        points = np.full(n, ticks * tick)
+    elif atrs is not None and atr is not None:
+        points = atrs * atr
+    else:
+        return np.full(n, -1, dtype="int64")
+    with np.errstate(invalid="ignore"):
+        k = np.floor(points / tick + 1e-9)
+    k = np.where(np.isnan(k), 1, k)
+    return np.maximum(1, k).astype("int64")
+
+
+def _none(x: float):
+    return None if x != x else float(x)
+
+
+def _result(config, data: KernelData, ci, value, cash, pos, trades, dec, mev, counters,
+            elapsed) -> KernelResult:
+    tick = float(ci.p.tick_size)
+    mult = float(ci.p.mult)
+    tick_value = round(tick * mult, 10)
+    times = data.times
+    pydt = times.astype(object)  # datetime.datetime, as backtrader's num2date gives
+    rows = []
+    closed = []
+    for r in trades:
+        entry_i, exit_i = int(r[loop.T_ENTRY_I]), int(r[loop.T_EXIT_I])
+        direction = int(r[loop.T_DIR])
+        entry, exit_ = float(r[loop.T_ENTRY_PX]), float(r[loop.T_EXIT_PX])
+        reason = _REASONS[int(r[loop.T_REASON])]
+        contracts = int(r[loop.T_CONTRACTS])
+        gross, comm, net = float(r[loop.T_GROSS]), float(r[loop.T_COMM]), float(r[loop.T_NET])
+        row = {
+            "entry_dt": pydt[entry_i],
+            "exit_dt": pydt[exit_i],
+            "direction": "long" if direction > 0 else "short",
+            "contracts": contracts,
+            "entry_price": entry,
+            "exit_price": exit_,
+            "gross_pnl": gross,
+            "commission": comm,
+            "net_pnl": net,
+            "ticks": round((exit_ - entry) * direction / tick, 6),
+            "bars_held": int(r[loop.T_BARS]),
+            "exit_reason": reason,
+            "kelly_p": _none(r[loop.T_KP]),
+            "kelly_b": _none(r[loop.T_KB]),
+            "kelly_f": _none(r[loop.T_KF]),
+        }
+        rows.append(row)
+        if reason != "end":
+            closed.append({
+                "ref": len(closed) + 1,
+                "data_name": config.spec.root,
+                "entry_dt": row["entry_dt"],
+                "exit_dt": row["exit_dt"],
+                "direction": row["direction"],
+                "contracts": contracts,
+                "entry_price": round(entry, 10),
+                "exit_price": round(exit_, 10),
+                "gross_pnl": round(gross, 10),
+                "commission": round(comm, 10),
+                "net_pnl": round(net, 10),
+                "ticks": round(gross / (contracts * tick_value), 6),
+                "net_ticks": round(net / (contracts * tick_value), 6),
+                "bars_held": row["bars_held"],
+            })
+    tstats = trade_statistics(closed)
+    tstats["open_trades"] = int(bool(rows) and rows[-1]["exit_reason"] == "end")
+    start_value = float(config.cash)
+    _, per_date = np.unique(_trade_dates64(times), return_counts=True)
+    import backtrader as bt
+
+    timeframe = bt.TimeFrame.Minutes if data.intraday else bt.TimeFrame.Days
+    periods = _periods(timeframe, data.compression, per_date.tolist())
+    rstats = returns_statistics(start_value, value, periods)
+    rstats["trade_dates"] = len(per_date)
+    peak = np.maximum.accumulate(value) if len(value) else value
+    np.maximum(peak, start_value, out=peak)
+    drawdown = peak - value
+    positive = peak > 0
+    pct = np.divide(drawdown, peak, out=np.zeros_like(drawdown), where=positive) * 100.0
+    pct[~positive] = np.nan
+    equity_cols = {
+        "datetime": times,
+        "value": value,
+        "cash": cash,
+        "position": pos.astype("int64"),
+        "close": data.close,
+        "drawdown": drawdown,
+        "drawdown_pct": pct,
+    }
+    analysis = {"returns": rstats, "trades": tstats, "equity": equity_cols}
+    from .analyzers import equity_frame
+
+    events = []
+    for r in mev:
+        i, k = int(r[0]), int(r[1])
+        size = int(r[4])
+        if k == 0:
+            events.append(MarginEvent(dt=pydt[i], kind="margin_call", equity=float(r[2]),
+                                      requirement=float(r[3]), contracts=size,
+                                      data_name=config.spec.root,
+                                      action=f"liquidate {abs(size)} contracts at next open"))
+        else:
+            events.append(MarginEvent(dt=pydt[i], kind="negative_equity", equity=float(r[2]),
+                                      requirement=0.0, contracts=size,
+                                      data_name=config.spec.root, action="equity below zero"))
+    decisions = [
+        KellyDecision(dt=pydt[int(d[0])], p=_none(d[1]), b=_none(d[2]), f_star=_none(d[3]),
+                      f_used=_none(d[4]), equity=float(d[5]), risk_per_contract=_none(d[6]),
+                      contracts=int(d[7]), binding=BINDINGS[int(d[8])], trades_used=int(d[9]))
+        for d in dec
+    ]
+    rejections = {name: int(counters[j]) for name, j in (("Margin", 1), ("Rejected", 2),
+                                                         ("Canceled", 3)) if counters[j]}
+    from types import SimpleNamespace
+
+    warnings = collect_warnings(SimpleNamespace(order_rejections=rejections),
+                                SimpleNamespace(margin_events=events), data.data_report)
+    final_value = float(value[-1]) if len(value) else start_value
+    return KernelResult(
+        config=config,
+        start_value=start_value,
+        final_value=final_value,
+        bars=data.n,
+        first_dt=data.bars.index[0],
+        last_dt=data.bars.index[-1],
+        analysis=analysis,
+        metrics=metrics_from(analysis),
+        trades=rows,
+        equity=equity_frame(equity_cols),
+        margin_events=events,
+        warnings=warnings,
+        decisions=decisions,
+        order_rejections=rejections,
+        rolls=int(counters[0]),
+        shadow_trades=int(counters[5]),
+        elapsed=elapsed,
+        data_report=data.data_report,
+    )
+
+
+def simulate_many(bars, configs) -> list[KernelResult]:
+    """:func:`simulate` for many configurations on the same bars, sharing the indicators.
+
+    Configurations that select the same bars (``start``, ``end``, ``resample``) share one
+    :class:`KernelData`, so an SMA or band of a given window is computed once for all of them.
+    """
+    cache: dict = {}
+    out = []
+    for config in configs:
+        if isinstance(bars, KernelData):
+            data = bars
+        else:
+            key = (config.start, config.end, config.resample, float(config.spec.tick_size))
+            data = cache.get(key)
+            if data is None:
+                data = cache[key] = prepare(bars, config)
+        out.append(simulate(data, config))
+    return out
