@@ -1357,7 +1357,7 @@ def optimize(
 
             # one run per folder: a second optimize into it refuses at once
             stack.enter_context(OutputFolder(out_dir, marker="optimize.json")).clear(
-                ["trials.csv"]
+                ["trials.csv", "study.html"]
             )
         return _optimize_in(
             bars, config, space, target, objective, sampler, workers, storage, dask, seed,
@@ -1716,14 +1716,14 @@ def _write(result: OptimizeResult, out: Path) -> dict:
     with atomic_open(p, "w", newline="") as fh:
         result.trials.to_csv(fh, index=False)
     paths["trials.csv"] = p
+    from .html_report import write_study_html
+
+    paths["study.html"] = write_study_html(result, out / "study.html")
     p = out / "optimize.json"
     atomic_write_text(p, json.dumps(_clean(result.as_dict()), indent=2, default=str))
     paths["optimize.json"] = p
     if result.storage and result.storage.startswith("sqlite:///"):
         paths["study.db"] = Path(result.storage[len("sqlite:///") :])
-    from .html_report import write_study_html
-
-    paths["study.html"] = write_study_html(result, out / "study.html")
     return paths
 
 

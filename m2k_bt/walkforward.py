@@ -474,7 +474,7 @@ def walk_forward(
 
             # one run per folder; an earlier run's outputs go before this one writes its own
             folder = stack.enter_context(OutputFolder(out_dir, marker="walkforward.json"))
-            folder.clear(["folds.csv", "oos_equity.csv", "oos_equity.png"])
+            folder.clear(["folds.csv", "oos_equity.csv", "oos_equity.png", "walkforward.html"])
             if optimize_kwargs.get("storage") is None:
                 optimize_kwargs["storage"] = f"sqlite:///{(out_dir / 'study.db').resolve()}"
 
