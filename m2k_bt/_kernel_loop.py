@@ -112,6 +112,7 @@ def run_loop(o, h, lw, c, ct, sig, mid, allow_long, allow_short, rth, flatw, rol
     group_alive = np.zeros(4 * n + 16, np.bool_)
     next_group = 0
     seq = 0
+    n_used = 0  # slots not FREE: the order machinery is skipped on bars without any
     # events of the bar, delivered to the strategy after the broker's next
     ev_kind = np.zeros(4 * K, np.int64)
     ev_slot = np.zeros(4 * K, np.int64)
@@ -165,14 +166,15 @@ def run_loop(o, h, lw, c, ct, sig, mid, allow_long, allow_short, rth, flatw, rol
 
     for i in range(n):
         # =============================================================== broker.next
-        for k in range(K):
-            if o_toact[k]:
-                o_toact[k] = False
-                o_active[k] = True
+        if n_used:
+            for k in range(K):
+                if o_toact[k]:
+                    o_toact[k] = False
+                    o_active[k] = True
         # -- check_submitted: pseudo-execute at the created price, in submission order
         ccash = cash
         csize = psize
-        while True:
+        while n_used:
             k = -1
             best = 1 << 62
             for j in range(K):
@@ -236,7 +238,7 @@ def run_loop(o, h, lw, c, ct, sig, mid, allow_long, allow_short, rth, flatw, rol
         # -- pending orders, in acceptance order
         last_seq = seq
         cur = -1
-        while True:
+        while n_used:
             k = -1
             best = 1 << 62
             for j in range(K):
@@ -421,6 +423,7 @@ def run_loop(o, h, lw, c, ct, sig, mid, allow_long, allow_short, rth, flatw, rol
                                 k = j
                                 break
                         o_status[k] = PENDING
+                        n_used += 1
                         o_type[k] = MARKET
                         o_size[k] = -psize
                         o_price[k] = c[i]
@@ -548,10 +551,12 @@ def run_loop(o, h, lw, c, ct, sig, mid, allow_long, allow_short, rth, flatw, rol
             if entry and (ek == EV_MARGIN or ek == EV_REJECTED):
                 blocked = _sign(o_size[k])
         nev = 0
-        for k in range(K):
-            if o_status[k] == DONE:
-                o_status[k] = FREE
-                o_group[k] = -1
+        if n_used:
+            for k in range(K):
+                if o_status[k] == DONE:
+                    o_status[k] = FREE
+                    o_group[k] = -1
+                    n_used -= 1
 
         # =============================================================== strategy.next
         if i >= first:
@@ -582,14 +587,13 @@ def run_loop(o, h, lw, c, ct, sig, mid, allow_long, allow_short, rth, flatw, rol
                     for b in (br0, br1):
                         if b >= 0 and o_status[b] == PENDING:
                             o_ours[b] = True
-                            o_status[b] = FREE
+                            o_status[b] = DONE
                             gb = o_group[b]
                             if gb >= 0 and group_alive[gb]:
                                 group_alive[gb] = False
                                 for j in range(K):
                                     if o_group[j] == gb and o_status[j] == PENDING:
-                                        o_status[j] = FREE
-                                        o_group[j] = -1
+                                        o_status[j] = DONE
                             o_group[b] = -1
                     br0 = -1
                     br1 = -1
@@ -601,6 +605,7 @@ def run_loop(o, h, lw, c, ct, sig, mid, allow_long, allow_short, rth, flatw, rol
                             k = j
                             break
                     o_status[k] = SUBMITTED
+                    n_used += 1
                     o_type[k] = MARKET
                     o_size[k] = -psize
                     o_price[k] = c[i]
@@ -667,14 +672,13 @@ def run_loop(o, h, lw, c, ct, sig, mid, allow_long, allow_short, rth, flatw, rol
                         for b in (br0, br1):
                             if b >= 0 and o_status[b] == PENDING:
                                 o_ours[b] = True
-                                o_status[b] = FREE
+                                o_status[b] = DONE
                                 gb = o_group[b]
                                 if gb >= 0 and group_alive[gb]:
                                     group_alive[gb] = False
                                     for j in range(K):
                                         if o_group[j] == gb and o_status[j] == PENDING:
-                                            o_status[j] = FREE
-                                            o_group[j] = -1
+                                            o_status[j] = DONE
                                 o_group[b] = -1
                         br0 = -1
                         br1 = -1
@@ -686,6 +690,7 @@ def run_loop(o, h, lw, c, ct, sig, mid, allow_long, allow_short, rth, flatw, rol
                                 k = j
                                 break
                         o_status[k] = SUBMITTED
+                        n_used += 1
                         o_type[k] = MARKET
                         o_size[k] = -psize
                         o_price[k] = c[i]
@@ -852,6 +857,7 @@ def run_loop(o, h, lw, c, ct, sig, mid, allow_long, allow_short, rth, flatw, rol
                                 k = j
                                 break
                         o_status[k] = SUBMITTED
+                        n_used += 1
                         o_type[k] = MARKET
                         o_size[k] = e_dir * e_size
                         o_price[k] = c[i]
@@ -881,6 +887,7 @@ def run_loop(o, h, lw, c, ct, sig, mid, allow_long, allow_short, rth, flatw, rol
                                         k = j
                                         break
                                 o_status[k] = SUBMITTED
+                                n_used += 1
                                 o_type[k] = STOP if which == 0 else LIMIT
                                 o_size[k] = -e_dir * e_size
                                 o_price[k] = px
