@@ -78,6 +78,8 @@ __all__ = [
     "KERNEL_EXIT_REASONS",
 ]
 
+_MINUTES, _DAYS = 4, 5  # bt.TimeFrame.Minutes, bt.TimeFrame.Days
+
 _KINDS = {SmaCrossover: "sma", BollingerReversion: "bollinger", AdaptiveBollinger: "adaptive"}
 
 #: Strategy parameters the kernel models; any other parameter must keep its default.
@@ -196,6 +198,25 @@ class KernelData:
         self.compression = max(1, int(round(spacing))) if self.intraday else 1
         self.ct = tick_counts(self.close, tick)
         self._memo: dict = {}
+        self._per_date = None
+        self._dtindex = None
+
+    def per_date(self) -> list[int]:
+        """Bars on each CME trade date (for the annualisation rule), computed once."""
+        if self._per_date is None:
+            _, counts = np.unique(_trade_dates64(self.times), return_counts=True)
+            self._per_date = counts.tolist()
+        return self._per_date
+
+    def dtindex(self) -> pd.DatetimeIndex:
+        """The bar times as the equity curve's index (naive New York time), made once."""
+        if self._dtindex is None:
+            self._dtindex = pd.DatetimeIndex(self.times, name="datetime")
+        return self._dtindex
+
+    def when(self, i: int) -> _dt.datetime:
+        """Bar ``i``'s time as a naive ``datetime``, as backtrader's ``num2date`` gives it."""
+        return self.times[i].item()
 
     def _get(self, key, make):
         value = self._memo.get(key)
@@ -545,7 +566,7 @@ def _result(config, data: KernelData, ci, value, cash, pos, trades, dec, mev, co
     mult = float(ci.p.mult)
     tick_value = round(tick * mult, 10)
     times = data.times
-    pydt = times.astype(object)  # datetime.datetime, as backtrader's num2date gives
+    when = data.when
     rows = []
     closed = []
     for r in trades:
@@ -556,8 +577,8 @@ def _result(config, data: KernelData, ci, value, cash, pos, trades, dec, mev, co
         contracts = int(r[loop.T_CONTRACTS])
         gross, comm, net = float(r[loop.T_GROSS]), float(r[loop.T_COMM]), float(r[loop.T_NET])
         row = {
-            "entry_dt": pydt[entry_i],
-            "exit_dt": pydt[exit_i],
+            "entry_dt": when(entry_i),
+            "exit_dt": when(exit_i),
             "direction": "long" if direction > 0 else "short",
             "contracts": contracts,
             "entry_price": entry,
@@ -593,11 +614,9 @@ def _result(config, data: KernelData, ci, value, cash, pos, trades, dec, mev, co
     tstats = trade_statistics(closed)
     tstats["open_trades"] = int(bool(rows) and rows[-1]["exit_reason"] == "end")
     start_value = float(config.cash)
-    _, per_date = np.unique(_trade_dates64(times), return_counts=True)
-    import backtrader as bt
-
-    timeframe = bt.TimeFrame.Minutes if data.intraday else bt.TimeFrame.Days
-    periods = _periods(timeframe, data.compression, per_date.tolist())
+    per_date = data.per_date()
+    timeframe = _MINUTES if data.intraday else _DAYS
+    periods = _periods(timeframe, data.compression, per_date)
     rstats = returns_statistics(start_value, value, periods)
     rstats["trade_dates"] = len(per_date)
     peak = np.maximum.accumulate(value) if len(value) else value
@@ -616,23 +635,24 @@ def _result(config, data: KernelData, ci, value, cash, pos, trades, dec, mev, co
         "drawdown_pct": pct,
     }
     analysis = {"returns": rstats, "trades": tstats, "equity": equity_cols}
-    from .analyzers import equity_frame
+    equity = pd.DataFrame({k: v for k, v in equity_cols.items() if k != "datetime"},
+                          index=data.dtindex(), copy=False)
 
     events = []
     for r in mev:
         i, k = int(r[0]), int(r[1])
         size = int(r[4])
         if k == 0:
-            events.append(MarginEvent(dt=pydt[i], kind="margin_call", equity=float(r[2]),
+            events.append(MarginEvent(dt=when(i), kind="margin_call", equity=float(r[2]),
                                       requirement=float(r[3]), contracts=size,
                                       data_name=config.spec.root,
                                       action=f"liquidate {abs(size)} contracts at next open"))
         else:
-            events.append(MarginEvent(dt=pydt[i], kind="negative_equity", equity=float(r[2]),
+            events.append(MarginEvent(dt=when(i), kind="negative_equity", equity=float(r[2]),
                                       requirement=0.0, contracts=size,
                                       data_name=config.spec.root, action="equity below zero"))
     decisions = [
-        KellyDecision(dt=pydt[int(d[0])], p=_none(d[1]), b=_none(d[2]), f_star=_none(d[3]),
+        KellyDecision(dt=when(int(d[0])), p=_none(d[1]), b=_none(d[2]), f_star=_none(d[3]),
                       f_used=_none(d[4]), equity=float(d[5]), risk_per_contract=_none(d[6]),
                       contracts=int(d[7]), binding=BINDINGS[int(d[8])], trades_used=int(d[9]))
         for d in dec
@@ -654,7 +674,7 @@ def _result(config, data: KernelData, ci, value, cash, pos, trades, dec, mev, co
         analysis=analysis,
         metrics=metrics_from(analysis),
         trades=rows,
-        equity=equity_frame(equity_cols),
+        equity=equity,
         margin_events=events,
         warnings=warnings,
         decisions=decisions,
