@@ -161,6 +161,7 @@ def run_loop(o, h, lw, c, ct, sig, mid, allow_long, allow_short, rth, flatw, rol
     mev = np.full((64, E_COLS), np.nan)
     nmev = 0
     out_value = np.empty(n)
+    costs = np.zeros(5)  # fills, contracts, commission, slippage $, slippage ticks x contracts
     out_cash = np.empty(n)
     out_pos = np.empty(n)
 
@@ -345,6 +346,18 @@ def run_loop(o, h, lw, c, ct, sig, mid, allow_long, allow_short, rth, flatw, rol
                 o_exsize[k] = execsize
                 o_expx[k] = price
                 o_excomm[k] = closedcomm + openedcomm
+                # CostAnalyzer: the price backtrader's rules give this order with no slippage
+                if t == MARKET:
+                    ref = op
+                elif t == STOP:
+                    ref = max(op, o_price[k]) if buy else min(op, o_price[k])
+                else:
+                    ref = min(op, o_price[k]) if buy else max(op, o_price[k])
+                costs[0] += 1
+                costs[1] += abs(execsize)
+                costs[2] += closedcomm + openedcomm
+                costs[3] += (price - ref) * execsize * mult
+                costs[4] += (price - ref) * execsize / tick
             g = o_group[k]
             if popened and not opened:
                 # not enough cash for the opening part: Margin (after any closing part)
@@ -940,4 +953,4 @@ def run_loop(o, h, lw, c, ct, sig, mid, allow_long, allow_short, rth, flatw, rol
         ntr += 1
     counters = np.array([rolls, rej_margin, rej_rejected, rej_canceled, unsupported, n_shadow],
                         np.int64)
-    return (out_value, out_cash, out_pos, trades[:ntr], dec[:ndec], mev[:nmev], counters)
+    return (out_value, out_cash, out_pos, trades[:ntr], dec[:ndec], mev[:nmev], counters, costs)

@@ -521,7 +521,7 @@ def simulate(bars, config: BacktestConfig | None = None) -> KernelResult:
     fp[loop.FP_MAXEXP] = float(sp.get("max_exposure", 2.0))
     fp[loop.FP_P10] = 10.0 ** decimals
 
-    value, cash, pos, trades, dec, mev, counters = loop.run_loop(
+    value, cash, pos, trades, dec, mev, counters, costs = loop.run_loop(
         data.open, data.high, data.low, data.close, data.ct, sig, mid, allow_long, allow_short,
         rth, flatw, data.roll, stop_n, target_n, ip, fp)
     if counters[4]:
@@ -530,7 +530,8 @@ def simulate(bars, config: BacktestConfig | None = None) -> KernelResult:
         raise KernelDiverged(f"the kernel reached {what}, which it does not model; run this "
                              f"configuration in cerebro")
     elapsed = time.perf_counter() - t0
-    return _result(config, data, ci, value, cash, pos, trades, dec, mev, counters, elapsed)
+    return _result(config, data, ci, value, cash, pos, trades, dec, mev, counters, costs,
+                   elapsed)
 
 
 def _check_kelly(sp: dict) -> None:
@@ -560,7 +561,7 @@ def _none(x: float):
     return None if x != x else float(x)
 
 
-def _result(config, data: KernelData, ci, value, cash, pos, trades, dec, mev, counters,
+def _result(config, data: KernelData, ci, value, cash, pos, trades, dec, mev, counters, costs,
             elapsed) -> KernelResult:
     tick = float(ci.p.tick_size)
     mult = float(ci.p.mult)
@@ -657,6 +658,13 @@ def _result(config, data: KernelData, ci, value, cash, pos, trades, dec, mev, co
                       contracts=int(d[7]), binding=BINDINGS[int(d[8])], trades_used=int(d[9]))
         for d in dec
     ]
+    if config.analyzers:
+        final = float(value[-1]) if len(value) else start_value
+        analysis["costs"] = _costs(costs, final - start_value)
+        analysis["margin"] = _margin(data, ci, value, pos, events)
+        analysis["kelly"] = _kelly_log(decisions, config)
+        analysis = {k: analysis[k] for k in ("trades", "costs", "margin", "kelly", "returns",
+                                              "equity")}
     rejections = {name: int(counters[j]) for name, j in (("Margin", 1), ("Rejected", 2),
                                                          ("Canceled", 3)) if counters[j]}
     from types import SimpleNamespace
@@ -704,3 +712,110 @@ def simulate_many(bars, configs) -> list[KernelResult]:
                 data = cache[key] = prepare(bars, config)
         out.append(simulate(data, config))
     return out
+
+
+def _costs(costs, change: float) -> dict:
+    """:class:`~m2k_bt.analyzers.CostAnalyzer`'s keys from the loop's fill sums."""
+    from .analyzers import _div, _r
+
+    fills, c, commission, slippage, slip_ticks = (float(x) for x in costs)
+    total = commission + slippage
+    gross = change + total
+
+    def pct(x: float):
+        return _r(100.0 * x / gross, 6) if gross > 0 else None
+
+    return {
+        "fills": int(fills),
+        "contracts_traded": c,
+        "commission": _r(commission),
+        "commission_per_contract": _r(_div(commission, c)),
+        "slippage": _r(slippage),
+        "slippage_per_contract": _r(_div(slippage, c)),
+        "slippage_ticks_per_contract": _r(_div(slip_ticks, c), 6),
+        "total_costs": _r(total),
+        "costs_per_contract": _r(_div(total, c)),
+        "gross_profit": _r(gross),
+        "commission_pct_of_gross": pct(commission),
+        "slippage_pct_of_gross": pct(slippage),
+        "costs_pct_of_gross": pct(total),
+        "unpriced_fills": 0,
+    }
+
+
+def _margin(data: KernelData, ci, value, pos, events) -> dict:
+    """:class:`~m2k_bt.analyzers.MarginExposure`'s keys, from the equity curve."""
+    from collections import Counter
+
+    from .analyzers import _div, _r
+
+    n = len(value)
+    size = np.abs(pos)
+    market = size != 0
+    idx = np.flatnonzero(market)
+    init = size[idx] * float(ci.p.margin)
+    maint = size[idx] * float(ci.p.maintenance_margin)
+    notional = size[idx] * data.close[idx] * float(ci.p.mult)
+    equity = value[idx]
+    out_low = low_i = None
+    if len(idx):
+        excess = equity - maint
+        j = int(np.argmin(excess))
+        out_low, low_i = float(excess[j]), int(idx[j])
+    flat = np.flatnonzero(~market)
+    if len(flat):
+        j = int(np.argmin(value[flat]))
+        v, i = float(value[flat][j]), int(flat[j])
+        if out_low is None or v < out_low or (v == out_low and i < low_i):
+            out_low, low_i = v, i
+    peak_margin = peak_i = peak_pct = peak_notional = peak_lev = None
+    if len(idx):
+        j = int(np.argmax(init))
+        peak_margin, peak_i = float(init[j]), int(idx[j])
+        peak_notional = max(0.0, float(notional.max()))
+        pos_eq = equity > 0
+        if pos_eq.any():
+            peak_pct = max(0.0, float((100.0 * init[pos_eq] / equity[pos_eq]).max()))
+            peak_lev = max(0.0, float((notional[pos_eq] / equity[pos_eq]).max()))
+    dicts = [dataclasses.asdict(e) for e in events]
+    kinds = Counter(e["kind"] for e in dicts)
+    in_market = len(idx)
+    return {
+        "peak_initial_margin": _r(peak_margin),
+        "peak_initial_margin_dt": data.when(peak_i) if peak_i is not None else None,
+        "peak_margin_pct_of_equity": _r(peak_pct, 6),
+        "lowest_excess_equity": _r(out_low),
+        "lowest_excess_equity_dt": data.when(low_i) if low_i is not None else None,
+        "peak_notional": _r(peak_notional),
+        "peak_leverage": _r(peak_lev, 6),
+        "peak_contracts": max(0.0, float(size.max())) if n else 0.0,
+        "bars": n,
+        "bars_in_market": in_market,
+        "time_in_market_pct": _r(_div(100.0 * in_market, n), 6),
+        "nonpositive_equity_bars": int((equity <= 0).sum()),
+        "margin_calls": kinds.get("margin_call", 0),
+        "intraday_cutbacks": kinds.get("intraday_cutback", 0),
+        "negative_equity_events": kinds.get("negative_equity", 0),
+        "margin_events": dicts,
+    }
+
+
+def _kelly_log(decisions, config) -> dict:
+    """:class:`~m2k_bt.analyzers.KellyLog`'s keys from the sizer decisions."""
+    from collections import Counter
+
+    kelly = str(config.sizer).lower() == "kelly"
+    rows = [dataclasses.asdict(d) for d in decisions]
+    f_used = [d["f_used"] for d in rows if d.get("f_used") is not None]
+    sizes = [d["contracts"] for d in rows if d.get("contracts") is not None]
+    return {
+        "sizer": "KellySizer" if kelly else "FixedContracts",
+        "available": kelly,
+        "decisions": rows,
+        "count": len(rows),
+        "zero_size": sum(1 for s in sizes if s == 0),
+        "mean_f_used": sum(f_used) / len(f_used) if f_used else None,
+        "last_f_used": f_used[-1] if f_used else None,
+        "max_contracts": max(sizes) if sizes else None,
+        "binding": dict(Counter(str(d.get("binding")) for d in rows if "binding" in d)),
+    }

@@ -142,7 +142,28 @@ def assert_parity(bars, config):
     assert got.rolls == ref.strategy.rolls
     assert got.shadow_trades == len(ref.strategy.shadow_log)
     assert got.warnings == ref.warnings
+    assert list(got.analysis) == list(ref.analysis)
+    for name in ("trades", "costs", "margin", "kelly", "returns"):
+        if name in ref.analysis:
+            _same_tree(ref.analysis[name], got.analysis[name], name)
     return ref, got
+
+
+def _same_tree(a, b, where: str) -> None:
+    """Analyzer outputs equal key for key (floats to 1e-6 relative)."""
+    if isinstance(a, dict):
+        assert isinstance(b, dict) and set(a) == set(b), f"{where}: {set(a) ^ set(b)}"
+        for key in a:
+            if key != "ref":  # backtrader's trade refs count across runs in a process
+                _same_tree(a[key], b[key], f"{where}.{key}")
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b), f"{where}: {len(a)} vs {len(b)} items"
+        for j, (x, y) in enumerate(zip(a, b)):
+            _same_tree(x, y, f"{where}[{j}]")
+    elif isinstance(a, float) and isinstance(b, (int, float)):
+        assert b == pytest.approx(a, rel=1e-6, abs=1e-6), f"{where}: {a!r} vs {b!r}"
+    else:
+        assert a == b, f"{where}: {a!r} vs {b!r}"
 
 
 #: Hand-picked cases that together reach every exit reason and every Kelly binding.
