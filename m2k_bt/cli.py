@@ -58,6 +58,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_common_args(p)
     p.add_argument("--list-strategies", action="store_true", help="list strategies and params")
+    p.add_argument("--engine", choices=("cerebro", "kernel"), default="cerebro",
+                   help="cerebro (default) or kernel: the compiled simulation of the built-in "
+                   "strategies, same outputs (falls back to cerebro, saying why, for a "
+                   "configuration it does not model)")
     return p
 
 
@@ -72,7 +76,13 @@ def backtest_main(argv: list[str]) -> int:
     bars, config = config_from_args(args)
     out = Path(args.out) if args.out else default_out(config.strategy_name)
     progress = ProgressBar("bars", enabled=not args.quiet)
-    result = run_backtest(bars, config, progress=progress if progress.enabled else None)
+    result = None
+    if args.engine == "kernel":
+        from .kernel import run_kernel_or_say_why
+
+        result = run_kernel_or_say_why(bars, config)
+    if result is None:
+        result = run_backtest(bars, config, progress=progress if progress.enabled else None)
     paths = write_outputs(result, out, plot=not args.no_plot)
     if not args.quiet:
         # print what was saved, so the summary and report.json cannot differ

@@ -76,6 +76,7 @@ __all__ = [
     "supported",
     "prepare",
     "KERNEL_EXIT_REASONS",
+    "run_kernel_or_say_why",
 ]
 
 _MINUTES, _DAYS = 4, 5  # bt.TimeFrame.Minutes, bt.TimeFrame.Days
@@ -575,7 +576,7 @@ def _result(config, data: KernelData, ci, value, cash, pos, trades, dec, mev, co
         direction = int(r[loop.T_DIR])
         entry, exit_ = float(r[loop.T_ENTRY_PX]), float(r[loop.T_EXIT_PX])
         reason = _REASONS[int(r[loop.T_REASON])]
-        contracts = int(r[loop.T_CONTRACTS])
+        contracts = float(r[loop.T_CONTRACTS])  # a float, as the strategy's fill sums give
         gross, comm, net = float(r[loop.T_GROSS]), float(r[loop.T_COMM]), float(r[loop.T_NET])
         row = {
             "entry_dt": when(entry_i),
@@ -819,3 +820,19 @@ def _kelly_log(decisions, config) -> dict:
         "max_contracts": max(sizes) if sizes else None,
         "binding": dict(Counter(str(d.get("binding")) for d in rows if "binding" in d)),
     }
+
+
+def run_kernel_or_say_why(bars, config: BacktestConfig) -> KernelResult | None:
+    """:func:`simulate` when the kernel models ``config``; else ``None`` after one line on
+    stderr saying why (the caller then runs cerebro). Used by ``run_backtest.py --engine
+    kernel``."""
+    import sys
+
+    ok, why = supported(config)
+    if ok:
+        try:
+            return simulate(bars, config)
+        except KernelDiverged as exc:
+            why = str(exc)
+    print(f"note: running in cerebro: {why}", file=sys.stderr)
+    return None

@@ -106,6 +106,7 @@ def stressed_bars(n: int, seed: int, vol: float = 0.002, gaps: int = 3, rolls: i
 
 
 def _same(a, b, where: str) -> None:
+    assert type(a) is type(b), f"{where}: cerebro {type(a).__name__} vs kernel {type(b).__name__}"
     if isinstance(a, float) and isinstance(b, float):
         assert abs(a - b) <= 1e-6, f"{where}: cerebro {a!r} vs kernel {b!r}"
     else:
@@ -408,3 +409,34 @@ def test_event_and_signal_filters_run_in_cerebro():
     assert not ok and "avoid_events" in why
     ok, why = supported(BacktestConfig(params={"avoid_events": "fomc"}))
     assert not ok and "avoid_events" in why
+
+
+# ------------------------------------------------------------------ run_backtest.py --engine
+def _outputs(tmp_path, name, data_csv, *extra):
+    import json
+
+    from m2k_bt.cli import main
+
+    out = tmp_path / name
+    code = main(["--data", data_csv, "--out", str(out), "--param", "fast=10", "--param",
+                 "slow=30", "--slippage-ticks", "1", "--no-plot", "--quiet", *extra])
+    assert code == 0
+    report = json.loads((out / "report.json").read_text())
+    return report, (out / "trades.csv").read_text(), (out / "equity.csv").read_text()
+
+
+def test_cli_engine_kernel_writes_the_same_outputs(tmp_path, capsys):
+    from conftest import rth_bars, write_bars_csv
+
+    data_csv = write_bars_csv(rth_bars(), tmp_path / "m2k_5min.csv")
+    ref, ref_trades, ref_equity = _outputs(tmp_path, "cerebro", data_csv)
+    got, got_trades, got_equity = _outputs(tmp_path, "kernel", data_csv, "--engine", "kernel")
+    assert got_trades == ref_trades and ref_trades.count("\n") > 5
+    assert got_equity == ref_equity
+    _same_tree(ref["results"], got["results"], "results")
+    _same_tree(ref["analyzers"], got["analyzers"], "analyzers")
+    assert got["warnings"] == ref["warnings"]
+    # a configuration the kernel does not model runs in cerebro, saying why
+    capsys.readouterr()
+    _outputs(tmp_path, "fallback", data_csv, "--engine", "kernel", "--intraday-margin", "300")
+    assert "running in cerebro: intraday margin" in capsys.readouterr().err
