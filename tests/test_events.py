@@ -25,7 +25,7 @@ from m2k_bt.events import (
     read_events_csv,
 )
 from m2k_bt.feeds import BarsFeed
-from m2k_bt.report import validate_report
+from m2k_bt.report import build_report, validate_report
 from m2k_bt.strategies import M2KStrategy
 
 NY = "America/New_York"
@@ -117,16 +117,16 @@ def test_shipped_table_is_package_data():
 
 def test_uncovered_ranges_by_hand():
     cal = load_calendar()
-    # cpi covers 2019-02-01..2019-12-31 and 2023-01-01..2023-12-31
-    assert cal.uncovered("cpi", "2019-01-15", "2024-02-10") == [
+    # cpi covers 2019-02-01..2019-12-31 and 2021-01-01..2025-10-31
+    assert cal.uncovered("cpi", "2019-01-15", "2025-12-10") == [
         (dt.date(2019, 1, 15), dt.date(2019, 1, 31)),
-        (dt.date(2020, 1, 1), dt.date(2022, 12, 31)),
-        (dt.date(2024, 1, 1), dt.date(2024, 2, 10)),
+        (dt.date(2020, 1, 1), dt.date(2020, 12, 31)),
+        (dt.date(2025, 11, 1), dt.date(2025, 12, 10)),
     ]
     assert cal.uncovered("fomc", "2023-01-01", "2024-12-31") == []
     assert cal.uncovered("expiry", "1990-01-01", "2050-01-01") == []  # a rule
-    [warning] = cal.coverage_warnings("fomc,cpi", "2024-03-01", "2024-03-31")
-    assert "'cpi'" in warning and "2024-03-01..2024-03-31" in warning and "--events" in warning
+    [warning] = cal.coverage_warnings("fomc,nfp", "2026-03-01", "2026-03-31")
+    assert "'nfp'" in warning and "2026-03-01..2026-03-31" in warning and "--events" in warning
 
 
 # ------------------------------------------------------------------ the gate
@@ -233,17 +233,29 @@ def test_user_file_merges_and_declares_coverage(tmp_path):
 
 
 # ------------------------------------------------------------------ engine, report, CLI
-def test_report_warns_past_the_table_and_counts_actions():
+def test_report_counts_blocked_entries_and_forced_exits():
     bars = rth_bars("2024-03-11", "2024-03-28")
     cfg = BacktestConfig(strategy=Hold, sizer="fixed", avoid_events="fomc,cpi",
                          flat_before_event=True)
     res = run_backtest(bars, cfg)
     events = res.analysis["events"]
     assert events["forced_exits"] == 1 and events["by_kind"]["fomc"]["forced_exits"] == 1
-    assert events["entries_blocked"] == 1
-    # 2024 has no shipped cpi dates: said so, not treated as "no event"
-    assert any("'cpi'" in w and "2024-03-11..2024-03-28" in w for w in res.warnings)
+    assert events["entries_blocked"] == 1 and events["bars_blocked"] == 17
     assert [tr["exit_reason"] for tr in res.trades].count("event") == 1
+    assert not [w for w in res.warnings if w.startswith("events:")]  # fomc and cpi: covered
+    report = build_report(res)
+    assert report["analyzers"]["events"]["forced_exits"] == 1
+
+
+def test_report_says_so_past_the_end_of_a_table():
+    # the shipped nfp table ends 2025-12-31: a 2026 run avoiding nfp is warned, not silent
+    bars = rth_bars("2026-01-05", "2026-01-09")
+    res = run_backtest(bars, BacktestConfig(strategy=Hold, sizer="fixed",
+                                            avoid_events="fomc,nfp"))
+    [warning] = [w for w in res.warnings if w.startswith("events:")]
+    assert "'nfp'" in warning and "2026-01-05..2026-01-09" in warning
+    assert warning in build_report(res)["warnings"]
+    assert res.analysis["events"]["warnings"] == [warning]
 
 
 def test_config_event_settings_reach_walk_forward_runs():
