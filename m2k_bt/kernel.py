@@ -77,6 +77,7 @@ __all__ = [
     "prepare",
     "KERNEL_EXIT_REASONS",
     "run_kernel_or_say_why",
+    "run_backtest_fast",
 ]
 
 _MINUTES, _DAYS = 4, 5  # bt.TimeFrame.Minutes, bt.TimeFrame.Days
@@ -836,3 +837,40 @@ def run_kernel_or_say_why(bars, config: BacktestConfig) -> KernelResult | None:
             why = str(exc)
     print(f"note: running in cerebro: {why}", file=sys.stderr)
     return None
+
+
+_DATA_CACHE: dict = {}  # id(bars) -> (weakref to bars, {selection key: KernelData})
+
+
+def _cached_data(bars: pd.DataFrame, config: BacktestConfig) -> KernelData:
+    import weakref
+
+    entry = _DATA_CACHE.get(id(bars))
+    if entry is None or entry[0]() is not bars:
+        for key in [k for k, (ref, _) in _DATA_CACHE.items() if ref() is None]:
+            del _DATA_CACHE[key]
+        entry = _DATA_CACHE[id(bars)] = (weakref.ref(bars), {})
+    key = (config.start, config.end, config.resample, float(config.spec.tick_size))
+    data = entry[1].get(key)
+    if data is None:
+        data = entry[1][key] = prepare(bars, config)
+    return data
+
+
+def run_backtest_fast(bars: pd.DataFrame, config: BacktestConfig | None = None,
+                      progress=None):
+    """``run_backtest`` through the kernel where :func:`supported` says so, else cerebro.
+
+    A drop-in for :func:`m2k_bt.engine.run_backtest` (same signature, a result with the same
+    fields), importable by name, e.g. as ``optimize(..., run_backtest=run_backtest_fast)``.
+    Indicators are kept per bars object (while it lives) and bar selection, so the trials of a
+    study on the same bars share them."""
+    from .engine import run_backtest
+
+    config = config or BacktestConfig()
+    if supported(config)[0]:
+        try:
+            return simulate(_cached_data(bars, config), config)
+        except KernelDiverged:
+            pass
+    return run_backtest(bars, config, progress=progress)

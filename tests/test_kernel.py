@@ -440,3 +440,19 @@ def test_cli_engine_kernel_writes_the_same_outputs(tmp_path, capsys):
     capsys.readouterr()
     _outputs(tmp_path, "fallback", data_csv, "--engine", "kernel", "--intraday-margin", "300")
     assert "running in cerebro: intraday margin" in capsys.readouterr().err
+
+
+def test_run_backtest_fast_is_a_drop_in_for_the_optimiser():
+    from m2k_bt.kernel import KernelResult, run_backtest_fast
+    from m2k_bt.optimize import evaluate_params
+
+    bars = make_bars(1500, seed=8)
+    config = BacktestConfig(strategy="sma", sizer="fixed", params={"fast": 5, "slow": 20})
+    fast = run_backtest_fast(bars, config)
+    assert isinstance(fast, KernelResult)
+    assert run_backtest_fast(bars, config).final_value == fast.final_value
+    slow = run_backtest_fast(bars, config.replace(intraday_margin=300.0))  # cerebro
+    assert not isinstance(slow, KernelResult)
+    a = evaluate_params(bars, config, {"fast": 8}, "sharpe", 1, run_backtest_fast)
+    b = evaluate_params(bars, config, {"fast": 8}, "sharpe", 1)
+    assert a["value"] == pytest.approx(b["value"], rel=1e-9)
