@@ -62,11 +62,21 @@ def build_parser() -> argparse.ArgumentParser:
                    help="cerebro (default) or kernel: the compiled simulation of the built-in "
                    "strategies, same outputs (falls back to cerebro, saying why, for a "
                    "configuration it does not model)")
+    p.add_argument("--open", action="store_true", help="open report.html in the web browser")
+    p.add_argument("--rerun", metavar="REPORT_JSON",
+                   help="run again exactly as recorded in a report.json (flags given after it "
+                   "override; --data/--param add)")
     return p
 
 
 def backtest_main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
+    if args.rerun:
+        from .report import rerun_argv
+
+        rest = [a for i, a in enumerate(argv) if a != "--rerun" and argv[i - 1 : i] != ["--rerun"]
+                and not a.startswith("--rerun=")]
+        args = build_parser().parse_args(rerun_argv(args.rerun) + rest)
     if args.list_strategies:
         print(_list_strategies())
         return 0
@@ -89,6 +99,10 @@ def backtest_main(argv: list[str]) -> int:
         report = json.loads(Path(paths["report"]).read_text())
         print(format_summary(report))
         print(f"outputs: {out}{os.sep} ({', '.join(sorted(Path(p).name for p in paths.values()))})")
+    if args.open and "html" in paths:
+        import webbrowser
+
+        webbrowser.open(Path(paths["html"]).resolve().as_uri())
     return 0
 
 

@@ -150,7 +150,8 @@ def add_common_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("output")
     g.add_argument("--out", metavar="DIR",
                    help="output folder (default: results/<time>-<strategy>)")
-    g.add_argument("--no-plot", action="store_true", help="skip plot.png and equity.png")
+    g.add_argument("--no-plot", action="store_true",
+                   help="skip report.html, plot.png and equity.png")
     g.add_argument("--quiet", action="store_true", help="no progress bar, no summary table")
     g.add_argument("--seed", type=int, help="random seed, recorded in the report")
 
@@ -258,6 +259,9 @@ def config_from_args(args):
         plot=not args.no_plot,
         data_path=bars.attrs.get("path"),
         data_rows=len(bars),
+        data_options={"paths": [str(Path(p).resolve()) for p in args.data or [DEFAULT_DATA]],
+                      "format": args.fmt, "tz": args.tz, "lenient": args.lenient,
+                      "roll": args.roll, "adjust": args.adjust},
     )
     return bars, config
 

@@ -62,7 +62,9 @@ class BacktestConfig:
       analyzers an optimisation trial needs. ``plot``: add the observers backtrader's plot
       shows (buy/sell marks, account value); they cost a little per bar, so only when a plot
       will be drawn. ``seed``: recorded in the report.
-    - ``data_path``/``data_rows``: provenance for the report (set by the loader).
+    - ``data_path``/``data_rows``: provenance for the report (set by the loader);
+      ``data_options``: how the data was loaded (``paths``, ``format``, ``tz``, ``lenient``,
+      ``roll``, ``adjust``), recorded in report.json so ``--rerun`` can load it again.
     - Events and signals (:mod:`m2k_bt.events`, :mod:`m2k_bt.signals`; passed to the strategy's
       params and the feed, so optimisation and walk-forward use them too): ``avoid_events``
       (kinds, ``"fomc,cpi"``), ``event_before``/``event_after`` (minutes; ``None`` keeps the
@@ -93,6 +95,7 @@ class BacktestConfig:
     seed: int | None = None
     data_path: str | None = None
     data_rows: int | None = None
+    data_options: dict = field(default_factory=dict)
     avoid_events: Any = None
     event_before: float | None = None
     event_after: float | None = None

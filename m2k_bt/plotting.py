@@ -6,11 +6,15 @@ under the final name.
 
 Readability of ``plot_backtrader`` for long series: backtrader draws every bar it is given, so
 100,000 minute bars become an unreadable smear. When the run has more than ``max_bars`` bars,
-only the most recent ``max_bars`` are drawn (backtrader's own ``start=`` index), the title says
-"last N of M bars", and the whole run stays visible in ``equity.png``. A recent window was chosen
-over resampling because resampling would need a second run of the strategy on other bars: the
-window shows the real fills, indicators and observers of this run. Up to ``candle_bars`` bars
-are drawn as candles, more as a close line.
+the chart shows the window of the last trades: from the entry of the ``last_trades``-th last
+trade (fewer when they would span more than ``max_bars`` bars, at least the last one) to the end,
+so a strategy that has been flat for months still shows its fills; with no trade at all it shows
+the last ``max_bars`` bars. The title says which window it is, and the whole run stays visible in
+``equity.png`` and, interactively, in ``report.html``. A window was chosen over resampling
+because resampling would need a second run of the strategy on other bars: the window shows the
+real fills, indicators and observers of this run. Up to ``candle_bars`` bars are drawn as
+candles, more as a close line. Legends name the observers plainly ("account value",
+"buy / sell") instead of backtrader's ``Value (None)`` / ``BuySell (True, 0.002)``.
 """
 
 from __future__ import annotations
@@ -21,10 +25,23 @@ from pathlib import Path
 from .errors import ConfigError
 from .outputs import atomic_path
 
-__all__ = ["DEFAULT_MAX_BARS", "DEFAULT_CANDLE_BARS", "plot_backtrader", "plot_equity"]
+__all__ = [
+    "DEFAULT_MAX_BARS",
+    "DEFAULT_CANDLE_BARS",
+    "DEFAULT_LAST_TRADES",
+    "plot_backtrader",
+    "plot_equity",
+    "plot_window",
+]
 
-#: Bars shown by :func:`plot_backtrader` before it switches to a recent window.
-DEFAULT_MAX_BARS = 1500
+#: Bars shown by :func:`plot_backtrader` before it switches to the window of the last trades.
+DEFAULT_MAX_BARS = 3000
+
+#: Trades the window of :func:`plot_backtrader` aims to show.
+DEFAULT_LAST_TRADES = 20
+
+#: Plain legend names of the observers the engine adds for plotting.
+OBSERVER_LABELS = {"BuySell": "buy / sell", "Value": "account value", "Broker": "cash / value"}
 
 #: Up to this many shown bars are drawn as candles, above it as a line.
 DEFAULT_CANDLE_BARS = 300
@@ -43,13 +60,16 @@ def plot_backtrader(
     size: tuple[float, float] = (16.0, 9.0),
     dpi: int = 100,
     candle_bars: int = DEFAULT_CANDLE_BARS,
+    last_trades: int = DEFAULT_LAST_TRADES,
 ) -> Path:
     """Save backtrader's built-in plot of the first strategy of a finished run as a PNG.
 
     - ``cerebro``: a ``bt.Cerebro`` after ``run()`` (not with ``exactbars >= 1``, which frees
       the bars plotting needs).
     - ``path``: the PNG to write; its folder must exist.
-    - ``max_bars`` (def: ``1500``): most bars drawn; longer runs show the most recent window.
+    - ``max_bars`` (def: ``3000``): most bars drawn; longer runs show the window of the last
+      trades (see the module doc and :func:`plot_window`).
+    - ``last_trades`` (def: ``20``): trades that window aims to hold.
     - ``size`` (def: ``(16, 9)``) inches and ``dpi`` (def: ``100``): 1600 x 900 pixels.
     - ``candle_bars`` (def: ``300``): candles up to this many shown bars, a line above.
 
@@ -74,21 +94,89 @@ def plot_backtrader(
             "use exactbars=0, -1 or -2"
         )
     total = len(strategy)
-    start = max(0, total - max_bars)
-    shown = total - start
+    trades = _trade_bars(strategy)
+    start, end, n_trades = plot_window(total, trades, max_bars, last_trades)
+    shown = end - start
     style = "candle" if shown <= candle_bars else "line"
-    figs = cerebro.plot(iplot=False, start=start, end=total, numfigs=1, style=style, volume=True)
+    _plain_labels(strategy)
+    figs = cerebro.plot(iplot=False, start=start, end=end, numfigs=1, style=style, volume=True)
     fig = figs[0][0]
     try:
         fig.set_size_inches(*size)
         _date_axis(fig, strategy, start, shown)
-        label = f"last {shown:,} of {total:,} bars" if start else f"{total:,} bars"
+        if shown == total:
+            label = f"all {total:,} bars, {len(trades)} trades"
+        elif n_trades:
+            label = (f"last {n_trades} of {len(trades)} trades (bars {start + 1:,}-{end:,} "
+                     f"of {total:,}; the whole run is in equity.png and report.html)")
+        else:
+            label = f"last {shown:,} of {total:,} bars (no trades)"
         fig.suptitle(f"{type(strategy).__name__}: {label}", fontsize=11)
         return _save_atomic(fig, Path(path), dpi)
     finally:
         for group in figs:
             for f in group:
                 plt.close(f)
+
+
+def plot_window(total: int, trades: list[tuple[int, int]], max_bars: int, last_trades: int
+                ) -> tuple[int, int, int]:
+    """(first bar drawn, bar after the last drawn, trades in the window) for a run of
+    ``total`` bars whose trades span the bar indices ``trades`` [(entry, exit), ...] (sorted).
+
+    The whole run when it has at most ``max_bars`` bars. Otherwise the window of the last
+    trades: from a few bars before the entry of the ``last_trades``-th last trade (or of the
+    oldest one that keeps the window within ``max_bars``; always at least the last trade) to a
+    few bars after the last exit. With no trades, the last ``max_bars`` bars.
+
+    >>> plot_window(1000, [(10, 20), (500, 600)], max_bars=2000, last_trades=20)
+    (0, 1000, 2)
+    >>> plot_window(10_000, [(100, 200), (5000, 5100), (7000, 7400), (8000, 8200)],
+    ...             max_bars=3000, last_trades=20)  # pad 3000 // 60 = 50; end past exit 8200
+    (6950, 8251, 2)
+    >>> plot_window(10_000, [], max_bars=3000, last_trades=20)
+    (7000, 10000, 0)
+    """
+    if total <= max_bars:
+        return 0, total, len(trades)
+    if not trades:
+        return total - max_bars, total, 0
+    pad = max(5, max_bars // 60)
+    end = min(total, trades[-1][1] + pad + 1)
+    chosen, count = trades[-1][0], 1
+    for i in range(2, min(last_trades, len(trades)) + 1):
+        candidate = trades[-i][0]
+        if end - (candidate - pad) > max_bars:
+            break
+        chosen, count = candidate, i
+    return max(0, chosen - pad), end, count
+
+
+def _trade_bars(strategy) -> list[tuple[int, int]]:
+    """(entry, exit) bar indices (0-based) of the strategy's logged trades."""
+    import backtrader as bt
+    import numpy as np
+
+    log = [r for r in getattr(strategy, "trade_log", None) or []
+           if r.get("entry_dt") is not None and r.get("exit_dt") is not None]
+    if not log:
+        return []
+    times = np.asarray(strategy.datetime.array, dtype="float64")
+
+    def index(key):
+        nums = np.asarray([bt.date2num(r[key]) for r in log])
+        return np.minimum(np.searchsorted(times, nums - 1e-9), len(times) - 1)
+
+    return sorted(zip(index("entry_dt").tolist(), index("exit_dt").tolist(), strict=True))
+
+
+def _plain_labels(strategy) -> None:
+    """Legend names without backtrader's parameter tuples (``BuySell (True, 0.002)``)."""
+    for obs in strategy.getobservers():
+        name = OBSERVER_LABELS.get(type(obs).__name__)
+        if name:
+            obs.plotinfo.plotname = name
+            obs._plotlabel = list  # no "(params...)" suffix
 
 
 def _date_axis(fig, strategy, start: int, shown: int) -> None:

@@ -51,23 +51,29 @@ drawdown_pct`` (see :class:`m2k_bt.analyzers.EquityCurve`).
 from __future__ import annotations
 
 import csv
-import dataclasses
 import datetime as _dt
+import hashlib
 import json
-import math
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
 from .analyzers import METRIC_KEYS, equity_frame, metrics_from
-from .errors import OutputError
+from .errors import ConfigError, OutputError
 from .outputs import OutputFolder, atomic_open, atomic_path, atomic_write_text
+from .records import NY, TRADE_COLUMNS, ny_index_iso, ny_iso, trade_table
+from .records import jsonable as _jsonable
 
 __all__ = [
     "REPORT_SCHEMA_VERSION",
     "REPORT_JSON_SCHEMA",
     "TRADE_COLUMNS",
     "build_report",
+    "ny_iso",
+    "ny_index_iso",
+    "rerun_argv",
+    "trade_table",
     "validate_report",
     "write_outputs",
     "format_summary",
@@ -75,26 +81,7 @@ __all__ = [
 ]
 
 #: Version of the report.json layout ("MAJOR.MINOR").
-REPORT_SCHEMA_VERSION = "1.0"
-
-#: Columns of trades.csv, in order; extra keys of a strategy's trade log follow them.
-TRADE_COLUMNS = (
-    "entry_dt",
-    "exit_dt",
-    "direction",
-    "contracts",
-    "entry_price",
-    "exit_price",
-    "gross_pnl",
-    "commission",
-    "net_pnl",
-    "ticks",
-    "bars_held",
-    "exit_reason",
-    "kelly_p",
-    "kelly_b",
-    "kelly_f",
-)
+REPORT_SCHEMA_VERSION = "1.1"
 
 #: Warnings printed in the text summary; report.json keeps them all.
 SUMMARY_WARNINGS = 10
@@ -117,6 +104,7 @@ REPORT_JSON_SCHEMA: dict[str, Any] = {
         "schema",
         "schema_version",
         "generated_at",
+        "versions",
         "inputs",
         "results",
         "analyzers",
@@ -128,6 +116,11 @@ REPORT_JSON_SCHEMA: dict[str, Any] = {
         "schema_version": {"type": "string"},
         "generated_at": {"type": "string"},
         "package_version": {"type": _STR},
+        "versions": {
+            "type": "object",
+            "required": ["m2k_bt", "backtrader", "pandas", "numpy"],
+            "additionalProperties": {"type": _STR},
+        },
         "inputs": {
             "type": "object",
             "required": ["data", "contract", "costs", "margins", "cash", "strategy", "sizer"],
@@ -145,6 +138,23 @@ REPORT_JSON_SCHEMA: dict[str, Any] = {
                         "end": {"type": _STR},
                         "resample": {"type": _STR},
                         "rth_only": {"type": ["boolean", "null"]},
+                        "files": {
+                            "type": "array",
+                            "items": {
+                                "type": "object",
+                                "required": ["path", "sha256"],
+                                "properties": {
+                                    "path": {"type": "string"},
+                                    "sha256": {"type": _STR},
+                                    "bytes": {"type": _INT},
+                                },
+                            },
+                        },
+                        "format": {"type": _STR},
+                        "tz": {"type": _STR},
+                        "lenient": {"type": ["boolean", "null"]},
+                        "roll": {"type": _STR},
+                        "adjust": {"type": _STR},
                     },
                 },
                 "contract": {
@@ -179,6 +189,7 @@ REPORT_JSON_SCHEMA: dict[str, Any] = {
                 },
                 "cash": {"type": _NUM},
                 "seed": {"type": _INT},
+                "events": {"type": "object"},
                 "strategy": {"$ref": "#/$defs/component"},
                 "sizer": {"$ref": "#/$defs/component"},
             },
@@ -202,7 +213,12 @@ REPORT_JSON_SCHEMA: dict[str, Any] = {
         "component": {
             "type": "object",
             "required": ["name", "params"],
-            "properties": {"name": {"type": _STR}, "params": {"type": "object"}},
+            "properties": {
+                "name": {"type": _STR},
+                "class": {"type": _STR},
+                "params": {"type": "object"},
+                "param_types": {"type": "object", "additionalProperties": {"type": "string"}},
+            },
         }
     },
 }
@@ -213,29 +229,36 @@ REPORT_JSON_SCHEMA: dict[str, Any] = {
 # -------------------------------------------------------------------------------------------
 
 
-def _jsonable(obj: Any) -> Any:
-    """Plain JSON types: dates to ISO strings, NaN/inf to None, numpy scalars to Python."""
-    if obj is None or isinstance(obj, (bool, str, int)):
-        return obj
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, (_dt.datetime, _dt.date, _dt.time)):
-        return obj.isoformat()
-    if hasattr(obj, "isoformat") and callable(obj.isoformat):  # pandas Timestamp
-        return obj.isoformat()
-    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        return _jsonable(dataclasses.asdict(obj))
+#: Keys holding dollars: rounded to the cent in report.json.
+MONEY_KEYS = frozenset({
+    "start_value", "final_value", "end_value", "net_profit", "max_drawdown", "expectancy",
+    "commission", "slippage", "total_costs", "gross_pnl", "net_pnl", "gross_profit",
+    "gross_loss", "avg_win", "avg_loss", "largest_win", "largest_loss", "equity",
+    "requirement", "risk_per_contract", "peak_initial_margin", "lowest_excess_equity",
+    "peak_notional", "cash", "initial", "maintenance", "intraday", "commission_per_contract",
+    "slippage_per_contract", "costs_per_contract", "tick_value", "value",
+})
+#: Keys holding ratios: 4 decimals.
+RATIO_KEYS = frozenset({
+    "sharpe", "sortino", "calmar", "sqn", "profit_factor", "payoff_ratio", "peak_leverage",
+    "efficiency",
+})
+
+
+def _rounded(obj: Any, key: str = "") -> Any:
+    """Money to the cent, ratios and percentages (``*_pct``) to 4 decimals, other floats to 10
+    significant digits (which drops binary noise such as 13323.739999999982)."""
     if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple, set, frozenset)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, type):
-        return obj.__name__
-    if isinstance(obj, os.PathLike):
-        return os.fspath(obj)
-    if hasattr(obj, "item"):  # numpy scalar
-        return _jsonable(obj.item())
-    return str(obj)
+        return {k: _rounded(v, k) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_rounded(v, key) for v in obj]
+    if isinstance(obj, float):
+        if key in MONEY_KEYS:
+            return round(obj, 2)
+        if key in RATIO_KEYS or key.endswith("_pct"):
+            return round(obj, 4)
+        return float(f"{obj:.10g}")
+    return obj
 
 
 def _name(component: Any) -> str | None:
@@ -259,9 +282,93 @@ def _package_version() -> str | None:
         return None
 
 
-# -------------------------------------------------------------------------------------------
-# building the report
-# -------------------------------------------------------------------------------------------
+def versions() -> dict[str, str | None]:
+    """Versions of the software a run used: m2k_bt, backtrader, pandas, numpy, Python."""
+    import backtrader
+    import numpy
+    import pandas
+
+    return {
+        "m2k_bt": _package_version(),
+        "backtrader": getattr(backtrader, "__version__", None),
+        "pandas": pandas.__version__,
+        "numpy": numpy.__version__,
+        "python": sys.version.split()[0],
+    }
+
+
+def file_sha256(path: str | os.PathLike) -> str | None:
+    """Hex sha256 of a file's bytes, or None when it cannot be read."""
+    digest = hashlib.sha256()
+    try:
+        with open(path, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(block)
+    except OSError:
+        return None
+    return digest.hexdigest()
+
+
+def _param_types(component: Any, params: dict[str, Any]) -> dict[str, str]:
+    """Type name of each parameter's value; for a None the declared optional type, as
+    ``"int|None"`` (the pack's strategies declare them in ``_optional_types``)."""
+    declared: dict[str, Any] = {}
+    for klass in reversed(type(component).__mro__):
+        declared.update(getattr(klass, "_optional_types", None) or {})
+    out = {}
+    for key, value in params.items():
+        if value is not None:
+            out[key] = type(value).__name__
+        elif isinstance(declared.get(key), type):
+            out[key] = f"{declared[key].__name__}|None"
+        else:
+            out[key] = "None"
+    return out
+
+
+def _effective_params(component: Any, fallback: dict) -> dict[str, Any]:
+    """Every parameter of a backtrader strategy/sizer instance (defaults included), or the
+    configured ones when no instance is at hand."""
+    params = getattr(component, "params", None)
+    keys = getattr(params, "_getkeys", None)
+    if keys is None:
+        return dict(fallback or {})
+    return {k: getattr(params, k) for k in keys()}  # the instance's values, not the defaults
+
+
+def _data_files(cfg: Any) -> list[dict[str, Any]]:
+    options = getattr(cfg, "data_options", None) or {}
+    paths = options.get("paths")
+    if not paths:
+        joined = getattr(cfg, "data_path", None)
+        paths = [p for p in str(joined).split(", ")] if joined else []
+    out = []
+    for path in paths:
+        p = Path(path)
+        out.append({
+            "path": str(p.resolve()) if p.exists() else str(path),
+            "sha256": file_sha256(p),
+            "bytes": p.stat().st_size if p.exists() else None,
+        })
+    return out
+
+
+#: BacktestConfig fields of the events and signals, recorded under ``inputs.events``.
+EVENT_FIELDS = ("avoid_events", "event_before", "event_after", "flat_before_event", "events",
+                "signal", "signal_min", "signal_max", "signal_max_age")
+#: Strategy params set from those fields (replayed by their own flags, not by --param).
+_EVENT_PARAMS = ("avoid_events", "event_before", "event_after", "flat_before_event",
+                 "event_calendar", "signal_min", "signal_max")
+
+
+def _events_inputs(cfg: Any) -> dict[str, Any]:
+    out = {}
+    for key in EVENT_FIELDS:
+        value = getattr(cfg, key, None)
+        if key in ("events", "signal") and value is not None and not isinstance(value, str):
+            value = f"<{type(value).__name__} given in Python>"
+        out[key] = value
+    return out
 
 
 def _inputs(result: Any) -> dict[str, Any]:
@@ -272,6 +379,11 @@ def _inputs(result: Any) -> dict[str, Any]:
 
     spec = c("spec")
     tick_value = getattr(spec, "tick_value", None)
+    strategy = getattr(result, "strategy", None)
+    sizer = getattr(strategy, "_sizer", None) if strategy is not None else None
+    strat_params = _effective_params(strategy, c("params"))
+    sizer_params = _effective_params(sizer, c("sizer_params"))
+    options = dict(c("data_options") or {})
     return {
         "data": {
             "path": c("data_path"),
@@ -283,6 +395,12 @@ def _inputs(result: Any) -> dict[str, Any]:
             "end": c("end"),
             "resample": c("resample"),
             "rth_only": c("rth_only"),
+            "files": _data_files(cfg),
+            "format": options.get("format"),
+            "tz": options.get("tz"),
+            "lenient": options.get("lenient"),
+            "roll": options.get("roll"),
+            "adjust": options.get("adjust"),
         },
         "contract": {
             "root": getattr(spec, "root", None),
@@ -306,11 +424,19 @@ def _inputs(result: Any) -> dict[str, Any]:
         },
         "cash": c("cash"),
         "seed": c("seed"),
+        "events": _events_inputs(cfg),
         "strategy": {
             "name": c("strategy_name") or _name(c("strategy")),
-            "params": dict(c("params") or {}),
+            "class": type(strategy).__name__ if strategy is not None else _name(c("strategy")),
+            "params": strat_params,
+            "param_types": _param_types(strategy, strat_params),
         },
-        "sizer": {"name": _name(c("sizer")), "params": dict(c("sizer_params") or {})},
+        "sizer": {
+            "name": _name(c("sizer")),
+            "class": type(sizer).__name__ if sizer is not None else None,
+            "params": sizer_params,
+            "param_types": _param_types(sizer, sizer_params),
+        },
     }
 
 
@@ -366,15 +492,19 @@ def build_report(result: Any) -> dict[str, Any]:
     report = {
         "schema": "m2k_bt/report",
         "schema_version": REPORT_SCHEMA_VERSION,
-        "generated_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "generated_at": _dt.datetime.now(NY).replace(microsecond=0),
         "package_version": _package_version(),
+        "versions": versions(),
         "inputs": _inputs(result),
         "results": results,
         "analyzers": {k: v for k, v in analysis.items() if k != "equity"},
         "margin_events": list(events),
         "warnings": warnings,
     }
-    return _jsonable(report)
+    report = _jsonable(report)
+    for key in ("results", "analyzers", "margin_events"):  # inputs stay exact for --rerun
+        report[key] = _rounded(report[key], key)
+    return report
 
 
 # -------------------------------------------------------------------------------------------
@@ -445,14 +575,6 @@ def validate_report(report: dict[str, Any]) -> list[str]:
 # -------------------------------------------------------------------------------------------
 
 
-def _trade_rows(result: Any) -> list[dict[str, Any]]:
-    rows = list(getattr(result, "trades", None) or [])
-    if not rows:
-        analysis = getattr(result, "analysis", None) or {}
-        rows = list((analysis.get("trades") or {}).get("trade_list", []))
-    return [_jsonable(r) for r in rows]
-
-
 def _cell(value: Any) -> Any:
     if value is None:
         return ""
@@ -460,16 +582,22 @@ def _cell(value: Any) -> Any:
 
 
 def _write_trades(result: Any, path: Path) -> Path:
-    rows = _trade_rows(result)
-    extra: list[str] = []
-    for row in rows:
-        extra += [k for k in row if k not in TRADE_COLUMNS and k not in extra]
-    columns = list(TRADE_COLUMNS) + extra
+    frame = trade_table(result)
     with atomic_open(path, "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=columns, restval="", lineterminator="\n")
-        writer.writeheader()
-        for row in rows:
-            writer.writerow({k: _cell(row.get(k)) for k in columns})
+        writer = csv.writer(fh, lineterminator="\n")
+        writer.writerow(list(frame.columns))
+        for row in frame.itertuples(index=False):
+            writer.writerow([_cell(v) for v in row])
+    return path
+
+
+def _write_equity(equity, path: Path) -> Path:
+    frame = equity.round(8)
+    frame.index = ny_index_iso(frame.index)
+    if "position" in frame:
+        frame["position"] = frame["position"].astype("int64")
+    with atomic_open(path, "w", newline="") as fh:
+        frame.to_csv(fh, index_label="datetime")
     return path
 
 
@@ -483,11 +611,13 @@ def _equity_df(result: Any):
 
 
 #: Files :func:`write_outputs` may write; an earlier run's copies are removed before writing.
-OUTPUT_FILES = ("report.json", "trades.csv", "equity.csv", "plot.png", "equity.png")
+OUTPUT_FILES = ("report.json", "trades.csv", "equity.csv", "report.html", "plot.png",
+                "equity.png")
 
 
 def write_outputs(result: Any, out_dir: str | os.PathLike, plot: bool = True) -> dict[str, Path]:
-    """Write report.json, trades.csv, equity.csv and (``plot=True``) plot.png, equity.png.
+    """Write report.json, trades.csv, equity.csv and (``plot=True``) report.html, plot.png,
+    equity.png.
 
     The folder is locked for the duration (:class:`m2k_bt.outputs.OutputFolder`; a caller that
     already holds the lock keeps it). An earlier run's outputs are removed first, report.json
@@ -496,8 +626,8 @@ def write_outputs(result: Any, out_dir: str | os.PathLike, plot: bool = True) ->
     that fails is reported as a warning in report.json instead of stopping the run (the
     numbers are still good). A write that fails (a full disk, say) removes what this call
     wrote and raises :class:`~m2k_bt.errors.OutputError` naming the file. Returns role ->
-    path for the files written: roles ``trades``, ``equity``, ``plot``, ``equity_plot``,
-    ``report``.
+    path for the files written: roles ``trades``, ``equity``, ``html``, ``plot``,
+    ``equity_plot``, ``report``.
     """
     from .plotting import plot_backtrader, plot_equity
 
@@ -510,10 +640,18 @@ def write_outputs(result: Any, out_dir: str | os.PathLike, plot: bool = True) ->
             written["trades"] = _write_trades(result, out / "trades.csv")
             equity = _equity_df(result)
             if equity is not None:
-                with atomic_open(out / "equity.csv", "w", newline="") as fh:
-                    equity.round(8).to_csv(fh, index_label="datetime")
-                written["equity"] = out / "equity.csv"
+                written["equity"] = _write_equity(equity, out / "equity.csv")
+            report = build_report(result)
             if plot:
+                from .html_report import write_report_html
+
+                try:
+                    written["html"] = write_report_html(result, out / "report.html",
+                                                        report=report)
+                except OutputError:
+                    raise
+                except Exception as exc:  # noqa: BLE001 - reported in report.json
+                    extra_warnings.append(f"report.html not written: {type(exc).__name__}: {exc}")
                 cerebro = getattr(result, "cerebro", None)
                 if cerebro is not None:
                     try:
@@ -532,7 +670,6 @@ def write_outputs(result: Any, out_dir: str | os.PathLike, plot: bool = True) ->
                             f"equity.png not written: {type(exc).__name__}: {exc}"
                         )
 
-            report = build_report(result)
             report["warnings"] += extra_warnings
             report["files"] = {p.name: role for role, p in written.items()}
             atomic_write_text(out / "report.json",
@@ -611,3 +748,100 @@ def format_summary(report: dict[str, Any]) -> str:
                 f"  ... and {len(warnings) - SUMMARY_WARNINGS} more: every one is in report.json"
             )
     return "\n".join(lines)
+
+
+# -------------------------------------------------------------------------------------------
+# --rerun
+# -------------------------------------------------------------------------------------------
+
+
+def _arg(value: Any) -> str:
+    """A parameter value as the command line writes it (read back by the engine's coercion)."""
+    if value is None or isinstance(value, (bool, str, int)):
+        return str(value)
+    if isinstance(value, float):
+        return repr(value)
+    raise ConfigError(f"parameter value {value!r} cannot be given on the command line")
+
+
+def rerun_argv(report_path: str | os.PathLike) -> list[str]:
+    """The ``run_backtest.py`` arguments that repeat the run a report.json records.
+
+    Every effective input is given explicitly (data files, roll and adjustment, contract,
+    costs, margins, cash, dates, strategy and sizer with every parameter, seed), so a rerun
+    does not depend on today's defaults. Raises :class:`~m2k_bt.errors.DataFeedError` when a
+    data file is missing or its sha256 differs from the recorded one (the rerun could not
+    reproduce the run), :class:`~m2k_bt.errors.ConfigError` for a file that is not a report.
+    """
+    from .errors import DataFeedError
+
+    path = Path(report_path)
+    try:
+        report = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"--rerun {path}: cannot read a report.json ({exc})") from None
+    if not isinstance(report, dict) or report.get("schema") != "m2k_bt/report":
+        raise ConfigError(f"--rerun {path}: not an m2k_bt report.json")
+    inp = report.get("inputs") or {}
+    data = inp.get("data") or {}
+    files = data.get("files")
+    if not files:
+        raise ConfigError(f"--rerun {path}: the report records no data files (schema "
+                          f"{report.get('schema_version')}; reports from 1.1 on do)")
+    argv: list[str] = []
+    for f in files:
+        digest = file_sha256(f["path"])
+        if digest is None:
+            raise DataFeedError(f"--rerun: data file {f['path']} is missing; the run cannot be "
+                                "repeated without it")
+        if f.get("sha256") and digest != f["sha256"]:
+            raise DataFeedError(f"--rerun: data file {f['path']} changed since the report "
+                                f"(sha256 {digest[:12]}... vs {f['sha256'][:12]}... recorded)")
+        argv += ["--data", f["path"]]
+    for flag, key in (("--format", "format"), ("--tz", "tz"), ("--roll", "roll"),
+                      ("--adjust", "adjust"), ("--start", "start"), ("--end", "end"),
+                      ("--resample", "resample")):
+        if data.get(key) is not None:
+            argv += [flag, str(data[key])]
+    if data.get("lenient"):
+        argv.append("--lenient")
+    if data.get("rth_only"):
+        argv.append("--rth-only")
+    contract = inp.get("contract") or {}
+    costs = inp.get("costs") or {}
+    margins = inp.get("margins") or {}
+    for flag, value in (("--contract", contract.get("root")), ("--cash", inp.get("cash")),
+                        ("--commission", costs.get("commission")),
+                        ("--slippage-ticks", costs.get("slippage_ticks")),
+                        ("--margin", margins.get("initial")),
+                        ("--maintenance-margin", margins.get("maintenance")),
+                        ("--intraday-margin", margins.get("intraday")),
+                        ("--seed", inp.get("seed"))):
+        if value is not None:
+            argv += [flag, _arg(value)]
+    events = inp.get("events") or {}
+    for key in ("events", "signal"):
+        if str(events.get(key) or "").startswith("<"):
+            raise ConfigError(f"--rerun {path}: the run's {key} came from Python, not a file")
+    for flag, key in (("--avoid-events", "avoid_events"), ("--events", "events"),
+                      ("--signal", "signal"), ("--signal-min", "signal_min"),
+                      ("--signal-max", "signal_max"), ("--signal-max-age", "signal_max_age")):
+        value = events.get(key)
+        if value is not None:
+            argv += [flag, ",".join(value) if isinstance(value, list) else _arg(value)]
+    if events.get("event_before") is not None or events.get("event_after") is not None:
+        params = (inp.get("strategy") or {}).get("params") or {}
+        before = _first(events.get("event_before"), params.get("event_before"))
+        after = _first(events.get("event_after"), params.get("event_after"))
+        argv += ["--event-window", f"{_arg(before)},{_arg(after)}"]
+    if events.get("flat_before_event"):
+        argv.append("--flat-before-event")
+    strategy = inp.get("strategy") or {}
+    sizer = inp.get("sizer") or {}
+    argv += ["--strategy", str(strategy.get("name")), "--sizer", str(sizer.get("name"))]
+    for key, value in (strategy.get("params") or {}).items():
+        if key not in _EVENT_PARAMS:
+            argv += ["--param", f"{key}={_arg(value)}"]
+    for key, value in (sizer.get("params") or {}).items():
+        argv += ["--sizer-param", f"{key}={_arg(value)}"]
+    return argv

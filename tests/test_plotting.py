@@ -104,3 +104,29 @@ def test_plot_equity_rejects_empty_frames(tmp_path):
     with pytest.raises(ConfigError, match="value"):
         plot_equity(pd.DataFrame(), tmp_path / "e.png")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_plot_shows_the_window_of_the_last_trades_with_plain_legends(tmp_path, monkeypatch):
+    from m2k_bt.engine import BacktestConfig, run_backtest
+
+    # 6,000 bars, SMA 10/30 crossovers; the strategy's trades decide the window
+    result = run_backtest(make_bars(6000, seed=4), BacktestConfig(
+        params={"fast": 10, "slow": 30}, sizer="fixed", plot=True))
+    seen = {}
+    original = bt.Cerebro.plot
+
+    def spy(self, **kwargs):
+        seen.update(kwargs)
+        return original(self, **kwargs)
+
+    monkeypatch.setattr(bt.Cerebro, "plot", spy)
+    plot_backtrader(result.cerebro, tmp_path / "p.png", max_bars=1000, last_trades=5)
+    times = pd.DatetimeIndex(result.equity.index)
+    entries = [times.get_loc(pd.Timestamp(t["entry_dt"])) for t in result.trades]
+    exits = [times.get_loc(pd.Timestamp(t["exit_dt"])) for t in result.trades]
+    # from the 5th last entry minus 1000 // 60 = 16 bars to the last exit plus 16 bars
+    assert seen["start"] == entries[-5] - 16
+    assert seen["end"] == min(6000, exits[-1] + 17)
+    assert seen["end"] - seen["start"] <= 1000
+    labels = {type(o).__name__: o.plotlabel() for o in result.strategy.getobservers()}
+    assert labels == {"BuySell": "buy / sell", "Value": "account value"}  # no "(True, 0.002)"

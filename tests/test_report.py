@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import backtrader as bt
+import pandas as pd
 import pytest
 from conftest import make_bars, pandas_feed
 from test_analyzers import CASH, PLAN, hand_bars, m2k_cerebro
@@ -107,9 +108,14 @@ def test_report_known_numbers_and_schema(hand_result):
     }
     assert inp["costs"] == {"commission": 0.62, "slippage_ticks": 1.0}  # spec value in force
     assert inp["margins"] == {"initial": 770.0, "maintenance": 700.0, "intraday": None}
-    assert inp["data"]["first_dt"] == "2024-03-04T10:00:00"
+    assert inp["data"]["first_dt"] == "2024-03-04T10:00:00-05:00"  # ISO 8601, NY offset
     assert inp["data"]["bars"] == 17 and inp["data"]["rows"] == 17
-    assert inp["strategy"] == {"name": "Scripted", "params": {"plan": "hand"}}
+    # every effective parameter of the strategy instance, with its type
+    assert inp["strategy"]["name"] == "Scripted" and inp["strategy"]["class"] == "Scripted"
+    assert set(inp["strategy"]["params"]) == {"plan"}
+    assert inp["strategy"]["param_types"] == {"plan": "dict"}
+    assert set(report["versions"]) >= {"m2k_bt", "backtrader", "pandas", "numpy"}
+    assert report["versions"]["backtrader"] == bt.__version__
     assert inp["seed"] == 7
     assert set(report["analyzers"]) == {"trades", "costs", "margin", "kelly", "returns"}
     # the engine's warnings first, then the report's own: 17 one-minute bars are 1 trade date
@@ -169,7 +175,8 @@ def test_outputs_consistent_between_summary_report_and_csvs(hand_result, tmp_pat
     assert net == pytest.approx(res["final_value"] - res["start_value"])
     assert net == pytest.approx(res["net_profit"])
     assert sum(float(r["commission"]) for r in rows) == pytest.approx(res["commission"])
-    assert rows[0]["entry_dt"] == "2024-03-04T10:01:00"
+    assert rows[0]["entry_dt"] == "2024-03-04T10:01:00-05:00"
+    assert all(re.fullmatch(r"\d+", r["contracts"]) for r in rows)  # integers, not 2.0
     assert float(rows[0]["entry_price"]) == pytest.approx(2000.1)  # 2000.0 + 1 tick slippage
 
     with open(files["equity"], newline="") as fh:
@@ -177,6 +184,7 @@ def test_outputs_consistent_between_summary_report_and_csvs(hand_result, tmp_pat
     assert list(eq[0]) == ["datetime", "value", "cash", "position", "close", "drawdown",
                            "drawdown_pct"]  # fmt: skip
     assert len(eq) == 17
+    assert eq[0]["datetime"] == "2024-03-04T10:00:00-05:00"  # same format as trades.csv
     assert float(eq[-1]["value"]) == pytest.approx(res["final_value"])
     assert max(float(r["drawdown"]) for r in eq) == pytest.approx(res["max_drawdown"])
 
@@ -293,11 +301,11 @@ def test_write_outputs_with_plots_on_a_real_run(tmp_path):
     cerebro.addstrategy(_Alternate)
     result = result_of(cerebro)
     files = write_outputs(result, tmp_path)
-    assert set(files) == {"report", "trades", "equity", "plot", "equity_plot"}
+    assert set(files) == {"report", "trades", "equity", "html", "plot", "equity_plot"}
     for path in files.values():
         assert Path(path).stat().st_size > 0
     report = json.loads(files["report"].read_text())
-    assert report["files"]["plot.png"] == "plot"
+    assert report["files"]["plot.png"] == "plot" and report["files"]["report.html"] == "html"
     assert not any("not written" in w for w in report["warnings"])
     assert Path(files["plot"]).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
@@ -306,3 +314,80 @@ class _Alternate(bt.Strategy):
     def next(self):
         if len(self) % 25 == 1:
             self.buy(size=1) if not self.position else self.close()
+
+
+def test_one_timestamp_format_everywhere_across_dst(tmp_path):
+    # 1-minute bars every 6 hours from Saturday 2024-03-09 18:00 to Monday: the clocks change
+    # on Sunday 2024-03-10 at 02:00 New York (-05:00 before, -04:00 after)
+    from m2k_bt.report import ny_index_iso, ny_iso
+
+    idx = pd.DatetimeIndex(["2024-03-09 18:00", "2024-03-10 12:00", "2024-11-03 01:30",
+                            "2024-11-03 01:30", "2024-11-03 03:00"])
+    assert ny_index_iso(idx) == [
+        "2024-03-09T18:00:00-05:00", "2024-03-10T12:00:00-04:00",
+        "2024-11-03T01:30:00-04:00", "2024-11-03T01:30:00-05:00",  # the repeated hour, inferred
+        "2024-11-03T03:00:00-05:00",
+    ]
+    assert ny_iso(pd.Timestamp("2024-03-10 12:00")) == "2024-03-10T12:00:00-04:00"
+    assert ny_iso(pd.Timestamp("2024-03-10 17:00", tz="UTC")) == "2024-03-10T13:00:00-04:00"
+
+
+def test_money_rounded_to_the_cent_ratios_to_four_decimals(hand_result):
+    noisy = dataclasses.replace(hand_result, final_value=CASH + 130.81999999999,
+                                metrics=dict(hand_result.metrics, sharpe=1.234567891,
+                                             cagr=0.123456789123))
+    res = build_report(noisy)["results"]
+    assert res["final_value"] == round(CASH + 130.82, 2)  # the cent
+    assert res["sharpe"] == 1.2346  # a ratio: 4 decimals
+    assert res["cagr"] == 0.1234567891  # a fraction: 10 significant digits
+    assert res["max_drawdown_pct"] == round(res["max_drawdown_pct"], 4)
+
+
+def test_rerun_reproduces_the_run_exactly(tmp_path):
+    from conftest import rth_bars, write_bars_csv
+
+    from m2k_bt.cli import main
+
+    data = write_bars_csv(rth_bars(), tmp_path / "m2k_5min.csv")
+    first = tmp_path / "first"
+    assert main(["--data", data, "--out", str(first), "--param", "fast=12", "--param",
+                 "slow=40", "--param", "stop_atr=2.5", "--sizer-param", "kelly_scale=0.3",
+                 "--slippage-ticks", "1", "--cash", "30000", "--avoid-events", "fomc,cpi",
+                 "--event-window", "15,30", "--no-plot", "--quiet"]) == 0
+    report = json.loads((first / "report.json").read_text())
+    assert report["inputs"]["events"]["event_before"] == 15.0
+    strat = report["inputs"]["strategy"]
+    assert strat["params"]["fast"] == 12 and strat["param_types"]["fast"] == "int"
+    assert strat["params"]["stop_atr"] == 2.5 and strat["param_types"]["stop_atr"] == "float"
+    assert strat["params"]["target_ticks"] is None  # a default, recorded too
+    assert strat["param_types"]["target_ticks"] == "int|None"
+    assert report["inputs"]["sizer"]["params"]["kelly_scale"] == 0.3
+    (f,) = report["inputs"]["data"]["files"]
+    import hashlib
+
+    assert f["sha256"] == hashlib.sha256(Path(data).read_bytes()).hexdigest()
+    assert report["inputs"]["data"]["roll"] == "calendar"
+    assert report["inputs"]["data"]["adjust"] == "add"
+
+    again = tmp_path / "again"
+    assert main(["--rerun", str(first / "report.json"), "--out", str(again), "--no-plot",
+                 "--quiet"]) == 0
+    assert (again / "trades.csv").read_bytes() == (first / "trades.csv").read_bytes()
+    assert (again / "equity.csv").read_bytes() == (first / "equity.csv").read_bytes()
+    rerun = json.loads((again / "report.json").read_text())
+    assert rerun["inputs"] == report["inputs"] and rerun["results"] == report["results"]
+
+
+def test_rerun_refuses_a_changed_data_file(tmp_path, capsys):
+    from conftest import rth_bars, write_bars_csv
+
+    from m2k_bt.cli import main
+
+    data = write_bars_csv(rth_bars(end="2024-02-23"), tmp_path / "m2k_5min.csv")
+    assert main(["--data", data, "--out", str(tmp_path / "a"), "--no-plot", "--quiet"]) == 0
+    with open(data, "a") as fh:
+        fh.write("\n")
+    assert main(["--rerun", str(tmp_path / "a" / "report.json"), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "changed since the report" in err and err.count("\n") == 1
+    assert main(["--rerun", str(tmp_path / "missing.json")]) == 2

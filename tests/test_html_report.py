@@ -1,0 +1,373 @@
+"""report.html, study.html and walkforward.html: their content as Bokeh models, and the files
+opened from disk in a real headless Chromium (skipped, with the reason, where it is absent)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from conftest import rth_bars, write_bars_csv
+
+from m2k_bt import html_report as hr
+from m2k_bt.cli import main
+from m2k_bt.report import build_report
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+CHROMEDRIVER = shutil.which("chromedriver")
+
+
+# -------------------------------------------------------------------------------------------
+# a real run through the command line
+# -------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def data_csv(tmp_path_factory):
+    # 2024-02-20 .. 2024-03-28 09:35-16:00: 28 days x 78 bars = 2,184 bars, across the DST
+    # change of 2024-03-10 (offsets -05:00 then -04:00)
+    path = tmp_path_factory.mktemp("data") / "m2k_html_5min.csv"
+    return write_bars_csv(rth_bars(), path)
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory, data_csv):
+    out = tmp_path_factory.mktemp("run") / "out"
+    code = main(["--data", data_csv, "--out", str(out), "--param", "fast=10",
+                 "--param", "slow=30", "--param", "stop_ticks=60",
+                 "--sizer-param", "min_trades=5", "--quiet"])
+    assert code == 0
+    return out
+
+
+def _trade_rows(run_dir: Path) -> list[dict]:
+    with open(run_dir / "trades.csv", newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def test_report_html_written_self_contained(run_dir):
+    page = (run_dir / "report.html").read_text()
+    assert "Bokeh" in page and "<script src=" not in page  # every resource inline
+    assert "cdn.bokeh.org" not in page
+    report = json.loads((run_dir / "report.json").read_text())
+    assert report["files"]["report.html"] == "html"
+
+
+def test_no_plot_skips_html_and_pngs(tmp_path, data_csv):
+    out = tmp_path / "np"
+    assert main(["--data", data_csv, "--out", str(out), "--no-plot", "--quiet"]) == 0
+    names = {p.name for p in out.iterdir()}
+    assert names == {"report.json", "trades.csv", "equity.csv"}
+
+
+def test_open_flag_opens_report_html(tmp_path, data_csv, monkeypatch):
+    import webbrowser
+
+    opened = []
+    monkeypatch.setattr(webbrowser, "open", lambda url, *a, **k: opened.append(url) or True)
+    out = tmp_path / "op"
+    assert main(["--data", data_csv, "--out", str(out), "--open", "--quiet"]) == 0
+    assert opened == [(out / "report.html").resolve().as_uri()]
+    opened.clear()
+    assert main(["--data", data_csv, "--out", str(tmp_path / "op2"), "--quiet"]) == 0
+    assert opened == []  # only when asked
+
+
+# -------------------------------------------------------------------------------------------
+# the models, without a browser
+# -------------------------------------------------------------------------------------------
+
+
+def test_levels_and_aggregation_known_answer():
+    assert hr._levels(1500) == [1]
+    assert hr._levels(1501) == [1, 4]  # ceil(1501 / 4) = 376 candles
+    assert hr._levels(140_000) == [1, 4, 16, 64, 256]  # 140,000 / 256 = 547 <= 1,500
+    bars = pd.DataFrame({
+        "open": [10.0, 11, 12, 13, 14],
+        "high": [12.0, 15, 13, 14, 20],
+        "low": [9.0, 10, 8, 12, 13],
+        "close": [11.0, 12, 13, 14, 19],
+    }, index=[0.0, 1000, 2000, 3000, 4000])
+    agg = hr._aggregate(bars, 4)
+    # bucket 1 = bars 0-3: open 10 (first), high 15 (max), low 8 (min), close 14 (last)
+    # bucket 2 = bar 4 alone; x at the middle of a bucket's first and last bar
+    assert agg["open"].tolist() == [10, 14] and agg["high"].tolist() == [15, 20]
+    assert agg["low"].tolist() == [8, 13] and agg["close"].tolist() == [14, 19]
+    assert agg["t"].tolist() == [1500.0, 4000.0] and agg["up"].tolist() == [1, 1]
+
+
+def test_line_decimation_keeps_every_bucket_extreme():
+    rng = np.random.default_rng(3)
+    value = rng.normal(size=10_000).cumsum()
+    rows = hr._line_rows(len(value), value, max_points=1000)
+    assert len(rows) <= 1000 and np.all(np.diff(rows) > 0)
+    assert value.argmin() in rows and value.argmax() in rows
+    assert hr._line_rows(50, value[:50], max_points=1000).tolist() == list(range(50))
+
+
+def _models(layout, name):
+    return [m for m in layout.references() if getattr(m, "name", None) == name]
+
+
+def test_layout_marks_every_trade_and_hover_shows_its_row(run_dir):
+    # rebuild the layout from a fresh run of the same data to inspect the models
+    from m2k_bt.engine import BacktestConfig, run_backtest
+
+    data = rth_bars()
+    result = run_backtest(data, BacktestConfig(params={"fast": 10, "slow": 30,
+                                                       "stop_ticks": 60},
+                                               sizer_params={"min_trades": 5}))
+    layout = hr.report_layout(result, build_report(result))
+    (trades,) = _models(layout, "trades")
+    assert len(trades.data["entry_dt"]) == len(result.trades) == len(_trade_rows(run_dir))
+    (hover,) = _models(layout, "trade_hover")
+    fields = dict(hover.tooltips)
+    assert fields["net_pnl"] == "@{net_pnl}{$0,0.00}" and fields["exit_reason"] == "@{exit_reason}"
+    # a stop exit is drawn with the stop's marker; stop levels when the trades log them
+    reasons = set(trades.data["exit_reason"])
+    assert "stop" in reasons
+    # linked panels share the price chart's x range
+    panels = [m for m in layout.references() if getattr(m, "name", None) in
+              ("price", "equity", "drawdown", "position", "margin")]
+    assert len(panels) == 5 and len({id(p.x_range) for p in panels}) == 1
+    # 2,184 bars: levels of 1 and 4 bars (2184 / 4 = 546 buckets)
+    assert [len(m.data["t"]) for m in (_models(layout, "ohlc_1") + _models(layout, "ohlc_4"))] \
+        == [2184, 546]
+
+
+def test_costs_breakdown_and_monthly_returns_known_answer():
+    report = {"results": {"commission": 12.4, "slippage": 5.0},
+              "inputs": {"costs": {"commission": 0.62, "slippage_ticks": 1.0},
+                         "contract": {"tick_value": 0.5}}}
+    trades = pd.DataFrame({"exit_reason": ["roll", "signal", "roll"], "contracts": [2, 5, 1]})
+    # rolls: 3 contracts rolled x 2 sides x ($0.62 + 1 tick x $0.50) = 6.72
+    assert hr.costs_breakdown(report, trades) == {"commission": 12.4, "slippage": 5.0,
+                                                  "rolls": 6.72}
+
+    class R:
+        start_value = 1000.0
+        equity = pd.DataFrame({"value": [1000.0, 1100.0, 1045.0, 990.0]},
+                              index=pd.to_datetime(["2024-01-02", "2024-01-31", "2024-02-15",
+                                                    "2024-02-28"]))
+
+    monthly = hr._monthly_returns(R())
+    # Jan: 1100 / 1000 - 1 = +10 %; Feb: 990 / 1100 - 1 = -10 %
+    assert monthly["month"].tolist() == ["Jan", "Feb"]
+    assert monthly["ret"].tolist() == pytest.approx([10.0, -10.0])
+
+
+def test_study_and_walkforward_html_from_plain_results(tmp_path):
+    trials = [{"number": i, "value": float(-(a - 20) ** 2 - (b - 50) ** 2),
+               "params": {"fast": a, "slow": b}}
+              for i, (a, b) in enumerate((a, b) for a in (10, 20, 30) for b in (40, 50))]
+    study = {"trials": trials, "objective": "sharpe", "best_params": {"fast": 20, "slow": 50},
+             "best_value": 0.0, "dsr": 0.91, "pbo": 0.2}
+    path = hr.write_study_html(study, tmp_path / "study.html")
+    layout = hr.study_layout(study)
+    assert _models(layout, "param_heatmap") and _models(layout, "objective_fig")
+    page = path.read_text()
+    assert "Deflated Sharpe ratio" in page and "0.910" in page and "0.200" in page
+    three = dict(study, trials=[dict(t, params=dict(t["params"], stop=5)) for t in trials])
+    assert _models(hr.study_layout(three), "parallel_fig")  # beyond two parameters
+
+    idx = pd.date_range("2024-01-01", periods=30, freq="D")
+    wf = {"folds": [{"fold": i, "test_start": str(idx[10 * i].date()), "oos_sharpe": 0.5 + i,
+                     "best_params": {"fast": 10 + i}} for i in range(3)],
+          "oos_equity": pd.Series(np.linspace(25_000, 26_000, 30), index=idx),
+          "efficiency": 0.62}
+    path = hr.write_walkforward_html(wf, tmp_path / "walkforward.html")
+    layout = hr.walkforward_layout(wf)
+    assert _models(layout, "oos_equity") and _models(layout, "stability_fast")
+    assert "0.620" in path.read_text()
+
+
+# -------------------------------------------------------------------------------------------
+# in a real browser
+# -------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def browser(tmp_path_factory):
+    if not (CHROMIUM and CHROMEDRIVER):
+        pytest.skip("headless Chromium and chromedriver are not installed (Debian: apt-get "
+                    "install chromium chromium-driver); the browser tests need them")
+    webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed")
+    from selenium.webdriver.chrome.service import Service
+
+    opts = webdriver.ChromeOptions()
+    profile = tmp_path_factory.mktemp("chrome-profile")
+    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic",
+                "--no-first-run", "--disable-background-networking",
+                "--disable-component-update", "--disable-sync", "--window-size=1400,1800",
+                f"--user-data-dir={profile}"):
+        opts.add_argument(arg)
+    opts.binary_location = CHROMIUM
+    opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=opts)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+def _open(driver, path: Path) -> list[dict]:
+    """Load a file:// page, wait until Bokeh has rendered it; return the console log."""
+    driver.get(path.resolve().as_uri())
+    for _ in range(300):
+        if driver.execute_script(
+            "return !!(window.Bokeh && Bokeh.documents.length && Bokeh.index && "
+            "Object.keys(Bokeh.index).length)"
+        ):
+            break
+        time.sleep(0.1)
+    else:
+        pytest.fail(f"Bokeh never rendered {path.name}")
+    time.sleep(1.0)
+    return driver.get_log("browser")
+
+
+def _errors(log: list[dict]) -> list[str]:
+    return [e["message"] for e in log if e["level"] in ("SEVERE", "ERROR")]
+
+
+# Finds the Bokeh view of a named plot: Bokeh.index.roots are the root views, and every view
+# yields its child views from children().
+_VIEW_JS = """
+function findView(name) {
+  const stack = [...Bokeh.index.roots];
+  while (stack.length) {
+    const v = stack.pop();
+    if (v.model && v.model.name === name) { return v; }
+    for (const c of v.children()) { stack.push(c); }
+  }
+  return null;
+}
+"""
+
+
+def _canvas_painted(driver, name: str) -> int:
+    """Distinct colours in the plot's canvas (1 = blank)."""
+    return driver.execute_script(_VIEW_JS + """
+      const v = findView(arguments[0]);
+      const c = v.canvas_view.primary.canvas;
+      const ctx = c.getContext('2d');
+      const px = ctx.getImageData(0, 0, c.width, c.height).data;
+      const seen = new Set();
+      for (let i = 0; i < px.length; i += 4 * 97) {
+        seen.add((px[i] << 16) | (px[i + 1] << 8) | px[i + 2]);
+      }
+      return seen.size;""", name)
+
+
+def _page_xy(driver, name: str, x: float, y: float) -> tuple[float, float]:
+    """Viewport coordinates of data point (x, y) of a plot."""
+    return tuple(driver.execute_script(_VIEW_JS + """
+      const v = findView(arguments[0]);
+      const r = v.canvas_view.el.getBoundingClientRect();
+      const sx = v.frame.x_scale.compute(arguments[1]);
+      const sy = v.frame.y_scale.compute(arguments[2]);
+      return [r.left + sx, r.top + sy];""", name, x, y))
+
+
+def _tooltip_text(driver) -> str:
+    """Text of every visible Bokeh tooltip (they live in shadow roots)."""
+    return driver.execute_script("""
+      const out = [];
+      const walk = (root) => {
+        for (const el of root.querySelectorAll('*')) {
+          if (el.shadowRoot) { walk(el.shadowRoot); }
+          if (el.classList && [...el.classList].some(c => c.includes('tooltip'))
+              && el.offsetParent !== null) { out.push(el.innerText); }
+        }
+      };
+      walk(document);
+      return out.join('\\n');""")
+
+
+def test_report_html_in_chromium(browser, run_dir, tmp_path):
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.actions.action_builder import ActionBuilder
+    from selenium.webdriver.common.actions.wheel_input import ScrollOrigin
+
+    log = _open(browser, run_dir / "report.html")
+    assert _errors(log) == []
+    for name in ("price", "equity", "drawdown", "position", "margin", "monthly_fig",
+                 "pnl_hist", "kelly_fig"):
+        assert _canvas_painted(browser, name) > 2, f"{name} canvas is blank"
+
+    rows = _trade_rows(run_dir)
+    marks = browser.execute_script(
+        "const m = Bokeh.documents[0].get_model_by_name('trades');"
+        "return [m.data.entry_dt.length, m.data.x_exit.length];")
+    assert marks == [len(rows), len(rows)] and len(rows) > 5
+
+    # hover the entry mark of the biggest winner: the tooltip shows its trades.csv row
+    trades = browser.execute_script(
+        "const d = Bokeh.documents[0].get_model_by_name('trades').data;"
+        "return [Array.from(d.x_entry), Array.from(d.entry_price), Array.from(d.net_pnl)];")
+    best = int(np.argmax(trades[2]))
+    x, y = _page_xy(browser, "price", trades[0][best], trades[1][best])
+    action = ActionBuilder(browser)
+    action.pointer_action.move_to_location(int(x) + 1, int(y) + 1)
+    action.perform()
+    time.sleep(0.5)
+    action.pointer_action.move_to_location(int(x), int(y))
+    action.perform()
+    time.sleep(0.8)
+    text = _tooltip_text(browser)
+    assert "net_pnl" in text and rows[best]["entry_dt"] in text
+    assert f"net_pnl:\n${float(rows[best]['net_pnl']):,.2f}" in text  # a winner: no sign
+
+    # zoom with the mouse wheel over the price chart: the visible range narrows, every linked
+    # panel follows, and the full-resolution candles replace the 4-bar buckets
+    def state():
+        return browser.execute_script("""
+          const doc = Bokeh.documents[0], xr = doc.get_model_by_name('price_x');
+          const eq = doc.get_model_by_name('equity');
+          const vis = (n) => doc.get_model_by_name(n) && [...doc.all_models].filter(
+              m => m.data_source && m.data_source.name === n).map(m => m.visible);
+          return [xr.start, xr.end, eq.x_range.start, eq.x_range.end, vis('ohlc_1'),
+                  vis('ohlc_4')];""")
+
+    before = state()
+    assert before[4] == [False, False] and before[5] == [True, True]
+    browser.save_screenshot(str(tmp_path / "report.png"))
+    cx, cy = _page_xy(browser, "price", trades[0][best], trades[1][best])
+    for _ in range(6):
+        ActionChains(browser).scroll_from_origin(
+            ScrollOrigin.from_viewport(int(cx), int(cy)), 0, -300).perform()
+        time.sleep(0.3)
+    time.sleep(0.5)
+    after = state()
+    assert after[1] - after[0] < 0.5 * (before[1] - before[0])
+    assert after[2:4] == after[0:2]
+    assert after[4] == [True, True] and after[5] == [False, False]
+    assert _errors(browser.get_log("browser")) == []
+
+    shot = tmp_path / "report-zoomed.png"
+    browser.save_screenshot(str(shot))
+    assert shot.stat().st_size > 10_000 and (tmp_path / "report.png").stat().st_size > 10_000
+
+
+def test_study_and_walkforward_html_in_chromium(browser, tmp_path):
+    trials = [{"number": i, "value": float(-(a - 20) ** 2 - (b - 50) ** 2),
+               "params": {"fast": a, "slow": b}}
+              for i, (a, b) in enumerate((a, b) for a in (10, 20, 30) for b in (40, 50))]
+    study = hr.write_study_html({"trials": trials, "objective": "sharpe", "dsr": 0.9,
+                                 "pbo": 0.1}, tmp_path / "study.html")
+    assert _errors(_open(browser, study)) == []
+    assert _canvas_painted(browser, "param_heatmap") > 2
+    idx = pd.date_range("2024-01-01", periods=30, freq="D")
+    wf = hr.write_walkforward_html(
+        {"folds": [{"fold": i, "test_start": str(idx[10 * i].date()),
+                    "best_params": {"fast": 10 + i}} for i in range(3)],
+         "oos_equity": pd.Series(np.linspace(25_000, 26_000, 30), index=idx),
+         "efficiency": 0.5}, tmp_path / "walkforward.html")
+    assert _errors(_open(browser, wf)) == []
+    assert _canvas_painted(browser, "oos_fig") > 2
+    browser.save_screenshot(str(tmp_path / "walkforward.png"))
