@@ -99,6 +99,7 @@ _KNOWN_FIELDS = {
     "strategy", "params", "sizer", "sizer_params", "spec", "cash", "commission", "margin",
     "maintenance_margin", "intraday_margin", "slippage_ticks", "start", "end", "resample",
     "rth_only", "runonce", "preload", "analyzers", "plot", "seed", "data_path", "data_rows",
+    "data_options",  # provenance: how the bars were loaded (already loaded when we run)
 }
 _SIZER_PARAMS = {
     "fixed": set(FixedContracts.params._getkeys()),
@@ -150,11 +151,6 @@ def supported(config: BacktestConfig) -> tuple[bool, str]:
         if getattr(config, name, default) != default:
             return False, f"config field {name}={getattr(config, name)!r} is not modelled by " \
                           f"the kernel"
-    intraday = config.intraday_margin
-    if intraday is None and isinstance(config.spec, ContractSpec):
-        intraday = config.spec.intraday_margin
-    if intraday is not None:
-        return False, f"intraday margin (intraday_margin={intraday}) is not modelled by the kernel"
     values = cls.validate_params(dict(config.params))
     known = _KNOWN_PARAMS[cls]
     base = dict(cls.params._getitems())
@@ -192,7 +188,8 @@ class KernelData:
         idx = selected.index
         if idx.tz is not None:
             idx = idx.tz_convert("America/New_York").tz_localize(None)
-        self.times = _num2datetime64(_date2num(idx))  # bar times exactly as backtrader's
+        self.num = _date2num(idx)  # backtrader's float times
+        self.times = _num2datetime64(self.num)  # bar times exactly as backtrader's
         self.tod = (self.times - self.times.astype("datetime64[D]")).astype("int64")  # us
         steps = np.diff(idx.as_unit("ns").asi8)
         spacing = float(np.median(steps)) / 60e9 if len(steps) else None
@@ -215,6 +212,20 @@ class KernelData:
         if self._dtindex is None:
             self._dtindex = pd.DatetimeIndex(self.times, name="datetime")
         return self._dtindex
+
+    def intraday_window(self, start: str = "09:30", end: str = "15:45") -> np.ndarray:
+        """Bars inside ``FuturesBroker``'s intraday-margin window, by its own rule (fraction
+        of the day of backtrader's float time, plus 1e-7 day)."""
+        key = ("window", start, end)
+
+        def make():
+            from .broker import _day_fraction
+
+            lo = _day_fraction(_dt.time.fromisoformat(start))
+            hi = _day_fraction(_dt.time.fromisoformat(end))
+            frac = self.num % 1.0 + 1e-7
+            return (lo <= frac) & (frac < hi)
+        return self._get(key, make)
 
     def when(self, i: int) -> _dt.datetime:
         """Bar ``i``'s time as a naive ``datetime``, as backtrader's ``num2date`` gives it."""
@@ -523,9 +534,12 @@ def simulate(bars, config: BacktestConfig | None = None) -> KernelResult:
     fp[loop.FP_MAXEXP] = float(sp.get("max_exposure", 2.0))
     fp[loop.FP_P10] = 10.0 ** decimals
 
-    value, cash, pos, trades, dec, mev, counters, costs = loop.run_loop(
+    im = ci.p.intraday_margin
+    fp[loop.FP_INTRADAY] = float(im) if im is not None else np.nan
+    inwin = data.intraday_window()
+    value, cash, pos, trades, dec, mev, counters, costs, active = loop.run_loop(
         data.open, data.high, data.low, data.close, data.ct, sig, mid, allow_long, allow_short,
-        rth, flatw, data.roll, stop_n, target_n, ip, fp)
+        rth, flatw, data.roll, stop_n, target_n, inwin, ip, fp)
     if counters[4]:
         what = {1: "a partly executed order", 2: "re-protecting a partly liquidated position",
                 3: "too many bracket groups"}[int(counters[4])]
@@ -533,7 +547,7 @@ def simulate(bars, config: BacktestConfig | None = None) -> KernelResult:
                              f"configuration in cerebro")
     elapsed = time.perf_counter() - t0
     return _result(config, data, ci, value, cash, pos, trades, dec, mev, counters, costs,
-                   elapsed)
+                   active, elapsed)
 
 
 def _check_kelly(sp: dict) -> None:
@@ -564,7 +578,7 @@ def _none(x: float):
 
 
 def _result(config, data: KernelData, ci, value, cash, pos, trades, dec, mev, counters, costs,
-            elapsed) -> KernelResult:
+            active, elapsed) -> KernelResult:
     tick = float(ci.p.tick_size)
     mult = float(ci.p.mult)
     tick_value = round(tick * mult, 10)
@@ -650,6 +664,13 @@ def _result(config, data: KernelData, ci, value, cash, pos, trades, dec, mev, co
                                       requirement=float(r[3]), contracts=size,
                                       data_name=config.spec.root,
                                       action=f"liquidate {abs(size)} contracts at next open"))
+        elif k == 2:
+            allowed = max(0, int(np.floor(max(float(r[2]), 0.0) / float(ci.p.margin))))
+            events.append(MarginEvent(
+                dt=when(i), kind="intraday_cutback", equity=float(r[2]),
+                requirement=float(r[3]), contracts=size, data_name=config.spec.root,
+                action=f"cut back {abs(size) - allowed} contracts at next open (equity "
+                       f"supports {allowed})"))
         else:
             events.append(MarginEvent(dt=when(i), kind="negative_equity", equity=float(r[2]),
                                       requirement=0.0, contracts=size,
@@ -663,7 +684,7 @@ def _result(config, data: KernelData, ci, value, cash, pos, trades, dec, mev, co
     if config.analyzers:
         final = float(value[-1]) if len(value) else start_value
         analysis["costs"] = _costs(costs, final - start_value)
-        analysis["margin"] = _margin(data, ci, value, pos, events)
+        analysis["margin"] = _margin(data, ci, value, pos, events, active)
         analysis["kelly"] = _kelly_log(decisions, config)
         analysis = {k: analysis[k] for k in ("trades", "costs", "margin", "kelly", "returns",
                                               "equity")}
@@ -745,7 +766,7 @@ def _costs(costs, change: float) -> dict:
     }
 
 
-def _margin(data: KernelData, ci, value, pos, events) -> dict:
+def _margin(data: KernelData, ci, value, pos, events, active) -> dict:
     """:class:`~m2k_bt.analyzers.MarginExposure`'s keys, from the equity curve."""
     from collections import Counter
 
@@ -755,8 +776,10 @@ def _margin(data: KernelData, ci, value, pos, events) -> dict:
     size = np.abs(pos)
     market = size != 0
     idx = np.flatnonzero(market)
-    init = size[idx] * float(ci.p.margin)
-    maint = size[idx] * float(ci.p.maintenance_margin)
+    im = ci.p.intraday_margin
+    on = active[idx] if im is not None else np.zeros(len(idx), dtype=bool)
+    init = size[idx] * np.where(on, float(im or 0.0), float(ci.p.margin))
+    maint = size[idx] * np.where(on, float(im or 0.0), float(ci.p.maintenance_margin))
     notional = size[idx] * data.close[idx] * float(ci.p.mult)
     equity = value[idx]
     out_low = low_i = None

@@ -204,21 +204,35 @@ CASES = [
     ("adaptive", _STRESS, BacktestConfig(
         strategy="adaptive", params={"vol_threshold": 0.003, "target_atr": 2.0},
         sizer_params={**KELLY_FAST, "paper_trades": False})),
+    ("intraday cut-backs", _STRESS, BacktestConfig(
+        strategy="bollinger", sizer="kelly", cash=3000.0, intraday_margin=200.0,
+        params={"stop_ticks": 30, "target_ticks": 30},
+        sizer_params={**KELLY_FAST, "kelly_scale": 1.0, "max_fraction": 1.0,
+                      "max_exposure": 50.0})),
+    ("intraday fixed", _CALM, BacktestConfig(
+        strategy="sma", sizer="fixed", cash=5000.0, intraday_margin=300.0,
+        sizer_params={"contracts": 10},
+        params={"fast": 10, "slow": 30, "stop_ticks": 60, "target_ticks": 120})),
+    ("intraday plain", _CALM, BacktestConfig(
+        strategy="sma", sizer="fixed", cash=4000.0, intraday_margin=400.0,
+        sizer_params={"contracts": 6}, params={"fast": 10, "slow": 30})),
     ("sma adx", _STRESS, BacktestConfig(strategy="sma", sizer="fixed",
                                         params={"fast": 10, "slow": 30, "adx_min": 25.0})),
 ]
 
 
 def test_named_cases_agree_and_cover_every_reason_and_cap():
-    reasons, bindings = set(), set()
+    reasons, bindings, events = set(), set(), set()
     for name, bars, config in CASES:
         ref, got = assert_parity(bars, config)
         reasons |= {t["exit_reason"] for t in got.trades}
         bindings |= {d.binding for d in got.decisions}
+        events |= {e.kind for e in got.margin_events}
         assert got.trades or got.decisions, name
     assert reasons == set(KERNEL_EXIT_REASONS), set(KERNEL_EXIT_REASONS) - reasons
     assert set(EXIT_REASONS) - reasons == {"event"}  # event filters run in cerebro
     assert bindings == set(BINDINGS), set(BINDINGS) - bindings
+    assert events >= {"margin_call", "intraday_cutback"}, events
 
 
 @st.composite
@@ -273,6 +287,7 @@ def configs(draw):
         slippage_ticks=float(draw(st.integers(0, 3))),
         commission=draw(st.sampled_from([None, 0.0, 2.5])),
         margin=draw(st.sampled_from([None, 1500.0])),
+        intraday_margin=draw(st.sampled_from([None, None, 150.0, 400.0])),
         rth_only=draw(st.booleans()),
     )
 
@@ -370,10 +385,10 @@ class MyStrategy(M2KStrategy):
 def test_unsupported_configs_say_why():
     assert supported(BacktestConfig(strategy=MyStrategy))[0] is False
     assert "MyStrategy" in supported(BacktestConfig(strategy=MyStrategy))[1]
-    ok, why = supported(BacktestConfig(intraday_margin=300.0))
-    assert not ok and "intraday" in why
-    with pytest.raises(KernelUnsupported, match="intraday"):
-        simulate(make_bars(300), BacktestConfig(intraday_margin=300.0))
+    ok, why = supported(BacktestConfig(avoid_events="fomc"))
+    assert not ok and "avoid_events" in why
+    with pytest.raises(KernelUnsupported, match="avoid_events"):
+        simulate(make_bars(300), BacktestConfig(avoid_events="fomc"))
     for strategy in ("sma", "bollinger", "adaptive"):
         for sizer in ("fixed", "kelly"):
             assert supported(BacktestConfig(strategy=strategy, sizer=sizer)) == (True, "")
@@ -430,7 +445,9 @@ def test_cli_engine_kernel_writes_the_same_outputs(tmp_path, capsys):
 
     data_csv = write_bars_csv(rth_bars(), tmp_path / "m2k_5min.csv")
     ref, ref_trades, ref_equity = _outputs(tmp_path, "cerebro", data_csv)
+    capsys.readouterr()
     got, got_trades, got_equity = _outputs(tmp_path, "kernel", data_csv, "--engine", "kernel")
+    assert capsys.readouterr().err == ""  # the kernel ran: no fallback note
     assert got_trades == ref_trades and ref_trades.count("\n") > 5
     assert got_equity == ref_equity
     _same_tree(ref["results"], got["results"], "results")
@@ -438,8 +455,8 @@ def test_cli_engine_kernel_writes_the_same_outputs(tmp_path, capsys):
     assert got["warnings"] == ref["warnings"]
     # a configuration the kernel does not model runs in cerebro, saying why
     capsys.readouterr()
-    _outputs(tmp_path, "fallback", data_csv, "--engine", "kernel", "--intraday-margin", "300")
-    assert "running in cerebro: intraday margin" in capsys.readouterr().err
+    _outputs(tmp_path, "fallback", data_csv, "--engine", "kernel", "--avoid-events", "fomc")
+    assert "running in cerebro: config field avoid_events" in capsys.readouterr().err
 
 
 def test_run_backtest_fast_is_a_drop_in_for_the_optimiser():
@@ -451,7 +468,7 @@ def test_run_backtest_fast_is_a_drop_in_for_the_optimiser():
     fast = run_backtest_fast(bars, config)
     assert isinstance(fast, KernelResult)
     assert run_backtest_fast(bars, config).final_value == fast.final_value
-    slow = run_backtest_fast(bars, config.replace(intraday_margin=300.0))  # cerebro
+    slow = run_backtest_fast(bars, config.replace(avoid_events="fomc"))  # cerebro
     assert not isinstance(slow, KernelResult)
     a = evaluate_params(bars, config, {"fast": 8}, "sharpe", 1, run_backtest_fast)
     b = evaluate_params(bars, config, {"fast": 8}, "sharpe", 1)
