@@ -129,8 +129,8 @@ def _strategy_class(config: BacktestConfig):
 def supported(config: BacktestConfig) -> tuple[bool, str]:
     """Whether :func:`simulate` models ``config`` exactly, and if not, why (one line).
 
-    >>> supported(BacktestConfig(sizer="fixed", intraday_margin=400.0))[1]
-    'intraday margin (intraday_margin=400.0) is not modelled by the kernel'
+    >>> supported(BacktestConfig(sizer="fixed", avoid_events="fomc"))[1]
+    "config field avoid_events='fomc' is not modelled by the kernel"
     """
     cls = resolve_strategy(config.strategy)
     if cls not in _KINDS:
