@@ -8,8 +8,10 @@ exits with status 2; no traceback.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -81,19 +83,26 @@ def backtest_main(argv: list[str]) -> int:
         print(_list_strategies())
         return 0
     from .engine import run_backtest
+    from .outputs import OutputFolder
     from .report import format_summary, write_outputs
 
-    bars, config = config_from_args(args)
-    out = Path(args.out) if args.out else default_out(config.strategy_name)
-    progress = ProgressBar("bars", enabled=not args.quiet)
-    result = None
-    if args.engine == "kernel":
-        from .kernel import run_kernel_or_say_why
+    out = Path(args.out) if args.out else default_out(args.strategy)
+    # the folder is checked and locked before the data is loaded, and stays locked to the end
+    with OutputFolder(out):
+        bars, config = config_from_args(args)
+        progress = ProgressBar("bars", enabled=not args.quiet)
+        result = None
+        if args.engine == "kernel":
+            from .kernel import run_kernel_or_say_why
 
-        result = run_kernel_or_say_why(bars, config)
-    if result is None:
-        result = run_backtest(bars, config, progress=progress if progress.enabled else None)
-    paths = write_outputs(result, out, plot=not args.no_plot)
+            result = run_kernel_or_say_why(bars, config)
+        try:
+            if result is None:
+                result = run_backtest(bars, config,
+                                      progress=progress if progress.enabled else None)
+        finally:
+            progress.close()
+        paths = write_outputs(result, out, plot=not args.no_plot)
     if not args.quiet:
         # print what was saved, so the summary and report.json cannot differ
         report = json.loads(Path(paths["report"]).read_text())
@@ -106,23 +115,99 @@ def backtest_main(argv: list[str]) -> int:
     return 0
 
 
+#: Library hints that speak Python, and the command line's words for them.
+_PYTHON_HINTS = (
+    (re.compile(r" / [A-Za-z_]+=[^,)]*"), ""),  # "(--lenient / lenient=True)" -> "(--lenient)"
+    (re.compile(r"pass spec=None|spec=None"), "--contract none"),
+    (re.compile(r"lenient=True"), "--lenient"),
+    (re.compile(r"snap_to_tick=True"), "--snap-to-tick"),
+    (re.compile(r"(?<![\w-])tz="), "--tz "),
+    (re.compile(r"(?<![\w-])fmt="), "--format "),
+)
+
+
+def cli_message(message: str) -> str:
+    """A library error message in the command line's words: its flags, not Python arguments.
+
+    >>> cli_message("skip the checks (--contract none / spec=None) or pass tz='UTC'")
+    "skip the checks (--contract none) or pass --tz 'UTC'"
+    >>> cli_message("check fmt/tz (--format / fmt=, --tz / tz=)")
+    'check fmt/tz (--format, --tz)'
+    """
+    for pattern, words in _PYTHON_HINTS:
+        message = pattern.sub(words, message)
+    return " ".join(message.split())  # one line
+
+
+@contextlib.contextmanager
+def _checked_out(argv: list[str]):
+    """Check a subcommand's ``--out`` (or ``results``) can be written before it loads any data;
+    a folder made only for the check and left empty is removed again."""
+    if {"-h", "--help", "--status"} & set(argv):
+        yield
+        return
+    from .outputs import check_writable
+
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--out")
+    known, _ = pre.parse_known_args(argv)
+    folder = Path(known.out) if known.out else Path("results")
+    created = not folder.exists()
+    check_writable(folder)
+    try:
+        yield
+    finally:
+        if created:
+            with contextlib.suppress(OSError):
+                folder.rmdir()  # only when empty
+
+
+def _stdout_closed() -> bool:
+    """True when nobody reads our stdout any more (the pipe's reader has exited)."""
+    try:
+        import select
+
+        poller = select.poll()
+        poller.register(sys.stdout.fileno(), select.POLLOUT)
+        return any(ev & (select.POLLERR | select.POLLHUP) for _, ev in poller.poll(0))
+    except (AttributeError, OSError, ValueError):  # no poll (Windows), or no real stdout
+        return True
+
+
+def _quiet_stdout() -> None:
+    """After a closed pipe (``| head``): send what is left to /dev/null, so that the
+    interpreter's last flush cannot fail again."""
+    with contextlib.suppress(OSError, ValueError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Entry point; returns the exit status."""
+    """Entry point; returns the exit status (0 done, 2 a user's mistake or an output that
+    cannot be written, 130 interrupted; see README "Guarantees")."""
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
         if argv and argv[0] in SUBCOMMANDS:
             sub, rest = argv[0], argv[1:]
-            if sub == "live":
-                from .cli_live import live_main
+            with _checked_out(rest):
+                if sub == "live":
+                    from .cli_live import live_main
 
-                return live_main(rest)
-            from . import cli_optimize
+                    return live_main(rest)
+                from . import cli_optimize
 
-            return (cli_optimize.optimize_main if sub == "optimize"
-                    else cli_optimize.walkforward_main)(rest)
+                return (cli_optimize.optimize_main if sub == "optimize"
+                        else cli_optimize.walkforward_main)(rest)
         return backtest_main(argv)
+    except BrokenPipeError:
+        if not _stdout_closed():
+            raise  # a socket or a worker's pipe, not our reader: a real failure
+        # the reader went away (``--list-strategies | head -1``): what it wanted it has
+        _quiet_stdout()
+        return 0
     except M2KError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {cli_message(str(exc))}", file=sys.stderr)
         return 2
     except (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError) as exc:
         print(f"error: {exc.strerror or exc}: {exc.filename}", file=sys.stderr)

@@ -100,6 +100,9 @@ def add_common_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--tz", help="timezone of naive timestamps in the file (default: New York)")
     g.add_argument("--lenient", action="store_true",
                    help="repair or drop bad rows (each listed in the report) instead of failing")
+    g.add_argument("--snap-to-tick", action="store_true",
+                   help="round prices off the contract's tick grid to the nearest tick (one "
+                   "report line per repaired price); other checks stay strict")
     g.add_argument("--roll", choices=["calendar", "volume"], default="calendar",
                    help="roll rule for per-contract files (default: calendar)")
     g.add_argument("--adjust", choices=["add", "ratio", "none"], default="add",
@@ -128,7 +131,10 @@ def add_common_args(p: argparse.ArgumentParser) -> None:
                    help="after AGE without a new value (e.g. 3D, 90min) the signal is unknown")
 
     g = p.add_argument_group("contract and costs")
-    g.add_argument("--contract", default="M2K", help="M2K (default) or RTY, or a registered root")
+    g.add_argument("--contract", default="M2K",
+                   help="M2K (default) or RTY, or a registered root; 'none' loads data that is "
+                   "not on a futures tick grid (e.g. the RUT cash index) without the tick and "
+                   "session checks and trades it as M2K")
     g.add_argument("--cash", type=float, default=25_000.0, help="starting equity, $ (25000)")
     g.add_argument("--commission", type=float, help="$ per contract per side (spec: 0.62)")
     g.add_argument("--margin", type=float, help="initial margin $ per contract (spec: 770)")
@@ -168,23 +174,35 @@ def _symbol_of(path: str, df) -> str:
     return m.group(1)
 
 
+#: Report line of a run on data loaded with ``--contract none``.
+NO_CONTRACT_NOTE = ("loaded with --contract none: no tick-grid or Globex-session checks; "
+                    "traded as M2K ($5 per point, 0.10 tick)")
+
+
+def _no_contract(args) -> bool:
+    return str(getattr(args, "contract", "") or "").strip().lower() == "none"
+
+
 def load_data(args):
     """Load ``--data`` (one file, or per-contract files spliced into a continuous series)."""
     from .contracts import get_spec
     from .feeds import load_bars
 
-    spec = get_spec(args.contract)
+    checks = None if _no_contract(args) else get_spec(args.contract)
+    spec = checks or get_spec("M2K")
     paths = args.data or [str(DEFAULT_DATA)]
     frames = {}
     for path in paths:
         if not Path(path).exists():
-            raise DataFeedError(f"data file not found: {path} (check the path, or omit --data "
-                                f"to use the bundled sample)")
-        df = load_bars(path, fmt=args.fmt, tz=args.tz, spec=spec, lenient=args.lenient)
+            raise DataFeedError(f"data file not found: {path} (check the --data path)")
+        df = load_bars(path, fmt=args.fmt, tz=args.tz, spec=checks, lenient=args.lenient,
+                       snap_to_tick=bool(getattr(args, "snap_to_tick", False)))
         frames[path] = df
     if len(frames) == 1:
         (df,) = frames.values()
         df.attrs["path"] = paths[0]
+        if checks is None:
+            df.attrs["report"] = [*(df.attrs.get("report") or []), NO_CONTRACT_NOTE]
         return df
     from .continuous import build_continuous
 
@@ -198,6 +216,8 @@ def load_data(args):
         report.extend(df.attrs.get("report", []) or [])
     out = build_continuous(by_symbol, spec=spec, roll=args.roll, adjust=args.adjust)
     out.attrs["report"] = report + list(out.attrs.get("report", []) or [])
+    if checks is None:
+        out.attrs["report"].append(NO_CONTRACT_NOTE)
     out.attrs["path"] = ", ".join(paths)
     return out
 
@@ -236,7 +256,7 @@ def config_from_args(args):
 
     if args.cash is None or not args.cash > 0:
         raise ConfigError(f"--cash must be a positive number of dollars, got {args.cash}")
-    spec = get_spec(args.contract)
+    spec = get_spec("M2K" if _no_contract(args) else args.contract)
     bars = load_data(args)
     config = BacktestConfig(
         strategy=args.strategy,

@@ -23,7 +23,7 @@ import pandas as pd
 from .broker import FuturesBroker
 from .commission import M2KCommInfo
 from .contracts import M2K, ContractSpec
-from .errors import ConfigError, ParameterError, check_known, did_you_mean
+from .errors import ConfigError, NotEnoughBarsError, ParameterError, check_known, did_you_mean
 from .strategies import resolve_strategy
 
 __all__ = [
@@ -34,6 +34,7 @@ __all__ = [
     "run_backtest",
     "resolve_strategy",
     "select_bars",
+    "min_bars",
     "collect_analysis",
     "collect_warnings",
     "equity_from",
@@ -180,9 +181,9 @@ def _coerce(value, default, what: str):
             except ValueError:
                 return float(text)
     except ValueError:
-        raise ParameterError(
-            f"{what} must be {type(default).__name__}, got {value!r}"
-        ) from None
+        kind = ("true or false" if isinstance(default, bool) else "a whole number"
+                if isinstance(default, int) else "a number")
+        raise ParameterError(f"{what} must be {kind}, got {value!r}") from None
     return text
 
 
@@ -198,7 +199,9 @@ def _check_money(name: str, value, allow_zero: bool = False) -> None:
 
 def select_bars(bars: pd.DataFrame, config: BacktestConfig) -> pd.DataFrame:
     if not isinstance(bars, pd.DataFrame) or bars.empty:
-        raise ConfigError("no bars to backtest: the data is empty")
+        attrs = getattr(bars, "attrs", {}) or {}
+        where = attrs.get("path") or attrs.get("source")
+        raise ConfigError(f"no bars to backtest: {where or 'the data'} holds no bars")
     out = bars
     tz = out.index.tz
     for name in ("start", "end"):
@@ -231,6 +234,62 @@ def select_bars(bars: pd.DataFrame, config: BacktestConfig) -> pd.DataFrame:
             f"{bars.index[0]} to {bars.index[-1]}"
         )
     return out
+
+
+def _strategy_settings(config: BacktestConfig) -> dict:
+    """The strategy's effective parameters: its defaults, overridden by ``config.params``."""
+    cls = resolve_strategy(config.strategy)
+    params = dict(config.params)
+    validate = getattr(cls, "validate_params", None)
+    params = validate(params) if validate else params
+    return {**dict(cls.params._getitems()), **params}
+
+
+def min_bars(bars: pd.DataFrame, config: BacktestConfig) -> int:
+    """Bars the strategy of ``config`` needs before its indicators give a first value.
+
+    This is backtrader's own minimum period of the strategy (the longest of its indicators'
+    warm-up, e.g. ``slow`` for an SMA crossover, ``2 * adx_period`` with the ADX filter),
+    measured by building the strategy on the first two of ``bars`` in backtrader's bar-by-bar
+    mode, which accepts data shorter than the warm-up.
+    """
+    probe = config.replace(runonce=False, preload=True, plot=False, analyzers=False)
+    cerebro, _ = build_cerebro(bars.iloc[:2], probe)
+    strategy = cerebro.run()[0]
+    return max(int(getattr(strategy, "_minperiod", 1)), 1)
+
+
+def _check_enough_bars(selected: pd.DataFrame, config: BacktestConfig, always: bool = False):
+    """Raise :class:`NotEnoughBarsError` when ``selected`` is shorter than the warm-up."""
+    settings = _strategy_settings(config)
+    lengths = {k: v for k, v in settings.items()
+               if isinstance(v, int) and not isinstance(v, bool) and v > 1}
+    # indicators need at most about twice their longest length (the ADX): more bars than
+    # that cannot be too few, and the probe is skipped on the usual long run
+    if not always and len(selected) > 3 * max(lengths.values(), default=1) + 10:
+        return
+    need = min_bars(selected, config)
+    have = len(selected)
+    if have >= need:
+        return
+
+    def fit(item):  # the parameter that explains the warm-up: need = k * value + c
+        value = item[1]
+        return (min(abs(need - (k * value + c)) for k in (1, 2) for c in (0, 1)), -value)
+
+    culprit = min(lengths.items(), key=fit, default=None)
+    what = (f"{culprit[0]}={culprit[1]}" if culprit is not None and fit(culprit)[0] <= 2
+            else f"strategy {resolve_strategy(config.strategy).__name__}")
+    span = ""
+    if have:
+        first, last = (f"{t:%Y-%m-%d %H:%M}" for t in (selected.index[0], selected.index[-1]))
+        span = f" ({first} to {last})"
+    fix = f"a smaller {culprit[0]}" if "=" in what else "another strategy setting"
+    raise NotEnoughBarsError(
+        f"need at least {need} bars for {what}, the selection has {have}{span}; "
+        f"widen the date range (start/end) or choose {fix}",
+        need=need, have=have,
+    )
 
 
 class _Progress(bt.Analyzer):
@@ -367,9 +426,17 @@ def run_backtest(
     config = config or BacktestConfig()
     data_report = list(getattr(bars, "attrs", {}).get("report", []) or [])
     selected = select_bars(bars, config)
+    _check_enough_bars(selected, config)
     cerebro, feed = build_cerebro(selected, config, progress)
     t0 = time.perf_counter()
-    strategy = cerebro.run()[0]
+    try:
+        strategy = cerebro.run()[0]
+    except (IndexError, ValueError) as exc:
+        if isinstance(exc, ConfigError):
+            raise
+        # a strategy whose parameters do not tell its indicators' lengths: measure, then say
+        _check_enough_bars(selected, config, always=True)
+        raise
     elapsed = time.perf_counter() - t0
 
     analysis = collect_analysis(strategy)

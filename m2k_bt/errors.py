@@ -17,6 +17,7 @@ __all__ = [
     "ParameterError",
     "ConfigError",
     "OutputError",
+    "NotEnoughBarsError",
     "did_you_mean",
     "check_known",
 ]
@@ -44,6 +45,15 @@ class ConfigError(M2KError):
 
 class OutputError(ConfigError):
     """An output folder or file cannot be created, written or locked (names the path)."""
+
+
+class NotEnoughBarsError(ConfigError):
+    """The selected bars are fewer than the strategy's indicators need (``need``, ``have``)."""
+
+    def __init__(self, message: str, need: int = 0, have: int = 0):
+        super().__init__(message)
+        self.need = need
+        self.have = have
 
 
 def did_you_mean(name: str, choices: Iterable[str]) -> str:

@@ -85,6 +85,8 @@ def _why(exc: OSError) -> str:
         return "permission denied (read-only folder?); choose another --out"
     if exc.errno in (errno.ENOTDIR, errno.EEXIST):
         return "a file stands where a folder is needed; choose another --out"
+    if exc.errno == errno.ELOOP:
+        return "a symlink stands there (never followed); remove it or choose another --out"
     if exc.errno == errno.EISDIR:
         return "a folder stands where a file is needed; remove it or choose another --out"
     return f"{exc.strerror or exc}; choose another --out"

@@ -1,10 +1,13 @@
 """run_backtest.py end to end: outputs, consistency, and one-line errors with exit status 2."""
 
 import csv
+import errno
 import io
 import json
+import os
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -151,3 +154,295 @@ def test_progress_bar_is_tqdm_on_a_terminal_and_silent_elsewhere():
     bar(10, 10)
     assert "100%" in tty.getvalue() and "10/10" in tty.getvalue()  # tqdm's own format
     assert ProgressBar("bars", enabled=False, stream=_Tty()).enabled is False
+
+
+# -- item 5: a closed stdout (| head -1) ends quietly ---------------------------------------
+
+
+@pytest.mark.parametrize("args", [["--list-strategies"], ["--help"], ["optimize", "--help"],
+                                  ["live", "--help"]])
+def test_closed_stdout_pipe_exits_quietly(args, tmp_path):
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # the reader has gone before we print: every write meets EPIPE
+    try:
+        proc = subprocess.run([sys.executable, str(ROOT / "run_backtest.py"), *args],
+                              stdout=write_end, stderr=subprocess.PIPE, text=True,
+                              cwd=tmp_path, timeout=120)
+    finally:
+        os.close(write_end)
+    assert proc.stderr == ""
+    assert proc.returncode == 0
+
+
+# -- item 2 (CLI side): too few bars is one line, exit 2 -------------------------------------
+
+
+@pytest.mark.parametrize(
+    "args,needle",
+    [
+        (["--start", "2024-02-21", "--end", "2024-02-21", "--param", "slow=400"],
+         "need at least 400 bars for slow=400, the selection has 78"),
+        (["--start", "2024-02-21", "--end", "2024-02-21", "--strategy", "bollinger",
+          "--param", "period=400"], "need at least 400 bars for period=400, the selection has 78"),
+    ],
+)
+def test_too_few_bars_is_one_line_exit_2(args, needle, data_csv, tmp_path, capsys):
+    code = main(["--data", data_csv, *args, "--out", str(tmp_path / "x"), "--quiet"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and needle in err
+    assert not (tmp_path / "x").exists()  # the folder this run made is gone again
+
+
+def test_four_bar_file_is_one_line_exit_2(tmp_path):
+    path = tmp_path / "four.csv"
+    write_bars_csv(rth_bars(end="2024-02-20").iloc[:4], path)
+    proc = subprocess.run([sys.executable, str(ROOT / "run_backtest.py"), "--data", str(path),
+                           "--out", str(tmp_path / "o"), "--quiet"],
+                          capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().startswith(
+        "error: need at least 200 bars for slow=200, the selection has 4 ")
+
+
+# -- items 8, 9: one complete run per folder; locked while running; no symlink followed ------
+
+BASE = ["--param", "fast=10", "--param", "slow=30", "--sizer", "fixed", "--quiet"]
+
+
+def _one_complete_run(out: Path) -> dict:
+    """The folder holds report.json and exactly the files it lists (and nothing else of ours)."""
+    report = json.loads((out / "report.json").read_text())
+    names = {p.name for p in out.iterdir()}
+    assert names == set(report["files"]) | {"report.json"}
+    return report
+
+
+def _child(code: str, **env) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONPATH": str(ROOT), **env})
+
+
+def _held_run(argv: list[str]) -> str:
+    """A child that runs main(argv) but waits on stdin just before the backtest."""
+    return textwrap.dedent(f"""
+        import sys
+        import m2k_bt.engine as engine
+        from m2k_bt.cli import main
+        real = engine.run_backtest
+        def held(*args, **kwargs):
+            print("running", flush=True)
+            sys.stdin.readline()
+            return real(*args, **kwargs)
+        engine.run_backtest = held
+        sys.exit(main({argv!r}))
+    """)
+
+
+def test_second_run_into_a_busy_folder_is_refused(data_csv, tmp_path):
+    out = tmp_path / "out"
+    first = _child(_held_run(["--data", data_csv, "--out", str(out), *BASE]))
+    try:
+        assert first.stdout.readline().strip() == "running"  # holds the folder's lock now
+        second = subprocess.run([sys.executable, str(ROOT / "run_backtest.py"), "--data",
+                                 data_csv, "--out", str(out), *BASE, "--no-plot"],
+                                capture_output=True, text=True, timeout=120, cwd=tmp_path)
+        assert second.returncode == 2
+        assert second.stderr == (f"error: {out} is in use by another run (pid {first.pid}); "
+                                 f"wait for it or choose another --out\n")
+    finally:
+        _, err = first.communicate("\n", timeout=300)
+    assert first.returncode == 0, err
+    report = _one_complete_run(out)
+    assert "plot.png" in report["files"]  # the first run's, not a mix with the --no-plot one
+
+
+def test_rerun_removes_the_earlier_runs_outputs(data_csv, tmp_path):
+    out = tmp_path / "out"
+    assert main(["--data", data_csv, "--out", str(out), *BASE]) == 0
+    assert "plot.png" in _one_complete_run(out)["files"]
+    (out / ".trades.csv.x1y2z3.m2k-tmp").write_text("left by a killed run")
+    (out / "notes.txt").write_text("the user's own file")
+    assert main(["--data", data_csv, "--out", str(out), *BASE, "--no-plot"]) == 0
+    names = {p.name for p in out.iterdir()}
+    assert names == {"report.json", "trades.csv", "equity.csv", "notes.txt"}
+
+
+@pytest.mark.parametrize("kill_before", ["plot.png", "report.json"])
+def test_run_killed_while_writing_leaves_no_report_beside_new_files(kill_before, data_csv,
+                                                                    tmp_path):
+    out = tmp_path / "out"
+    assert main(["--data", data_csv, "--out", str(out), *BASE, "--param", "fast=5"]) == 0
+    old_trades = (out / "trades.csv").read_text()
+    argv = ["--data", data_csv, "--out", str(out), *BASE]
+    proc = subprocess.run([sys.executable, str(ROOT / "run_backtest.py"), *argv],
+                          env={**os.environ, "M2K_BT_TEST_KILL_BEFORE": kill_before},
+                          capture_output=True, timeout=300, cwd=tmp_path)
+    assert proc.returncode == -9  # SIGKILL just before the file was moved into place
+    assert (out / "trades.csv").read_text() != old_trades  # the new run had begun writing
+    assert not (out / "report.json").exists()  # ... so no report claims the folder is whole
+    # the next run starts clean: no leftovers, one complete run
+    assert main(argv) == 0
+    _one_complete_run(out)
+
+
+def test_run_killed_before_writing_keeps_the_old_complete_run(data_csv, tmp_path):
+    out = tmp_path / "out"
+    assert main(["--data", data_csv, "--out", str(out), *BASE]) == 0
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    code = textwrap.dedent(f"""
+        import os, signal, sys
+        import m2k_bt.engine as engine
+        from m2k_bt.cli import main
+        def killed(*args, **kwargs):
+            os.kill(os.getpid(), signal.SIGKILL)
+        engine.run_backtest = killed
+        sys.exit(main({["--data", data_csv, "--out", str(out), *BASE, "--no-plot"]!r}))
+    """)
+    proc = _child(code)
+    proc.communicate(timeout=300)
+    assert proc.returncode == -9
+    after = {p.name: p.read_bytes() for p in out.iterdir() if p.name != ".m2k_bt.lock"}
+    assert after == before  # the old run, whole (the dead run's lock file aside: no lock held)
+    assert main(["--data", data_csv, "--out", str(out), *BASE, "--no-plot"]) == 0  # not stuck
+
+
+def test_symlink_planted_in_out_is_not_followed(data_csv, tmp_path, capsys):
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious")
+    out = tmp_path / "out"
+    out.mkdir()
+    for name in ("trades.csv", "equity.csv", "report.json", "plot.png", ".m2k_bt.lock"):
+        (out / name).symlink_to(victim)
+    # a symlink planted as the lock file is refused, not followed
+    assert main(["--data", data_csv, "--out", str(out), *BASE]) == 2
+    assert f"cannot write {out / '.m2k_bt.lock'}" in capsys.readouterr().err
+    assert victim.read_text() == "precious"
+    (out / ".m2k_bt.lock").unlink()
+    assert main(["--data", data_csv, "--out", str(out), *BASE]) == 0
+    assert victim.read_text() == "precious"
+    for name in ("trades.csv", "equity.csv", "report.json", "plot.png"):
+        assert not (out / name).is_symlink()
+    _one_complete_run(out)
+
+
+# -- item 10: a bad --out is found before the data is loaded; a full disk is one line ---------
+
+
+def _bad_out(kind: str, tmp_path: Path, monkeypatch) -> tuple[Path, str]:
+    if kind == "file":
+        bad = tmp_path / "afile"
+        bad.write_text("x")
+        return bad, f"cannot write {bad}: it is a file, not a folder; choose another --out"
+    if kind == "readonly":
+        ro = tmp_path / "ro"
+        ro.mkdir()
+        ro.chmod(0o555)
+        if os.geteuid() == 0:  # root writes anywhere: give the refusal the kernel would
+            from m2k_bt import outputs
+
+            def refuse(*args, **kwargs):
+                raise PermissionError(errno.EACCES, "Permission denied")
+
+            monkeypatch.setattr(outputs.tempfile, "mkstemp", refuse)
+        return ro / "out", f"cannot write {ro / 'out'}: permission denied"
+    if not Path("/proc/self").is_dir():
+        pytest.skip("no /proc")
+    return Path("/proc/self/m2k_out"), "cannot create /proc/self/m2k_out"
+
+
+@pytest.mark.parametrize("sub", ["", "optimize", "walkforward", "live"])
+@pytest.mark.parametrize("kind", ["file", "readonly", "proc"])
+def test_bad_out_is_reported_before_loading_data(sub, kind, tmp_path, monkeypatch, capsys):
+    bad, needle = _bad_out(kind, tmp_path, monkeypatch)
+    missing = str(tmp_path / "missing.csv")  # never read: the --out check comes first
+    data = ["--replay", missing] if sub == "live" else ["--data", missing]
+    argv = [sub] if sub else []
+    code = main([*argv, *data, "--out", str(bad), "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert len(err.splitlines()) == 1 and err.startswith("error: ") and needle in err
+    assert "missing.csv" not in err and "storage" not in err
+
+
+def test_disk_full_while_writing_is_one_line_and_leaves_no_file(data_csv, tmp_path,
+                                                               monkeypatch, capsys):
+    from m2k_bt import outputs
+
+    real = os.replace
+
+    def full(src, dst):
+        if Path(dst).name == "equity.csv":  # trades.csv landed; the disk fills on the next
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(src, dst)
+
+    monkeypatch.setattr(outputs.os, "replace", full)
+    out = tmp_path / "out"
+    code = main(["--data", data_csv, "--out", str(out), *BASE])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err == (f"error: cannot write {out / 'equity.csv'}: no space left on the device; "
+                   f"free some space or choose another --out\n")
+    assert not out.exists() or not list(out.iterdir())  # not even the trades.csv it wrote
+
+
+# -- items 18, 19: the command line's own words ------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def off_tick_csv(tmp_path_factory):
+    df = rth_bars(end="2024-03-08")
+    df.iloc[3:6, :4] += 0.03  # three bars 0.03 points off the 0.10 grid (like the RUT index)
+    return write_bars_csv(df, tmp_path_factory.mktemp("offtick") / "rut_like_5min.csv")
+
+
+def test_off_tick_error_names_the_cli_flags_not_python(off_tick_csv, tmp_path, capsys):
+    code = main(["--data", off_tick_csv, "--out", str(tmp_path / "o"), "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 2 and len(err.splitlines()) == 1
+    for flag in ("--contract none", "--snap-to-tick", "--lenient"):
+        assert flag in err
+    for python in ("spec=None", "lenient=True", "snap_to_tick", "tz=", "fmt="):
+        assert python not in err
+
+
+def test_contract_none_backtests_off_tick_data(off_tick_csv, tmp_path):
+    out = tmp_path / "o"
+    assert main(["--data", off_tick_csv, "--out", str(out), *BASE, "--no-plot",
+                 "--contract", "none"]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["inputs"]["contract"]["root"] == "M2K"  # traded as M2K
+    assert any("--contract none" in w for w in report["warnings"])
+    assert report["inputs"]["data"]["bars"] == len(rth_bars(end="2024-03-08"))
+
+
+def test_snap_to_tick_repairs_and_reports_each_price(off_tick_csv, tmp_path):
+    out = tmp_path / "o"
+    assert main(["--data", off_tick_csv, "--out", str(out), *BASE, "--no-plot",
+                 "--snap-to-tick"]) == 0
+    report = json.loads((out / "report.json").read_text())
+    data_lines = [w for w in report["warnings"] if w.startswith("data:")]
+    assert len(data_lines) >= 3  # one line (at least) per repaired bar
+    assert all("tick" in w for w in data_lines)
+
+
+@pytest.mark.parametrize(
+    "args,needle,banned",
+    [
+        (["--sizer", "fixed", "--sizer-param", "contracts=two"],
+         "must be a whole number, got 'two'", "must be int"),
+        (["--data", "{missing}"], "check the --data path", "omit --data"),
+        (["live", "--replay", "{missing}"], "--replay", "omit --data"),
+        (["--data", "{header}"], "header_only.csv", "the data is empty"),
+    ],
+)
+def test_cli_wordings(args, needle, banned, data_csv, tmp_path, capsys):
+    header = tmp_path / "header_only.csv"
+    header.write_text("datetime,open,high,low,close,volume\n")
+    argv = [a.format(missing=tmp_path / "missing.csv", header=header) for a in args]
+    if "--data" not in argv and "live" not in argv:
+        argv = ["--data", data_csv, *argv]
+    code = main([*argv, "--out", str(tmp_path / "o"), "--quiet", "--no-plot"])
+    err = capsys.readouterr().err
+    assert code == 2 and len(err.splitlines()) == 1
+    assert needle in err and banned not in err

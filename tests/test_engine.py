@@ -109,3 +109,71 @@ def test_plot_observers_only_when_a_plot_is_drawn(bars):
     assert {bt.observers.BuySell, bt.observers.Value} <= observers(plotted)
     # observers only watch: same trades, same money
     assert plotted.final_value == pytest.approx(plain.final_value)
+
+
+# -- too few bars for the indicators: our error before running, never backtrader's traceback --
+
+ONE_DAY = dict(start="2024-02-21", end="2024-02-21")  # 09:35-16:00 in 5-min bars: 78 bars
+
+
+@pytest.mark.parametrize("runonce", [True, False])
+@pytest.mark.parametrize(
+    "strategy,params,need,culprit",
+    [
+        ("sma", {"fast": 10, "slow": 400}, 400, "slow=400"),  # SMA(400): first value on bar 400
+        ("bollinger", {"period": 400}, 400, "period=400"),  # Bollinger(400): bar 400
+        # returns need one bar more than the lookback of their rolling deviation: 100 + 1
+        ("adaptive", {"vol_lookback": 100}, 101, "vol_lookback=100"),
+        # ADX(50) smooths a smoothed series: 2 x 50 bars
+        ("sma", {"fast": 5, "slow": 20, "adx_min": 20, "adx_period": 50}, 100, "adx_period=50"),
+    ],
+)
+def test_too_few_bars_for_the_indicators_is_a_config_error(
+    bars, strategy, params, need, culprit, runonce
+):
+    from m2k_bt.errors import NotEnoughBarsError
+
+    config = BacktestConfig(strategy=strategy, params=params, sizer="fixed", runonce=runonce,
+                            **ONE_DAY)
+    with pytest.raises(NotEnoughBarsError) as exc:
+        run_backtest(bars, config)
+    assert isinstance(exc.value, ConfigError)
+    assert str(exc.value).startswith(
+        f"need at least {need} bars for {culprit}, the selection has 78 "
+        f"(2024-02-21 09:35 to 2024-02-21 16:00)"
+    )
+    assert (exc.value.need, exc.value.have) == (need, 78)
+
+
+def test_a_four_bar_file_names_the_default_slow(bars):
+    from m2k_bt.errors import NotEnoughBarsError
+
+    with pytest.raises(NotEnoughBarsError, match=r"need at least 200 bars for slow=200, "
+                                                 r"the selection has 4 "):
+        run_backtest(bars.iloc[:4], BacktestConfig(sizer="fixed"))
+
+
+def test_exactly_the_warm_up_runs(bars):
+    # SMA(30) needs 30 bars: 30 run (nothing to trade yet), 29 do not
+    result = run_backtest(bars.iloc[:30], fixed())
+    assert result.bars == 30
+    with pytest.raises(ConfigError, match="need at least 30 bars for slow=30, the selection "
+                                          "has 29"):
+        run_backtest(bars.iloc[:29], fixed())
+
+
+def test_too_few_bars_for_an_indicator_without_a_length_parameter(bars):
+    import backtrader as bt
+
+    from m2k_bt.engine import min_bars
+    from m2k_bt.errors import NotEnoughBarsError
+
+    class Hardwired(bt.Strategy):  # its SMA length is not a parameter: measured, not guessed
+        def __init__(self):
+            self.sma = bt.indicators.SMA(self.data.close, period=120)
+
+    config = BacktestConfig(strategy=Hardwired, sizer="fixed")
+    assert min_bars(bars, config) == 120
+    with pytest.raises(NotEnoughBarsError, match="need at least 120 bars for strategy Hardwired, "
+                                                 "the selection has 100"):
+        run_backtest(bars.iloc[:100], config)
