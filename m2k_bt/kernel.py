@@ -47,6 +47,7 @@ from .commission import M2KCommInfo
 from .contracts import ContractSpec
 from .engine import (
     BacktestConfig,
+    _check_enough_bars,
     _check_money,
     _sizer,
     collect_warnings,
@@ -450,6 +451,7 @@ def simulate(bars, config: BacktestConfig | None = None) -> KernelResult:
         _check_kelly(sp)
     ci = _comminfo(config)
     data = bars if isinstance(bars, KernelData) else prepare(bars, config)
+    _check_enough_bars(data.bars, config)  # the runner's error for a too short selection
     if abs(data.tick - float(ci.p.tick_size)) > 1e-12:
         data = KernelData(data.bars, float(ci.p.tick_size), data.data_report)
     t0 = time.perf_counter()

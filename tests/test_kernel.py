@@ -401,6 +401,14 @@ def test_bad_config_raises_the_runners_errors():
         simulate(make_bars(300), BacktestConfig(params={"fsat": 3}))
     with pytest.raises(ParameterError):
         simulate(make_bars(300), BacktestConfig(sizer="fixed", sizer_params={"contracts": 0}))
+    from m2k_bt.errors import NotEnoughBarsError
+
+    config = BacktestConfig(params={"fast": 10, "slow": 200})
+    with pytest.raises(NotEnoughBarsError) as ref:
+        run_backtest(make_bars(150), config)
+    with pytest.raises(NotEnoughBarsError) as got:
+        simulate(make_bars(150), config)
+    assert str(got.value) == str(ref.value)
 
 
 def test_indicators_are_computed_once_per_data_set():
