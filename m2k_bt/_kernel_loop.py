@@ -30,8 +30,8 @@ EV_COMPLETED, EV_MARGIN, EV_REJECTED, EV_CANCELED = 1, 2, 3, 4
 
 # trade rows
 T_ENTRY_I, T_EXIT_I, T_DIR, T_CONTRACTS, T_ENTRY_PX, T_EXIT_PX, T_GROSS, T_COMM = range(8)
-T_NET, T_BARS, T_REASON, T_KP, T_KB, T_KF, T_FILL_I = range(8, 15)
-T_COLS = 15
+T_NET, T_BARS, T_REASON, T_KP, T_KB, T_KF, T_FILL_I, T_ID = range(8, 16)
+T_COLS = 16
 # decision rows: bar, p, b, f_star, f_used, equity, risk, contracts, binding, trades_used
 D_COLS = 10
 # bindings (sizers.BINDINGS order)
@@ -103,6 +103,7 @@ def run_loop(o, h, lw, c, ct, sig, mid, allow_long, allow_short, rth, flatw, rol
     o_toact = np.zeros(K, np.bool_)
     o_seq = np.zeros(K, np.int64)  # submission, then acceptance order
     o_kelly = np.full(K, -1, np.int64)
+    o_roll = np.zeros(K, np.bool_)  # a roll's reopening order (continues the signal trade)
     o_child = np.zeros(K, np.bool_)
     o_tracked = np.zeros(K, np.bool_)
     o_ours = np.zeros(K, np.bool_)  # cancelled by the strategy
@@ -151,6 +152,13 @@ def run_loop(o, h, lw, c, ct, sig, mid, allow_long, allow_short, rth, flatw, rol
     win = np.zeros(max(lookback, 1))
     win_n = 0
     win_pos = 0
+    # a roll's legs are one Kelly sample (sizers.signal_trades): the legs closed so far
+    pend = False
+    pend_net = 0.0
+    pend_n = 0
+    pend_id = 0
+    tid = 0  # signal trades numbered so far (trade_id)
+    t_id = 0
     n_shadow = 0
 
     trades = np.full((256, T_COLS), np.nan)
@@ -433,6 +441,7 @@ def run_loop(o, h, lw, c, ct, sig, mid, allow_long, allow_short, rth, flatw, rol
                         o_seq[k] = seq
                         seq += 1
                         o_kelly[k] = -1
+                        o_roll[k] = False
                         o_child[k] = False
                         o_tracked[k] = False
                         o_ours[k] = False
@@ -474,18 +483,43 @@ def run_loop(o, h, lw, c, ct, sig, mid, allow_long, allow_short, rth, flatw, rol
                         trades[ntr, T_NET] = net
                         trades[ntr, T_BARS] = (i + 1) - t_entry_bar
                         trades[ntr, T_REASON] = o_reason[k]
+                        trades[ntr, T_ID] = t_id
                         if t_kelly >= 0:
                             trades[ntr, T_KP] = dec[t_kelly, 1]
                             trades[ntr, T_KB] = dec[t_kelly, 2]
                             trades[ntr, T_KF] = dec[t_kelly, 3]
                         ntr += 1
-                        if lookback > 0:
-                            win[win_pos] = net / t_entry_n
+                        if o_reason[k] == R_ROLL:
+                            if not pend:
+                                pend = True
+                                pend_net = 0.0
+                                pend_n = t_entry_n
+                                pend_id = t_id
+                            pend_net += net
+                        elif lookback > 0:
+                            if pend:
+                                win[win_pos] = (pend_net + net) / pend_n
+                                pend = False
+                            else:
+                                win[win_pos] = net / t_entry_n
                             win_pos = (win_pos + 1) % lookback
                             win_n = min(win_n + 1, lookback)
+                        else:
+                            pend = False
                         t_open = False
                 if qty:
                     if not t_open:
+                        if pend and o_roll[k]:
+                            t_id = pend_id  # the roll's new leg
+                        else:
+                            if pend:  # a roll whose reopening never filled: one leg
+                                pend = False
+                                if lookback > 0:
+                                    win[win_pos] = pend_net / pend_n
+                                    win_pos = (win_pos + 1) % lookback
+                                    win_n = min(win_n + 1, lookback)
+                            tid += 1
+                            t_id = tid
                         t_open = True
                         t_dir = _sign(dsize)
                         t_entry_i = i
@@ -509,6 +543,13 @@ def run_loop(o, h, lw, c, ct, sig, mid, allow_long, allow_short, rth, flatw, rol
                 o_tracked[k] = False
             # _finish
             reason = o_reason[k]
+            if ek != EV_COMPLETED and o_roll[k] and pend:
+                # the roll's reopening died: the signal trade ended at the roll, one sample
+                pend = False
+                if lookback > 0:
+                    win[win_pos] = pend_net / pend_n
+                    win_pos = (win_pos + 1) % lookback
+                    win_n = min(win_n + 1, lookback)
             if ek == EV_COMPLETED:
                 if reason == R_MARGIN:
                     blocked = -_sign(o_exsize[k])
@@ -613,6 +654,7 @@ def run_loop(o, h, lw, c, ct, sig, mid, allow_long, allow_short, rth, flatw, rol
                     o_seq[k] = seq
                     seq += 1
                     o_kelly[k] = -1
+                    o_roll[k] = False
                     o_child[k] = False
                     o_tracked[k] = True
                     o_ours[k] = False
@@ -698,6 +740,7 @@ def run_loop(o, h, lw, c, ct, sig, mid, allow_long, allow_short, rth, flatw, rol
                         o_seq[k] = seq
                         seq += 1
                         o_kelly[k] = -1
+                        o_roll[k] = False
                         o_child[k] = False
                         o_tracked[k] = True
                         o_ours[k] = False
@@ -864,6 +907,7 @@ def run_loop(o, h, lw, c, ct, sig, mid, allow_long, allow_short, rth, flatw, rol
                         o_seq[k] = seq
                         seq += 1
                         o_kelly[k] = e_kelly
+                        o_roll[k] = reopen
                         o_child[k] = False
                         o_tracked[k] = True
                         o_ours[k] = False
@@ -893,6 +937,7 @@ def run_loop(o, h, lw, c, ct, sig, mid, allow_long, allow_short, rth, flatw, rol
                                 o_seq[k] = seq
                                 seq += 1
                                 o_kelly[k] = -1
+                                o_roll[k] = False
                                 o_child[k] = True
                                 o_tracked[k] = False
                                 o_ours[k] = False
@@ -926,6 +971,7 @@ def run_loop(o, h, lw, c, ct, sig, mid, allow_long, allow_short, rth, flatw, rol
         trades[ntr, T_NET] = t_gross - t_comm
         trades[ntr, T_BARS] = n - t_entry_bar
         trades[ntr, T_REASON] = R_END
+        trades[ntr, T_ID] = t_id
         if t_kelly >= 0:
             trades[ntr, T_KP] = dec[t_kelly, 1]
             trades[ntr, T_KB] = dec[t_kelly, 2]

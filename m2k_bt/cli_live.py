@@ -6,18 +6,24 @@ the ones a backtest of the same arguments uses (``engine.build_cerebro``), so wh
 backtested is what runs. Fills are printed as they happen; at the end (the stream is over,
 or Ctrl-C) the same report as a backtest is written, with two more analysis keys:
 
-- ``latency``: :class:`~m2k_bt.live.LiveLatency` (put -> order submitted, microseconds);
+- ``latency``: :class:`~m2k_bt.live.LiveLatency` (bar taken off the queue -> order submitted,
+  microseconds; the queue wait apart as ``backlog``);
 - ``stream``: :meth:`~m2k_bt.live.QueueFeed.summary` (bars delivered, rejections, session
   breaks, heartbeats, why the stream ended).
 
-Ctrl-C asks cerebro to stop (``cerebro.runstop()``) at the next bar or heartbeat: strategies
-and analyzers finish normally, the producer is stopped, and the report is written. A second
-Ctrl-C aborts at once.
+Ctrl-C (SIGINT) or SIGTERM asks cerebro to stop (``cerebro.runstop()``) at the next bar or
+heartbeat: strategies and analyzers finish normally, the producer is stopped, and the report is
+written. Further signals only say that the stop is under way, so that a second Ctrl-C ends the run
+exactly as one does; a signal that comes while the outputs are written waits for them. The
+exit status is then 130 (SIGINT) or 143 (SIGTERM), never 0. ``analysis["stream"]
+["interrupted_by"]`` names the signal (``None`` when the stream ran to its end).
 """
 
 from __future__ import annotations
 
 import argparse
+import math
+import os
 import signal
 import sys
 import threading
@@ -31,11 +37,13 @@ import pandas as pd
 from .errors import ConfigError, DataFeedError
 from .live import LiveLatency, QueueFeed, ReplaySource
 
-__all__ = ["FillPrinter", "build_parser", "live_cerebro", "run_live", "live_main"]
+__all__ = ["FillPrinter", "SignalStop", "build_parser", "live_cerebro", "run_live", "live_main"]
 
 
 class FillPrinter(bt.Analyzer):
-    """Prints each fill as the strategy is notified of it.
+    """Prints each fill as the strategy is notified of it, with the position after that fill
+    (a reversal's close and open are notified together, after both filled: the position is
+    counted fill by fill, not read from the broker).
 
     - ``stream`` (def: ``None``): file to write to; ``None`` is ``sys.stdout``.
     """
@@ -44,6 +52,7 @@ class FillPrinter(bt.Analyzer):
 
     def start(self) -> None:
         self.fills = 0
+        self._held: dict = {}
 
     def notify_order(self, order) -> None:
         if order.status != order.Completed:
@@ -52,7 +61,8 @@ class FillPrinter(bt.Analyzer):
         ex = order.executed
         side = "BUY " if order.isbuy() else "SELL"
         dt = bt.num2date(ex.dt)
-        pos = self.strategy.getposition(order.data).size
+        pos = self._held.get(order.data, 0.0) + ex.size
+        self._held[order.data] = pos
         out = self.p.stream or sys.stdout
         print(f"fill {dt:%Y-%m-%d %H:%M:%S} {side} {abs(ex.size):g} {order.data._name or ''} "
               f"@ {ex.price:.2f}  commission ${ex.comm:.2f}  position {pos:+g}", file=out,
@@ -96,59 +106,147 @@ def _ny(dt):
                                                                 ambiguous=True)
 
 
-def _install_sigint(cerebro, state: dict):
-    """Ctrl-C -> cerebro.runstop(); a second Ctrl-C raises KeyboardInterrupt. Main thread only."""
-    if threading.current_thread() is not threading.main_thread():
-        return None
+class SignalStop:
+    """SIGINT and SIGTERM stop a live run cleanly, as a context manager (main thread only;
+    elsewhere it installs nothing).
 
-    def handler(signum, frame):
-        if state.get("interrupted"):
-            raise KeyboardInterrupt
-        state["interrupted"] = True
-        print("interrupted: stopping at the next bar or heartbeat (Ctrl-C again to abort)",
-              file=sys.stderr, flush=True)
-        cerebro.runstop()
+    The first signal sets ``event`` (give it to :class:`~m2k_bt.live.QueueFeed` as
+    ``stop_event``: the stream ends at the next bar or heartbeat, even when the signal came
+    before the run began) and asks the attached cerebro to stop; later signals only say that
+    the stop is under way. So a second Ctrl-C ends the run as one does, with its report.
+    ``signum`` is the first signal (``None`` without one), ``exit_status`` 128 + ``signum``
+    (130 for SIGINT, 143 for SIGTERM) or 0. The previous handlers are put back on exit; with
+    ``ignore_after=True`` (the command line) a process that was signalled ignores further
+    signals instead, so that it exits with ``exit_status``, not with a traceback.
+    """
 
-    return signal.signal(signal.SIGINT, handler)
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+    NAMES = {signal.SIGINT: "SIGINT", signal.SIGTERM: "SIGTERM"}
+
+    def __init__(self, ignore_after: bool = False) -> None:
+        self.ignore_after = ignore_after
+        self.signum: int | None = None
+        self.count = 0
+        self.event = threading.Event()
+        self._cerebro = None
+        self._previous: dict = {}
+
+    def __enter__(self) -> SignalStop:
+        if threading.current_thread() is threading.main_thread():
+            for sig in self.SIGNALS:
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> bool:
+        for sig, previous in self._previous.items():
+            if self.ignore_after and self.signum is not None:
+                previous = signal.SIG_IGN  # the process is ending: nothing is left to stop
+            signal.signal(sig, previous if previous is not None else signal.SIG_DFL)
+        self._previous = {}
+        return False
+
+    @property
+    def name(self) -> str | None:
+        return None if self.signum is None else self.NAMES.get(self.signum, str(self.signum))
+
+    @property
+    def exit_status(self) -> int:
+        return 0 if self.signum is None else 128 + int(self.signum)
+
+    def attach(self, cerebro) -> None:
+        """Also ask ``cerebro`` to stop on a signal."""
+        self._cerebro = cerebro
+
+    def detach(self) -> None:
+        self._cerebro = None
+
+    @staticmethod
+    def _say(text: str) -> None:
+        # os.write, not print: a handler may run in the middle of another write to stderr
+        try:
+            os.write(sys.stderr.fileno(), (text + "\n").encode())
+        except (OSError, ValueError, AttributeError):
+            pass
+
+    def _handle(self, signum, frame) -> None:
+        self.count += 1
+        name = self.NAMES.get(signum, str(signum))
+        if self.signum is not None:
+            self._say(f"{name}: already stopping; the report is being written")
+            return
+        self.signum = signum
+        self.event.set()
+        self._say(f"interrupted ({name}): stopping at the next bar or heartbeat; the report "
+                  f"will be written")
+        if self._cerebro is not None:
+            self._cerebro.runstop()
 
 
-def run_live(source, config, bars: pd.DataFrame | None = None, fills=None, **feed_kw):
+def _rewind_interrupted(datas) -> None:
+    """A KeyboardInterrupt inside a feed's ``_load`` leaves the slot backtrader made for the
+    bar (all NaN) on the line buffers: drop it, so ``stop()`` methods read the last real bar."""
+    for data in datas:
+        try:
+            if len(data) and math.isnan(data.datetime[0]):
+                data.backwards(force=True)
+        except (IndexError, TypeError):
+            continue
+
+
+def run_live(source, config, bars: pd.DataFrame | None = None, fills=None,
+             stopper: SignalStop | None = None, **feed_kw):
     """Run ``config``'s strategy on ``source`` and return an ``engine.BacktestResult``.
 
-    ``fills``: stream to print fills on (``None``: stdout; ``False``: do not print). Ctrl-C
-    (in the main thread) stops the run cleanly; the result then lists ``"stopped by Ctrl-C"``
-    in its warnings. ``feed_kw`` go to :class:`~m2k_bt.live.QueueFeed`.
+    ``fills``: stream to print fills on (``None``: stdout; ``False``: do not print). Ctrl-C or
+    SIGTERM (in the main thread) stops the run cleanly; the result then lists ``"stopped by
+    Ctrl-C"`` (or ``"stopped by SIGTERM"``) in its warnings and ``analysis["stream"]
+    ["interrupted_by"]`` names the signal. ``stopper``: a :class:`SignalStop` already entered
+    by the caller (``live_main`` keeps one over the writing of the outputs too); ``None``
+    makes one for the run. ``feed_kw`` go to :class:`~m2k_bt.live.QueueFeed`.
     """
     from .engine import BacktestResult, collect_analysis, collect_warnings, equity_from
 
-    cerebro, feed = live_cerebro(source, config, bars=bars, **feed_kw)
+    own = stopper is None
+    if own:
+        stopper = SignalStop().__enter__()
+    feed_kw.setdefault("stop_event", stopper.event)
+    try:
+        cerebro, feed = live_cerebro(source, config, bars=bars, **feed_kw)
+    except BaseException:
+        if own:
+            stopper.__exit__(None, None, None)
+        raise
     if fills is not False:
         cerebro.addanalyzer(FillPrinter, _name="fills", stream=fills)
-    state: dict = {}
-    previous = _install_sigint(cerebro, state)
+    stopper.attach(cerebro)
+    keyboard = False
     t0 = time.perf_counter()
     try:
         strategy = cerebro.run()[0]
     except KeyboardInterrupt:
-        # a Ctrl-C that came outside the handler (second Ctrl-C, or not the main thread):
+        # a Ctrl-C that came outside our handler (another handler, or not the main thread):
         # finish what backtrader did not, so the report is still written
-        state["interrupted"] = True
+        keyboard = True
         strats = getattr(cerebro, "runningstrats", None) or []
         if not strats:
             raise
         strategy = strats[0]
+        _rewind_interrupted(cerebro.datas)
         strategy._stop()
         cerebro.broker.stop()
         for data in cerebro.datas:
             data.stop()
     finally:
-        if previous is not None:
-            signal.signal(signal.SIGINT, previous)
+        stopper.detach()
+        if own:
+            stopper.__exit__(None, None, None)
         source.stop()
     elapsed = time.perf_counter() - t0
+    interrupted_by = stopper.name or ("SIGINT" if keyboard else None)
 
     analysis = collect_analysis(strategy)
     analysis["stream"] = feed.summary()
+    analysis["stream"]["interrupted_by"] = interrupted_by
     broker = cerebro.broker
     data_report = list(getattr(bars, "attrs", {}).get("report", []) or []) if bars is not None \
         else []
@@ -158,8 +256,9 @@ def run_live(source, config, bars: pd.DataFrame | None = None, fills=None, **fee
     if feed.delivered > processed:
         warnings.append(f"{feed.delivered - processed} bar(s) received after the stop, "
                         f"not traded")
-    if state.get("interrupted"):
-        warnings.append(f"stopped by Ctrl-C after {processed} bars")
+    if interrupted_by:
+        how = "Ctrl-C" if interrupted_by == "SIGINT" else interrupted_by
+        warnings.append(f"stopped by {how} after {processed} bars")
     elif feed.end_reason not in (None, "exhausted"):
         warnings.append(f"stream ended early: {feed.end_reason} after {feed.delivered} bars")
     for reason, count in sorted(feed.rejections.items()):
@@ -244,24 +343,31 @@ def live_main(argv: list[str]) -> int:
     selected.attrs = dict(bars.attrs)
     source = ReplaySource(selected, speed=args.speed, max_wait=args.max_wait)
     out = Path(args.out) if args.out else default_out(f"live-{config.strategy_name}")
-    if not args.quiet:
-        print(f"live: {len(selected)} bars from {args.replay} at speed {args.speed:g} "
-              f"({config.strategy_name}, {config.spec.root}); Ctrl-C stops and writes the report",
-              flush=True)
-    result = run_live(source, config, bars=selected, fills=False if args.quiet else None,
-                      qcheck=args.heartbeat, idle_timeout=args.idle_timeout)
-    paths = write_outputs(result, out, plot=not args.no_plot)
-    if not args.quiet:
-        from .report import build_report, format_summary
+    # from here a signal stops the run, waits for the outputs, and sets the exit status
+    with SignalStop(ignore_after=True) as stopper:
+        if not args.quiet:
+            print(f"live: {len(selected)} bars from {args.replay} at speed {args.speed:g} "
+                  f"({config.strategy_name}, {config.spec.root}); Ctrl-C stops and writes the "
+                  f"report", flush=True)
+        result = run_live(source, config, bars=selected, fills=False if args.quiet else None,
+                          stopper=stopper, qcheck=args.heartbeat, idle_timeout=args.idle_timeout)
+        paths = write_outputs(result, out, plot=not args.no_plot)
+        if not args.quiet:
+            _print_summary(result, out, paths)
+    return stopper.exit_status
 
-        print(format_summary(build_report(result)))
-        lat = result.analysis["latency"]
-        stream = result.analysis["stream"]
-        print(f"latency put->order: {_line(lat)}; put->next: {_line(lat['next'])}")
-        print(f"stream: {stream['delivered']} bars, {stream['rejected']} rejected, "
-              f"{len(stream['session_breaks'])} session breaks, ended: "
-              f"{stream['end_reason'] or 'stopped'}")
-        for w in result.warnings:
-            print(f"warning: {w}")
-        print(f"outputs: {out} ({', '.join(sorted(Path(p).name for p in paths.values()))})")
-    return 0
+
+def _print_summary(result, out, paths) -> None:
+    from .report import build_report, format_summary
+
+    print(format_summary(build_report(result)))
+    lat = result.analysis["latency"]
+    stream = result.analysis["stream"]
+    print(f"latency off the queue->order: {_line(lat)}; ->end of next: {_line(lat['next'])}; "
+          f"queue backlog (put->off the queue, not our latency): {_line(lat['backlog'])}")
+    print(f"stream: {stream['delivered']} bars, {stream['rejected']} rejected, "
+          f"{len(stream['session_breaks'])} session breaks, ended: "
+          f"{stream['end_reason'] or 'stopped'}")
+    for w in result.warnings:
+        print(f"warning: {w}")
+    print(f"outputs: {out} ({', '.join(sorted(Path(p).name for p in paths.values()))})")

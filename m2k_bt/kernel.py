@@ -571,6 +571,7 @@ def _result(config, data: KernelData, ci, value, cash, pos, trades, dec, mev, co
             "kelly_p": _none(r[loop.T_KP]),
             "kelly_b": _none(r[loop.T_KB]),
             "kelly_f": _none(r[loop.T_KF]),
+            "trade_id": int(r[loop.T_ID]),
         }
         rows.append(row)
         if reason != "end":

@@ -18,8 +18,10 @@ backtested is what runs: the strategy, sizer, broker and commission objects are 
   While the queue is empty the feed waits ``qcheck`` seconds (a heartbeat, no busy waiting) and
   returns ``None`` so cerebro keeps control. Session breaks (a gap of ``session_gap`` minutes or
   more, or a new CME trade date, i.e. the 17:00-18:00 maintenance break) are noted.
-- :class:`LiveLatency`: an analyzer measuring, per bar, the time from the producer's put to the
-  strategy's order submission (and to the end of the strategy's ``next``), in microseconds.
+- :class:`LiveLatency`: an analyzer measuring, per bar, our latency: the time from the moment the
+  feed takes the bar off the queue to the strategy's order submission (and to the end of the
+  strategy's ``next``), in microseconds; the time the bar waited in the queue (put -> taken off)
+  is reported apart, as ``backlog``.
 
 Two lines in a cerebro script::
 
@@ -484,6 +486,9 @@ class QueueFeed(bt.feed.DataBase):
       against the bar that created them).
     - ``timeframe`` (def: ``Minutes``), ``compression`` (def: ``1``): the bar size, for
       analyzers; set ``compression=5`` for 5-minute bars.
+    - ``stop_event`` (def: ``None``): a ``threading.Event``; once it is set the feed ends the
+      stream at its next call (``end_reason`` ``"stopped"``), even if it was set before the run
+      began (a stop that ``cerebro.runstop()`` alone would lose: ``run()`` clears it).
 
     After (or during) a run:
 
@@ -495,6 +500,7 @@ class QueueFeed(bt.feed.DataBase):
       first): the source's :class:`EndOfStream` reason, ``"source died"`` or ``"idle timeout"``.
     - ``first_dt``, ``last_dt``: first and last delivered bar times (naive New York).
     - ``put_ns``: the producer's put stamp of the current bar (``None`` if it had none).
+    - ``get_ns``: ``time.perf_counter_ns()`` when the current bar was taken off the queue.
     """
 
     lines = ("roll",)
@@ -509,6 +515,7 @@ class QueueFeed(bt.feed.DataBase):
         ("guard_broker", True),
         ("timeframe", bt.TimeFrame.Minutes),
         ("compression", 1),
+        ("stop_event", None),
     )
 
     def __init__(self) -> None:
@@ -532,6 +539,9 @@ class QueueFeed(bt.feed.DataBase):
         it = self.p.idle_timeout
         if it is not None and not (isinstance(it, (int, float)) and it > 0):
             raise ParameterError(f"QueueFeed idle_timeout must be seconds > 0 or None, got {it!r}")
+        ev = self.p.stop_event
+        if ev is not None and not callable(getattr(ev, "is_set", None)):
+            raise ParameterError(f"QueueFeed stop_event must be a threading.Event, got {ev!r}")
         self._reset_state()
 
     def _reset_state(self) -> None:
@@ -543,6 +553,7 @@ class QueueFeed(bt.feed.DataBase):
         self.heartbeats = 0
         self.end_reason: str | None = None
         self.put_ns: int | None = None
+        self.get_ns: int | None = None
         self._last_dt: _dt.datetime | None = None
         self.first_dt: _dt.datetime | None = None
         self._ended = False
@@ -572,15 +583,22 @@ class QueueFeed(bt.feed.DataBase):
             self._guarded = False
         super().stop()
 
+    def _stop_asked(self) -> bool:
+        ev = self.p.stop_event
+        return ev is not None and ev.is_set()
+
     def _load(self):
         if self._ended:
             return False
+        if self._stop_asked():
+            return self._end("stopped")
         while True:
             wait = self._qcheck
             try:
                 item = self.queue.get(timeout=wait) if wait > 0 else self.queue.get_nowait()
             except queue.Empty:
-                return self._on_idle()
+                return self._end("stopped") if self._stop_asked() else self._on_idle()
+            got = _stamp()
             self._idle_since = None
             if isinstance(item, EndOfStream):
                 return self._end(item.reason)
@@ -590,6 +608,7 @@ class QueueFeed(bt.feed.DataBase):
                 bar, put_ns = item, None
             if self._accept(bar):
                 self.put_ns = put_ns
+                self.get_ns = got
                 self.delivered += 1
                 if self.delivered == 1:
                     self.put_notification(self.LIVE)
@@ -698,29 +717,36 @@ def _stats_us(samples_ns: list[int]) -> dict:
 
 
 class LiveLatency(bt.Analyzer):
-    """Latency from the producer's put of a bar to the strategy acting on it, per bar.
+    """Our latency per bar: from the moment the feed takes a bar off the queue to the strategy
+    acting on it; and, apart, how long the bar waited in the queue.
 
     Works with unchanged strategies and any broker: at start it wraps the broker instance's
     ``submit`` (removed again at stop) to stamp ``time.perf_counter_ns()`` when the strategy's
-    order has been submitted, and reads the put stamp of the bar being processed from the
-    order's data (a :class:`QueueFeed`; orders on other feeds are not timed). A bar that made
-    several orders counts once, at its first order. Percentiles are numpy's linear ones.
+    order has been submitted, and reads the stamps of the bar being processed from the order's
+    data (a :class:`QueueFeed`: ``get_ns``, taken off the queue, and ``put_ns``, the producer's
+    put; orders on other feeds are not timed). A bar that made several orders counts once, at
+    its first order. Percentiles are numpy's linear ones.
+
+    ``get_ns`` is taken when ``queue.get`` returns, so the figures are the processing latency
+    (feed checks, indicators, strategy, broker submit) whatever the producer's pace. The wait in
+    the queue is ``backlog``: with a replay at speed 0 the producer runs ahead and the backlog
+    grows with the queue, which says nothing about our latency.
 
     ``get_analysis()`` keys (times in microseconds, ``None`` without samples):
 
-    - ``count``, ``p50_us``, ``p99_us``, ``mean_us``, ``max_us``: put -> order submitted, over
-      bars on which the strategy submitted an order.
-    - ``next``: the same statistics for put -> end of the strategy's ``next()``, over every
-      bar delivered with a put stamp (the processing latency when no order is made).
+    - ``count``, ``p50_us``, ``p99_us``, ``mean_us``, ``max_us``: taken off the queue -> order
+      submitted, over bars on which the strategy submitted an order.
+    - ``next``: the same statistics for taken off the queue -> end of the strategy's ``next()``,
+      over every bar delivered (the processing latency when no order is made).
+    - ``backlog``: the same statistics for producer's put -> taken off the queue, over bars
+      with a put stamp (the queue wait, not our latency).
     - ``orders``: orders submitted by the strategy.
-
-    Times include any wait in the queue: with a replay at speed 0 the producer runs ahead and
-    the figures measure the backlog, not the processing; pace the replay to measure the latter.
     """
 
     def start(self) -> None:
         self._lat_submit: list[int] = []
         self._lat_next: list[int] = []
+        self._lat_backlog: list[int] = []
         self._lat_orders = 0
         self._lat_bars: set = set()
         broker = self.strategy.broker
@@ -744,20 +770,25 @@ class LiveLatency(bt.Analyzer):
     def _lat_on_submit(self, order, now: int) -> None:
         self._lat_orders += 1
         data = order.data
-        put_ns = getattr(data, "put_ns", None)
-        if put_ns is None:
+        get_ns = getattr(data, "get_ns", None)
+        if get_ns is None:
             return
         key = (id(data), len(data))
         if key in self._lat_bars:
             return
         self._lat_bars.add(key)
-        self._lat_submit.append(now - put_ns)
+        self._lat_submit.append(now - get_ns)
 
     def next(self) -> None:
         now = time.perf_counter_ns()
-        put_ns = getattr(self.strategy.data, "put_ns", None)
+        data = self.strategy.data
+        get_ns = getattr(data, "get_ns", None)
+        if get_ns is None:
+            return
+        self._lat_next.append(now - get_ns)
+        put_ns = getattr(data, "put_ns", None)
         if put_ns is not None:
-            self._lat_next.append(now - put_ns)
+            self._lat_backlog.append(get_ns - put_ns)
 
     def stop(self) -> None:
         if self._lat_wrapped:
@@ -767,5 +798,6 @@ class LiveLatency(bt.Analyzer):
     def get_analysis(self) -> dict:
         out = _stats_us(self._lat_submit)
         out["next"] = _stats_us(self._lat_next)
+        out["backlog"] = _stats_us(self._lat_backlog)
         out["orders"] = self._lat_orders
         return out

@@ -15,7 +15,8 @@ import backtrader as bt
 
 from .errors import ParameterError
 
-__all__ = ["kelly_fraction", "FixedContracts", "KellySizer", "KellyDecision", "BINDINGS"]
+__all__ = ["kelly_fraction", "signal_trades", "FixedContracts", "KellySizer", "KellyDecision",
+           "BINDINGS"]
 
 #: What decided a :class:`KellyDecision`'s contract count, in the order they are applied.
 BINDINGS = ("warmup", "no_edge", "kelly", "max_fraction", "zero", "max_exposure", "margin",
@@ -42,6 +43,55 @@ def kelly_fraction(p: float, b: float) -> float:
             f"got {b!r}"
         )
     return (b * p - (1.0 - p)) / b
+
+
+def signal_trades(log: list[dict], last: int | None = None,
+                  open_trade_id: int | None = None) -> list[dict]:
+    """The closed signal trades of a strategy's ``trade_log``: the legs of a rolled position
+    (rows sharing a ``trade_id``) merged into one, P&L and costs summed.
+
+    A merged trade has the first leg's ``entry_dt`` and ``contracts``, the last leg's
+    ``exit_dt`` and ``exit_reason``, and ``gross_pnl``, ``commission``, ``net_pnl`` summed over
+    the legs (so the roll's commission and slippage are in it), with ``legs`` = the number of
+    rows merged. Trades still open are left out: a last leg with reason ``'end'`` (open when the
+    data ended), and a last leg with reason ``'roll'`` whose ``trade_id`` is ``open_trade_id``
+    (the position the roll reopened, still held). Rows without a ``trade_id`` are one trade
+    each. ``last``: only the last ``last`` trades are built (the log is read from its end).
+
+    >>> log = [
+    ...     {"trade_id": 1, "net_pnl": -10.0, "gross_pnl": -8.76, "commission": 1.24,
+    ...      "contracts": 2, "exit_reason": "roll", "entry_dt": 1, "exit_dt": 2},
+    ...     {"trade_id": 1, "net_pnl": 30.0, "gross_pnl": 31.24, "commission": 1.24,
+    ...      "contracts": 2, "exit_reason": "signal", "entry_dt": 2, "exit_dt": 3},
+    ... ]
+    >>> [(t["net_pnl"], t["commission"], t["legs"]) for t in signal_trades(log)]
+    [(20.0, 2.48, 2)]
+    """
+    groups: list[list[dict]] = []
+    for row in reversed(log):
+        tid = row.get("trade_id")
+        if groups and tid is not None and groups[-1][0].get("trade_id") == tid:
+            groups[-1].insert(0, row)
+            continue
+        if last is not None and len(groups) > last:
+            break
+        groups.append([row])
+    out = []
+    for legs in reversed(groups):
+        end = legs[-1]
+        reason = end.get("exit_reason")
+        if reason == "end" or (reason == "roll" and end.get("trade_id") is not None
+                               and end.get("trade_id") == open_trade_id):
+            continue
+        if len(legs) == 1:
+            out.append({**end, "legs": 1})
+            continue
+        merged = {**legs[0], "exit_dt": end.get("exit_dt"), "exit_reason": reason,
+                  "legs": len(legs)}
+        for key in ("gross_pnl", "commission", "net_pnl"):
+            merged[key] = sum(float(leg.get(key) or 0.0) for leg in legs)
+        out.append(merged)
+    return out if last is None else out[-last:]
 
 
 def _check_int(owner: str, name: str, value, low: int) -> None:
@@ -103,8 +153,9 @@ class KellySizer(bt.Sizer):
 
     On every entry it takes the last ``lookback`` trades the strategy has closed (its
     ``trade_log``, net of commission and slippage; so no trade that closes later can inform the
-    size), and per contract estimates ``p`` = share of winning trades and ``b`` = average win /
-    average loss. Then:
+    size), one sample per signal trade: the legs of a rolled position are merged, their P&L and
+    the roll's costs summed (:func:`signal_trades`), and per contract estimates ``p`` = share of
+    winning trades and ``b`` = average win / average loss. Then:
 
     1. Fewer than ``min_trades`` trades: ``warmup_contracts`` (binding ``'warmup'``).
     2. f* = :func:`kelly_fraction`\\ (p, b); f* <= 0 (or no winner at all): no trade
@@ -182,8 +233,9 @@ class KellySizer(bt.Sizer):
     def _window(self) -> list[dict]:
         n = self.p.lookback
         log = getattr(self.strategy, "trade_log", None)
-        # only the last n of each log can be among the last n of both ('end' is only ever last)
-        trades = [t for t in log[-n - 1:] if t.get("exit_reason") != "end"] if log else self._extra
+        # one sample per signal trade: a roll's legs are merged (see signal_trades)
+        trades = (signal_trades(log, n, getattr(self.strategy, "open_trade_id", None)) if log
+                  else self._extra)
         shadow = getattr(self.strategy, "shadow_log", None) if self.p.paper_trades else None
         if shadow:
             trades = list(heapq.merge(trades[-n:], shadow[-n:], key=lambda t: t["exit_dt"]))

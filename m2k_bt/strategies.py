@@ -126,6 +126,8 @@ class M2KStrategy(bt.Strategy, metaclass=_M2KStrategyMeta):
     1.0 on a bar while a position is held and kept, the position is closed and reopened
     (commission and slippage paid on both sides through the broker), the closed part is logged
     with reason 'roll', bracket orders are carried over at the same prices, and ``rolls`` counts.
+    The legs of a rolled position are one signal trade: they share a ``trade_id`` in the log,
+    and :class:`~m2k_bt.sizers.KellySizer` counts them as one sample.
 
     **Rejections.** Margin, Rejected, Expired and broker-initiated Canceled orders are counted in
     ``order_rejections`` by status name and described in ``events``; the strategy carries on.
@@ -139,9 +141,10 @@ class M2KStrategy(bt.Strategy, metaclass=_M2KStrategyMeta):
     commission, net_pnl`` (dollars), ``ticks`` (exit - entry in ticks, signed in the trade's
     favour), ``bars_held, exit_reason`` (see :data:`EXIT_REASONS`), ``kelly_p, kelly_b,
     kelly_f`` (the :class:`~m2k_bt.sizers.KellySizer` decision of the entry: p, b and f*;
-    ``None`` otherwise). A position still open when the data ends is logged with reason 'end'
-    at the last close, with no exit commission, which is how the broker values it: so the sum of
-    ``net_pnl`` always equals final minus starting equity.
+    ``None`` otherwise), ``trade_id`` (1, 2, ... per signal trade: a roll's legs share it). A
+    position still open when the data ends is logged with reason 'end' at the last close, with
+    no exit commission, which is how the broker values it: so the sum of ``net_pnl`` always
+    equals final minus starting equity.
 
     Params:
 
@@ -343,6 +346,8 @@ class M2KStrategy(bt.Strategy, metaclass=_M2KStrategyMeta):
         self._kelly_by_ref: dict[int, tuple] = {}
         self._seen: dict[int, tuple[float, float, float]] = {}
         self._open = None  # _OpenTrade of the current position
+        self._trade_ids = 0  # signal trades numbered so far (trade_log's trade_id)
+        self._leg_of: dict[int, int] = {}  # ref of a roll's reopening order -> its trade_id
         self._blocked = 0  # direction not to re-enter until the signal changes
         self.shadow_log: list[dict] = []  # signals the sizer declined, traded on paper
         self._shadow: dict | None = None  # the paper trade open now
@@ -435,7 +440,9 @@ class M2KStrategy(bt.Strategy, metaclass=_M2KStrategyMeta):
         stop, limit = self._bracket_prices
         kelly = self._open.kelly if self._open else (None, None, None)
         self._close("roll")
-        self._submit_entry(held, abs(self.position.size), stop, limit, kelly)
+        reopen = self._submit_entry(held, abs(self.position.size), stop, limit, kelly)
+        if reopen is not None and self._open is not None:
+            self._leg_of[reopen.ref] = self._open.trade_id  # the new leg continues the trade
         self.rolls += 1
 
     def _check_entry(self, target: int) -> None:
@@ -551,11 +558,12 @@ class M2KStrategy(bt.Strategy, metaclass=_M2KStrategyMeta):
             return size, (d.p, d.b, d.f_star)
         return size, (None, None, None)
 
-    def _submit_entry(self, direction: int, size: int, stop, limit, kelly) -> None:
+    def _submit_entry(self, direction: int, size: int, stop, limit, kelly):
+        """Submit an entry (with its bracket); returns the entry order."""
         if stop is None and limit is None:
             order = (self.buy if direction > 0 else self.sell)(size=size)
             self._track(order, "signal", kelly)
-            return
+            return order
         bracket = (self.buy_bracket if direction > 0 else self.sell_bracket)(
             size=size,
             exectype=bt.Order.Market,
@@ -571,6 +579,7 @@ class M2KStrategy(bt.Strategy, metaclass=_M2KStrategyMeta):
             self._reasons[child.ref] = "stop" if child.exectype == bt.Order.Stop else "target"
         self._bracket = children
         self._bracket_prices = (stop, limit)
+        return parent
 
     def _track(self, order, reason: str, kelly=(None, None, None)) -> None:
         if order is None:
@@ -668,6 +677,14 @@ class M2KStrategy(bt.Strategy, metaclass=_M2KStrategyMeta):
             "exit_reason": "shadow",
         })
 
+    @property
+    def open_trade_id(self) -> int | None:
+        """``trade_id`` of the position held now (or about to be reopened by a roll), or
+        ``None``: a signal trade whose last logged leg is a roll is complete once this differs."""
+        if self._open is not None:
+            return self._open.trade_id
+        return next(iter(self._leg_of.values()), None)
+
     def stop_distance(self, data=None) -> float | None:
         """Points between an entry made now and its stop, or ``None`` without a stop.
 
@@ -686,6 +703,7 @@ class M2KStrategy(bt.Strategy, metaclass=_M2KStrategyMeta):
             self._record_fill(order)
         if not order.alive():
             self._live.discard(order.ref)
+            self._leg_of.pop(order.ref, None)
             self._finish(order)
 
     def _finish(self, order) -> None:
@@ -759,9 +777,9 @@ class M2KStrategy(bt.Strategy, metaclass=_M2KStrategyMeta):
         when = self.data.num2date(ex.dt) if ex.dt else self.data.datetime.datetime(0)
         reason = self._reasons.get(order.ref, "signal")
         kelly = self._kelly_by_ref.get(order.ref, (None, None, None))
-        self._apply_fill(dsize, price, dcomm, when, reason, kelly)
+        self._apply_fill(dsize, price, dcomm, when, reason, kelly, self._leg_of.get(order.ref))
 
-    def _apply_fill(self, dsize, price, comm, when, reason, kelly) -> None:
+    def _apply_fill(self, dsize, price, comm, when, reason, kelly, trade_id=None) -> None:
         qty = abs(dsize)
         trade = self._open
         if trade is not None and _sign(dsize) != trade.direction:
@@ -774,8 +792,12 @@ class M2KStrategy(bt.Strategy, metaclass=_M2KStrategyMeta):
                 self._open = None
         if qty:
             if self._open is None:
+                if trade_id is None:
+                    self._trade_ids += 1
+                    trade_id = self._trade_ids
                 self._open = _OpenTrade(direction=_sign(dsize), entry_dt=when,
-                                        entry_bar=len(self.data), kelly=kelly)
+                                        entry_bar=len(self.data), kelly=kelly,
+                                        trade_id=trade_id)
             self._open.add(qty, price, comm)
 
     def _log(self, trade: _OpenTrade, when, reason: str, exit_comm_free: bool = False) -> None:
@@ -797,6 +819,7 @@ class M2KStrategy(bt.Strategy, metaclass=_M2KStrategyMeta):
             "kelly_p": trade.kelly[0],
             "kelly_b": trade.kelly[1],
             "kelly_f": trade.kelly[2],
+            "trade_id": trade.trade_id,
         })
 
     def stop(self) -> None:
@@ -826,6 +849,7 @@ class _OpenTrade:
     entry_dt: _dt.datetime
     entry_bar: int
     kelly: tuple
+    trade_id: int = 0
     size: int = 0
     avg_cost: float = 0.0
     entry_value: float = 0.0

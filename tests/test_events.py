@@ -96,6 +96,8 @@ def test_fomc_cpi_nfp_times_and_expiry_rule():
     assert cal.kind_of("2024-03-20 14:00") == "fomc"
     assert cal.kind_of("2024-11-07 14:00") == "fomc"  # election week: a Thursday
     assert cal.kind_of("2020-03-15 17:00") == "fomc"  # unscheduled Sunday statement
+    assert cal.kind_of("2015-09-17 14:00") == "fomc"  # a Thursday
+    assert len(cal.between("2015-01-01", "2019-01-01", "fomc")) == 4 * 8
     assert cal.kind_of("2023-03-14 08:30") == "cpi"
     assert cal.kind_of("2025-11-20 08:30") == "nfp"  # September 2025 report, after the lapse
     # expiry: M2K's calendar, 09:30 (final settlement at the opening quotation)

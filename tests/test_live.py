@@ -5,10 +5,16 @@ heartbeat is short, and each run has an ``idle_timeout`` so that a bug ends a te
 from __future__ import annotations
 
 import datetime as _dt
+import json
 import logging
 import math
+import os
 import queue
+import signal
+import subprocess
+import sys
 import threading
+from pathlib import Path
 
 import backtrader as bt
 import pandas as pd
@@ -417,7 +423,43 @@ def test_latency_is_recorded_per_bar_with_an_order():
     assert lat["count"] == order_bars
     assert 0 < lat["p50_us"] <= lat["p99_us"] <= lat["max_us"]
     assert lat["next"]["count"] == 300
-    assert set(lat) == {"count", "p50_us", "p99_us", "mean_us", "max_us", "next", "orders"}
+    assert set(lat) == {"count", "p50_us", "p99_us", "mean_us", "max_us", "next", "backlog",
+                        "orders"}
+    assert lat["backlog"]["count"] == 300
+
+
+class StaleStamps(ThreadedSource):
+    """Stamps every bar as put ``AGE_S`` seconds ago: a queue backlog we know."""
+
+    AGE_S = 1000
+
+    def __init__(self, bars):
+        super().__init__(name="stale")
+        self.bars = bars
+
+    def produce(self):
+        for bar in self.bars:
+            self._queue.put((bar, _dt_ns() - self.AGE_S * 10**9))
+        return None
+
+
+def _dt_ns() -> int:
+    import time
+
+    return time.perf_counter_ns()
+
+
+def test_latency_is_measured_from_the_queue_not_from_the_put():
+    # at --speed 0 the producer runs ahead: the old figures were the queue wait (p50 0.63 s)
+    strat, _, feed = run_live(StaleStamps(bars_from_frame(make_bars(200, seed=3))))
+    lat = strat.analyzers.latency.get_analysis()
+    assert lat["count"] > 0 and lat["next"]["count"] == 200
+    # every bar waited >= 1000 s by its stamp: that is the backlog, reported apart...
+    assert lat["backlog"]["count"] == 200
+    assert lat["backlog"]["p50_us"] >= StaleStamps.AGE_S * 1e6
+    # ...and not in our latency, which starts when the feed takes the bar off the queue
+    assert lat["max_us"] < StaleStamps.AGE_S * 1e6
+    assert lat["next"]["max_us"] < StaleStamps.AGE_S * 1e6
 
 
 def test_bare_bars_on_the_queue_are_accepted_without_latency():
@@ -429,7 +471,9 @@ def test_bare_bars_on_the_queue_are_accepted_without_latency():
 
     strat, _, feed = run_live(Bare(), fast=2, slow=5)
     assert feed.delivered == 30
-    assert strat.analyzers.latency.get_analysis()["next"]["count"] == 0
+    lat = strat.analyzers.latency.get_analysis()
+    assert lat["next"]["count"] == 30  # timed from the queue
+    assert lat["backlog"]["count"] == 0  # no put stamp: no queue wait known
 
 
 # -- inputs checked at the door ----------------------------------------------------------------
@@ -528,10 +572,34 @@ def test_run_live_stops_on_sigint_and_keeps_the_result(capsys):
     assert result.bars == 40
     assert "stopped by Ctrl-C after 40 bars" in result.warnings
     assert result.analysis["latency"]["next"]["count"] == 40
-    assert result.analysis["stream"]["end_reason"] is None
+    # the stop ended the stream (the feed's stop_event) and cerebro (runstop)
+    assert result.analysis["stream"]["end_reason"] == "stopped"
+    assert result.analysis["stream"]["interrupted_by"] == "SIGINT"
     assert not src.is_alive()
     out = capsys.readouterr()
     assert out.out.count("fill ") == result.analysis["fills"]["fills"] > 0
+
+
+def test_fill_lines_show_the_position_after_each_fill():
+    import io
+
+    from m2k_bt.cli_live import run_live as cli_run_live
+
+    df = make_bars(400, seed=7)
+    printed = io.StringIO()
+    result = cli_run_live(ReplaySource(df, speed=0), _config(), bars=df, fills=printed,
+                          qcheck=HEARTBEAT, idle_timeout=IDLE_TIMEOUT)
+    lines = printed.getvalue().splitlines()
+    assert len(lines) == result.analysis["fills"]["fills"] > 2
+    held = 0
+    for line in lines:
+        words = line.split()
+        size = float(words[4]) * (1 if words[3] == "BUY" else -1)
+        held += size
+        assert float(line.rsplit("position ", 1)[1]) == held, line
+    # a reversal is two fills on one bar: flat after the close, then the new side
+    assert any(line.endswith("position +0") for line in lines)
+    assert len(set(lines)) == len(lines)  # no two identical lines
 
 
 def test_run_live_with_a_dying_source_reports_why():
@@ -561,7 +629,8 @@ def test_live_main_replays_a_file_and_writes_the_report(tmp_path, capsys):
                  "--sizer", "fixed", "--out", str(out), "--no-plot"])
     printed = capsys.readouterr().out
     assert code == 0
-    assert "fill " in printed and "latency put->order" in printed
+    assert "fill " in printed and "latency off the queue->order" in printed
+    assert "queue backlog (put->off the queue, not our latency)" in printed
     assert any(out.iterdir())
 
 
@@ -582,3 +651,75 @@ def test_missing_replay_file_names_the_replay_flag(tmp_path, capsys):
     assert code == 2
     assert f"replay file not found: {missing} (check the --replay path)" in err
     assert "--data" not in err  # live's own flag, not the backtest's hint
+
+
+# -- signals on the real command, in a subprocess ------------------------------------------------
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _start_live(tmp_path):
+    """``run_backtest.py live`` on a quiet stream: 1-minute bars at real-time speed, so after the
+    first bar it waits a minute for the next, flat (the SMA needs 20 bars)."""
+    df = make_bars(300, seed=9, freq="1min")
+    path = tmp_path / "M2KH4_1min.csv"
+    frame = df.copy()
+    frame.index = frame.index.tz_localize(None)
+    frame.to_csv(path, index_label="datetime")
+    out = tmp_path / "out"
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen(
+        [sys.executable, str(REPO / "run_backtest.py"), "live", "--replay", str(path),
+         "--speed", "1", "--heartbeat", "0.05", "--strategy", "sma", "--param", "fast=5",
+         "--param", "slow=20", "--sizer", "fixed", "--out", str(out), "--no-plot"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=tmp_path)
+    first = proc.stdout.readline()  # printed once the signal handlers are in place
+    assert first.startswith("live: 300 bars"), first + proc.stderr.read()
+    return proc, out
+
+
+def _finish(proc):
+    try:
+        out, err = proc.communicate(timeout=120)  # a safety net, not a speed check
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out, err = proc.communicate()
+        pytest.fail(f"live did not stop: {err}")
+    return proc.returncode, out, err
+
+
+@pytest.mark.parametrize("signals,status,how", [
+    ([signal.SIGTERM], 143, "SIGTERM"),  # used to die at once: 143 and no report
+    ([signal.SIGINT], 130, "Ctrl-C"),  # used to exit 0
+    ([signal.SIGINT, signal.SIGINT], 130, "Ctrl-C"),  # the second used to crash in stop()
+    ([signal.SIGINT, signal.SIGTERM, signal.SIGINT], 130, "Ctrl-C"),
+])
+def test_signals_end_live_like_one_ctrl_c_with_a_report(tmp_path, signals, status, how):
+    proc, out = _start_live(tmp_path)
+    for i, sig in enumerate(signals):
+        if i:
+            threading.Event().wait(0.02)  # within the heartbeat: the run is still stopping
+        proc.send_signal(sig)
+    code, printed, err = _finish(proc)
+    assert code == status, err
+    assert "Traceback" not in err
+    report = json.loads((out / "report.json").read_text())
+    assert f"stopped by {how} after" in " ".join(report["warnings"])
+    assert report["analyzers"]["stream"]["interrupted_by"] == ("SIGTERM" if status == 143
+                                                               else "SIGINT")
+    assert (out / "trades.csv").exists() and (out / "equity.csv").exists()
+    assert "outputs:" in printed
+
+
+def test_a_signal_after_the_run_is_ignored_until_exit(tmp_path):
+    # Ctrl-C, then Ctrl-C again while the outputs are written or the process is ending
+    proc, out = _start_live(tmp_path)
+    proc.send_signal(signal.SIGINT)
+    for _ in range(200):
+        if (out / "report.json").exists() or proc.poll() is not None:
+            break
+        threading.Event().wait(0.01)
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGINT)
+    code, _, err = _finish(proc)
+    assert code == 130 and "Traceback" not in err
+    assert (out / "report.json").exists()

@@ -216,3 +216,81 @@ def test_declined_signals_are_paper_traded_so_kelly_can_resume():
     # paper trades never reach the account: the real log still reconciles with equity
     total = sum(t["net_pnl"] for t in strat.trade_log)
     assert total == pytest.approx(cerebro.broker.getvalue() - 50_000.0)
+
+
+# ------------------------------------------------------------------ rolls: one signal trade
+class _RollFeed(bt.feeds.PandasData):
+    lines = ("roll",)
+    params = (("roll", "roll"),)
+
+
+def _planned(plan: dict):
+    from m2k_bt.strategies import M2KStrategy
+
+    class Planned(M2KStrategy):
+        """Wants the direction of the latest ``plan`` entry at or before this bar."""
+
+        def _signal(self):
+            bar = len(self) - 1
+            return plan[max(k for k in plan if k <= bar)]
+
+    return Planned
+
+
+def test_kelly_counts_a_rolled_position_as_one_trade():
+    from scripted import hand_bars
+
+    from m2k_bt.commission import M2KCommInfo
+
+    opens = {1: 2000.0, 4: 2004.0, 7: 2010.0, 10: 2010.0, 12: 2005.0}
+    rows = []
+    price = 2000.0
+    for i in range(16):
+        price = opens.get(i, price)
+        rows.append((price, price + 1.0, price - 1.0, price))
+    df = hand_bars(rows)
+    df["roll"] = 0.0
+    df.iloc[3, df.columns.get_loc("roll")] = 1.0  # new contract on bar 3: the held long rolls
+    naive = df.copy()
+    naive.index = naive.index.tz_localize(None)
+    cerebro = bt.Cerebro(stdstats=False)
+    cerebro.adddata(_RollFeed(dataname=naive, openinterest=None))
+    cerebro.broker.setcash(100_000.0)
+    cerebro.broker.addcommissioninfo(M2KCommInfo())
+    cerebro.addsizer(KellySizer, min_trades=2, lookback=10)
+    # long from bar 0, flat at bar 6, long at 9, flat at 11, long at 14 (orders fill next open)
+    cerebro.addstrategy(_planned({0: 1, 6: 0, 9: 1, 11: 0, 14: 1}))
+    strat = cerebro.run()[0]
+    log = strat.trade_log
+    assert [(t["exit_reason"], t["trade_id"]) for t in log] == [
+        ("roll", 1), ("signal", 1), ("signal", 2), ("end", 3)]
+    # leg 1: (2004 - 2000) x $5 - 2 x 0.62 = 18.76; leg 2: (2010 - 2004) x $5 - 1.24 = 28.76
+    # signal trade 1 = 18.76 + 28.76 = 47.52 = (2010 - 2000) x $5 - 4 sides x 0.62
+    # trade 2: (2005 - 2010) x $5 - 1.24 = -26.24
+    assert [t["net_pnl"] for t in log[:3]] == pytest.approx([18.76, 28.76, -26.24])
+    entry_at_14 = strat.getsizer().decisions[-1]
+    # two samples, not three: p = 1 / 2, b = 47.52 / 26.24 = 1.810976
+    # f* = p - q / b = 0.5 - 0.5 x 26.24 / 47.52 = 0.5 - 0.276094 = 0.223906
+    assert entry_at_14.trades_used == 2
+    assert entry_at_14.p == pytest.approx(0.5)
+    assert entry_at_14.b == pytest.approx(47.52 / 26.24)
+    assert entry_at_14.f_star == pytest.approx(0.5 - 0.5 * 26.24 / 47.52)
+    # at bar 9 the rolled trade was one sample: below min_trades, still warm-up
+    assert [d.binding for d in strat.getsizer().decisions[:2]] == ["warmup", "warmup"]
+    assert strat.getsizer().decisions[1].trades_used == 1
+
+
+def test_signal_trades_leaves_out_a_rolled_position_still_held():
+    from m2k_bt.sizers import signal_trades
+
+    log = [
+        {"trade_id": 1, "net_pnl": 5.0, "gross_pnl": 6.24, "commission": 1.24, "contracts": 1,
+         "exit_reason": "signal", "entry_dt": 0, "exit_dt": 1},
+        {"trade_id": 2, "net_pnl": -3.0, "gross_pnl": -1.76, "commission": 1.24,
+         "contracts": 1, "exit_reason": "roll", "entry_dt": 1, "exit_dt": 2},
+    ]
+    # trade 2's roll reopened a position that is still open: only trade 1 is complete
+    assert [t["trade_id"] for t in signal_trades(log, open_trade_id=2)] == [1]
+    # the reopening failed (nothing open now): trade 2 ended at the roll, one leg
+    assert [(t["trade_id"], t["legs"]) for t in signal_trades(log)] == [(1, 1), (2, 1)]
+    assert [t["trade_id"] for t in signal_trades(log, last=1)] == [2]
