@@ -3,7 +3,16 @@
 Globex trades Sunday 18:00 to Friday 17:00 New York time, with a daily maintenance break
 17:00-18:00, a 16:15-16:30 halt until trade date 2021-06-28, CME holidays and early closes. The
 calendar comes from ``pandas_market_calendars`` ("CME_Equity"), which maintains the holidays,
-early closes and the old halt; nothing here is a hand-written holiday list.
+early closes and the old halt, corrected where CME's own notices say otherwise (checked for
+2017-2026):
+
+- on the cash market's half days (NYSE closes at 13:00: July 3, the day after Thanksgiving,
+  Christmas Eve) equity futures close at 12:15 CT = **13:15** New York, not 13:00;
+- :data:`SPECIAL_SESSIONS`: days CME announced one by one (the national days of mourning
+  2018-12-05 and 2025-01-09 were shortened sessions to 09:30 New York, not closures; Good Friday
+  2025 was closed).
+
+The days still in doubt are listed with :data:`SPECIAL_SESSIONS`.
 
 Conventions used throughout the package:
 
@@ -25,6 +34,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import functools
+import warnings
 
 import numpy as np
 import pandas as pd
@@ -43,6 +53,8 @@ __all__ = [
     "rth_mask",
     "trade_dates",
     "is_trading_day",
+    "SPECIAL_SESSIONS",
+    "HALF_DAY_CLOSE",
 ]
 
 #: Time zone every timestamp in the package is expressed in.
@@ -57,6 +69,44 @@ RTH_END = _dt.time(16, 0)
 
 _NS_PER_DAY = 86_400 * 10**9
 
+#: New York close of CME equity futures on the cash market's half days (NYSE closes at 13:00):
+#: 12:15 CT. Sources: CME holiday notices as relayed by DTN for 2024-07-03 ("Equities: early
+#: close at 12:15 p.m." CT), daytradetowin.com for 2017-07-03 ("CME equities halt trading at 1:15
+#: p.m. US/Eastern"); pandas_market_calendars' own "CME Globex Equities" calendar lists 12:15 CT
+#: for July 3, Black Friday and Christmas Eve, its "CME_Equity" calendar 12:00 CT.
+HALF_DAY_CLOSE = _dt.time(13, 15)
+
+#: Trade dates on which CME's own announcements differ from pandas_market_calendars 5.5
+#: "CME_Equity": trade date -> (New York close, or None when closed; source). A shortened day
+#: opens at 18:00 New York the evening before, like any session.
+SPECIAL_SESSIONS: dict[str, tuple[_dt.time | None, str]] = {
+    "2018-12-05": (
+        _dt.time(9, 30),
+        "CME press release 2018-12-02: national day of mourning (President G. H. W. Bush); "
+        "equity products 'closing after overnight trading at 8:30 a.m. Central Time'",
+    ),
+    "2025-01-09": (
+        _dt.time(9, 30),
+        "CME press release 2024-12-30: national day of mourning (President Carter); 'U.S. "
+        "equity markets will be open until 8:30 a.m. CT on January 9'",
+    ),
+    "2025-04-18": (
+        None,
+        "Good Friday 2025 (no jobs report): CME Globex closed (Barron's, 2025-04-18); "
+        "pandas_market_calendars 5.5 gives every Good Friday from 2023 an 8:15 CT session",
+    ),
+}
+
+# Known doubts, kept as pandas_market_calendars has them (see tests/test_sessions.py):
+# - 2024-03-29 (Good Friday, no jobs report): secondary sources (forexlive 2024-03-28) say CME
+#   equity futures were closed; the calendar has a session to 09:15 New York. Kept because the
+#   bundled synthetic data (datafeeds/m2k_5min.csv.gz) was generated with that session; a real
+#   file has no bars that day, so the difference cannot reject real data.
+# - 2026-04-03 (Good Friday, jobs report day): session to 09:15 New York as in 2021 and 2023
+#   (pandas_market_calendars PR #456); CME's notice not seen.
+# - 2021-12-24, 2022-12-26, 2023-01-02, 2017-01-02 (observed Christmas / New Year): closed, as
+#   the calendar has them; not independently confirmed.
+
 
 @functools.lru_cache(maxsize=1)
 def _calendar():
@@ -65,12 +115,54 @@ def _calendar():
     return mcal.get_calendar(CALENDAR_NAME)
 
 
+@functools.lru_cache(maxsize=1)
+def _nyse():
+    import pandas_market_calendars as mcal
+
+    return mcal.get_calendar("NYSE")
+
+
+def _at(day: pd.Timestamp, when: _dt.time) -> pd.Timestamp:
+    return pd.Timestamp.combine(day.date(), when).tz_localize(NY)
+
+
+def _apply_corrections(sched: pd.DataFrame, start: _dt.date, end: _dt.date) -> pd.DataFrame:
+    """CME's own hours where pandas_market_calendars differs (module docstring)."""
+    nyse = _nyse()
+    with warnings.catch_warnings():  # the NYSE calendar uses pandas APIs pandas 4 drops
+        warnings.simplefilter("ignore", DeprecationWarning)
+        cash = nyse.schedule(start_date=start, end_date=end)
+        half = nyse.early_closes(cash).index if len(cash) else []
+    for day in pd.DatetimeIndex(half).tz_localize(None).normalize():
+        if day in sched.index and sched.at[day, "market_close"] == _at(day, _dt.time(13)):
+            close = _at(day, HALF_DAY_CLOSE)
+            sched.loc[day, "market_close"] = close
+            sched.loc[day, ["break_start", "break_end"]] = [
+                min(sched.at[day, "break_start"], close), min(sched.at[day, "break_end"], close)
+            ]
+    for text, (close_time, _source) in SPECIAL_SESSIONS.items():
+        day = pd.Timestamp(text)
+        if not start <= day.date() <= end:
+            continue
+        if close_time is None:
+            sched = sched.drop(index=day, errors="ignore")
+            continue
+        close = _at(day, close_time)
+        sched.loc[day] = [_at(day - pd.Timedelta(days=1), _dt.time(18)), close, close, close]
+    sched = sched.sort_index()
+    for col in sched.columns:  # an added row leaves object columns behind
+        sched[col] = pd.to_datetime(sched[col], utc=True).dt.tz_convert(NY)
+    return sched
+
+
 @functools.lru_cache(maxsize=64)
 def _schedule_cached(start: _dt.date, end: _dt.date) -> pd.DataFrame:
     sched = _calendar().schedule(start_date=start, end_date=end)
     sched = sched.tz_localize(None) if sched.index.tz is not None else sched
     for col in sched.columns:
         sched[col] = pd.to_datetime(sched[col], utc=True).dt.tz_convert(NY)
+    sched = _apply_corrections(sched[["market_open", "break_start", "break_end", "market_close"]],
+                               start, end)  # fmt: skip
     sched.index.name = "trade_date"
     return sched
 
@@ -92,8 +184,8 @@ def globex_schedule(start, end) -> pd.DataFrame:
     >>> s = globex_schedule("2024-12-23", "2024-12-27")
     >>> [d.strftime("%m-%d") for d in s.index]  # Christmas Day is closed
     ['12-23', '12-24', '12-26', '12-27']
-    >>> str(s.loc["2024-12-24", "market_close"].time())  # early close
-    '13:00:00'
+    >>> str(s.loc["2024-12-24", "market_close"].time())  # early close, 12:15 CT
+    '13:15:00'
     """
     return _schedule_cached(_as_date(start, "start"), _as_date(end, "end")).copy()
 

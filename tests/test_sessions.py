@@ -92,3 +92,74 @@ def test_full_week_of_minutes_count():
     # plus the closing instant of each session (bar-end stamps are accepted): 5 x 1381.
     idx = pd.date_range("2025-03-09", "2025-03-15", freq="1min", tz=NY, inclusive="left")
     assert int(np.sum(in_globex_session(idx))) == 5 * 1381
+
+
+# ------------------------------------------------------------------ issue 11, item 20: calendar
+# CME's own notices for 2017-2026 against the calendar. Closes are New York time; 12:00 CT =
+# 13:00 New York (holiday halts), 12:15 CT = 13:15 (the cash market's half days), 8:30 CT =
+# 09:30 (national days of mourning), 8:15 CT = 09:15 (Good Friday with a jobs report).
+KNOWN_DAYS = [
+    # (trade date, close or None for closed, source)
+    ("2018-12-05", "09:30", "CME 2018-12-02: mourning G. H. W. Bush, equities to 8:30 CT"),
+    ("2025-01-09", "09:30", "CME 2024-12-30: mourning Carter, 'open until 8:30 a.m. CT'"),
+    ("2017-07-03", "13:15", "daytradetowin: July 3 2017 equities halt 1:15 p.m. ET"),
+    ("2024-07-03", "13:15", "DTN 2024: CME equities early close at 12:15 p.m. CT"),
+    ("2018-12-24", "13:15", "Christmas Eve: NYSE half day, equities 12:15 CT"),
+    ("2024-11-29", "13:15", "day after Thanksgiving: NYSE half day, equities 12:15 CT"),
+    ("2024-12-24", "13:15", "Christmas Eve"),
+    ("2025-11-28", "13:15", "day after Thanksgiving"),
+    ("2025-01-20", "13:00", "forexlive 2025-01-19: MLK, equities 12:00 CT halt"),
+    ("2024-01-15", "13:00", "forexlive 2024-01-12: MLK, 12:00 CT halt"),
+    ("2024-06-19", "13:00", "forexlive 2024-06-17: Juneteenth, 12:00 CT halt"),
+    ("2024-07-04", "13:00", "DTN 2024: Independence Day, noon halt"),
+    ("2024-11-28", "13:00", "Thanksgiving, 12:00 CT halt"),
+    ("2020-07-03", "13:00", "Independence Day observed (Friday)"),
+    ("2021-04-02", "09:15", "MarketWatch 2021-04-02: futures open until 9:15 a.m. ET (jobs)"),
+    ("2023-04-07", "09:15", "MarketWatch 2023-04-07: futures closed at 9:15 a.m. ET (jobs)"),
+    ("2018-03-30", None, "Good Friday 2018: CME equity closed"),
+    ("2025-04-18", None, "Good Friday 2025: CME Globex closed (Barron's)"),
+    ("2024-12-25", None, "Christmas"),
+    ("2025-01-01", None, "New Year's Day"),
+    ("2021-12-24", None, "Christmas observed (calendar; not independently confirmed)"),
+    # documented doubts, kept as the calendar has them (m2k_bt/sessions.py): CME's notice not seen
+    ("2024-03-29", "09:15", "KEPT: secondary sources say closed; bundled sample has bars"),
+    ("2026-04-03", "09:15", "KEPT: jobs report day, pandas_market_calendars PR #456"),
+]
+
+
+@pytest.mark.parametrize(("day", "close", "source"), KNOWN_DAYS)
+def test_known_special_days_match_cme_notices(day, close, source):
+    sched = globex_schedule(day, day)
+    if close is None:
+        assert sched.empty, source
+        assert not is_trading_day(pd.DatetimeIndex([day]))[0]
+        return
+    row = sched.loc[day]
+    assert row["market_close"].strftime("%H:%M") == close, source
+    # every session opens at 18:00 New York the evening before
+    assert row["market_open"] == pd.Timestamp(f"{day} 18:00", tz=NY) - pd.Timedelta(days=1)
+    assert is_trading_day(pd.DatetimeIndex([day]))[0]
+
+
+def test_national_day_of_mourning_is_a_short_session_not_a_closure():
+    # 2025-01-09: Globex open from 01-08 18:00 to 01-09 09:30 New York, no RTH (NYSE closed)
+    idx = pd.DatetimeIndex(["2025-01-08 18:00", "2025-01-09 09:00", "2025-01-09 09:30",
+                            "2025-01-09 10:00", "2025-01-09 18:00"], tz=NY)  # fmt: skip
+    assert in_globex_session(idx).tolist() == [True, True, True, False, True]
+    assert not rth_mask(idx).any()
+    assert [str(d.date()) for d in trade_dates(idx)] == ["2025-01-09"] * 4 + ["2025-01-10"]
+
+
+def test_daily_bar_on_a_day_of_mourning_loads(tmp_path):
+    # rty-daily-yahoo.csv style: a daily bar for 2025-01-09 was dropped as "not a CME Globex
+    # trade date"
+    from m2k_bt.feeds import load_bars
+
+    path = tmp_path / "rty.csv"
+    path.write_text("Date,Close,High,Low,Open,Volume\n"
+                    "2025-01-08,2246.0,2256.0,2240.8,2250.0,90000\n"
+                    "2025-01-09,2254.5,2256.0,2240.8,2246.2,13615\n"
+                    "2025-01-10,2200.0,2256.0,2190.0,2254.0,95000\n")  # fmt: skip
+    df = load_bars(path)
+    assert [str(d.date()) for d in df.index] == ["2025-01-08", "2025-01-09", "2025-01-10"]
+    assert df.attrs["report"] == []

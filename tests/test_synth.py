@@ -16,9 +16,10 @@ def test_session_index_skips_break_weekend_and_holiday():
     assert in_globex_session(idx).all()
     assert not (idx.hour == 17).any()
     assert not any(t.date().isoformat() == "2024-12-25" and t.hour < 18 for t in idx)
-    # 12-24 closes at 13:00 -> 18:00 .. 12:00 = 19 hourly bars; full days 23 bars
+    # 12-24 closes at 13:15 (12:15 CT) -> bars start 18:00 .. 13:00 = 20 hourly bars; full days
+    # 23 bars
     per_day = idx.to_series().groupby((idx + np.timedelta64(6, "h")).date).size()
-    assert per_day.tolist() == [23, 19, 23, 23]
+    assert per_day.tolist() == [23, 20, 23, 23]
 
 
 def test_generate_continuous_is_deterministic_and_valid(tmp_path):
