@@ -186,7 +186,8 @@ def optimize_main(argv: list[str]) -> int:
     if args.storage:
         from .optimize import _storage
 
-        _storage(args.storage)  # a wrong URL or password is reported before the data loads
+        # a wrong URL or password is reported before the data loads
+        _storage(args.storage).engine.dispose()
     bars, config = config_from_args(args)
     out = _out(args, "optimize", config.strategy_name)
     res = optimize(

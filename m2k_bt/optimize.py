@@ -1128,18 +1128,35 @@ def _run_pool(study, plan: _Plan, direction, workers, payload, progress) -> list
     return notes
 
 
+#: A Dask task lost with its worker (its scattered bars gone too) is submitted again this often.
+DASK_RESUBMITS = 3
+
+
 def _run_dask(study, plan: _Plan, client, payload, progress) -> None:
     """Trials as Dask tasks: claimed and recorded here, backtests on the workers. A worker
-    that dies loses nothing: Dask runs its task again on another worker."""
-    from distributed import as_completed
+    that dies loses nothing: Dask runs its task again on another worker, and a task Dask gives
+    up on with the worker (cancelled, its data lost) is submitted again from here."""
+    import concurrent.futures as cf
 
+    from distributed import as_completed
+    from distributed.scheduler import KilledWorker
+
+    lost = (cf.CancelledError, KilledWorker, OSError, TimeoutError)
     bars, config, space, objective, min_trades, run = payload
-    bars_f = client.scatter(bars, broadcast=True)
+    data = {"bars": client.scatter(bars, broadcast=True)}
     n_slots = max(1, sum(w.get("nthreads", 1) for w in client.scheduler_info()["workers"].values()))
     rng = np.random.default_rng(_derive_seed(plan.seed, plan.identity, "free"))
     running: dict = {}
     ac = as_completed()
     with _Heartbeat(study._storage, plan.heartbeat) as beat:
+
+        def submit(trial, params, attempt: int) -> None:
+            fut = client.submit(
+                evaluate_params, data["bars"], config, params, objective, min_trades, run,
+                pure=False,
+            )
+            running[fut.key] = (trial, params, attempt)
+            ac.add(fut)
 
         def fill() -> None:
             while len(running) < n_slots:
@@ -1148,12 +1165,7 @@ def _run_dask(study, plan: _Plan, client, payload, progress) -> None:
                     return
                 trial, params = got
                 beat.add(trial._trial_id)
-                fut = client.submit(
-                    evaluate_params, bars_f, config, params, objective, min_trades, run,
-                    pure=False,
-                )
-                running[fut.key] = trial
-                ac.add(fut)
+                submit(trial, params, 0)
 
         while True:
             _retrying(plan, _reap, study, plan)
@@ -1164,12 +1176,18 @@ def _run_dask(study, plan: _Plan, client, payload, progress) -> None:
                 time.sleep(_POLL)
                 continue
             fut = next(ac)
-            trial = running.pop(fut.key)
+            trial, params, attempt = running.pop(fut.key)
             try:
                 outcome = fut.result()
+            except lost:
+                if attempt >= DASK_RESUBMITS:
+                    raise
+                data["bars"] = client.scatter(bars, broadcast=True)
+                submit(trial, params, attempt + 1)
+                continue
             except BaseException:
                 _fail(study, trial)
-                for other in running.values():
+                for other, _, _ in running.values():
                     _fail(study, other)
                 raise
             _retrying(plan, _tell, study, trial, outcome)
