@@ -28,7 +28,8 @@ import argparse
 import os
 from pathlib import Path
 
-from .optimize import OBJECTIVES
+from .errors import ConfigError
+from .optimize import DEFAULT_HEARTBEAT, DEFAULT_RECONNECT, OBJECTIVES
 
 __all__ = ["optimize_main", "walkforward_main", "build_optimize_parser", "build_walkforward_parser"]
 
@@ -72,6 +73,22 @@ def _add_search_args(p: argparse.ArgumentParser) -> None:
         help="run trials on a Dask cluster: 'local' (2 worker processes) or tcp://host:8786",
     )
     g.add_argument("--study-name", help="Optuna study name (default: m2k-<strategy>)")
+    g.add_argument(
+        "--heartbeat",
+        type=int,
+        default=DEFAULT_HEARTBEAT,
+        metavar="S",
+        help=f"seconds between a running trial's heartbeats; one silent for 3x as long is "
+        f"re-queued (default: {DEFAULT_HEARTBEAT})",
+    )
+    g.add_argument(
+        "--reconnect",
+        type=float,
+        default=DEFAULT_RECONNECT,
+        metavar="S",
+        help=f"seconds a lost storage connection is retried before giving up "
+        f"(default: {DEFAULT_RECONNECT:g})",
+    )
 
 
 def build_optimize_parser() -> argparse.ArgumentParser:
@@ -84,6 +101,11 @@ def build_optimize_parser() -> argparse.ArgumentParser:
     )
     add_common_args(p)
     _add_search_args(p)
+    p.add_argument(
+        "--status",
+        action="store_true",
+        help="print the progress of the study in --storage (or --out) and exit; runs nothing",
+    )
     return p
 
 
@@ -141,6 +163,8 @@ def _search_kwargs(args) -> dict:
         dask=args.dask,
         seed=args.seed,
         min_trades=args.min_trades,
+        heartbeat=args.heartbeat,
+        reconnect=args.reconnect,
     )
 
 
@@ -150,6 +174,15 @@ def optimize_main(argv: list[str]) -> int:
     from .optimize import optimize
 
     args = build_optimize_parser().parse_args(argv)
+    if args.status:
+        return _status(args)
+    if args.heartbeat < 1:
+        raise ConfigError(f"--heartbeat must be a whole number of seconds >= 1, "
+                          f"got {args.heartbeat}")
+    if args.storage:
+        from .optimize import _storage
+
+        _storage(args.storage)  # a wrong URL or password is reported before the data loads
     bars, config = config_from_args(args)
     out = _out(args, "optimize", config.strategy_name)
     res = optimize(
@@ -166,6 +199,22 @@ def optimize_main(argv: list[str]) -> int:
     if not args.quiet:
         print(res.summary())
         print(f"outputs: {out}{os.sep} ({', '.join(sorted(res.paths))})")
+    return 0
+
+
+def _status(args) -> int:
+    from .optimize import format_status, study_status, study_storage_url
+
+    if args.storage:
+        url = args.storage
+    elif args.out:
+        if not (Path(args.out) / "study.db").is_file():
+            raise ConfigError(f"--status: no study.db in {args.out}; "
+                              f"give the run's --out or --storage")
+        url = study_storage_url(args.out)
+    else:
+        raise ConfigError("--status needs the study's --storage URL or its --out folder")
+    print(format_status(study_status(url, args.study_name)))
     return 0
 
 

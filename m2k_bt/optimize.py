@@ -21,16 +21,14 @@ the DSR's number of trials N (they were tried, then discarded).
 Where the study lives and who runs it:
 
 - **Embedded default**: SQLite ``study.db`` in the output folder, run by ``workers`` local
-  processes (def: one per core), each calling ``study.optimize`` on the shared storage, with
-  the bars sent once per process. ``workers=1`` runs in this process.
-- ``storage``: any Optuna RDB URL, e.g. ``postgresql://user:pw@db-host/optuna``, so that
-  drivers on many machines share one study (run the same command on each; give each the same
-  ``--study-name``). Storages other than SQLite get Optuna's heartbeat (60 s) and
-  ``RetryHeartbeatStaleTrialCallback``: a trial whose process died is failed after 180 s and
-  re-queued with the same parameters (SQLite studies are recovered at once, see Resume).
+  processes (def: one per core) on the shared storage, with the bars sent once per process.
+  ``workers=1`` runs in this process.
+- ``storage``: any Optuna RDB URL, e.g. ``postgresql://user:pw@db-host/optuna`` (mapped to the
+  installed driver, psycopg 3 from the ``postgres`` extra), so that processes on many machines
+  share one study: run the same command on each, with the same ``--study-name``.
 - ``dask``: ``"local"`` starts a ``distributed.LocalCluster(n_workers=2, processes=True,
   threads_per_worker=1)``; an address such as ``"tcp://10.0.0.5:8786"`` connects to a running
-  cluster. Trials run as Dask tasks (``ask`` here, backtest on a worker, ``tell`` here); the
+  cluster. Trials run as Dask tasks (claimed and recorded here, backtest on a worker); the
   study stays in the driver's storage. To build a cluster on several machines, with the same
   Python environment and ``pip install -e .[optimize]`` on each::
 
@@ -41,10 +39,31 @@ Where the study lives and who runs it:
       # anywhere, the driver
       python run_backtest.py optimize --dask tcp://A:8786 --trials 500 --out results/opt
 
+How processes share a study (any storage, SQLite included):
+
+- ``trials`` is the study's: before a process starts a new trial it counts the study's
+  finished, running and queued trials in the storage; trial numbers order concurrent claims,
+  so K processes together run ``trials`` and all stop.
+- The first process creates the study (creation is race-free: the others load it) and queues
+  the grid; the others wait for that, then join. Queued trials are claimed atomically; one
+  whose parameter set is already finished, running or queued elsewhere is discarded (FAIL
+  with the system attribute ``m2k_discard``, counted nowhere).
+- A TPE proposal equal to a finished, running or queued parameter set is re-drawn
+  (:data:`REDRAWS` times, then a free point at random). Each process seeds its sampler from
+  ``seed``, its identity (host and pid when the storage is shared, worker number) and the
+  number of finished trials, so neither a second process nor a resumed study replays
+  proposals.
+- Dead processes: every running trial records a heartbeat (``heartbeat``, def 10 s) and its
+  owner (``host:pid``). A trial whose owner on this host is gone, or whose heartbeat is older
+  than 3 heartbeats, is failed and re-queued once with all its parameters (from the queue's
+  ``fixed_params``, never a half-drawn set) by whichever process sees it; processes stay until
+  no trial of the study is running, so nothing stays RUNNING.
+- A lost connection is retried with backoff for ``reconnect`` seconds (def 60), then a
+  :class:`StorageError` (one line, password masked); the study stays resumable.
+
 Resume. Re-running with the same output folder (or ``storage`` and ``study_name``) loads the
-study and runs only what is missing up to ``trials`` finished (complete + infeasible) trials.
-Trials left ``RUNNING`` or ``FAIL`` by an interrupted run are marked ``FAIL`` and their
-parameters re-queued once, so no trial is lost; a grid never queues a parameter set twice.
+study and runs only what is missing up to ``trials``; interrupted trials are re-queued as
+above, failed ones (Ctrl-C) too, once; a grid never queues a parameter set twice.
 
 Determinism. With ``seed`` and one worker, TPE proposes the same trials in the same order and
 finds the same best parameters every time (the backtests themselves are deterministic). With
@@ -55,15 +74,20 @@ not the study. A grid evaluates the same set of points at any worker count.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-import itertools
 import json
 import math
 import os
+import re
+import socket
 import tempfile
+import threading
 import time
+import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 
 import numpy as np
@@ -80,6 +104,10 @@ __all__ = [
     "optimize",
     "evaluate_params",
     "study_storage_url",
+    "study_status",
+    "format_status",
+    "mask_url",
+    "StorageError",
 ]
 
 #: Objectives (keys of ``BacktestResult.metrics``) and their direction.
@@ -117,7 +145,7 @@ class ParamRange:
     """One searched parameter: ``kind`` ``"int"``, ``"float"`` or ``"choice"``.
 
     >>> r = parse_space(["fast=10:30:10"])["fast"]
-    >>> r.kind, r.grid()
+    >>> r.kind, list(r.grid())
     ('int', [10, 20, 30])
     """
 
@@ -135,7 +163,8 @@ class ParamRange:
             return trial.suggest_float(self.name, self.low, self.high, step=self.step)
         return trial.suggest_categorical(self.name, list(self.choices))
 
-    def grid(self) -> list:
+    def grid(self) -> Sequence:
+        """The values a grid walks, as a lazy sequence: ``fast=1:1000000000`` costs no memory."""
         if self.kind == "choice":
             return list(self.choices)
         if self.step is None:
@@ -145,8 +174,15 @@ class ParamRange:
             )
         n = int(math.floor((self.high - self.low) / self.step + 1e-9)) + 1
         if self.kind == "int":
-            return [int(self.low + i * self.step) for i in range(n)]
-        return [round(self.low + i * self.step, 10) for i in range(n)]
+            return range(int(self.low), int(self.low) + n * int(self.step), int(self.step))
+        return _FloatSteps(float(self.low), float(self.step), n)
+
+    def draw(self, rng: np.random.Generator):
+        """One value drawn uniformly from the range (no list is built)."""
+        if self.kind == "float" and self.step is None:
+            return float(rng.uniform(self.low, self.high))
+        values = self.grid()
+        return values[int(rng.integers(len(values)))]
 
     def __str__(self) -> str:
         if self.kind == "choice":
@@ -154,6 +190,47 @@ class ParamRange:
         num = (lambda v: str(int(v))) if self.kind == "int" else (lambda v: repr(float(v)))
         step = "" if self.step is None else f":{num(self.step)}"
         return f"{self.name}={num(self.low)}:{num(self.high)}{step}"
+
+
+class _FloatSteps(Sequence):
+    """``low, low + step, ...`` (``n`` values, rounded to 10 decimals) without a list."""
+
+    def __init__(self, low: float, step: float, n: int):
+        self.low, self.step, self.n = low, step, n
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(self.n))]
+        if i < 0:
+            i += self.n
+        if not 0 <= i < self.n:
+            raise IndexError(i)
+        return round(self.low + i * self.step, 10)
+
+
+def _grid_size(space: dict) -> int:
+    return math.prod(len(r.grid()) for r in space.values())
+
+
+def _grid_points(space: dict):
+    """Grid points in ``itertools.product`` order, decoded one at a time from their index
+    (``itertools.product`` would first copy every range into a tuple).
+
+    >>> list(_grid_points(parse_space(["a=1:2", "b=x,y"])))
+    [{'a': 1, 'b': 'x'}, {'a': 1, 'b': 'y'}, {'a': 2, 'b': 'x'}, {'a': 2, 'b': 'y'}]
+    """
+    names = list(space)
+    grids = [space[n].grid() for n in names]
+    sizes = [len(g) for g in grids]
+    for index in range(math.prod(sizes)):
+        point, rest = {}, index
+        for name, grid, size in zip(reversed(names), reversed(grids), reversed(sizes)):
+            rest, i = divmod(rest, size)
+            point[name] = grid[i]
+        yield {n: point[n] for n in names}
 
 
 def _scalar(text: str):
@@ -168,14 +245,21 @@ def _scalar(text: str):
     return t
 
 
+#: How a --space item is written, for error messages.
+SPACE_SYNTAX = (
+    "the syntax is name=lo:hi:step or name=a,b,c (e.g. fast=10:100:5, devfactor=1.5:3.0:0.25, "
+    "exit=middle,signal)"
+)
+_RANGE_TYPO = re.compile(r"^[-+]?\d+(\.\d*)?\s*(-|\.\.|to|~)\s*[-+]?\d+(\.\d*)?$")
+
+
 def _parse_one(item: str) -> ParamRange:
     name, sep, value = item.partition("=")
     name, value = name.strip(), value.strip()
     if not sep or not name or not value:
-        raise ConfigError(
-            f"--space takes NAME=LOW:HIGH[:STEP] or NAME=A,B,C, got {item!r} "
-            f"(e.g. fast=10:100:5, devfactor=1.5:3.0:0.25, exit=middle,signal)"
-        )
+        raise ConfigError(f"--space {item!r}: {SPACE_SYNTAX}")
+    if _RANGE_TYPO.match(value):
+        raise ConfigError(f"--space {item!r} is not a range: {SPACE_SYNTAX}")
     if ":" in value:
         parts = value.split(":")
         if len(parts) not in (2, 3):
@@ -242,6 +326,16 @@ def parse_space(
                     f"--space: unknown parameter '{name}' of strategy {_strategy_label(strategy)}"
                     f"{did_you_mean(name, known)}; known: {', '.join(sorted(known))}"
                 )
+        defaults = _strategy_defaults(strategy)
+        for name, r in space.items():
+            numeric = isinstance(defaults.get(name), (int, float)) and not isinstance(
+                defaults.get(name), bool
+            )
+            if numeric and r.kind == "choice" and any(isinstance(c, str) for c in r.choices):
+                raise ConfigError(
+                    f"--space {r}: {name} takes numbers (default {defaults[name]!r}); "
+                    f"{SPACE_SYNTAX}"
+                )
     return space
 
 
@@ -265,6 +359,13 @@ def _strategy_param_names(strategy) -> list[str] | None:
     params = getattr(cls, "params", None)
     getkeys = getattr(params, "_getkeys", None)
     return list(getkeys()) if getkeys else None
+
+
+def _strategy_defaults(strategy) -> dict:
+    cls = _strategy_class(strategy)
+    params = getattr(cls, "params", None)
+    items = getattr(params, "_getitems", None)
+    return dict(items()) if items else {}
 
 
 def _strategy_label(strategy) -> str:
@@ -358,21 +459,23 @@ def _apply(trial, outcome: dict):
     return optuna.trial.TrialState.COMPLETE, outcome["value"]
 
 
-def _make_objective(bars, config, space, objective, min_trades, run_backtest):
-    import optuna
-
-    def fn(trial):
-        params = {name: r.suggest(trial) for name, r in space.items()}
-        outcome = evaluate_params(bars, config, params, objective, min_trades, run_backtest)
-        state, value = _apply(trial, outcome)
-        if state == optuna.trial.TrialState.PRUNED:
-            raise optuna.TrialPruned(outcome["infeasible"])
-        return value
-
-    return fn
-
-
 # ---------------------------------------------------------------- storage and study
+
+#: Seconds between heartbeats of a running trial; one silent for 3x as long belongs to a dead
+#: process and is failed and re-queued (a process on the same host is seen dead at once).
+DEFAULT_HEARTBEAT = 10
+#: Seconds a lost storage connection is retried (with backoff) before the run gives up.
+DEFAULT_RECONNECT = 60.0
+#: A trial whose process died is re-queued this many times (with all its parameters).
+MAX_RETRIES = 1
+#: TPE proposals equal to a finished or running parameter set are re-drawn this many times,
+#: then a parameter set is drawn uniformly from the space's free points.
+REDRAWS = 3
+_POLL = 0.5  # s between looks at the storage while other processes finish their trials
+
+
+class StorageError(ConfigError):
+    """The study's storage cannot be reached, or was lost for longer than the retry period."""
 
 
 def study_storage_url(out: str | Path) -> str:
@@ -385,26 +488,105 @@ def _is_remote(url: str | None) -> bool:
     return url is not None and not url.startswith("sqlite:")
 
 
-def _storage(url: str | None):
+def mask_url(url: str | None) -> str | None:
+    """``url`` with its password replaced by ``***``.
+
+    >>> mask_url("postgresql://ann:s3cret@db:5432/optuna")
+    'postgresql://ann:***@db:5432/optuna'
+    >>> mask_url("sqlite:///tmp/study.db")
+    'sqlite:///tmp/study.db'
+    """
+    if url is None:
+        return None
+    return re.sub(r"^([a-z0-9+._-]+://[^:/@]*:)[^@]*@", r"\1***@", url, flags=re.I)
+
+
+def _driver_url(url: str) -> str:
+    """Map ``postgresql://`` (and ``postgres://``) to the installed driver: psycopg 3 (the
+    ``postgres`` extra), else psycopg2. An explicit ``+driver`` is kept."""
+    import importlib.util
+
+    scheme, sep, rest = url.partition("://")
+    if not sep or scheme.lower() not in ("postgresql", "postgres"):
+        return url
+    for module, driver in (("psycopg", "psycopg"), ("psycopg2", "psycopg2")):
+        if importlib.util.find_spec(module) is not None:
+            return f"postgresql+{driver}://{rest}"
+    raise StorageError(
+        f"--storage {mask_url(url)}: no PostgreSQL driver is installed; "
+        f"pip install -e '.[postgres]' (psycopg 3)"
+    )
+
+
+def _db_errors() -> tuple:
+    import optuna
+    import sqlalchemy.exc as sa
+
+    return (sa.OperationalError, sa.InterfaceError, optuna.exceptions.StorageInternalError)
+
+
+def _one_line(exc: BaseException, url: str | None) -> str:
+    """The first meaningful line of a driver's message, password masked."""
+    text = str(getattr(exc, "orig", None) or exc).strip()
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    line = next((ln for ln in lines if not ln.startswith("(Background")), "") or type(exc).__name__
+    line = re.sub(r"\s*\(Background on this error at:.*", "", line)
+    if url:
+        m = re.match(r"^[a-z0-9+._-]+://[^:/@]*:([^@]*)@", url, flags=re.I)
+        if m and m.group(1):
+            line = line.replace(m.group(1), "***")
+    return line[:300]
+
+
+def _storage(url: str | None, heartbeat: int = DEFAULT_HEARTBEAT):
+    """An RDB storage with heartbeats (any URL, SQLite included); None in memory."""
+    import random
     import warnings
 
     import optuna
+    import sqlalchemy.exc as sa
 
     if url is None:
         return None
-    if _is_remote(url):
-        from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
-
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            return RDBStorage(
-                url,
-                heartbeat_interval=60,
-                grace_period=180,
-                heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=2),
-            )
-    storage = optuna.storages.RDBStorage(url, engine_kwargs={"connect_args": {"timeout": 60}})
-    _fast_sqlite(storage.engine)
+    real = _driver_url(url)
+    kwargs = {}
+    if real.startswith("sqlite:"):
+        kwargs["engine_kwargs"] = {"connect_args": {"timeout": 60}}
+    else:
+        kwargs["engine_kwargs"] = {"pool_pre_ping": True}
+    for attempt in range(6):
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                storage = optuna.storages.RDBStorage(
+                    real,
+                    heartbeat_interval=max(1, int(heartbeat)),
+                    grace_period=max(2, 3 * int(heartbeat)),
+                    **kwargs,
+                )
+            break
+        except (sa.IntegrityError, sa.ProgrammingError) as exc:
+            # two processes creating the tables of a fresh database at once: one loses the
+            # race on a catalogue row; the tables exist now, so try again
+            if attempt == 5:
+                raise StorageError(
+                    f"--storage {mask_url(url)}: cannot create the study tables: "
+                    f"{_one_line(exc, url)}"
+                ) from None
+            time.sleep(0.1 + random.random() * 0.4)
+        except (ImportError, ModuleNotFoundError) as exc:
+            raise StorageError(
+                f"--storage {mask_url(url)}: the database driver is missing ({exc}); "
+                f"pip install -e '.[postgres]' for PostgreSQL"
+            ) from None
+        except Exception as exc:  # SQLAlchemy: bad URL, unreachable server, wrong password
+            if isinstance(exc, M2KError):
+                raise
+            raise StorageError(
+                f"--storage {mask_url(url)}: cannot open the study: {_one_line(exc, url)}"
+            ) from None
+    if real.startswith("sqlite:"):
+        _fast_sqlite(storage.engine)
     return storage
 
 
@@ -438,6 +620,18 @@ def _fast_sqlite(engine) -> None:
     engine.dispose()  # connections opened during set-up get the settings too
 
 
+def _derive_seed(seed: int | None, *parts) -> int | None:
+    """``seed`` itself for the first worker of a fresh study, else a seed mixed from ``seed``
+    and ``parts`` (worker identity, finished trials): a resumed study or a second process
+    draws new proposals instead of replaying the first ones."""
+    if seed is None:
+        return None
+    if not any(parts):
+        return seed
+    words = [int(seed) & 0xFFFFFFFF] + [zlib.crc32(str(p).encode()) for p in parts]
+    return int(np.random.SeedSequence(words).generate_state(1)[0])
+
+
 def _sampler(name: str, seed: int | None, parallel: bool):
     import optuna
 
@@ -457,158 +651,532 @@ def _hashable(v):
     return v
 
 
-def _prepare_queue(study, space, sampler: str, target: int, recover: bool) -> list[str]:
-    """Fail and re-queue interrupted trials; queue grid points. Returns notes."""
+def _full_params(t, names) -> dict | None:
+    """All searched parameters of a trial (a queued trial's are in ``fixed_params``), or None
+    when its process died before every parameter was drawn."""
+    for p in (t.system_attrs.get("fixed_params"), t.params):
+        if p and all(n in p for n in names):
+            return {n: p[n] for n in names}
+    return None
+
+
+def _discarded(t) -> bool:
+    return "m2k_discard" in t.system_attrs
+
+
+def _live(t) -> bool:
+    """A trial that counts towards ``--trials``: finished, running or queued."""
+    return t.state.name != "FAIL"
+
+
+_HOST = socket.gethostname()
+
+
+def _owner() -> str:
+    return f"{_HOST}:{os.getpid()}"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a killed child not yet reaped is a zombie: dead for us
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return True
+
+
+@dataclass
+class _Plan:
+    """What every process of a study agrees on (sent to local workers)."""
+
+    url: str | None
+    name: str
+    space: dict
+    sampler: str
+    target: int
+    seed: int | None
+    heartbeat: int = DEFAULT_HEARTBEAT
+    reconnect: float = DEFAULT_RECONNECT
+    parallel: bool = False
+    identity: str = ""
+
+    @property
+    def names(self) -> list[str]:
+        return list(self.space)
+
+    @property
+    def grace(self) -> float:
+        return max(2, 3 * int(self.heartbeat))
+
+
+def _retrying(plan: _Plan, fn, *args):
+    """``fn(*args)``, retried with backoff while the storage connection is down."""
+    errors = _db_errors()
+    deadline = time.monotonic() + plan.reconnect
+    delay = 0.25
+    while True:
+        try:
+            return fn(*args)
+        except errors as exc:
+            if time.monotonic() + delay > deadline:
+                raise StorageError(
+                    f"--storage {mask_url(plan.url)}: lost the connection for over "
+                    f"{plan.reconnect:g} s ({_one_line(exc, plan.url)}); the study is saved: "
+                    f"run the same command again to resume it"
+                ) from None
+            time.sleep(delay)
+            delay = min(delay * 2, 5.0)
+
+
+class _Heartbeat:
+    """Records a heartbeat every ``interval`` s for the trials this process runs; storage
+    errors are left to the main loop (a heartbeat that cannot be written is simply missed)."""
+
+    def __init__(self, storage, interval: int):
+        self.storage, self.interval = storage, interval
+        self.ids: set[int] = set()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._beat, daemon=True)
+
+    def add(self, trial_id: int) -> None:
+        self.ids.add(trial_id)
+        self._record(trial_id)
+
+    def _record(self, trial_id: int) -> None:
+        try:
+            self.storage.record_heartbeat(trial_id)
+        except Exception:  # noqa: BLE001 - a missed beat; the main loop sees the outage
+            pass
+
+    def _beat(self) -> None:
+        while not self._stop.wait(self.interval):
+            for trial_id in list(self.ids):
+                self._record(trial_id)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+
+def _open_study(plan: _Plan, direction: str, sampler):
+    """Create the study or join it, race-free: of processes starting at once on a fresh
+    storage exactly one creates it; the others load it."""
     import optuna
 
-    TS = optuna.trial.TrialState
-    notes = []
-    names = list(space)
-    trials = study.get_trials(deepcopy=False)
-    done = {_key(t.params, names) for t in trials if t.state in (TS.COMPLETE, TS.PRUNED)}
-    waiting = {
-        _key(t.system_attrs.get("fixed_params", t.params), names)
-        for t in trials
-        if t.state == TS.WAITING
-    }
-    if recover:
-        retried = {t.user_attrs["retry_of"] for t in trials if "retry_of" in t.user_attrs}
-        for t in trials:
-            if t.state not in (TS.RUNNING, TS.FAIL):
-                continue
-            if t.state == TS.RUNNING:
-                study._storage.set_trial_state_values(t._trial_id, TS.FAIL)
-            if t.number in retried:
-                continue
-            key = _key(t.params, names)
-            if t.params and key not in done and key not in waiting:
-                study.enqueue_trial(t.params, user_attrs={"retry_of": t.number})
-                waiting.add(key)
-                notes.append(f"trial {t.number} ({t.state.name}) re-queued with {t.params}")
-    if sampler == "grid":
-        n_finished = len(done)
-        room = max(0, target - n_finished - len(waiting))
-        grid = itertools.product(*(space[n].grid() for n in names))
-        queued = 0
-        for point in grid:
-            if queued >= room:
+    storage = _storage(plan.url, plan.heartbeat)
+    for _ in range(5):
+        try:
+            study = optuna.create_study(
+                study_name=plan.name, storage=storage, direction=direction, sampler=sampler
+            )
+            return study, True
+        except optuna.exceptions.DuplicatedStudyError:
+            pass
+        try:
+            return optuna.load_study(study_name=plan.name, storage=storage, sampler=sampler), False
+        except KeyError:  # created and gone again? try once more
+            time.sleep(0.1)
+        except _db_errors() as exc:
+            raise StorageError(
+                f"--storage {mask_url(plan.url)}: cannot load study '{plan.name}': "
+                f"{_one_line(exc, plan.url)}"
+            ) from None
+    raise StorageError(f"--storage {mask_url(plan.url)}: cannot create or load '{plan.name}'")
+
+
+def _setup(study, created: bool, plan: _Plan, direction, objective, strategy_name) -> list[str]:
+    """The creator records the settings and queues the grid, then marks the study ready;
+    others wait for that (up to a minute), check their settings match, then recover."""
+    if created:
+        study.set_user_attr("m2k_setup", _owner())  # first: joiners now wait for m2k_ready
+    else:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            attrs = study.user_attrs
+            # ready, or a study of an earlier version (settings but no set-up mark)
+            if attrs.get("m2k_ready") or ("m2k_setup" not in attrs and attrs.get("objective")):
                 break
-            key = tuple(_hashable(v) for v in point)
-            if key in done or key in waiting:
-                continue
-            study.enqueue_trial(dict(zip(names, point)))
-            waiting.add(key)
-            queued += 1
+            time.sleep(0.2)
+    _check_study(study, direction, objective, plan.space, strategy_name)
+    notes = _recover(study, plan)
+    if plan.sampler == "grid":
+        _enqueue_grid(study, plan)
+    if study.user_attrs.get("trials") != plan.target:
+        study.set_user_attr("trials", plan.target)  # for --status
+    if not study.user_attrs.get("m2k_ready"):
+        study.set_user_attr("m2k_ready", True)
     return notes
 
 
-def _count(study) -> tuple[int, int, int, int]:
+def _retry(study, t, plan: _Plan, trials=None) -> str | None:
+    """Queue a failed trial again with all its parameters, once, unless its parameter set is
+    already finished, running or queued."""
+    if _discarded(t) or t.user_attrs.get("retries", 0) >= MAX_RETRIES:
+        return None
+    params = _full_params(t, plan.names)
+    if params is None:
+        return None  # died while drawing: it never ran a backtest, nothing to redo
+    trials = trials if trials is not None else study.get_trials(deepcopy=False)
+    if any(x.user_attrs.get("retry_of") == t.number for x in trials):
+        return None
+    key = _key(params, plan.names)
+    if any(x.number != t.number and _live(x) and _trial_key(x, plan) == key for x in trials):
+        return None
+    study.enqueue_trial(
+        params,
+        user_attrs={"retry_of": t.number, "retries": t.user_attrs.get("retries", 0) + 1},
+    )
+    return f"trial {t.number} ({t.state.name}) re-queued with {params}"
+
+
+def _trial_key(t, plan: _Plan):
+    p = _full_params(t, plan.names)
+    return None if p is None else _key(p, plan.names)
+
+
+def _reap(study, plan: _Plan) -> list[str]:
+    """Fail the RUNNING trials of dead processes (stale heartbeat, or a process of this host
+    that is gone) and re-queue them. Atomic per trial: of two processes reaping at once, one
+    wins each trial."""
     import optuna
 
     TS = optuna.trial.TrialState
-    states = [t.state for t in study.get_trials(deepcopy=False)]
-    return (
-        states.count(TS.COMPLETE),
-        states.count(TS.PRUNED),
-        states.count(TS.FAIL),
-        states.count(TS.WAITING),
+    storage = study._storage
+    if not hasattr(storage, "_get_stale_trial_ids"):
+        return []  # in memory: this process is the only one
+    stale = set(storage._get_stale_trial_ids(study._study_id))
+    now = datetime.now()
+    for t in study.get_trials(deepcopy=False, states=(TS.RUNNING,)):
+        owner = t.system_attrs.get("m2k_owner")
+        if owner:
+            host, _, pid = owner.rpartition(":")
+            if host == _HOST and pid.isdigit() and not _pid_alive(int(pid)):
+                stale.add(t._trial_id)
+        elif t.datetime_start and (now - t.datetime_start).total_seconds() > plan.grace:
+            stale.add(t._trial_id)  # created, never claimed: its process died at once
+    notes = []
+    for trial_id in sorted(stale):
+        try:
+            if not storage.set_trial_state_values(trial_id, TS.FAIL):
+                continue
+        except optuna.exceptions.UpdateFinishedTrialError:
+            continue
+        note = _retry(study, storage.get_trial(trial_id), plan)
+        if note:
+            notes.append(note)
+    return notes
+
+
+def _recover(study, plan: _Plan) -> list[str]:
+    """At start: reap dead processes' trials; re-queue failed ones never retried."""
+    notes = _reap(study, plan)
+    trials = study.get_trials(deepcopy=False)
+    for t in trials:
+        if t.state.name == "FAIL" and not _discarded(t):
+            note = _retry(study, t, plan, trials)
+            if note:
+                notes.append(note)
+                trials = study.get_trials(deepcopy=False)
+    return notes
+
+
+def _enqueue_grid(study, plan: _Plan) -> None:
+    """Queue grid points in grid order, skipping those finished, running or queued, until the
+    study holds ``target`` live trials."""
+    trials = study.get_trials(deepcopy=False)
+    live = [t for t in trials if _live(t)]
+    taken = {_trial_key(t, plan) for t in live}
+    room = plan.target - len(live)
+    for point in _grid_points(plan.space):
+        if room <= 0:
+            break
+        if _key(point, plan.names) in taken:
+            continue
+        study.enqueue_trial(point)
+        room -= 1
+
+
+def _discard(study, trial_id: int, why: str) -> None:
+    """A trial we opened but will not run (duplicate, over the cap): FAIL with a mark, so it
+    counts nowhere (not in --trials, trials.csv, DSR) and is never retried."""
+    import optuna
+
+    storage = study._storage
+    storage.set_trial_system_attr(trial_id, "m2k_discard", why)
+    try:
+        storage.set_trial_state_values(trial_id, optuna.trial.TrialState.FAIL)
+    except optuna.exceptions.UpdateFinishedTrialError:
+        pass
+
+
+def _taken_before(trials, number: int, key, plan: _Plan) -> bool:
+    """Another live trial holds ``key`` and comes first (a lower number, or finished)."""
+    return any(
+        t.number != number
+        and _live(t)
+        and (t.number < number or t.state.is_finished())
+        and _trial_key(t, plan) == key
+        for t in trials
     )
+
+
+def _claim(study, plan: _Plan, rng: np.random.Generator):
+    """The next trial this process runs and its parameters, or None when the study has no
+    work left for it: queued trials first (grid points, retries), then, for TPE, a new
+    proposal while the study holds fewer than ``target`` live trials (a study-wide cap that
+    every process reads from the storage; trial numbers order concurrent claims)."""
+    import optuna
+
+    TS = optuna.trial.TrialState
+    storage = study._storage
+    trials = study.get_trials(deepcopy=False)
+    for t in trials:
+        if t.state != TS.WAITING:
+            continue
+        try:
+            if not storage.set_trial_state_values(t._trial_id, TS.RUNNING):
+                continue
+        except optuna.exceptions.UpdateFinishedTrialError:
+            continue
+        storage.set_trial_system_attr(t._trial_id, "m2k_owner", _owner())
+        params = _full_params(t, plan.names)
+        if params is None or _taken_before(trials, t.number, _key(params, plan.names), plan):
+            _discard(study, t._trial_id, "duplicate of a queued, running or finished trial")
+            continue
+        trial = optuna.Trial(study, t._trial_id)
+        return trial, {n: r.suggest(trial) for n, r in plan.space.items()}
+    if plan.sampler == "grid":
+        return None
+    for attempt in range(REDRAWS + 1):
+        trials = study.get_trials(deepcopy=False) if attempt else trials
+        taken = {_trial_key(t, plan) for t in trials if _live(t)}
+        if sum(map(_live, trials)) >= plan.target:
+            return None
+        fixed = None
+        if attempt == REDRAWS:  # TPE keeps proposing taken sets: a free point at random
+            fixed = _free_point(plan, taken, rng)
+            if fixed is None:
+                return None  # every point of the space is taken
+        trial_id = storage.create_new_trial(study._study_id)
+        storage.set_trial_system_attr(trial_id, "m2k_owner", _owner())
+        if fixed is not None:
+            storage.set_trial_system_attr(trial_id, "fixed_params", fixed)
+        trial = optuna.Trial(study, trial_id)
+        trials = study.get_trials(deepcopy=False)
+        if sum(1 for t in trials if t.number < trial.number and _live(t)) >= plan.target:
+            _discard(study, trial_id, "over the study's --trials")
+            return None
+        params = {n: r.suggest(trial) for n, r in plan.space.items()}
+        key = _key(params, plan.names)
+        trials = study.get_trials(deepcopy=False)
+        if not _taken_before(trials, trial.number, key, plan):
+            return trial, params
+        _discard(study, trial_id, "duplicate of a queued, running or finished trial")
+    return None
+
+
+def _free_point(plan: _Plan, taken: set, rng: np.random.Generator) -> dict | None:
+    for _ in range(1000):
+        point = {n: r.draw(rng) for n, r in plan.space.items()}
+        if _key(point, plan.names) not in taken:
+            return point
+    return None
+
+
+def _tell(study, trial, outcome: dict) -> None:
+    import optuna
+
+    try:
+        state, value = _apply(trial, outcome)
+        study.tell(trial, value, state=state, skip_if_finished=True)
+    except optuna.exceptions.UpdateFinishedTrialError:
+        pass  # failed meanwhile as stale by another process: its retry runs it again
+
+
+def _fail(study, trial) -> None:
+    import optuna
+
+    try:
+        study.tell(trial, state=optuna.trial.TrialState.FAIL, skip_if_finished=True)
+    except Exception:  # noqa: BLE001 - best effort on the way out; resume recovers it
+        pass
+
+
+def _counts(study) -> dict:
+    out = {"COMPLETE": 0, "PRUNED": 0, "RUNNING": 0, "WAITING": 0, "FAIL": 0}
+    for t in study.get_trials(deepcopy=False):
+        if not _discarded(t):
+            out[t.state.name] = out.get(t.state.name, 0) + 1
+    return out
+
+
+def _busy(study) -> bool:
+    """Trials still running or queued (maybe in other processes)."""
+    c = _counts(study)
+    return bool(c["RUNNING"] or c["WAITING"])
 
 
 # ---------------------------------------------------------------- runners
 
 
-def _worker(args) -> int:
-    """One local worker process: load the study and run ``quota`` trials."""
-    (url, name, quota, bars, config, space, objective, min_trades, run, sampler, seed) = args
+def _work(study, plan: _Plan, payload, progress=None) -> int:
+    """This process's share of the study: claim, run, record, until the study is done.
+    Stays while other processes still run trials, so that one of theirs whose process dies
+    is re-run here. Returns the number of trials run."""
+    bars, config, space, objective, min_trades, run = payload
+    rng = np.random.default_rng(_derive_seed(plan.seed, plan.identity, "free"))
+    ran, reaped = 0, time.monotonic()
+    with _Heartbeat(study._storage, plan.heartbeat) as beat:
+        while True:
+            got = _retrying(plan, _claim, study, plan, rng)
+            if got is None:
+                if not _retrying(plan, _busy, study):
+                    return ran
+                _retrying(plan, _reap, study, plan)  # a trial we wait for may be dead
+                time.sleep(_POLL)
+                continue
+            trial, params = got
+            beat.add(trial._trial_id)
+            try:
+                outcome = evaluate_params(bars, config, params, objective, min_trades, run)
+            except BaseException:
+                _fail(study, trial)
+                raise
+            _retrying(plan, _tell, study, trial, outcome)
+            beat.ids.discard(trial._trial_id)
+            ran += 1
+            if time.monotonic() - reaped > plan.heartbeat:  # dead processes' trials, now and
+                _retrying(plan, _reap, study, plan)  # then (queued retries go first)
+                reaped = time.monotonic()
+            if progress is not None:
+                c = _retrying(plan, _counts, study)
+                progress(min(c["COMPLETE"] + c["PRUNED"], plan.target), plan.target)
+
+
+def _worker(args) -> None:
+    """One local worker process: open the study and work on it; errors go back on ``queue``."""
+    plan, direction, payload, index, queue = args
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = optuna.load_study(
-        study_name=name, storage=_storage(url), sampler=_sampler(sampler, seed, True)
-    )
-    fn = _make_objective(bars, config, space, objective, min_trades, run)
-    study.optimize(fn, n_trials=quota, catch=())
-    return quota
+    try:
+        study = optuna.load_study(
+            study_name=plan.name, storage=_storage(plan.url, plan.heartbeat)
+        )
+        n_done = sum(1 for t in study.get_trials(deepcopy=False) if t.state.is_finished())
+        seed = _derive_seed(plan.seed, plan.identity, index or "", n_done or "")
+        study.sampler = _sampler(plan.sampler, seed, True)
+        _work(study, dataclasses.replace(plan, identity=f"{plan.identity}/{index}"), payload)
+        queue.put((index, None))
+    except BaseException as exc:  # noqa: BLE001 - reported by the driver
+        queue.put((index, exc if isinstance(exc, M2KError) else RuntimeError(repr(exc))))
 
 
-def _run_pool(study, url, workers, remaining, payload, sampler, seed, progress, target):
-    import concurrent.futures as cf
+def _run_pool(study, plan: _Plan, direction, workers, payload, progress) -> list[str]:
+    """``workers`` spawned processes on the shared storage. A worker that dies (killed) does
+    not stop the others: its trial is re-run by them; this process finishes what is left."""
     import multiprocessing as mp
 
-    quotas = [remaining // workers + (1 if i < remaining % workers else 0) for i in range(workers)]
-    quotas = [q for q in quotas if q > 0]
-    bars, config, space, objective, min_trades, run = payload
     ctx = mp.get_context("spawn")
-    with cf.ProcessPoolExecutor(max_workers=len(quotas), mp_context=ctx) as pool:
-        futs = [
-            pool.submit(
-                _worker,
-                (
-                    url,
-                    study.study_name,
-                    q,
-                    bars,
-                    config,
-                    space,
-                    objective,
-                    min_trades,
-                    run,
-                    sampler,
-                    None if seed is None else seed + i,
-                ),
-            )
-            for i, q in enumerate(quotas)
-        ]
-        pending = set(futs)
-        while pending:
-            finished, pending = cf.wait(pending, timeout=0.5)
-            for f in finished:
-                f.result()  # re-raise a worker's error here
+    queue = ctx.Queue()
+    procs = [
+        ctx.Process(target=_worker, args=((plan, direction, payload, i, queue),), daemon=True)
+        for i in range(workers)
+    ]
+    for p in procs:
+        p.start()
+    notes, errors, reported = [], [], set()
+    try:
+        while True:
+            while not queue.empty():
+                index, exc = queue.get()
+                reported.add(index)
+                if exc is not None:
+                    errors.append(exc)
+            if errors:
+                raise errors[0]
             if progress is not None:
-                c, p, _, _ = _count(study)
-                progress(min(c + p, target), target)
+                c = _retrying(plan, _counts, study)
+                progress(min(c["COMPLETE"] + c["PRUNED"], plan.target), plan.target)
+            if all(not p.is_alive() for p in procs):
+                break
+            time.sleep(_POLL)
+        while not queue.empty():
+            index, exc = queue.get()
+            reported.add(index)
+            if exc is not None:
+                raise exc
+    finally:
+        for p in procs:
+            if p.is_alive():
+                p.terminate()
+            p.join(5)
+    for i, p in enumerate(procs):
+        if i not in reported:
+            notes.append(f"worker {i + 1} died (exit status {p.exitcode}); its trial was re-run")
+    if notes:  # finish here whatever the dead workers left
+        _work(study, plan, payload, progress)
+    return notes
 
 
-def _run_dask(study, client, remaining, payload, progress, target):
+def _run_dask(study, plan: _Plan, client, payload, progress) -> None:
+    """Trials as Dask tasks: claimed and recorded here, backtests on the workers. A worker
+    that dies loses nothing: Dask runs its task again on another worker."""
     from distributed import as_completed
 
     bars, config, space, objective, min_trades, run = payload
     bars_f = client.scatter(bars, broadcast=True)
     n_slots = max(1, sum(w.get("nthreads", 1) for w in client.scheduler_info()["workers"].values()))
-    launched = 0
+    rng = np.random.default_rng(_derive_seed(plan.seed, plan.identity, "free"))
     running: dict = {}
     ac = as_completed()
+    with _Heartbeat(study._storage, plan.heartbeat) as beat:
 
-    def launch():
-        nonlocal launched
-        trial = study.ask()
-        params = {name: r.suggest(trial) for name, r in space.items()}
-        fut = client.submit(
-            evaluate_params, bars_f, config, params, objective, min_trades, run, pure=False
-        )
-        running[fut.key] = trial
-        ac.add(fut)
-        launched += 1
+        def fill() -> None:
+            while len(running) < n_slots:
+                got = _retrying(plan, _claim, study, plan, rng)
+                if got is None:
+                    return
+                trial, params = got
+                beat.add(trial._trial_id)
+                fut = client.submit(
+                    evaluate_params, bars_f, config, params, objective, min_trades, run,
+                    pure=False,
+                )
+                running[fut.key] = trial
+                ac.add(fut)
 
-    while launched < remaining and launched < n_slots:
-        launch()
-    for fut in ac:
-        trial = running.pop(fut.key)
-        try:
-            outcome = fut.result()
-        except BaseException:
-            import optuna
-
-            study.tell(trial, state=optuna.trial.TrialState.FAIL)
-            raise
-        state, value = _apply(trial, outcome)
-        study.tell(trial, value, state=state)
-        if progress is not None:
-            c, p, _, _ = _count(study)
-            progress(min(c + p, target), target)
-        if launched < remaining:
-            launch()
+        while True:
+            _retrying(plan, _reap, study, plan)
+            fill()
+            if not running:
+                if not _retrying(plan, _busy, study):
+                    return
+                time.sleep(_POLL)
+                continue
+            fut = next(ac)
+            trial = running.pop(fut.key)
+            try:
+                outcome = fut.result()
+            except BaseException:
+                _fail(study, trial)
+                for other in running.values():
+                    _fail(study, other)
+                raise
+            _retrying(plan, _tell, study, trial, outcome)
+            beat.ids.discard(trial._trial_id)
+            if progress is not None:
+                c = _retrying(plan, _counts, study)
+                progress(min(c["COMPLETE"] + c["PRUNED"], plan.target), plan.target)
 
 
 # ---------------------------------------------------------------- driver
@@ -723,6 +1291,8 @@ def optimize(
     progress: Callable[[int, int], None] | None = None,
     overfitting: bool = True,
     pbo_splits: int = DEFAULT_PBO_SPLITS,
+    heartbeat: int = DEFAULT_HEARTBEAT,
+    reconnect: float = DEFAULT_RECONNECT,
 ) -> OptimizeResult:
     """Search ``space`` for the parameters of ``config.strategy`` that optimise ``objective``.
 
@@ -744,8 +1314,11 @@ def optimize(
     - ``out``: folder for ``study.db``, ``trials.csv`` and ``optimize.json``.
     - ``run_backtest`` (def: the engine's): must be importable by name for workers and Dask.
     - ``overfitting`` (def: ``True``): compute DSR and PBO (``pbo_splits`` blocks, def 16).
+    - ``heartbeat`` (def: 10 s): a running trial's heartbeat period; a trial silent for 3x as
+      long is failed and re-queued once (at once when its process on this host is gone).
+    - ``reconnect`` (def: 60 s): how long a lost storage connection is retried before a
+      :class:`StorageError`; the study stays resumable.
     """
-    import optuna
 
     t0 = time.perf_counter()
     if objective not in OBJECTIVES:
@@ -778,8 +1351,28 @@ def optimize(
         raise ConfigError("no bars to optimise on: the data is empty")
 
     out_dir = Path(out) if out is not None else None
-    if out_dir is not None:
-        out_dir.mkdir(parents=True, exist_ok=True)
+    with contextlib.ExitStack() as stack:
+        if out_dir is not None:
+            from .outputs import OutputFolder
+
+            # one run per folder: a second optimize into it refuses at once
+            stack.enter_context(OutputFolder(out_dir, marker="optimize.json")).clear(
+                ["trials.csv"]
+            )
+        return _optimize_in(
+            bars, config, space, target, objective, sampler, workers, storage, dask, seed,
+            min_trades, study_name, out_dir, run_backtest, quiet, progress, overfitting,
+            pbo_splits, heartbeat, reconnect, t0,
+        )
+
+
+def _optimize_in(
+    bars, config, space, target, objective, sampler, workers, storage, dask, seed, min_trades,
+    study_name, out_dir, run_backtest, quiet, progress, overfitting, pbo_splits, heartbeat,
+    reconnect, t0,
+) -> OptimizeResult:
+    import optuna
+
     remote = _is_remote(storage)
     url = storage
     if url is None:
@@ -792,45 +1385,42 @@ def optimize(
     direction = OBJECTIVES[objective]
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     use_pool = dask is None and workers > 1
-    try:
-        study = optuna.create_study(
-            study_name=name,
-            storage=_storage(url),
-            direction=direction,
-            sampler=_sampler(sampler, seed, parallel=use_pool or dask is not None),
-            load_if_exists=True,
-        )
-    except Exception as exc:  # SQLAlchemy errors: bad URL, unreachable server, missing driver
-        if isinstance(exc, M2KError):
-            raise
-        raise ConfigError(f"--storage {url!r}: cannot open the study: {exc}") from None
-    _check_study(study, direction, objective, space, strategy_name)
-    notes = _prepare_queue(study, space, sampler, target, recover=not remote)
-
-    c, p, _, _ = _count(study)
-    remaining = max(0, target - c - p)
+    plan = _Plan(
+        url=url,
+        name=name,
+        space=space,
+        sampler=sampler,
+        target=target,
+        seed=seed,
+        heartbeat=heartbeat,
+        reconnect=reconnect,
+        parallel=use_pool or dask is not None or remote,
+        # processes on other machines share the storage: each draws its own proposals
+        identity=_owner() if remote else "",
+    )
+    if url is None:  # in memory, this process only
+        study = optuna.create_study(direction=direction, sampler=_sampler(sampler, seed, False))
+        created = True
+    else:
+        study, created = _open_study(plan, direction, None)
+    notes = _retrying(plan, _setup, study, created, plan, direction, objective, strategy_name)
+    n_done = sum(1 for t in study.get_trials(deepcopy=False) if t.state.is_finished())
+    study.sampler = _sampler(
+        sampler, _derive_seed(seed, plan.identity, n_done or ""), plan.parallel
+    )
     payload = (bars, config, space, objective, min_trades, run_backtest)
-    if remaining:
-        if dask is not None:
-            client, cluster = _dask_client(dask)
-            try:
-                _run_dask(study, client, remaining, payload, progress, target)
-            finally:
-                client.close()
-                if cluster is not None:
-                    cluster.close()
-        elif use_pool:
-            _run_pool(study, url, workers, remaining, payload, sampler, seed, progress, target)
-        else:
-            fn = _make_objective(*payload)
-            done = [c + p]
-
-            def cb(_study, _trial):
-                done[0] += 1
-                if progress is not None:
-                    progress(min(done[0], target), target)
-
-            study.optimize(fn, n_trials=remaining, catch=(), callbacks=[cb])
+    if dask is not None:
+        client, cluster = _dask_client(dask)
+        try:
+            _run_dask(study, plan, client, payload, progress)
+        finally:
+            client.close()
+            if cluster is not None:
+                cluster.close()
+    elif use_pool and _retrying(plan, _has_work, study, plan):
+        notes += _run_pool(study, plan, direction, workers, payload, progress)
+    else:
+        _work(study, plan, payload, progress)
     result = _collect(study, objective, direction, url, sampler, notes)
     result.settings = {
         "strategy": strategy_name,
@@ -853,6 +1443,14 @@ def optimize(
     if out_dir is not None:
         result.paths = _write(result, out_dir)
     return result
+
+
+def _has_work(study, plan: _Plan) -> bool:
+    """Anything left to claim or still running (else a pool would start for nothing)."""
+    c = _counts(study)
+    if c["RUNNING"] or c["WAITING"]:
+        return True
+    return plan.sampler == "tpe" and c["COMPLETE"] + c["PRUNED"] < plan.target
 
 
 def _dask_client(address: str):
@@ -899,7 +1497,7 @@ def _collect(study, objective, direction, url, sampler, notes) -> OptimizeResult
     import optuna
 
     TS = optuna.trial.TrialState
-    trials = study.get_trials(deepcopy=False)
+    trials = [t for t in study.get_trials(deepcopy=False) if not _discarded(t)]
     complete = [t for t in trials if t.state == TS.COMPLETE]
     pruned = [t for t in trials if t.state == TS.PRUNED]
     failed = [t for t in trials if t.state == TS.FAIL]
@@ -913,6 +1511,7 @@ def _collect(study, objective, direction, url, sampler, notes) -> OptimizeResult
                 "value": t.value,
                 **{f"param_{k}": v for k, v in t.params.items()},
                 "infeasible": t.user_attrs.get("infeasible"),
+                "retry_of": t.user_attrs.get("retry_of"),
                 **{
                     k: m.get(k)
                     for k in (
@@ -947,27 +1546,110 @@ def _collect(study, objective, direction, url, sampler, notes) -> OptimizeResult
         n_infeasible=len(pruned),
         n_failed=len(failed),
         study_name=study.study_name,
-        storage=_redact(url),
+        storage=mask_url(url),
         trials=table,
         notes=list(notes),
     )
 
 
-def _redact(url: str | None) -> str | None:
-    if url is None or "@" not in url:
-        return url
-    scheme, _, rest = url.partition("://")
-    return f"{scheme}://***@{rest.rsplit('@', 1)[1]}"
+def study_status(storage: str, study_name: str | None = None) -> list[dict]:
+    """Progress of the studies in ``storage`` (or of ``study_name``), read without running
+    anything: ``study``, ``trials`` (the study's --trials), counts ``complete``,
+    ``infeasible``, ``running``, ``queued``, ``failed``, ``distinct`` parameter sets, ``best``
+    (``{"value", "params", "number"}`` or None) and ``running_trials``
+    (``[{"number", "owner", "seconds", "params"}]``)."""
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    url = storage
+    st = _storage(url, heartbeat=DEFAULT_HEARTBEAT)
+    try:
+        names = [s.study_name for s in optuna.get_all_study_summaries(st, include_best_trial=False)]
+    except _db_errors() as exc:
+        raise StorageError(f"--storage {mask_url(url)}: {_one_line(exc, url)}") from None
+    if study_name is not None:
+        if study_name not in names:
+            raise StorageError(
+                f"--storage {mask_url(url)} holds no study '{study_name}'"
+                f"{did_you_mean(study_name, names)}; studies: {', '.join(names) or 'none'}"
+            )
+        names = [study_name]
+    out, now = [], datetime.now()
+    for name in names:
+        study = optuna.load_study(study_name=name, storage=st)
+        trials = [t for t in study.get_trials(deepcopy=False) if not _discarded(t)]
+        by = {k: [t for t in trials if t.state.name == k] for k in
+              ("COMPLETE", "PRUNED", "RUNNING", "WAITING", "FAIL")}
+        best = None
+        if by["COMPLETE"]:
+            b = study.best_trial
+            best = {"value": b.value, "params": dict(b.params), "number": b.number}
+        out.append({
+            "study": name,
+            "trials": study.user_attrs.get("trials"),
+            "objective": study.user_attrs.get("objective"),
+            "complete": len(by["COMPLETE"]),
+            "infeasible": len(by["PRUNED"]),
+            "running": len(by["RUNNING"]),
+            "queued": len(by["WAITING"]),
+            "failed": len(by["FAIL"]),
+            "distinct": len({_param_key(t) for t in by["COMPLETE"] + by["PRUNED"]}),
+            "best": best,
+            "running_trials": [
+                {
+                    "number": t.number,
+                    "owner": t.system_attrs.get("m2k_owner"),
+                    "seconds": round((now - t.datetime_start).total_seconds(), 1)
+                    if t.datetime_start else None,
+                    "params": _full_params(t, list(t.params)) or dict(t.params),
+                }
+                for t in by["RUNNING"]
+            ],
+        })
+    return out
+
+
+def format_status(rows: list[dict]) -> str:
+    """The text ``optimize --status`` prints."""
+    if not rows:
+        return "no study in this storage yet"
+    lines = []
+    for r in rows:
+        done = r["complete"] + r["infeasible"]
+        lines.append(
+            f"study {r['study']}: {done}/{r['trials'] or '?'} finished ({r['complete']} complete, "
+            f"{r['infeasible']} infeasible; {r['distinct']} distinct), {r['running']} running, "
+            f"{r['queued']} queued, {r['failed']} failed"
+        )
+        if r["best"]:
+            params = ", ".join(f"{k}={v}" for k, v in r["best"]["params"].items())
+            lines.append(
+                f"  best {r['objective'] or 'value'} = {r['best']['value']:.4g} with {params} "
+                f"(trial {r['best']['number']})"
+            )
+        for t in r["running_trials"]:
+            params = ", ".join(f"{k}={v}" for k, v in t["params"].items())
+            lines.append(
+                f"  running: trial {t['number']} ({params}) on {t['owner'] or '?'} for "
+                f"{t['seconds']} s"
+            )
+    return "\n".join(lines)
+
+
+def _param_key(t) -> tuple:
+    return tuple(sorted((k, _hashable(v)) for k, v in t.params.items()))
 
 
 def returns_matrix(study) -> pd.DataFrame:
-    """Dates x complete trials (column = trial number) of recorded daily returns."""
+    """Dates x complete trials (column = trial number) of recorded daily returns; one column
+    per distinct parameter set (the first trial that ran it)."""
     import optuna
 
-    cols = {}
+    cols, seen = {}, set()
     for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
         r = t.user_attrs.get("backtest", {}).get("returns")
-        if r:
+        if r and _param_key(t) not in seen:
+            seen.add(_param_key(t))
             cols[t.number] = pd.Series(r, dtype=float)
     if not cols:
         return pd.DataFrame()
@@ -980,7 +1662,12 @@ def _overfitting(study, result: OptimizeResult, pbo_splits: int) -> None:
     from .overfitting import deflated_sharpe_from_returns, probability_of_backtest_overfitting
 
     matrix = returns_matrix(study)
-    best = study.best_trial.number
+    best_key = _param_key(study.best_trial)
+    best = next(
+        (t.number for t in study.get_trials(deepcopy=False)
+         if t.number in matrix and _param_key(t) == best_key),
+        study.best_trial.number,
+    )
     if matrix.empty or best not in matrix or len(matrix) < 3:
         result.notes.append("DSR and PBO need daily returns of 3+ trade dates; none computed")
         return
@@ -988,10 +1675,13 @@ def _overfitting(study, result: OptimizeResult, pbo_splits: int) -> None:
         # N counts every backtest the search ran and looked at, the infeasible ones (too few
         # trades, undefined objective) included: they were tried and discarded, which is the
         # selection the deflation corrects for. Constraint violations never ran: not counted.
-        ran = sum(
-            1
-            for t in study.get_trials(deepcopy=False)
-            if t.state.name in ("COMPLETE", "PRUNED") and "backtest" in t.user_attrs
+        # distinct configurations: a parameter set run twice is one trial of the search
+        ran = len(
+            {
+                _param_key(t)
+                for t in study.get_trials(deepcopy=False)
+                if t.state.name in ("COMPLETE", "PRUNED") and "backtest" in t.user_attrs
+            }
         )
         n = max(ran, matrix.shape[1])
         d = deflated_sharpe_from_returns(matrix, n_trials=n, selected=best).as_dict()
@@ -1017,12 +1707,17 @@ def _overfitting(study, result: OptimizeResult, pbo_splits: int) -> None:
 
 
 def _write(result: OptimizeResult, out: Path) -> dict:
+    """trials.csv and optimize.json, each written atomically (a kill leaves the old file or
+    the new one; a symlink planted in ``out`` is replaced, not followed)."""
+    from .outputs import atomic_open, atomic_write_text
+
     paths = {}
     p = out / "trials.csv"
-    result.trials.to_csv(p, index=False)
+    with atomic_open(p, "w", newline="") as fh:
+        result.trials.to_csv(fh, index=False)
     paths["trials.csv"] = p
     p = out / "optimize.json"
-    p.write_text(json.dumps(_clean(result.as_dict()), indent=2, default=str))
+    atomic_write_text(p, json.dumps(_clean(result.as_dict()), indent=2, default=str))
     paths["optimize.json"] = p
     if result.storage and result.storage.startswith("sqlite:///"):
         paths["study.db"] = Path(result.storage[len("sqlite:///") :])

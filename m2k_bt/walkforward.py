@@ -42,6 +42,7 @@ Decisions, stated:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import re
@@ -467,118 +468,125 @@ def walk_forward(
         fold_list = split_folds(bars.index, in_sample, out_of_sample, step, anchored, folds)
     space = parse_space(space, config.strategy) if not isinstance(space, dict) else space
     out_dir = Path(out) if out is not None else None
-    if out_dir is not None:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        if optimize_kwargs.get("storage") is None:
-            optimize_kwargs["storage"] = f"sqlite:///{(out_dir / 'study.db').resolve()}"
+    with contextlib.ExitStack() as stack:
+        if out_dir is not None:
+            from .outputs import OutputFolder
 
-    base_name = optimize_kwargs.pop("study_name", None) or "m2k-walkforward"
-    optimize_kwargs.pop("quiet", None)  # the library prints no progress of its own
+            # one run per folder; an earlier run's outputs go before this one writes its own
+            folder = stack.enter_context(OutputFolder(out_dir, marker="walkforward.json"))
+            folder.clear(["folds.csv", "oos_equity.csv", "oos_equity.png"])
+            if optimize_kwargs.get("storage") is None:
+                optimize_kwargs["storage"] = f"sqlite:///{(out_dir / 'study.db').resolve()}"
 
-    rows: list[dict] = []
-    skipped: list[str] = []
-    curves: list[pd.DataFrame] = []
-    equity = float(config.cash)
-    first_value = equity
-    for fold in fold_list:
-        is_bars = bars.iloc[fold.is_slice]
-        oos_bars = bars.iloc[fold.oos_slice]
-        assert is_bars.index[-1] < oos_bars.index[0], "look-ahead: in-sample overlaps OOS"
-        try:
-            opt = optimize(
-                is_bars,
-                config,
-                space,
-                run_backtest=run_backtest,
-                study_name=f"{base_name}-fold{fold.index}",
-                out=None,
-                overfitting=False,
-                quiet=True,
-                progress=None,  # progress is reported per fold, through ``progress``
-                **optimize_kwargs,
+        base_name = optimize_kwargs.pop("study_name", None) or "m2k-walkforward"
+        optimize_kwargs.pop("quiet", None)  # the library prints no progress of its own
+
+        rows: list[dict] = []
+        skipped: list[str] = []
+        curves: list[pd.DataFrame] = []
+        equity = float(config.cash)
+        first_value = equity
+        for fold in fold_list:
+            is_bars = bars.iloc[fold.is_slice]
+            oos_bars = bars.iloc[fold.oos_slice]
+            assert is_bars.index[-1] < oos_bars.index[0], "look-ahead: in-sample overlaps OOS"
+            try:
+                opt = optimize(
+                    is_bars,
+                    config,
+                    space,
+                    run_backtest=run_backtest,
+                    study_name=f"{base_name}-fold{fold.index}",
+                    out=None,
+                    overfitting=False,
+                    quiet=True,
+                    progress=None,  # progress is reported per fold, through ``progress``
+                    **optimize_kwargs,
+                )
+            except ConfigError as exc:
+                if "no feasible trial" not in str(exc):
+                    raise
+                # nothing to trade: the fold stays flat, said so in the report
+                skipped.append(
+                    f"fold {fold.index}: no feasible in-sample trial, flat out of sample"
+                )
+                curve = pd.DataFrame({"value": equity, "fold": fold.index}, index=oos_bars.index)
+                curves.append(curve)
+                rows.append(_flat_row(fold, equity))
+                if progress is not None:
+                    progress(fold.index + 1, len(fold_list))
+                continue
+            params = {**dict(config.params), **opt.best_params}
+            oos_cfg = _replace(config, params=params, cash=equity, start=None, end=None)
+            result = run_backtest(oos_bars, oos_cfg)
+            is_attrs = opt.best_attrs
+            is_ann = annualised_return(
+                is_attrs.get("start_value"),
+                is_attrs.get("final_value"),
+                _days(fold.is_start, is_bars.index[-1]),
             )
-        except ConfigError as exc:
-            if "no feasible trial" not in str(exc):
-                raise
-            # nothing to trade: the fold stays flat, said so in the report
-            skipped.append(f"fold {fold.index}: no feasible in-sample trial, flat out of sample")
-            curve = pd.DataFrame({"value": equity, "fold": fold.index}, index=oos_bars.index)
-            curves.append(curve)
-            rows.append(_flat_row(fold, equity))
+            oos_days = _days(fold.oos_start, oos_bars.index[-1])
+            oos_ann = annualised_return(result.start_value, result.final_value, oos_days)
+            eff = oos_ann / is_ann if (is_ann and is_ann > 0 and oos_ann is not None) else None
+            m = result.metrics
+            rows.append(
+                {
+                    **fold.as_dict(),
+                    "best_params": opt.best_params,
+                    "objective": opt.objective,
+                    "is_objective": opt.best_value,
+                    "is_trials": opt.n_complete,
+                    "is_metrics": {k: is_attrs.get("metrics", {}).get(k) for k in _SHOWN},
+                    "is_return_annualised": is_ann,
+                    "oos_metrics": {k: m.get(k) for k in _SHOWN},
+                    "oos_start_value": result.start_value,
+                    "oos_final_value": result.final_value,
+                    "oos_net_profit": result.final_value - result.start_value,
+                    "oos_return_pct": (result.final_value / result.start_value - 1) * 100,
+                    "oos_return_annualised": oos_ann,
+                    "efficiency": eff,
+                }
+            )
+            curve = result.equity[["value"]].copy() if len(result.equity) else pd.DataFrame()
+            if not curve.empty:
+                curve["fold"] = fold.index
+                curves.append(curve)
+            equity = float(result.final_value)
             if progress is not None:
                 progress(fold.index + 1, len(fold_list))
-            continue
-        params = {**dict(config.params), **opt.best_params}
-        oos_cfg = _replace(config, params=params, cash=equity, start=None, end=None)
-        result = run_backtest(oos_bars, oos_cfg)
-        is_attrs = opt.best_attrs
-        is_ann = annualised_return(
-            is_attrs.get("start_value"),
-            is_attrs.get("final_value"),
-            _days(fold.is_start, is_bars.index[-1]),
-        )
-        oos_days = _days(fold.oos_start, oos_bars.index[-1])
-        oos_ann = annualised_return(result.start_value, result.final_value, oos_days)
-        eff = oos_ann / is_ann if (is_ann and is_ann > 0 and oos_ann is not None) else None
-        m = result.metrics
-        rows.append(
-            {
-                **fold.as_dict(),
-                "best_params": opt.best_params,
-                "objective": opt.objective,
-                "is_objective": opt.best_value,
-                "is_trials": opt.n_complete,
-                "is_metrics": {k: is_attrs.get("metrics", {}).get(k) for k in _SHOWN},
-                "is_return_annualised": is_ann,
-                "oos_metrics": {k: m.get(k) for k in _SHOWN},
-                "oos_start_value": result.start_value,
-                "oos_final_value": result.final_value,
-                "oos_net_profit": result.final_value - result.start_value,
-                "oos_return_pct": (result.final_value / result.start_value - 1) * 100,
-                "oos_return_annualised": oos_ann,
-                "efficiency": eff,
-            }
-        )
-        curve = result.equity[["value"]].copy() if len(result.equity) else pd.DataFrame()
-        if not curve.empty:
-            curve["fold"] = fold.index
-            curves.append(curve)
-        equity = float(result.final_value)
-        if progress is not None:
-            progress(fold.index + 1, len(fold_list))
 
-    stitched = pd.concat(curves) if curves else pd.DataFrame(columns=["value", "fold"])
-    total_days = _days(fold_list[0].oos_start, bars.iloc[fold_list[-1].oos_slice].index[-1])
-    oos_ann = annualised_return(first_value, equity, total_days)
-    is_anns = [r["is_return_annualised"] for r in rows if r["is_return_annualised"] is not None]
-    is_mean = float(np.mean(is_anns)) if is_anns else None
-    eff = oos_ann / is_mean if (is_mean and is_mean > 0 and oos_ann is not None) else None
-    settings = {
-        "strategy": getattr(config, "strategy_name", None) or str(config.strategy),
-        "space": {k: str(v) for k, v in space.items()},
-        "in_sample": str(in_sample),
-        "out_of_sample": str(out_of_sample),
-        "step": str(step if step is not None else out_of_sample),
-        "anchored": anchored,
-        "folds": len(fold_list),
-        "warmup": "cold: indicators start at each out-of-sample window's first bar",
-        **{k: v for k, v in optimize_kwargs.items() if k != "storage"},
-    }
-    res = WalkForwardResult(
-        folds=rows,
-        oos_equity=stitched,
-        efficiency=eff,
-        stability=parameter_stability([r["best_params"] for r in rows]),
-        start_value=first_value,
-        final_value=equity,
-        oos_return_annualised=oos_ann,
-        is_return_annualised_mean=is_mean,
-        settings=settings,
-        skipped=skipped,
-    )
-    if out_dir is not None:
-        res.paths = _write(res, out_dir, plot)
-    return res
+        stitched = pd.concat(curves) if curves else pd.DataFrame(columns=["value", "fold"])
+        total_days = _days(fold_list[0].oos_start, bars.iloc[fold_list[-1].oos_slice].index[-1])
+        oos_ann = annualised_return(first_value, equity, total_days)
+        is_anns = [r["is_return_annualised"] for r in rows if r["is_return_annualised"] is not None]
+        is_mean = float(np.mean(is_anns)) if is_anns else None
+        eff = oos_ann / is_mean if (is_mean and is_mean > 0 and oos_ann is not None) else None
+        settings = {
+            "strategy": getattr(config, "strategy_name", None) or str(config.strategy),
+            "space": {k: str(v) for k, v in space.items()},
+            "in_sample": str(in_sample),
+            "out_of_sample": str(out_of_sample),
+            "step": str(step if step is not None else out_of_sample),
+            "anchored": anchored,
+            "folds": len(fold_list),
+            "warmup": "cold: indicators start at each out-of-sample window's first bar",
+            **{k: v for k, v in optimize_kwargs.items() if k != "storage"},
+        }
+        res = WalkForwardResult(
+            folds=rows,
+            oos_equity=stitched,
+            efficiency=eff,
+            stability=parameter_stability([r["best_params"] for r in rows]),
+            start_value=first_value,
+            final_value=equity,
+            oos_return_annualised=oos_ann,
+            is_return_annualised_mean=is_mean,
+            settings=settings,
+            skipped=skipped,
+        )
+        if out_dir is not None:
+            res.paths = _write(res, out_dir, plot)
+        return res
 
 
 def _flat_row(fold: Fold, equity: float) -> dict:
@@ -639,10 +647,11 @@ def _clean(o):
 
 
 def _write(res: WalkForwardResult, out: Path, plot: bool) -> dict:
+    """Every file atomically (see :mod:`m2k_bt.outputs`); walkforward.json, the marker of a
+    complete run, last."""
+    from .outputs import atomic_open, atomic_path, atomic_write_text
+
     paths = {}
-    p = out / "walkforward.json"
-    p.write_text(json.dumps(_clean(res.as_dict()), indent=2, default=_json_default))
-    paths["walkforward.json"] = p
     flat = []
     for r in res.folds:
         row = {k: v for k, v in r.items() if not isinstance(v, dict)}
@@ -651,22 +660,28 @@ def _write(res: WalkForwardResult, out: Path, plot: bool) -> dict:
         row.update({f"oos_{k}": v for k, v in r["oos_metrics"].items()})
         flat.append(row)
     p = out / "folds.csv"
-    pd.DataFrame(flat).to_csv(p, index=False)
+    with atomic_open(p, "w", newline="") as fh:
+        pd.DataFrame(flat).to_csv(fh, index=False)
     paths["folds.csv"] = p
     p = out / "oos_equity.csv"
-    res.oos_equity.to_csv(p, index_label="datetime")
+    with atomic_open(p, "w", newline="") as fh:
+        res.oos_equity.to_csv(fh, index_label="datetime")
     paths["oos_equity.csv"] = p
     db = out / "study.db"
     if db.exists():
         paths["study.db"] = db
     if plot and not res.oos_equity.empty:
         p = out / "oos_equity.png"
-        plot_oos_equity(res, p)
+        with atomic_path(p) as tmp:
+            plot_oos_equity(res, tmp, fmt="png")
         paths["oos_equity.png"] = p
+    p = out / "walkforward.json"
+    atomic_write_text(p, json.dumps(_clean(res.as_dict()), indent=2, default=_json_default))
+    paths["walkforward.json"] = p
     return paths
 
 
-def plot_oos_equity(res: WalkForwardResult, path: str | Path) -> Path:
+def plot_oos_equity(res: WalkForwardResult, path: str | Path, fmt: str | None = None) -> Path:
     """Save the stitched out-of-sample equity curve with dashed lines at fold boundaries."""
     import matplotlib
 
@@ -688,6 +703,6 @@ def plot_oos_equity(res: WalkForwardResult, path: str | Path) -> Path:
     ax.set_ylabel("account value, $")
     ax.legend(loc="best")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=110, format=fmt)
     plt.close(fig)
     return Path(path)

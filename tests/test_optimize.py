@@ -16,6 +16,7 @@ from conftest import make_bars
 from m2k_bt.errors import ConfigError, ParameterError
 from m2k_bt.optimize import (
     ParamRange,
+    _discarded,
     evaluate_params,
     optimize,
     parse_space,
@@ -98,7 +99,7 @@ def test_parse_space_kinds():
     s = parse_space(["fast=10:100:5", "devfactor=1.5:3.0:0.25", "exit=middle,signal", "x=2"])
     assert s["fast"] == ParamRange("fast", "int", 10, 100, 5)
     assert len(s["fast"].grid()) == 19  # (100 - 10) / 5 + 1
-    assert s["devfactor"].kind == "float" and s["devfactor"].grid() == [
+    assert s["devfactor"].kind == "float" and list(s["devfactor"].grid()) == [
         1.5,
         1.75,
         2.0,
@@ -113,7 +114,7 @@ def test_parse_space_kinds():
 
 
 def test_parse_space_errors():
-    with pytest.raises(ConfigError, match="LOW:HIGH"):
+    with pytest.raises(ConfigError, match="name=lo:hi:step or name=a,b,c"):
         parse_space(["fast"])
     with pytest.raises(ConfigError, match="above high"):
         parse_space(["fast=100:10"])
@@ -273,12 +274,12 @@ def test_study_resumes_after_a_kill_without_losing_or_repeating(tmp_path, sample
     study = optuna.load_study(study_name="resume", storage=url)
     done = [t for t in study.trials if t.state.name in ("COMPLETE", "PRUNED")]
     assert len(done) == 12 == res.n_complete + res.n_infeasible
-    assert [t.state.name for t in study.trials].count("FAIL") == 1  # the interrupted one
-    interrupted_params = next(t.params for t in study.trials if t.state.name == "FAIL")
-    assert interrupted_params in [t.params for t in done]  # re-queued, not lost
-    if sampler == "grid":
-        keys = [(t.params["fast"], t.params["slow"]) for t in done]
-        assert len(set(keys)) == 12  # every grid point exactly once
+    # discarded proposals (a TPE draw equal to a finished set) are FAIL with a mark
+    failed = [t for t in study.trials if t.state.name == "FAIL" and not _discarded(t)]
+    assert len(failed) == 1 == res.n_failed  # the interrupted one
+    assert failed[0].params in [t.params for t in done]  # re-queued, not lost
+    keys = [(t.params["fast"], t.params["slow"]) for t in done]
+    assert len(set(keys)) == 12  # every point exactly once, TPE included
     # resuming a finished study runs nothing more
     again = optimize(
         hourly_bars(5),
@@ -425,3 +426,192 @@ def test_real_engine_tpe_same_seed_same_best():
     b = optimize(bars, cfg, min_trades=0, overfitting=False, **kw)
     assert a.best_params == b.best_params and a.best_value == b.best_value
     assert a.trials["param_fast"].tolist() == b.trials["param_fast"].tolist()
+
+
+# ---------------------------------------------------------------- issue 11 regressions
+
+
+@dataclass(frozen=True)
+class DyingRange(ParamRange):
+    """A range whose ``suggest`` kills the process at the ``kill_at``-th draw of ``slow``:
+    the trial dies between its two parameter suggestions (after ``fast``, before ``slow``)."""
+
+    kill_at: int = 0
+
+    def suggest(self, trial):
+        if self.name == "slow":
+            _DRAWS[0] += 1
+            if _DRAWS[0] == self.kill_at:
+                import os
+
+                os._exit(1)
+        return ParamRange(self.name, self.kind, self.low, self.high, self.step).suggest(trial)
+
+
+_DRAWS = [0]
+
+
+def _space_dying_at(kill_at: int) -> dict:
+    s = parse_space(["fast=10:40:10", "slow=100:140:20"])
+    return {"fast": s["fast"], "slow": DyingRange("slow", "int", 100, 140, 20, kill_at=kill_at)}
+
+
+def _die_between_suggestions(url: str) -> None:
+    optimize(hourly_bars(5), FakeConfig(), _space_dying_at(4), trials=12, sampler="grid",
+             storage=url, study_name="s", workers=1, run_backtest=fake_run, quiet=True,
+             overfitting=False)  # fmt: skip
+
+
+def test_requeued_trial_carries_all_its_parameters(tmp_path):
+    """Item 11: a grid trial killed between its two suggestions is re-queued with both
+    parameters; every grid point runs exactly once (before: (20,150) twice, (20,190) never)."""
+    url = study_storage_url(tmp_path)
+    proc = mp.get_context("spawn").Process(target=_die_between_suggestions, args=(url,))
+    proc.start()
+    proc.join(60)
+    assert proc.exitcode == 1
+    study = optuna.load_study(study_name="s", storage=url)
+    dead = next(t for t in study.trials if t.state.name == "RUNNING")
+    assert list(dead.params) == ["fast"]  # died holding one of its two parameters
+    optimize(hourly_bars(5), FakeConfig(), ["fast=10:40:10", "slow=100:140:20"], trials=12,
+             sampler="grid", storage=url, study_name="s", workers=1, run_backtest=fake_run,
+             quiet=True, overfitting=False)  # fmt: skip
+    study = optuna.load_study(study_name="s", storage=url)
+    done = [(t.params["fast"], t.params["slow"]) for t in study.trials
+            if t.state.name == "COMPLETE"]  # fmt: skip
+    grid = [(f, s) for f in (10, 20, 30, 40) for s in (100, 120, 140)]
+    assert sorted(done) == grid
+    retry = next(t for t in study.trials if t.user_attrs.get("retry_of") == dead.number)
+    assert retry.params == {**dead.params, **retry.params} and len(retry.params) == 2
+    assert retry.params == {"fast": dead.params["fast"],
+                            "slow": dead.system_attrs["fixed_params"]["slow"]}  # fmt: skip
+
+
+def test_resumed_tpe_study_with_a_seed_repeats_no_parameter_set(tmp_path):
+    """Item 12: three interruptions and resumes with --seed 3 (before: 20 trials held 14
+    distinct sets, the early random proposals replayed); the DSR counts distinct sets."""
+    url = study_storage_url(tmp_path)
+    space = ["fast=10:60:5", "slow=100:300:10"]  # 11 x 21 = 231 points
+    for trials in (5, 10, 15, 20):  # the first run and three resumes
+        res = optimize(hourly_bars(5), FakeConfig(), space, trials=trials, seed=3, storage=url,
+                       study_name="r", workers=1, run_backtest=fake_run, quiet=True)  # fmt: skip
+    study = optuna.load_study(study_name="r", storage=url)
+    done = [t for t in study.trials if t.state.name in ("COMPLETE", "PRUNED")]
+    keys = {(t.params["fast"], t.params["slow"]) for t in done}
+    assert len(done) == 20 == len(keys)
+    assert res.dsr["n_trials"] == 20
+
+
+def test_deflated_sharpe_counts_distinct_parameter_sets(tmp_path):
+    """Item 12: a parameter set that ran twice is one trial of the search in the DSR."""
+    url = study_storage_url(tmp_path)
+    kw = dict(sampler="grid", storage=url, study_name="d", workers=1, run_backtest=fake_run,
+              quiet=True)  # fmt: skip
+    space = ["fast=10:30:10", "slow=100:140:20"]  # 3 x 3 = 9 points
+    first = optimize(hourly_bars(5), FakeConfig(), space, **kw)
+    assert first.dsr["n_trials"] == 9
+    study = optuna.load_study(study_name="d", storage=url)
+    twin = study.trials[0]  # as an earlier version would: the same point run once more
+    study.add_trial(optuna.trial.create_trial(
+        params=twin.params, distributions=twin.distributions, value=twin.value,
+        user_attrs=twin.user_attrs))  # fmt: skip
+    again = optimize(hourly_bars(5), FakeConfig(), space, trials=10, **kw)
+    assert again.n_complete == 10 and again.dsr["n_trials"] == 9
+
+
+def test_huge_integer_range_is_sampled_without_building_it():
+    """Item 14: fast=1:1000000000 with 5 trials (before: MemoryError building the grid)."""
+    space = ["fast=1:1000000000", "slow=2000000000:2000000010"]
+    r = parse_space(space)["fast"]
+    assert len(r.grid()) == 1_000_000_000 and r.grid()[-1] == 1_000_000_000
+    kw = dict(trials=5, workers=1, run_backtest=fake_run, quiet=True, overfitting=False,
+              min_trades=0)  # fmt: skip
+    tpe = optimize(hourly_bars(3), FakeConfig(), space, seed=1, **kw)
+    assert tpe.n_complete + tpe.n_infeasible == 5
+    grid = optimize(hourly_bars(3), FakeConfig(), space, sampler="grid", **kw)
+    # a grid walks the points in order: fast = 1, then slow = 2e9 .. 2e9 + 4
+    assert grid.trials["param_fast"].tolist() == [1] * 5
+    assert grid.trials["param_slow"].tolist() == [2_000_000_000 + i for i in range(5)]
+
+
+def test_cli_range_typo_states_the_space_syntax(tmp_path, capsys):
+    """Item 14: --space fast=10-100 (before: "no feasible trial")."""
+    from m2k_bt.cli import main
+
+    data = _csv(tmp_path, n=300)
+    assert main(["optimize", "--data", data, "--lenient", "--space", "fast=10-100"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0
+    assert "name=lo:hi:step or name=a,b,c" in err and "fast=10-100" in err
+
+
+def _cli_argv(tmp_path, out) -> list[str]:
+    return ["optimize", "--data", _csv(tmp_path), "--lenient", "--sizer", "fixed",
+            "--space", "fast=5:10:5", "slow=20", "--sampler", "grid", "--workers", "1",
+            "--min-trades", "0", "--out", str(out), "--quiet"]  # fmt: skip
+
+
+def test_killed_while_writing_trials_csv_leaves_no_partial_file(tmp_path):
+    """Item 8: a kill while trials.csv is written (before: a 0-byte trials.csv beside the
+    previous optimize.json). Now: no partial file, and no optimize.json claims the run."""
+    import signal
+    import subprocess
+    import sys
+
+    from servers import ROOT, child_env
+
+    from m2k_bt.cli import main
+
+    out = tmp_path / "opt"
+    argv = _cli_argv(tmp_path, out)
+    assert main(argv) == 0  # a complete earlier run
+    cmd = [sys.executable, str(ROOT / "run_backtest.py"), *argv]
+    r = subprocess.run(cmd, env=child_env(M2K_BT_TEST_KILL_BEFORE="trials.csv"), timeout=120)
+    assert r.returncode == -signal.SIGKILL
+    assert not (out / "trials.csv").exists() and not (out / "optimize.json").exists()
+    left = {p.name for p in out.iterdir() if not p.name.startswith(".")}  # hidden: the temp
+    assert left <= {"study.db", "study.db-wal", "study.db-shm"}  # the study, resumable
+    assert main(argv) == 0  # resumes
+    assert len(pd.read_csv(out / "trials.csv")) == 2
+
+
+def test_symlink_planted_in_out_is_not_followed(tmp_path):
+    """Item 8: trials.csv and optimize.json as symlinks to a file outside --out."""
+    from m2k_bt.cli import main
+
+    out = tmp_path / "opt"
+    out.mkdir()
+    victim = tmp_path / "precious.txt"
+    victim.write_text("keep me")
+    for name in ("trials.csv", "optimize.json"):
+        (out / name).symlink_to(victim)
+    assert main(_cli_argv(tmp_path, out)) == 0
+    assert victim.read_text() == "keep me"
+    for name in ("trials.csv", "optimize.json"):
+        assert (out / name).is_file() and not (out / name).is_symlink()
+
+
+def test_second_optimize_into_a_locked_out_refuses_in_one_line(tmp_path, capsys):
+    """Item 9: two optimize runs on one --out (before: they failed each other's trials)."""
+    import subprocess
+    import sys
+
+    from servers import child_env
+
+    from m2k_bt.cli import main
+
+    out = tmp_path / "opt"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from m2k_bt.outputs import OutputFolder\n"
+         f"with OutputFolder({str(out)!r}):\n print('locked', flush=True); time.sleep(60)"],
+        stdout=subprocess.PIPE, text=True, env=child_env(),
+    )  # fmt: skip
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        assert main(_cli_argv(tmp_path, out)) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.count("\n") == 0 and "in use by another run" in err
+        assert not (out / "study.db").exists()  # refused before touching the study
+    finally:
+        holder.kill()
+        holder.wait()

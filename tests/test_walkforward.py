@@ -268,3 +268,23 @@ def test_cli_walkforward_by_fold_count_writes_every_output(tmp_path, capsys):
     # rolling folds by count: in-sample 4x out-of-sample, OOS windows back to back
     f0, f1 = data["folds"]
     assert f0["is_bars"] == 4 * f0["oos_bars"] and f0["oos_end"] == f1["oos_start"]
+
+
+def test_outputs_are_atomic_and_a_planted_symlink_is_not_followed(tmp_path):
+    """Issue 11 item 8: walk-forward files replace a symlink in --out instead of writing
+    through it; no temporary file is left behind."""
+    out = tmp_path / "wf"
+    out.mkdir()
+    victim = tmp_path / "precious.txt"
+    victim.write_text("keep me")
+    names = ("walkforward.json", "folds.csv", "oos_equity.csv", "oos_equity.png")
+    for name in names:
+        (out / name).symlink_to(victim)
+    walk_forward(make_bars(24 * 30, seed=4, freq="1h"), FakeConfig(),
+                 ["fast=10:30:10", "slow=80:120:40"], in_sample="240b", out_of_sample="120b",
+                 sampler="grid", workers=1, run_backtest=fake_run, out=out)  # fmt: skip
+    assert victim.read_text() == "keep me"
+    for name in names:
+        assert (out / name).is_file() and not (out / name).is_symlink(), name
+    assert not list(out.glob(".*m2k-tmp"))
+    assert json.loads((out / "walkforward.json").read_text())["folds"]

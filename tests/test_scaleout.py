@@ -1,0 +1,267 @@
+"""Scale-out against real servers: several processes share one study, each trial runs once.
+
+PostgreSQL is a throwaway cluster started for the session (tests/servers.py); Dask is a real
+``dask scheduler`` with two ``dask worker`` processes. The processes are real too: the driver
+``tests/scaleout_driver.py`` (``optimize`` with a backtest stand-in that takes 0.3 s, so that
+a kill lands inside a trial) or ``run_backtest.py optimize`` itself where its output is what
+is tested. Heartbeats are 1 s here (a silent trial is dead after 3 s).
+"""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+
+import pytest
+from servers import PASSWORD, TESTS, DaskCluster, PostgresServer, child_env, pg_bin
+
+optuna = pytest.importorskip("optuna")
+
+GRID = [(f, s) for f in (10, 20, 30, 40) for s in (100, 150, 200)]  # the driver's 12 points
+
+
+@pytest.fixture(scope="module")
+def pg():
+    if not (pg_bin("initdb") and pg_bin("pg_ctl")):
+        pytest.skip("PostgreSQL is not installed (apt-get install postgresql)")
+    pytest.importorskip("psycopg")
+    server = PostgresServer()
+    yield server
+    server.close()
+
+
+SLOW = {"M2K_TEST_SLOW": "20,150:3"}  # the trial a kill lands in takes 3 s
+
+
+def driver(*args: str, delay: float = 0.3, **env) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, str(TESTS / "scaleout_driver.py"), *args],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env=child_env(M2K_TEST_DELAY=delay, **env),
+    )  # fmt: skip
+
+
+def finish(procs, timeout: float = 120) -> list[tuple[int, str, str]]:
+    out = []
+    for p in procs:
+        o, e = p.communicate(timeout=timeout)
+        out.append((p.returncode, o, e))
+    return out
+
+
+def trials_of(url: str, name: str = "scale", keep_discarded: bool = False):
+    from m2k_bt.optimize import _discarded, _storage
+
+    study = optuna.load_study(study_name=name, storage=_storage(url))
+    return [t for t in study.get_trials(deepcopy=False) if keep_discarded or not _discarded(t)]
+
+
+def wait_complete(url: str, n: int, name: str = "scale", timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if sum(t.state.name == "COMPLETE" for t in trials_of(url, name)) >= n:
+                return
+        except (KeyError, Exception):  # noqa: BLE001 - study not created yet
+            pass
+        time.sleep(0.1)
+    raise AssertionError(f"{n} complete trials never appeared")
+
+
+def wait_slow_trial(url: str, name: str = "scale", timeout: float = 60) -> int:
+    """Until the slow trial (fast=20, slow=150) runs; returns the pid that holds it."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            trials = trials_of(url, name)
+        except Exception:  # noqa: BLE001 - study not created yet
+            trials = []
+        for t in trials:
+            if t.state.name == "RUNNING" and t.params == {"fast": 20, "slow": 150}:
+                return int(t.system_attrs["m2k_owner"].rpartition(":")[2])
+        time.sleep(0.05)
+    raise AssertionError("the slow trial never ran")
+
+
+def assert_every_point_once(trials, points=GRID) -> None:
+    states = Counter(t.state.name for t in trials)
+    assert states["RUNNING"] == 0 and states["WAITING"] == 0, states
+    done = [(t.params["fast"], t.params["slow"]) for t in trials if t.state.name == "COMPLETE"]
+    assert sorted(done) == sorted(points)  # each point exactly once, none missing
+
+
+def owners(trials) -> Counter:
+    return Counter(t.system_attrs.get("m2k_owner") for t in trials if t.state.name == "COMPLETE")
+
+
+# ---------------------------------------------------------------- PostgreSQL
+
+
+def test_three_processes_share_one_grid_study_each_trial_once(pg):
+    url = pg.fresh_db()
+    # started in the same instant on a fresh database: one creates the study, two join
+    procs = [driver("--storage", url, "--sampler", "grid") for _ in range(3)]
+    results = finish(procs)
+    assert [r[0] for r in results] == [0, 0, 0], [r[2] for r in results]
+    trials = trials_of(url)
+    assert_every_point_once(trials)
+    assert len(trials) == 12  # no trial queued twice, none failed
+    discarded = [t for t in trials_of(url, keep_discarded=True) if t not in trials]
+    assert discarded == []  # the grid was queued once: nothing to discard
+    assert len(owners(trials)) == 3  # every process ran some of the 12
+
+
+def test_sigkill_one_process_others_finish_every_point_once(pg):
+    url = pg.fresh_db()
+    procs = [driver("--storage", url, "--sampler", "grid", **SLOW) for _ in range(2)]
+    victim = next(p for p in procs if p.pid == wait_slow_trial(url))
+    victim.send_signal(signal.SIGKILL)  # dies holding a RUNNING trial
+    victim.wait()
+    (rc, out, err), = finish([p for p in procs if p is not victim])
+    assert rc == 0, err
+    trials = trials_of(url)
+    assert_every_point_once(trials)
+    failed = [t for t in trials if t.state.name == "FAIL"]
+    assert len(failed) == 1  # the killed trial, re-queued once with both its parameters
+    retry = [t for t in trials if t.user_attrs.get("retry_of") == failed[0].number]
+    assert len(retry) == 1 and retry[0].params == failed[0].params
+    assert retry[0].state.name == "COMPLETE"
+
+
+def test_tpe_across_two_processes_shares_the_trials_cap_and_repeats_no_set(pg):
+    url = pg.fresh_db()
+    args = ["--storage", url, "--sampler", "tpe", "--trials", "10", "--seed", "3",
+            "--space", "fast=10:40:10", "slow=100:200:50"]  # 12 points: repeats are likely
+    procs = [driver(*args, delay=0.1) for _ in range(2)]
+    assert [r[0] for r in finish(procs)] == [0, 0]
+    trials = trials_of(url)
+    assert all(t.state.name == "COMPLETE" for t in trials)
+    keys = [(t.params["fast"], t.params["slow"]) for t in trials]
+    # --trials 10 is the study's: 2 processes together ran 10 (not 2 x 10), all distinct
+    # although both were given --seed 3
+    assert len(keys) == len(set(keys)) == 10
+    assert len(owners(trials)) == 2
+
+
+def test_wrong_password_is_one_masked_line_exit_2(pg, tmp_path, capsys):
+    from m2k_bt.cli import main
+
+    url = pg.url(password="not-the-password", db="postgres")
+    assert main(["optimize", "--storage", url, "--out", str(tmp_path / "o"), "--trials", "2",
+                 "--quiet"]) == 2  # fmt: skip
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0, err
+    assert "not-the-password" not in err and "m2k:***@127.0.0.1" in err
+    assert "password authentication failed" in err
+
+
+def test_server_stopped_mid_study_one_line_exit_2_then_resume_completes(pg, monkeypatch):
+    url = pg.fresh_db()
+    args = ["--storage", url, "--sampler", "grid", "--reconnect", "2"]
+    proc = driver(*args)
+    wait_complete(url, 2)
+    pg.stop("immediate")
+    try:
+        rc, out, err = finish([proc])[0]
+    finally:
+        pg.start()
+    assert rc == 2
+    line = err.strip()
+    assert line.count("\n") == 0 and "lost the connection" in line, line
+    assert PASSWORD not in line and "run the same command again" in line
+    # resume (here, in this process): the trial the lost connection left RUNNING is re-run
+    import scaleout_driver as d
+
+    from m2k_bt.optimize import optimize
+
+    monkeypatch.setenv("M2K_TEST_DELAY", "0")
+    optimize(d.bars(), d.DriverConfig(), ["fast=10:40:10", "slow=100:200:50"], sampler="grid",
+             storage=url, study_name="scale", workers=1, run_backtest=d.slow_run, quiet=True,
+             overfitting=False, heartbeat=1)  # fmt: skip
+    assert_every_point_once(trials_of(url))
+
+
+def test_postgresql_url_works_as_written(pg, tmp_path, capsys):
+    """``postgresql://`` (no +driver) through the command line, then --status."""
+    from conftest import make_bars
+
+    from m2k_bt.cli import main
+
+    bars = make_bars(600, seed=2)
+    bars.index = bars.index.tz_localize(None)
+    data = tmp_path / "bars.csv"
+    bars.to_csv(data)
+    url = pg.fresh_db()
+    assert url.startswith("postgresql://m2k:")
+    assert main(["optimize", "--data", str(data), "--lenient", "--sizer", "fixed",
+                 "--space", "fast=5:10:5", "slow=20:30:10", "--sampler", "grid",
+                 "--min-trades", "0", "--workers", "1", "--storage", url, "--study-name", "cli",
+                 "--out", str(tmp_path / "o"), "--quiet"]) == 0  # fmt: skip
+    capsys.readouterr()
+    assert main(["optimize", "--status", "--storage", url]) == 0
+    printed = capsys.readouterr().out
+    assert "study cli: 4/4 finished (4 complete, 0 infeasible; 4 distinct)" in printed
+    assert "0 running, 0 queued, 0 failed" in printed and "best sharpe" in printed
+
+
+# ---------------------------------------------------------------- SQLite and Dask
+
+
+def test_sqlite_pool_of_two_workers_one_killed_every_point_once(tmp_path):
+    psutil = pytest.importorskip("psutil")
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    proc = driver("--storage", url, "--sampler", "grid", "--workers", "2", **SLOW)
+    victim = psutil.Process(wait_slow_trial(url))
+    assert victim.ppid() == proc.pid  # one of the driver's 2 worker processes
+    victim.send_signal(signal.SIGKILL)
+    rc, out, err = finish([proc])[0]
+    assert rc == 0, err
+    assert "died" in out  # the driver says a worker died and its trial was re-run
+    trials = trials_of(url)
+    assert_every_point_once(trials)
+    assert sum(t.state.name == "FAIL" for t in trials) == 1
+
+
+def test_dask_scheduler_and_two_workers_one_killed_mid_study(tmp_path):
+    pytest.importorskip("distributed")
+    cluster = DaskCluster(2, env={"M2K_TEST_DELAY": "0.3", **SLOW})
+    try:
+        url = f"sqlite:///{tmp_path / 'study.db'}"
+        proc = driver("--storage", url, "--sampler", "grid", "--dask", cluster.address)
+        wait_slow_trial(url)  # the driver holds it; a worker runs it
+        cluster.kill_worker(0)  # whatever it ran is run again by the other worker
+        rc, out, err = finish([proc])[0]
+        assert rc == 0, err
+        trials = trials_of(url)
+        assert_every_point_once(trials)
+        assert len(trials) == 12  # Dask re-ran the task; the study saw each trial once
+    finally:
+        cluster.close()
+
+
+def test_a_silent_trial_of_another_host_is_retried_after_its_heartbeat_stops(tmp_path,
+                                                                             monkeypatch):
+    """The heartbeat path (a process on another machine died): a RUNNING trial whose owner is
+    elsewhere and whose heartbeat stopped is failed after 3 heartbeats and re-run here."""
+    import scaleout_driver as d
+
+    from m2k_bt.optimize import _storage, optimize
+
+    monkeypatch.setenv("M2K_TEST_DELAY", "0")
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    kw = dict(storage=url, study_name="scale", sampler="grid", workers=1, heartbeat=1,
+              run_backtest=d.slow_run, quiet=True, overfitting=False)
+    optimize(d.bars(), d.DriverConfig(), ["fast=10:40:10", "slow=100:200:50"], trials=3, **kw)
+    study = optuna.load_study(study_name="scale", storage=_storage(url, heartbeat=1))
+    study.enqueue_trial({"fast": 40, "slow": 200})
+    t = study.ask()  # as a process on machine "far-away" would: RUNNING, one heartbeat
+    study._storage.set_trial_system_attr(t._trial_id, "m2k_owner", "far-away:1")
+    study._storage.record_heartbeat(t._trial_id)
+    res = optimize(
+        d.bars(), d.DriverConfig(), ["fast=10:40:10", "slow=100:200:50"], trials=4, **kw
+    )
+    assert res.n_complete == 4 and res.n_failed == 1
+    assert_every_point_once(trials_of(url), GRID[:3] + [(40, 200)])
