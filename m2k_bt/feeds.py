@@ -1090,7 +1090,18 @@ def resample_bars(df: pd.DataFrame, rule: str) -> pd.DataFrame:
     if not isinstance(df, pd.DataFrame) or not isinstance(df.index, pd.DatetimeIndex):
         raise DataFeedError("resample_bars needs a DataFrame with a DatetimeIndex")
     idx = df.index
-    idx = idx.tz_localize(NY) if idx.tz is None else idx.tz_convert(NY)
+    if idx.tz is None:
+        idx, codes = _localize(idx, NY)
+    else:
+        idx, codes = idx.tz_convert(NY), np.zeros(len(idx), dtype="int8")
+    if idx.isna().any():
+        i = int(np.flatnonzero(np.asarray(idx.isna()))[0])
+        why = {_DST_GAP: f"does not exist in {NY}", _DST_REPEAT: f"is ambiguous in {NY}"}
+        raise DataFeedError(
+            f"resample_bars: row {i + 1} time {df.index[i]} "
+            f"{why.get(int(codes[i]), 'is missing (NaT)')}; run validate_bars(df) first "
+            f"(it drops or reports such rows) or give the index UTC offsets"
+        )
     local = idx.tz_localize(None).as_unit("ns")
     tdates = trade_dates(local).as_unit("ns")
     if kind == "d":

@@ -675,3 +675,14 @@ def test_all_rows_dropped_names_the_file_and_first_problem(tmp_path):
     expected = r"all\.csv: no bars left: every one of the 2 rows was dropped \(first: line 2: unp"
     with pytest.raises(DataFeedError, match=expected):
         load_bars(path, lenient=True)
+
+
+def test_resample_naive_dst_or_nat_index_is_a_data_feed_error():
+    # found by benchmarks/fuzz_parsers.py (seed 1): a naive index with a DST-gap time raised
+    # pandas' ValueError inside resample_bars
+    for stamp in ("2025-03-09 02:30", "2025-11-02 01:30", None):
+        idx = pd.DatetimeIndex(["2025-03-07 10:00", stamp])
+        df = pd.DataFrame({"open": [1.0, 1.0], "high": [1.0, 1.0], "low": [1.0, 1.0],
+                           "close": [1.0, 1.0], "volume": [1.0, 1.0]}, index=idx)  # fmt: skip
+        with pytest.raises(DataFeedError, match=r"resample_bars: row 2 .*validate_bars"):
+            resample_bars(df, "1min")
