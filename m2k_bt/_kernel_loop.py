@@ -36,7 +36,8 @@ T_COLS = 16
 D_COLS = 10
 # bindings (sizers.BINDINGS order)
 B_WARMUP, B_NO_EDGE, B_KELLY, B_MAXFRAC, B_ZERO, B_MAXEXP, B_MARGIN, B_MAXC = range(8)
-# margin events: bar, kind (0 margin_call, 1 negative_equity), equity, requirement, contracts
+# margin events: bar, kind (0 margin_call, 1 negative_equity, 2 intraday_cutback), equity,
+# requirement, contracts
 E_COLS = 5
 # int params
 (IP_KIND, IP_EXIT_SIGNAL, IP_LONG_ONLY, IP_FIRST, IP_SIZER, IP_FIXED, IP_LOOKBACK, IP_MIN_TRADES,
@@ -44,8 +45,8 @@ E_COLS = 5
 N_IP = 15
 # float params
 (FP_CASH, FP_COMM, FP_MULT, FP_MARGIN, FP_MAINT, FP_TICK, FP_SLIP, FP_SHADOW_SLIP, FP_SCALE,
- FP_MAXFRAC, FP_MAXEXP, FP_P10) = range(12)
-N_FP = 12
+ FP_MAXFRAC, FP_MAXEXP, FP_P10, FP_INTRADAY) = range(13)
+N_FP = 13
 
 
 @njit(cache=True)
@@ -72,7 +73,7 @@ def _tick_price(n, tick, p10):
 
 @njit(cache=True)
 def run_loop(o, h, lw, c, ct, sig, mid, allow_long, allow_short, rth, flatw, roll,
-             stop_n, target_n, ip, fp):
+             stop_n, target_n, inwin, ip, fp):
     n = len(c)
     kind, exit_signal, long_only = ip[IP_KIND], ip[IP_EXIT_SIGNAL], ip[IP_LONG_ONLY]
     first, sizer_kind, fixed_n = ip[IP_FIRST], ip[IP_SIZER], ip[IP_FIXED]
@@ -82,6 +83,10 @@ def run_loop(o, h, lw, c, ct, sig, mid, allow_long, allow_short, rth, flatw, rol
     commission, mult, margin, maint = fp[FP_COMM], fp[FP_MULT], fp[FP_MARGIN], fp[FP_MAINT]
     tick, slip, shadow_slip, p10 = fp[FP_TICK], fp[FP_SLIP], fp[FP_SHADOW_SLIP], fp[FP_P10]
     kscale, kmaxfrac, kmaxexp = fp[FP_SCALE], fp[FP_MAXFRAC], fp[FP_MAXEXP]
+    intraday = fp[FP_INTRADAY]  # NaN: no intraday margin
+    has_intraday = not np.isnan(intraday)
+    overnight = margin
+    active = False  # the intraday regime (FuturesBroker._update_regime)
 
     # ---------------------------------------------------------------- broker state
     cash = fp[FP_CASH]
@@ -113,6 +118,7 @@ def run_loop(o, h, lw, c, ct, sig, mid, allow_long, allow_short, rth, flatw, rol
     group_alive = np.zeros(4 * n + 16, np.bool_)
     next_group = 0
     seq = 0
+    n_used = 0  # slots not FREE: the order machinery is skipped on bars without any
     # events of the bar, delivered to the strategy after the broker's next
     ev_kind = np.zeros(4 * K, np.int64)
     ev_slot = np.zeros(4 * K, np.int64)
@@ -168,19 +174,33 @@ def run_loop(o, h, lw, c, ct, sig, mid, allow_long, allow_short, rth, flatw, rol
     mev = np.full((64, E_COLS), np.nan)
     nmev = 0
     out_value = np.empty(n)
+    costs = np.zeros(5)  # fills, contracts, commission, slippage $, slippage ticks x contracts
     out_cash = np.empty(n)
     out_pos = np.empty(n)
+    out_active = np.zeros(n, np.bool_)
 
     for i in range(n):
         # =============================================================== broker.next
-        for k in range(K):
-            if o_toact[k]:
-                o_toact[k] = False
-                o_active[k] = True
+        closing_window = False
+        if has_intraday and i >= 1:  # from bar 1 the broker knows the data (a position entry)
+            now = inwin[i]
+            if now != active:
+                held_before = abs(psize) * margin
+                active = now
+                margin = intraday if active else overnight
+                maint = intraday if active else fp[FP_MAINT]
+                held_after = abs(psize) * margin
+                cash += held_before - held_after  # equity unchanged
+                closing_window = not active
+        if n_used:
+            for k in range(K):
+                if o_toact[k]:
+                    o_toact[k] = False
+                    o_active[k] = True
         # -- check_submitted: pseudo-execute at the created price, in submission order
         ccash = cash
         csize = psize
-        while True:
+        while n_used:
             k = -1
             best = 1 << 62
             for j in range(K):
@@ -244,7 +264,7 @@ def run_loop(o, h, lw, c, ct, sig, mid, allow_long, allow_short, rth, flatw, rol
         # -- pending orders, in acceptance order
         last_seq = seq
         cur = -1
-        while True:
+        while n_used:
             k = -1
             best = 1 << 62
             for j in range(K):
@@ -351,6 +371,18 @@ def run_loop(o, h, lw, c, ct, sig, mid, allow_long, allow_short, rth, flatw, rol
                 o_exsize[k] = execsize
                 o_expx[k] = price
                 o_excomm[k] = closedcomm + openedcomm
+                # CostAnalyzer: the price backtrader's rules give this order with no slippage
+                if t == MARKET:
+                    ref = op
+                elif t == STOP:
+                    ref = max(op, o_price[k]) if buy else min(op, o_price[k])
+                else:
+                    ref = min(op, o_price[k]) if buy else max(op, o_price[k])
+                costs[0] += 1
+                costs[1] += abs(execsize)
+                costs[2] += closedcomm + openedcomm
+                costs[3] += (price - ref) * execsize * mult
+                costs[4] += (price - ref) * execsize / tick
             g = o_group[k]
             if popened and not opened:
                 # not enough cash for the opening part: Margin (after any closing part)
@@ -395,58 +427,80 @@ def run_loop(o, h, lw, c, ct, sig, mid, allow_long, allow_short, rth, flatw, rol
             value = cash + ((pv - unreal) / 1.0 + unreal)
         else:
             value = cash + 0.0
-        # -- FuturesBroker: maintenance margin and negative equity
+        # -- FuturesBroker: maintenance margin, intraday cut-back and negative equity
         requirement = abs(psize) * maint if psize else 0.0
-        if not (value >= requirement and value >= 0):
-            if requirement:
-                if value < 0 and not negative and psize:
-                    if nmev == mev.shape[0]:
-                        mev = _grow(mev)
-                    mev[nmev, 0] = i
-                    mev[nmev, 1] = 1
-                    mev[nmev, 2] = value
-                    mev[nmev, 3] = 0.0
-                    mev[nmev, 4] = psize
-                    nmev += 1
-                negative = value < 0
+        check = closing_window
+        if not closing_window:
+            if value >= requirement and value >= 0:
+                negative = False
+            elif requirement:
+                check = True
+        if check:
+            if value < 0 and not negative and psize:
+                if nmev == mev.shape[0]:
+                    mev = _grow(mev)
+                mev[nmev, 0] = i
+                mev[nmev, 1] = 1
+                mev[nmev, 2] = value
+                mev[nmev, 3] = 0.0
+                mev[nmev, 4] = psize
+                nmev += 1
+            negative = value < 0
+            for phase in range(2):
                 forced_alive = False
                 for j in range(K):
                     if o_status[j] == PENDING and o_reason[j] == R_MARGIN:
                         forced_alive = True
-                if value < requirement and psize and not forced_alive:
-                    if nmev == mev.shape[0]:
-                        mev = _grow(mev)
-                    mev[nmev, 0] = i
-                    mev[nmev, 1] = 0
-                    mev[nmev, 2] = value
-                    mev[nmev, 3] = requirement
-                    mev[nmev, 4] = psize
-                    nmev += 1
-                    if liquidate:
-                        k = -1
-                        for j in range(K):
-                            if o_status[j] == FREE:
-                                k = j
-                                break
-                        o_status[k] = PENDING
-                        o_type[k] = MARKET
-                        o_size[k] = -psize
-                        o_price[k] = c[i]
-                        o_bar[k] = i
-                        o_reason[k] = R_MARGIN
-                        o_group[k] = -1
-                        o_parent[k] = False
-                        o_active[k] = True
-                        o_toact[k] = False
-                        o_seq[k] = seq
-                        seq += 1
-                        o_kelly[k] = -1
-                        o_roll[k] = False
-                        o_child[k] = False
-                        o_tracked[k] = False
-                        o_ours[k] = False
-        else:
-            negative = False
+                fsize = 0
+                if phase == 0:
+                    if not closing_window or not psize or forced_alive:
+                        continue
+                    allowed = max(0, int(math.floor(max(value, 0.0) / overnight)))
+                    if abs(psize) <= allowed:
+                        continue
+                    cut = abs(psize) - allowed
+                    ekind = 2
+                    ereq = abs(psize) * overnight
+                    fsize = -cut if psize > 0 else cut
+                else:
+                    requirement = abs(psize) * maint if psize else 0.0
+                    if not (requirement and value < requirement and psize) or forced_alive:
+                        continue
+                    ekind = 0
+                    ereq = requirement
+                    fsize = -psize
+                if nmev == mev.shape[0]:
+                    mev = _grow(mev)
+                mev[nmev, 0] = i
+                mev[nmev, 1] = ekind
+                mev[nmev, 2] = value
+                mev[nmev, 3] = ereq
+                mev[nmev, 4] = psize
+                nmev += 1
+                if liquidate:
+                    k = -1
+                    for j in range(K):
+                        if o_status[j] == FREE:
+                            k = j
+                            break
+                    o_status[k] = PENDING
+                    n_used += 1
+                    o_type[k] = MARKET
+                    o_size[k] = fsize
+                    o_price[k] = c[i]
+                    o_bar[k] = i
+                    o_reason[k] = R_MARGIN
+                    o_group[k] = -1
+                    o_parent[k] = False
+                    o_active[k] = True
+                    o_toact[k] = False
+                    o_seq[k] = seq
+                    seq += 1
+                    o_kelly[k] = -1
+                    o_roll[k] = False
+                    o_child[k] = False
+                    o_tracked[k] = False
+                    o_ours[k] = False
 
         # =============================================================== notifications
         for e in range(nev):
@@ -565,10 +619,52 @@ def run_loop(o, h, lw, c, ct, sig, mid, allow_long, allow_short, rth, flatw, rol
                                         o_status[j] = DONE
                     br0 = -1
                     br1 = -1
-                    if psize and not (np.isnan(br_stop) and np.isnan(br_limit)):
-                        unsupported = 2  # re-protecting a partly liquidated position
+                    r_stop = br_stop
+                    r_limit = br_limit
                     br_stop = np.nan
                     br_limit = np.nan
+                    if psize:  # re-protect what is left, at the same prices (oco pair)
+                        g = -1
+                        if not (np.isnan(r_stop) or np.isnan(r_limit)):
+                            g = next_group
+                            next_group += 1
+                            if g >= group_alive.shape[0]:
+                                unsupported = 3
+                                g = group_alive.shape[0] - 1
+                            group_alive[g] = True
+                        for which in range(2):
+                            px = r_stop if which == 0 else r_limit
+                            if np.isnan(px):
+                                continue
+                            kk = -1
+                            for j in range(K):
+                                if o_status[j] == FREE:
+                                    kk = j
+                                    break
+                            o_status[kk] = SUBMITTED
+                            n_used += 1
+                            o_type[kk] = STOP if which == 0 else LIMIT
+                            o_size[kk] = -psize
+                            o_price[kk] = px
+                            o_bar[kk] = i
+                            o_reason[kk] = R_STOP if which == 0 else R_TARGET
+                            o_group[kk] = g
+                            o_parent[kk] = False
+                            o_active[kk] = True
+                            o_toact[kk] = False
+                            o_seq[kk] = seq
+                            seq += 1
+                            o_kelly[kk] = -1
+                            o_roll[kk] = False
+                            o_child[kk] = True
+                            o_tracked[kk] = False
+                            o_ours[kk] = False
+                            if br0 < 0:
+                                br0 = kk
+                            else:
+                                br1 = kk
+                        br_stop = r_stop
+                        br_limit = r_limit
                 elif o_child[k]:
                     br0 = -1
                     br1 = -1
@@ -589,10 +685,12 @@ def run_loop(o, h, lw, c, ct, sig, mid, allow_long, allow_short, rth, flatw, rol
             if entry and (ek == EV_MARGIN or ek == EV_REJECTED):
                 blocked = _sign(o_size[k])
         nev = 0
-        for k in range(K):
-            if o_status[k] == DONE:
-                o_status[k] = FREE
-                o_group[k] = -1
+        if n_used:
+            for k in range(K):
+                if o_status[k] == DONE:
+                    o_status[k] = FREE
+                    o_group[k] = -1
+                    n_used -= 1
 
         # =============================================================== strategy.next
         if i >= first:
@@ -623,14 +721,13 @@ def run_loop(o, h, lw, c, ct, sig, mid, allow_long, allow_short, rth, flatw, rol
                     for b in (br0, br1):
                         if b >= 0 and o_status[b] == PENDING:
                             o_ours[b] = True
-                            o_status[b] = FREE
+                            o_status[b] = DONE
                             gb = o_group[b]
                             if gb >= 0 and group_alive[gb]:
                                 group_alive[gb] = False
                                 for j in range(K):
                                     if o_group[j] == gb and o_status[j] == PENDING:
-                                        o_status[j] = FREE
-                                        o_group[j] = -1
+                                        o_status[j] = DONE
                             o_group[b] = -1
                     br0 = -1
                     br1 = -1
@@ -642,6 +739,7 @@ def run_loop(o, h, lw, c, ct, sig, mid, allow_long, allow_short, rth, flatw, rol
                             k = j
                             break
                     o_status[k] = SUBMITTED
+                    n_used += 1
                     o_type[k] = MARKET
                     o_size[k] = -psize
                     o_price[k] = c[i]
@@ -709,14 +807,13 @@ def run_loop(o, h, lw, c, ct, sig, mid, allow_long, allow_short, rth, flatw, rol
                         for b in (br0, br1):
                             if b >= 0 and o_status[b] == PENDING:
                                 o_ours[b] = True
-                                o_status[b] = FREE
+                                o_status[b] = DONE
                                 gb = o_group[b]
                                 if gb >= 0 and group_alive[gb]:
                                     group_alive[gb] = False
                                     for j in range(K):
                                         if o_group[j] == gb and o_status[j] == PENDING:
-                                            o_status[j] = FREE
-                                            o_group[j] = -1
+                                            o_status[j] = DONE
                                 o_group[b] = -1
                         br0 = -1
                         br1 = -1
@@ -728,6 +825,7 @@ def run_loop(o, h, lw, c, ct, sig, mid, allow_long, allow_short, rth, flatw, rol
                                 k = j
                                 break
                         o_status[k] = SUBMITTED
+                        n_used += 1
                         o_type[k] = MARKET
                         o_size[k] = -psize
                         o_price[k] = c[i]
@@ -895,6 +993,7 @@ def run_loop(o, h, lw, c, ct, sig, mid, allow_long, allow_short, rth, flatw, rol
                                 k = j
                                 break
                         o_status[k] = SUBMITTED
+                        n_used += 1
                         o_type[k] = MARKET
                         o_size[k] = e_dir * e_size
                         o_price[k] = c[i]
@@ -925,6 +1024,7 @@ def run_loop(o, h, lw, c, ct, sig, mid, allow_long, allow_short, rth, flatw, rol
                                         k = j
                                         break
                                 o_status[k] = SUBMITTED
+                                n_used += 1
                                 o_type[k] = STOP if which == 0 else LIMIT
                                 o_size[k] = -e_dir * e_size
                                 o_price[k] = px
@@ -950,6 +1050,7 @@ def run_loop(o, h, lw, c, ct, sig, mid, allow_long, allow_short, rth, flatw, rol
         out_value[i] = value
         out_cash[i] = cash
         out_pos[i] = psize
+        out_active[i] = active
 
     # stop(): an open trade is logged at the last close, no exit commission
     if t_open and t_size:
@@ -979,4 +1080,5 @@ def run_loop(o, h, lw, c, ct, sig, mid, allow_long, allow_short, rth, flatw, rol
         ntr += 1
     counters = np.array([rolls, rej_margin, rej_rejected, rej_canceled, unsupported, n_shadow],
                         np.int64)
-    return (out_value, out_cash, out_pos, trades[:ntr], dec[:ndec], mev[:nmev], counters)
+    return (out_value, out_cash, out_pos, trades[:ntr], dec[:ndec], mev[:nmev], counters, costs,
+            out_active)

@@ -60,6 +60,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_common_args(p)
     p.add_argument("--list-strategies", action="store_true", help="list strategies and params")
+    p.add_argument("--engine", choices=("cerebro", "kernel"), default="cerebro",
+                   help="cerebro (default) or kernel: the compiled simulation of the built-in "
+                   "strategies, same outputs (falls back to cerebro, saying why, for a "
+                   "configuration it does not model)")
     p.add_argument("--open", action="store_true", help="open report.html in the web browser")
     p.add_argument("--rerun", metavar="REPORT_JSON",
                    help="run again exactly as recorded in a report.json (flags given after it "
@@ -87,8 +91,15 @@ def backtest_main(argv: list[str]) -> int:
     with OutputFolder(out):
         bars, config = config_from_args(args)
         progress = ProgressBar("bars", enabled=not args.quiet)
+        result = None
+        if args.engine == "kernel":
+            from .kernel import run_kernel_or_say_why
+
+            result = run_kernel_or_say_why(bars, config)
         try:
-            result = run_backtest(bars, config, progress=progress if progress.enabled else None)
+            if result is None:
+                result = run_backtest(bars, config,
+                                      progress=progress if progress.enabled else None)
         finally:
             progress.close()
         paths = write_outputs(result, out, plot=not args.no_plot)

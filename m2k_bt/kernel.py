@@ -47,6 +47,7 @@ from .commission import M2KCommInfo
 from .contracts import ContractSpec
 from .engine import (
     BacktestConfig,
+    _check_enough_bars,
     _check_money,
     _sizer,
     collect_warnings,
@@ -76,7 +77,11 @@ __all__ = [
     "supported",
     "prepare",
     "KERNEL_EXIT_REASONS",
+    "run_kernel_or_say_why",
+    "run_backtest_fast",
 ]
+
+_MINUTES, _DAYS = 4, 5  # bt.TimeFrame.Minutes, bt.TimeFrame.Days
 
 _KINDS = {SmaCrossover: "sma", BollingerReversion: "bollinger", AdaptiveBollinger: "adaptive"}
 
@@ -95,6 +100,7 @@ _KNOWN_FIELDS = {
     "strategy", "params", "sizer", "sizer_params", "spec", "cash", "commission", "margin",
     "maintenance_margin", "intraday_margin", "slippage_ticks", "start", "end", "resample",
     "rth_only", "runonce", "preload", "analyzers", "plot", "seed", "data_path", "data_rows",
+    "data_options",  # provenance: how the bars were loaded (already loaded when we run)
 }
 _SIZER_PARAMS = {
     "fixed": set(FixedContracts.params._getkeys()),
@@ -124,8 +130,8 @@ def _strategy_class(config: BacktestConfig):
 def supported(config: BacktestConfig) -> tuple[bool, str]:
     """Whether :func:`simulate` models ``config`` exactly, and if not, why (one line).
 
-    >>> supported(BacktestConfig(sizer="fixed", intraday_margin=400.0))[1]
-    'intraday margin (intraday_margin=400.0) is not modelled by the kernel'
+    >>> supported(BacktestConfig(sizer="fixed", avoid_events="fomc"))[1]
+    "config field avoid_events='fomc' is not modelled by the kernel"
     """
     cls = resolve_strategy(config.strategy)
     if cls not in _KINDS:
@@ -146,11 +152,6 @@ def supported(config: BacktestConfig) -> tuple[bool, str]:
         if getattr(config, name, default) != default:
             return False, f"config field {name}={getattr(config, name)!r} is not modelled by " \
                           f"the kernel"
-    intraday = config.intraday_margin
-    if intraday is None and isinstance(config.spec, ContractSpec):
-        intraday = config.spec.intraday_margin
-    if intraday is not None:
-        return False, f"intraday margin (intraday_margin={intraday}) is not modelled by the kernel"
     values = cls.validate_params(dict(config.params))
     known = _KNOWN_PARAMS[cls]
     base = dict(cls.params._getitems())
@@ -188,7 +189,8 @@ class KernelData:
         idx = selected.index
         if idx.tz is not None:
             idx = idx.tz_convert("America/New_York").tz_localize(None)
-        self.times = _num2datetime64(_date2num(idx))  # bar times exactly as backtrader's
+        self.num = _date2num(idx)  # backtrader's float times
+        self.times = _num2datetime64(self.num)  # bar times exactly as backtrader's
         self.tod = (self.times - self.times.astype("datetime64[D]")).astype("int64")  # us
         steps = np.diff(idx.as_unit("ns").asi8)
         spacing = float(np.median(steps)) / 60e9 if len(steps) else None
@@ -196,6 +198,39 @@ class KernelData:
         self.compression = max(1, int(round(spacing))) if self.intraday else 1
         self.ct = tick_counts(self.close, tick)
         self._memo: dict = {}
+        self._per_date = None
+        self._dtindex = None
+
+    def per_date(self) -> list[int]:
+        """Bars on each CME trade date (for the annualisation rule), computed once."""
+        if self._per_date is None:
+            _, counts = np.unique(_trade_dates64(self.times), return_counts=True)
+            self._per_date = counts.tolist()
+        return self._per_date
+
+    def dtindex(self) -> pd.DatetimeIndex:
+        """The bar times as the equity curve's index (naive New York time), made once."""
+        if self._dtindex is None:
+            self._dtindex = pd.DatetimeIndex(self.times, name="datetime")
+        return self._dtindex
+
+    def intraday_window(self, start: str = "09:30", end: str = "15:45") -> np.ndarray:
+        """Bars inside ``FuturesBroker``'s intraday-margin window, by its own rule (fraction
+        of the day of backtrader's float time, plus 1e-7 day)."""
+        key = ("window", start, end)
+
+        def make():
+            from .broker import _day_fraction
+
+            lo = _day_fraction(_dt.time.fromisoformat(start))
+            hi = _day_fraction(_dt.time.fromisoformat(end))
+            frac = self.num % 1.0 + 1e-7
+            return (lo <= frac) & (frac < hi)
+        return self._get(key, make)
+
+    def when(self, i: int) -> _dt.datetime:
+        """Bar ``i``'s time as a naive ``datetime``, as backtrader's ``num2date`` gives it."""
+        return self.times[i].item()
 
     def _get(self, key, make):
         value = self._memo.get(key)
@@ -416,6 +451,7 @@ def simulate(bars, config: BacktestConfig | None = None) -> KernelResult:
         _check_kelly(sp)
     ci = _comminfo(config)
     data = bars if isinstance(bars, KernelData) else prepare(bars, config)
+    _check_enough_bars(data.bars, config)  # the runner's error for a too short selection
     if abs(data.tick - float(ci.p.tick_size)) > 1e-12:
         data = KernelData(data.bars, float(ci.p.tick_size), data.data_report)
     t0 = time.perf_counter()
@@ -500,16 +536,20 @@ def simulate(bars, config: BacktestConfig | None = None) -> KernelResult:
     fp[loop.FP_MAXEXP] = float(sp.get("max_exposure", 2.0))
     fp[loop.FP_P10] = 10.0 ** decimals
 
-    value, cash, pos, trades, dec, mev, counters = loop.run_loop(
+    im = ci.p.intraday_margin
+    fp[loop.FP_INTRADAY] = float(im) if im is not None else np.nan
+    inwin = data.intraday_window()
+    value, cash, pos, trades, dec, mev, counters, costs, active = loop.run_loop(
         data.open, data.high, data.low, data.close, data.ct, sig, mid, allow_long, allow_short,
-        rth, flatw, data.roll, stop_n, target_n, ip, fp)
+        rth, flatw, data.roll, stop_n, target_n, inwin, ip, fp)
     if counters[4]:
         what = {1: "a partly executed order", 2: "re-protecting a partly liquidated position",
                 3: "too many bracket groups"}[int(counters[4])]
         raise KernelDiverged(f"the kernel reached {what}, which it does not model; run this "
                              f"configuration in cerebro")
     elapsed = time.perf_counter() - t0
-    return _result(config, data, ci, value, cash, pos, trades, dec, mev, counters, elapsed)
+    return _result(config, data, ci, value, cash, pos, trades, dec, mev, counters, costs,
+                   active, elapsed)
 
 
 def _check_kelly(sp: dict) -> None:
@@ -539,13 +579,13 @@ def _none(x: float):
     return None if x != x else float(x)
 
 
-def _result(config, data: KernelData, ci, value, cash, pos, trades, dec, mev, counters,
-            elapsed) -> KernelResult:
+def _result(config, data: KernelData, ci, value, cash, pos, trades, dec, mev, counters, costs,
+            active, elapsed) -> KernelResult:
     tick = float(ci.p.tick_size)
     mult = float(ci.p.mult)
     tick_value = round(tick * mult, 10)
     times = data.times
-    pydt = times.astype(object)  # datetime.datetime, as backtrader's num2date gives
+    when = data.when
     rows = []
     closed = []
     for r in trades:
@@ -553,11 +593,11 @@ def _result(config, data: KernelData, ci, value, cash, pos, trades, dec, mev, co
         direction = int(r[loop.T_DIR])
         entry, exit_ = float(r[loop.T_ENTRY_PX]), float(r[loop.T_EXIT_PX])
         reason = _REASONS[int(r[loop.T_REASON])]
-        contracts = int(r[loop.T_CONTRACTS])
+        contracts = float(r[loop.T_CONTRACTS])  # a float, as the strategy's fill sums give
         gross, comm, net = float(r[loop.T_GROSS]), float(r[loop.T_COMM]), float(r[loop.T_NET])
         row = {
-            "entry_dt": pydt[entry_i],
-            "exit_dt": pydt[exit_i],
+            "entry_dt": when(entry_i),
+            "exit_dt": when(exit_i),
             "direction": "long" if direction > 0 else "short",
             "contracts": contracts,
             "entry_price": entry,
@@ -594,11 +634,9 @@ def _result(config, data: KernelData, ci, value, cash, pos, trades, dec, mev, co
     tstats = trade_statistics(closed)
     tstats["open_trades"] = int(bool(rows) and rows[-1]["exit_reason"] == "end")
     start_value = float(config.cash)
-    _, per_date = np.unique(_trade_dates64(times), return_counts=True)
-    import backtrader as bt
-
-    timeframe = bt.TimeFrame.Minutes if data.intraday else bt.TimeFrame.Days
-    periods = _periods(timeframe, data.compression, per_date.tolist())
+    per_date = data.per_date()
+    timeframe = _MINUTES if data.intraday else _DAYS
+    periods = _periods(timeframe, data.compression, per_date)
     rstats = returns_statistics(start_value, value, periods)
     rstats["trade_dates"] = len(per_date)
     peak = np.maximum.accumulate(value) if len(value) else value
@@ -617,27 +655,42 @@ def _result(config, data: KernelData, ci, value, cash, pos, trades, dec, mev, co
         "drawdown_pct": pct,
     }
     analysis = {"returns": rstats, "trades": tstats, "equity": equity_cols}
-    from .analyzers import equity_frame
+    equity = pd.DataFrame({k: v for k, v in equity_cols.items() if k != "datetime"},
+                          index=data.dtindex(), copy=False)
 
     events = []
     for r in mev:
         i, k = int(r[0]), int(r[1])
         size = int(r[4])
         if k == 0:
-            events.append(MarginEvent(dt=pydt[i], kind="margin_call", equity=float(r[2]),
+            events.append(MarginEvent(dt=when(i), kind="margin_call", equity=float(r[2]),
                                       requirement=float(r[3]), contracts=size,
                                       data_name=config.spec.root,
                                       action=f"liquidate {abs(size)} contracts at next open"))
+        elif k == 2:
+            allowed = max(0, int(np.floor(max(float(r[2]), 0.0) / float(ci.p.margin))))
+            events.append(MarginEvent(
+                dt=when(i), kind="intraday_cutback", equity=float(r[2]),
+                requirement=float(r[3]), contracts=size, data_name=config.spec.root,
+                action=f"cut back {abs(size) - allowed} contracts at next open (equity "
+                       f"supports {allowed})"))
         else:
-            events.append(MarginEvent(dt=pydt[i], kind="negative_equity", equity=float(r[2]),
+            events.append(MarginEvent(dt=when(i), kind="negative_equity", equity=float(r[2]),
                                       requirement=0.0, contracts=size,
                                       data_name=config.spec.root, action="equity below zero"))
     decisions = [
-        KellyDecision(dt=pydt[int(d[0])], p=_none(d[1]), b=_none(d[2]), f_star=_none(d[3]),
+        KellyDecision(dt=when(int(d[0])), p=_none(d[1]), b=_none(d[2]), f_star=_none(d[3]),
                       f_used=_none(d[4]), equity=float(d[5]), risk_per_contract=_none(d[6]),
                       contracts=int(d[7]), binding=BINDINGS[int(d[8])], trades_used=int(d[9]))
         for d in dec
     ]
+    if config.analyzers:
+        final = float(value[-1]) if len(value) else start_value
+        analysis["costs"] = _costs(costs, final - start_value)
+        analysis["margin"] = _margin(data, ci, value, pos, events, active)
+        analysis["kelly"] = _kelly_log(decisions, config)
+        analysis = {k: analysis[k] for k in ("trades", "costs", "margin", "kelly", "returns",
+                                              "equity")}
     rejections = {name: int(counters[j]) for name, j in (("Margin", 1), ("Rejected", 2),
                                                          ("Canceled", 3)) if counters[j]}
     from types import SimpleNamespace
@@ -655,7 +708,7 @@ def _result(config, data: KernelData, ci, value, cash, pos, trades, dec, mev, co
         analysis=analysis,
         metrics=metrics_from(analysis),
         trades=rows,
-        equity=equity_frame(equity_cols),
+        equity=equity,
         margin_events=events,
         warnings=warnings,
         decisions=decisions,
@@ -685,3 +738,165 @@ def simulate_many(bars, configs) -> list[KernelResult]:
                 data = cache[key] = prepare(bars, config)
         out.append(simulate(data, config))
     return out
+
+
+def _costs(costs, change: float) -> dict:
+    """:class:`~m2k_bt.analyzers.CostAnalyzer`'s keys from the loop's fill sums."""
+    from .analyzers import _div, _r
+
+    fills, c, commission, slippage, slip_ticks = (float(x) for x in costs)
+    total = commission + slippage
+    gross = change + total
+
+    def pct(x: float):
+        return _r(100.0 * x / gross, 6) if gross > 0 else None
+
+    return {
+        "fills": int(fills),
+        "contracts_traded": c,
+        "commission": _r(commission),
+        "commission_per_contract": _r(_div(commission, c)),
+        "slippage": _r(slippage),
+        "slippage_per_contract": _r(_div(slippage, c)),
+        "slippage_ticks_per_contract": _r(_div(slip_ticks, c), 6),
+        "total_costs": _r(total),
+        "costs_per_contract": _r(_div(total, c)),
+        "gross_profit": _r(gross),
+        "commission_pct_of_gross": pct(commission),
+        "slippage_pct_of_gross": pct(slippage),
+        "costs_pct_of_gross": pct(total),
+        "unpriced_fills": 0,
+    }
+
+
+def _margin(data: KernelData, ci, value, pos, events, active) -> dict:
+    """:class:`~m2k_bt.analyzers.MarginExposure`'s keys, from the equity curve."""
+    from collections import Counter
+
+    from .analyzers import _div, _r
+
+    n = len(value)
+    size = np.abs(pos)
+    market = size != 0
+    idx = np.flatnonzero(market)
+    im = ci.p.intraday_margin
+    on = active[idx] if im is not None else np.zeros(len(idx), dtype=bool)
+    init = size[idx] * np.where(on, float(im or 0.0), float(ci.p.margin))
+    maint = size[idx] * np.where(on, float(im or 0.0), float(ci.p.maintenance_margin))
+    notional = size[idx] * data.close[idx] * float(ci.p.mult)
+    equity = value[idx]
+    out_low = low_i = None
+    if len(idx):
+        excess = equity - maint
+        j = int(np.argmin(excess))
+        out_low, low_i = float(excess[j]), int(idx[j])
+    flat = np.flatnonzero(~market)
+    if len(flat):
+        j = int(np.argmin(value[flat]))
+        v, i = float(value[flat][j]), int(flat[j])
+        if out_low is None or v < out_low or (v == out_low and i < low_i):
+            out_low, low_i = v, i
+    peak_margin = peak_i = peak_pct = peak_notional = peak_lev = None
+    if len(idx):
+        j = int(np.argmax(init))
+        peak_margin, peak_i = float(init[j]), int(idx[j])
+        peak_notional = max(0.0, float(notional.max()))
+        pos_eq = equity > 0
+        if pos_eq.any():
+            peak_pct = max(0.0, float((100.0 * init[pos_eq] / equity[pos_eq]).max()))
+            peak_lev = max(0.0, float((notional[pos_eq] / equity[pos_eq]).max()))
+    dicts = [dataclasses.asdict(e) for e in events]
+    kinds = Counter(e["kind"] for e in dicts)
+    in_market = len(idx)
+    return {
+        "peak_initial_margin": _r(peak_margin),
+        "peak_initial_margin_dt": data.when(peak_i) if peak_i is not None else None,
+        "peak_margin_pct_of_equity": _r(peak_pct, 6),
+        "lowest_excess_equity": _r(out_low),
+        "lowest_excess_equity_dt": data.when(low_i) if low_i is not None else None,
+        "peak_notional": _r(peak_notional),
+        "peak_leverage": _r(peak_lev, 6),
+        "peak_contracts": max(0.0, float(size.max())) if n else 0.0,
+        "bars": n,
+        "bars_in_market": in_market,
+        "time_in_market_pct": _r(_div(100.0 * in_market, n), 6),
+        "nonpositive_equity_bars": int((equity <= 0).sum()),
+        "margin_calls": kinds.get("margin_call", 0),
+        "intraday_cutbacks": kinds.get("intraday_cutback", 0),
+        "negative_equity_events": kinds.get("negative_equity", 0),
+        "margin_events": dicts,
+    }
+
+
+def _kelly_log(decisions, config) -> dict:
+    """:class:`~m2k_bt.analyzers.KellyLog`'s keys from the sizer decisions."""
+    from collections import Counter
+
+    kelly = str(config.sizer).lower() == "kelly"
+    rows = [dataclasses.asdict(d) for d in decisions]
+    f_used = [d["f_used"] for d in rows if d.get("f_used") is not None]
+    sizes = [d["contracts"] for d in rows if d.get("contracts") is not None]
+    return {
+        "sizer": "KellySizer" if kelly else "FixedContracts",
+        "available": kelly,
+        "decisions": rows,
+        "count": len(rows),
+        "zero_size": sum(1 for s in sizes if s == 0),
+        "mean_f_used": sum(f_used) / len(f_used) if f_used else None,
+        "last_f_used": f_used[-1] if f_used else None,
+        "max_contracts": max(sizes) if sizes else None,
+        "binding": dict(Counter(str(d.get("binding")) for d in rows if "binding" in d)),
+    }
+
+
+def run_kernel_or_say_why(bars, config: BacktestConfig) -> KernelResult | None:
+    """:func:`simulate` when the kernel models ``config``; else ``None`` after one line on
+    stderr saying why (the caller then runs cerebro). Used by ``run_backtest.py --engine
+    kernel``."""
+    import sys
+
+    ok, why = supported(config)
+    if ok:
+        try:
+            return simulate(bars, config)
+        except KernelDiverged as exc:
+            why = str(exc)
+    print(f"note: running in cerebro: {why}", file=sys.stderr)
+    return None
+
+
+_DATA_CACHE: dict = {}  # id(bars) -> (weakref to bars, {selection key: KernelData})
+
+
+def _cached_data(bars: pd.DataFrame, config: BacktestConfig) -> KernelData:
+    import weakref
+
+    entry = _DATA_CACHE.get(id(bars))
+    if entry is None or entry[0]() is not bars:
+        for key in [k for k, (ref, _) in _DATA_CACHE.items() if ref() is None]:
+            del _DATA_CACHE[key]
+        entry = _DATA_CACHE[id(bars)] = (weakref.ref(bars), {})
+    key = (config.start, config.end, config.resample, float(config.spec.tick_size))
+    data = entry[1].get(key)
+    if data is None:
+        data = entry[1][key] = prepare(bars, config)
+    return data
+
+
+def run_backtest_fast(bars: pd.DataFrame, config: BacktestConfig | None = None,
+                      progress=None):
+    """``run_backtest`` through the kernel where :func:`supported` says so, else cerebro.
+
+    A drop-in for :func:`m2k_bt.engine.run_backtest` (same signature, a result with the same
+    fields), importable by name, e.g. as ``optimize(..., run_backtest=run_backtest_fast)``.
+    Indicators are kept per bars object (while it lives) and bar selection, so the trials of a
+    study on the same bars share them."""
+    from .engine import run_backtest
+
+    config = config or BacktestConfig()
+    if supported(config)[0]:
+        try:
+            return simulate(_cached_data(bars, config), config)
+        except KernelDiverged:
+            pass
+    return run_backtest(bars, config, progress=progress)

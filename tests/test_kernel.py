@@ -106,6 +106,7 @@ def stressed_bars(n: int, seed: int, vol: float = 0.002, gaps: int = 3, rolls: i
 
 
 def _same(a, b, where: str) -> None:
+    assert type(a) is type(b), f"{where}: cerebro {type(a).__name__} vs kernel {type(b).__name__}"
     if isinstance(a, float) and isinstance(b, float):
         assert abs(a - b) <= 1e-6, f"{where}: cerebro {a!r} vs kernel {b!r}"
     else:
@@ -142,7 +143,28 @@ def assert_parity(bars, config):
     assert got.rolls == ref.strategy.rolls
     assert got.shadow_trades == len(ref.strategy.shadow_log)
     assert got.warnings == ref.warnings
+    assert list(got.analysis) == list(ref.analysis)
+    for name in ("trades", "costs", "margin", "kelly", "returns"):
+        if name in ref.analysis:
+            _same_tree(ref.analysis[name], got.analysis[name], name)
     return ref, got
+
+
+def _same_tree(a, b, where: str) -> None:
+    """Analyzer outputs equal key for key (floats to 1e-6 relative)."""
+    if isinstance(a, dict):
+        assert isinstance(b, dict) and set(a) == set(b), f"{where}: {set(a) ^ set(b)}"
+        for key in a:
+            if key != "ref":  # backtrader's trade refs count across runs in a process
+                _same_tree(a[key], b[key], f"{where}.{key}")
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b), f"{where}: {len(a)} vs {len(b)} items"
+        for j, (x, y) in enumerate(zip(a, b)):
+            _same_tree(x, y, f"{where}[{j}]")
+    elif isinstance(a, float) and isinstance(b, (int, float)):
+        assert b == pytest.approx(a, rel=1e-6, abs=1e-6), f"{where}: {a!r} vs {b!r}"
+    else:
+        assert a == b, f"{where}: {a!r} vs {b!r}"
 
 
 #: Hand-picked cases that together reach every exit reason and every Kelly binding.
@@ -182,21 +204,35 @@ CASES = [
     ("adaptive", _STRESS, BacktestConfig(
         strategy="adaptive", params={"vol_threshold": 0.003, "target_atr": 2.0},
         sizer_params={**KELLY_FAST, "paper_trades": False})),
+    ("intraday cut-backs", _STRESS, BacktestConfig(
+        strategy="bollinger", sizer="kelly", cash=3000.0, intraday_margin=200.0,
+        params={"stop_ticks": 30, "target_ticks": 30},
+        sizer_params={**KELLY_FAST, "kelly_scale": 1.0, "max_fraction": 1.0,
+                      "max_exposure": 50.0})),
+    ("intraday fixed", _CALM, BacktestConfig(
+        strategy="sma", sizer="fixed", cash=5000.0, intraday_margin=300.0,
+        sizer_params={"contracts": 10},
+        params={"fast": 10, "slow": 30, "stop_ticks": 60, "target_ticks": 120})),
+    ("intraday plain", _CALM, BacktestConfig(
+        strategy="sma", sizer="fixed", cash=4000.0, intraday_margin=400.0,
+        sizer_params={"contracts": 6}, params={"fast": 10, "slow": 30})),
     ("sma adx", _STRESS, BacktestConfig(strategy="sma", sizer="fixed",
                                         params={"fast": 10, "slow": 30, "adx_min": 25.0})),
 ]
 
 
 def test_named_cases_agree_and_cover_every_reason_and_cap():
-    reasons, bindings = set(), set()
+    reasons, bindings, events = set(), set(), set()
     for name, bars, config in CASES:
         ref, got = assert_parity(bars, config)
         reasons |= {t["exit_reason"] for t in got.trades}
         bindings |= {d.binding for d in got.decisions}
+        events |= {e.kind for e in got.margin_events}
         assert got.trades or got.decisions, name
     assert reasons == set(KERNEL_EXIT_REASONS), set(KERNEL_EXIT_REASONS) - reasons
     assert set(EXIT_REASONS) - reasons == {"event"}  # event filters run in cerebro
     assert bindings == set(BINDINGS), set(BINDINGS) - bindings
+    assert events >= {"margin_call", "intraday_cutback"}, events
 
 
 @st.composite
@@ -251,6 +287,7 @@ def configs(draw):
         slippage_ticks=float(draw(st.integers(0, 3))),
         commission=draw(st.sampled_from([None, 0.0, 2.5])),
         margin=draw(st.sampled_from([None, 1500.0])),
+        intraday_margin=draw(st.sampled_from([None, None, 150.0, 400.0])),
         rth_only=draw(st.booleans()),
     )
 
@@ -348,10 +385,10 @@ class MyStrategy(M2KStrategy):
 def test_unsupported_configs_say_why():
     assert supported(BacktestConfig(strategy=MyStrategy))[0] is False
     assert "MyStrategy" in supported(BacktestConfig(strategy=MyStrategy))[1]
-    ok, why = supported(BacktestConfig(intraday_margin=300.0))
-    assert not ok and "intraday" in why
-    with pytest.raises(KernelUnsupported, match="intraday"):
-        simulate(make_bars(300), BacktestConfig(intraday_margin=300.0))
+    ok, why = supported(BacktestConfig(avoid_events="fomc"))
+    assert not ok and "avoid_events" in why
+    with pytest.raises(KernelUnsupported, match="avoid_events"):
+        simulate(make_bars(300), BacktestConfig(avoid_events="fomc"))
     for strategy in ("sma", "bollinger", "adaptive"):
         for sizer in ("fixed", "kelly"):
             assert supported(BacktestConfig(strategy=strategy, sizer=sizer)) == (True, "")
@@ -364,6 +401,14 @@ def test_bad_config_raises_the_runners_errors():
         simulate(make_bars(300), BacktestConfig(params={"fsat": 3}))
     with pytest.raises(ParameterError):
         simulate(make_bars(300), BacktestConfig(sizer="fixed", sizer_params={"contracts": 0}))
+    from m2k_bt.errors import NotEnoughBarsError
+
+    config = BacktestConfig(params={"fast": 10, "slow": 200})
+    with pytest.raises(NotEnoughBarsError) as ref:
+        run_backtest(make_bars(150), config)
+    with pytest.raises(NotEnoughBarsError) as got:
+        simulate(make_bars(150), config)
+    assert str(got.value) == str(ref.value)
 
 
 def test_indicators_are_computed_once_per_data_set():
@@ -387,3 +432,52 @@ def test_event_and_signal_filters_run_in_cerebro():
     assert not ok and "avoid_events" in why
     ok, why = supported(BacktestConfig(params={"avoid_events": "fomc"}))
     assert not ok and "avoid_events" in why
+
+
+# ------------------------------------------------------------------ run_backtest.py --engine
+def _outputs(tmp_path, name, data_csv, *extra):
+    import json
+
+    from m2k_bt.cli import main
+
+    out = tmp_path / name
+    code = main(["--data", data_csv, "--out", str(out), "--param", "fast=10", "--param",
+                 "slow=30", "--slippage-ticks", "1", "--no-plot", "--quiet", *extra])
+    assert code == 0
+    report = json.loads((out / "report.json").read_text())
+    return report, (out / "trades.csv").read_text(), (out / "equity.csv").read_text()
+
+
+def test_cli_engine_kernel_writes_the_same_outputs(tmp_path, capsys):
+    from conftest import rth_bars, write_bars_csv
+
+    data_csv = write_bars_csv(rth_bars(), tmp_path / "m2k_5min.csv")
+    ref, ref_trades, ref_equity = _outputs(tmp_path, "cerebro", data_csv)
+    capsys.readouterr()
+    got, got_trades, got_equity = _outputs(tmp_path, "kernel", data_csv, "--engine", "kernel")
+    assert capsys.readouterr().err == ""  # the kernel ran: no fallback note
+    assert got_trades == ref_trades and ref_trades.count("\n") > 5
+    assert got_equity == ref_equity
+    _same_tree(ref["results"], got["results"], "results")
+    _same_tree(ref["analyzers"], got["analyzers"], "analyzers")
+    assert got["warnings"] == ref["warnings"]
+    # a configuration the kernel does not model runs in cerebro, saying why
+    capsys.readouterr()
+    _outputs(tmp_path, "fallback", data_csv, "--engine", "kernel", "--avoid-events", "fomc")
+    assert "running in cerebro: config field avoid_events" in capsys.readouterr().err
+
+
+def test_run_backtest_fast_is_a_drop_in_for_the_optimiser():
+    from m2k_bt.kernel import KernelResult, run_backtest_fast
+    from m2k_bt.optimize import evaluate_params
+
+    bars = make_bars(1500, seed=8)
+    config = BacktestConfig(strategy="sma", sizer="fixed", params={"fast": 5, "slow": 20})
+    fast = run_backtest_fast(bars, config)
+    assert isinstance(fast, KernelResult)
+    assert run_backtest_fast(bars, config).final_value == fast.final_value
+    slow = run_backtest_fast(bars, config.replace(avoid_events="fomc"))  # cerebro
+    assert not isinstance(slow, KernelResult)
+    a = evaluate_params(bars, config, {"fast": 8}, "sharpe", 1, run_backtest_fast)
+    b = evaluate_params(bars, config, {"fast": 8}, "sharpe", 1)
+    assert a["value"] == pytest.approx(b["value"], rel=1e-9)
