@@ -360,6 +360,10 @@ def _read_raw(text: str, fmt: str, path: str) -> tuple[pd.DataFrame, np.ndarray,
     return raw, lines[keep], None
 
 
+#: Bar times accepted: 1900-01-01 to 2200-01-01 UTC (the calendar's range).
+_FIRST_TS = pd.Timestamp("1900-01-01", tz="UTC")
+_LAST_TS = pd.Timestamp("2200-01-01", tz="UTC")
+
 #: ``_localize`` codes: why a naive time has no New York moment.
 _TS_OK, _DST_GAP, _DST_REPEAT = 0, 1, 2
 
@@ -536,7 +540,13 @@ def _validate(
         df = df[keep]
         lines = lines[keep]
 
-    # 1. timestamps: unparseable, or naive times that do not exist / are ambiguous in tz_name
+    # 1. timestamps: out of range, unparseable, or naive times that do not exist / are ambiguous
+    # in tz_name
+    far = np.asarray((df.index < _FIRST_TS) | (df.index >= _LAST_TS))  # NaT compares False
+    chk.flag(far, lines, df.index.where(~far), "timestamp out of range (years 1900-2199)",
+             raw_ts if raw_ts is not None else _stamp_text(df.index),
+             "check the timestamp column and its format", "drop")  # fmt: skip
+    drop(far)
     bad = np.asarray(df.index.isna())
     if bad.any():
         vals = raw_ts if raw_ts is not None else np.array(["NaT"] * len(df), dtype=object)

@@ -686,3 +686,14 @@ def test_resample_naive_dst_or_nat_index_is_a_data_feed_error():
                            "close": [1.0, 1.0], "volume": [1.0, 1.0]}, index=idx)  # fmt: skip
         with pytest.raises(DataFeedError, match=r"resample_bars: row 2 .*validate_bars"):
             resample_bars(df, "1min")
+
+
+@pytest.mark.parametrize("stamp", ["-1", "0001-01-01 10:00", "1850-03-10 10:00:00"])
+def test_timestamps_outside_the_calendar_range_are_reported(tmp_path, stamp):
+    # found by the fuzz suite: '-1' parsed as year -1 and crashed the session check
+    naive = [row.replace("-04:00", "") for row in GOOD]  # naive stamps like the bad one
+    path = write(tmp_path, "old.csv", [HEADER, *naive, f"{stamp},2000.0,2000.5,1999.8,2000.3,5"])
+    with pytest.raises(DataFeedError, match=r"old\.csv, line 5: timestamp out of range"):
+        load_bars(path)
+    df = load_bars(path, lenient=True)
+    assert len(df) == 3 and df.attrs["report"][0]["line"] == 5
