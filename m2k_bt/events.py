@@ -19,11 +19,13 @@ the shipped table plus the expiry rule; :func:`read_events_csv` reads your own f
 columns; times tz-aware, or naive New York; ``# coverage`` lines of your own extend coverage).
 
 Strategies use the calendar through :class:`EventGate` (see ``avoid_events`` on
-:class:`m2k_bt.strategies.M2KStrategy`): a bar's entry is blocked when the fill it would get
-(the next bar's open) falls inside ``[event - before, event + after)``; with
-``flat_before_event`` a held position is closed on the first bar whose next open is inside
-that window, so the account is flat when it starts. Bars outside a kind's coverage are not
-treated as "no event": the run's warnings say which dates were not checked.
+:class:`m2k_bt.strategies.M2KStrategy`): an order decided on a bar fills at the next bar's open
+and the position is then held at least through that next bar, so a bar's entry is blocked when
+that next bar overlaps ``[event - before, event + after)`` (on 5-minute bars: when the fill
+is inside the window); with ``flat_before_event`` a held position is closed on the bar whose
+next bar overlaps the window, so the account is flat when it starts (on daily bars: the day
+before). Bars outside a kind's coverage are not treated as "no event": the run's warnings say
+which dates were not checked.
 
 >>> cal = load_calendar()
 >>> [e.time.strftime("%Y-%m-%d %H:%M") for e in cal.between("2024-06-28", "2024-06-29")]
@@ -351,8 +353,9 @@ class EventGate:
     """Fast per-bar look-ups of event windows in backtrader's float time (New York naive).
 
     - ``kinds``: the kinds to avoid; ``before``/``after``: minutes around each event.
-    - :meth:`window_at` (``x``: a bar's next-open time as a backtrader float) returns the
-      event whose window ``[time - before, time + after)`` contains ``x``, else ``None``.
+    - :meth:`window_at` (``x``, ``length``: the bar the position would first be held in, from
+      its open ``x``, as backtrader floats) returns the event whose window ``[time - before,
+      time + after)`` overlaps it, else ``None``.
     """
 
     def __init__(self, calendar: EventCalendar, kinds, before: float, after: float) -> None:
@@ -384,8 +387,12 @@ class EventGate:
                 best = (w[1], i)
             self._reach.append(best)
 
-    def window_at(self, x: float) -> Event | None:
-        i = bisect.bisect_right(self._starts, x + 1e-9) - 1
+    def window_at(self, x: float, length: float = 0.0) -> Event | None:
+        """The event whose window overlaps ``[x, x + length)`` (``length`` 0: the instant
+        ``x``), backtrader float days; the one reaching furthest when several do."""
+        hi = x + max(length, 0.0)
+        i = bisect.bisect_left(self._starts, hi - 1e-9) - 1 if length > 0 else (
+            bisect.bisect_right(self._starts, x + 1e-9) - 1)
         if i < 0:
             return None
         end, j = self._reach[i]

@@ -158,12 +158,12 @@ class M2KStrategy(bt.Strategy, metaclass=_M2KStrategyMeta):
     - ``flat_before_close`` (def: ``None``): "HH:MM" New York time to go flat, e.g. "15:55".
     - ``avoid_events`` (def: ``None``): event kinds to stay out of, e.g. ``"fomc,cpi"`` or
       ``("fomc", "nfp")``; see :mod:`m2k_bt.events` (fomc, cpi, nfp, russell_recon, expiry and
-      kinds of your own). No new entry whose fill (the next bar's open) falls inside
-      ``[event - event_before, event + event_after)``; each blocked entry is in
+      kinds of your own). No new entry whose first bar held (the next bar: the fill is at its
+      open) overlaps ``[event - event_before, event + event_after)``; each blocked entry is in
       ``event_log``. Dates outside the table's coverage give a warning (``event_warnings``).
     - ``event_before`` (def: ``30.0``) / ``event_after`` (def: ``60.0``): minutes.
-    - ``flat_before_event`` (def: ``False``): also close a held position on the first bar whose
-      next open is inside a window (so the account is flat when it starts; reason 'event').
+    - ``flat_before_event`` (def: ``False``): also close a held position on the bar whose next
+      bar overlaps a window (so the account is flat when it starts; reason 'event').
     - ``event_calendar`` (def: ``None``): the shipped table; a CSV path of your own events
       (added to it); or an :class:`m2k_bt.events.EventCalendar`.
     - ``signal_min`` / ``signal_max`` (def: ``None``): new entries only while the feed's
@@ -471,15 +471,16 @@ class M2KStrategy(bt.Strategy, metaclass=_M2KStrategyMeta):
 
     # ----------------------------------------------------------------- events and signals
     def _event_bar(self) -> bool:
-        """Find the avoided event whose window holds this bar's next open (the fill); with
-        ``flat_before_event`` close for it. True when the bar is done."""
+        """Find the avoided event whose window overlaps the next bar (an order decided now fills
+        at its open and holds through it); with ``flat_before_event`` close for it. True when
+        the bar is done."""
         x = float(self.data.datetime[0])
         seen = self._gate_seen
         if seen:
             seen[1] = x
         else:
             seen.extend((x, x))
-        event = self._event_cur = self._gate.window_at(x + self._bar_days)
+        event = self._event_cur = self._gate.window_at(x + self._bar_days, self._bar_days)
         if event is None or not self.p.flat_before_event:
             return False
         if self._live:

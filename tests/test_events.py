@@ -60,6 +60,13 @@ class Hold(M2KStrategy):
         return 1
 
 
+class FromTuesday(M2KStrategy):
+    """Wants to be long from Tuesday 2024-03-19 on."""
+
+    def _signal(self):
+        return int(self.data.datetime.date(0) >= dt.date(2024, 3, 19))
+
+
 def run(strategy, bars, runonce=True, preload=True, plot=False, **params):
     cerebro = bt.Cerebro(runonce=runonce, preload=preload, stdstats=False)
     cerebro.adddata(BarsFeed(dataname=bars))
@@ -167,6 +174,23 @@ def test_flat_before_event_closes_on_the_last_bar_before_1330(runonce, preload):
     forced, blocked = strat.event_log
     assert forced["action"] == "forced_exit" and forced["dt"] == t("2024-03-20 13:25")
     assert blocked["action"] == "entry_blocked" and blocked["bars"] == 17
+
+
+@pytest.mark.parametrize("runonce,preload", MODES)
+def test_daily_bars_are_flat_through_the_event_day(runonce, preload):
+    from m2k_bt.feeds import resample_bars
+
+    days = resample_bars(week(), "1d")  # one bar per trade date, stamped at midnight
+    strat = run(Hold, days, runonce, preload, avoid_events="fomc", flat_before_event=True)
+    first, second = strat.trade_log
+    # decided on Tuesday's bar, filled at Wednesday's open: flat through the FOMC day
+    assert first["exit_reason"] == "event" and first["exit_dt"] == t("2024-03-20 00:00")
+    assert second["entry_dt"] == t("2024-03-21 00:00")  # decided on Wednesday's bar
+    late = run(FromTuesday, days, runonce, preload, avoid_events="fomc")
+    # wanted from Tuesday's bar: its fill (Wednesday) is refused, Wednesday's (Thursday) taken
+    assert [tr["entry_dt"] for tr in late.trade_log] == [t("2024-03-21 00:00")]
+    [rec] = late.event_log
+    assert rec["dt"] == t("2024-03-19 00:00") and rec["bars"] == 1
 
 
 def test_windows_of_user_events_tz_aware_and_zero_after(tmp_path):
