@@ -365,7 +365,8 @@ _FIRST_TS = pd.Timestamp("1900-01-01", tz="UTC")
 _LAST_TS = pd.Timestamp("2200-01-01", tz="UTC")
 
 #: ``_localize`` codes: why a naive time has no New York moment.
-_TS_OK, _DST_GAP, _DST_REPEAT = 0, 1, 2
+_TS_OK, _DST_GAP, _DST_REPEAT, _TS_FAR = 0, 1, 2, 3
+_FAR_PROBLEM = "timestamp out of range (years 1900-2199)"
 
 
 def _check_tz(tz: str | None) -> None:
@@ -383,6 +384,11 @@ def _localize(idx: pd.DatetimeIndex, tz: str) -> tuple[pd.DatetimeIndex, np.ndar
     """Naive times read in ``tz``, as New York; codes mark the times that do not exist (the
     spring-forward gap) or are ambiguous (the repeated autumn hour): those become NaT."""
     codes = np.zeros(len(idx), dtype="int8")
+    naive_first, naive_last = _FIRST_TS.tz_localize(None), _LAST_TS.tz_localize(None)
+    far = np.asarray((idx < naive_first) | (idx >= naive_last))
+    if far.any():  # pandas cannot localize times beyond Python's datetime range
+        codes[far] = _TS_FAR
+        idx = idx.where(~far)
     local = idx.tz_localize(tz, ambiguous="NaT", nonexistent="NaT")
     lost = np.asarray(local.isna()) & ~np.asarray(idx.isna())
     if lost.any():
@@ -543,11 +549,10 @@ def _validate(
     # 1. timestamps: out of range, unparseable, or naive times that do not exist / are ambiguous
     # in tz_name
     far = np.asarray((df.index < _FIRST_TS) | (df.index >= _LAST_TS))  # NaT compares False
-    chk.flag(far, lines, df.index.where(~far), "timestamp out of range (years 1900-2199)",
+    chk.flag(far, lines, df.index.where(~far), _FAR_PROBLEM,
              raw_ts if raw_ts is not None else _stamp_text(df.index),
              "check the timestamp column and its format", "drop")  # fmt: skip
-    drop(far)
-    bad = np.asarray(df.index.isna())
+    bad = np.asarray(df.index.isna())  # raw_ts and ts_codes line up with the rows until dropped
     if bad.any():
         vals = raw_ts if raw_ts is not None else np.array(["NaT"] * len(df), dtype=object)
         codes = ts_codes if ts_codes is not None else np.zeros(len(df), dtype="int8")
@@ -556,12 +561,13 @@ def _validate(
              HINTS["tz"]),
             (_DST_REPEAT, f"this time is ambiguous in {tz_name} (the repeated autumn hour)",
              HINTS["tz"]),
+            (_TS_FAR, _FAR_PROBLEM, "check the timestamp column and its format"),
             (_TS_OK, "unparseable timestamp",
              "write timestamps as ISO 'YYYY-MM-DD HH:MM:SS[+HH:MM]'"),
         )  # fmt: skip
         for code, problem, fix in kinds:
             chk.flag(bad & (codes == code), lines, df.index, problem, vals, fix, "drop")
-        drop(bad)
+    drop(bad | far)
 
     # 2. numbers: NaN / null / text / inf; rows without prices go first, then missing volumes
     for col in (*_NUMERIC, "openinterest"):
@@ -1106,7 +1112,8 @@ def resample_bars(df: pd.DataFrame, rule: str) -> pd.DataFrame:
         idx, codes = idx.tz_convert(NY), np.zeros(len(idx), dtype="int8")
     if idx.isna().any():
         i = int(np.flatnonzero(np.asarray(idx.isna()))[0])
-        why = {_DST_GAP: f"does not exist in {NY}", _DST_REPEAT: f"is ambiguous in {NY}"}
+        why = {_DST_GAP: f"does not exist in {NY}", _DST_REPEAT: f"is ambiguous in {NY}",
+               _TS_FAR: "is out of range (years 1900-2199)"}  # fmt: skip
         raise DataFeedError(
             f"resample_bars: row {i + 1} time {df.index[i]} "
             f"{why.get(int(codes[i]), 'is missing (NaT)')}; run validate_bars(df) first "
