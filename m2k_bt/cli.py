@@ -88,7 +88,7 @@ def backtest_main(argv: list[str]) -> int:
 
     out = Path(args.out) if args.out else default_out(args.strategy)
     # the folder is checked and locked before the data is loaded, and stays locked to the end
-    with OutputFolder(out):
+    with _terminate_like_interrupt(), OutputFolder(out):
         bars, config = config_from_args(args)
         progress = ProgressBar("bars", enabled=not args.quiet)
         result = None
@@ -113,6 +113,33 @@ def backtest_main(argv: list[str]) -> int:
 
         webbrowser.open(Path(paths["html"]).resolve().as_uri())
     return 0
+
+
+class Terminated(BaseException):
+    """SIGTERM, raised like ``KeyboardInterrupt`` so that the run unwinds (temporary files
+    removed, output folder unlocked) and exits with status 143."""
+
+
+def _raise_terminated(signum, frame):
+    raise Terminated()
+
+
+@contextlib.contextmanager
+def _terminate_like_interrupt():
+    """Within the block SIGTERM unwinds the run like Ctrl-C (main thread, default handler
+    only); the handler before it is restored after."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread() or \
+            signal.getsignal(signal.SIGTERM) != signal.SIG_DFL:
+        yield
+        return
+    signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 #: Library hints that speak Python, and the command line's words for them.
@@ -215,3 +242,6 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         return 130
+    except Terminated:
+        print("error: terminated (SIGTERM)", file=sys.stderr)
+        return 143

@@ -39,6 +39,9 @@ DEFAULT_WF_TRIALS = 20
 
 def _add_search_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("search")
+    g.add_argument("--engine", choices=("kernel", "cerebro"), default="kernel",
+                   help="kernel (default where it models the configuration; the best "
+                   "parameters are re-run in cerebro and must agree) or cerebro")
     g.add_argument(
         "--space",
         action="append",
@@ -165,6 +168,7 @@ def _search_kwargs(args) -> dict:
         min_trades=args.min_trades,
         heartbeat=args.heartbeat,
         reconnect=args.reconnect,
+        engine=args.engine,
     )
 
 
@@ -182,7 +186,8 @@ def optimize_main(argv: list[str]) -> int:
     if args.storage:
         from .optimize import _storage
 
-        _storage(args.storage)  # a wrong URL or password is reported before the data loads
+        # a wrong URL or password is reported before the data loads
+        _storage(args.storage).engine.dispose()
     bars, config = config_from_args(args)
     out = _out(args, "optimize", config.strategy_name)
     res = optimize(

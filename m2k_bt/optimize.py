@@ -1128,18 +1128,35 @@ def _run_pool(study, plan: _Plan, direction, workers, payload, progress) -> list
     return notes
 
 
+#: A Dask task lost with its worker (its scattered bars gone too) is submitted again this often.
+DASK_RESUBMITS = 3
+
+
 def _run_dask(study, plan: _Plan, client, payload, progress) -> None:
     """Trials as Dask tasks: claimed and recorded here, backtests on the workers. A worker
-    that dies loses nothing: Dask runs its task again on another worker."""
-    from distributed import as_completed
+    that dies loses nothing: Dask runs its task again on another worker, and a task Dask gives
+    up on with the worker (cancelled, its data lost) is submitted again from here."""
+    import concurrent.futures as cf
 
+    from distributed import as_completed
+    from distributed.scheduler import KilledWorker
+
+    lost = (cf.CancelledError, KilledWorker, OSError, TimeoutError)
     bars, config, space, objective, min_trades, run = payload
-    bars_f = client.scatter(bars, broadcast=True)
+    data = {"bars": client.scatter(bars, broadcast=True)}
     n_slots = max(1, sum(w.get("nthreads", 1) for w in client.scheduler_info()["workers"].values()))
     rng = np.random.default_rng(_derive_seed(plan.seed, plan.identity, "free"))
     running: dict = {}
     ac = as_completed()
     with _Heartbeat(study._storage, plan.heartbeat) as beat:
+
+        def submit(trial, params, attempt: int) -> None:
+            fut = client.submit(
+                evaluate_params, data["bars"], config, params, objective, min_trades, run,
+                pure=False,
+            )
+            running[fut.key] = (trial, params, attempt)
+            ac.add(fut)
 
         def fill() -> None:
             while len(running) < n_slots:
@@ -1148,12 +1165,7 @@ def _run_dask(study, plan: _Plan, client, payload, progress) -> None:
                     return
                 trial, params = got
                 beat.add(trial._trial_id)
-                fut = client.submit(
-                    evaluate_params, bars_f, config, params, objective, min_trades, run,
-                    pure=False,
-                )
-                running[fut.key] = trial
-                ac.add(fut)
+                submit(trial, params, 0)
 
         while True:
             _retrying(plan, _reap, study, plan)
@@ -1164,12 +1176,18 @@ def _run_dask(study, plan: _Plan, client, payload, progress) -> None:
                 time.sleep(_POLL)
                 continue
             fut = next(ac)
-            trial = running.pop(fut.key)
+            trial, params, attempt = running.pop(fut.key)
             try:
                 outcome = fut.result()
+            except lost:
+                if attempt >= DASK_RESUBMITS:
+                    raise
+                data["bars"] = client.scatter(bars, broadcast=True)
+                submit(trial, params, attempt + 1)
+                continue
             except BaseException:
                 _fail(study, trial)
-                for other in running.values():
+                for other, _, _ in running.values():
                     _fail(study, other)
                 raise
             _retrying(plan, _tell, study, trial, outcome)
@@ -1293,6 +1311,7 @@ def optimize(
     pbo_splits: int = DEFAULT_PBO_SPLITS,
     heartbeat: int = DEFAULT_HEARTBEAT,
     reconnect: float = DEFAULT_RECONNECT,
+    engine: str = "kernel",
 ) -> OptimizeResult:
     """Search ``space`` for the parameters of ``config.strategy`` that optimise ``objective``.
 
@@ -1318,6 +1337,11 @@ def optimize(
       long is failed and re-queued once (at once when its process on this host is gone).
     - ``reconnect`` (def: 60 s): how long a lost storage connection is retried before a
       :class:`StorageError`; the study stays resumable.
+    - ``engine`` (def: ``"kernel"``): ``"kernel"`` runs the trials in the compiled kernel
+      (:mod:`m2k_bt.kernel`) when it models ``config`` (else cerebro, the reason in
+      ``settings["engine"]``), then re-runs the best parameters in cerebro: both must agree
+      to the cent, or the run fails with both numbers; ``"cerebro"`` runs every trial in
+      cerebro. Ignored when ``run_backtest`` is given.
     """
 
     t0 = time.perf_counter()
@@ -1359,17 +1383,60 @@ def optimize(
             stack.enter_context(OutputFolder(out_dir, marker="optimize.json")).clear(
                 ["trials.csv"]
             )
+        run_backtest, engine_info = _pick_engine(run_backtest, engine, config)
         return _optimize_in(
             bars, config, space, target, objective, sampler, workers, storage, dask, seed,
             min_trades, study_name, out_dir, run_backtest, quiet, progress, overfitting,
-            pbo_splits, heartbeat, reconnect, t0,
+            pbo_splits, heartbeat, reconnect, t0, engine_info,
         )
+
+
+def _pick_engine(run_backtest, engine: str, config) -> tuple:
+    """(the trial function, what ran the trials) for ``engine``; see :func:`optimize`."""
+    if engine not in ("kernel", "cerebro"):
+        raise ConfigError(f"--engine must be 'kernel' or 'cerebro', got {engine!r}")
+    if run_backtest is not None:
+        return run_backtest, {"engine": "custom"}
+    if engine == "cerebro":
+        return None, {"engine": "cerebro"}
+    from .kernel import supported
+
+    ok, why = supported(config)
+    if not ok:
+        return None, {"engine": "cerebro", "kernel_unsupported": why}
+    from .kernel import run_backtest_fast
+
+    return run_backtest_fast, {"engine": "kernel"}
+
+
+def _verify_in_cerebro(bars, config, result, objective, min_trades, info: dict) -> dict:
+    """Re-run the best parameters in cerebro; both engines must agree to the cent."""
+    from .kernel import run_backtest_fast
+
+    if not result.best_params:
+        return info
+    fast = evaluate_params(bars, config, result.best_params, objective, min_trades,
+                           run_backtest_fast)
+    slow = evaluate_params(bars, config, result.best_params, objective, min_trades)
+    a = fast["attrs"].get("final_value")
+    b = slow["attrs"].get("final_value")
+    va, vb = fast["value"], slow["value"]
+    same_value = (va is None and vb is None) or (
+        va is not None and vb is not None and abs(va - vb) <= 1e-9 * max(1.0, abs(vb)))
+    if a is None or b is None or abs(a - b) >= 0.005 or not same_value:
+        raise M2KError(
+            f"kernel and cerebro disagree on the best parameters {result.best_params}: final "
+            f"equity kernel {a!r} vs cerebro {b!r}, {objective} kernel {va!r} vs cerebro "
+            f"{vb!r}; rerun with --engine cerebro and report this"
+        )
+    return {**info, "verified_in_cerebro": True, "final_value_kernel": a,
+            "final_value_cerebro": b, "engines_agree": True}
 
 
 def _optimize_in(
     bars, config, space, target, objective, sampler, workers, storage, dask, seed, min_trades,
     study_name, out_dir, run_backtest, quiet, progress, overfitting, pbo_splits, heartbeat,
-    reconnect, t0,
+    reconnect, t0, engine_info=None,
 ) -> OptimizeResult:
     import optuna
 
@@ -1437,6 +1504,10 @@ def _optimize_in(
         "first_bar": str(bars.index[0]),
         "last_bar": str(bars.index[-1]),
     }
+    info = dict(engine_info or {"engine": "custom"})
+    if info["engine"] == "kernel":
+        info = _verify_in_cerebro(bars, config, result, objective, min_trades, info)
+    result.settings["engine"] = info
     if overfitting:
         _overfitting(study, result, pbo_splits)
     result.elapsed = time.perf_counter() - t0

@@ -675,8 +675,8 @@ def write_outputs(result: Any, out_dir: str | os.PathLike, plot: bool = True) ->
             atomic_write_text(out / "report.json",
                               json.dumps(report, indent=2, allow_nan=False) + "\n")
             written["report"] = out / "report.json"
-        except OutputError:
-            folder.clear(p.name for p in written.values())  # no half run left behind
+        except BaseException:  # a full disk, Ctrl-C, SIGTERM: no half run left behind
+            folder.clear(p.name for p in written.values())
             raise
     return written
 

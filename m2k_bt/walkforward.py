@@ -457,8 +457,9 @@ def walk_forward(
     """
     from .optimize import _preselect, optimize, parse_space
 
+    trial_run = run_backtest  # None: optimize's engine (the kernel where it models config)
     if run_backtest is None:
-        from .engine import run_backtest
+        from .engine import run_backtest  # out of sample: always the given or cerebro run
     bars, config = _preselect(bars, config)  # --start/--end/--resample before cutting folds
     if in_sample is None:
         if folds is None:
@@ -495,7 +496,7 @@ def walk_forward(
                     is_bars,
                     config,
                     space,
-                    run_backtest=run_backtest,
+                    run_backtest=trial_run,
                     study_name=f"{base_name}-fold{fold.index}",
                     out=None,
                     overfitting=False,

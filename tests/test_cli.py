@@ -5,6 +5,7 @@ import errno
 import io
 import json
 import os
+import signal
 import subprocess
 import sys
 import textwrap
@@ -446,3 +447,36 @@ def test_cli_wordings(args, needle, banned, data_csv, tmp_path, capsys):
     err = capsys.readouterr().err
     assert code == 2 and len(err.splitlines()) == 1
     assert needle in err and banned not in err
+
+
+# -- exit statuses of an interrupted run (README "Guarantees") --------------------------------
+
+
+@pytest.mark.parametrize("sig,status,line", [(signal.SIGINT, 130, "error: interrupted"),
+                                             (signal.SIGTERM, 143, "error: terminated (SIGTERM)")])
+def test_interrupted_run_exits_130_or_143_and_leaves_nothing(sig, status, line, data_csv,
+                                                              tmp_path):
+    out = tmp_path / "out"
+    run = _child(_held_run(["--data", data_csv, "--out", str(out), *BASE]))
+    assert run.stdout.readline().strip() == "running"
+    run.send_signal(sig)
+    _, err = run.communicate("\n", timeout=120)
+    assert run.returncode == status
+    assert err.strip() == line  # one line, no traceback
+    assert not out.exists()  # made by this run, left empty, unlocked: removed
+
+
+def test_ctrl_c_while_writing_removes_what_the_run_wrote(data_csv, tmp_path, monkeypatch,
+                                                         capsys):
+    import m2k_bt.report as report_mod
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    out = tmp_path / "out"
+    assert main(["--data", data_csv, "--out", str(out), *BASE]) == 0  # an earlier run
+    monkeypatch.setattr(report_mod, "plot_backtrader", interrupted, raising=False)
+    monkeypatch.setattr("m2k_bt.plotting.plot_backtrader", interrupted)
+    assert main(["--data", data_csv, "--out", str(out), *BASE]) == 130
+    assert capsys.readouterr().err.strip().endswith("error: interrupted")
+    assert not [p.name for p in out.iterdir()]  # old run cleared first, new files removed

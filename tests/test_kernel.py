@@ -481,3 +481,41 @@ def test_run_backtest_fast_is_a_drop_in_for_the_optimiser():
     a = evaluate_params(bars, config, {"fast": 8}, "sharpe", 1, run_backtest_fast)
     b = evaluate_params(bars, config, {"fast": 8}, "sharpe", 1)
     assert a["value"] == pytest.approx(b["value"], rel=1e-9)
+
+
+# ------------------------------------------------------------------ optimize / walkforward
+def test_optimize_runs_trials_in_the_kernel_and_verifies_the_best_in_cerebro(monkeypatch):
+    from m2k_bt.errors import M2KError
+    from m2k_bt.optimize import optimize
+
+    bars = make_bars(2500, seed=12)
+    config = BacktestConfig(strategy="sma", sizer="fixed")
+    space = ["fast=5:15:5", "slow=30:60:15"]
+    fast = optimize(bars, config, space, sampler="grid", workers=1, overfitting=False,
+                    quiet=True)
+    slow = optimize(bars, config, space, sampler="grid", workers=1, overfitting=False,
+                    quiet=True, engine="cerebro")
+    info = fast.settings["engine"]
+    assert info["engine"] == "kernel" and info["engines_agree"] is True
+    assert info["final_value_kernel"] == pytest.approx(info["final_value_cerebro"], abs=0.005)
+    assert slow.settings["engine"] == {"engine": "cerebro"}
+    assert fast.best_params == slow.best_params
+    assert fast.best_value == pytest.approx(slow.best_value, rel=1e-9)
+    assert fast.trials["value"].tolist() == pytest.approx(slow.trials["value"].tolist())
+    # an unsupported configuration runs in cerebro and says why
+    other = optimize(bars, config.replace(avoid_events="fomc"), space, sampler="grid",
+                     workers=1, overfitting=False, quiet=True)
+    assert "avoid_events" in other.settings["engine"]["kernel_unsupported"]
+    # engines that disagree fail loudly with both numbers
+    import m2k_bt.kernel as kernel
+
+    real = kernel.simulate
+
+    def off_by_a_dollar(bars, config=None):
+        res = real(bars, config)
+        res.final_value += 1.0
+        return res
+
+    monkeypatch.setattr(kernel, "simulate", off_by_a_dollar)
+    with pytest.raises(M2KError, match="kernel and cerebro disagree"):
+        optimize(bars, config, space, sampler="grid", workers=1, overfitting=False, quiet=True)

@@ -52,10 +52,15 @@ def finish(procs, timeout: float = 120) -> list[tuple[int, str, str]]:
     return out
 
 
+_STORAGES: dict = {}  # one engine (connection pool) per database for the whole module
+
+
 def trials_of(url: str, name: str = "scale", keep_discarded: bool = False):
     from m2k_bt.optimize import _discarded, _storage
 
-    study = optuna.load_study(study_name=name, storage=_storage(url))
+    if url not in _STORAGES:
+        _STORAGES[url] = _storage(url)
+    study = optuna.load_study(study_name=name, storage=_STORAGES[url])
     return [t for t in study.get_trials(deepcopy=False) if keep_discarded or not _discarded(t)]
 
 
