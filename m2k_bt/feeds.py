@@ -360,8 +360,13 @@ def _read_raw(text: str, fmt: str, path: str) -> tuple[pd.DataFrame, np.ndarray,
     return raw, lines[keep], None
 
 
+#: Bar times accepted: 1900-01-01 to 2200-01-01 UTC (the calendar's range).
+_FIRST_TS = pd.Timestamp("1900-01-01", tz="UTC")
+_LAST_TS = pd.Timestamp("2200-01-01", tz="UTC")
+
 #: ``_localize`` codes: why a naive time has no New York moment.
-_TS_OK, _DST_GAP, _DST_REPEAT = 0, 1, 2
+_TS_OK, _DST_GAP, _DST_REPEAT, _TS_FAR = 0, 1, 2, 3
+_FAR_PROBLEM = "timestamp out of range (years 1900-2199)"
 
 
 def _check_tz(tz: str | None) -> None:
@@ -379,6 +384,11 @@ def _localize(idx: pd.DatetimeIndex, tz: str) -> tuple[pd.DatetimeIndex, np.ndar
     """Naive times read in ``tz``, as New York; codes mark the times that do not exist (the
     spring-forward gap) or are ambiguous (the repeated autumn hour): those become NaT."""
     codes = np.zeros(len(idx), dtype="int8")
+    naive_first, naive_last = _FIRST_TS.tz_localize(None), _LAST_TS.tz_localize(None)
+    far = np.asarray((idx < naive_first) | (idx >= naive_last))
+    if far.any():  # pandas cannot localize times beyond Python's datetime range
+        codes[far] = _TS_FAR
+        idx = idx.where(~far)
     local = idx.tz_localize(tz, ambiguous="NaT", nonexistent="NaT")
     lost = np.asarray(local.isna()) & ~np.asarray(idx.isna())
     if lost.any():
@@ -536,8 +546,13 @@ def _validate(
         df = df[keep]
         lines = lines[keep]
 
-    # 1. timestamps: unparseable, or naive times that do not exist / are ambiguous in tz_name
-    bad = np.asarray(df.index.isna())
+    # 1. timestamps: out of range, unparseable, or naive times that do not exist / are ambiguous
+    # in tz_name
+    far = np.asarray((df.index < _FIRST_TS) | (df.index >= _LAST_TS))  # NaT compares False
+    chk.flag(far, lines, df.index.where(~far), _FAR_PROBLEM,
+             raw_ts if raw_ts is not None else _stamp_text(df.index),
+             "check the timestamp column and its format", "drop")  # fmt: skip
+    bad = np.asarray(df.index.isna())  # raw_ts and ts_codes line up with the rows until dropped
     if bad.any():
         vals = raw_ts if raw_ts is not None else np.array(["NaT"] * len(df), dtype=object)
         codes = ts_codes if ts_codes is not None else np.zeros(len(df), dtype="int8")
@@ -546,12 +561,13 @@ def _validate(
              HINTS["tz"]),
             (_DST_REPEAT, f"this time is ambiguous in {tz_name} (the repeated autumn hour)",
              HINTS["tz"]),
+            (_TS_FAR, _FAR_PROBLEM, "check the timestamp column and its format"),
             (_TS_OK, "unparseable timestamp",
              "write timestamps as ISO 'YYYY-MM-DD HH:MM:SS[+HH:MM]'"),
         )  # fmt: skip
         for code, problem, fix in kinds:
             chk.flag(bad & (codes == code), lines, df.index, problem, vals, fix, "drop")
-        drop(bad)
+    drop(bad | far)
 
     # 2. numbers: NaN / null / text / inf; rows without prices go first, then missing volumes
     for col in (*_NUMERIC, "openinterest"):
@@ -1090,7 +1106,19 @@ def resample_bars(df: pd.DataFrame, rule: str) -> pd.DataFrame:
     if not isinstance(df, pd.DataFrame) or not isinstance(df.index, pd.DatetimeIndex):
         raise DataFeedError("resample_bars needs a DataFrame with a DatetimeIndex")
     idx = df.index
-    idx = idx.tz_localize(NY) if idx.tz is None else idx.tz_convert(NY)
+    if idx.tz is None:
+        idx, codes = _localize(idx, NY)
+    else:
+        idx, codes = idx.tz_convert(NY), np.zeros(len(idx), dtype="int8")
+    if idx.isna().any():
+        i = int(np.flatnonzero(np.asarray(idx.isna()))[0])
+        why = {_DST_GAP: f"does not exist in {NY}", _DST_REPEAT: f"is ambiguous in {NY}",
+               _TS_FAR: "is out of range (years 1900-2199)"}  # fmt: skip
+        raise DataFeedError(
+            f"resample_bars: row {i + 1} time {df.index[i]} "
+            f"{why.get(int(codes[i]), 'is missing (NaT)')}; run validate_bars(df) first "
+            f"(it drops or reports such rows) or give the index UTC offsets"
+        )
     local = idx.tz_localize(None).as_unit("ns")
     tdates = trade_dates(local).as_unit("ns")
     if kind == "d":

@@ -675,3 +675,36 @@ def test_all_rows_dropped_names_the_file_and_first_problem(tmp_path):
     expected = r"all\.csv: no bars left: every one of the 2 rows was dropped \(first: line 2: unp"
     with pytest.raises(DataFeedError, match=expected):
         load_bars(path, lenient=True)
+
+
+def test_resample_naive_dst_or_nat_index_is_a_data_feed_error():
+    # found by benchmarks/fuzz_parsers.py (seed 1): a naive index with a DST-gap time raised
+    # pandas' ValueError inside resample_bars
+    for stamp in ("2025-03-09 02:30", "2025-11-02 01:30", None, "2250-01-01"):
+        idx = pd.DatetimeIndex(["2025-03-07 10:00", stamp])
+        df = pd.DataFrame({"open": [1.0, 1.0], "high": [1.0, 1.0], "low": [1.0, 1.0],
+                           "close": [1.0, 1.0], "volume": [1.0, 1.0]}, index=idx)  # fmt: skip
+        with pytest.raises(DataFeedError, match=r"resample_bars: row 2 .*validate_bars"):
+            resample_bars(df, "1min")
+
+
+@pytest.mark.parametrize("stamp", ["-1", "0001-01-01 10:00", "1850-03-10 10:00", "9999-12-31"])
+def test_timestamps_outside_the_calendar_range_are_reported(tmp_path, stamp):
+    # found by the fuzz suite: '-1' parsed as year -1 and crashed the session check
+    naive = [row.replace("-04:00", "") for row in GOOD]  # naive stamps like the bad one
+    path = write(tmp_path, "old.csv", [HEADER, *naive, f"{stamp},2000.0,2000.5,1999.8,2000.3,5"])
+    with pytest.raises(DataFeedError, match=r"old\.csv, line 5: timestamp out of range"):
+        load_bars(path)
+    df = load_bars(path, lenient=True)
+    assert len(df) == 3 and df.attrs["report"][0]["line"] == 5
+
+
+def test_out_of_range_and_unparseable_stamps_in_one_file(tmp_path):
+    # found by the fuzz suite: dropping the out-of-range row first shifted the raw texts
+    rows = ["datetime,open,high,low,close,volume",
+            "-1,2000.0,2000.0,2000.0,2000.0,5", "nope,2000.0,2000.0,2000.0,2000.0,5",
+            "2025-03-10 10:00:00,2000.0,2000.0,2000.0,2000.0,5"]  # fmt: skip
+    df = load_bars(write(tmp_path, "two.csv", rows), lenient=True)
+    assert [(e["line"], e["problem"]) for e in df.attrs["report"]] == [
+        (2, "timestamp out of range (years 1900-2199): -1"),
+        (3, "unparseable timestamp: nope")]
