@@ -312,6 +312,30 @@ class _Progress(bt.Analyzer):
         return {}
 
 
+def comminfo_for(config: BacktestConfig) -> M2KCommInfo:
+    """The commission scheme of ``config``: the spec's figures with the config's overrides.
+
+    A margin override moves initial and maintenance consistently with CME's 110% rule. Both
+    engines (cerebro here, :mod:`m2k_bt.kernel`) take their scheme from this one function.
+    """
+    overrides = {
+        k: v
+        for k, v in (
+            ("commission", config.commission),
+            ("margin", config.margin),
+            ("maintenance_margin", config.maintenance_margin),
+            ("intraday_margin", config.intraday_margin),
+        )
+        if v is not None
+    }
+    spec = config.spec
+    if "margin" in overrides and "maintenance_margin" not in overrides:
+        overrides["maintenance_margin"] = min(spec.maintenance_margin, overrides["margin"])
+    if "maintenance_margin" in overrides and "margin" not in overrides:
+        overrides["margin"] = max(spec.initial_margin, overrides["maintenance_margin"])
+    return M2KCommInfo.from_spec(spec, **overrides)
+
+
 def build_cerebro(bars: pd.DataFrame | None, config: BacktestConfig, progress=None, feed=None):
     """A ready cerebro for ``config``; returns (cerebro, feed).
 
@@ -341,23 +365,7 @@ def build_cerebro(bars: pd.DataFrame | None, config: BacktestConfig, progress=No
     params = validate(params) if validate else params
     sizer_cls, sizer_params = _sizer(config)
 
-    overrides = {
-        k: v
-        for k, v in (
-            ("commission", config.commission),
-            ("margin", config.margin),
-            ("maintenance_margin", config.maintenance_margin),
-            ("intraday_margin", config.intraday_margin),
-        )
-        if v is not None
-    }
-    spec = config.spec
-    # a margin override moves initial and maintenance consistently with CME's 110% rule
-    if "margin" in overrides and "maintenance_margin" not in overrides:
-        overrides["maintenance_margin"] = min(spec.maintenance_margin, overrides["margin"])
-    if "maintenance_margin" in overrides and "margin" not in overrides:
-        overrides["margin"] = max(spec.initial_margin, overrides["maintenance_margin"])
-    comminfo = M2KCommInfo.from_spec(spec, **overrides)
+    comminfo = comminfo_for(config)
 
     cerebro = bt.Cerebro(runonce=config.runonce, preload=config.preload, stdstats=False)
     signal = config_signal(config)
@@ -368,7 +376,7 @@ def build_cerebro(bars: pd.DataFrame | None, config: BacktestConfig, progress=No
             feed = SignalFeed(dataname=bars, signal=signal)
         else:
             feed = BarsFeed(dataname=bars)
-    cerebro.adddata(feed, name=spec.root)
+    cerebro.adddata(feed, name=config.spec.root)
     cerebro.broker = FuturesBroker(cash=float(config.cash), slippage_ticks=config.slippage_ticks)
     cerebro.broker.addcommissioninfo(comminfo)
     cerebro.addstrategy(strat_cls, **params)

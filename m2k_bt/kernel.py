@@ -43,7 +43,6 @@ from .analyzers import (
     trade_statistics,
 )
 from .broker import MarginEvent
-from .commission import M2KCommInfo
 from .contracts import ContractSpec
 from .engine import (
     BacktestConfig,
@@ -51,6 +50,7 @@ from .engine import (
     _check_money,
     _sizer,
     collect_warnings,
+    comminfo_for,
     resolve_strategy,
     select_bars,
 )
@@ -395,26 +395,6 @@ assert set(KERNEL_EXIT_REASONS) <= set(EXIT_REASONS)
 _REASONS = KERNEL_EXIT_REASONS
 
 
-def _comminfo(config: BacktestConfig) -> M2KCommInfo:
-    """The commission scheme :func:`m2k_bt.engine.build_cerebro` builds for ``config``."""
-    overrides = {
-        k: v
-        for k, v in (
-            ("commission", config.commission),
-            ("margin", config.margin),
-            ("maintenance_margin", config.maintenance_margin),
-            ("intraday_margin", config.intraday_margin),
-        )
-        if v is not None
-    }
-    spec = config.spec
-    if "margin" in overrides and "maintenance_margin" not in overrides:
-        overrides["maintenance_margin"] = min(spec.maintenance_margin, overrides["margin"])
-    if "maintenance_margin" in overrides and "margin" not in overrides:
-        overrides["margin"] = max(spec.initial_margin, overrides["maintenance_margin"])
-    return M2KCommInfo.from_spec(spec, **overrides)
-
-
 def _time_us(t: _dt.time) -> int:
     return ((t.hour * 60 + t.minute) * 60 + t.second) * 1_000_000 + t.microsecond
 
@@ -449,7 +429,7 @@ def simulate(bars, config: BacktestConfig | None = None) -> KernelResult:
         FixedContracts.__init__(_Params(**sp))  # the sizer's own checks
     else:
         _check_kelly(sp)
-    ci = _comminfo(config)
+    ci = comminfo_for(config)
     data = bars if isinstance(bars, KernelData) else prepare(bars, config)
     _check_enough_bars(data.bars, config)  # the runner's error for a too short selection
     if abs(data.tick - float(ci.p.tick_size)) > 1e-12:
