@@ -72,7 +72,9 @@ QUICK_BARS = 20_000
 DEFAULT_SEED = 8  # the issue number; any fixed seed will do
 CASH = 25_000.0  # $, the runner's default starting equity
 START = "2024-01-07 18:00"  # a Sunday evening: the first Globex session of 2024
-GEN_VERSION = 1  # bump when the generator changes, so stale caches are not reused
+# bump when the generator or the cache format changes, so stale caches are not reused; v2: v1
+# stored pandas 3's microsecond stamps as nanoseconds, so cached bars came back in 1970
+GEN_VERSION = 2
 
 ROWS = {
     1: "stock backtrader: PandasData + setcommission + SmaCross",
@@ -154,20 +156,21 @@ def make_bars(n: int, seed: int = DEFAULT_SEED) -> pd.DataFrame:
 
 
 def cached_bars(n: int, seed: int = DEFAULT_SEED) -> pd.DataFrame:
-    """:func:`make_bars` through a cache file in ``benchmarks/.cache/``."""
+    """:func:`make_bars` through a cache file in ``benchmarks/.cache/``; always the frame as
+    read back from the file (nanosecond index), also on the call that writes it."""
     path = CACHE / f"m2k_1min_{n}_seed{seed}_v{GEN_VERSION}.npz"
-    if path.exists():
-        z = np.load(path)
-        idx = pd.DatetimeIndex(z["ns"].astype("datetime64[ns]")).tz_localize("UTC").tz_convert(NY)
-        df = pd.DataFrame({c: z[c] for c in ("open", "high", "low", "close", "volume")}, index=idx)
-        df.index.name = "datetime"
-        return df
-    df = make_bars(n, seed)
-    CACHE.mkdir(parents=True, exist_ok=True)
-    ns = df.index.tz_convert("UTC").tz_localize(None).asi8
-    tmp = path.with_suffix(".tmp.npz")
-    np.savez(tmp, ns=ns, **{c: df[c].to_numpy() for c in df.columns})
-    os.replace(tmp, path)
+    if not path.exists():
+        df = make_bars(n, seed)
+        CACHE.mkdir(parents=True, exist_ok=True)
+        # as_unit: pandas 3 builds the index in microseconds, and asi8 is in the index's own unit
+        ns = df.index.tz_convert("UTC").tz_localize(None).as_unit("ns").asi8
+        tmp = path.with_suffix(".tmp.npz")
+        np.savez(tmp, ns=ns, **{c: df[c].to_numpy() for c in df.columns})
+        os.replace(tmp, path)
+    z = np.load(path)
+    idx = pd.DatetimeIndex(z["ns"].astype("datetime64[ns]")).tz_localize("UTC").tz_convert(NY)
+    df = pd.DataFrame({c: z[c] for c in ("open", "high", "low", "close", "volume")}, index=idx)
+    df.index.name = "datetime"
     return df
 
 
