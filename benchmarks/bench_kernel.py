@@ -13,8 +13,12 @@ One invocation measures, in this order, and prints a table::
 2. kernel, the full default configuration (``BacktestConfig()``: SMA 50/200, KellySizer with
    paper trades, FuturesBroker margin checks, metrics), warm.
 3. vectorbt ``Portfolio.from_signals`` on the same bars and the same SMA 50/200 long/short
-   signal (entries at the next open are not modelled by it: it fills at the signal bar's
-   close), first call and warm; skipped when vectorbt is not installed (benchmarks only).
+   reversal, one unit, the signals shifted one bar and filled at the open so that it makes
+   the kernel's trades (checked): first call, then warm, timed apart: (a) building the
+   signals, (b) ``from_signals`` (and the numba simulation inside it), (c) reading the final
+   value and total return; plus (b)+(c) with the bars' tz-aware index, which costs vectorbt a
+   ``Timestamp`` object per bar (see :func:`vectorbt_rows`). Skipped when vectorbt is not
+   installed (a benchmark-only package, in a venv of its own).
 4. trials per minute of a 24-point SMA grid (fast 10..60 x slow 100..250) on the bundled
    5-minute data, kernel (``simulate_many``, indicators shared) vs cerebro (``run_backtest``
    with ``analyzers=False``, as an optimisation trial), both single-process, with every
@@ -30,6 +34,8 @@ import argparse
 import sys
 import time
 from pathlib import Path
+
+import pandas as pd
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
@@ -88,31 +94,140 @@ def first_call_compiled(data, config) -> float:
         loop.run_loop = real
 
 
-def vectorbt_rows(bars, repeat: int) -> list[tuple[str, float]]:
+def vectorbt_rows(bars, repeat: int, kernel_trades: list) -> list[tuple[str, float, str]]:
+    """vectorbt running the kernel's SMA 50/200 long/short reversal, one unit, on the same
+    bars, the way a vectorbt user would write it, timed in parts (warm: best of ``repeat``,
+    every numba function already compiled by a first call):
+
+    (a) signals: pandas rolling means 50 and 200, long while fast is above slow, short
+        otherwise once slow is defined (a tie is short, as in the kernel), shifted one bar so
+        that the signal of a bar's close is traded at the next bar's open; also timed with
+        vectorbt's own ``vbt.MA.run``, which is not used further: its running-sum mean drifts
+        by ~1e-9, so averages that are equal on the 0.10 grid come out above or below at
+        random (pandas' compensated rolling sum keeps them equal);
+    (b) ``Portfolio.from_signals(close, long, short, direction="both", price=open, size=1)``
+        (a short signal while long reverses the position: vectorbt's default
+        ``upon_opposite_entry="reversereduce"``), and inside it the numba simulation alone;
+    (c) ``pf.final_value()`` and ``pf.total_return()`` on a fresh portfolio (both are cached
+        on the portfolio object, so a repeat on the same one would time a dictionary look-up).
+
+    vectorbt is given the bars with New York wall-clock times (a naive index). With the
+    bars' tz-aware index instead, every wrap of an array into pandas runs
+    ``np.asarray(index)`` just to compare lengths (``checks.assert_shape_equal``), which for a
+    tz-aware index builds one ``Timestamp`` object per bar: about 2 s per million bars,
+    twice per run (the portfolio's constructor and ``final_value``). The last row shows that
+    cost; it is what an earlier version of this benchmark timed.
+
+    One unit of the index at $1 a point is a fifth of an M2K contract ($5 a point) and no
+    fees are charged, so the check is on the trades: vectorbt's trade count and gross P&L x 5
+    against the kernel's trade log (entries and exits at the same opens, so they agree
+    unless a float average breaks a tie the kernel decides exactly in ticks).
+    """
     try:
         import vectorbt as vbt
+        from vectorbt.portfolio import dispatch
     except ImportError:
         return []
-    close = bars["close"]
-    fast = close.rolling(50).mean()
-    slow = close.rolling(200).mean()
-    above = (fast > slow).to_numpy()
-    defined = slow.notna().to_numpy()
-    entries = above & defined
-    exits = ~above & defined
+    try:
+        from vectorbt._engine import is_rust_available
 
-    def run():
-        pf = vbt.Portfolio.from_signals(close, entries=entries, exits=exits,
-                                        short_entries=exits, short_exits=entries,
-                                        size=1, init_cash=25_000.0, fees=0.0, freq="1min")
-        return float(pf.final_value())
+        engine = "rust" if is_rust_available() else "numba"
+    except ImportError:  # private module; only used to label the rows
+        engine = "numba"
+    n = len(bars)
+    naive = bars.tz_localize(None)  # New York wall-clock times, the same bars
+    close, open_ = naive["close"], naive["open"]
+
+    def signals():
+        fast, slow = close.rolling(50).mean(), close.rolling(200).mean()
+        above = fast > slow  # False where either average is undefined
+        below = ~above & slow.notna()
+        return above.shift(1, fill_value=False), below.shift(1, fill_value=False)
+
+    def signals_vbt():
+        fast, slow = vbt.MA.run(close, 50), vbt.MA.run(close, 200)
+        above = fast.ma_above(slow)
+        below = ~above & slow.ma.notna()
+        return above.vbt.signals.fshift(1), below.vbt.signals.fshift(1)
+
+    def portfolio(long_, short, close=close, open_=open_):
+        return vbt.Portfolio.from_signals(close, entries=long_, exits=short, direction="both",
+                                          price=open_, size=1, init_cash=25_000.0, freq="1min")
+
+    def read(pf):
+        return float(pf.final_value()), float(pf.total_return())
 
     t0 = time.perf_counter()
-    run()
+    pf = portfolio(*signals())
+    read(pf)
     first = time.perf_counter() - t0
-    warm, _ = best(run, repeat)
-    return [("vectorbt from_signals SMA 50/200, first call", first),
-            ("vectorbt from_signals SMA 50/200, warm", warm)]
+    signals_vbt()  # compiles vbt.MA's numba functions
+    t_vbt, (long_vbt, _) = best(signals_vbt, repeat)
+
+    t_sig = t_pf = t_read = float("inf")
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        long_, short = signals()
+        t1 = time.perf_counter()
+        pf = portfolio(long_, short)
+        t2 = time.perf_counter()
+        final, total_return = read(pf)
+        t3 = time.perf_counter()
+        t_sig, t_pf, t_read = min(t_sig, t1 - t0), min(t_pf, t2 - t1), min(t_read, t3 - t2)
+
+    captured = {}
+    real = dispatch.simulate_from_signals
+
+    def spy(*args, **kwargs):
+        captured["call"] = (args, kwargs)
+        return real(*args, **kwargs)
+
+    dispatch.simulate_from_signals = spy
+    try:
+        portfolio(long_, short)
+    finally:
+        dispatch.simulate_from_signals = real
+    args, kwargs = captured["call"]
+    t_sim = float("inf")
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        real(*args, **kwargs)
+        t_sim = min(t_sim, time.perf_counter() - t0)
+
+    tz_long = pd.Series(long_.to_numpy(), index=bars.index)
+    tz_short = pd.Series(short.to_numpy(), index=bars.index)
+    t_tz = float("inf")
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        read(portfolio(tz_long, tz_short, close=bars["close"], open_=bars["open"]))
+        t_tz = min(t_tz, time.perf_counter() - t0)
+
+    ties = int((long_vbt.to_numpy() != long_.to_numpy()).sum())
+    trades = int(pf.trades.count())
+    gross = (final - 25_000.0) * 5.0  # $ for one M2K contract
+    k_gross = sum(t["gross_pnl"] for t in kernel_trades)
+    same = trades == len(kernel_trades) and abs(gross - k_gross) < 0.01
+    check = (f"same trades as the kernel: {trades:,}, gross P&L ${gross:,.2f}" if same else
+             f"TRADES DIFFER from the kernel: {trades:,} vs {len(kernel_trades):,}, gross P&L "
+             f"${gross:,.2f} vs ${k_gross:,.2f}")
+    warm = t_sig + t_pf + t_read
+    label = f"vectorbt {vbt.__version__} ({engine})"
+    return [
+        (f"{label}: first call in this process, (a)+(b)+(c)", first,
+         f"{n / first:,.0f} bars/s (numba compiles, or loads its disk cache)"),
+        (f"{label}, warm: (a) signals, pandas rolling 50/200, shifted", t_sig,
+         f"{n / t_sig:,.0f} bars/s"),
+        (f"{label}, warm: (a) the same with vbt.MA (not used)", t_vbt,
+         f"{n / t_vbt:,.0f} bars/s; {ties} bars differ (ties broken by float drift)"),
+        (f"{label}, warm: (b) Portfolio.from_signals", t_pf,
+         f"{n / t_pf:,.0f} bars/s, {int(pf.orders.count()):,} orders"),
+        (f"{label}, warm: (b) of which the numba simulation", t_sim, f"{n / t_sim:,.0f} bars/s"),
+        (f"{label}, warm: (c) final_value + total_return", t_read,
+         f"total return {total_return:.6f}"),
+        (f"{label}, warm: (a)+(b)+(c), sum of the three", warm, f"{n / warm:,.0f} bars/s; {check}"),
+        (f"{label}, warm: (b)+(c) with the tz-aware index", t_tz,
+         f"{n / t_tz:,.0f} bars/s (a Timestamp per bar, twice)"),
+    ]
 
 
 def grid_rows(points: int) -> list[tuple[str, float, str]]:
@@ -161,6 +276,7 @@ def main(argv=None) -> int:
     t_loop = min(loop_only(data, sma) for _ in range(args.repeat))
     rows.append(("kernel SMA 50/200 fixed, warm, bar loop", t_loop, f"{n / t_loop:,.0f} bars/s"))
     t_sim, res = best(lambda: simulate(bars, sma), args.repeat)
+    sma_trades = res.trades
     rows.append(("kernel SMA 50/200 fixed, warm, simulate() end to end", t_sim,
                  f"{n / t_sim:,.0f} bars/s, {len(res.trades)} trades"))
     full_data = prepare(bars, full)
@@ -170,8 +286,7 @@ def main(argv=None) -> int:
     t_full, res = best(lambda: simulate(bars, full), args.repeat)
     rows.append(("kernel default config (Kelly, margin), warm, simulate()", t_full,
                  f"{n / t_full:,.0f} bars/s, {len(res.trades)} trades"))
-    for name, secs in vectorbt_rows(bars, args.repeat):
-        rows.append((name, secs, f"{n / secs:,.0f} bars/s"))
+    rows.extend(vectorbt_rows(bars, args.repeat, sma_trades))
     if not args.no_grid:
         grid = grid_rows(6 if args.quick else 24)
         tk, tc = grid[0][1], grid[1][1]
