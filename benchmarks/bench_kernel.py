@@ -35,6 +35,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 HERE = Path(__file__).resolve().parent
@@ -48,6 +49,7 @@ from m2k_bt.engine import BacktestConfig, run_backtest  # noqa: E402
 from m2k_bt.kernel import prepare, simulate, simulate_many  # noqa: E402
 
 BUNDLED = HERE.parent / "datafeeds" / "m2k_5min.csv.gz"
+TICK = 0.10  # M2K minimum price fluctuation, index points
 
 
 def best(fn, repeat: int) -> tuple[float, object]:
@@ -102,9 +104,11 @@ def vectorbt_rows(bars, repeat: int, kernel_trades: list) -> list[tuple[str, flo
     (a) signals: pandas rolling means 50 and 200, long while fast is above slow, short
         otherwise once slow is defined (a tie is short, as in the kernel), shifted one bar so
         that the signal of a bar's close is traded at the next bar's open; also timed with
-        vectorbt's own ``vbt.MA.run``, which is not used further: its running-sum mean drifts
-        by ~1e-9, so averages that are equal on the 0.10 grid come out above or below at
-        random (pandas' compensated rolling sum keeps them equal);
+        vectorbt's own ``vbt.MA.run`` (not used further). Both are float means: where the two
+        averages are equal on the 0.10 grid (the kernel decides that exactly, in whole ticks,
+        as "not above") they come out a hair apart, so a few ties go the other way (pandas'
+        compensated rolling sum: a handful per million bars; vbt.MA's running sum drifts by
+        ~1e-9: several times as many). The rows count those bars;
     (b) ``Portfolio.from_signals(close, long, short, direction="both", price=open, size=1)``
         (a short signal while long reverses the position: vectorbt's default
         ``upon_opposite_entry="reversereduce"``), and inside it the numba simulation alone;
@@ -114,14 +118,15 @@ def vectorbt_rows(bars, repeat: int, kernel_trades: list) -> list[tuple[str, flo
     vectorbt is given the bars with New York wall-clock times (a naive index). With the
     bars' tz-aware index instead, every wrap of an array into pandas runs
     ``np.asarray(index)`` just to compare lengths (``checks.assert_shape_equal``), which for a
-    tz-aware index builds one ``Timestamp`` object per bar: about 2 s per million bars,
+    tz-aware index builds one ``Timestamp`` object per bar: 2-3 s per million bars here,
     twice per run (the portfolio's constructor and ``final_value``). The last row shows that
     cost; it is what an earlier version of this benchmark timed.
 
     One unit of the index at $1 a point is a fifth of an M2K contract ($5 a point) and no
     fees are charged, so the check is on the trades: vectorbt's trade count and gross P&L x 5
-    against the kernel's trade log (entries and exits at the same opens, so they agree
-    unless a float average breaks a tie the kernel decides exactly in ticks).
+    against the kernel's trade log. The timed signals differ from the kernel's at those ties;
+    the same ``from_signals`` call on the kernel's exact tick-sum signals (untimed) must make
+    the kernel's trades, and the (b) row says whether it does.
     """
     try:
         import vectorbt as vbt
@@ -149,6 +154,14 @@ def vectorbt_rows(bars, repeat: int, kernel_trades: list) -> list[tuple[str, flo
         above = fast.ma_above(slow)
         below = ~above & slow.ma.notna()
         return above.vbt.signals.fshift(1), below.vbt.signals.fshift(1)
+
+    def exact_above():  # the kernel's rule in whole ticks: sum_fast * slow > sum_slow * fast
+        ticks = np.rint(close.to_numpy() / TICK).astype(np.int64)
+        cum = np.concatenate(([0], np.cumsum(ticks)))
+        i = np.arange(n)
+        s_fast = cum[i + 1] - cum[np.maximum(i + 1 - 50, 0)]
+        s_slow = cum[i + 1] - cum[np.maximum(i + 1 - 200, 0)]
+        return (s_fast * 200 > s_slow * 50) & (i >= 199)
 
     def portfolio(long_, short, close=close, open_=open_):
         return vbt.Portfolio.from_signals(close, entries=long_, exits=short, direction="both",
@@ -202,29 +215,35 @@ def vectorbt_rows(bars, repeat: int, kernel_trades: list) -> list[tuple[str, flo
         read(portfolio(tz_long, tz_short, close=bars["close"], open_=bars["open"]))
         t_tz = min(t_tz, time.perf_counter() - t0)
 
-    ties = int((long_vbt.to_numpy() != long_.to_numpy()).sum())
+    exact = exact_above()
+    ties = int((long_.to_numpy()[1:] != exact[:-1]).sum())
+    ties_vbt = int((long_vbt.to_numpy()[1:] != exact[:-1]).sum())
     trades = int(pf.trades.count())
     gross = (final - 25_000.0) * 5.0  # $ for one M2K contract
-    k_gross = sum(t["gross_pnl"] for t in kernel_trades)
-    same = trades == len(kernel_trades) and abs(gross - k_gross) < 0.01
-    check = (f"same trades as the kernel: {trades:,}, gross P&L ${gross:,.2f}" if same else
-             f"TRADES DIFFER from the kernel: {trades:,} vs {len(kernel_trades):,}, gross P&L "
-             f"${gross:,.2f} vs ${k_gross:,.2f}")
+    k_trades, k_gross = len(kernel_trades), sum(t["gross_pnl"] for t in kernel_trades)
+    defined = np.arange(n) >= 199
+    pf_x = portfolio(pd.Series(exact, index=close.index).shift(1, fill_value=False),
+                     pd.Series(~exact & defined, index=close.index).shift(1, fill_value=False))
+    x_trades, x_gross = int(pf_x.trades.count()), (float(pf_x.final_value()) - 25_000.0) * 5.0
+    same = x_trades == k_trades and abs(x_gross - k_gross) < 0.01
+    parity = (f"on the kernel's exact signals: its {k_trades:,} trades, gross ${k_gross:,.2f}"
+              if same else f"on the kernel's exact signals TRADES DIFFER: {x_trades:,} vs "
+              f"{k_trades:,}, gross ${x_gross:,.2f} vs ${k_gross:,.2f}")
     warm = t_sig + t_pf + t_read
     label = f"vectorbt {vbt.__version__} ({engine})"
     return [
         (f"{label}: first call in this process, (a)+(b)+(c)", first,
          f"{n / first:,.0f} bars/s (numba compiles, or loads its disk cache)"),
         (f"{label}, warm: (a) signals, pandas rolling 50/200, shifted", t_sig,
-         f"{n / t_sig:,.0f} bars/s"),
+         f"{n / t_sig:,.0f} bars/s; {ties} ties decided apart from the kernel"),
         (f"{label}, warm: (a) the same with vbt.MA (not used)", t_vbt,
-         f"{n / t_vbt:,.0f} bars/s; {ties} bars differ (ties broken by float drift)"),
+         f"{n / t_vbt:,.0f} bars/s; {ties_vbt} ties decided apart from the kernel"),
         (f"{label}, warm: (b) Portfolio.from_signals", t_pf,
-         f"{n / t_pf:,.0f} bars/s, {int(pf.orders.count()):,} orders"),
+         f"{n / t_pf:,.0f} bars/s, {trades:,} trades (gross ${gross:,.2f}); {parity}"),
         (f"{label}, warm: (b) of which the numba simulation", t_sim, f"{n / t_sim:,.0f} bars/s"),
         (f"{label}, warm: (c) final_value + total_return", t_read,
          f"total return {total_return:.6f}"),
-        (f"{label}, warm: (a)+(b)+(c), sum of the three", warm, f"{n / warm:,.0f} bars/s; {check}"),
+        (f"{label}, warm: (a)+(b)+(c), sum of the three", warm, f"{n / warm:,.0f} bars/s"),
         (f"{label}, warm: (b)+(c) with the tz-aware index", t_tz,
          f"{n / t_tz:,.0f} bars/s (a Timestamp per bar, twice)"),
     ]
