@@ -426,7 +426,7 @@ def evaluate_params(
         "first_dt": str(result.first_dt),
         "last_dt": str(result.last_dt),
         "elapsed": round(elapsed, 4),
-        "returns": {d.strftime("%Y-%m-%d"): float(r) for d, r in rets.items()},
+        "returns": dict(zip(rets.index.strftime("%Y-%m-%d"), rets.to_numpy(float).tolist())),
     }
     value = metrics.get(objective)
     trades = metrics.get("trades") or 0
