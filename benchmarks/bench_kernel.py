@@ -22,7 +22,9 @@ One invocation measures, in this order, and prints a table::
 4. trials per minute of a 24-point SMA grid (fast 10..60 x slow 100..250) on the bundled
    5-minute data, kernel (``simulate_many``, indicators shared) vs cerebro (``run_backtest``
    with ``analyzers=False``, as an optimisation trial), both single-process, with every
-   trial's final equity and trade count checked equal.
+   trial's final equity and trade count checked equal; then the same grid as the user runs
+   it, ``optimize()`` in the kernel (Optuna grid study, ``study.db`` in an output folder,
+   DSR and PBO), and the cerebro re-run of its winner that ``optimize`` makes to verify.
 
 The bars of 1-3 are ``bench_compare.cached_bars`` (seeded random walk on the tick grid, Globex
 hours), generated once and cached under ``benchmarks/.cache/``.
@@ -267,9 +269,36 @@ def grid_rows(points: int) -> list[tuple[str, float, str]]:
     same = all(abs(a.final_value - b.final_value) < 0.005 and len(a.trades) == len(b.trades)
                for a, b in zip(cerebro, kernel))
     note = "identical final equity and trade counts" if same else "RESULTS DIFFER"
+    # the optimiser a user runs: an Optuna grid study in the kernel, study.db in --out (written
+    # in batches), DSR and PBO; the cerebro re-run of the winner is timed on its own
+    import tempfile
+
+    from m2k_bt.optimize import optimize
+
+    base = BacktestConfig(strategy="sma", sizer="fixed")
+    space = [f"fast={','.join(map(str, fasts))}", f"slow={','.join(map(str, slows))}"]
+    with tempfile.TemporaryDirectory() as tmp:
+        t0 = time.perf_counter()
+        study = optimize(bars, base, space, sampler="grid", trials=points, min_trades=0,
+                         out=Path(tmp) / "opt", quiet=True, verify=False)
+        to = time.perf_counter() - t0
+    by_params = {(c.params["fast"], c.params["slow"]): k for c, k in zip(grid, kernel)}
+    study_same = all(
+        abs(r["net_profit"] - (by_params[(r["param_fast"], r["param_slow"])].final_value
+                               - base.cash)) < 0.005
+        for r in study.trials.to_dict("records"))
+    best = base.replace(params=study.best_params)
+    t0 = time.perf_counter()
+    run_backtest(bars, best.replace(analyzers=False))
+    tv = time.perf_counter() - t0
+    n = len(bars)
     return [
-        (f"{len(grid)}-point SMA grid, {len(bars):,} bundled 5-min bars: kernel", tk, note),
-        (f"{len(grid)}-point SMA grid, {len(bars):,} bundled 5-min bars: cerebro", tc, note),
+        (f"{len(grid)}-point SMA grid, {n:,} bundled 5-min bars: kernel simulate_many", tk, note),
+        (f"{len(grid)}-point SMA grid, {n:,} bundled 5-min bars: cerebro run_backtest", tc, note),
+        (f"{len(grid)}-point SMA grid: optimize() study in the kernel (Optuna, study.db, "
+         f"DSR, PBO)", to, "same net profit per point as simulate_many" if study_same
+         else "STUDY DIFFERS FROM simulate_many"),
+        ("  + the winner re-run in cerebro (optimize's verification)", tv, ""),
     ]
 
 
@@ -313,6 +342,11 @@ def main(argv=None) -> int:
         rows.append((grid[0][0], tk, f"{points / tk * 60:,.0f} trials/min; {grid[0][2]}"))
         rows.append((grid[1][0], tc, f"{points / tc * 60:,.1f} trials/min; kernel "
                                      f"{tc / tk:,.0f}x"))
+        to, tv = grid[2][1], grid[3][1]
+        rows.append((grid[2][0], to, f"{points / to * 60:,.0f} trials/min, {tc / to:,.0f}x "
+                                     f"cerebro; {grid[2][2]}"))
+        rows.append((grid[3][0], tv, f"study + verification {points / (to + tv) * 60:,.0f} "
+                                     f"trials/min, {tc / (to + tv):,.0f}x cerebro"))
     print(f"\n{n:,} one-minute bars (1-3); bundled 5-minute data (4)\n")
     width = max(len(r[0]) for r in rows)
     print(f"{'row':<{width}}  {'seconds':>9}  figure")
