@@ -28,6 +28,10 @@ Extra rows that isolate one lever each (not run by default; ask with ``--rows``)
    (only replay and live feeds need it; the broker falls back to the bar's own prices).
 9. row 3 with ``KellySizer`` answering a repeated "no edge" from a cache and not logging the
    repeat (the sizer is otherwise asked, and logs a decision, on every flat bar).
+10. row 3 always in the market: ``run_backtest(bars, BacktestConfig(strategy="sma",
+    sizer="fixed"))``, ``FixedContracts(1)`` long/short, all analyzers. Row 3's KellySizer is
+    flat whenever it sees no edge, so it places few orders; this row trades like row 1 (one
+    contract, reversed on every crossover) and is the fair full-stack counterpart of row 1.
 
 Rows 8 and 9 patch m2k_bt classes inside their own process only, to measure a proposed fix
 before it is made; their final value must equal that of row 2 and row 3 respectively.
@@ -72,7 +76,9 @@ QUICK_BARS = 20_000
 DEFAULT_SEED = 8  # the issue number; any fixed seed will do
 CASH = 25_000.0  # $, the runner's default starting equity
 START = "2024-01-07 18:00"  # a Sunday evening: the first Globex session of 2024
-GEN_VERSION = 1  # bump when the generator changes, so stale caches are not reused
+# bump when the generator or the cache format changes, so stale caches are not reused; v2: v1
+# stored pandas 3's microsecond stamps as nanoseconds, so cached bars came back in 1970
+GEN_VERSION = 2
 
 ROWS = {
     1: "stock backtrader: PandasData + setcommission + SmaCross",
@@ -84,6 +90,7 @@ ROWS = {
     7: "row 1 with exactbars=1",
     8: "row 2 with a tick-free BarsFeed.advance (proposed fix)",
     9: "row 3 with KellySizer 'no edge' cached, not re-logged (proposed fix)",
+    10: "full m2k_bt stack, always in market: run_backtest(sma, fixed 1, all analyzers)",
 }
 DEFAULT_ROWS = (1, 2, 3)
 
@@ -154,20 +161,21 @@ def make_bars(n: int, seed: int = DEFAULT_SEED) -> pd.DataFrame:
 
 
 def cached_bars(n: int, seed: int = DEFAULT_SEED) -> pd.DataFrame:
-    """:func:`make_bars` through a cache file in ``benchmarks/.cache/``."""
+    """:func:`make_bars` through a cache file in ``benchmarks/.cache/``; always the frame as
+    read back from the file (nanosecond index), also on the call that writes it."""
     path = CACHE / f"m2k_1min_{n}_seed{seed}_v{GEN_VERSION}.npz"
-    if path.exists():
-        z = np.load(path)
-        idx = pd.DatetimeIndex(z["ns"].astype("datetime64[ns]")).tz_localize("UTC").tz_convert(NY)
-        df = pd.DataFrame({c: z[c] for c in ("open", "high", "low", "close", "volume")}, index=idx)
-        df.index.name = "datetime"
-        return df
-    df = make_bars(n, seed)
-    CACHE.mkdir(parents=True, exist_ok=True)
-    ns = df.index.tz_convert("UTC").tz_localize(None).asi8
-    tmp = path.with_suffix(".tmp.npz")
-    np.savez(tmp, ns=ns, **{c: df[c].to_numpy() for c in df.columns})
-    os.replace(tmp, path)
+    if not path.exists():
+        df = make_bars(n, seed)
+        CACHE.mkdir(parents=True, exist_ok=True)
+        # as_unit: pandas 3 builds the index in microseconds, and asi8 is in the index's own unit
+        ns = df.index.tz_convert("UTC").tz_localize(None).as_unit("ns").asi8
+        tmp = path.with_suffix(".tmp.npz")
+        np.savez(tmp, ns=ns, **{c: df[c].to_numpy() for c in df.columns})
+        os.replace(tmp, path)
+    z = np.load(path)
+    idx = pd.DatetimeIndex(z["ns"].astype("datetime64[ns]")).tz_localize("UTC").tz_convert(NY)
+    df = pd.DataFrame({c: z[c] for c in ("open", "high", "low", "close", "volume")}, index=idx)
+    df.index.name = "datetime"
     return df
 
 
@@ -268,11 +276,12 @@ def _run_m2k_feed(bars: pd.DataFrame, futures_broker: bool = False, tickless=Fal
     return {"run_seconds": time.perf_counter() - t0, "final_value": cerebro.broker.getvalue()}
 
 
-def _run_full(bars: pd.DataFrame, analyzers: bool | None = True) -> dict:
+def _run_full(bars: pd.DataFrame, analyzers: bool | None = True, sizer: str = "kelly") -> dict:
     from m2k_bt import engine
     from m2k_bt.engine import BacktestConfig, run_backtest
 
-    config = BacktestConfig(strategy="sma", sizer="kelly", cash=CASH)
+    # sizer "fixed" is FixedContracts(contracts=1); SmaCrossover is long/short by default
+    config = BacktestConfig(strategy="sma", sizer=sizer, cash=CASH)
     if analyzers is False:
         config = config.replace(analyzers=False)
     if analyzers is None:  # no analyzer at all: patch the engine's hook for this process only
@@ -300,6 +309,7 @@ def run_row(row: int, bars: pd.DataFrame) -> dict:
         7: lambda: _run_stock(bars, exactbars=1),
         8: lambda: _run_m2k_feed(bars, tickless=True),
         9: lambda: (_patch_kelly_no_edge(), _run_full(bars))[1],
+        10: lambda: _run_full(bars, sizer="fixed"),
     }
     r0 = resource.getrusage(resource.RUSAGE_SELF)
     t0 = time.perf_counter()
@@ -455,6 +465,12 @@ def checks(table: list[dict]) -> list[str]:
         out.append(f"target row 3 throughput >= 2.00x row 1: {s:.2f}x wall ({c:.2f}x CPU) -> "
                    f"{'met' if min(s, c) >= 2 else 'NOT met'}")  # fmt: skip
         out.append(f"target row 3 peak RSS <= row 1: {m:.2f}x -> {'met' if m <= 1 else 'NOT met'}")
+    if 1 in by and 10 in by:
+        s, c, m = by[10]["speed_ratio"], by[10]["cpu_speed_ratio"], by[10]["rss_ratio"]
+        out.append(
+            f"row 10 (always in market, fixed 1) vs row 1: {s:.2f}x wall ({c:.2f}x CPU) "
+            f"throughput, {m:.2f}x peak RSS; {by[10].get('trades', '?')} trades"
+        )
     for e in table:
         if e.get("status") == "ok" and not e["final_values_agree"]:
             out.append(f"row {e['row']}: final value differs between repeats")

@@ -8,10 +8,11 @@ these:
   ``exit=middle,signal``); def: the strategy's default space.
 - ``--trials N`` (def: 50 for TPE, 20 per fold in walk-forward, the whole grid for a grid),
   ``--objective`` (def: sharpe), ``--sampler tpe|grid``, ``--min-trades N`` (def: 1).
-- ``--workers N`` (def: one per core), ``--storage URL``, ``--dask ADDRESS|local``,
-  ``--study-name NAME``.
+- ``--engine kernel|cerebro`` (def: kernel), ``--workers N`` (def: 1 with the kernel, else
+  one per core), ``--batch N`` (trials a Dask task runs; def: 32 with the kernel, else 1),
+  ``--storage URL``, ``--dask ADDRESS|local``, ``--study-name NAME``.
 - walk-forward: ``--is 12M --oos 3M --step 3M`` (or bar counts ``40000b``), ``--anchored``,
-  ``--folds N``.
+  ``--folds N``, ``--verify oos|all`` (def: oos).
 
 Outputs (in ``--out``, def: ``results/<time>-optimize-<strategy>``): ``study.db``,
 ``trials.csv``, ``optimize.json``; walk-forward: ``study.db``, ``walkforward.json``,
@@ -62,7 +63,14 @@ def _add_search_args(p: argparse.ArgumentParser) -> None:
     )
     g = p.add_argument_group("workers and storage")
     g.add_argument(
-        "--workers", type=int, help=f"local worker processes (default: {os.cpu_count()})"
+        "--workers", type=int,
+        help=f"local worker processes (default: 1 with the kernel engine, whose trials take "
+        f"milliseconds; {os.cpu_count()} with cerebro)"
+    )
+    g.add_argument(
+        "--batch", type=int,
+        help="trials one process claims together and one Dask task runs (default: 32 on "
+        "Dask with the kernel engine, else 1)",
     )
     g.add_argument(
         "--storage",
@@ -140,6 +148,12 @@ def build_walkforward_parser() -> argparse.ArgumentParser:
         help="keep the last N folds; alone (no --is/--oos): N rolling folds by bar count, "
         "in-sample 4x out-of-sample",
     )
+    g.add_argument(
+        "--verify", choices=("oos", "all"), default="oos",
+        help="with the kernel engine, what is re-run in cerebro and must agree: each fold's "
+        "chosen parameters on its out-of-sample window (oos, default), or also on its "
+        "in-sample window (all)",
+    )
     return p
 
 
@@ -169,6 +183,7 @@ def _search_kwargs(args) -> dict:
         heartbeat=args.heartbeat,
         reconnect=args.reconnect,
         engine=args.engine,
+        batch=args.batch,
     )
 
 
@@ -250,6 +265,7 @@ def walkforward_main(argv: list[str]) -> int:
         trials=trials,
         study_name=args.study_name,
         quiet=args.quiet,
+        verify=args.verify,
         **_search_kwargs(args),
     )
     if not args.quiet:

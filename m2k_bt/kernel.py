@@ -559,6 +559,69 @@ def _none(x: float):
     return None if x != x else float(x)
 
 
+def _trade_rows(trades, data: KernelData, config, tick: float, tick_value: float) -> tuple:
+    """The trade log (``trades.csv`` rows) and the closed trades ``trade_statistics`` reads,
+    from the loop's trade array: one column at a time as plain Python numbers (a numpy scalar
+    per cell costs more than the backtest), the same values and roundings as the analyzers."""
+    if not len(trades):
+        return [], []
+    col = trades.T
+    entry_i = col[loop.T_ENTRY_I].astype("int64")
+    exit_i = col[loop.T_EXIT_I].astype("int64")
+    entry_dt = data.times[entry_i].tolist()  # datetime64[us] -> datetime, as .item() gives
+    exit_dt = data.times[exit_i].tolist()
+    dirs = col[loop.T_DIR].astype("int64").tolist()
+    contracts = col[loop.T_CONTRACTS].tolist()
+    entry, exit_ = col[loop.T_ENTRY_PX].tolist(), col[loop.T_EXIT_PX].tolist()
+    gross, comm, net = (col[loop.T_GROSS].tolist(), col[loop.T_COMM].tolist(),
+                        col[loop.T_NET].tolist())
+    bars = col[loop.T_BARS].astype("int64").tolist()
+    reasons = [_REASONS[k] for k in col[loop.T_REASON].astype("int64").tolist()]
+    kp, kb, kf = ([None if x != x else x for x in col[j].tolist()]
+                  for j in (loop.T_KP, loop.T_KB, loop.T_KF))
+    ids = col[loop.T_ID].astype("int64").tolist()
+    root = config.spec.root
+    rows, closed = [], []
+    for k in range(len(ids)):
+        e, x, d, c = entry[k], exit_[k], dirs[k], contracts[k]
+        rows.append({
+            "entry_dt": entry_dt[k],
+            "exit_dt": exit_dt[k],
+            "direction": "long" if d > 0 else "short",
+            "contracts": c,
+            "entry_price": e,
+            "exit_price": x,
+            "gross_pnl": gross[k],
+            "commission": comm[k],
+            "net_pnl": net[k],
+            "ticks": round((x - e) * d / tick, 6),
+            "bars_held": bars[k],
+            "exit_reason": reasons[k],
+            "kelly_p": kp[k],
+            "kelly_b": kb[k],
+            "kelly_f": kf[k],
+            "trade_id": ids[k],
+        })
+        if reasons[k] != "end":
+            closed.append({
+                "ref": len(closed) + 1,
+                "data_name": root,
+                "entry_dt": entry_dt[k],
+                "exit_dt": exit_dt[k],
+                "direction": "long" if d > 0 else "short",
+                "contracts": c,
+                "entry_price": round(e, 10),
+                "exit_price": round(x, 10),
+                "gross_pnl": round(gross[k], 10),
+                "commission": round(comm[k], 10),
+                "net_pnl": round(net[k], 10),
+                "ticks": round(gross[k] / (c * tick_value), 6),
+                "net_ticks": round(net[k] / (c * tick_value), 6),
+                "bars_held": bars[k],
+            })
+    return rows, closed
+
+
 def _result(config, data: KernelData, ci, value, cash, pos, trades, dec, mev, counters, costs,
             active, elapsed) -> KernelResult:
     tick = float(ci.p.tick_size)
@@ -566,51 +629,7 @@ def _result(config, data: KernelData, ci, value, cash, pos, trades, dec, mev, co
     tick_value = round(tick * mult, 10)
     times = data.times
     when = data.when
-    rows = []
-    closed = []
-    for r in trades:
-        entry_i, exit_i = int(r[loop.T_ENTRY_I]), int(r[loop.T_EXIT_I])
-        direction = int(r[loop.T_DIR])
-        entry, exit_ = float(r[loop.T_ENTRY_PX]), float(r[loop.T_EXIT_PX])
-        reason = _REASONS[int(r[loop.T_REASON])]
-        contracts = float(r[loop.T_CONTRACTS])  # a float, as the strategy's fill sums give
-        gross, comm, net = float(r[loop.T_GROSS]), float(r[loop.T_COMM]), float(r[loop.T_NET])
-        row = {
-            "entry_dt": when(entry_i),
-            "exit_dt": when(exit_i),
-            "direction": "long" if direction > 0 else "short",
-            "contracts": contracts,
-            "entry_price": entry,
-            "exit_price": exit_,
-            "gross_pnl": gross,
-            "commission": comm,
-            "net_pnl": net,
-            "ticks": round((exit_ - entry) * direction / tick, 6),
-            "bars_held": int(r[loop.T_BARS]),
-            "exit_reason": reason,
-            "kelly_p": _none(r[loop.T_KP]),
-            "kelly_b": _none(r[loop.T_KB]),
-            "kelly_f": _none(r[loop.T_KF]),
-            "trade_id": int(r[loop.T_ID]),
-        }
-        rows.append(row)
-        if reason != "end":
-            closed.append({
-                "ref": len(closed) + 1,
-                "data_name": config.spec.root,
-                "entry_dt": row["entry_dt"],
-                "exit_dt": row["exit_dt"],
-                "direction": row["direction"],
-                "contracts": contracts,
-                "entry_price": round(entry, 10),
-                "exit_price": round(exit_, 10),
-                "gross_pnl": round(gross, 10),
-                "commission": round(comm, 10),
-                "net_pnl": round(net, 10),
-                "ticks": round(gross / (contracts * tick_value), 6),
-                "net_ticks": round(net / (contracts * tick_value), 6),
-                "bars_held": row["bars_held"],
-            })
+    rows, closed = _trade_rows(trades, data, config, tick, tick_value)
     tstats = trade_statistics(closed)
     tstats["open_trades"] = int(bool(rows) and rows[-1]["exit_reason"] == "end")
     start_value = float(config.cash)

@@ -100,6 +100,7 @@ __all__ = [
     "DEFAULT_SPACES",
     "ParamRange",
     "parse_space",
+    "evaluate_batch",
     "OptimizeResult",
     "optimize",
     "evaluate_params",
@@ -425,7 +426,7 @@ def evaluate_params(
         "first_dt": str(result.first_dt),
         "last_dt": str(result.last_dt),
         "elapsed": round(elapsed, 4),
-        "returns": {d.strftime("%Y-%m-%d"): float(r) for d, r in rets.items()},
+        "returns": dict(zip(rets.index.strftime("%Y-%m-%d"), rets.to_numpy(float).tolist())),
     }
     value = metrics.get(objective)
     trades = metrics.get("trades") or 0
@@ -435,6 +436,21 @@ def evaluate_params(
     elif value is None or not math.isfinite(value):
         reason = f"objective {objective} undefined ({value})"
     return {"value": None if reason else float(value), "infeasible": reason, "attrs": attrs}
+
+
+def evaluate_batch(
+    bars: pd.DataFrame,
+    config,
+    params_list: Sequence[dict],
+    objective: str = "sharpe",
+    min_trades: int = 1,
+    run_backtest: Callable | None = None,
+) -> list[dict]:
+    """:func:`evaluate_params` for each of ``params_list`` in turn, in this process: one
+    Dask task (or one claim of a worker) runs a whole batch, and the kernel's indicators,
+    kept per bars object, are shared by the batch's trials."""
+    return [evaluate_params(bars, config, p, objective, min_trades, run_backtest)
+            for p in params_list]
 
 
 def _plain_number(v):
@@ -538,8 +554,35 @@ def _one_line(exc: BaseException, url: str | None) -> str:
     return line[:300]
 
 
+_SQLITE_STORAGES: dict = {}  # (url, heartbeat) -> (file's inode, storage): one per file
+
+
 def _storage(url: str | None, heartbeat: int = DEFAULT_HEARTBEAT):
-    """An RDB storage with heartbeats (any URL, SQLite included); None in memory."""
+    """An RDB storage with heartbeats (any URL, SQLite included); None in memory. A SQLite
+    file's storage is made once per process (each costs a schema check of ~0.1 s: walk-forward
+    opens one per fold), again if the file was replaced."""
+    if url is not None and _driver_url(url).startswith("sqlite:///"):
+        path = _driver_url(url)[len("sqlite:///"):]
+        key = (url, int(heartbeat))
+        held = _SQLITE_STORAGES.get(key)
+        inode = _inode(path)
+        if held is not None and inode is not None and held[0] == inode:
+            return held[1]
+        storage = _new_storage(url, heartbeat)
+        _SQLITE_STORAGES[key] = (_inode(path), storage)
+        return storage
+    return _new_storage(url, heartbeat)
+
+
+def _inode(path: str):
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino)
+
+
+def _new_storage(url: str | None, heartbeat: int = DEFAULT_HEARTBEAT):
     import random
     import warnings
 
@@ -704,6 +747,7 @@ class _Plan:
     reconnect: float = DEFAULT_RECONNECT
     parallel: bool = False
     identity: str = ""
+    batch: int = 1
 
     @property
     def names(self) -> list[str]:
@@ -977,11 +1021,33 @@ def _claim(study, plan: _Plan, rng: np.random.Generator):
             return None
         params = {n: r.suggest(trial) for n, r in plan.space.items()}
         key = _key(params, plan.names)
-        trials = study.get_trials(deepcopy=False)
+        trials = _after_drawing(study, trial.number, plan)
         if not _taken_before(trials, trial.number, key, plan):
             return trial, params
         _discard(study, trial_id, "duplicate of a queued, running or finished trial")
     return None
+
+
+#: How long a new trial waits for lower-numbered trials of other processes to finish drawing
+#: their parameters before it compares its own with theirs.
+DRAW_WAIT = 2.0
+
+
+def _after_drawing(study, number: int, plan: _Plan):
+    """The study's trials once every live trial numbered below ``number`` has its parameters.
+
+    Trial numbers order concurrent claims: the lower number keeps a parameter set both drew.
+    A process that created its trial first but has not written its parameters yet would be
+    invisible to the later one's check, and both would run the same set; so the later one
+    waits (up to :data:`DRAW_WAIT` s: a process that died while drawing is reaped later)."""
+    deadline = time.monotonic() + DRAW_WAIT
+    while True:
+        trials = study.get_trials(deepcopy=False)
+        drawing = [t for t in trials if t.number < number and _live(t)
+                   and not t.state.is_finished() and _trial_key(t, plan) is None]
+        if not drawing or time.monotonic() > deadline:
+            return trials
+        time.sleep(0.02)
 
 
 def _free_point(plan: _Plan, taken: set, rng: np.random.Generator) -> dict | None:
@@ -1028,32 +1094,42 @@ def _busy(study) -> bool:
 # ---------------------------------------------------------------- runners
 
 
-def _work(study, plan: _Plan, payload, progress=None) -> int:
-    """This process's share of the study: claim, run, record, until the study is done.
-    Stays while other processes still run trials, so that one of theirs whose process dies
-    is re-run here. Returns the number of trials run."""
+def _work(study, plan: _Plan, payload, progress=None, after_batch=None) -> int:
+    """This process's share of the study: claim up to ``plan.batch`` trials, run them, record
+    them, until the study is done. Stays while other processes still run trials, so that one
+    of theirs whose process dies is re-run here. Returns the number of trials run."""
     bars, config, space, objective, min_trades, run = payload
     rng = np.random.default_rng(_derive_seed(plan.seed, plan.identity, "free"))
     ran, reaped = 0, time.monotonic()
     with _Heartbeat(study._storage, plan.heartbeat) as beat:
         while True:
-            got = _retrying(plan, _claim, study, plan, rng)
-            if got is None:
+            claimed = []
+            while len(claimed) < plan.batch:
+                got = _retrying(plan, _claim, study, plan, rng)
+                if got is None:
+                    break
+                claimed.append(got)
+                beat.add(got[0]._trial_id)
+            if not claimed:
                 if not _retrying(plan, _busy, study):
                     return ran
                 _retrying(plan, _reap, study, plan)  # a trial we wait for may be dead
                 time.sleep(_POLL)
                 continue
-            trial, params = got
-            beat.add(trial._trial_id)
+            told = 0
             try:
-                outcome = evaluate_params(bars, config, params, objective, min_trades, run)
+                for trial, params in claimed:
+                    outcome = evaluate_params(bars, config, params, objective, min_trades, run)
+                    _retrying(plan, _tell, study, trial, outcome)
+                    beat.ids.discard(trial._trial_id)
+                    told += 1
             except BaseException:
-                _fail(study, trial)
+                for trial, _ in claimed[told:]:
+                    _fail(study, trial)
                 raise
-            _retrying(plan, _tell, study, trial, outcome)
-            beat.ids.discard(trial._trial_id)
-            ran += 1
+            ran += told
+            if after_batch is not None:
+                _retrying(plan, after_batch)
             if time.monotonic() - reaped > plan.heartbeat:  # dead processes' trials, now and
                 _retrying(plan, _reap, study, plan)  # then (queued retries go first)
                 reaped = time.monotonic()
@@ -1128,14 +1204,17 @@ def _run_pool(study, plan: _Plan, direction, workers, payload, progress) -> list
     return notes
 
 
+#: Trials a Dask task runs when the trials run in the kernel (see ``batch`` of :func:`optimize`).
+DASK_KERNEL_BATCH = 32
 #: A Dask task lost with its worker (its scattered bars gone too) is submitted again this often.
 DASK_RESUBMITS = 3
 
 
 def _run_dask(study, plan: _Plan, client, payload, progress) -> None:
-    """Trials as Dask tasks: claimed and recorded here, backtests on the workers. A worker
-    that dies loses nothing: Dask runs its task again on another worker, and a task Dask gives
-    up on with the worker (cancelled, its data lost) is submitted again from here."""
+    """Trials as Dask tasks, ``plan.batch`` trials a task: claimed and recorded here,
+    backtests on the workers (:func:`evaluate_batch`). A worker that dies loses nothing: Dask
+    runs its task again on another worker, and a task Dask gives up on with the worker
+    (cancelled, its data lost) is submitted again from here."""
     import concurrent.futures as cf
 
     from distributed import as_completed
@@ -1150,22 +1229,26 @@ def _run_dask(study, plan: _Plan, client, payload, progress) -> None:
     ac = as_completed()
     with _Heartbeat(study._storage, plan.heartbeat) as beat:
 
-        def submit(trial, params, attempt: int) -> None:
+        def submit(batch, attempt: int) -> None:
             fut = client.submit(
-                evaluate_params, data["bars"], config, params, objective, min_trades, run,
-                pure=False,
+                evaluate_batch, data["bars"], config, [p for _, p in batch], objective,
+                min_trades, run, pure=False,
             )
-            running[fut.key] = (trial, params, attempt)
+            running[fut.key] = (batch, attempt)
             ac.add(fut)
 
         def fill() -> None:
             while len(running) < n_slots:
-                got = _retrying(plan, _claim, study, plan, rng)
-                if got is None:
+                batch = []
+                while len(batch) < plan.batch:
+                    got = _retrying(plan, _claim, study, plan, rng)
+                    if got is None:
+                        break
+                    beat.add(got[0]._trial_id)
+                    batch.append(got)
+                if not batch:
                     return
-                trial, params = got
-                beat.add(trial._trial_id)
-                submit(trial, params, 0)
+                submit(batch, 0)
 
         while True:
             _retrying(plan, _reap, study, plan)
@@ -1176,22 +1259,22 @@ def _run_dask(study, plan: _Plan, client, payload, progress) -> None:
                 time.sleep(_POLL)
                 continue
             fut = next(ac)
-            trial, params, attempt = running.pop(fut.key)
+            batch, attempt = running.pop(fut.key)
             try:
-                outcome = fut.result()
+                outcomes = fut.result()
             except lost:
                 if attempt >= DASK_RESUBMITS:
                     raise
                 data["bars"] = client.scatter(bars, broadcast=True)
-                submit(trial, params, attempt + 1)
+                submit(batch, attempt + 1)
                 continue
             except BaseException:
-                _fail(study, trial)
-                for other, _, _ in running.values():
+                for other, _ in [*batch, *(t for b, _ in running.values() for t in b)]:
                     _fail(study, other)
                 raise
-            _retrying(plan, _tell, study, trial, outcome)
-            beat.ids.discard(trial._trial_id)
+            for (trial, _), outcome in zip(batch, outcomes):
+                _retrying(plan, _tell, study, trial, outcome)
+                beat.ids.discard(trial._trial_id)
             if progress is not None:
                 c = _retrying(plan, _counts, study)
                 progress(min(c["COMPLETE"] + c["PRUNED"], plan.target), plan.target)
@@ -1312,6 +1395,9 @@ def optimize(
     heartbeat: int = DEFAULT_HEARTBEAT,
     reconnect: float = DEFAULT_RECONNECT,
     engine: str = "kernel",
+    batch: int | None = None,
+    verify: bool = True,
+    private_storage: bool = False,
 ) -> OptimizeResult:
     """Search ``space`` for the parameters of ``config.strategy`` that optimise ``objective``.
 
@@ -1323,7 +1409,24 @@ def optimize(
       distinct points when every parameter is discrete.
     - ``objective`` (def: ``"sharpe"``): a key of :data:`OBJECTIVES`.
     - ``sampler`` (def: ``"tpe"``): ``"tpe"`` or ``"grid"``.
-    - ``workers`` (def: one per core): local worker processes; ignored with ``dask``.
+    - ``workers`` (def: 1 when the trials run in the kernel, else one per core): local worker
+      processes; ignored with ``dask``. A kernel trial takes milliseconds, a worker process
+      seconds to start (imports, the compiled loop, the bars): more workers pay off only for
+      studies of thousands of trials.
+    - ``batch`` (def: 32 trials a Dask task when the trials run in the kernel, else 1): trials
+      a process claims together and a Dask task runs (:func:`evaluate_batch`), so that
+      scheduling does not dominate a trial of milliseconds. TPE then proposes up to ``batch``
+      points before it sees their results (as ``batch`` parallel workers would; its constant
+      liar is on).
+    - ``verify`` (def: ``True``): with kernel trials, re-run the best parameters in cerebro
+      (see ``engine``); ``False`` leaves that to the caller (``settings["engine"]`` then says
+      ``verified_in_cerebro: false``): :func:`m2k_bt.walkforward.walk_forward` verifies each
+      fold's choice on its out-of-sample window instead.
+    - ``private_storage`` (def: ``False``): ``storage`` is this process's alone (a SQLite file
+      in a folder it holds locked, as walk-forward's ``study.db``). A fresh study on a private
+      storage (the default ``study.db`` in ``out`` is one) runs in memory, one process, and
+      its finished trials are written in batches every couple of seconds and at the end; an
+      existing one is resumed in place.
     - ``storage`` (def: ``study.db`` in ``out``; in memory without ``out`` and one worker):
       an Optuna RDB URL.
     - ``dask``: ``"local"`` or a scheduler address (see the module docstring).
@@ -1352,10 +1455,11 @@ def optimize(
         )
     if sampler not in ("tpe", "grid"):
         raise ConfigError(f"sampler must be 'tpe' or 'grid', got {sampler!r}")
-    if workers is None:
-        workers = os.cpu_count() or 1
-    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+    if workers is not None and (
+            isinstance(workers, bool) or not isinstance(workers, int) or workers < 1):
         raise ConfigError(f"--workers must be a whole number >= 1, got {workers!r}")
+    if batch is not None and (isinstance(batch, bool) or not isinstance(batch, int) or batch < 1):
+        raise ConfigError(f"--batch must be a whole number >= 1, got {batch!r}")
     if isinstance(min_trades, bool) or not isinstance(min_trades, int) or min_trades < 0:
         raise ConfigError(f"--min-trades must be a whole number >= 0, got {min_trades!r}")
     space = parse_space(space, config.strategy) if not isinstance(space, dict) else space
@@ -1384,10 +1488,16 @@ def optimize(
                 ["trials.csv", "study.html"]
             )
         run_backtest, engine_info = _pick_engine(run_backtest, engine, config)
+        in_kernel = engine_info["engine"] == "kernel"
+        if workers is None:
+            workers = 1 if in_kernel else (os.cpu_count() or 1)
+        if batch is None:
+            batch = DASK_KERNEL_BATCH if (in_kernel and dask is not None) else 1
         return _optimize_in(
             bars, config, space, target, objective, sampler, workers, storage, dask, seed,
             min_trades, study_name, out_dir, run_backtest, quiet, progress, overfitting,
-            pbo_splits, heartbeat, reconnect, t0, engine_info,
+            pbo_splits, heartbeat, reconnect, t0, engine_info, batch, verify,
+            private_storage and not _is_remote(storage),
         )
 
 
@@ -1436,7 +1546,8 @@ def _verify_in_cerebro(bars, config, result, objective, min_trades, info: dict) 
 def _optimize_in(
     bars, config, space, target, objective, sampler, workers, storage, dask, seed, min_trades,
     study_name, out_dir, run_backtest, quiet, progress, overfitting, pbo_splits, heartbeat,
-    reconnect, t0, engine_info=None,
+    reconnect, t0, engine_info=None, batch: int = 1, verify: bool = True,
+    private: bool = False,
 ) -> OptimizeResult:
     import optuna
 
@@ -1445,6 +1556,7 @@ def _optimize_in(
     if url is None:
         if out_dir is not None:
             url = study_storage_url(out_dir)
+            private = True  # the output folder's lock keeps other processes out
         elif workers > 1 and dask is None:
             url = study_storage_url(tempfile.mkdtemp(prefix="m2k-opt-"))
     strategy_name = getattr(config, "strategy_name", None) or str(config.strategy)
@@ -1461,13 +1573,18 @@ def _optimize_in(
         seed=seed,
         heartbeat=heartbeat,
         reconnect=reconnect,
-        parallel=use_pool or dask is not None or remote,
+        parallel=use_pool or dask is not None or remote or batch > 1,
         # processes on other machines share the storage: each draws its own proposals
         identity=_owner() if remote else "",
+        batch=batch,
     )
+    behind = None
     if url is None:  # in memory, this process only
         study = optuna.create_study(direction=direction, sampler=_sampler(sampler, seed, False))
         created = True
+    elif private and not use_pool and dask is None and not remote and _fresh(plan):
+        study = optuna.create_study(study_name=name, direction=direction)
+        created, behind = True, _WriteBehind(plan, study)
     else:
         study, created = _open_study(plan, direction, None)
     notes = _retrying(plan, _setup, study, created, plan, direction, objective, strategy_name)
@@ -1486,6 +1603,11 @@ def _optimize_in(
                 cluster.close()
     elif use_pool and _retrying(plan, _has_work, study, plan):
         notes += _run_pool(study, plan, direction, workers, payload, progress)
+    elif behind is not None:
+        try:
+            _work(study, plan, payload, progress, behind.maybe)
+        finally:  # what finished is kept, also on Ctrl-C (the trial it stopped is FAIL)
+            _retrying(plan, behind.flush)
     else:
         _work(study, plan, payload, progress)
     result = _collect(study, objective, direction, url, sampler, notes)
@@ -1497,6 +1619,7 @@ def _optimize_in(
         "objective": objective,
         "sampler": sampler,
         "workers": None if dask else workers,
+        "batch": batch,
         "dask": dask,
         "seed": seed,
         "min_trades": min_trades,
@@ -1506,7 +1629,10 @@ def _optimize_in(
     }
     info = dict(engine_info or {"engine": "custom"})
     if info["engine"] == "kernel":
-        info = _verify_in_cerebro(bars, config, result, objective, min_trades, info)
+        if verify:
+            info = _verify_in_cerebro(bars, config, result, objective, min_trades, info)
+        else:
+            info["verified_in_cerebro"] = False
     result.settings["engine"] = info
     if overfitting:
         _overfitting(study, result, pbo_splits)
@@ -1514,6 +1640,65 @@ def _optimize_in(
     if out_dir is not None:
         result.paths = _write(result, out_dir)
     return result
+
+
+#: Seconds between writes of a study kept in memory to its private storage (see _WriteBehind).
+FLUSH_SECONDS = 2.0
+
+
+class _WriteBehind:
+    """A fresh study on a storage only this process uses (the ``study.db`` of an output
+    folder it holds locked) runs in memory; its finished trials are written to the storage
+    in one batch every :data:`FLUSH_SECONDS` and at the end, so a trial of milliseconds does
+    not pay a dozen SQLite round trips. Trials go in number order and only finished ones, so
+    the storage always holds a consistent study: a run killed outright loses at most the
+    last seconds of trials and resumes from the storage like any other study."""
+
+    def __init__(self, plan: _Plan, mem_study):
+        self.plan, self.mem = plan, mem_study
+        self.disk = None
+        self.written = 0  # trials of ``mem`` (by number) already in the storage
+        self.last = time.monotonic()
+
+    def maybe(self) -> None:
+        if time.monotonic() - self.last >= FLUSH_SECONDS:
+            self.flush()
+
+    def flush(self) -> None:
+        import optuna
+
+        trials = self.mem.get_trials(deepcopy=False)
+        todo = []
+        for t in trials[self.written:]:
+            if not t.state.is_finished():
+                break
+            todo.append(t)
+        if self.disk is None:
+            storage = _storage(self.plan.url, self.plan.heartbeat)
+            self.disk = optuna.create_study(study_name=self.plan.name, storage=storage,
+                                            direction=self.mem.direction)
+            # settings first, the ready mark last (as _setup does on a shared storage)
+            for key, value in self.mem.user_attrs.items():
+                if key != "m2k_ready":
+                    self.disk.set_user_attr(key, value)
+        for t in todo:
+            self.disk._storage.create_new_trial(self.disk._study_id, template_trial=t)
+        self.written += len(todo)
+        for key, value in self.mem.user_attrs.items():
+            if self.disk.user_attrs.get(key) != value:
+                self.disk.set_user_attr(key, value)
+        self.last = time.monotonic()
+
+
+def _fresh(plan: _Plan) -> bool:
+    """The storage does not hold this study yet (a private one may then run in memory)."""
+    import optuna
+
+    try:
+        names = optuna.get_all_study_names(_storage(plan.url, plan.heartbeat))
+    except _db_errors():
+        return False
+    return plan.name not in names
 
 
 def _has_work(study, plan: _Plan) -> bool:

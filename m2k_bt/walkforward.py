@@ -54,7 +54,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .errors import ConfigError
+from .errors import ConfigError, M2KError
 
 __all__ = [
     "Window",
@@ -438,6 +438,7 @@ def walk_forward(
     plot: bool = True,
     run_backtest: Callable | None = None,
     progress: Callable[[int, int], None] | None = None,
+    verify: str = "oos",
     **optimize_kwargs,
 ) -> WalkForwardResult:
     """Walk-forward analysis of ``config.strategy`` over ``bars``.
@@ -451,15 +452,29 @@ def walk_forward(
       ``oos_equity.csv`` and ``oos_equity.png`` (def: nothing written; studies in memory).
     - ``run_backtest`` (def: :func:`m2k_bt.engine.run_backtest`): the backtest function.
     - ``progress``: ``callback(done, total)`` called after each fold.
+    - ``verify`` (def: ``"oos"``): when the kernel runs the trials (``engine="kernel"``, the
+      default, for a configuration it models), each fold's chosen parameters are run on the
+      out-of-sample window in the kernel (the reported result) and again in cerebro: final
+      equity to the cent and the trade count must agree, or the run fails with both numbers.
+      ``"all"`` also re-runs each fold's in-sample winner in cerebro (as ``optimize`` does).
+      With cerebro trials, or a ``run_backtest`` of the caller's, the out-of-sample window
+      is run once, by that engine.
     - ``optimize_kwargs``: passed to :func:`m2k_bt.optimize.optimize` (``trials``,
       ``objective``, ``sampler``, ``workers``, ``storage``, ``dask``, ``seed``, ``min_trades``,
       ``study_name``, ``quiet``...).
     """
     from .optimize import _preselect, optimize, parse_space
 
+    if verify not in ("oos", "all"):
+        raise ConfigError(f"--verify must be 'oos' or 'all', got {verify!r}")
     trial_run = run_backtest  # None: optimize's engine (the kernel where it models config)
+    in_kernel = False
     if run_backtest is None:
-        from .engine import run_backtest  # out of sample: always the given or cerebro run
+        from .engine import run_backtest  # out of sample: cerebro, or the kernel verified by it
+        from .optimize import _pick_engine
+
+        engine = optimize_kwargs.get("engine", "kernel")
+        in_kernel = _pick_engine(None, engine, config)[1]["engine"] == "kernel"
     bars, config = _preselect(bars, config)  # --start/--end/--resample before cutting folds
     if in_sample is None:
         if folds is None:
@@ -478,10 +493,12 @@ def walk_forward(
             folder.clear(["folds.csv", "oos_equity.csv", "oos_equity.png", "walkforward.html"])
             if optimize_kwargs.get("storage") is None:
                 optimize_kwargs["storage"] = f"sqlite:///{(out_dir / 'study.db').resolve()}"
+                optimize_kwargs["private_storage"] = True  # under this folder's lock
 
         base_name = optimize_kwargs.pop("study_name", None) or "m2k-walkforward"
         optimize_kwargs.pop("quiet", None)  # the library prints no progress of its own
 
+        verifier = stack.enter_context(contextlib.closing(_Verifier()))
         rows: list[dict] = []
         skipped: list[str] = []
         curves: list[pd.DataFrame] = []
@@ -502,6 +519,7 @@ def walk_forward(
                     overfitting=False,
                     quiet=True,
                     progress=None,  # progress is reported per fold, through ``progress``
+                    verify=verify == "all",
                     **optimize_kwargs,
                 )
             except ConfigError as exc:
@@ -519,7 +537,13 @@ def walk_forward(
                 continue
             params = {**dict(config.params), **opt.best_params}
             oos_cfg = _replace(config, params=params, cash=equity, start=None, end=None)
-            result = run_backtest(oos_bars, oos_cfg)
+            if in_kernel:
+                from .kernel import run_backtest_fast
+
+                result = run_backtest_fast(oos_bars, oos_cfg)
+                verifier.submit(fold.index, oos_bars, oos_cfg, result)
+            else:
+                result = run_backtest(oos_bars, oos_cfg)
             is_attrs = opt.best_attrs
             is_ann = annualised_return(
                 is_attrs.get("start_value"),
@@ -546,8 +570,13 @@ def walk_forward(
                     "oos_return_pct": (result.final_value / result.start_value - 1) * 100,
                     "oos_return_annualised": oos_ann,
                     "efficiency": eff,
+                    "oos_engine": getattr(result, "engine", "cerebro"),
+                    "is_verified_in_cerebro": bool(
+                        opt.settings.get("engine", {}).get("verified_in_cerebro")),
                 }
             )
+            if in_kernel:
+                verifier.jobs[-1][-1] = rows[-1]  # check() records cerebro's figure in it
             curve = result.equity[["value"]].copy() if len(result.equity) else pd.DataFrame()
             if not curve.empty:
                 curve["fold"] = fold.index
@@ -556,6 +585,7 @@ def walk_forward(
             if progress is not None:
                 progress(fold.index + 1, len(fold_list))
 
+        verifier.check()  # before anything is written: engines that disagree fail the run
         stitched = pd.concat(curves) if curves else pd.DataFrame(columns=["value", "fold"])
         total_days = _days(fold_list[0].oos_start, bars.iloc[fold_list[-1].oos_slice].index[-1])
         oos_ann = annualised_return(first_value, equity, total_days)
@@ -571,7 +601,12 @@ def walk_forward(
             "anchored": anchored,
             "folds": len(fold_list),
             "warmup": "cold: indicators start at each out-of-sample window's first bar",
-            **{k: v for k, v in optimize_kwargs.items() if k != "storage"},
+            **{k: v for k, v in optimize_kwargs.items()
+               if k not in ("storage", "private_storage")},
+            "verify": (f"kernel trials; each fold's choice re-run in cerebro "
+                       f"{'in and out of sample' if verify == 'all' else 'out of sample'}: "
+                       f"engines agree") if in_kernel else "trials and out-of-sample runs "
+                       "in one engine (no kernel)",
         }
         res = WalkForwardResult(
             folds=rows,
@@ -588,6 +623,66 @@ def walk_forward(
         if out_dir is not None:
             res.paths = _write(res, out_dir, plot)
         return res
+
+
+def _cerebro_final(oos_bars, oos_cfg) -> tuple:
+    """(final equity, closed trades) of ``oos_cfg`` on ``oos_bars`` in cerebro, without
+    analyzers or plots: what :class:`_Verifier` compares with the kernel's run."""
+    from .engine import run_backtest
+
+    res = run_backtest(oos_bars, _replace(oos_cfg, analyzers=False, plot=False))
+    return float(res.final_value), (res.metrics or {}).get("trades")
+
+
+class _Verifier:
+    """Each fold's out-of-sample run is made in the kernel (the reported result) and again in
+    cerebro, in one background process while the next folds are studied (inline on a
+    single core); :meth:`check` waits for every cerebro run and fails, with both numbers,
+    unless final equity agrees to the cent and the trade count exactly."""
+
+    def __init__(self):
+        self.pool = None
+        self.jobs: list = []
+
+    def submit(self, fold: int, oos_bars, oos_cfg, fast) -> dict:
+        import os
+
+        if (os.cpu_count() or 1) < 2:
+            job = _Done(_cerebro_final(oos_bars, oos_cfg))
+        else:
+            if self.pool is None:
+                import concurrent.futures as cf
+                import multiprocessing as mp
+
+                self.pool = cf.ProcessPoolExecutor(1, mp_context=mp.get_context("spawn"))
+            job = self.pool.submit(_cerebro_final, oos_bars, oos_cfg)
+        self.jobs.append([fold, dict(oos_cfg.params), fast, job, {}])
+
+    def check(self) -> None:
+        for fold, params, fast, job, row in self.jobs:
+            b, tb = job.result()
+            a = float(fast.final_value)
+            ta = (fast.metrics or {}).get("trades")
+            if abs(a - b) >= 0.005 or ta != tb:
+                raise M2KError(
+                    f"kernel and cerebro disagree on fold {fold}'s out-of-sample run with "
+                    f"{params}: final equity kernel {a!r} vs cerebro {b!r}, trades kernel "
+                    f"{ta!r} vs cerebro {tb!r}; rerun with --engine cerebro and report this"
+                )
+            row.update(oos_final_value_cerebro=b, engines_agree=True)
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.shutdown(wait=True, cancel_futures=True)
+            self.pool = None
+
+
+class _Done:
+    def __init__(self, value):
+        self.value = value
+
+    def result(self):
+        return self.value
 
 
 def _flat_row(fold: Fold, equity: float) -> dict:

@@ -62,7 +62,8 @@ def slow_run(bars: pd.DataFrame, config) -> DriverResult:
     s = score(p["fast"], p["slow"])
     value = config.cash + 5.0 * (bars["close"] - bars["close"].iloc[0]) + s * np.arange(len(bars))
     equity = pd.DataFrame({"value": value.to_numpy()}, index=bars.index)
-    metrics = {"sharpe": s, "net_profit": float(value.iloc[-1] - config.cash), "trades": 5}
+    metrics = {"sharpe": s, "net_profit": float(value.iloc[-1] - config.cash), "trades": 5,
+               "pid": os.getpid()}  # which process ran it: a Dask batch runs in one
     return DriverResult(
         config.cash, float(value.iloc[-1]), bars.index[0], bars.index[-1], metrics, equity
     )
@@ -87,6 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--workers", type=int, default=1)
     p.add_argument("--seed", type=int)
     p.add_argument("--dask")
+    p.add_argument("--batch", type=int)
     p.add_argument("--out")
     p.add_argument("--heartbeat", type=int, default=1)
     p.add_argument("--reconnect", type=float, default=5.0)
@@ -96,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
             bars(), DriverConfig(), a.space, trials=a.trials, sampler=a.sampler,
             workers=a.workers, storage=a.storage, dask=a.dask, seed=a.seed,
             study_name=a.study_name, out=a.out, run_backtest=slow_run, quiet=True,
-            overfitting=False, heartbeat=a.heartbeat, reconnect=a.reconnect,
+            overfitting=False, heartbeat=a.heartbeat, reconnect=a.reconnect, batch=a.batch,
         )  # fmt: skip
     except M2KError as exc:
         print(f"error: {exc}", file=sys.stderr)

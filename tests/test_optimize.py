@@ -615,3 +615,146 @@ def test_second_optimize_into_a_locked_out_refuses_in_one_line(tmp_path, capsys)
     finally:
         holder.kill()
         holder.wait()
+
+
+# ---------------------------------------------------------------- issue 12: batches, writes
+
+
+def test_a_new_trial_waits_for_a_lower_numbered_one_still_drawing(tmp_path):
+    """Regression (seen in CI as a flaky two-process TPE test): process A creates trial 0,
+    process B creates trial 1 and draws the same point before A has written its parameters;
+    B's duplicate check saw nothing and both ran the point. B now waits for A's draw, sees
+    the point taken by the lower number and gives up its trial."""
+    import threading
+
+    from m2k_bt.optimize import _claim, _open_study, _Plan, _storage
+
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    space = parse_space(["fast=10", "slow=100"])  # one point: B can only draw A's
+    plan = _Plan(url=url, name="race", space=space, sampler="tpe", target=5, seed=1,
+                 parallel=True, identity="b")
+    study, _ = _open_study(plan, "maximize", None)
+    a = study._storage.create_new_trial(study._study_id)  # A: RUNNING, no parameters yet
+
+    def a_draws():  # A's parameters arrive (as a queued trial's: its fixed_params)
+        _storage(url).set_trial_system_attr(a, "fixed_params", {"fast": 10, "slow": 100})
+
+    timer = threading.Timer(0.3, a_draws)
+    timer.start()
+    got = _claim(study, plan, np.random.default_rng(0))
+    timer.join()
+    # B's trial (and every redraw) was the duplicate of A's: nothing left for B to run
+    assert got is None
+    trials = study.get_trials(deepcopy=False)
+    assert [t.state.name for t in trials if not _discarded(t)] == ["RUNNING"]  # A's only
+
+
+def test_batch_claims_several_trials_and_runs_each_once():
+    bars = hourly_bars(5)
+    space = ["fast=10:40:10", "slow=100:200:50"]
+    res = optimize(bars, FakeConfig(), space, sampler="grid", workers=1, batch=5,
+                   run_backtest=fake_run, quiet=True, overfitting=False)
+    assert res.n_complete == 12 and res.settings["batch"] == 5
+    keys = sorted(zip(res.trials["param_fast"], res.trials["param_slow"]))
+    assert keys == [(f, s) for f in (10, 20, 30, 40) for s in (100, 150, 200)]
+    with pytest.raises(ConfigError, match="--batch must be a whole number >= 1"):
+        optimize(bars, FakeConfig(), space, batch=0, run_backtest=fake_run)
+
+
+def test_evaluate_batch_is_evaluate_params_for_each():
+    from m2k_bt.optimize import evaluate_batch
+
+    bars = hourly_bars(3)
+    points = [{"fast": 10, "slow": 100}, {"fast": 30, "slow": 120}, {"fast": 50, "slow": 40}]
+    got = evaluate_batch(bars, FakeConfig(), points, "sharpe", 1, fake_run)
+    want = [evaluate_params(bars, FakeConfig(), p, "sharpe", 1, fake_run) for p in points]
+    for g, w in zip(got, want):
+        g["attrs"].pop("elapsed", None)
+        w["attrs"].pop("elapsed", None)
+    assert got == want and got[2]["infeasible"].startswith("constraint")
+
+
+def test_kernel_engine_defaults_to_one_worker_in_process():
+    from m2k_bt.engine import BacktestConfig
+
+    bars = make_bars(1500, seed=2)
+    res = optimize(bars, BacktestConfig(strategy="sma", sizer="fixed"),
+                   ["fast=5:10:5", "slow=20"], sampler="grid", min_trades=0, quiet=True,
+                   overfitting=False)
+    assert res.settings["workers"] == 1 and res.settings["engine"]["engine"] == "kernel"
+    fake = optimize(bars, FakeConfig(), ["fast=10", "slow=100"], sampler="grid",
+                    run_backtest=fake_run, quiet=True, overfitting=False)
+    import os
+
+    assert fake.settings["workers"] == (os.cpu_count() or 1)  # a trial of its own: per core
+
+
+def _disk_trials(out):
+    from m2k_bt.optimize import _storage
+
+    names = optuna.get_all_study_names(_storage(study_storage_url(out)))
+    if not names:
+        return []  # the file exists (its tables), the study is not written yet
+    study = optuna.load_study(study_name=names[0], storage=_storage(study_storage_url(out)))
+    return study.get_trials(deepcopy=False)
+
+
+def test_a_private_study_runs_in_memory_and_is_written_in_batches(tmp_path, monkeypatch):
+    """The default study.db of --out is this process's alone: trials run on an in-memory
+    study and reach the file every FLUSH_SECONDS and at the end, in one batch each."""
+    import m2k_bt.optimize as opt
+
+    seen, where = [], [tmp_path / "o"]
+
+    def watching_run(bars, config):
+        out = where[0]
+        seen.append(sum(t.state.is_finished() for t in _disk_trials(out))
+                    if (out / "study.db").exists() else 0)
+        return fake_run(bars, config)
+
+    monkeypatch.setattr(opt, "FLUSH_SECONDS", 3600.0)  # only the final write
+    res = optimize(hourly_bars(5), FakeConfig(), ["fast=10:40:10", "slow=100:200:50"],
+                   sampler="grid", workers=1, out=tmp_path / "o", run_backtest=watching_run,
+                   quiet=True, overfitting=False)
+    assert seen == [0] * 12  # nothing written while the study ran
+    disk = [t for t in _disk_trials(tmp_path / "o") if not _discarded(t)]
+    assert [t.number for t in disk] == list(res.trials["number"])
+    assert [t.value for t in disk] == list(res.trials["value"])
+    assert [t.params for t in disk] == [
+        {"fast": f, "slow": s} for f, s in zip(res.trials["param_fast"], res.trials["param_slow"])
+    ]
+    assert disk[0].user_attrs["backtest"]["returns"]  # DSR/PBO inputs are kept on disk too
+
+    seen.clear()
+    where[0] = tmp_path / "o2"
+    monkeypatch.setattr(opt, "FLUSH_SECONDS", 0.0)  # a write after every batch
+    optimize(hourly_bars(5), FakeConfig(), ["fast=10:40:10", "slow=100:200:50"],
+             sampler="grid", workers=1, out=tmp_path / "o2", run_backtest=watching_run,
+             quiet=True, overfitting=False)
+    # the first write creates study.db; from then on trial k sees the k finished before it
+    assert seen[1:] == list(range(1, 12))
+
+
+def test_an_interrupted_private_study_keeps_what_finished_and_resumes(tmp_path):
+    calls = []
+
+    def interrupted_run(bars, config):
+        calls.append(config.params)
+        if len(calls) == 5:
+            raise KeyboardInterrupt
+        return fake_run(bars, config)
+
+    space = ["fast=10:40:10", "slow=100:200:50"]
+    with pytest.raises(KeyboardInterrupt):
+        optimize(hourly_bars(5), FakeConfig(), space, sampler="grid", workers=1,
+                 out=tmp_path / "o", run_backtest=interrupted_run, quiet=True,
+                 overfitting=False)
+    disk = _disk_trials(tmp_path / "o")
+    assert [t.state.name for t in disk] == ["COMPLETE"] * 4 + ["FAIL"]
+    # resumed from the file (in place: the study exists): the 8 left and the failed one
+    res = optimize(hourly_bars(5), FakeConfig(), space, sampler="grid", workers=1,
+                   out=tmp_path / "o", run_backtest=fake_run, quiet=True, overfitting=False)
+    assert res.n_complete == 12
+    done = sorted(zip(res.trials["param_fast"], res.trials["param_slow"], res.trials["state"]))
+    assert [(f, s) for f, s, st in done if st == "COMPLETE"] == [
+        (f, s) for f in (10, 20, 30, 40) for s in (100, 150, 200)]

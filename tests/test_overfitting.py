@@ -203,3 +203,32 @@ def test_daily_returns_use_cme_trade_dates():
     # 03-06 (the 18:05 bar): 26000 / 25250 - 1 = 0.029703
     assert [d.strftime("%m-%d") for d in r.index] == ["03-04", "03-05", "03-06"]
     assert r.tolist() == pytest.approx([0.0, 0.01, 750 / 25_250])
+
+
+def test_pbo_ranks_equal_scipy_average_ranks_with_ties_and_flat_trials():
+    """The out-of-sample rank of the in-sample winner is counted (below + ties averaged)
+    instead of ranking all N trials per split: the same logits as scipy's rankdata, here on
+    returns with exact ties (duplicate trials) and flat trials (infinite Sharpe, NaN)."""
+    from itertools import combinations
+
+    from scipy.stats import rankdata
+
+    from m2k_bt.overfitting import _sharpe_columns
+
+    rng = np.random.default_rng(5)
+    r = np.round(rng.normal(0, 0.01, (64, 6)), 3)
+    r[:, 3] = r[:, 1]  # a duplicate trial: ties everywhere
+    r[:, 4] = 0.0  # flat: Sharpe 0
+    r[:, 5] = 0.002  # flat positive: Sharpe +inf
+    res = probability_of_backtest_overfitting(r, n_splits=8)
+    blocks = np.array_split(np.arange(64), 8)
+    want = []
+    for chosen in combinations(range(8), 4):
+        is_rows = np.concatenate([blocks[i] for i in chosen])
+        oos_rows = np.concatenate([blocks[i] for i in range(8) if i not in chosen])
+        sr = [np.nan_to_num(_sharpe_columns(r[rows]), nan=-np.inf)
+              for rows in (is_rows, oos_rows)]
+        k = int(np.argmax(sr[0]))
+        w = float(rankdata(sr[1], method="average")[k]) / 7
+        want.append(math.log(w / (1 - w)))
+    assert res.logits == want

@@ -247,6 +247,27 @@ def test_dask_scheduler_and_two_workers_one_killed_mid_study(tmp_path):
         cluster.close()
 
 
+def test_dask_runs_a_batch_of_trials_per_task(tmp_path):
+    """--batch 4 on 12 grid points: three tasks of four trials. Trials are claimed in grid
+    order, so trials 0-3, 4-7 and 8-11 are one task each: each group ran in one worker
+    process (with one trial per task the two workers would share a group of four)."""
+    pytest.importorskip("distributed")
+    cluster = DaskCluster(2, env={"M2K_TEST_DELAY": "0.05"})
+    try:
+        url = f"sqlite:///{tmp_path / 'study.db'}"
+        proc = driver("--storage", url, "--sampler", "grid", "--dask", cluster.address,
+                      "--batch", "4", delay=0.05)
+        rc, out, err = finish([proc])[0]
+        assert rc == 0, err
+        trials = sorted(trials_of(url), key=lambda t: t.number)
+        assert_every_point_once(trials)
+        pids = [t.user_attrs["backtest"]["metrics"]["pid"] for t in trials]
+        groups = [set(pids[i:i + 4]) for i in range(0, 12, 4)]
+        assert all(len(g) == 1 for g in groups), pids
+    finally:
+        cluster.close()
+
+
 def test_a_silent_trial_of_another_host_is_retried_after_its_heartbeat_stops(tmp_path,
                                                                              monkeypatch):
     """The heartbeat path (a process on another machine died): a RUNNING trial whose owner is

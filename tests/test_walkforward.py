@@ -288,3 +288,74 @@ def test_outputs_are_atomic_and_a_planted_symlink_is_not_followed(tmp_path):
         assert (out / name).is_file() and not (out / name).is_symlink(), name
     assert not list(out.glob(".*m2k-tmp"))
     assert json.loads((out / "walkforward.json").read_text())["folds"]
+
+
+def test_kernel_walk_forward_verifies_each_fold_out_of_sample_in_cerebro(tmp_path):
+    """Issue 12: trials in the kernel; each fold's choice is run out of sample in the kernel
+    (reported) and in cerebro (a background process): both agree to the cent, per fold."""
+    from m2k_bt.engine import BacktestConfig, run_backtest
+
+    bars = make_bars(1800, seed=9)
+    cfg = BacktestConfig(strategy="sma", sizer="fixed")
+    kw = dict(in_sample="900b", out_of_sample="300b", sampler="grid", min_trades=0, plot=False)
+    res = walk_forward(bars, cfg, ["fast=5:10:5", "slow=20:30:10"], out=tmp_path, **kw)
+    assert "out of sample: engines agree" in res.settings["verify"]
+    equity = cfg.cash
+    for row, fold in zip(res.folds, split_folds(bars.index, "900b", "300b")):
+        assert row["oos_engine"] == "kernel" and row["engines_agree"] is True
+        assert row["oos_final_value"] == pytest.approx(row["oos_final_value_cerebro"], abs=0.005)
+        # and that is cerebro's own answer for the fold, computed here independently
+        oos = bars.iloc[fold.oos_slice]
+        mine = run_backtest(oos, cfg.replace(params=row["best_params"], cash=equity))
+        assert mine.final_value == pytest.approx(row["oos_final_value_cerebro"], abs=1e-6)
+        equity = mine.final_value
+    folds_csv = pd.read_csv(tmp_path / "folds.csv")
+    assert "oos_final_value_cerebro" in folds_csv.columns
+    # the same walk-forward all in cerebro reports the same folds
+    slow = walk_forward(bars, cfg, ["fast=5:10:5", "slow=20:30:10"], engine="cerebro", **kw)
+    assert [r["best_params"] for r in slow.folds] == [r["best_params"] for r in res.folds]
+    assert slow.final_value == pytest.approx(res.final_value, abs=0.005)
+    assert "oos_final_value_cerebro" not in slow.folds[0]
+
+
+def test_kernel_walk_forward_fails_loudly_when_the_engines_disagree(monkeypatch):
+    import os
+
+    import m2k_bt.kernel as kernel
+    from m2k_bt.engine import BacktestConfig
+    from m2k_bt.errors import M2KError
+
+    monkeypatch.setattr(os, "cpu_count", lambda: 1)  # cerebro's check inline, in-process
+    real = kernel.simulate
+
+    def off_by_a_dollar(bars, config=None):
+        res = real(bars, config)
+        res.final_value += 1.0
+        return res
+
+    monkeypatch.setattr(kernel, "simulate", off_by_a_dollar)
+    bars = make_bars(1800, seed=9)
+    with pytest.raises(M2KError, match=r"disagree on fold 0's out-of-sample run .* final "
+                                       r"equity kernel .* vs cerebro"):
+        walk_forward(bars, BacktestConfig(strategy="sma", sizer="fixed"),
+                     ["fast=5:10:5", "slow=20:30:10"], in_sample="900b", out_of_sample="300b",
+                     sampler="grid", min_trades=0, plot=False)
+    with pytest.raises(ConfigError, match="--verify must be 'oos' or 'all'"):
+        walk_forward(bars, BacktestConfig(strategy="sma"), None, in_sample="900b",
+                     out_of_sample="300b", verify="everything")
+
+
+def test_verify_all_also_checks_each_fold_in_sample():
+    from m2k_bt.engine import BacktestConfig
+
+    bars = make_bars(1800, seed=9)
+    res = walk_forward(bars, BacktestConfig(strategy="sma", sizer="fixed"),
+                       ["fast=5:10:5", "slow=20:30:10"], in_sample="900b",
+                       out_of_sample="300b", sampler="grid", min_trades=0, plot=False,
+                       verify="all")
+    assert "in and out of sample" in res.settings["verify"]
+    assert all(r["engines_agree"] and r["is_verified_in_cerebro"] for r in res.folds)
+    default = walk_forward(bars, BacktestConfig(strategy="sma", sizer="fixed"),
+                           ["fast=5:10:5", "slow=20:30:10"], in_sample="900b",
+                           out_of_sample="300b", sampler="grid", min_trades=0, plot=False)
+    assert not any(r["is_verified_in_cerebro"] for r in default.folds)
