@@ -234,6 +234,14 @@ def probe_child(n: int, out: str, args) -> None:
         return collect(study, *a, **k)
 
     opt.evaluate_params, opt._collect = evaluate_params, _collect
+    behind = getattr(opt, "_WriteBehind", None)  # a private study.db runs in memory (14e2230)
+    if behind is not None:
+        init = behind.__init__
+
+        def __init__(self, *a, **k):
+            init(self, *a, **k)
+            state["behind"] = self
+        behind.__init__ = __init__
     opt._verify_in_cerebro = phases.wrap("winner re-run in cerebro", opt._verify_in_cerebro)
     opt._overfitting = phases.wrap("DSR and PBO (_overfitting)", opt._overfitting)
     opt._write = phases.wrap("trials.csv, study.html, optimize.json (_write)", opt._write)
@@ -243,7 +251,8 @@ def probe_child(n: int, out: str, args) -> None:
     report["status"] = status
     report["phases"] = phases.peaks
     report["peak_kb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    report["census"] = trial_census(state["study"])
+    disk = getattr(state.get("behind"), "disk", None)
+    report["census"] = trial_census(state["study"], disk)
     print("PROBE " + json.dumps(report))
 
 
@@ -283,9 +292,11 @@ def memo_census() -> dict:
     return memo
 
 
-def trial_census(study) -> dict:
-    """Bytes the study's cached trials hold: returns, the other user attributes, the rest.
-    Measured on the live objects only (ids of freed temporaries would be reused)."""
+def trial_census(study, disk=None) -> dict:
+    """Bytes the study's cached trials hold: returns, the other user attributes, the rest;
+    and, for a study run in memory and written behind to SQLite (``disk``), what that
+    storage's cache of the same trials holds beyond objects already counted. Measured on the
+    live objects only (ids of freed temporaries would be reused)."""
     trials = study.get_trials(deepcopy=False)
     seen: set = set()
     returns = attrs = rest = n_ret = 0
@@ -298,8 +309,15 @@ def trial_census(study) -> dict:
         attrs += _deep_size(t.user_attrs, seen)  # returns already seen: the other attributes
     for t in trials:
         rest += _deep_size(t, seen)  # the FrozenTrial itself, params, system attrs
-    return {"trials": len(trials), "returns_bytes": returns, "returns_values": n_ret,
-            "other_attrs_bytes": attrs, "trial_rest_bytes": rest}
+    out = {"trials": len(trials), "returns_bytes": returns, "returns_values": n_ret,
+           "other_attrs_bytes": attrs, "trial_rest_bytes": rest}
+    if disk is not None:
+        cached = [t for info in disk._storage._studies.values() for t in info.trials.values()]
+        d_ret = sum(_deep_size(t.user_attrs.get("backtest", {}).get("returns"), seen)
+                    for t in cached)
+        d_all = sum(_deep_size(t, seen) for t in cached)
+        out["disk"] = {"trials": len(cached), "returns_bytes": d_ret, "all_bytes": d_ret + d_all}
+    return out
 
 
 def probe(n: int, args) -> dict:
@@ -355,6 +373,11 @@ def print_probe(p: dict) -> None:
           f"{c['other_attrs_bytes'] / 2**20:.2f} | {c['other_attrs_bytes'] / 1024 / t:.2f} |")
     print(f"| the FrozenTrial objects themselves (params, system attrs) | {c['trials']:,} | "
           f"{c['trial_rest_bytes'] / 2**20:.2f} | {c['trial_rest_bytes'] / 1024 / t:.2f} |")
+    if "disk" in c:
+        d = c["disk"]
+        print(f"| the same trials in the write-behind SQLite study's cache, beyond shared objects"
+              f" (of which returns {d['returns_bytes'] / 2**20:.2f} MB) | {d['trials']:,} | "
+              f"{d['all_bytes'] / 2**20:.2f} | {d['all_bytes'] / 1024 / t:.2f} |")
     for kind, (count, nbytes) in sorted(p["memo"].items(), key=lambda kv: -kv[1][1]):
         what = f"kernel `KernelData._memo` `{kind!r}` arrays" if kind != "-" else \
             "kernel `KernelData` price and time columns (fixed)"
