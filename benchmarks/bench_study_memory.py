@@ -280,15 +280,14 @@ def memo_census() -> dict:
     from m2k_bt import kernel
 
     memo: dict = {}
-    for _ref, by_key in list(kernel._DATA_CACHE.values()):
-        for data in by_key.values():
-            for key, value in data._memo.items():
-                arrays = value if isinstance(value, tuple) else (value,)
-                m = memo.setdefault(key[0] if isinstance(key, tuple) else str(key), [0, 0])
-                m[0] += 1
-                m[1] += sum(a.nbytes for a in arrays if isinstance(a, np.ndarray))
-            memo["-"] = [1, sum(
-                v.nbytes for v in vars(data).values() if isinstance(v, np.ndarray))]
+    for data in list(kernel._DATA_CACHE["data"].values()):  # one bars object at a time
+        for key, value in [*data._memo.items(), *data._signals.items()]:
+            arrays = value if isinstance(value, tuple) else (value,)
+            m = memo.setdefault(key[0] if isinstance(key, tuple) else str(key), [0, 0])
+            m[0] += 1
+            m[1] += sum(a.nbytes for a in arrays if isinstance(a, np.ndarray))
+        memo["-"] = [1, sum(
+            v.nbytes for v in vars(data).values() if isinstance(v, np.ndarray))]
     return memo
 
 

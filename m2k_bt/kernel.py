@@ -83,6 +83,9 @@ __all__ = [
 
 _MINUTES, _DAYS = 4, 5  # bt.TimeFrame.Minutes, bt.TimeFrame.Days
 
+#: Per-trial signal arrays a KernelData keeps (see ``KernelData._get_signal``).
+SIGNALS_KEPT = 8
+
 _KINDS = {SmaCrossover: "sma", BollingerReversion: "bollinger", AdaptiveBollinger: "adaptive"}
 
 #: Strategy parameters the kernel models; any other parameter must keep its default.
@@ -197,7 +200,8 @@ class KernelData:
         self.intraday = spacing is not None and spacing < 1440
         self.compression = max(1, int(round(spacing))) if self.intraday else 1
         self.ct = tick_counts(self.close, tick)
-        self._memo: dict = {}
+        self._memo: dict = {}  # shared by trials: tick sums by window, ATR/ADX/RSI, windows
+        self._signals: dict = {}  # per trial: the last SIGNALS_KEPT signals
         self._per_date = None
         self._dtindex = None
 
@@ -238,6 +242,17 @@ class KernelData:
             value = self._memo[key] = make()
         return value
 
+    def _get_signal(self, key, make):
+        """A trial's own signal (one per parameter set, so a study would otherwise keep one
+        array of n bars per trial): only the last :data:`SIGNALS_KEPT` are kept."""
+        value = self._signals.pop(key, None)
+        if value is None:
+            value = make()
+        self._signals[key] = value  # most recent last
+        while len(self._signals) > SIGNALS_KEPT:
+            del self._signals[next(iter(self._signals))]
+        return value
+
     def sums(self, period: int) -> tuple[np.ndarray, np.ndarray]:
         """Exact tick sums of ``period`` closes (and squares) ending at each bar (0 before)."""
         def make():
@@ -254,7 +269,7 @@ class KernelData:
             sf, _ = self.sums(fast)
             ss, _ = self.sums(slow)
             return np.where(sf * slow > ss * fast, 1, -1).astype("int64")
-        return self._get(("sma", fast, slow), make)
+        return self._get_signal(("sma", fast, slow), make)
 
     def band(self, period: int, devfactor: float, ddof: int) -> tuple[np.ndarray, np.ndarray]:
         """(band signal, middle side) per bar for fixed-window bands: signal +1 below the lower
@@ -263,7 +278,7 @@ class KernelData:
             s, q = self.sums(period)
             return _band_arrays(self.ct, s, q, np.full(self.n, period, dtype="int64"),
                                 devfactor, ddof)
-        return self._get(("band", period, float(devfactor), int(ddof)), make)
+        return self._get_signal(("band", period, float(devfactor), int(ddof)), make)
 
     def adaptive_window(self, p) -> np.ndarray:
         key = ("adaptive", p["period_high"], p["period_low"], p["vol_lookback"],
@@ -294,7 +309,7 @@ class KernelData:
             q = np.where(high, qh, ql)
             w = np.where(window > 0, window, p["period_low"])
             return _band_arrays(self.ct, s, q, w, p["devfactor"], p["ddof"])
-        return self._get(key, make)
+        return self._get_signal(key, make)
 
     def indicator(self, kind: str, period: int) -> tuple[np.ndarray, int]:
         """backtrader's own ATR / ADX / RSI(safediv) values and minimum period, computed once
@@ -864,21 +879,19 @@ def run_kernel_or_say_why(bars, config: BacktestConfig) -> KernelResult | None:
     return None
 
 
-_DATA_CACHE: dict = {}  # id(bars) -> (weakref to bars, {selection key: KernelData})
+#: The bars object the kernel's indicators are kept for, and its KernelData by selection key.
+#: One bars object at a time: a study uses one; walk-forward's folds come one after another; a
+#: KernelData keeps its bars alive, so a cache keyed by more objects would never let them go.
+_DATA_CACHE: dict = {"bars": None, "data": {}}
 
 
 def _cached_data(bars: pd.DataFrame, config: BacktestConfig) -> KernelData:
-    import weakref
-
-    entry = _DATA_CACHE.get(id(bars))
-    if entry is None or entry[0]() is not bars:
-        for key in [k for k, (ref, _) in _DATA_CACHE.items() if ref() is None]:
-            del _DATA_CACHE[key]
-        entry = _DATA_CACHE[id(bars)] = (weakref.ref(bars), {})
+    if _DATA_CACHE["bars"] is not bars:
+        _DATA_CACHE["bars"], _DATA_CACHE["data"] = bars, {}
     key = (config.start, config.end, config.resample, float(config.spec.tick_size))
-    data = entry[1].get(key)
+    data = _DATA_CACHE["data"].get(key)
     if data is None:
-        data = entry[1][key] = prepare(bars, config)
+        data = _DATA_CACHE["data"][key] = prepare(bars, config)
     return data
 
 

@@ -418,13 +418,44 @@ def test_indicators_are_computed_once_per_data_set():
     grid = [BacktestConfig(strategy="sma", sizer="fixed", params={"fast": f, "slow": s})
             for f in (5, 10) for s in (30, 60)]
     results = simulate_many(data, grid)
-    # one tick-sum array per window (5, 10, 30, 60), one signal per pair: shared by the trials
+    # one tick-sum array per window (5, 10, 30, 60), shared by the trials
     assert sorted(k[1] for k in data._memo if k[0] == "sums") == [5, 10, 30, 60]
     assert data.sums(30)[0] is data.sums(30)[0]
     for config, res in zip(grid, results):
         assert res.final_value == simulate(bars, config).final_value
     many = simulate_many(bars, grid)  # from the bars: one KernelData made for all
     assert [r.final_value for r in many] == [r.final_value for r in results]
+
+
+def test_a_study_keeps_a_bounded_number_of_signals_and_one_bars_object():
+    """Regression (benchmarks/bench_study_memory.py): a 1,000-trial study grew ~277 KB a
+    trial, one kept SMA signal per (fast, slow); and every bars object a process had studied
+    stayed cached for good (its KernelData held it)."""
+    import gc
+    import weakref
+
+    import m2k_bt.kernel as kernel
+
+    bars = make_bars(1500, seed=4)
+    data = prepare(bars)
+    grid = [BacktestConfig(strategy="sma", sizer="fixed", params={"fast": f, "slow": s})
+            for f in range(5, 15) for s in (30, 60)]  # 20 trials
+    simulate_many(data, grid)
+    assert len(data._signals) == kernel.SIGNALS_KEPT < len(grid)
+    assert sorted(k[1] for k in data._memo if k[0] == "sums") == [*range(5, 15), 30, 60]
+    # the most recent signals are the ones kept, and a kept one is reused as it is
+    assert list(data._signals)[-1] == ("sma", 14, 60)
+    assert data.sma_signal(14, 60) is data.sma_signal(14, 60)
+    # run_backtest_fast keeps indicators for one bars object at a time
+    first = make_bars(1500, seed=5)
+    gone = weakref.ref(first)
+    kernel.run_backtest_fast(first, grid[0])
+    assert kernel._DATA_CACHE["bars"] is first
+    kernel.run_backtest_fast(bars, grid[0])
+    del first
+    gc.collect()
+    assert gone() is None and kernel._DATA_CACHE["bars"] is bars
+    assert len(kernel._DATA_CACHE["data"]) == 1
 
 
 def test_event_and_signal_filters_run_in_cerebro():
