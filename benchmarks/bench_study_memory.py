@@ -281,7 +281,7 @@ def memo_census() -> dict:
 
     memo: dict = {}
     for data in list(kernel._DATA_CACHE["data"].values()):  # one bars object at a time
-        for key, value in [*data._memo.items(), *data._signals.items()]:
+        for key, value in [*data._memo.items(), *data._signals.items(), *data._sums.items()]:
             arrays = value if isinstance(value, tuple) else (value,)
             m = memo.setdefault(key[0] if isinstance(key, tuple) else str(key), [0, 0])
             m[0] += 1

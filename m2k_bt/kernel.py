@@ -85,6 +85,21 @@ _MINUTES, _DAYS = 4, 5  # bt.TimeFrame.Minutes, bt.TimeFrame.Days
 
 #: Per-trial signal arrays a KernelData keeps (see ``KernelData._get_signal``).
 SIGNALS_KEPT = 8
+#: Windows whose tick sums a KernelData keeps (two int64 arrays of n bars each; a window is
+#: recomputed in one O(n) pass when it comes back): a search over 100 windows of 1M bars
+#: would otherwise hold 1.6 GB.
+SUMS_KEPT = 32
+
+
+def _recent(store: dict, key, make, limit: int):
+    """``store[key]``, made if missing; the ``limit`` most recently used entries are kept."""
+    value = store.pop(key, None)
+    if value is None:
+        value = make()
+    store[key] = value  # most recent last
+    while len(store) > limit:
+        del store[next(iter(store))]
+    return value
 
 _KINDS = {SmaCrossover: "sma", BollingerReversion: "bollinger", AdaptiveBollinger: "adaptive"}
 
@@ -202,6 +217,7 @@ class KernelData:
         self.ct = tick_counts(self.close, tick)
         self._memo: dict = {}  # shared by trials: tick sums by window, ATR/ADX/RSI, windows
         self._signals: dict = {}  # per trial: the last SIGNALS_KEPT signals
+        self._sums: dict = {}  # tick sums of the last SUMS_KEPT windows used
         self._per_date = None
         self._dtindex = None
 
@@ -245,13 +261,7 @@ class KernelData:
     def _get_signal(self, key, make):
         """A trial's own signal (one per parameter set, so a study would otherwise keep one
         array of n bars per trial): only the last :data:`SIGNALS_KEPT` are kept."""
-        value = self._signals.pop(key, None)
-        if value is None:
-            value = make()
-        self._signals[key] = value  # most recent last
-        while len(self._signals) > SIGNALS_KEPT:
-            del self._signals[next(iter(self._signals))]
-        return value
+        return _recent(self._signals, key, make, SIGNALS_KEPT)
 
     def sums(self, period: int) -> tuple[np.ndarray, np.ndarray]:
         """Exact tick sums of ``period`` closes (and squares) ending at each bar (0 before)."""
@@ -262,7 +272,7 @@ class KernelData:
                 ws, wq = window_tick_sums(self.ct, period)
                 s[period - 1:], q[period - 1:] = ws, wq
             return s, q
-        return self._get(("sums", period), make)
+        return _recent(self._sums, ("sums", period), make, SUMS_KEPT)
 
     def sma_signal(self, fast: int, slow: int) -> np.ndarray:
         def make():

@@ -1681,8 +1681,10 @@ class _WriteBehind:
             for key, value in self.mem.user_attrs.items():
                 if key != "m2k_ready":
                     self.disk.set_user_attr(key, value)
+        # the RDB storage itself, not the study's cache of it: nothing here reads them back
+        storage = getattr(self.disk._storage, "_backend", self.disk._storage)
         for t in todo:
-            self.disk._storage.create_new_trial(self.disk._study_id, template_trial=t)
+            storage.create_new_trial(self.disk._study_id, template_trial=t)
         self.written += len(todo)
         for key, value in self.mem.user_attrs.items():
             if self.disk.user_attrs.get(key) != value:

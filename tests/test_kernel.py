@@ -419,7 +419,7 @@ def test_indicators_are_computed_once_per_data_set():
             for f in (5, 10) for s in (30, 60)]
     results = simulate_many(data, grid)
     # one tick-sum array per window (5, 10, 30, 60), shared by the trials
-    assert sorted(k[1] for k in data._memo if k[0] == "sums") == [5, 10, 30, 60]
+    assert sorted(k[1] for k in data._sums) == [5, 10, 30, 60]
     assert data.sums(30)[0] is data.sums(30)[0]
     for config, res in zip(grid, results):
         assert res.final_value == simulate(bars, config).final_value
@@ -442,7 +442,13 @@ def test_a_study_keeps_a_bounded_number_of_signals_and_one_bars_object():
             for f in range(5, 15) for s in (30, 60)]  # 20 trials
     simulate_many(data, grid)
     assert len(data._signals) == kernel.SIGNALS_KEPT < len(grid)
-    assert sorted(k[1] for k in data._memo if k[0] == "sums") == [*range(5, 15), 30, 60]
+    assert sorted(k[1] for k in data._sums) == [*range(5, 15), 30, 60]
+    # tick sums: only the SUMS_KEPT windows used last are kept, one recomputed when it returns
+    for w in range(100, 100 + kernel.SUMS_KEPT + 5):
+        data.sums(w)
+    assert len(data._sums) == kernel.SUMS_KEPT and ("sums", 5) not in data._sums
+    s5, q5 = data.sums(5)
+    assert s5[4] == data.ct[:5].sum() and q5[4] == (data.ct[:5] ** 2).sum()
     # the most recent signals are the ones kept, and a kept one is reused as it is
     assert list(data._signals)[-1] == ("sma", 14, 60)
     assert data.sma_signal(14, 60) is data.sma_signal(14, 60)
