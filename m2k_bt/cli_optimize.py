@@ -9,7 +9,8 @@ these:
 - ``--trials N`` (def: 50 for TPE, 20 per fold in walk-forward, the whole grid for a grid),
   ``--objective`` (def: sharpe), ``--sampler tpe|grid``, ``--min-trades N`` (def: 1).
 - ``--engine kernel|cerebro`` (def: kernel), ``--workers N`` (def: 1 with the kernel, else
-  one per core), ``--batch N`` (trials a Dask task runs; def: 32 with the kernel, else 1),
+  one per core), ``--batch N`` (trials a Dask task runs; def: sized by the cluster with the
+  kernel, at most 32, else 1),
   ``--storage URL``, ``--dask ADDRESS|local``, ``--study-name NAME``.
 - walk-forward: ``--is 12M --oos 3M --step 3M`` (or bar counts ``40000b``), ``--anchored``,
   ``--folds N``, ``--verify oos|all`` (def: oos).
@@ -69,8 +70,8 @@ def _add_search_args(p: argparse.ArgumentParser) -> None:
     )
     g.add_argument(
         "--batch", type=int,
-        help="trials one process claims together and one Dask task runs (default: 32 on "
-        "Dask with the kernel engine, else 1)",
+        help="trials one process claims together and one Dask task runs (default on Dask "
+        "with the kernel engine: trials / (2 x worker threads), at most 32; else 1)",
     )
     g.add_argument(
         "--storage",

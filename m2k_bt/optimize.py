@@ -1104,7 +1104,7 @@ def _work(study, plan: _Plan, payload, progress=None, after_batch=None) -> int:
     with _Heartbeat(study._storage, plan.heartbeat) as beat:
         while True:
             claimed = []
-            while len(claimed) < plan.batch:
+            while len(claimed) < max(1, plan.batch):
                 got = _retrying(plan, _claim, study, plan, rng)
                 if got is None:
                     break
@@ -1224,6 +1224,8 @@ def _run_dask(study, plan: _Plan, client, payload, progress) -> None:
     bars, config, space, objective, min_trades, run = payload
     data = {"bars": client.scatter(bars, broadcast=True)}
     n_slots = max(1, sum(w.get("nthreads", 1) for w in client.scheduler_info()["workers"].values()))
+    # the default: up to DASK_KERNEL_BATCH trials a task, but at least two tasks a slot
+    size = plan.batch or max(1, min(DASK_KERNEL_BATCH, math.ceil(plan.target / (2 * n_slots))))
     rng = np.random.default_rng(_derive_seed(plan.seed, plan.identity, "free"))
     running: dict = {}
     ac = as_completed()
@@ -1240,7 +1242,7 @@ def _run_dask(study, plan: _Plan, client, payload, progress) -> None:
         def fill() -> None:
             while len(running) < n_slots:
                 batch = []
-                while len(batch) < plan.batch:
+                while len(batch) < size:
                     got = _retrying(plan, _claim, study, plan, rng)
                     if got is None:
                         break
@@ -1413,9 +1415,10 @@ def optimize(
       processes; ignored with ``dask``. A kernel trial takes milliseconds, a worker process
       seconds to start (imports, the compiled loop, the bars): more workers pay off only for
       studies of thousands of trials.
-    - ``batch`` (def: 32 trials a Dask task when the trials run in the kernel, else 1): trials
-      a process claims together and a Dask task runs (:func:`evaluate_batch`), so that
-      scheduling does not dominate a trial of milliseconds. TPE then proposes up to ``batch``
+    - ``batch`` (def: on Dask with kernel trials, ``trials / (2 x worker threads)`` trials a
+      task, at most :data:`DASK_KERNEL_BATCH`; else 1): trials a process claims together and a
+      Dask task runs (:func:`evaluate_batch`), so that scheduling does not dominate a trial of
+      milliseconds. TPE then proposes up to ``batch``
       points before it sees their results (as ``batch`` parallel workers would; its constant
       liar is on).
     - ``verify`` (def: ``True``): with kernel trials, re-run the best parameters in cerebro
@@ -1491,8 +1494,8 @@ def optimize(
         in_kernel = engine_info["engine"] == "kernel"
         if workers is None:
             workers = 1 if in_kernel else (os.cpu_count() or 1)
-        if batch is None:
-            batch = DASK_KERNEL_BATCH if (in_kernel and dask is not None) else 1
+        if batch is None:  # 0: sized on Dask by the cluster (see _run_dask)
+            batch = 0 if (in_kernel and dask is not None) else 1
         return _optimize_in(
             bars, config, space, target, objective, sampler, workers, storage, dask, seed,
             min_trades, study_name, out_dir, run_backtest, quiet, progress, overfitting,
@@ -1573,7 +1576,7 @@ def _optimize_in(
         seed=seed,
         heartbeat=heartbeat,
         reconnect=reconnect,
-        parallel=use_pool or dask is not None or remote or batch > 1,
+        parallel=use_pool or dask is not None or remote or batch != 1,
         # processes on other machines share the storage: each draws its own proposals
         identity=_owner() if remote else "",
         batch=batch,
@@ -1619,7 +1622,7 @@ def _optimize_in(
         "objective": objective,
         "sampler": sampler,
         "workers": None if dask else workers,
-        "batch": batch,
+        "batch": batch or "auto",
         "dask": dask,
         "seed": seed,
         "min_trades": min_trades,
