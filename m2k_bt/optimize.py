@@ -1210,7 +1210,7 @@ DASK_KERNEL_BATCH = 32
 DASK_RESUBMITS = 3
 
 
-def _run_dask(study, plan: _Plan, client, payload, progress) -> None:
+def _run_dask(study, plan: _Plan, client, payload, progress, after_batch=None) -> None:
     """Trials as Dask tasks, ``plan.batch`` trials a task: claimed and recorded here,
     backtests on the workers (:func:`evaluate_batch`). A worker that dies loses nothing: Dask
     runs its task again on another worker, and a task Dask gives up on with the worker
@@ -1277,6 +1277,8 @@ def _run_dask(study, plan: _Plan, client, payload, progress) -> None:
             for (trial, _), outcome in zip(batch, outcomes):
                 _retrying(plan, _tell, study, trial, outcome)
                 beat.ids.discard(trial._trial_id)
+            if after_batch is not None:
+                _retrying(plan, after_batch)
             if progress is not None:
                 c = _retrying(plan, _counts, study)
                 progress(min(c["COMPLETE"] + c["PRUNED"], plan.target), plan.target)
@@ -1585,7 +1587,8 @@ def _optimize_in(
     if url is None:  # in memory, this process only
         study = optuna.create_study(direction=direction, sampler=_sampler(sampler, seed, False))
         created = True
-    elif private and not use_pool and dask is None and not remote and _fresh(plan):
+    elif private and not use_pool and not remote and _fresh(plan):
+        # one process uses the storage: this one (on Dask the workers only run backtests)
         study = optuna.create_study(study_name=name, direction=direction)
         created, behind = True, _WriteBehind(plan, study)
     else:
@@ -1599,11 +1602,14 @@ def _optimize_in(
     if dask is not None:
         client, cluster = _dask_client(dask)
         try:
-            _run_dask(study, plan, client, payload, progress)
+            _run_dask(study, plan, client, payload, progress,
+                      behind.maybe if behind is not None else None)
         finally:
             client.close()
             if cluster is not None:
                 cluster.close()
+            if behind is not None:
+                _retrying(plan, behind.flush)
     elif use_pool and _retrying(plan, _has_work, study, plan):
         notes += _run_pool(study, plan, direction, workers, payload, progress)
     elif behind is not None:

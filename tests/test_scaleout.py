@@ -268,6 +268,26 @@ def test_dask_runs_a_batch_of_trials_per_task(tmp_path):
         cluster.close()
 
 
+def test_dask_on_the_runs_own_study_db_writes_it_behind(tmp_path):
+    """With --out and no --storage the driver is the study's only user (Dask workers only run
+    backtests): the study runs in memory and study.db gets every point once, written behind."""
+    pytest.importorskip("distributed")
+    from m2k_bt.optimize import study_storage_url
+
+    cluster = DaskCluster(2, env={"M2K_TEST_DELAY": "0.05"})
+    try:
+        out = tmp_path / "o"
+        proc = driver("--out", str(out), "--sampler", "grid", "--dask", cluster.address,
+                      "--batch", "3", delay=0.05)
+        rc, _, err = finish([proc])[0]
+        assert rc == 0, err
+        trials = trials_of(study_storage_url(out))
+        assert_every_point_once(trials)
+        assert len(trials) == 12
+    finally:
+        cluster.close()
+
+
 def test_a_silent_trial_of_another_host_is_retried_after_its_heartbeat_stops(tmp_path,
                                                                              monkeypatch):
     """The heartbeat path (a process on another machine died): a RUNNING trial whose owner is
