@@ -480,3 +480,20 @@ def test_ctrl_c_while_writing_removes_what_the_run_wrote(data_csv, tmp_path, mon
     assert main(["--data", data_csv, "--out", str(out), *BASE]) == 130
     assert capsys.readouterr().err.strip().endswith("error: interrupted")
     assert not [p.name for p in out.iterdir()]  # old run cleared first, new files removed
+
+
+@pytest.mark.parametrize(
+    "args, needle",
+    [
+        (["optimize", "--batch", "0"], "--batch must be a whole number >= 1"),
+        (["walkforward", "--verify", "sometimes"], "invalid choice: 'sometimes'"),
+        (["optimize", "--engine", "numba"], "invalid choice: 'numba'"),
+    ],
+)
+def test_research_flags_refuse_bad_values_with_one_line(args, needle, data_csv, tmp_path,
+                                                        capsys):
+    """Issue 12's flags: a bad --batch, --verify or --engine is one line and exit 2."""
+    code = main([*args, "--data", data_csv, "--out", str(tmp_path / "x"), "--quiet"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and needle in err, err
+    assert not (tmp_path / "x" / "optimize.json").exists()

@@ -758,3 +758,17 @@ def test_an_interrupted_private_study_keeps_what_finished_and_resumes(tmp_path):
     done = sorted(zip(res.trials["param_fast"], res.trials["param_slow"], res.trials["state"]))
     assert [(f, s) for f, s, st in done if st == "COMPLETE"] == [
         (f, s) for f in (10, 20, 30, 40) for s in (100, 150, 200)]
+
+
+def test_a_sqlite_storage_is_made_once_per_file_and_again_when_it_is_replaced(tmp_path):
+    from m2k_bt.optimize import _storage
+
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    first = _storage(url)
+    assert _storage(url) is first  # walk-forward's 18 opens pay one schema check
+    (tmp_path / "s.db").unlink()
+    (tmp_path / "s.db-wal").unlink(missing_ok=True)
+    (tmp_path / "s.db-shm").unlink(missing_ok=True)
+    again = _storage(url)
+    assert again is not first
+    assert optuna.get_all_study_names(again) == []  # a working storage on the new file
