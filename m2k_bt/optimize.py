@@ -21,8 +21,9 @@ the DSR's number of trials N (they were tried, then discarded).
 Where the study lives and who runs it:
 
 - **Embedded default**: SQLite ``study.db`` in the output folder, run by ``workers`` local
-  processes (def: one per core) on the shared storage, with the bars sent once per process.
-  ``workers=1`` runs in this process.
+  processes (def: 1 with kernel trials, one per core with cerebro) on the shared storage, with
+  the bars sent once per process. ``workers=1`` runs in this process; a fresh study then lives
+  in memory and is written to ``study.db`` in batches (see ``private_storage``).
 - ``storage``: any Optuna RDB URL, e.g. ``postgresql://user:pw@db-host/optuna`` (mapped to the
   installed driver, psycopg 3 from the ``postgres`` extra), so that processes on many machines
   share one study: run the same command on each, with the same ``--study-name``.
