@@ -1421,9 +1421,8 @@ def optimize(
     - ``batch`` (def: on Dask with kernel trials, ``trials / (2 x worker threads)`` trials a
       task, at most :data:`DASK_KERNEL_BATCH`; else 1): trials a process claims together and a
       Dask task runs (:func:`evaluate_batch`), so that scheduling does not dominate a trial of
-      milliseconds. TPE then proposes up to ``batch``
-      points before it sees their results (as ``batch`` parallel workers would; its constant
-      liar is on).
+      milliseconds. TPE then proposes up to ``batch`` points before it sees their results (as
+      ``batch`` parallel workers would; its constant liar is on).
     - ``verify`` (def: ``True``): with kernel trials, re-run the best parameters in cerebro
       (see ``engine``); ``False`` leaves that to the caller (``settings["engine"]`` then says
       ``verified_in_cerebro: false``): :func:`m2k_bt.walkforward.walk_forward` verifies each

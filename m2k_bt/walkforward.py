@@ -541,7 +541,6 @@ def walk_forward(
                 from .kernel import run_backtest_fast
 
                 result = run_backtest_fast(oos_bars, oos_cfg)
-                verifier.submit(fold.index, oos_bars, oos_cfg, result)
             else:
                 result = run_backtest(oos_bars, oos_cfg)
             is_attrs = opt.best_attrs
@@ -575,8 +574,8 @@ def walk_forward(
                         opt.settings.get("engine", {}).get("verified_in_cerebro")),
                 }
             )
-            if in_kernel:
-                verifier.jobs[-1][-1] = rows[-1]  # check() records cerebro's figure in it
+            if in_kernel:  # check() records cerebro's figure in the fold's row
+                verifier.submit(fold.index, oos_bars, oos_cfg, result, rows[-1])
             curve = result.equity[["value"]].copy() if len(result.equity) else pd.DataFrame()
             if not curve.empty:
                 curve["fold"] = fold.index
@@ -644,19 +643,20 @@ class _Verifier:
         self.pool = None
         self.jobs: list = []
 
-    def submit(self, fold: int, oos_bars, oos_cfg, fast) -> dict:
+    def submit(self, fold: int, oos_bars, oos_cfg, fast, row: dict) -> None:
+        import concurrent.futures as cf
         import os
 
         if (os.cpu_count() or 1) < 2:
-            job = _Done(_cerebro_final(oos_bars, oos_cfg))
+            job = cf.Future()
+            job.set_result(_cerebro_final(oos_bars, oos_cfg))
         else:
             if self.pool is None:
-                import concurrent.futures as cf
                 import multiprocessing as mp
 
                 self.pool = cf.ProcessPoolExecutor(1, mp_context=mp.get_context("spawn"))
             job = self.pool.submit(_cerebro_final, oos_bars, oos_cfg)
-        self.jobs.append([fold, dict(oos_cfg.params), fast, job, {}])
+        self.jobs.append((fold, dict(oos_cfg.params), fast, job, row))
 
     def check(self) -> None:
         for fold, params, fast, job, row in self.jobs:
@@ -675,14 +675,6 @@ class _Verifier:
         if self.pool is not None:
             self.pool.shutdown(wait=True, cancel_futures=True)
             self.pool = None
-
-
-class _Done:
-    def __init__(self, value):
-        self.value = value
-
-    def result(self):
-        return self.value
 
 
 def _flat_row(fold: Fold, equity: float) -> dict:

@@ -86,3 +86,18 @@ def write_bars_csv(df: pd.DataFrame, path) -> str:
     out.index = out.index.map(lambda t: t.isoformat())
     out.to_csv(path, index_label="datetime")
     return str(path)
+
+
+def kernel_off_by_a_dollar(monkeypatch) -> None:
+    """Make the kernel's final equity $1 higher than it is, so that a run verifying it
+    against cerebro must fail (the engines-disagree tests)."""
+    import m2k_bt.kernel as kernel
+
+    real = kernel.simulate
+
+    def off_by_a_dollar(bars, config=None):
+        res = real(bars, config)
+        res.final_value += 1.0
+        return res
+
+    monkeypatch.setattr(kernel, "simulate", off_by_a_dollar)

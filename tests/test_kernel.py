@@ -544,15 +544,8 @@ def test_optimize_runs_trials_in_the_kernel_and_verifies_the_best_in_cerebro(mon
                      workers=1, overfitting=False, quiet=True)
     assert "avoid_events" in other.settings["engine"]["kernel_unsupported"]
     # engines that disagree fail loudly with both numbers
-    import m2k_bt.kernel as kernel
+    from conftest import kernel_off_by_a_dollar
 
-    real = kernel.simulate
-
-    def off_by_a_dollar(bars, config=None):
-        res = real(bars, config)
-        res.final_value += 1.0
-        return res
-
-    monkeypatch.setattr(kernel, "simulate", off_by_a_dollar)
+    kernel_off_by_a_dollar(monkeypatch)
     with pytest.raises(M2KError, match="kernel and cerebro disagree"):
         optimize(bars, config, space, sampler="grid", workers=1, overfitting=False, quiet=True)

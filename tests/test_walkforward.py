@@ -321,19 +321,13 @@ def test_kernel_walk_forward_verifies_each_fold_out_of_sample_in_cerebro(tmp_pat
 def test_kernel_walk_forward_fails_loudly_when_the_engines_disagree(monkeypatch):
     import os
 
-    import m2k_bt.kernel as kernel
+    from conftest import kernel_off_by_a_dollar
+
     from m2k_bt.engine import BacktestConfig
     from m2k_bt.errors import M2KError
 
     monkeypatch.setattr(os, "cpu_count", lambda: 1)  # cerebro's check inline, in-process
-    real = kernel.simulate
-
-    def off_by_a_dollar(bars, config=None):
-        res = real(bars, config)
-        res.final_value += 1.0
-        return res
-
-    monkeypatch.setattr(kernel, "simulate", off_by_a_dollar)
+    kernel_off_by_a_dollar(monkeypatch)
     bars = make_bars(1800, seed=9)
     with pytest.raises(M2KError, match=r"disagree on fold 0's out-of-sample run .* final "
                                        r"equity kernel .* vs cerebro"):
