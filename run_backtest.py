@@ -3,7 +3,7 @@
 
 import sys
 
-from m2k_bt.cli import main
+from m2k_bt.cli.backtest import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""The compiled kernel (m2k_bt.kernel) side by side with cerebro and vectorbt (issue 12).
+"""The compiled kernel (m2k_bt.kernel.simulation) side by side with cerebro and vectorbt (issue 12).
 
 One invocation measures, in this order, and prints a table::
 
@@ -46,9 +46,9 @@ sys.path.insert(0, str(HERE.parent))
 
 from bench_compare import cached_bars  # noqa: E402
 
-from m2k_bt import _kernel_loop as loop  # noqa: E402
-from m2k_bt.engine import BacktestConfig, run_backtest  # noqa: E402
-from m2k_bt.kernel import prepare, simulate, simulate_many  # noqa: E402
+from m2k_bt.kernel import loop  # noqa: E402
+from m2k_bt.engine.cerebro import BacktestConfig, run_backtest  # noqa: E402
+from m2k_bt.kernel.simulation import prepare, simulate, simulate_many  # noqa: E402
 
 BUNDLED = HERE.parent / "datafeeds" / "m2k_5min.csv.gz"
 TICK = 0.10  # M2K minimum price fluctuation, index points
@@ -252,7 +252,7 @@ def vectorbt_rows(bars, repeat: int, kernel_trades: list) -> list[tuple[str, flo
 
 
 def grid_rows(points: int) -> list[tuple[str, float, str]]:
-    from m2k_bt.feeds import load_bars
+    from m2k_bt.feeds.bars import load_bars
 
     bars = load_bars(BUNDLED)
     fasts = (10, 20, 30, 40, 50, 60)
@@ -273,7 +273,7 @@ def grid_rows(points: int) -> list[tuple[str, float, str]]:
     # in batches), DSR and PBO; the cerebro re-run of the winner is timed on its own
     import tempfile
 
-    from m2k_bt.optimize import optimize
+    from m2k_bt.optimize.study import optimize
 
     base = BacktestConfig(strategy="sma", sizer="fixed")
     space = [f"fast={','.join(map(str, fasts))}", f"slow={','.join(map(str, slows))}"]

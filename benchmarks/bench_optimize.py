@@ -36,7 +36,7 @@ sys.path.insert(0, str(ROOT))
 
 
 def run_once(bars, config, space, workers: int | None, dask: str | None) -> dict:
-    from m2k_bt.optimize import optimize
+    from m2k_bt.optimize.study import optimize
 
     with tempfile.TemporaryDirectory(prefix="bench-opt-") as tmp:
         t0 = time.perf_counter()
@@ -93,9 +93,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dask", action="store_true", help="also run on a 2-process LocalCluster")
     args = p.parse_args(argv)
 
-    from m2k_bt.engine import BacktestConfig
-    from m2k_bt.feeds import load_bars
-    from m2k_bt.optimize import _preselect
+    from m2k_bt.engine.cerebro import BacktestConfig
+    from m2k_bt.feeds.bars import load_bars
+    from m2k_bt.optimize.study import _preselect
 
     bars = load_bars(args.data)
     config = BacktestConfig(strategy="sma", start=args.start, end=args.end)

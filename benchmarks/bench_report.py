@@ -6,7 +6,7 @@
 The default run is ``run_backtest.py`` with no flags (the bundled 141,870 five-minute bars, SMA
 50/200, Kelly sizer). The large run is a seeded random walk of one-minute bars on the 0.10 tick
 grid (continuous minutes, no sessions; only the bar count matters here) with the same strategy
-and a fixed one-contract sizer. The timed section is :func:`m2k_bt.html_report.write_report_html`
+and a fixed one-contract sizer. The timed section is :func:`m2k_bt.report.html.write_report_html`
 alone (the layout, Bokeh's serialisation and the atomic write); the backtest and report.json are
 outside it. Prints one table (wall and CPU seconds; on a shared machine CPU is the steadier
 figure); nothing is asserted.
@@ -26,9 +26,9 @@ import pandas as pd
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from m2k_bt.engine import BacktestConfig, run_backtest  # noqa: E402
-from m2k_bt.html_report import write_report_html  # noqa: E402
-from m2k_bt.report import build_report  # noqa: E402
+from m2k_bt.engine.cerebro import BacktestConfig, run_backtest  # noqa: E402
+from m2k_bt.report.html import write_report_html  # noqa: E402
+from m2k_bt.report.summary import build_report  # noqa: E402
 
 
 def random_walk(n: int, seed: int = 11) -> pd.DataFrame:
@@ -59,8 +59,8 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--bars", type=int, default=1_000_000, help="bars of the large run (0: skip)")
     args = p.parse_args(argv)
-    from m2k_bt.cli_common import DEFAULT_DATA
-    from m2k_bt.feeds import load_bars
+    from m2k_bt.cli.common import DEFAULT_DATA
+    from m2k_bt.feeds.bars import load_bars
 
     rows = []
     with tempfile.TemporaryDirectory() as tmp:

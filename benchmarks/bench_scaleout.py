@@ -78,7 +78,7 @@ def timed(cmds: list[list[str]], env) -> float:
 def check(url: str, name: str) -> int:
     import optuna
 
-    from m2k_bt.optimize import _discarded, _storage
+    from m2k_bt.optimize.study import _discarded, _storage
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.load_study(study_name=name, storage=_storage(url))

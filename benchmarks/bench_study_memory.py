@@ -24,7 +24,7 @@ makes sure numba's compiled kernel is cached, so no row pays for compiling it.
 The peak of a row can come from its fixed phases (numba compiling the kernel, the winner's
 re-run in cerebro, DSR/PBO, the HTML report) rather than the trial loop, and then hides a
 growth of the loop. **The probe** therefore runs the largest study once more, in one child
-process through the same ``m2k_bt.cli.main``, with five functions of ``m2k_bt.optimize``
+process through the same ``m2k_bt.cli.backtest.main``, with five functions of ``m2k_bt.optimize.study``
 wrapped in that process only (nothing in the package is changed):
 
 - ``evaluate_params`` (called once per trial): the process's RSS every N/20 trials, and
@@ -197,8 +197,8 @@ class _PhasePeaks:
 def probe_child(n: int, out: str, args) -> None:
     import tracemalloc
 
-    import m2k_bt.cli as cli
-    import m2k_bt.optimize as opt
+    import m2k_bt.cli.backtest as cli
+    import m2k_bt.optimize.study as opt
 
     window = max(1, min(args.window, n // 4))
     state = {"n": 0, "start": n // 2, "done": False}
@@ -245,7 +245,7 @@ def probe_child(n: int, out: str, args) -> None:
     opt._verify_in_cerebro = phases.wrap("winner re-run in cerebro", opt._verify_in_cerebro)
     opt._overfitting = phases.wrap("DSR and PBO (_overfitting)", opt._overfitting)
     opt._write = phases.wrap("trials.csv, study.html, optimize.json (_write)", opt._write)
-    status = cli.main(cli_args(n, Path(out), args))
+    status = cli.backtest(cli_args(n, Path(out), args))
     phases.stop.set()
     report["wall"] = time.perf_counter() - t0
     report["status"] = status
@@ -277,7 +277,7 @@ def memo_census() -> dict:
     the fixed price and time columns."""
     import numpy as np
 
-    from m2k_bt import kernel
+    from m2k_bt.kernel import simulation as kernel
 
     memo: dict = {}
     for data in list(kernel._DATA_CACHE["data"].values()):  # one bars object at a time

@@ -1,28 +1,29 @@
 """m2k_bt: a Backtrader plugin pack for CME Micro E-mini Russell 2000 futures (M2K).
 
-This module only re-exports; importing it changes nothing in backtrader. The optimisation
-modules (``m2k_bt.optimize``, ``m2k_bt.walkforward``, ``m2k_bt.overfitting``) need the
-``optimize`` extra and are imported from their modules.
+This module only re-exports; importing it changes nothing in backtrader. The research packages
+(``m2k_bt.optimize``: studies, walk-forward, overfitting statistics; ``m2k_bt.kernel``: the compiled
+engine) are imported from their packages; ``m2k_bt.optimize`` needs the ``optimize`` extra.
 """
 
 from . import (
     analyzers,
-    broker,
-    commission,
-    continuous,
+    brokers,
     contracts,
     engine,
     errors,
-    events,
     feeds,
     indicators,
-    live,
     report,
     sessions,
-    signals,
     sizers,
     strategies,
 )
+
+# The flat module names of 0.1, kept so that existing scripts go on working.
+from .brokers import commission
+from .brokers import futures as broker
+from .feeds import continuous, events, live
+from .feeds import external as signals
 from .analyzers import (
     CostAnalyzer,
     EquityCurve,
@@ -33,9 +34,9 @@ from .analyzers import (
     add_analyzers,
     metrics_from,
 )
-from .broker import FuturesBroker, MarginEvent
-from .commission import M2KCommInfo
-from .continuous import build_continuous, calendar_checkdate, volume_checkcondition
+from .brokers import FuturesBroker, MarginEvent
+from .brokers import M2KCommInfo
+from .feeds import build_continuous, calendar_checkdate, volume_checkcondition
 from .contracts import (
     M2K,
     RTY,
@@ -56,12 +57,12 @@ from .errors import (
     OutputError,
     ParameterError,
 )
-from .events import EventCalendar, load_calendar, read_events_csv
+from .feeds import EventCalendar, load_calendar, read_events_csv
 from .feeds import BarsFeed, load_bars, resample_bars, validate_bars
 from .indicators import AdaptiveBollingerBands, BollingerBandsDdof, FibonacciLevels
-from .live import QueueFeed, ReplaySource
+from .feeds import QueueFeed, ReplaySource
 from .report import build_report, format_summary, write_outputs
-from .signals import Signal, SignalFeed, align_signal, load_signal, signal_feed
+from .feeds import Signal, SignalFeed, align_signal, load_signal, signal_feed
 from .sizers import FixedContracts, KellyDecision, KellySizer, kelly_fraction
 from .strategies import (
     STRATEGIES,
@@ -76,6 +77,7 @@ __version__ = "0.1.0"
 __all__ = [
     # modules
     "analyzers",
+    "brokers",
     "broker",
     "commission",
     "continuous",

@@ -91,7 +91,7 @@ def write_bars_csv(df: pd.DataFrame, path) -> str:
 def kernel_off_by_a_dollar(monkeypatch) -> None:
     """Make the kernel's final equity $1 higher than it is, so that a run verifying it
     against cerebro must fail (the engines-disagree tests)."""
-    import m2k_bt.kernel as kernel
+    import m2k_bt.kernel.simulation as kernel
 
     real = kernel.simulate
 

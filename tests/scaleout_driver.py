@@ -1,6 +1,6 @@
 """A driver process for the scale-out tests: ``python tests/scaleout_driver.py --storage URL ...``.
 
-It calls :func:`m2k_bt.optimize.optimize` the way ``run_backtest.py optimize`` does (a
+It calls :func:`m2k_bt.optimize.study.optimize` the way ``run_backtest.py optimize`` does (a
 project error is one line on stderr and exit status 2) but with :func:`slow_run`, a
 deterministic backtest stand-in that takes ``M2K_TEST_DELAY`` seconds (def 0.3), so that a
 test can kill a process while it holds a trial. Spawned local workers and Dask workers import
@@ -77,7 +77,7 @@ def bars() -> pd.DataFrame:
 
 def main(argv: list[str] | None = None) -> int:
     from m2k_bt.errors import M2KError
-    from m2k_bt.optimize import optimize
+    from m2k_bt.optimize.study import optimize
 
     p = argparse.ArgumentParser()
     p.add_argument("--storage")

@@ -1,4 +1,4 @@
-"""Known-answer and cross-check tests for m2k_bt.analyzers."""
+"""Known-answer and cross-check tests for m2k_bt.analyzers.standard."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 from conftest import NY, make_bars, pandas_feed
 
-from m2k_bt.analyzers import (
+from m2k_bt.analyzers.standard import (
     ANALYZER_NAMES,
     METRIC_KEYS,
     add_analyzers,
@@ -474,8 +474,8 @@ def test_add_analyzers_names():
 
 @pytest.mark.parametrize("mode", MODES)
 def test_with_futures_broker(mode):
-    from m2k_bt.broker import FuturesBroker
-    from m2k_bt.commission import M2KCommInfo
+    from m2k_bt.brokers.futures import FuturesBroker
+    from m2k_bt.brokers.commission import M2KCommInfo
 
     cerebro = bt.Cerebro(stdstats=False, **mode)
     cerebro.broker = FuturesBroker(cash=CASH, slippage_ticks=1)
@@ -612,7 +612,7 @@ def test_replayed_feed_records_every_call():
 
 
 def test_vectorised_times_match_num2date():
-    from m2k_bt.analyzers import _num2datetime64
+    from m2k_bt.analyzers.standard import _num2datetime64
 
     rng = pytest.importorskip("numpy").random.default_rng(4)
     start = bt.date2num(dt.datetime(2024, 1, 7, 18, 0))
@@ -625,7 +625,7 @@ def test_vectorised_times_match_num2date():
 
 
 def test_subclass_hooks_still_run():
-    from m2k_bt.analyzers import EquityCurve
+    from m2k_bt.analyzers.standard import EquityCurve
 
     class Counting(EquityCurve):
         def start(self):

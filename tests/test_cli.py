@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 from conftest import rth_bars, write_bars_csv
 
-from m2k_bt.cli import main
-from m2k_bt.report import validate_report
+from m2k_bt.cli.backtest import main
+from m2k_bt.report.summary import validate_report
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -142,7 +142,7 @@ class _Tty(io.StringIO):
 
 
 def test_progress_bar_is_tqdm_on_a_terminal_and_silent_elsewhere():
-    from m2k_bt.cli import ProgressBar
+    from m2k_bt.cli.backtest import ProgressBar
 
     piped = io.StringIO()
     bar = ProgressBar("bars", stream=piped)
@@ -228,8 +228,8 @@ def _held_run(argv: list[str]) -> str:
     """A child that runs main(argv) but waits on stdin just before the backtest."""
     return textwrap.dedent(f"""
         import sys
-        import m2k_bt.engine as engine
-        from m2k_bt.cli import main
+        import m2k_bt.engine.cerebro as engine
+        from m2k_bt.cli.backtest import main
         real = engine.run_backtest
         def held(*args, **kwargs):
             print("running", flush=True)
@@ -293,8 +293,8 @@ def test_run_killed_before_writing_keeps_the_old_complete_run(data_csv, tmp_path
     before = {p.name: p.read_bytes() for p in out.iterdir()}
     code = textwrap.dedent(f"""
         import os, signal, sys
-        import m2k_bt.engine as engine
-        from m2k_bt.cli import main
+        import m2k_bt.engine.cerebro as engine
+        from m2k_bt.cli.backtest import main
         def killed(*args, **kwargs):
             os.kill(os.getpid(), signal.SIGKILL)
         engine.run_backtest = killed
@@ -468,7 +468,7 @@ def test_interrupted_run_exits_130_or_143_and_leaves_nothing(sig, status, line, 
 
 def test_ctrl_c_while_writing_removes_what_the_run_wrote(data_csv, tmp_path, monkeypatch,
                                                          capsys):
-    import m2k_bt.report as report_mod
+    import m2k_bt.report.summary as report_mod
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
@@ -476,7 +476,7 @@ def test_ctrl_c_while_writing_removes_what_the_run_wrote(data_csv, tmp_path, mon
     out = tmp_path / "out"
     assert main(["--data", data_csv, "--out", str(out), *BASE]) == 0  # an earlier run
     monkeypatch.setattr(report_mod, "plot_backtrader", interrupted, raising=False)
-    monkeypatch.setattr("m2k_bt.plotting.plot_backtrader", interrupted)
+    monkeypatch.setattr("m2k_bt.report.plot.plot_backtrader", interrupted)
     assert main(["--data", data_csv, "--out", str(out), *BASE]) == 130
     assert capsys.readouterr().err.strip().endswith("error: interrupted")
     assert not [p.name for p in out.iterdir()]  # old run cleared first, new files removed

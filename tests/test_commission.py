@@ -5,7 +5,7 @@ import pytest
 from conftest import pandas_feed
 from scripted import Scripted, hand_bars
 
-from m2k_bt.commission import M2KCommInfo, slippage_points
+from m2k_bt.brokers.commission import M2KCommInfo, slippage_points
 from m2k_bt.contracts import M2K, RTY
 from m2k_bt.errors import ContractSpecError
 

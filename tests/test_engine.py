@@ -4,7 +4,7 @@ import pytest
 from conftest import rth_bars
 
 from m2k_bt.contracts import RTY
-from m2k_bt.engine import BacktestConfig, build_cerebro, run_backtest, select_bars
+from m2k_bt.engine.cerebro import BacktestConfig, build_cerebro, run_backtest, select_bars
 from m2k_bt.errors import ConfigError, ParameterError
 
 SMA = {"fast": 10, "slow": 30}
@@ -165,7 +165,7 @@ def test_exactly_the_warm_up_runs(bars):
 def test_too_few_bars_for_an_indicator_without_a_length_parameter(bars):
     import backtrader as bt
 
-    from m2k_bt.engine import min_bars
+    from m2k_bt.engine.cerebro import min_bars
     from m2k_bt.errors import NotEnoughBarsError
 
     class Hardwired(bt.Strategy):  # its SMA length is not a parameter: measured, not guessed

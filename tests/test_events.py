@@ -14,19 +14,19 @@ import pandas as pd
 import pytest
 from conftest import make_bars, rth_bars, write_bars_csv
 
-from m2k_bt.cli import main
-from m2k_bt.engine import BacktestConfig, run_backtest
+from m2k_bt.cli.backtest import main
+from m2k_bt.engine.cerebro import BacktestConfig, run_backtest
 from m2k_bt.errors import DataFeedError, ParameterError
-from m2k_bt.events import (
+from m2k_bt.feeds.events import (
     SHIPPED_EVENTS,
     EventCalendar,
     EventMarks,
     load_calendar,
     read_events_csv,
 )
-from m2k_bt.feeds import BarsFeed
-from m2k_bt.report import build_report, validate_report
-from m2k_bt.strategies import M2KStrategy
+from m2k_bt.feeds.bars import BarsFeed
+from m2k_bt.report.summary import build_report, validate_report
+from m2k_bt.strategies.base import M2KStrategy
 
 NY = "America/New_York"
 MODES = [(True, True), (False, True), (False, False)]  # (runonce, preload)
@@ -178,7 +178,7 @@ def test_flat_before_event_closes_on_the_last_bar_before_1330(runonce, preload):
 
 @pytest.mark.parametrize("runonce,preload", MODES)
 def test_daily_bars_are_flat_through_the_event_day(runonce, preload):
-    from m2k_bt.feeds import resample_bars
+    from m2k_bt.feeds.bars import resample_bars
 
     days = resample_bars(week(), "1d")  # one bar per trade date, stamped at midnight
     strat = run(Hold, days, runonce, preload, avoid_events="fomc", flat_before_event=True)
@@ -286,7 +286,7 @@ def test_report_says_so_past_the_end_of_a_table():
 
 def test_config_event_settings_reach_walk_forward_runs():
     pytest.importorskip("optuna")
-    from m2k_bt.walkforward import walk_forward
+    from m2k_bt.optimize.walkforward import walk_forward
 
     seen = []
 

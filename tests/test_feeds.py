@@ -14,7 +14,7 @@ from conftest import make_bars, pandas_feed
 
 from m2k_bt.contracts import M2K
 from m2k_bt.errors import DataFeedError, ParameterError
-from m2k_bt.feeds import (
+from m2k_bt.feeds.bars import (
     BarsFeed,
     LineNumbers,
     detect_format,
@@ -232,7 +232,7 @@ def test_validate_bars_in_memory():
 
 
 def test_bundled_format_round_trip(tmp_path):
-    from m2k_bt.synth import write_bars
+    from m2k_bt.feeds.synth import write_bars
 
     df = make_bars(300, freq="1min", start="2025-03-10 09:30")
     df["contract"] = "M2KM5"
@@ -356,8 +356,8 @@ def test_resample_bad_rule():
 def test_bars_feed_runs_again_after_releasing_its_arrays():
     # a bulk preload hands the arrays to the line buffers and drops them; a second run of the
     # same feed (e.g. cerebro.run() again) rebuilds them from the frame: same bars, same result
-    from m2k_bt.commission import M2KCommInfo
-    from m2k_bt.strategies import SmaCrossover
+    from m2k_bt.brokers.commission import M2KCommInfo
+    from m2k_bt.strategies.base import SmaCrossover
 
     feed = BarsFeed(dataname=make_bars(600, seed=9))
     finals = []
@@ -408,7 +408,7 @@ def test_loaded_frames_concat_and_keep_line_numbers(loaded_5min):
 
 
 def test_cli_backtest_with_resample_1h(loaded_5min, tmp_path, capsys):
-    from m2k_bt.cli import main
+    from m2k_bt.cli.backtest import main
 
     path, _ = loaded_5min
     out = tmp_path / "out"
@@ -423,7 +423,7 @@ def test_cli_backtest_with_resample_1h(loaded_5min, tmp_path, capsys):
 
 
 def test_live_replay_with_resample(loaded_5min, tmp_path, capsys):
-    from m2k_bt.cli import main
+    from m2k_bt.cli.backtest import main
 
     path, _ = loaded_5min
     out = tmp_path / "live"

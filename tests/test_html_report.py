@@ -14,9 +14,9 @@ import pandas as pd
 import pytest
 from conftest import rth_bars, write_bars_csv
 
-from m2k_bt import html_report as hr
-from m2k_bt.cli import main
-from m2k_bt.report import build_report
+from m2k_bt.report import html as hr
+from m2k_bt.cli.backtest import main
+from m2k_bt.report.summary import build_report
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMEDRIVER = shutil.which("chromedriver")
@@ -116,7 +116,7 @@ def _models(layout, name):
 
 def test_layout_marks_every_trade_and_hover_shows_its_row(run_dir):
     # rebuild the layout from a fresh run of the same data to inspect the models
-    from m2k_bt.engine import BacktestConfig, run_backtest
+    from m2k_bt.engine.cerebro import BacktestConfig, run_backtest
 
     data = rth_bars()
     result = run_backtest(data, BacktestConfig(params={"fast": 10, "slow": 30,
@@ -427,7 +427,7 @@ def test_rolls_margin_events_and_warnings_are_shown():
 
     from bokeh.models import Span
 
-    from m2k_bt.engine import BacktestConfig, run_backtest
+    from m2k_bt.engine.cerebro import BacktestConfig, run_backtest
 
     data = rth_bars()
     data["roll"] = False

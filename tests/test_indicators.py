@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from conftest import make_bars, pandas_feed
 
-from m2k_bt.indicators import (
+from m2k_bt.indicators.bands import (
     AdaptiveBollingerBands,
     BollingerBandsDdof,
     FibonacciLevels,

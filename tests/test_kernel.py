@@ -1,4 +1,4 @@
-"""The compiled kernel (m2k_bt.kernel) against cerebro, and the exact comparisons both share."""
+"""The compiled kernel (m2k_bt.kernel.simulation) against cerebro, and the exact comparisons both share."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from m2k_bt.engine import BacktestConfig, run_backtest
-from m2k_bt.indicators import band_side, rolling_bands, sma_above, tick_counts
+from m2k_bt.engine.cerebro import BacktestConfig, run_backtest
+from m2k_bt.indicators.bands import band_side, rolling_bands, sma_above, tick_counts
 
 NY = "America/New_York"
 
@@ -67,7 +67,7 @@ from conftest import make_bars  # noqa: E402
 from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
-from m2k_bt.kernel import (  # noqa: E402
+from m2k_bt.kernel.simulation import (  # noqa: E402
     KERNEL_EXIT_REASONS,
     KernelData,
     KernelUnsupported,
@@ -76,8 +76,8 @@ from m2k_bt.kernel import (  # noqa: E402
     simulate_many,
     supported,
 )
-from m2k_bt.sizers import BINDINGS  # noqa: E402
-from m2k_bt.strategies import EXIT_REASONS, M2KStrategy  # noqa: E402
+from m2k_bt.sizers.kelly import BINDINGS  # noqa: E402
+from m2k_bt.strategies.base import EXIT_REASONS, M2KStrategy  # noqa: E402
 
 BUNDLED = Path(__file__).resolve().parents[1] / "datafeeds" / "m2k_5min.csv.gz"
 
@@ -302,7 +302,7 @@ def test_random_configs_agree_with_cerebro(config, seed, vol):
 
 
 def test_bundled_data_every_strategy_and_sizer():
-    from m2k_bt.feeds import load_bars
+    from m2k_bt.feeds.bars import load_bars
 
     bars = load_bars(BUNDLED).iloc[-4000:]
     for strategy in ("sma", "bollinger", "adaptive"):
@@ -434,7 +434,7 @@ def test_a_study_keeps_a_bounded_number_of_signals_and_one_bars_object():
     import gc
     import weakref
 
-    import m2k_bt.kernel as kernel
+    import m2k_bt.kernel.simulation as kernel
 
     bars = make_bars(1500, seed=4)
     data = prepare(bars)
@@ -475,7 +475,7 @@ def test_event_and_signal_filters_run_in_cerebro():
 def _outputs(tmp_path, name, data_csv, *extra):
     import json
 
-    from m2k_bt.cli import main
+    from m2k_bt.cli.backtest import main
 
     out = tmp_path / name
     code = main(["--data", data_csv, "--out", str(out), "--param", "fast=10", "--param",
@@ -505,8 +505,8 @@ def test_cli_engine_kernel_writes_the_same_outputs(tmp_path, capsys):
 
 
 def test_run_backtest_fast_is_a_drop_in_for_the_optimiser():
-    from m2k_bt.kernel import KernelResult, run_backtest_fast
-    from m2k_bt.optimize import evaluate_params
+    from m2k_bt.kernel.simulation import KernelResult, run_backtest_fast
+    from m2k_bt.optimize.study import evaluate_params
 
     bars = make_bars(1500, seed=8)
     config = BacktestConfig(strategy="sma", sizer="fixed", params={"fast": 5, "slow": 20})
@@ -523,7 +523,7 @@ def test_run_backtest_fast_is_a_drop_in_for_the_optimiser():
 # ------------------------------------------------------------------ optimize / walkforward
 def test_optimize_runs_trials_in_the_kernel_and_verifies_the_best_in_cerebro(monkeypatch):
     from m2k_bt.errors import M2KError
-    from m2k_bt.optimize import optimize
+    from m2k_bt.optimize.study import optimize
 
     bars = make_bars(2500, seed=12)
     config = BacktestConfig(strategy="sma", sizer="fixed")

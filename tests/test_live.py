@@ -22,7 +22,7 @@ import pytest
 from conftest import make_bars, pandas_feed
 
 from m2k_bt.errors import DataFeedError, ParameterError
-from m2k_bt.live import (
+from m2k_bt.feeds.live import (
     REJECT_REASONS,
     Bar,
     EndOfStream,
@@ -168,10 +168,10 @@ def test_broker_guard_is_what_keeps_limit_fills_honest():
 
 
 def test_engine_parity_with_project_strategy_and_broker():
-    engine = pytest.importorskip("m2k_bt.engine")
-    pytest.importorskip("m2k_bt.strategies")
-    pytest.importorskip("m2k_bt.sizers")
-    from m2k_bt.cli_live import live_cerebro
+    engine = pytest.importorskip("m2k_bt.engine.cerebro")
+    pytest.importorskip("m2k_bt.strategies.base")
+    pytest.importorskip("m2k_bt.sizers.kelly")
+    from m2k_bt.cli.live import live_cerebro
 
     df = make_bars(800, seed=11)
     config = engine.BacktestConfig(strategy="sma", params={"fast": 10, "slow": 40},
@@ -193,8 +193,8 @@ def test_engine_parity_with_project_strategy_and_broker():
 
 
 def test_replay_of_data_with_a_roll_rolls_like_the_backtest():
-    engine = pytest.importorskip("m2k_bt.engine")
-    from m2k_bt.cli_live import run_live as cli_run_live
+    engine = pytest.importorskip("m2k_bt.engine.cerebro")
+    from m2k_bt.cli.live import run_live as cli_run_live
 
     df = make_bars(800, seed=11)
     df["roll"] = False
@@ -257,7 +257,7 @@ def test_each_bad_bar_kind_is_rejected_counted_and_logged(caplog):
     bad = [b for kind in REJECT_REASONS for b in BAD_BARS[kind]]
     tail = [_bar(20 + i) for i in range(5)]
     stream = good + bad + [object()] + tail  # object(): not even a Bar
-    with caplog.at_level(logging.WARNING, logger="m2k_bt.live"):
+    with caplog.at_level(logging.WARNING, logger="m2k_bt.feeds.live"):
         strat, _, feed = run_live(ReplaySource(stream, speed=0), fast=2, slow=3)
     expected = {kind: len(BAD_BARS[kind]) for kind in REJECT_REASONS}
     expected["malformed"] += 1
@@ -296,7 +296,7 @@ def test_aware_timestamps_are_new_york_and_session_breaks_noted():
 
 
 def test_utc_stream_through_the_repeated_autumn_hour_does_not_crash():
-    from m2k_bt.cli_live import run_live as cli_run_live
+    from m2k_bt.cli.live import run_live as cli_run_live
 
     # 2024-11-03: 05:00-05:50 UTC is 01:00-01:50 EDT, 06:00-06:50 UTC is 01:00-01:50 EST again
     idx = pd.date_range("2024-11-03 04:00", "2024-11-03 06:50", freq="10min", tz="UTC")
@@ -341,7 +341,7 @@ class GatedSource(ThreadedSource):
 
 def test_source_that_dies_mid_stream_ends_the_run_cleanly(caplog):
     bars = bars_from_frame(make_bars(50, seed=1))
-    with caplog.at_level(logging.WARNING, logger="m2k_bt.live"):
+    with caplog.at_level(logging.WARNING, logger="m2k_bt.feeds.live"):
         strat, value, feed = run_live(GatedSource(bars, first=30, die=True), fast=3, slow=8)
     assert feed.delivered == 30 and len(strat) == 30
     assert feed.end_reason == "error: ConnectionError: vendor dropped the connection"
@@ -528,8 +528,8 @@ def test_replay_speed_paces_by_bar_time_and_stop_interrupts_the_wait():
 
 
 def _config(**kw):
-    engine = pytest.importorskip("m2k_bt.engine")
-    pytest.importorskip("m2k_bt.strategies")
+    engine = pytest.importorskip("m2k_bt.engine.cerebro")
+    pytest.importorskip("m2k_bt.strategies.base")
     return engine.BacktestConfig(strategy="sma", params={"fast": 5, "slow": 20}, sizer="fixed",
                                  **kw)
 
@@ -538,7 +538,7 @@ def test_run_live_stops_on_sigint_and_keeps_the_result(capsys):
     import os
     import signal
 
-    from m2k_bt.cli_live import run_live
+    from m2k_bt.cli.live import run_live
 
     config = _config()
     df = make_bars(60, seed=7)
@@ -553,7 +553,7 @@ def test_run_live_stops_on_sigint_and_keeps_the_result(capsys):
                 return
             threading.Event().wait(0.01)
 
-    import m2k_bt.cli_live as cli_live
+    import m2k_bt.cli.live as cli_live
 
     real = cli_live.live_cerebro
 
@@ -583,7 +583,7 @@ def test_run_live_stops_on_sigint_and_keeps_the_result(capsys):
 def test_fill_lines_show_the_position_after_each_fill():
     import io
 
-    from m2k_bt.cli_live import run_live as cli_run_live
+    from m2k_bt.cli.live import run_live as cli_run_live
 
     df = make_bars(400, seed=7)
     printed = io.StringIO()
@@ -603,7 +603,7 @@ def test_fill_lines_show_the_position_after_each_fill():
 
 
 def test_run_live_with_a_dying_source_reports_why():
-    from m2k_bt.cli_live import run_live
+    from m2k_bt.cli.live import run_live
 
     df = make_bars(80, seed=8)
     src = GatedSource(bars_from_frame(df), first=50, die=True)
@@ -615,8 +615,8 @@ def test_run_live_with_a_dying_source_reports_why():
 
 
 def test_live_main_replays_a_file_and_writes_the_report(tmp_path, capsys):
-    pytest.importorskip("m2k_bt.report")
-    from m2k_bt.cli import main
+    pytest.importorskip("m2k_bt.report.summary")
+    from m2k_bt.cli.backtest import main
 
     df = make_bars(300, seed=9, freq="1min")  # 09:30-14:29: inside one Globex session
     path = tmp_path / "M2KH4_1min.csv"
@@ -635,7 +635,7 @@ def test_live_main_replays_a_file_and_writes_the_report(tmp_path, capsys):
 
 
 def test_live_main_rejects_a_negative_speed(tmp_path, capsys):
-    from m2k_bt.cli import main
+    from m2k_bt.cli.backtest import main
 
     code = main(["live", "--replay", str(tmp_path / "x.csv"), "--speed", "-1"])
     assert code == 2
@@ -643,7 +643,7 @@ def test_live_main_rejects_a_negative_speed(tmp_path, capsys):
 
 
 def test_missing_replay_file_names_the_replay_flag(tmp_path, capsys):
-    from m2k_bt.cli import main
+    from m2k_bt.cli.backtest import main
 
     missing = tmp_path / "nope.csv"
     code = main(["live", "--replay", str(missing), "--speed", "0"])

@@ -14,7 +14,7 @@ import pytest
 from conftest import make_bars
 
 from m2k_bt.errors import ConfigError, ParameterError
-from m2k_bt.optimize import (
+from m2k_bt.optimize.study import (
     ParamRange,
     _discarded,
     evaluate_params,
@@ -27,7 +27,7 @@ optuna = pytest.importorskip("optuna")
 
 
 # ---------------------------------------------------------------- a fake engine
-# A deterministic stand-in for m2k_bt.engine.run_backtest, so search logic is tested exactly
+# A deterministic stand-in for m2k_bt.engine.cerebro.run_backtest, so search logic is tested exactly
 # and fast. Module-level so that spawned workers can unpickle it by reference.
 
 
@@ -330,7 +330,7 @@ def test_local_pool_of_two_workers_runs_the_same_grid(tmp_path):
 
 def test_dask_local_cluster_with_two_worker_processes_on_the_real_engine(tmp_path):
     pytest.importorskip("distributed")
-    from m2k_bt.engine import BacktestConfig, run_backtest
+    from m2k_bt.engine.cerebro import BacktestConfig, run_backtest
 
     bars = make_bars(1500, seed=3)
     cfg = BacktestConfig(strategy="sma", sizer="fixed")
@@ -384,7 +384,7 @@ def _csv(tmp_path, n: int = 1500, seed: int = 5):
 
 
 def test_cli_optimize_writes_outputs_and_resumes(tmp_path, capsys):
-    from m2k_bt.cli import main
+    from m2k_bt.cli.backtest import main
 
     out = tmp_path / "opt"
     argv = ["optimize", "--data", _csv(tmp_path), "--lenient", "--sizer", "fixed",
@@ -404,7 +404,7 @@ def test_cli_optimize_writes_outputs_and_resumes(tmp_path, capsys):
 
 
 def test_cli_user_mistakes_exit_2_with_one_line(tmp_path, capsys):
-    from m2k_bt.cli import main
+    from m2k_bt.cli.backtest import main
 
     data = _csv(tmp_path, n=300)
     assert main(["optimize", "--data", data, "--lenient", "--objective", "sharp"]) == 2
@@ -417,7 +417,7 @@ def test_cli_user_mistakes_exit_2_with_one_line(tmp_path, capsys):
 
 
 def test_real_engine_tpe_same_seed_same_best():
-    from m2k_bt.engine import BacktestConfig
+    from m2k_bt.engine.cerebro import BacktestConfig
 
     bars = make_bars(1200, seed=8)
     cfg = BacktestConfig(strategy="sma", sizer="fixed")
@@ -536,7 +536,7 @@ def test_huge_integer_range_is_sampled_without_building_it():
 
 def test_cli_range_typo_states_the_space_syntax(tmp_path, capsys):
     """Item 14: --space fast=10-100 (before: "no feasible trial")."""
-    from m2k_bt.cli import main
+    from m2k_bt.cli.backtest import main
 
     data = _csv(tmp_path, n=300)
     assert main(["optimize", "--data", data, "--lenient", "--space", "fast=10-100"]) == 2
@@ -560,7 +560,7 @@ def test_killed_while_writing_trials_csv_leaves_no_partial_file(tmp_path):
 
     from servers import ROOT, child_env
 
-    from m2k_bt.cli import main
+    from m2k_bt.cli.backtest import main
 
     out = tmp_path / "opt"
     argv = _cli_argv(tmp_path, out)
@@ -577,7 +577,7 @@ def test_killed_while_writing_trials_csv_leaves_no_partial_file(tmp_path):
 
 def test_symlink_planted_in_out_is_not_followed(tmp_path):
     """Item 8: trials.csv and optimize.json as symlinks to a file outside --out."""
-    from m2k_bt.cli import main
+    from m2k_bt.cli.backtest import main
 
     out = tmp_path / "opt"
     out.mkdir()
@@ -598,7 +598,7 @@ def test_second_optimize_into_a_locked_out_refuses_in_one_line(tmp_path, capsys)
 
     from servers import child_env
 
-    from m2k_bt.cli import main
+    from m2k_bt.cli.backtest import main
 
     out = tmp_path / "opt"
     holder = subprocess.Popen(
@@ -627,7 +627,7 @@ def test_a_new_trial_waits_for_a_lower_numbered_one_still_drawing(tmp_path):
     the point taken by the lower number and gives up its trial."""
     import threading
 
-    from m2k_bt.optimize import _claim, _open_study, _Plan, _storage
+    from m2k_bt.optimize.study import _claim, _open_study, _Plan, _storage
 
     url = f"sqlite:///{tmp_path / 's.db'}"
     space = parse_space(["fast=10", "slow=100"])  # one point: B can only draw A's
@@ -662,7 +662,7 @@ def test_batch_claims_several_trials_and_runs_each_once():
 
 
 def test_evaluate_batch_is_evaluate_params_for_each():
-    from m2k_bt.optimize import evaluate_batch
+    from m2k_bt.optimize.study import evaluate_batch
 
     bars = hourly_bars(3)
     points = [{"fast": 10, "slow": 100}, {"fast": 30, "slow": 120}, {"fast": 50, "slow": 40}]
@@ -675,7 +675,7 @@ def test_evaluate_batch_is_evaluate_params_for_each():
 
 
 def test_kernel_engine_defaults_to_one_worker_in_process():
-    from m2k_bt.engine import BacktestConfig
+    from m2k_bt.engine.cerebro import BacktestConfig
 
     bars = make_bars(1500, seed=2)
     res = optimize(bars, BacktestConfig(strategy="sma", sizer="fixed"),
@@ -690,7 +690,7 @@ def test_kernel_engine_defaults_to_one_worker_in_process():
 
 
 def _disk_trials(out):
-    from m2k_bt.optimize import _storage
+    from m2k_bt.optimize.study import _storage
 
     names = optuna.get_all_study_names(_storage(study_storage_url(out)))
     if not names:
@@ -702,7 +702,7 @@ def _disk_trials(out):
 def test_a_private_study_runs_in_memory_and_is_written_in_batches(tmp_path, monkeypatch):
     """The default study.db of --out is this process's alone: trials run on an in-memory
     study and reach the file every FLUSH_SECONDS and at the end, in one batch each."""
-    import m2k_bt.optimize as opt
+    import m2k_bt.optimize.study as opt
 
     seen, where = [], [tmp_path / "o"]
 
@@ -761,7 +761,7 @@ def test_an_interrupted_private_study_keeps_what_finished_and_resumes(tmp_path):
 
 
 def test_a_sqlite_storage_is_made_once_per_file_and_again_when_it_is_replaced(tmp_path):
-    from m2k_bt.optimize import _storage
+    from m2k_bt.optimize.study import _storage
 
     url = f"sqlite:///{tmp_path / 's.db'}"
     first = _storage(url)

@@ -10,7 +10,7 @@ import pytest
 from scipy.stats import kurtosis, norm, skew
 
 from m2k_bt.errors import ConfigError
-from m2k_bt.overfitting import (
+from m2k_bt.optimize.overfitting import (
     EULER_GAMMA,
     daily_returns,
     deflated_sharpe_from_returns,
@@ -213,7 +213,7 @@ def test_pbo_ranks_equal_scipy_average_ranks_with_ties_and_flat_trials():
 
     from scipy.stats import rankdata
 
-    from m2k_bt.overfitting import _sharpe_columns
+    from m2k_bt.optimize.overfitting import _sharpe_columns
 
     rng = np.random.default_rng(5)
     r = np.round(rng.normal(0, 0.01, (64, 6)), 3)

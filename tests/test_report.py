@@ -17,10 +17,10 @@ import pytest
 from conftest import make_bars, pandas_feed
 from test_analyzers import CASH, PLAN, hand_bars, m2k_cerebro
 
-from m2k_bt.analyzers import add_analyzers, equity_frame, metrics_from
+from m2k_bt.analyzers.standard import add_analyzers, equity_frame, metrics_from
 from m2k_bt.contracts import M2K
-from m2k_bt.engine import BacktestResult
-from m2k_bt.report import (
+from m2k_bt.engine.cerebro import BacktestResult
+from m2k_bt.report.summary import (
     REPORT_JSON_SCHEMA,
     REPORT_SCHEMA_VERSION,
     TRADE_COLUMNS,
@@ -222,7 +222,7 @@ def test_summary_prints_none_as_na():
 
 
 def test_summary_caps_warnings_report_keeps_all():
-    from m2k_bt.report import SUMMARY_WARNINGS
+    from m2k_bt.report.summary import SUMMARY_WARNINGS
 
     report = {
         "results": {"start_value": 10000.0, "final_value": 10000.0, "trades": 0},
@@ -319,7 +319,7 @@ class _Alternate(bt.Strategy):
 def test_one_timestamp_format_everywhere_across_dst(tmp_path):
     # 1-minute bars every 6 hours from Saturday 2024-03-09 18:00 to Monday: the clocks change
     # on Sunday 2024-03-10 at 02:00 New York (-05:00 before, -04:00 after)
-    from m2k_bt.report import ny_index_iso, ny_iso
+    from m2k_bt.report.summary import ny_index_iso, ny_iso
 
     idx = pd.DatetimeIndex(["2024-03-09 18:00", "2024-03-10 12:00", "2024-11-03 01:30",
                             "2024-11-03 01:30", "2024-11-03 03:00"])
@@ -346,7 +346,7 @@ def test_money_rounded_to_the_cent_ratios_to_four_decimals(hand_result):
 def test_rerun_reproduces_the_run_exactly(tmp_path):
     from conftest import rth_bars, write_bars_csv
 
-    from m2k_bt.cli import main
+    from m2k_bt.cli.backtest import main
 
     data = write_bars_csv(rth_bars(), tmp_path / "m2k_5min.csv")
     first = tmp_path / "first"
@@ -381,7 +381,7 @@ def test_rerun_reproduces_the_run_exactly(tmp_path):
 def test_rerun_refuses_a_changed_data_file(tmp_path, capsys):
     from conftest import rth_bars, write_bars_csv
 
-    from m2k_bt.cli import main
+    from m2k_bt.cli.backtest import main
 
     data = write_bars_csv(rth_bars(end="2024-02-23"), tmp_path / "m2k_5min.csv")
     assert main(["--data", data, "--out", str(tmp_path / "a"), "--no-plot", "--quiet"]) == 0

@@ -56,7 +56,7 @@ _STORAGES: dict = {}  # one engine (connection pool) per database for the whole 
 
 
 def trials_of(url: str, name: str = "scale", keep_discarded: bool = False):
-    from m2k_bt.optimize import _discarded, _storage
+    from m2k_bt.optimize.study import _discarded, _storage
 
     if url not in _STORAGES:
         _STORAGES[url] = _storage(url)
@@ -152,7 +152,7 @@ def test_tpe_across_two_processes_shares_the_trials_cap_and_repeats_no_set(pg):
 
 
 def test_wrong_password_is_one_masked_line_exit_2(pg, tmp_path, capsys):
-    from m2k_bt.cli import main
+    from m2k_bt.cli.backtest import main
 
     url = pg.url(password="not-the-password", db="postgres")
     assert main(["optimize", "--storage", url, "--out", str(tmp_path / "o"), "--trials", "2",
@@ -180,7 +180,7 @@ def test_server_stopped_mid_study_one_line_exit_2_then_resume_completes(pg, monk
     # resume (here, in this process): the trial the lost connection left RUNNING is re-run
     import scaleout_driver as d
 
-    from m2k_bt.optimize import optimize
+    from m2k_bt.optimize.study import optimize
 
     monkeypatch.setenv("M2K_TEST_DELAY", "0")
     optimize(d.bars(), d.DriverConfig(), ["fast=10:40:10", "slow=100:200:50"], sampler="grid",
@@ -193,7 +193,7 @@ def test_postgresql_url_works_as_written(pg, tmp_path, capsys):
     """``postgresql://`` (no +driver) through the command line, then --status."""
     from conftest import make_bars
 
-    from m2k_bt.cli import main
+    from m2k_bt.cli.backtest import main
 
     bars = make_bars(600, seed=2)
     bars.index = bars.index.tz_localize(None)
@@ -272,7 +272,7 @@ def test_dask_on_the_runs_own_study_db_writes_it_behind(tmp_path):
     """With --out and no --storage the driver is the study's only user (Dask workers only run
     backtests): the study runs in memory and study.db gets every point once, written behind."""
     pytest.importorskip("distributed")
-    from m2k_bt.optimize import study_storage_url
+    from m2k_bt.optimize.study import study_storage_url
 
     cluster = DaskCluster(2, env={"M2K_TEST_DELAY": "0.05"})
     try:
@@ -294,7 +294,7 @@ def test_a_silent_trial_of_another_host_is_retried_after_its_heartbeat_stops(tmp
     elsewhere and whose heartbeat stopped is failed after 3 heartbeats and re-run here."""
     import scaleout_driver as d
 
-    from m2k_bt.optimize import _storage, optimize
+    from m2k_bt.optimize.study import _storage, optimize
 
     monkeypatch.setenv("M2K_TEST_DELAY", "0")
     url = f"sqlite:///{tmp_path / 'study.db'}"

@@ -10,10 +10,10 @@ import pandas as pd
 import pytest
 from conftest import make_bars, rth_bars, write_bars_csv
 
-from m2k_bt.cli import main
-from m2k_bt.engine import BacktestConfig, run_backtest
+from m2k_bt.cli.backtest import main
+from m2k_bt.engine.cerebro import BacktestConfig, run_backtest
 from m2k_bt.errors import DataFeedError, ParameterError
-from m2k_bt.signals import (
+from m2k_bt.feeds.external import (
     Signal,
     SignalFeed,
     align_signal,
@@ -21,7 +21,7 @@ from m2k_bt.signals import (
     parse_signal_spec,
     signal_feed,
 )
-from m2k_bt.strategies import M2KStrategy
+from m2k_bt.strategies.base import M2KStrategy
 
 NY = "America/New_York"
 MODES = [(True, True), (False, True), (False, False)]  # (runonce, preload)
@@ -157,7 +157,7 @@ def test_entries_only_while_signal_in_range(runonce, preload):
 def test_signal_filter_needs_a_signal_line():
     bars = make_bars(10, start="2024-03-05 09:30")
     cerebro = bt.Cerebro(stdstats=False)
-    from m2k_bt.feeds import BarsFeed
+    from m2k_bt.feeds.bars import BarsFeed
 
     cerebro.adddata(BarsFeed(dataname=bars))
     cerebro.addstrategy(Flip, signal_min=1.0)

@@ -9,8 +9,8 @@ import pytest
 from conftest import make_bars, pandas_feed
 
 from m2k_bt.errors import ParameterError
-from m2k_bt.sizers import FixedContracts, KellySizer, kelly_fraction
-from m2k_bt.strategies import BollingerReversion, SmaCrossover
+from m2k_bt.sizers.kelly import FixedContracts, KellySizer, kelly_fraction
+from m2k_bt.strategies.base import BollingerReversion, SmaCrossover
 
 
 # ------------------------------------------------------------------ kelly_fraction
@@ -225,7 +225,7 @@ class _RollFeed(bt.feeds.PandasData):
 
 
 def _planned(plan: dict):
-    from m2k_bt.strategies import M2KStrategy
+    from m2k_bt.strategies.base import M2KStrategy
 
     class Planned(M2KStrategy):
         """Wants the direction of the latest ``plan`` entry at or before this bar."""
@@ -240,7 +240,7 @@ def _planned(plan: dict):
 def test_kelly_counts_a_rolled_position_as_one_trade():
     from scripted import hand_bars
 
-    from m2k_bt.commission import M2KCommInfo
+    from m2k_bt.brokers.commission import M2KCommInfo
 
     opens = {1: 2000.0, 4: 2004.0, 7: 2010.0, 10: 2010.0, 12: 2005.0}
     rows = []
@@ -281,7 +281,7 @@ def test_kelly_counts_a_rolled_position_as_one_trade():
 
 
 def test_signal_trades_leaves_out_a_rolled_position_still_held():
-    from m2k_bt.sizers import signal_trades
+    from m2k_bt.sizers.kelly import signal_trades
 
     log = [
         {"trade_id": 1, "net_pnl": 5.0, "gross_pnl": 6.24, "commission": 1.24, "contracts": 1,

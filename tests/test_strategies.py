@@ -12,8 +12,8 @@ from conftest import make_bars, pandas_feed
 
 from m2k_bt.contracts import is_on_tick
 from m2k_bt.errors import ParameterError
-from m2k_bt.sizers import FixedContracts
-from m2k_bt.strategies import (
+from m2k_bt.sizers.kelly import FixedContracts
+from m2k_bt.strategies.base import (
     STRATEGIES,
     AdaptiveBollinger,
     BollingerReversion,
@@ -29,7 +29,7 @@ MODES = [pytest.param(True, True, id="runonce"), pytest.param(False, False, id="
 def parity_bars() -> pd.DataFrame:
     """>= 10,000 bars for the parity runs: the bundled data when it exists, else a random walk."""
     if BUNDLED.exists():
-        from m2k_bt.feeds import load_bars
+        from m2k_bt.feeds.bars import load_bars
 
         return load_bars(BUNDLED).iloc[-12_000:]
     return make_bars(12_000, seed=3)
@@ -316,7 +316,7 @@ def test_misspelt_kwarg_through_cerebro_raises():
 def test_open_trade_logged_at_the_end_with_exactbars():
     # exactbars=1 releases the line buffers before stop(): the open trade is marked at the
     # broker's last mark-to-market price instead, and still reconciles with equity
-    from m2k_bt.commission import M2KCommInfo
+    from m2k_bt.brokers.commission import M2KCommInfo
 
     results = {}
     for exactbars in (0, 1):

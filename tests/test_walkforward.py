@@ -10,7 +10,7 @@ from conftest import make_bars
 from test_optimize import FakeConfig, fake_run
 
 from m2k_bt.errors import ConfigError
-from m2k_bt.walkforward import (
+from m2k_bt.optimize.walkforward import (
     annualised_return,
     parameter_stability,
     parse_window,
@@ -190,7 +190,7 @@ def test_efficiency_is_oos_over_is_annualised():
 
 
 def test_real_engine_walk_forward_small(tmp_path):
-    from m2k_bt.engine import BacktestConfig
+    from m2k_bt.engine.cerebro import BacktestConfig
 
     bars = make_bars(1800, seed=9)
     cfg = BacktestConfig(strategy="sma", sizer="fixed")
@@ -232,7 +232,7 @@ def test_fold_without_a_feasible_trial_stays_flat_and_says_so():
 
 
 def test_cli_walkforward_by_fold_count_writes_every_output(tmp_path, capsys):
-    from m2k_bt.cli import main
+    from m2k_bt.cli.backtest import main
 
     bars = make_bars(1500, seed=6)
     bars.index = bars.index.tz_localize(None)
@@ -293,7 +293,7 @@ def test_outputs_are_atomic_and_a_planted_symlink_is_not_followed(tmp_path):
 def test_kernel_walk_forward_verifies_each_fold_out_of_sample_in_cerebro(tmp_path):
     """Issue 12: trials in the kernel; each fold's choice is run out of sample in the kernel
     (reported) and in cerebro (a background process): both agree to the cent, per fold."""
-    from m2k_bt.engine import BacktestConfig, run_backtest
+    from m2k_bt.engine.cerebro import BacktestConfig, run_backtest
 
     bars = make_bars(1800, seed=9)
     cfg = BacktestConfig(strategy="sma", sizer="fixed")
@@ -323,7 +323,7 @@ def test_kernel_walk_forward_fails_loudly_when_the_engines_disagree(monkeypatch)
 
     from conftest import kernel_off_by_a_dollar
 
-    from m2k_bt.engine import BacktestConfig
+    from m2k_bt.engine.cerebro import BacktestConfig
     from m2k_bt.errors import M2KError
 
     monkeypatch.setattr(os, "cpu_count", lambda: 1)  # cerebro's check inline, in-process
@@ -340,7 +340,7 @@ def test_kernel_walk_forward_fails_loudly_when_the_engines_disagree(monkeypatch)
 
 
 def test_verify_all_also_checks_each_fold_in_sample():
-    from m2k_bt.engine import BacktestConfig
+    from m2k_bt.engine.cerebro import BacktestConfig
 
     bars = make_bars(1800, seed=9)
     res = walk_forward(bars, BacktestConfig(strategy="sma", sizer="fixed"),

@@ -1,0 +1,39 @@
+"""backtrader analyzers: trades, costs, margin exposure, Kelly decisions, returns and risk, equity."""
+
+from .standard import (
+    TRADING_DAYS_PER_YEAR,
+    ANALYZER_NAMES,
+    MINIMAL_ANALYZER_NAMES,
+    METRIC_KEYS,
+    TradeStats,
+    CostAnalyzer,
+    MarginExposure,
+    KellyLog,
+    ReturnsRisk,
+    EquityCurve,
+    add_analyzers,
+    metrics_from,
+    periods_per_year,
+    equity_frame,
+    trade_statistics,
+    returns_statistics,
+)
+
+__all__ = [
+    "TRADING_DAYS_PER_YEAR",
+    "ANALYZER_NAMES",
+    "MINIMAL_ANALYZER_NAMES",
+    "METRIC_KEYS",
+    "TradeStats",
+    "CostAnalyzer",
+    "MarginExposure",
+    "KellyLog",
+    "ReturnsRisk",
+    "EquityCurve",
+    "add_analyzers",
+    "metrics_from",
+    "periods_per_year",
+    "equity_frame",
+    "trade_statistics",
+    "returns_statistics",
+]

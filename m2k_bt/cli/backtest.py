@@ -1,0 +1,247 @@
+"""The ``run_backtest.py`` command line.
+
+``python run_backtest.py`` runs the default backtest on the bundled data; ``python run_backtest.py
+optimize|walkforward|live ...`` run the other jobs. A user's mistake prints one line on stderr and
+exits with status 2; no traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import re
+import sys
+from pathlib import Path
+
+from .common import (
+    DEFAULT_DATA,
+    ProgressBar,
+    _Parser,
+    add_common_args,
+    config_from_args,
+    default_out,
+    load_data,
+    parse_kv,
+)
+from ..errors import M2KError
+
+__all__ = [
+    "DEFAULT_DATA",
+    "ProgressBar",
+    "add_common_args",
+    "config_from_args",
+    "load_data",
+    "main",
+    "parse_kv",
+]
+
+SUBCOMMANDS = ("optimize", "walkforward", "live")
+
+
+def _list_strategies() -> str:
+    from ..strategies.base import STRATEGIES, strategy_params
+
+    lines = []
+    for name, cls in sorted(STRATEGIES.items()):
+        doc = (cls.__doc__ or "").strip().splitlines()
+        lines.append(f"{name:<10} {cls.__name__}: {doc[0] if doc else ''}")
+        for key, default in strategy_params(cls).items():
+            lines.append(f"    {key} = {default!r}")
+    return "\n".join(lines)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(
+        prog="run_backtest.py",
+        description="Backtest CME Micro E-mini Russell 2000 (M2K) strategies with backtrader. "
+        "Subcommands: optimize, walkforward, live (run 'run_backtest.py SUB --help').",
+    )
+    add_common_args(p)
+    p.add_argument("--list-strategies", action="store_true", help="list strategies and params")
+    p.add_argument("--engine", choices=("cerebro", "kernel"), default="cerebro",
+                   help="cerebro (default) or kernel: the compiled simulation of the built-in "
+                   "strategies, same outputs (falls back to cerebro, saying why, for a "
+                   "configuration it does not model)")
+    p.add_argument("--open", action="store_true", help="open report.html in the web browser")
+    p.add_argument("--rerun", metavar="REPORT_JSON",
+                   help="run again exactly as recorded in a report.json (flags given after it "
+                   "override; --data/--param add)")
+    return p
+
+
+def backtest_main(argv: list[str]) -> int:
+    args = build_parser().parse_args(argv)
+    if args.rerun:
+        from ..report.summary import rerun_argv
+
+        rest = [a for i, a in enumerate(argv) if a != "--rerun" and argv[i - 1 : i] != ["--rerun"]
+                and not a.startswith("--rerun=")]
+        args = build_parser().parse_args(rerun_argv(args.rerun) + rest)
+    if args.list_strategies:
+        print(_list_strategies())
+        return 0
+    from ..engine.cerebro import run_backtest
+    from ..outputs import OutputFolder
+    from ..report.summary import format_summary, write_outputs
+
+    out = Path(args.out) if args.out else default_out(args.strategy)
+    # the folder is checked and locked before the data is loaded, and stays locked to the end
+    with _terminate_like_interrupt(), OutputFolder(out):
+        bars, config = config_from_args(args)
+        progress = ProgressBar("bars", enabled=not args.quiet)
+        result = None
+        if args.engine == "kernel":
+            from ..kernel.simulation import run_kernel_or_say_why
+
+            result = run_kernel_or_say_why(bars, config)
+        try:
+            if result is None:
+                result = run_backtest(bars, config,
+                                      progress=progress if progress.enabled else None)
+        finally:
+            progress.close()
+        paths = write_outputs(result, out, plot=not args.no_plot)
+    if not args.quiet:
+        # print what was saved, so the summary and report.json cannot differ
+        report = json.loads(Path(paths["report"]).read_text())
+        print(format_summary(report))
+        print(f"outputs: {out}{os.sep} ({', '.join(sorted(Path(p).name for p in paths.values()))})")
+    if args.open and "html" in paths:
+        import webbrowser
+
+        webbrowser.open(Path(paths["html"]).resolve().as_uri())
+    return 0
+
+
+class Terminated(BaseException):
+    """SIGTERM, raised like ``KeyboardInterrupt`` so that the run unwinds (temporary files
+    removed, output folder unlocked) and exits with status 143."""
+
+
+def _raise_terminated(signum, frame):
+    raise Terminated()
+
+
+@contextlib.contextmanager
+def _terminate_like_interrupt():
+    """Within the block SIGTERM unwinds the run like Ctrl-C (main thread, default handler
+    only); the handler before it is restored after."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread() or \
+            signal.getsignal(signal.SIGTERM) != signal.SIG_DFL:
+        yield
+        return
+    signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+#: Library hints that speak Python, and the command line's words for them.
+_PYTHON_HINTS = (
+    (re.compile(r" / [A-Za-z_]+=[^,)]*"), ""),  # "(--lenient / lenient=True)" -> "(--lenient)"
+    (re.compile(r"pass spec=None|spec=None"), "--contract none"),
+    (re.compile(r"lenient=True"), "--lenient"),
+    (re.compile(r"snap_to_tick=True"), "--snap-to-tick"),
+    (re.compile(r"(?<![\w-])tz="), "--tz "),
+    (re.compile(r"(?<![\w-])fmt="), "--format "),
+)
+
+
+def cli_message(message: str) -> str:
+    """A library error message in the command line's words: its flags, not Python arguments.
+
+    >>> cli_message("skip the checks (--contract none / spec=None) or pass tz='UTC'")
+    "skip the checks (--contract none) or pass --tz 'UTC'"
+    >>> cli_message("check fmt/tz (--format / fmt=, --tz / tz=)")
+    'check fmt/tz (--format, --tz)'
+    """
+    for pattern, words in _PYTHON_HINTS:
+        message = pattern.sub(words, message)
+    return " ".join(message.split())  # one line
+
+
+@contextlib.contextmanager
+def _checked_out(argv: list[str]):
+    """Check a subcommand's ``--out`` (or ``results``) can be written before it loads any data;
+    a folder made only for the check and left empty is removed again."""
+    if {"-h", "--help", "--status"} & set(argv):
+        yield
+        return
+    from ..outputs import check_writable
+
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--out")
+    known, _ = pre.parse_known_args(argv)
+    folder = Path(known.out) if known.out else Path("results")
+    created = not folder.exists()
+    check_writable(folder)
+    try:
+        yield
+    finally:
+        if created:
+            with contextlib.suppress(OSError):
+                folder.rmdir()  # only when empty
+
+
+def _stdout_closed() -> bool:
+    """True when nobody reads our stdout any more (the pipe's reader has exited)."""
+    try:
+        import select
+
+        poller = select.poll()
+        poller.register(sys.stdout.fileno(), select.POLLOUT)
+        return any(ev & (select.POLLERR | select.POLLHUP) for _, ev in poller.poll(0))
+    except (AttributeError, OSError, ValueError):  # no poll (Windows), or no real stdout
+        return True
+
+
+def _quiet_stdout() -> None:
+    """After a closed pipe (``| head``): send what is left to /dev/null, so that the
+    interpreter's last flush cannot fail again."""
+    with contextlib.suppress(OSError, ValueError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point; returns the exit status (0 done, 2 a user's mistake or an output that
+    cannot be written, 130 interrupted; see README "Guarantees")."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        if argv and argv[0] in SUBCOMMANDS:
+            sub, rest = argv[0], argv[1:]
+            with _checked_out(rest):
+                if sub == "live":
+                    from .live import live_main
+
+                    return live_main(rest)
+                from . import optimize as cli_optimize
+
+                return (cli_optimize.optimize_main if sub == "optimize"
+                        else cli_optimize.walkforward_main)(rest)
+        return backtest_main(argv)
+    except BrokenPipeError:
+        if not _stdout_closed():
+            raise  # a socket or a worker's pipe, not our reader: a real failure
+        # the reader went away (``--list-strategies | head -1``): what it wanted it has
+        _quiet_stdout()
+        return 0
+    except M2KError as exc:
+        print(f"error: {cli_message(str(exc))}", file=sys.stderr)
+        return 2
+    except (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError) as exc:
+        print(f"error: {exc.strerror or exc}: {exc.filename}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130
+    except Terminated:
+        print("error: terminated (SIGTERM)", file=sys.stderr)
+        return 143

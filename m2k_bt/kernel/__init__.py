@@ -1,0 +1,29 @@
+"""The research engine: a compiled simulation proven equal to cerebro's."""
+
+from .simulation import (
+    KernelResult,
+    KernelData,
+    KernelUnsupported,
+    KernelDiverged,
+    simulate,
+    simulate_many,
+    supported,
+    prepare,
+    KERNEL_EXIT_REASONS,
+    run_kernel_or_say_why,
+    run_backtest_fast,
+)
+
+__all__ = [
+    "KernelResult",
+    "KernelData",
+    "KernelUnsupported",
+    "KernelDiverged",
+    "simulate",
+    "simulate_many",
+    "supported",
+    "prepare",
+    "KERNEL_EXIT_REASONS",
+    "run_kernel_or_say_why",
+    "run_backtest_fast",
+]

@@ -1,0 +1,1084 @@
+"""The compiled bar loop of :mod:`m2k_bt.kernel.simulation` (numba, cached on disk).
+
+One function, :func:`run_loop`, replays what cerebro does for the pack's strategies on one
+feed, bar by bar, in backtrader's order: the broker's ``next`` (activate bracket children,
+check submitted orders against cash by pseudo-execution at the order's created price, execute
+pending orders at the open / stop / limit with slippage clipped to the bar, mark to market,
+value, ``FuturesBroker``'s maintenance-margin and negative-equity checks), then the strategy's
+notifications (trade log, re-entry blocks, bracket state), then ``M2KStrategy.next`` (paper
+trades, flat window, signal, exit, roll, entry with the sizer), then the per-bar record.
+Every float operation follows backtrader's and the strategy's order of operations, so the
+results are the same numbers, not merely close ones.
+
+Codes used in the arrays (see :mod:`m2k_bt.kernel.simulation`): reasons 0 signal, 1 stop, 2 target,
+3 session_close, 4 margin_call, 5 roll, 6 end; order types 0 market, 1 stop, 2 limit.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from numba import njit
+
+# order slots
+K = 48
+FREE, SUBMITTED, PENDING, DONE = 0, 1, 2, 3
+MARKET, STOP, LIMIT = 0, 1, 2
+R_SIGNAL, R_STOP, R_TARGET, R_SESSION, R_MARGIN, R_ROLL, R_END = 0, 1, 2, 3, 4, 5, 6
+EV_COMPLETED, EV_MARGIN, EV_REJECTED, EV_CANCELED = 1, 2, 3, 4
+
+# trade rows
+T_ENTRY_I, T_EXIT_I, T_DIR, T_CONTRACTS, T_ENTRY_PX, T_EXIT_PX, T_GROSS, T_COMM = range(8)
+T_NET, T_BARS, T_REASON, T_KP, T_KB, T_KF, T_FILL_I, T_ID = range(8, 16)
+T_COLS = 16
+# decision rows: bar, p, b, f_star, f_used, equity, risk, contracts, binding, trades_used
+D_COLS = 10
+# bindings (sizers.BINDINGS order)
+B_WARMUP, B_NO_EDGE, B_KELLY, B_MAXFRAC, B_ZERO, B_MAXEXP, B_MARGIN, B_MAXC = range(8)
+# margin events: bar, kind (0 margin_call, 1 negative_equity, 2 intraday_cutback), equity,
+# requirement, contracts
+E_COLS = 5
+# int params
+(IP_KIND, IP_EXIT_SIGNAL, IP_LONG_ONLY, IP_FIRST, IP_SIZER, IP_FIXED, IP_LOOKBACK, IP_MIN_TRADES,
+ IP_WARMUP, IP_MAXC, IP_PAPER, IP_RTH, IP_FLAT, IP_LIQUIDATE, IP_HAS_BRACKET) = range(15)
+N_IP = 15
+# float params
+(FP_CASH, FP_COMM, FP_MULT, FP_MARGIN, FP_MAINT, FP_TICK, FP_SLIP, FP_SHADOW_SLIP, FP_SCALE,
+ FP_MAXFRAC, FP_MAXEXP, FP_P10, FP_INTRADAY) = range(13)
+N_FP = 13
+
+
+@njit(cache=True)
+def _grow(a):
+    b = np.full((a.shape[0] * 2, a.shape[1]), np.nan)
+    b[: a.shape[0]] = a
+    return b
+
+
+@njit(cache=True)
+def _sign(x):
+    if x > 0:
+        return 1
+    if x < 0:
+        return -1
+    return 0
+
+
+@njit(cache=True)
+def _tick_price(n, tick, p10):
+    """``round_to_tick``'s result for ``n`` whole ticks: the double nearest n x tick."""
+    return np.rint(n * tick * p10) / p10
+
+
+@njit(cache=True)
+def run_loop(o, h, lw, c, ct, sig, mid, allow_long, allow_short, rth, flatw, roll,
+             stop_n, target_n, inwin, ip, fp):
+    n = len(c)
+    kind, exit_signal, long_only = ip[IP_KIND], ip[IP_EXIT_SIGNAL], ip[IP_LONG_ONLY]
+    first, sizer_kind, fixed_n = ip[IP_FIRST], ip[IP_SIZER], ip[IP_FIXED]
+    lookback, min_trades, warmup_n, max_c = ip[IP_LOOKBACK], ip[IP_MIN_TRADES], ip[IP_WARMUP], \
+        ip[IP_MAXC]
+    paper, rth_only, has_flat, liquidate = ip[IP_PAPER], ip[IP_RTH], ip[IP_FLAT], ip[IP_LIQUIDATE]
+    commission, mult, margin, maint = fp[FP_COMM], fp[FP_MULT], fp[FP_MARGIN], fp[FP_MAINT]
+    tick, slip, shadow_slip, p10 = fp[FP_TICK], fp[FP_SLIP], fp[FP_SHADOW_SLIP], fp[FP_P10]
+    kscale, kmaxfrac, kmaxexp = fp[FP_SCALE], fp[FP_MAXFRAC], fp[FP_MAXEXP]
+    intraday = fp[FP_INTRADAY]  # NaN: no intraday margin
+    has_intraday = not np.isnan(intraday)
+    overnight = margin
+    active = False  # the intraday regime (FuturesBroker._update_regime)
+
+    # ---------------------------------------------------------------- broker state
+    cash = fp[FP_CASH]
+    psize = 0
+    pprice = 0.0
+    adjbase = 0.0
+    value = cash
+    negative = False
+    # order slots
+    o_status = np.zeros(K, np.int64)
+    o_type = np.zeros(K, np.int64)
+    o_size = np.zeros(K, np.int64)
+    o_price = np.zeros(K)
+    o_bar = np.zeros(K, np.int64)
+    o_reason = np.zeros(K, np.int64)
+    o_group = np.full(K, -1, np.int64)  # bracket / oco group id
+    o_parent = np.zeros(K, np.bool_)  # the group's parent (a bracket's entry)
+    o_active = np.zeros(K, np.bool_)
+    o_toact = np.zeros(K, np.bool_)
+    o_seq = np.zeros(K, np.int64)  # submission, then acceptance order
+    o_kelly = np.full(K, -1, np.int64)
+    o_roll = np.zeros(K, np.bool_)  # a roll's reopening order (continues the signal trade)
+    o_child = np.zeros(K, np.bool_)
+    o_tracked = np.zeros(K, np.bool_)
+    o_ours = np.zeros(K, np.bool_)  # cancelled by the strategy
+    o_exsize = np.zeros(K, np.int64)
+    o_expx = np.zeros(K)
+    o_excomm = np.zeros(K)
+    group_alive = np.zeros(4 * n + 16, np.bool_)
+    next_group = 0
+    seq = 0
+    n_used = 0  # slots not FREE: the order machinery is skipped on bars without any
+    # events of the bar, delivered to the strategy after the broker's next
+    ev_kind = np.zeros(4 * K, np.int64)
+    ev_slot = np.zeros(4 * K, np.int64)
+    nev = 0
+
+    # ---------------------------------------------------------------- strategy state
+    live = 0
+    br0 = -1  # bracket children protecting the position
+    br1 = -1
+    br_stop = np.nan
+    br_limit = np.nan
+    blocked = 0
+    t_open = False
+    t_dir = 0
+    t_entry_i = 0
+    t_entry_bar = 0
+    t_kelly = -1
+    t_size = 0
+    t_avg = 0.0
+    t_entry_val = 0.0
+    t_entry_n = 0
+    t_exit_val = 0.0
+    t_exit_n = 0
+    t_gross = 0.0
+    t_comm = 0.0
+    sh_open = False
+    sh_dir = 0
+    sh_px = 0.0
+    sh_next = 0
+    sh_exit = False
+    rolls = 0
+    rej_margin = 0
+    rej_rejected = 0
+    rej_canceled = 0
+    unsupported = 0
+    # Kelly window: per-contract net P&L of closed trades (real and paper), in closing order
+    win = np.zeros(max(lookback, 1))
+    win_n = 0
+    win_pos = 0
+    # a roll's legs are one Kelly sample (sizers.signal_trades): the legs closed so far
+    pend = False
+    pend_net = 0.0
+    pend_n = 0
+    pend_id = 0
+    tid = 0  # signal trades numbered so far (trade_id)
+    t_id = 0
+    n_shadow = 0
+
+    trades = np.full((256, T_COLS), np.nan)
+    ntr = 0
+    dec = np.full((256, D_COLS), np.nan)
+    ndec = 0
+    mev = np.full((64, E_COLS), np.nan)
+    nmev = 0
+    out_value = np.empty(n)
+    costs = np.zeros(5)  # fills, contracts, commission, slippage $, slippage ticks x contracts
+    out_cash = np.empty(n)
+    out_pos = np.empty(n)
+    out_active = np.zeros(n, np.bool_)
+
+    for i in range(n):
+        # =============================================================== broker.next
+        closing_window = False
+        if has_intraday and i >= 1:  # from bar 1 the broker knows the data (a position entry)
+            now = inwin[i]
+            if now != active:
+                held_before = abs(psize) * margin
+                active = now
+                margin = intraday if active else overnight
+                maint = intraday if active else fp[FP_MAINT]
+                held_after = abs(psize) * margin
+                cash += held_before - held_after  # equity unchanged
+                closing_window = not active
+        if n_used:
+            for k in range(K):
+                if o_toact[k]:
+                    o_toact[k] = False
+                    o_active[k] = True
+        # -- check_submitted: pseudo-execute at the created price, in submission order
+        ccash = cash
+        csize = psize
+        while n_used:
+            k = -1
+            best = 1 << 62
+            for j in range(K):
+                if o_status[j] == SUBMITTED and o_seq[j] < best:
+                    best = o_seq[j]
+                    k = j
+            if k < 0:
+                break
+            g = o_group[k]
+            if o_child[k] and g >= 0 and not group_alive[g]:
+                o_status[k] = DONE  # parent gone: backtrader rejects the child
+                ev_kind[nev] = EV_REJECTED
+                ev_slot[nev] = k
+                nev += 1
+                continue
+            size = o_size[k]
+            price = o_price[k]
+            newsize = csize + size
+            if newsize == 0:
+                opened, closed = 0, size
+            elif csize == 0:
+                opened, closed = size, 0
+            elif csize > 0:
+                if size > 0:
+                    opened, closed = size, 0
+                elif newsize > 0:
+                    opened, closed = 0, size
+                else:
+                    opened, closed = newsize, -csize
+            else:
+                if size < 0:
+                    opened, closed = size, 0
+                elif newsize < 0:
+                    opened, closed = 0, size
+                else:
+                    opened, closed = newsize, -csize
+            csize = newsize
+            if closed:
+                ccash += abs(closed) * margin + 0.0
+                ccash -= abs(closed) * commission
+            if opened:
+                ccash -= abs(opened) * margin
+                ccash -= abs(opened) * commission
+            if ccash >= 0.0:
+                o_status[k] = PENDING
+                o_seq[k] = seq
+                seq += 1
+                continue
+            o_status[k] = DONE
+            ev_kind[nev] = EV_MARGIN
+            ev_slot[nev] = k
+            nev += 1
+            if g >= 0 and group_alive[g]:  # cancel what of the group is pending
+                group_alive[g] = False
+                for j in range(K):
+                    if o_group[j] == g and o_status[j] == PENDING:
+                        o_status[j] = DONE
+                        ev_kind[nev] = EV_CANCELED
+                        ev_slot[nev] = j
+                        nev += 1
+        # -- pending orders, in acceptance order
+        last_seq = seq
+        cur = -1
+        while n_used:
+            k = -1
+            best = 1 << 62
+            for j in range(K):
+                if o_status[j] == PENDING and o_seq[j] > cur and o_seq[j] < best \
+                        and o_seq[j] < last_seq:
+                    best = o_seq[j]
+                    k = j
+            if k < 0:
+                break
+            cur = o_seq[k]
+            if not o_active[k]:
+                continue
+            size = o_size[k]
+            buy = size > 0
+            op, hi, lo = o[i], h[i], lw[i]
+            fill = np.nan
+            t = o_type[k]
+            if t == MARKET:
+                if o_bar[k] < i:
+                    if buy:
+                        fill = min(op + slip, max(hi, op)) if slip else op
+                    else:
+                        fill = max(op - slip, min(lo, op)) if slip else op
+            elif t == STOP:
+                px = o_price[k]
+                if buy:
+                    if op >= px:
+                        fill = min(op + slip, max(hi, op)) if slip else op
+                    elif hi >= px:
+                        fill = min(px + slip, max(hi, px)) if slip else px
+                else:
+                    if op <= px:
+                        fill = max(op - slip, min(lo, op)) if slip else op
+                    elif lo <= px:
+                        fill = max(px - slip, min(lo, px)) if slip else px
+            else:
+                px = o_price[k]
+                if buy:
+                    if px >= op:
+                        fill = op
+                    elif px >= lo:
+                        fill = px
+                else:
+                    if px <= op:
+                        fill = op
+                    elif px <= hi:
+                        fill = px
+            if np.isnan(fill):
+                continue
+            # -- _execute(order, ago=0, price=fill)
+            price = fill
+            newsize = psize + size
+            if newsize == 0:
+                opened, closed = 0, size
+            elif psize == 0:
+                opened, closed = size, 0
+            elif psize > 0:
+                if size > 0:
+                    opened, closed = size, 0
+                elif newsize > 0:
+                    opened, closed = 0, size
+                else:
+                    opened, closed = newsize, -psize
+            else:
+                if size < 0:
+                    opened, closed = size, 0
+                elif newsize < 0:
+                    opened, closed = 0, size
+                else:
+                    opened, closed = newsize, -psize
+            ecash = cash
+            closedcomm = 0.0
+            openedcomm = 0.0
+            if closed:
+                ecash += abs(closed) * margin + 0.0
+                closedcomm = abs(closed) * commission
+                ecash -= closedcomm
+                ecash += (-closed) * (price - adjbase) * mult
+                cash = ecash
+            popened = opened
+            if opened:
+                ecash -= abs(opened) * margin
+                openedcomm = abs(opened) * commission
+                ecash -= openedcomm
+                if ecash < 0.0:
+                    opened = 0
+                    openedcomm = 0.0
+                else:
+                    after = psize + closed + opened
+                    if abs(after) > abs(opened):
+                        ecash += (after - opened) * (price - adjbase) * mult
+                    adjbase = price
+                    cash = ecash
+            execsize = closed + opened
+            if execsize:
+                old = psize
+                psize = old + execsize
+                if psize == 0:
+                    pprice = 0.0
+                elif old == 0 or _sign(old) != _sign(psize):
+                    pprice = price
+                elif _sign(execsize) == _sign(old):
+                    pprice = (pprice * old + execsize * price) / psize
+                o_exsize[k] = execsize
+                o_expx[k] = price
+                o_excomm[k] = closedcomm + openedcomm
+                # CostAnalyzer: the price backtrader's rules give this order with no slippage
+                if t == MARKET:
+                    ref = op
+                elif t == STOP:
+                    ref = max(op, o_price[k]) if buy else min(op, o_price[k])
+                else:
+                    ref = min(op, o_price[k]) if buy else max(op, o_price[k])
+                costs[0] += 1
+                costs[1] += abs(execsize)
+                costs[2] += closedcomm + openedcomm
+                costs[3] += (price - ref) * execsize * mult
+                costs[4] += (price - ref) * execsize / tick
+            g = o_group[k]
+            if popened and not opened:
+                # not enough cash for the opening part: Margin (after any closing part)
+                o_status[k] = DONE
+                if execsize:
+                    unsupported = 1  # a partly executed order: not modelled
+                ev_kind[nev] = EV_MARGIN
+                ev_slot[nev] = k
+                nev += 1
+                if g >= 0 and group_alive[g]:
+                    group_alive[g] = False
+                    for j in range(K):
+                        if o_group[j] == g and o_status[j] == PENDING:
+                            o_status[j] = DONE
+                            ev_kind[nev] = EV_CANCELED
+                            ev_slot[nev] = j
+                            nev += 1
+                continue
+            o_status[k] = DONE
+            ev_kind[nev] = EV_COMPLETED
+            ev_slot[nev] = k
+            nev += 1
+            if g >= 0 and group_alive[g]:
+                if o_parent[k]:
+                    for j in range(K):  # a bracket parent filled: its children go live
+                        if o_group[j] == g and o_status[j] == PENDING and j != k:
+                            o_toact[j] = True
+                else:  # a child (or an oco member) filled: the others go
+                    group_alive[g] = False
+                    for j in range(K):
+                        if o_group[j] == g and o_status[j] == PENDING:
+                            o_status[j] = DONE
+                            ev_kind[nev] = EV_CANCELED
+                            ev_slot[nev] = j
+                            nev += 1
+        # -- end of bar: mark to market, value
+        if psize:
+            cash += psize * (c[i] - adjbase) * mult
+            adjbase = c[i]
+            pv = abs(psize) * margin
+            unreal = psize * (c[i] - pprice) * mult
+            value = cash + ((pv - unreal) / 1.0 + unreal)
+        else:
+            value = cash + 0.0
+        # -- FuturesBroker: maintenance margin, intraday cut-back and negative equity
+        requirement = abs(psize) * maint if psize else 0.0
+        check = closing_window
+        if not closing_window:
+            if value >= requirement and value >= 0:
+                negative = False
+            elif requirement:
+                check = True
+        if check:
+            if value < 0 and not negative and psize:
+                if nmev == mev.shape[0]:
+                    mev = _grow(mev)
+                mev[nmev, 0] = i
+                mev[nmev, 1] = 1
+                mev[nmev, 2] = value
+                mev[nmev, 3] = 0.0
+                mev[nmev, 4] = psize
+                nmev += 1
+            negative = value < 0
+            for phase in range(2):
+                forced_alive = False
+                for j in range(K):
+                    if o_status[j] == PENDING and o_reason[j] == R_MARGIN:
+                        forced_alive = True
+                fsize = 0
+                if phase == 0:
+                    if not closing_window or not psize or forced_alive:
+                        continue
+                    allowed = max(0, int(math.floor(max(value, 0.0) / overnight)))
+                    if abs(psize) <= allowed:
+                        continue
+                    cut = abs(psize) - allowed
+                    ekind = 2
+                    ereq = abs(psize) * overnight
+                    fsize = -cut if psize > 0 else cut
+                else:
+                    requirement = abs(psize) * maint if psize else 0.0
+                    if not (requirement and value < requirement and psize) or forced_alive:
+                        continue
+                    ekind = 0
+                    ereq = requirement
+                    fsize = -psize
+                if nmev == mev.shape[0]:
+                    mev = _grow(mev)
+                mev[nmev, 0] = i
+                mev[nmev, 1] = ekind
+                mev[nmev, 2] = value
+                mev[nmev, 3] = ereq
+                mev[nmev, 4] = psize
+                nmev += 1
+                if liquidate:
+                    k = -1
+                    for j in range(K):
+                        if o_status[j] == FREE:
+                            k = j
+                            break
+                    o_status[k] = PENDING
+                    n_used += 1
+                    o_type[k] = MARKET
+                    o_size[k] = fsize
+                    o_price[k] = c[i]
+                    o_bar[k] = i
+                    o_reason[k] = R_MARGIN
+                    o_group[k] = -1
+                    o_parent[k] = False
+                    o_active[k] = True
+                    o_toact[k] = False
+                    o_seq[k] = seq
+                    seq += 1
+                    o_kelly[k] = -1
+                    o_roll[k] = False
+                    o_child[k] = False
+                    o_tracked[k] = False
+                    o_ours[k] = False
+
+        # =============================================================== notifications
+        for e in range(nev):
+            k = ev_slot[e]
+            ek = ev_kind[e]
+            if ek == EV_COMPLETED:
+                # _record_fill -> _apply_fill
+                dsize = o_exsize[k]
+                price = o_expx[k]
+                comm = o_excomm[k]
+                qty = abs(dsize)
+                if t_open and _sign(dsize) != t_dir:
+                    closing = min(qty, t_size)
+                    share = comm * closing / qty
+                    t_gross += (price - t_avg) * closing * t_dir * mult
+                    t_size -= closing
+                    t_exit_val += price * closing
+                    t_exit_n += closing
+                    t_comm += share
+                    qty -= closing
+                    comm -= share
+                    if t_size == 0:
+                        if ntr == trades.shape[0]:
+                            trades = _grow(trades)
+                        net = t_gross - t_comm
+                        trades[ntr, T_ENTRY_I] = t_entry_i
+                        trades[ntr, T_EXIT_I] = i
+                        trades[ntr, T_DIR] = t_dir
+                        trades[ntr, T_CONTRACTS] = t_entry_n
+                        trades[ntr, T_ENTRY_PX] = t_entry_val / t_entry_n
+                        trades[ntr, T_EXIT_PX] = t_exit_val / t_exit_n
+                        trades[ntr, T_GROSS] = t_gross
+                        trades[ntr, T_COMM] = t_comm
+                        trades[ntr, T_NET] = net
+                        trades[ntr, T_BARS] = (i + 1) - t_entry_bar
+                        trades[ntr, T_REASON] = o_reason[k]
+                        trades[ntr, T_ID] = t_id
+                        if t_kelly >= 0:
+                            trades[ntr, T_KP] = dec[t_kelly, 1]
+                            trades[ntr, T_KB] = dec[t_kelly, 2]
+                            trades[ntr, T_KF] = dec[t_kelly, 3]
+                        ntr += 1
+                        if o_reason[k] == R_ROLL:
+                            if not pend:
+                                pend = True
+                                pend_net = 0.0
+                                pend_n = t_entry_n
+                                pend_id = t_id
+                            pend_net += net
+                        elif lookback > 0:
+                            if pend:
+                                win[win_pos] = (pend_net + net) / pend_n
+                                pend = False
+                            else:
+                                win[win_pos] = net / t_entry_n
+                            win_pos = (win_pos + 1) % lookback
+                            win_n = min(win_n + 1, lookback)
+                        else:
+                            pend = False
+                        t_open = False
+                if qty:
+                    if not t_open:
+                        if pend and o_roll[k]:
+                            t_id = pend_id  # the roll's new leg
+                        else:
+                            if pend:  # a roll whose reopening never filled: one leg
+                                pend = False
+                                if lookback > 0:
+                                    win[win_pos] = pend_net / pend_n
+                                    win_pos = (win_pos + 1) % lookback
+                                    win_n = min(win_n + 1, lookback)
+                            tid += 1
+                            t_id = tid
+                        t_open = True
+                        t_dir = _sign(dsize)
+                        t_entry_i = i
+                        t_entry_bar = i + 1
+                        t_kelly = o_kelly[k]
+                        t_size = 0
+                        t_avg = 0.0
+                        t_entry_val = 0.0
+                        t_entry_n = 0
+                        t_exit_val = 0.0
+                        t_exit_n = 0
+                        t_gross = 0.0
+                        t_comm = 0.0
+                    t_avg = (t_avg * t_size + price * qty) / (t_size + qty)
+                    t_size += qty
+                    t_entry_val += price * qty
+                    t_entry_n += qty
+                    t_comm += comm
+            if o_tracked[k]:
+                live -= 1
+                o_tracked[k] = False
+            # _finish
+            reason = o_reason[k]
+            if ek != EV_COMPLETED and o_roll[k] and pend:
+                # the roll's reopening died: the signal trade ended at the roll, one sample
+                pend = False
+                if lookback > 0:
+                    win[win_pos] = pend_net / pend_n
+                    win_pos = (win_pos + 1) % lookback
+                    win_n = min(win_n + 1, lookback)
+            if ek == EV_COMPLETED:
+                if reason == R_MARGIN:
+                    blocked = -_sign(o_exsize[k])
+                    for b in (br0, br1):  # _cancel_bracket
+                        if b >= 0 and o_status[b] == PENDING:
+                            o_ours[b] = True
+                            o_status[b] = DONE
+                            gb = o_group[b]
+                            if gb >= 0 and group_alive[gb]:
+                                group_alive[gb] = False
+                                for j in range(K):
+                                    if o_group[j] == gb and o_status[j] == PENDING:
+                                        o_status[j] = DONE
+                    br0 = -1
+                    br1 = -1
+                    r_stop = br_stop
+                    r_limit = br_limit
+                    br_stop = np.nan
+                    br_limit = np.nan
+                    if psize:  # re-protect what is left, at the same prices (oco pair)
+                        g = -1
+                        if not (np.isnan(r_stop) or np.isnan(r_limit)):
+                            g = next_group
+                            next_group += 1
+                            if g >= group_alive.shape[0]:
+                                unsupported = 3
+                                g = group_alive.shape[0] - 1
+                            group_alive[g] = True
+                        for which in range(2):
+                            px = r_stop if which == 0 else r_limit
+                            if np.isnan(px):
+                                continue
+                            kk = -1
+                            for j in range(K):
+                                if o_status[j] == FREE:
+                                    kk = j
+                                    break
+                            o_status[kk] = SUBMITTED
+                            n_used += 1
+                            o_type[kk] = STOP if which == 0 else LIMIT
+                            o_size[kk] = -psize
+                            o_price[kk] = px
+                            o_bar[kk] = i
+                            o_reason[kk] = R_STOP if which == 0 else R_TARGET
+                            o_group[kk] = g
+                            o_parent[kk] = False
+                            o_active[kk] = True
+                            o_toact[kk] = False
+                            o_seq[kk] = seq
+                            seq += 1
+                            o_kelly[kk] = -1
+                            o_roll[kk] = False
+                            o_child[kk] = True
+                            o_tracked[kk] = False
+                            o_ours[kk] = False
+                            if br0 < 0:
+                                br0 = kk
+                            else:
+                                br1 = kk
+                        br_stop = r_stop
+                        br_limit = r_limit
+                elif o_child[k]:
+                    br0 = -1
+                    br1 = -1
+                    br_stop = np.nan
+                    br_limit = np.nan
+                    if reason == R_STOP or reason == R_TARGET:
+                        blocked = -_sign(o_exsize[k])
+                continue
+            if ek == EV_CANCELED and (o_ours[k] or o_child[k]):
+                continue
+            if ek == EV_MARGIN:
+                rej_margin += 1
+            elif ek == EV_REJECTED:
+                rej_rejected += 1
+            else:
+                rej_canceled += 1
+            entry = reason == R_SIGNAL and _sign(o_size[k]) != -_sign(psize)
+            if entry and (ek == EV_MARGIN or ek == EV_REJECTED):
+                blocked = _sign(o_size[k])
+        nev = 0
+        if n_used:
+            for k in range(K):
+                if o_status[k] == DONE:
+                    o_status[k] = FREE
+                    o_group[k] = -1
+                    n_used -= 1
+
+        # =============================================================== strategy.next
+        if i >= first:
+            # _fill_shadow
+            if sh_exit or sh_next:
+                price = o[i]
+                if sh_exit and sh_open:
+                    comm = commission + commission
+                    gross = (price - sh_px) * sh_dir * mult
+                    net = gross - comm - 2 * shadow_slip
+                    n_shadow += 1
+                    if paper and lookback > 0:
+                        win[win_pos] = net / 1
+                        win_pos = (win_pos + 1) % lookback
+                        win_n = min(win_n + 1, lookback)
+                    sh_open = False
+                sh_exit = False
+                if sh_next:
+                    sh_open = True
+                    sh_dir = sh_next
+                    sh_px = price
+                    sh_next = 0
+            if live:
+                pass
+            elif has_flat and flatw[i]:
+                if psize:
+                    # _close('session_close')
+                    for b in (br0, br1):
+                        if b >= 0 and o_status[b] == PENDING:
+                            o_ours[b] = True
+                            o_status[b] = DONE
+                            gb = o_group[b]
+                            if gb >= 0 and group_alive[gb]:
+                                group_alive[gb] = False
+                                for j in range(K):
+                                    if o_group[j] == gb and o_status[j] == PENDING:
+                                        o_status[j] = DONE
+                            o_group[b] = -1
+                    br0 = -1
+                    br1 = -1
+                    br_stop = np.nan
+                    br_limit = np.nan
+                    k = -1
+                    for j in range(K):
+                        if o_status[j] == FREE:
+                            k = j
+                            break
+                    o_status[k] = SUBMITTED
+                    n_used += 1
+                    o_type[k] = MARKET
+                    o_size[k] = -psize
+                    o_price[k] = c[i]
+                    o_bar[k] = i
+                    o_reason[k] = R_SESSION
+                    o_group[k] = -1
+                    o_parent[k] = False
+                    o_active[k] = True
+                    o_toact[k] = False
+                    o_seq[k] = seq
+                    seq += 1
+                    o_kelly[k] = -1
+                    o_roll[k] = False
+                    o_child[k] = False
+                    o_tracked[k] = True
+                    o_ours[k] = False
+                    live += 1
+                # _check_shadow(0)
+                if sh_next and sh_next != 0:
+                    sh_next = 0
+                if sh_open and sh_dir != 0:
+                    sh_exit = True
+            else:
+                # _signal
+                if kind == 0:
+                    wanted = sig[i]
+                else:
+                    band = sig[i]
+                    if exit_signal or band != 0:
+                        wanted = band
+                    else:
+                        held = _sign(psize)
+                        at = mid[i]
+                        if (held > 0 and at >= 0) or (held < 0 and at <= 0):
+                            wanted = 0
+                        else:
+                            wanted = held
+                target = max(wanted, 0) if long_only else wanted
+                if blocked and target != blocked:
+                    blocked = 0
+                usual = False
+                if not sh_next and not roll[i]:
+                    held = _sign(psize)
+                    if (held == target and not sh_open) or (
+                            held == 0 and sh_open and sh_dir == target):
+                        usual = True
+                if not usual:
+                    # _check_shadow
+                    if sh_next and sh_next != target:
+                        sh_next = 0
+                    if sh_open and sh_dir != target:
+                        sh_exit = True
+                    held = _sign(psize)
+                    do_close = 0
+                    reopen = False
+                    if held and held != target:
+                        do_close = 1  # _check_exit
+                    elif roll[i] and held and held == target:
+                        do_close = 2  # _check_roll
+                        reopen = True
+                    r_stop = br_stop
+                    r_limit = br_limit
+                    r_kelly = t_kelly if t_open else -1
+                    if do_close:
+                        for b in (br0, br1):
+                            if b >= 0 and o_status[b] == PENDING:
+                                o_ours[b] = True
+                                o_status[b] = DONE
+                                gb = o_group[b]
+                                if gb >= 0 and group_alive[gb]:
+                                    group_alive[gb] = False
+                                    for j in range(K):
+                                        if o_group[j] == gb and o_status[j] == PENDING:
+                                            o_status[j] = DONE
+                                o_group[b] = -1
+                        br0 = -1
+                        br1 = -1
+                        br_stop = np.nan
+                        br_limit = np.nan
+                        k = -1
+                        for j in range(K):
+                            if o_status[j] == FREE:
+                                k = j
+                                break
+                        o_status[k] = SUBMITTED
+                        n_used += 1
+                        o_type[k] = MARKET
+                        o_size[k] = -psize
+                        o_price[k] = c[i]
+                        o_bar[k] = i
+                        o_reason[k] = R_SIGNAL if do_close == 1 else R_ROLL
+                        o_group[k] = -1
+                        o_parent[k] = False
+                        o_active[k] = True
+                        o_toact[k] = False
+                        o_seq[k] = seq
+                        seq += 1
+                        o_kelly[k] = -1
+                        o_roll[k] = False
+                        o_child[k] = False
+                        o_tracked[k] = True
+                        o_ours[k] = False
+                        live += 1
+                    # entry: the roll's reopen, or a new entry (_check_entry)
+                    e_dir = 0
+                    e_size = 0
+                    e_kelly = -1
+                    e_stop = np.nan
+                    e_limit = np.nan
+                    if reopen:
+                        rolls += 1
+                        e_dir = held
+                        e_size = abs(psize)
+                        e_kelly = r_kelly
+                        e_stop = r_stop
+                        e_limit = r_limit
+                    elif target and held != target:
+                        allowed = target != blocked
+                        if allowed and rth_only and not rth[i]:
+                            allowed = False
+                        if allowed:
+                            allowed = allow_long[i] if target > 0 else allow_short[i]
+                        sh_dir_now = sh_dir if sh_open else 0
+                        if allowed and not (target == sh_next or (sh_open
+                                                                  and target == sh_dir_now)):
+                            # _size_for
+                            if sizer_kind == 0:
+                                e_size = fixed_n
+                            else:
+                                # KellySizer.decide
+                                price = c[i]
+                                equity = value
+                                free_cash = cash
+                                if psize and (psize > 0) != (target > 0):
+                                    free_cash += abs(psize) * margin
+                                nw = win_n
+                                stop_pts = np.nan
+                                if stop_n[i] >= 0:
+                                    stop_pts = _tick_price(stop_n[i], tick, p10)
+                                stop_risk = stop_pts * mult if stop_pts > 0 else np.nan
+                                kp = np.nan
+                                kb = np.nan
+                                kf = np.nan
+                                f_used = np.nan
+                                risk = stop_risk
+                                contracts = 0
+                                binding = B_WARMUP
+                                capped = False
+                                if nw < min_trades:
+                                    contracts = warmup_n
+                                    capped = True
+                                else:
+                                    nwins = 0
+                                    nloss = 0
+                                    swin = 0.0
+                                    sloss = 0.0
+                                    start = (win_pos - nw) % lookback
+                                    for q in range(nw):
+                                        x = win[(start + q) % lookback]
+                                        if x > 0:
+                                            nwins += 1
+                                            swin += x
+                                        elif x < 0:
+                                            nloss += 1
+                                            sloss += -x
+                                    kp = nwins / nw
+                                    if nwins == 0:
+                                        binding = B_NO_EDGE
+                                    else:
+                                        if nloss:
+                                            kb = (swin / nwins) / (sloss / nloss)
+                                            kf = (kb * kp - (1.0 - kp)) / kb
+                                        else:
+                                            kf = kp
+                                        if kf <= 0:
+                                            binding = B_NO_EDGE
+                                        else:
+                                            if not stop_risk > 0:
+                                                risk = sloss / nloss if nloss else np.nan
+                                            if np.isnan(risk):
+                                                contracts = warmup_n
+                                                binding = B_WARMUP
+                                                capped = True
+                                            else:
+                                                f_used = kscale * kf
+                                                binding = B_KELLY
+                                                if f_used > kmaxfrac:
+                                                    f_used = kmaxfrac
+                                                    binding = B_MAXFRAC
+                                                contracts = int(math.floor(
+                                                    f_used * max(equity, 0.0) / risk + 1e-9))
+                                                if contracts <= 0:
+                                                    contracts = 0
+                                                    binding = B_ZERO
+                                                else:
+                                                    capped = True
+                                if capped:
+                                    cap = int(math.floor(kmaxexp * max(equity, 0.0)
+                                                         / (price * mult) + 1e-9))
+                                    if cap < contracts:
+                                        contracts = cap
+                                        binding = B_MAXEXP
+                                    cap = int(math.floor(max(free_cash, 0.0) / margin + 1e-9))
+                                    if cap < contracts:
+                                        contracts = cap
+                                        binding = B_MARGIN
+                                    if max_c < contracts:
+                                        contracts = max_c
+                                        binding = B_MAXC
+                                contracts = max(0, contracts)
+                                if ndec == dec.shape[0]:
+                                    dec = _grow(dec)
+                                dec[ndec, 0] = i
+                                dec[ndec, 1] = kp
+                                dec[ndec, 2] = kb
+                                dec[ndec, 3] = kf
+                                dec[ndec, 4] = f_used
+                                dec[ndec, 5] = equity
+                                dec[ndec, 6] = risk
+                                dec[ndec, 7] = contracts
+                                dec[ndec, 8] = binding
+                                dec[ndec, 9] = nw
+                                e_kelly = ndec
+                                ndec += 1
+                                e_size = contracts
+                            if e_size <= 0:
+                                sh_next = target  # declined: follow it on paper
+                                e_size = 0
+                            else:
+                                e_dir = target
+                                if stop_n[i] >= 0:
+                                    e_stop = _tick_price(ct[i] - target * stop_n[i], tick,
+                                                         p10)
+                                if target_n[i] >= 0:
+                                    e_limit = _tick_price(ct[i] + target * target_n[i],
+                                                          tick, p10)
+                    if e_dir and e_size > 0:
+                        # _submit_entry
+                        has_children = not (np.isnan(e_stop) and np.isnan(e_limit))
+                        g = -1
+                        if has_children:
+                            g = next_group
+                            next_group += 1
+                            if g >= group_alive.shape[0]:
+                                unsupported = 3
+                                g = group_alive.shape[0] - 1
+                            group_alive[g] = True
+                        k = -1
+                        for j in range(K):
+                            if o_status[j] == FREE:
+                                k = j
+                                break
+                        o_status[k] = SUBMITTED
+                        n_used += 1
+                        o_type[k] = MARKET
+                        o_size[k] = e_dir * e_size
+                        o_price[k] = c[i]
+                        o_bar[k] = i
+                        o_reason[k] = R_SIGNAL
+                        o_group[k] = g
+                        o_parent[k] = has_children
+                        o_active[k] = True
+                        o_toact[k] = False
+                        o_seq[k] = seq
+                        seq += 1
+                        o_kelly[k] = e_kelly
+                        o_roll[k] = reopen
+                        o_child[k] = False
+                        o_tracked[k] = True
+                        o_ours[k] = False
+                        live += 1
+                        if has_children:
+                            br0 = -1
+                            br1 = -1
+                            for which in range(2):
+                                px = e_stop if which == 0 else e_limit
+                                if np.isnan(px):
+                                    continue
+                                k = -1
+                                for j in range(K):
+                                    if o_status[j] == FREE:
+                                        k = j
+                                        break
+                                o_status[k] = SUBMITTED
+                                n_used += 1
+                                o_type[k] = STOP if which == 0 else LIMIT
+                                o_size[k] = -e_dir * e_size
+                                o_price[k] = px
+                                o_bar[k] = i
+                                o_reason[k] = R_STOP if which == 0 else R_TARGET
+                                o_group[k] = g
+                                o_parent[k] = False
+                                o_active[k] = False
+                                o_toact[k] = False
+                                o_seq[k] = seq
+                                seq += 1
+                                o_kelly[k] = -1
+                                o_roll[k] = False
+                                o_child[k] = True
+                                o_tracked[k] = False
+                                o_ours[k] = False
+                                if br0 < 0:
+                                    br0 = k
+                                else:
+                                    br1 = k
+                            br_stop = e_stop
+                            br_limit = e_limit
+        out_value[i] = value
+        out_cash[i] = cash
+        out_pos[i] = psize
+        out_active[i] = active
+
+    # stop(): an open trade is logged at the last close, no exit commission
+    if t_open and t_size:
+        price = c[n - 1]
+        t_gross += (price - t_avg) * t_size * t_dir * mult
+        t_exit_val += price * t_size
+        t_exit_n += t_size
+        t_size = 0
+        if ntr == trades.shape[0]:
+            trades = _grow(trades)
+        trades[ntr, T_ENTRY_I] = t_entry_i
+        trades[ntr, T_EXIT_I] = n - 1
+        trades[ntr, T_DIR] = t_dir
+        trades[ntr, T_CONTRACTS] = t_entry_n
+        trades[ntr, T_ENTRY_PX] = t_entry_val / t_entry_n
+        trades[ntr, T_EXIT_PX] = t_exit_val / t_exit_n
+        trades[ntr, T_GROSS] = t_gross
+        trades[ntr, T_COMM] = t_comm
+        trades[ntr, T_NET] = t_gross - t_comm
+        trades[ntr, T_BARS] = n - t_entry_bar
+        trades[ntr, T_REASON] = R_END
+        trades[ntr, T_ID] = t_id
+        if t_kelly >= 0:
+            trades[ntr, T_KP] = dec[t_kelly, 1]
+            trades[ntr, T_KB] = dec[t_kelly, 2]
+            trades[ntr, T_KF] = dec[t_kelly, 3]
+        ntr += 1
+    counters = np.array([rolls, rej_margin, rej_rejected, rej_canceled, unsupported, n_shadow],
+                        np.int64)
+    return (out_value, out_cash, out_pos, trades[:ntr], dec[:ndec], mev[:nmev], counters, costs,
+            out_active)

@@ -1,0 +1,401 @@
+"""Overfitting statistics for a study of many backtests: Deflated Sharpe Ratio and PBO.
+
+Units. Every Sharpe ratio in this module is **per period and not annualised**: the mean of the
+period returns divided by their sample standard deviation (``ddof=1``), with a zero risk-free
+rate. With daily returns, multiply by ``sqrt(252)`` only for display. Kurtosis is the ordinary
+(Pearson) kurtosis, 3 for a normal distribution, not the excess kurtosis.
+
+- :func:`probabilistic_sharpe_ratio` (PSR): the probability that the true Sharpe ratio exceeds a
+  benchmark ``sr_benchmark``, given ``n_obs`` returns with skewness ``skew`` and kurtosis
+  ``kurtosis`` (Bailey and Lopez de Prado, 2012)::
+
+      PSR(SR*) = Phi((SR - SR*) sqrt(T - 1) / sqrt(1 - g3 SR + (g4 - 1) / 4 SR^2))
+
+- :func:`expected_max_sharpe`: the Sharpe ratio ``SR*`` that the best of ``n_trials``
+  independent skill-less trials reaches by luck alone, when their Sharpe ratios have variance
+  ``sr_variance``::
+
+      SR* = sqrt(V[SR_n]) ((1 - gamma) Phi^-1(1 - 1/N) + gamma Phi^-1(1 - 1/(N e)))
+
+- :func:`deflated_sharpe_ratio` (DSR, Bailey and Lopez de Prado, 2014): PSR against that
+  ``SR*``. A DSR of 0.95 says: 95% probability that the selected strategy's true Sharpe ratio is
+  above what the search would have found by luck.
+- :func:`probability_of_backtest_overfitting` (PBO, Bailey, Borwein, Lopez de Prado and Zhu,
+  2015): combinatorially symmetric cross-validation (CSCV) on a T x N matrix of period returns
+  (T periods, N trials). The share of in-sample/out-of-sample splits in which the in-sample best
+  trial ranks at or below the out-of-sample median.
+
+The paper's worked example (N=100 trials, 5 years of daily returns, annualised SR 2.5, annualised
+variance of the trials' Sharpe ratios 0.5, skewness -3, kurtosis 10; 250 days a year):
+
+>>> round(deflated_sharpe_ratio(2.5 / 250**0.5, n_obs=1250, n_trials=100,
+...                             sr_variance=0.5 / 250, skew=-3, kurtosis=10), 4)
+0.9004
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from itertools import combinations
+
+import numpy as np
+import pandas as pd
+
+from ..errors import ConfigError
+
+__all__ = [
+    "EULER_GAMMA",
+    "sharpe_ratio",
+    "probabilistic_sharpe_ratio",
+    "expected_max_sharpe",
+    "deflated_sharpe_ratio",
+    "DeflatedSharpe",
+    "deflated_sharpe_from_returns",
+    "PBOResult",
+    "probability_of_backtest_overfitting",
+    "daily_returns",
+]
+
+#: Euler-Mascheroni constant, used by :func:`expected_max_sharpe`.
+EULER_GAMMA = 0.5772156649015329
+
+
+def _norm_cdf(x: float) -> float:
+    return 0.5 * math.erfc(-x / math.sqrt(2.0))
+
+
+def _norm_ppf(p: float) -> float:
+    from scipy.stats import norm
+
+    return float(norm.ppf(p))
+
+
+def sharpe_ratio(returns) -> float:
+    """Per-period Sharpe ratio: ``mean / std`` (``ddof=1``), risk-free rate 0.
+
+    Returns ``nan`` with fewer than two returns, ``0.0`` when every return is 0, and +/-``inf``
+    when the returns are constant and non-zero.
+
+    >>> sharpe_ratio([0.01, 0.03])
+    1.4142135623730951
+    """
+    r = np.asarray(returns, dtype=float)
+    r = r[~np.isnan(r)]
+    if r.size < 2:
+        return float("nan")
+    mean = float(r.mean())
+    std = float(r.std(ddof=1))
+    if std == 0.0 or std < 1e-14 * max(1.0, abs(mean)):
+        return 0.0 if mean == 0.0 else math.copysign(math.inf, mean)
+    return mean / std
+
+
+def _check_positive_int(value, name: str, minimum: int = 1) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+        raise ConfigError(f"{name} must be a whole number >= {minimum}, got {value!r}")
+    return int(value)
+
+
+def probabilistic_sharpe_ratio(
+    sr: float,
+    sr_benchmark: float,
+    n_obs: int,
+    skew: float = 0.0,
+    kurtosis: float = 3.0,
+) -> float:
+    """Probability that the true per-period Sharpe ratio exceeds ``sr_benchmark``.
+
+    - ``sr``: the observed per-period (not annualised) Sharpe ratio.
+    - ``sr_benchmark``: the per-period Sharpe ratio to beat (``SR*``).
+    - ``n_obs``: number of returns ``T`` the Sharpe ratio was estimated on (at least 2).
+    - ``skew``: skewness of the returns (def: ``0``, normal).
+    - ``kurtosis``: Pearson kurtosis of the returns (def: ``3``, normal; not excess kurtosis).
+
+    With normal returns and a benchmark of 0, a per-period SR of 0.1 over 101 returns gives
+    ``Phi(0.1 x 10 / sqrt(1 + 0.5 x 0.01))``:
+
+    >>> round(probabilistic_sharpe_ratio(0.1, 0.0, 101), 6)
+    0.840741
+    """
+    n_obs = _check_positive_int(n_obs, "n_obs", 2)
+    denom = 1.0 - skew * sr + (kurtosis - 1.0) / 4.0 * sr * sr
+    if not denom > 0:
+        raise ConfigError(
+            f"PSR undefined: 1 - skew*SR + (kurtosis-1)/4*SR^2 = {denom:.4g} <= 0 for SR={sr}, "
+            f"skew={skew}, kurtosis={kurtosis}; check that SR is per period, not annualised"
+        )
+    z = (sr - sr_benchmark) * math.sqrt(n_obs - 1) / math.sqrt(denom)
+    return _norm_cdf(z)
+
+
+def expected_max_sharpe(n_trials: int, sr_variance: float) -> float:
+    """``SR*``: the expected maximum per-period Sharpe ratio of ``n_trials`` skill-less trials.
+
+    ``sr_variance`` is the variance across trials of their per-period Sharpe ratios. One trial
+    has no selection bias: ``SR* = 0``.
+
+    >>> expected_max_sharpe(1, 0.01)
+    0.0
+    >>> round(expected_max_sharpe(100, 1.0), 4)
+    2.5306
+    """
+    n_trials = _check_positive_int(n_trials, "n_trials")
+    if not (sr_variance >= 0 and math.isfinite(sr_variance)):
+        raise ConfigError(f"sr_variance must be a finite number >= 0, got {sr_variance!r}")
+    if n_trials == 1:
+        return 0.0
+    g = EULER_GAMMA
+    return math.sqrt(sr_variance) * (
+        (1 - g) * _norm_ppf(1 - 1 / n_trials) + g * _norm_ppf(1 - 1 / (n_trials * math.e))
+    )
+
+
+def deflated_sharpe_ratio(
+    sr: float,
+    n_obs: int,
+    n_trials: int,
+    sr_variance: float,
+    skew: float = 0.0,
+    kurtosis: float = 3.0,
+) -> float:
+    """DSR: :func:`probabilistic_sharpe_ratio` against :func:`expected_max_sharpe`.
+
+    All Sharpe figures per period (see the module docstring); ``sr`` is the selected (best)
+    trial's, ``skew`` and ``kurtosis`` are of its returns, ``sr_variance`` is across the trials.
+    """
+    sr_star = expected_max_sharpe(n_trials, sr_variance)
+    return probabilistic_sharpe_ratio(sr, sr_star, n_obs, skew, kurtosis)
+
+
+@dataclass
+class DeflatedSharpe:
+    """What :func:`deflated_sharpe_from_returns` found. Sharpe figures are per period.
+
+    - ``dsr``: the deflated Sharpe ratio, a probability in [0, 1].
+    - ``psr``: PSR of the best trial against 0 (no deflation), for comparison.
+    - ``best``: column label of the best trial; ``sr``: its Sharpe ratio.
+    - ``sr_star``: the deflating benchmark; ``sr_variance``: variance of the trials' Sharpes.
+    - ``n_trials``, ``n_obs``, ``skew``, ``kurtosis``: the other inputs.
+    """
+
+    dsr: float
+    psr: float
+    best: object
+    sr: float
+    sr_star: float
+    sr_variance: float
+    n_trials: int
+    n_obs: int
+    skew: float
+    kurtosis: float
+
+    def as_dict(self) -> dict:
+        return {
+            k: (v if not isinstance(v, np.generic) else v.item()) for k, v in vars(self).items()
+        }
+
+
+def deflated_sharpe_from_returns(
+    returns: pd.DataFrame | np.ndarray, n_trials: int | None = None, selected=None
+) -> DeflatedSharpe:
+    """DSR of the best column of a T x N matrix of period returns (one column per trial).
+
+    ``selected`` (def: the column with the highest Sharpe ratio): the label of the trial the
+    study picked, e.g. the best by another objective; it is deflated by all columns' variance.
+
+    ``n_trials`` (def: the number of columns) may be larger, when the study tried more
+    configurations than it kept. Columns with fewer than two returns or an undefined Sharpe
+    ratio are dropped. Missing returns (NaN) are ignored per column.
+    """
+    frame = pd.DataFrame(returns).astype(float)
+    srs = {c: sharpe_ratio(frame[c].to_numpy()) for c in frame.columns}
+    srs = {c: s for c, s in srs.items() if math.isfinite(s)}
+    if not srs:
+        raise ConfigError(
+            "DSR needs at least one trial with two or more non-constant returns; got none"
+        )
+    n = len(srs) if n_trials is None else _check_positive_int(n_trials, "n_trials")
+    if n < len(srs):
+        raise ConfigError(f"n_trials={n} is below the {len(srs)} trials given")
+    best = max(srs, key=lambda c: srs[c]) if selected is None else selected
+    if best not in srs:
+        raise ConfigError(f"selected trial {selected!r} has no defined Sharpe ratio")
+    values = np.array(list(srs.values()))
+    variance = float(values.var(ddof=1)) if values.size > 1 else 0.0
+    r = frame[best].dropna().to_numpy()
+    from scipy.stats import kurtosis as _kurt
+    from scipy.stats import skew as _skew
+
+    skew = float(_skew(r, bias=True))
+    kurt = float(_kurt(r, fisher=False, bias=True))
+    sr = srs[best]
+    sr_star = expected_max_sharpe(n, variance)
+    return DeflatedSharpe(
+        dsr=probabilistic_sharpe_ratio(sr, sr_star, r.size, skew, kurt),
+        psr=probabilistic_sharpe_ratio(sr, 0.0, r.size, skew, kurt),
+        best=best,
+        sr=sr,
+        sr_star=sr_star,
+        sr_variance=variance,
+        n_trials=n,
+        n_obs=int(r.size),
+        skew=skew,
+        kurtosis=kurt,
+    )
+
+
+@dataclass
+class PBOResult:
+    """What :func:`probability_of_backtest_overfitting` found.
+
+    - ``pbo``: share of the splits whose logit is <= 0 (in-sample best at or below the
+      out-of-sample median).
+    - ``logits``: one ``lambda = ln(w / (1 - w))`` per split, ``w`` the relative OOS rank.
+    - ``n_splits`` (S), ``n_combinations`` (C(S, S/2)), ``n_trials`` (N), ``n_periods`` (T).
+    - ``is_best``: per split, the in-sample best trial's column position.
+    - ``is_performance``, ``oos_performance``: per split, that trial's metric in and out of
+      sample (the pairs behind the paper's performance-degradation plot).
+    - ``prob_oos_loss``: share of splits whose selected trial's OOS metric is < 0.
+    """
+
+    pbo: float
+    logits: list[float]
+    n_splits: int
+    n_combinations: int
+    n_trials: int
+    n_periods: int
+    is_best: list[int] = field(repr=False)
+    is_performance: list[float] = field(repr=False)
+    oos_performance: list[float] = field(repr=False)
+    prob_oos_loss: float = 0.0
+
+    def as_dict(self) -> dict:
+        return dict(vars(self))
+
+
+def _metric_fn(metric: str | Callable) -> Callable[[np.ndarray], np.ndarray]:
+    if callable(metric):
+        return lambda m: np.array([metric(m[:, j]) for j in range(m.shape[1])], dtype=float)
+    if metric == "mean":
+        return lambda m: m.mean(axis=0)
+    if metric == "total":
+        return lambda m: m.sum(axis=0)
+    if metric == "sharpe":
+        return _sharpe_columns
+    raise ConfigError(f"metric must be 'sharpe', 'mean', 'total' or a callable, got {metric!r}")
+
+
+def _sharpe_columns(m: np.ndarray) -> np.ndarray:
+    """:func:`sharpe_ratio` of every column at once (same edge cases)."""
+    mean = m.mean(axis=0)
+    std = m.std(axis=0, ddof=1) if m.shape[0] > 1 else np.full(m.shape[1], np.nan)
+    flat = (std == 0) | (std < 1e-14 * np.maximum(1.0, np.abs(mean)))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        out = np.where(flat, np.sign(mean) * np.inf, mean / std)
+    out[flat & (mean == 0)] = 0.0
+    return out
+
+
+def probability_of_backtest_overfitting(
+    returns: pd.DataFrame | np.ndarray,
+    n_splits: int = 16,
+    metric: str | Callable = "sharpe",
+) -> PBOResult:
+    """PBO by combinatorially symmetric cross-validation (CSCV).
+
+    - ``returns``: T x N matrix of period returns, one column per trial, same periods for all.
+      Missing returns are treated as 0 (no position).
+    - ``n_splits`` (def: ``16``): S, an even number >= 2 of consecutive row blocks. Every one of
+      the C(S, S/2) ways to pick S/2 blocks is one in-sample set; the other blocks are its
+      out-of-sample set. When T is not a multiple of S the first ``T mod S`` blocks get one row
+      more (``numpy.array_split``); no row is dropped.
+    - ``metric`` (def: ``"sharpe"``): per-period Sharpe ratio, ``"mean"``, ``"total"``, or a
+      callable of one column of returns.
+
+    For each split the in-sample best trial ``n*`` (first column on ties) gets its rank among the
+    N out-of-sample metrics (1 = worst, N = best, ties averaged), ``w = rank / (N + 1)`` and
+    ``lambda = ln(w / (1 - w))``; PBO is the share of splits with ``lambda <= 0``.
+
+    >>> import numpy as np
+    >>> r = np.tile([[0.02, 0.01, 0.0]], (8, 1)) + np.array([[0.001], [-0.001]] * 4)
+    >>> probability_of_backtest_overfitting(r, n_splits=4).pbo  # column 0 always best
+    0.0
+    """
+    frame = pd.DataFrame(returns)
+    m = frame.to_numpy(dtype=float)
+    if m.ndim != 2 or m.shape[1] < 2:
+        raise ConfigError(f"PBO needs a T x N matrix with N >= 2 trials, got shape {m.shape}")
+    s = _check_positive_int(n_splits, "n_splits", 2)
+    if s % 2:
+        raise ConfigError(f"n_splits must be even (S/2 blocks in sample), got {s}")
+    t, n = m.shape
+    if t < s:
+        raise ConfigError(
+            f"PBO with n_splits={s} needs at least {s} periods, got {t}; lower n_splits"
+        )
+    m = np.nan_to_num(m, nan=0.0)
+    blocks = np.array_split(np.arange(t), s)
+    perf = _metric_fn(metric)
+
+    logits, best, is_perf, oos_perf = [], [], [], []
+    for chosen in combinations(range(s), s // 2):
+        is_rows = np.concatenate([blocks[i] for i in chosen])
+        oos_rows = np.concatenate([blocks[i] for i in range(s) if i not in chosen])
+        r_is = np.nan_to_num(perf(m[is_rows]), nan=-np.inf)
+        r_oos = np.nan_to_num(perf(m[oos_rows]), nan=-np.inf)
+        n_star = int(np.argmax(r_is))
+        # its rank among the out-of-sample metrics, ties averaged (scipy's rankdata
+        # "average" for one element, without ranking all N 12,870 times)
+        v = r_oos[n_star]
+        rank = float(np.count_nonzero(r_oos < v)) + (np.count_nonzero(r_oos == v) + 1) / 2
+        w = rank / (n + 1)
+        logits.append(math.log(w / (1 - w)))
+        best.append(n_star)
+        is_perf.append(float(r_is[n_star]))
+        oos_perf.append(float(r_oos[n_star]))
+    lam = np.array(logits)
+    return PBOResult(
+        pbo=float(np.mean(lam <= 0)),
+        logits=logits,
+        n_splits=s,
+        n_combinations=len(logits),
+        n_trials=n,
+        n_periods=t,
+        is_best=best,
+        is_performance=is_perf,
+        oos_performance=oos_perf,
+        prob_oos_loss=float(np.mean(np.array(oos_perf) < 0)),
+    )
+
+
+def daily_returns(equity: pd.Series, start_value: float | None = None) -> pd.Series:
+    """Returns per CME trade date from a per-bar account value series.
+
+    The trade date of a bar stamped at or after 18:00 New York time is the next calendar day
+    (the Globex session convention of :func:`m2k_bt.contracts.trade_date`). Each day's return is
+    its last value over the previous day's last value, minus 1; the first day's is against
+    ``start_value`` (def: the first bar's value). Naive timestamps are read as New York time.
+
+    >>> import pandas as pd
+    >>> idx = pd.to_datetime(["2024-01-02 10:00", "2024-01-02 18:00", "2024-01-03 09:00"])
+    >>> r = daily_returns(pd.Series([100.0, 110.0, 121.0], index=idx), start_value=100.0)
+    >>> [str(d.date()) for d in r.index], r.round(4).tolist()
+    (['2024-01-02', '2024-01-03'], [0.0, 0.21])
+    """
+    if not isinstance(equity, pd.Series) or not isinstance(equity.index, pd.DatetimeIndex):
+        raise ConfigError("daily_returns needs a pandas Series indexed by datetime")
+    if equity.empty:
+        return pd.Series(dtype=float)
+    idx = equity.index
+    if idx.tz is not None:
+        idx = idx.tz_convert("America/New_York").tz_localize(None)
+    day = (idx + pd.Timedelta(hours=6)).normalize()
+    last = pd.Series(equity.to_numpy(dtype=float), index=day).groupby(level=0).last()
+    first = float(equity.iloc[0]) if start_value is None else float(start_value)
+    prev = last.shift(1)
+    prev.iloc[0] = first
+    out = last / prev - 1.0
+    out.index = pd.DatetimeIndex(out.index.date, name=None)
+    return out

@@ -1,0 +1,1129 @@
+"""Interactive, self-contained HTML reports built with Bokeh: ``report.html``, ``study.html``,
+``walkforward.html``.
+
+Every file carries Bokeh's JavaScript and CSS inline (``bokeh.resources.INLINE``), so it opens
+offline, from disk, with no server. The charts are Bokeh glyphs; the only JavaScript written
+here is two short Bokeh ``CustomJS`` callbacks (which price resolution to show for the visible
+range, and fitting the price axis to it).
+
+``report.html`` (:func:`write_report_html`), top to bottom:
+
+- summary cards: the headline numbers of report.json;
+- the price chart: candles at the resolution the zoom allows, every entry (triangle up: long,
+  down: short) and exit (shape and colour by exit reason) joined by a line green for a winner and
+  red for a loser, stop and target levels when the trades log them, roll markers (grey dashed
+  verticals), margin events (magenta diamonds), and the strategy's price indicators (SMAs,
+  bands) as lines. A hover on a trade mark shows its row of trades.csv;
+- linked panels below (zoom and pan move them all): equity, drawdown (%), position
+  (contracts), initial margin used vs equity, and the strategy's oscillators (ATR, ADX, RSI) when
+  it has any;
+- monthly returns heatmap, P&L distribution, costs breakdown, Kelly log (fraction wanted vs
+  used, coloured by which cap bound), the trade table (click a header to sort), warnings and
+  data repairs.
+
+**Resolution.** Bars are aggregated into OHLC buckets of 1, 4, 16, ... bars (open first, high
+max, low min, close last: the min/max of each bucket). The chart shows the finest level with at
+most :data:`MAX_CANDLES` candles in view, so a zoomed-out view of 140,000 bars draws a few
+hundred candles and a zoomed-in view draws real bars. Lines (equity, indicators) keep every bar
+up to :data:`MAX_LINE_POINTS`; beyond that each bucket keeps its lowest and highest equity row.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import html
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+__all__ = [
+    "MAX_CANDLES",
+    "MAX_LINE_POINTS",
+    "EXIT_MARKERS",
+    "report_layout",
+    "write_report_html",
+    "write_study_html",
+    "write_walkforward_html",
+]
+
+#: Most candles drawn for the visible range; a coarser level is shown above it.
+MAX_CANDLES = 1500
+
+#: Line panels keep every bar up to this many; above it, min/max per bucket.
+MAX_LINE_POINTS = 50_000
+
+#: Bucket sizes grow by this factor from one resolution level to the next.
+LEVEL_FACTOR = 4
+
+#: Exit reason -> (Bokeh marker, colour) on the price chart.
+EXIT_MARKERS = {
+    "signal": ("x", "#222222"),
+    "stop": ("square", "#d62728"),
+    "target": ("circle", "#2ca02c"),
+    "session_close": ("diamond", "#9467bd"),
+    "margin_call": ("star", "#e377c2"),
+    "roll": ("hex", "#7f7f7f"),
+    "end": ("plus", "#1f77b4"),
+}
+_OTHER_EXIT = ("asterisk", "#8c564b")
+#: Number formats of trade columns in the hover (Bokeh's numeral.js syntax).
+_TOOLTIP_FORMATS = {
+    **dict.fromkeys(("gross_pnl", "commission", "net_pnl"), "{$0,0.00}"),
+    **dict.fromkeys(("entry_price", "exit_price", "stop_level", "target_level"), "{0,0.00}"),
+    **dict.fromkeys(("kelly_p", "kelly_b", "kelly_f"), "{0.0000}"),
+    "ticks": "{0.0}",
+}
+_UP, _DOWN = "#26a69a", "#ef5350"
+_TOOLS = "xpan,xwheel_zoom,box_zoom,reset,save"
+
+_CSS = """
+<style>
+ body { font-family: -apple-system, 'Segoe UI', Helvetica, Arial, sans-serif; margin: 12px 18px; }
+ h1 { font-size: 20px; margin: 4px 0; } h2 { font-size: 16px; margin: 14px 0 4px 0; }
+ .m2k-sub { color: #555; font-size: 13px; }
+ .m2k-cards { display: flex; flex-wrap: wrap; gap: 8px; margin: 8px 0; }
+ .m2k-card { border: 1px solid #ddd; border-radius: 6px; padding: 6px 10px; min-width: 110px;
+             background: #fafafa; }
+ .m2k-card .k { color: #666; font-size: 11px; text-transform: uppercase; }
+ .m2k-card .v { font-size: 17px; font-weight: 600; }
+ .m2k-card .v.neg { color: #c62828; } .m2k-card .v.pos { color: #2e7d32; }
+ .m2k-list { font-size: 13px; } .m2k-list li { margin: 2px 0; }
+ .m2k-note { color: #555; font-size: 12px; }
+ table.m2k { border-collapse: collapse; font-size: 12px; }
+ table.m2k td, table.m2k th { border: 1px solid #ddd; padding: 2px 6px; text-align: right; }
+</style>
+"""
+
+
+# -------------------------------------------------------------------------------------------
+# small helpers
+# -------------------------------------------------------------------------------------------
+
+
+def _to_ms(values) -> np.ndarray:
+    """Milliseconds of wall time for datetimes, ISO strings (any offset dropped) or Timestamps."""
+    idx = pd.DatetimeIndex([_wall(v) for v in values]) if len(values) else pd.DatetimeIndex([])
+    return (idx.as_unit("ms").asi8).astype("float64") if len(idx) else np.zeros(0)
+
+
+def _wall(value) -> pd.Timestamp:
+    ts = pd.Timestamp(value)
+    return ts.tz_localize(None) if ts.tzinfo is not None else ts
+
+
+def _fmt_money(x) -> str:
+    if x is None or (isinstance(x, float) and not math.isfinite(x)):
+        return "n/a"
+    return f"-${-x:,.2f}" if x < 0 else f"${x:,.2f}"
+
+
+def _fmt(x, nd=2, suffix="") -> str:
+    if x is None or (isinstance(x, float) and not math.isfinite(x)):
+        return "n/a"
+    return f"{x:,.{nd}f}{suffix}"
+
+
+def _esc(x) -> str:
+    return html.escape(str(x))
+
+
+def _columns(df: pd.DataFrame) -> dict[str, Any]:
+    """A frame's columns for a ColumnDataSource (numbers as arrays, the rest as lists)."""
+    out = {}
+    for c in df.columns:
+        col = df[c]
+        out[str(c)] = col.to_numpy() if col.dtype.kind in "biuf" else col.tolist()
+    return out
+
+
+def _save_html(layout, path: Path, title: str) -> Path:
+    from bokeh.embed import file_html
+    from bokeh.resources import INLINE
+
+    from ..outputs import atomic_write_text
+
+    return atomic_write_text(Path(path), file_html(layout, resources=INLINE, title=title))
+
+
+# -------------------------------------------------------------------------------------------
+# data of a run
+# -------------------------------------------------------------------------------------------
+
+
+def _bars_of(result: Any) -> pd.DataFrame | None:
+    """OHLC (+ roll) per bar from the strategy's data lines, indexed by wall time (ms)."""
+    strategy = getattr(result, "strategy", None)
+    data = getattr(strategy, "datas", [None])[0] if strategy is not None else None
+    n = getattr(result, "bars", None)
+    if data is not None:
+        try:
+            dt = np.asarray(data.datetime.array, dtype="float64")
+            cols = {k: np.asarray(getattr(data, k).array, dtype="float64")
+                    for k in ("open", "high", "low", "close")}
+        except (AttributeError, IndexError):
+            dt = None
+        if dt is not None and len(dt) and (n is None or len(dt) == n) and all(
+            len(v) == len(dt) for v in cols.values()
+        ):
+            # backtrader's day number: 719163.0 is 1970-01-01; round to the second
+            ms = np.round((dt - 719163.0) * 86400.0) * 1000.0
+            frame = pd.DataFrame(cols, index=ms)
+            roll = getattr(data.lines, "roll", None)
+            if roll is not None and len(roll.array) == len(dt):
+                frame["roll"] = np.nan_to_num(np.asarray(roll.array, dtype="float64"))
+            return frame
+    equity = getattr(result, "equity", None)
+    if equity is not None and len(equity) and "close" in equity:
+        close = equity["close"].to_numpy(dtype="float64")
+        return pd.DataFrame(
+            {"open": close, "high": close, "low": close, "close": close},
+            index=_to_ms(equity.index),
+        )
+    return None
+
+
+def _indicators_of(result: Any, n: int) -> tuple[dict, dict]:
+    """(price overlays, oscillators): label -> values, for indicators with one value per bar."""
+    strategy = getattr(result, "strategy", None)
+    overlay: dict[str, np.ndarray] = {}
+    panel: dict[str, np.ndarray] = {}
+    if strategy is None:
+        return overlay, panel
+    try:
+        indicators = strategy.getindicators()
+    except AttributeError:
+        return overlay, panel
+    for ind in indicators:
+        if not getattr(ind.plotinfo, "plot", True):
+            continue  # an internal helper (backtrader would not plot it either)
+        try:
+            base = ind.plotlabel().replace(" (", "(")
+        except Exception:  # noqa: BLE001 - a label is a nicety
+            base = type(ind).__name__
+        aliases = ind.lines.getlinealiases()
+        for i, alias in enumerate(aliases):
+            arr = np.asarray(ind.lines[i].array, dtype="float64")
+            if len(arr) != n:
+                continue
+            label = base if len(aliases) == 1 else f"{base} {alias}"
+            target = panel if getattr(ind.plotinfo, "subplot", True) else overlay
+            while label in target:
+                label += "'"
+            target[label] = arr
+    return overlay, panel
+
+
+def _trade_frame(result: Any) -> pd.DataFrame:
+    from .records import trade_table
+
+    return trade_table(result)
+
+
+# -------------------------------------------------------------------------------------------
+# resolution levels
+# -------------------------------------------------------------------------------------------
+
+
+def _levels(n: int, max_candles: int = MAX_CANDLES) -> list[int]:
+    """Bucket sizes 1, 4, 16, ... up to the first that shows all ``n`` bars in
+    ``max_candles`` candles.
+
+    >>> _levels(140_000)
+    [1, 4, 16, 64, 256]
+    >>> _levels(1000)
+    [1]
+    """
+    sizes = [1]
+    while math.ceil(n / sizes[-1]) > max_candles:
+        sizes.append(sizes[-1] * LEVEL_FACTOR)
+    return sizes
+
+
+def _aggregate(bars: pd.DataFrame, size: int) -> dict[str, np.ndarray]:
+    """OHLC buckets of ``size`` bars: x at the bucket's middle, open first, high max, low min,
+    close last."""
+    t = bars.index.to_numpy(dtype="float64")
+    o, h, l_, c = (bars[k].to_numpy(dtype="float64") for k in ("open", "high", "low", "close"))
+    if size == 1:
+        x, oo, hh, ll, cc = t, o, h, l_, c
+    else:
+        starts = np.arange(0, len(t), size)
+        ends = np.minimum(starts + size, len(t)) - 1
+        x = (t[starts] + t[ends]) / 2.0
+        oo, cc = o[starts], c[ends]
+        hh = np.maximum.reduceat(h, starts)
+        ll = np.minimum.reduceat(l_, starts)
+    return {
+        "t": x,
+        "open": oo.astype("float32"),
+        "high": hh.astype("float32"),
+        "low": ll.astype("float32"),
+        "close": cc.astype("float32"),
+        "up": (cc >= oo).astype("int8"),
+    }
+
+
+def _line_rows(n: int, value: np.ndarray, max_points: int | None = None) -> np.ndarray:
+    """Row numbers the line panels keep: all of them, or each bucket's min and max of
+    ``value`` (in time order) when there are more than ``max_points``.
+
+    >>> _line_rows(5, np.arange(5.0)).tolist()
+    [0, 1, 2, 3, 4]
+    >>> _line_rows(8, np.array([3., 1, 2, 5, 0, 4, 6, 7]), max_points=4).tolist()
+    [1, 3, 4, 7]
+    """
+    max_points = MAX_LINE_POINTS if max_points is None else max_points
+    if n <= max_points:
+        return np.arange(n)
+    size = math.ceil(2 * n / max_points)
+    starts = np.arange(0, n, size)
+    pad = (-n) % size
+    v = np.concatenate([value, np.full(pad, np.nan)]).reshape(-1, size)
+    lo = np.nanargmin(np.where(np.isnan(v), np.inf, v), axis=1) + starts
+    hi = np.nanargmax(np.where(np.isnan(v), -np.inf, v), axis=1) + starts
+    return np.unique(np.concatenate([lo, hi]))
+
+
+# -------------------------------------------------------------------------------------------
+# the run report
+# -------------------------------------------------------------------------------------------
+
+
+def _cards_html(report: dict) -> str:
+    res = report.get("results", {})
+    inp = report.get("inputs", {})
+    data = inp.get("data", {})
+    strat = inp.get("strategy", {}) or {}
+    root = (inp.get("contract") or {}).get("root") or ""
+
+    def sign(x):
+        return "" if x is None else ("neg" if x < 0 else "pos")
+
+    cards = [
+        ("Final equity", _fmt_money(res.get("final_value")), ""),
+        ("Net profit", _fmt_money(res.get("net_profit")), sign(res.get("net_profit"))),
+        ("Return", _fmt(res.get("return_pct"), 2, " %"), sign(res.get("return_pct"))),
+        ("CAGR", _fmt(None if res.get("cagr") is None else 100 * res["cagr"], 2, " %"),
+         sign(res.get("cagr"))),
+        ("Sharpe", _fmt(res.get("sharpe")), ""),
+        ("Sortino", _fmt(res.get("sortino")), ""),
+        ("Calmar", _fmt(res.get("calmar")), ""),
+        ("Max drawdown", f"{_fmt_money(res.get('max_drawdown'))} "
+         f"({_fmt(res.get('max_drawdown_pct'), 1, ' %')})", "neg"),
+        ("Trades", _fmt(res.get("trades"), 0), ""),
+        ("Win rate", _fmt(None if res.get("win_rate") is None else 100 * res["win_rate"], 1,
+                          " %"), ""),
+        ("Profit factor", _fmt(res.get("profit_factor")), ""),
+        ("Expectancy", _fmt_money(res.get("expectancy")), sign(res.get("expectancy"))),
+        ("SQN", _fmt(res.get("sqn")), ""),
+        ("Commission", _fmt_money(res.get("commission")), ""),
+        ("Slippage", _fmt_money(res.get("slippage")), ""),
+        ("Margin calls", _fmt(res.get("margin_calls"), 0), ""),
+    ]
+    params = strat.get("params") or {}
+    ptext = ", ".join(f"{k}={v}" for k, v in params.items()) if params else "defaults"
+    head = (
+        f"<h1>{_esc(root)} {_esc(strat.get('name') or 'strategy')}: "
+        f"{_esc(data.get('first_dt') or '?')} &rarr; {_esc(data.get('last_dt') or '?')}</h1>"
+        f"<div class='m2k-sub'>{_fmt(data.get('bars'), 0)} bars from "
+        f"{_esc(data.get('path') or 'memory')}; starting equity "
+        f"{_fmt_money(res.get('start_value'))}; parameters: {_esc(ptext)}</div>"
+    )
+    body = "".join(
+        f"<div class='m2k-card'><div class='k'>{_esc(k)}</div>"
+        f"<div class='v {cls}'>{_esc(v)}</div></div>"
+        for k, v, cls in cards
+    )
+    return _CSS + head + f"<div class='m2k-cards'>{body}</div>"
+
+
+def _price_figure(bars, trades, overlay, margin_events, x_range):
+    from bokeh.models import (
+        ColumnDataSource,
+        CustomJS,
+        HoverTool,
+        Range1d,
+        Span,
+    )
+    from bokeh.plotting import figure
+    from bokeh.transform import factor_cmap, factor_mark, linear_cmap
+
+    n = len(bars)
+    lo, hi = float(np.nanmin(bars["low"])), float(np.nanmax(bars["high"]))
+    pad = (hi - lo) * 0.05 or 1.0
+    p = figure(
+        height=430, sizing_mode="stretch_width", x_axis_type="datetime", x_range=x_range,
+        y_range=Range1d(lo - pad, hi + pad, name="price_y"), tools=_TOOLS,
+        active_scroll="xwheel_zoom", title="Price", name="price", output_backend="canvas",
+    )
+    p.yaxis.axis_label = "price (points)"
+    t = bars.index.to_numpy(dtype="float64")
+    step = float(np.median(np.diff(t))) if n > 1 else 60_000.0
+    sizes = _levels(n)
+    groups, sources = [], []
+    for size in sizes:
+        src = ColumnDataSource(_aggregate(bars, size), name=f"ohlc_{size}")
+        color = linear_cmap("up", palette=[_DOWN, _UP], low=0, high=1)
+        wick = p.segment("t", "high", "t", "low", source=src, color=color, line_width=1)
+        body = p.vbar("t", width=step * size * 0.7, top="open", bottom="close", source=src,
+                      fill_color=color, line_color=color)
+        visible = size == sizes[-1]
+        wick.visible = body.visible = visible
+        groups.append([wick, body])
+        sources.append(src)
+
+    for (label, values), colour in zip(overlay.items(), _palette(len(overlay)), strict=False):
+        rows = _line_rows(n, values)
+        src = ColumnDataSource({"t": t[rows], "y": values[rows].astype("float32")})
+        p.line("t", "y", source=src, color=colour, line_width=1.2, legend_label=label)
+
+    if "roll" in bars:
+        for x in t[bars["roll"].to_numpy() > 0][:500]:
+            p.add_layout(Span(location=float(x), dimension="height", line_color="#888888",
+                              line_dash="dashed", line_width=1))
+
+    if len(trades):
+        tsrc = ColumnDataSource(_columns(trades), name="trades")
+        p.segment("x_entry", "entry_price", "x_exit", "exit_price", source=tsrc,
+                  color="link_color", line_width=1.5, line_alpha=0.8)
+        for col, colour in (("stop_level", "#d62728"), ("target_level", "#2ca02c")):
+            if col in trades and trades[col].notna().any():
+                p.segment("x_entry", col, "x_exit", col, source=tsrc, color=colour,
+                          line_dash="dashed", line_width=1.2, legend_label=col.split("_")[0])
+        entries = p.scatter(
+            "x_entry", "entry_price", source=tsrc, size=11, line_color="black",
+            marker=factor_mark("direction", ["triangle", "inverted_triangle"],
+                               ["long", "short"]),
+            fill_color=factor_cmap("direction", [_UP, _DOWN], ["long", "short"]),
+            legend_field="direction", name="entry_marks",
+        )
+        reasons = sorted(set(trades["exit_reason"].astype(str)))
+        exits = p.scatter(
+            "x_exit", "exit_price", source=tsrc, size=10, line_width=2,
+            marker=factor_mark("exit_reason", [EXIT_MARKERS.get(r, _OTHER_EXIT)[0]
+                                               for r in reasons], reasons),
+            color=factor_cmap("exit_reason", [EXIT_MARKERS.get(r, _OTHER_EXIT)[1]
+                                              for r in reasons], reasons),
+            fill_alpha=0.3, legend_field="exit_reason", name="exit_marks",
+        )
+        columns = [c for c in trades.columns if not c.startswith(("x_", "link_"))]
+        p.add_tools(HoverTool(
+            renderers=[entries, exits], name="trade_hover",
+            tooltips=[(c, f"@{{{c}}}{_TOOLTIP_FORMATS.get(c, '')}") for c in columns],
+        ))
+    if margin_events is not None and len(margin_events):
+        msrc = ColumnDataSource(_columns(margin_events), name="margin_events")
+        marks = p.scatter("x", "price", source=msrc, marker="diamond", size=14,
+                          color="#e377c2", legend_label="margin event")
+        p.add_tools(HoverTool(renderers=[marks], tooltips=[
+            (c, f"@{{{c}}}") for c in margin_events.columns if c not in ("x", "price")]))
+    p.legend.location = "top_left"
+    p.legend.click_policy = "hide"
+    p.legend.label_text_font_size = "9pt"
+
+    resolution = CustomJS(
+        args=dict(xr=x_range, yr=p.y_range, groups=groups, sources=sources, sizes=sizes,
+                  step=step, maxc=MAX_CANDLES),
+        code=_RESOLUTION_JS,
+    )
+    x_range.js_on_change("start", resolution)
+    x_range.js_on_change("end", resolution)
+    return p
+
+
+# Picks the finest level with at most maxc candles in view, shows only its renderers, and fits
+# the price axis to the visible candles (binary search in the level's sorted times).
+_RESOLUTION_JS = """
+const span = (xr.end - xr.start) / step;
+let k = sizes.length - 1;
+for (let i = 0; i < sizes.length; i++) { if (span / sizes[i] <= maxc) { k = i; break; } }
+for (let i = 0; i < groups.length; i++) {
+  for (const r of groups[i]) { if (r.visible != (i == k)) { r.visible = (i == k); } }
+}
+const d = sources[k].data, t = d.t, n = t.length;
+let a = 0, b = n;
+while (a < b) { const m = (a + b) >> 1; if (t[m] < xr.start) { a = m + 1; } else { b = m; } }
+let lo = Infinity, hi = -Infinity;
+for (let i = a; i < n && t[i] <= xr.end; i++) {
+  if (d.low[i] < lo) { lo = d.low[i]; }
+  if (d.high[i] > hi) { hi = d.high[i]; }
+}
+if (lo < hi) { const pad = (hi - lo) * 0.05; yr.start = lo - pad; yr.end = hi + pad; }
+"""
+
+
+def _palette(n: int) -> list[str]:
+    base = ["#ff7f0e", "#1f77b4", "#9467bd", "#8c564b", "#17becf", "#bcbd22", "#e377c2"]
+    return [base[i % len(base)] for i in range(n)]
+
+
+def _panel(title, x_range, height, y_label, name):
+    from bokeh.plotting import figure
+
+    p = figure(height=height, sizing_mode="stretch_width", x_axis_type="datetime",
+               x_range=x_range, tools=_TOOLS, active_scroll="xwheel_zoom", title=title,
+               name=name)
+    p.yaxis.axis_label = y_label
+    p.title.text_font_size = "10pt"
+    return p
+
+
+def _curve_panels(result, report, bars_t, panel_ind, x_range):
+    """Equity, drawdown, position, margin vs equity and oscillator panels, linked on x."""
+    from bokeh.models import ColumnDataSource, NumeralTickFormatter
+
+    equity = getattr(result, "equity", None)
+    panels = []
+    if equity is None or not len(equity):
+        return panels
+    value = equity["value"].to_numpy(dtype="float64")
+    n = len(value)
+    rows = _line_rows(n, value)
+    t = _to_ms(equity.index)[rows] if len(bars_t) != n else bars_t[rows]
+    pos = equity["position"].to_numpy(dtype="float64") if "position" in equity else np.zeros(n)
+    margins = (report.get("inputs") or {}).get("margins") or {}
+    initial = margins.get("initial") or 0.0
+    maint = margins.get("maintenance") or 0.0
+    if "drawdown_pct" in equity:
+        dd = equity["drawdown_pct"].to_numpy(dtype="float64")
+    else:
+        peak = np.maximum.accumulate(value)
+        dd = 100.0 * (peak - value) / peak
+    src = ColumnDataSource({
+        "t": t,
+        "value": value[rows].astype("float32"),
+        "dd": (-np.nan_to_num(dd[rows])).astype("float32"),
+        "pos": pos[rows].astype("float32"),
+        "margin": (np.abs(pos[rows]) * initial).astype("float32"),
+        "maint": (np.abs(pos[rows]) * maint).astype("float32"),
+    }, name="curves")
+
+    p = _panel("Equity", x_range, 170, "equity ($)", "equity")
+    p.line("t", "value", source=src, color="#1f77b4", line_width=1.3)
+    p.yaxis.formatter = NumeralTickFormatter(format="$0,0")
+    panels.append(p)
+
+    p = _panel("Drawdown", x_range, 110, "drawdown (%)", "drawdown")
+    p.varea("t", y1="dd", y2=0, source=src, color="#d62728", alpha=0.35)
+    p.line("t", "dd", source=src, color="#d62728", line_width=0.8)
+    panels.append(p)
+
+    p = _panel("Position", x_range, 110, "contracts", "position")
+    p.step("t", "pos", source=src, color="#2ca02c", mode="after")
+    panels.append(p)
+
+    p = _panel("Margin used vs equity", x_range, 140, "$", "margin")
+    p.line("t", "value", source=src, color="#1f77b4", legend_label="equity")
+    p.step("t", "margin", source=src, color="#ff7f0e", mode="after",
+           legend_label=f"initial margin ({_fmt_money(initial)}/contract)")
+    p.step("t", "maint", source=src, color="#d62728", mode="after", line_dash="dotted",
+           legend_label=f"maintenance ({_fmt_money(maint)}/contract)")
+    p.yaxis.formatter = NumeralTickFormatter(format="$0,0")
+    p.legend.location = "top_left"
+    p.legend.label_text_font_size = "8pt"
+    p.legend.click_policy = "hide"
+    panels.append(p)
+
+    if panel_ind:
+        p = _panel("Indicators", x_range, 130, "", "indicators")
+        for (label, values), colour in zip(panel_ind.items(), _palette(len(panel_ind)),
+                                           strict=False):
+            ind_src = ColumnDataSource({"t": t, "y": values[rows].astype("float32")})
+            p.line("t", "y", source=ind_src, color=colour, legend_label=label)
+        p.legend.location = "top_left"
+        p.legend.label_text_font_size = "8pt"
+        panels.append(p)
+    return panels
+
+
+def _monthly_returns(result: Any) -> pd.DataFrame:
+    """Year x month returns (%) from the equity curve: each month's last value over the
+    previous month's (the first month over the starting equity)."""
+    equity = getattr(result, "equity", None)
+    if equity is None or not len(equity):
+        return pd.DataFrame()
+    idx = pd.DatetimeIndex(equity.index)
+    idx = idx.tz_localize(None) if idx.tz is not None else idx
+    value = pd.Series(equity["value"].to_numpy(dtype="float64"), index=idx)
+    month_end = value.groupby(value.index.to_period("M")).last()
+    start = float(getattr(result, "start_value", None) or value.iloc[0])
+    prev = month_end.shift(1).fillna(start)
+    ret = 100.0 * (month_end / prev - 1.0)
+    return pd.DataFrame({"year": ret.index.year.astype(str), "month": ret.index.strftime("%b"),
+                         "ret": ret.to_numpy()})
+
+
+def _monthly_figure(result):
+    from bokeh.models import ColumnDataSource, HoverTool
+    from bokeh.plotting import figure
+    from bokeh.transform import linear_cmap
+
+    df = _monthly_returns(result)
+    if df.empty:
+        return None
+    months = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"]
+    years = sorted(df["year"].unique(), reverse=True)
+    df["label"] = [f"{r:+.1f}%" for r in df["ret"]]
+    lim = max(float(np.nanmax(np.abs(df["ret"]))), 0.01)
+    src = ColumnDataSource(_columns(df), name="monthly")
+    p = figure(title="Monthly returns (%)", x_range=months, y_range=years, height=90 + 34 *
+               len(years), width=560, tools="save", toolbar_location=None, name="monthly_fig")
+    palette = ["#b71c1c", "#e57373", "#ffcdd2", "#f5f5f5", "#c8e6c9", "#81c784", "#1b5e20"]
+    p.rect("month", "year", 1, 1, source=src, line_color="white",
+           fill_color=linear_cmap("ret", palette, low=-lim, high=lim))
+    p.text("month", "year", text="label", source=src, text_align="center",
+           text_baseline="middle", text_font_size="8pt")
+    p.add_tools(HoverTool(tooltips=[("month", "@month @year"), ("return", "@ret{0.00} %")]))
+    p.grid.grid_line_color = None
+    p.axis.axis_line_color = None
+    return p
+
+
+def _pnl_figure(trades):
+    from bokeh.models import ColumnDataSource, HoverTool
+    from bokeh.plotting import figure
+
+    if not len(trades):
+        return None
+    pnl = trades["net_pnl"].astype(float).to_numpy()
+    counts, edges = np.histogram(pnl, bins=min(40, max(5, len(pnl) // 5)))
+    mid = (edges[:-1] + edges[1:]) / 2
+    src = ColumnDataSource({"left": edges[:-1], "right": edges[1:], "count": counts,
+                            "color": [_UP if m >= 0 else _DOWN for m in mid]})
+    p = figure(title=f"P&L per trade ($), {len(pnl)} trades", height=260, width=460,
+               tools="save", toolbar_location=None, name="pnl_hist")
+    p.quad(left="left", right="right", top="count", bottom=0, source=src, fill_color="color",
+           line_color="white")
+    p.add_tools(HoverTool(tooltips=[("P&L", "@left{$0,0} to @right{$0,0}"),
+                                    ("trades", "@count")]))
+    p.xaxis.axis_label = "net P&L per trade ($)"
+    p.yaxis.axis_label = "trades"
+    return p
+
+
+def costs_breakdown(report: dict, trades: pd.DataFrame) -> dict[str, float]:
+    """Costs in $: ``commission`` and ``slippage`` of the run (report.json) and ``rolls``: what
+    the rolls cost (each closes and reopens its contracts: 2 sides x contracts x (commission per
+    side + slippage ticks x tick value)), a part of the first two.
+
+    >>> r = {"results": {"commission": 10.0, "slippage": 0.0},
+    ...      "inputs": {"costs": {"commission": 0.62, "slippage_ticks": 0},
+    ...                 "contract": {"tick_value": 0.5}}}
+    >>> t = pd.DataFrame({"exit_reason": ["roll", "signal"], "contracts": [2, 1]})
+    >>> costs_breakdown(r, t)["rolls"]  # 2 sides x 2 contracts x $0.62
+    2.48
+    """
+    res = report.get("results") or {}
+    costs = (report.get("inputs") or {}).get("costs") or {}
+    tick_value = ((report.get("inputs") or {}).get("contract") or {}).get("tick_value") or 0.0
+    per_side = (costs.get("commission") or 0.0) + (costs.get("slippage_ticks") or 0.0) * tick_value
+    rolled = 0.0
+    if len(trades) and "exit_reason" in trades:
+        rolled = float(trades.loc[trades["exit_reason"] == "roll", "contracts"].sum())
+    return {
+        "commission": float(res.get("commission") or 0.0),
+        "slippage": float(res.get("slippage") or 0.0),
+        "rolls": round(2 * rolled * per_side, 2),
+    }
+
+
+def _costs_figure(report, trades):
+    from bokeh.models import ColumnDataSource, HoverTool
+    from bokeh.plotting import figure
+
+    costs = costs_breakdown(report, trades)
+    names = ["commission", "slippage", "rolls"]
+    src = ColumnDataSource({"name": names, "value": [costs[k] for k in names],
+                            "color": ["#1f77b4", "#ff7f0e", "#7f7f7f"],
+                            "label": [_fmt_money(costs[k]) for k in names]}, name="costs")
+    p = figure(x_range=names, title="Costs ($); rolls are part of the other two",
+               height=260, width=380, tools="save", toolbar_location=None, name="costs_fig")
+    p.vbar("name", top="value", width=0.6, source=src, color="color")
+    p.text("name", "value", text="label", source=src, text_align="center",
+           text_baseline="bottom", text_font_size="9pt")
+    p.add_tools(HoverTool(tooltips=[("", "@name: @value{$0,0.00}")]))
+    p.y_range.start = 0
+    p.y_range.range_padding = 0.15
+    return p
+
+
+def _kelly_figures(report, x_range):
+    from bokeh.models import ColumnDataSource, HoverTool
+    from bokeh.plotting import figure
+    from bokeh.transform import factor_cmap
+
+    kelly = (report.get("analyzers") or {}).get("kelly") or {}
+    decisions = kelly.get("decisions") or []
+    if not decisions:
+        return None
+    df = pd.DataFrame(decisions)
+    df["x"] = _to_ms(df["dt"])
+    for col in ("f_star", "f_used"):
+        df[col] = pd.to_numeric(df.get(col), errors="coerce")
+    df["binding"] = df["binding"].astype(str)
+    df["dt"] = df["dt"].astype(str)
+    kinds = sorted(df["binding"].unique())
+    palette = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#7f7f7f",
+               "#17becf"]
+    src = ColumnDataSource(_columns(df[["x", "dt", "f_star", "f_used", "binding",
+                                        "contracts"]]), name="kelly")
+    p = figure(title="Kelly log: fraction wanted (f*) vs used, coloured by the cap that bound",
+               height=240, sizing_mode="stretch_width", x_axis_type="datetime", x_range=x_range,
+               tools=_TOOLS, active_scroll="xwheel_zoom", name="kelly_fig")
+    p.scatter("x", "f_star", source=src, marker="circle", size=5, color="#bbbbbb",
+              legend_label="f* wanted")
+    used = p.scatter("x", "f_used", source=src, size=6,
+                     color=factor_cmap("binding", palette[: len(kinds)] or ["#1f77b4"], kinds),
+                     legend_field="binding")
+    p.add_tools(HoverTool(renderers=[used], tooltips=[
+        ("dt", "@dt"), ("f*", "@f_star{0.0000}"), ("f used", "@f_used{0.0000}"),
+        ("bound by", "@binding"), ("contracts", "@contracts")]))
+    p.yaxis.axis_label = "fraction of equity"
+    p.legend.location = "top_left"
+    p.legend.label_text_font_size = "8pt"
+    p.legend.click_policy = "hide"
+    counts = df["binding"].value_counts()
+    bsrc = ColumnDataSource({"binding": list(counts.index), "count": counts.to_numpy()})
+    b = figure(x_range=list(counts.index), title="Entries by binding cap", height=240,
+               width=360, tools="save", toolbar_location=None, name="kelly_binding")
+    b.vbar("binding", top="count", width=0.6, source=bsrc,
+           color=factor_cmap("binding", palette[: len(kinds)] or ["#1f77b4"], kinds))
+    b.xaxis.major_label_orientation = 0.6
+    b.y_range.start = 0
+    return p, b
+
+
+def _trade_table(trades):
+    from bokeh.models import ColumnDataSource, DataTable, NumberFormatter, TableColumn
+
+    if not len(trades):
+        return None
+    columns = [c for c in trades.columns if not c.startswith(("x_", "link_"))]
+    src = ColumnDataSource(_columns(trades[columns]), name="trade_table_source")
+    money = {"gross_pnl", "commission", "net_pnl"}
+    cols = []
+    for c in columns:
+        fmt = None
+        if c in money:
+            fmt = NumberFormatter(format="$0,0.00")
+        elif c in ("entry_price", "exit_price", "stop_level", "target_level"):
+            fmt = NumberFormatter(format="0,0.00")
+        cols.append(TableColumn(field=c, title=c, **({"formatter": fmt} if fmt else {})))
+    return DataTable(source=src, columns=cols, sortable=True, reorderable=False, height=320,
+                     sizing_mode="stretch_width", index_position=None, name="trade_table")
+
+
+def _warnings_html(report: dict, result: Any) -> str:
+    warnings = list(report.get("warnings") or [])
+    repairs = [w for w in warnings if w.startswith("data:")]
+    other = [w for w in warnings if not w.startswith("data:")]
+    out = ["<h2>Warnings and data repairs</h2>"]
+    if not warnings:
+        out.append("<p class='m2k-note'>No warnings: no data repairs, margin calls or rejected "
+                   "orders.</p>")
+    if other:
+        out.append(f"<p class='m2k-note'>{len(other)} warning(s):</p><ul class='m2k-list'>"
+                   + "".join(f"<li>{_esc(w)}</li>" for w in other) + "</ul>")
+    if repairs:
+        out.append(f"<p class='m2k-note'>{len(repairs)} data repair(s):</p><ul class='m2k-list'>"
+                   + "".join(f"<li>{_esc(w)}</li>" for w in repairs) + "</ul>")
+    return "".join(out)
+
+
+def _margin_event_frame(result, bars) -> pd.DataFrame:
+    events = list(getattr(result, "margin_events", None) or [])
+    if not events:
+        return pd.DataFrame()
+    rows = []
+    for ev in events:
+        get = ev.get if isinstance(ev, dict) else lambda k, e=ev: getattr(e, k, None)
+        rows.append({k: get(k) for k in ("dt", "kind", "equity", "requirement", "contracts",
+                                          "action")})
+    df = pd.DataFrame(rows)
+    df["x"] = _to_ms(df["dt"])
+    t = bars.index.to_numpy(dtype="float64")
+    i = np.clip(np.searchsorted(t, df["x"].to_numpy()), 0, len(t) - 1)
+    df["price"] = bars["close"].to_numpy()[i]
+    df["dt"] = df["dt"].astype(str)
+    return df.fillna("")
+
+
+def _bracket_levels(result: Any, bars: pd.DataFrame, trades: pd.DataFrame) -> pd.DataFrame:
+    """Add ``stop_level``/``target_level`` to the trades of a strategy with stops or targets,
+    the way :meth:`m2k_bt.strategies.base.M2KStrategy._bracket_for` sets them: from the signal bar's
+    close (the bar before the entry fill), ``stop_ticks``/``target_ticks`` ticks or
+    ``stop_atr``/``target_atr`` times that bar's ATR, floored to whole ticks (>= 1). A trade
+    reopened by a roll keeps the levels of the trade it continues."""
+    strategy = getattr(result, "strategy", None)
+    p = getattr(strategy, "p", None)
+    if p is None or not len(trades) or bars is None or "stop_level" in trades:
+        return trades
+    spec = getattr(getattr(result, "config", None), "spec", None)
+    tick = float(getattr(spec, "tick_size", 0.0) or 0.0)
+    if not tick:
+        return trades
+    atr_line = getattr(strategy, "_atr", None)
+    atr = np.asarray(atr_line.array, dtype="float64") if atr_line is not None else None
+    t = bars.index.to_numpy(dtype="float64")
+    close = bars["close"].to_numpy(dtype="float64")
+    sig = np.clip(np.searchsorted(t, trades["x_entry"].to_numpy()) - 1, 0, len(t) - 1)
+    direction = np.where(trades["direction"] == "long", 1.0, -1.0)
+
+    def distance(kind: str) -> np.ndarray | None:
+        ticks, atrs = getattr(p, f"{kind}_ticks", None), getattr(p, f"{kind}_atr", None)
+        if ticks is not None:
+            points = np.full(len(sig), ticks * tick)
+        elif atrs is not None and atr is not None and len(atr) == len(t):
+            points = atrs * atr[sig]
+        else:
+            return None
+        return np.maximum(1, np.floor(points / tick + 1e-9)) * tick
+
+    out = trades.copy()
+    ref = np.round(close[sig] / tick) * tick
+    for kind, sign in (("stop", -1.0), ("target", 1.0)):
+        dist = distance(kind)
+        if dist is None:
+            continue
+        level = np.round((ref + sign * direction * dist) / tick) * tick
+        reasons = out["exit_reason"].tolist()
+        for i in range(1, len(out)):  # a roll's continuation keeps the carried-over levels
+            if reasons[i - 1] == "roll" and out["entry_dt"].iat[i] == out["exit_dt"].iat[i - 1]:
+                level[i] = level[i - 1]
+        out[f"{kind}_level"] = np.round(level, 6)
+    return out
+
+
+def _plot_trades(trades: pd.DataFrame) -> pd.DataFrame:
+    """The trades.csv rows plus the columns the chart needs (x in ms, link colour)."""
+    df = trades.copy()
+    if not len(df):
+        return df
+    df["x_entry"] = _to_ms(df["entry_dt"])
+    df["x_exit"] = _to_ms(df["exit_dt"])
+    df["link_color"] = np.where(df["net_pnl"].astype(float) >= 0, "#2e7d32", "#c62828")
+    for c in df.columns:
+        if df[c].dtype == object:
+            df[c] = df[c].map(lambda v: "" if v is None else v)
+    return df
+
+
+def report_layout(result: Any, report: dict[str, Any]):
+    """The Bokeh layout of ``report.html`` for a backtest result and its report.json content
+    (see the module doc)."""
+    from bokeh.layouts import column, row
+    from bokeh.models import Div, Range1d
+
+    bars = _bars_of(result)
+    trades = _bracket_levels(result, bars, _plot_trades(_trade_frame(result)))
+    parts: list = [Div(text=_cards_html(report), sizing_mode="stretch_width")]
+    x_range = None
+    if bars is not None and len(bars):
+        t = bars.index.to_numpy(dtype="float64")
+        span = (t[-1] - t[0]) or 3_600_000.0
+        x_range = Range1d(t[0] - span * 0.01, t[-1] + span * 0.01, name="price_x",
+                          bounds=(t[0] - span * 0.05, t[-1] + span * 0.05))
+        overlay, panel_ind = _indicators_of(result, len(bars))
+        price = _price_figure(bars, trades, overlay, _margin_event_frame(result, bars), x_range)
+        panels = [price, *_curve_panels(result, report, t, panel_ind, x_range)]
+        for p in panels[:-1]:
+            p.xaxis.visible = False
+        parts.append(Div(text="<p class='m2k-note'>Scroll to zoom, drag to pan: all panels "
+                         "follow. Candles aggregate bars when zoomed out; a hover on a trade "
+                         "mark shows its trades.csv row; click a legend entry to hide it.</p>",
+                         sizing_mode="stretch_width"))
+        parts.append(column(*panels, sizing_mode="stretch_width"))
+    lower = [f for f in (_monthly_figure(result), _pnl_figure(trades),
+                         _costs_figure(report, trades)) if f is not None]
+    if lower:
+        parts.append(row(*lower))
+    kelly = _kelly_figures(report, x_range if x_range is not None else Range1d(0, 1))
+    if kelly is not None:
+        parts.append(row(kelly[0], kelly[1], sizing_mode="stretch_width"))
+    table = _trade_table(trades)
+    if table is not None:
+        parts.append(Div(text=f"<h2>Trades ({len(trades)})</h2><p class='m2k-note'>The rows "
+                         "of trades.csv; click a column header to sort.</p>",
+                         sizing_mode="stretch_width"))
+        parts.append(table)
+    parts.append(Div(text=_warnings_html(report, result), sizing_mode="stretch_width"))
+    return column(*parts, sizing_mode="stretch_width")
+
+
+def write_report_html(result: Any, path: str | os.PathLike, report: dict[str, Any]) -> Path:
+    """Write ``report.html`` for a backtest result; returns the path.
+
+    - ``result``: a :class:`~m2k_bt.engine.cerebro.BacktestResult` (the strategy's data lines give the
+      candles and indicators; without them the equity curve's close is drawn).
+    - ``report``: its report.json content (``m2k_bt.report.summary.build_report(result)``): the cards,
+      costs, Kelly log and warnings come from it.
+
+    The file is written atomically and carries every resource inline (opens offline).
+    """
+    layout = report_layout(result, report)
+    title = "m2k_bt report"
+    return _save_html(layout, Path(path), title)
+
+
+# -------------------------------------------------------------------------------------------
+# study.html and walkforward.html
+# -------------------------------------------------------------------------------------------
+
+
+def _value(obj, name, default=None):
+    if isinstance(obj, dict):
+        return obj.get(name, default)
+    return getattr(obj, name, default)
+
+
+def _table_html(df: pd.DataFrame, max_rows: int = 200) -> str:
+    if df is None or not len(df):
+        return "<p class='m2k-note'>none</p>"
+    return df.head(max_rows).to_html(classes="m2k", index=False, float_format=lambda x:
+                                     f"{x:,.4g}", na_rep="", border=0)
+
+
+_DSR_TEXT = ("Deflated Sharpe ratio (DSR): the probability that the best trial's Sharpe ratio "
+             "is above zero once the number of trials, their spread and the returns' skew and "
+             "kurtosis are accounted for (Bailey and Lopez de Prado, 2014).")
+_PBO_TEXT = ("Probability of backtest overfitting (PBO): the share of in-sample/out-of-sample "
+             "splits in which the in-sample best parameter set ranks below the median out of "
+             "sample (Bailey et al., 2015); above 0.5 means the selection is mostly luck.")
+
+
+def _trials_frame(result) -> pd.DataFrame:
+    trials = _value(result, "trials")
+    if trials is None:
+        return pd.DataFrame()
+    if isinstance(trials, pd.DataFrame):
+        return trials.copy()
+    rows = []
+    for i, tr in enumerate(trials):
+        if isinstance(tr, dict):
+            row = dict(tr)
+        else:
+            row = {k: getattr(tr, k) for k in ("number", "value", "params", "metrics", "state")
+                   if hasattr(tr, k)}
+        params = row.pop("params", None) or {}
+        metrics = row.pop("metrics", None) or {}
+        row.setdefault("number", i)
+        row.update({f"param_{k}": v for k, v in params.items()})
+        row.update({k: v for k, v in metrics.items() if isinstance(v, (int, float, str))
+                    or v is None})
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def study_layout(result: Any):
+    """Bokeh layout of ``study.html`` (see :func:`write_study_html`)."""
+    from bokeh.layouts import column, row
+    from bokeh.models import ColumnDataSource, Div, HoverTool
+    from bokeh.plotting import figure
+    from bokeh.transform import linear_cmap
+
+    df = _trials_frame(result)
+    objective = _value(result, "objective", "objective") or "objective"
+    value_col = "value" if "value" in df else None
+    params = [c for c in df.columns if c.startswith("param_")]
+    parts: list = []
+    best = _value(result, "best_params") or {}
+    best_value = _value(result, "best_value")
+    dsr = _value(result, "dsr", _value(result, "deflated_sharpe"))
+    pbo = _value(result, "pbo")
+    dsr_v = dsr.get("dsr") if isinstance(dsr, dict) else dsr
+    pbo_v = pbo.get("pbo") if isinstance(pbo, dict) else pbo
+    head = (_CSS + f"<h1>Optimisation study: {len(df)} trials, objective {_esc(objective)}</h1>"
+            f"<div class='m2k-sub'>best value {_fmt(best_value, 4)}; best parameters "
+            f"{_esc(', '.join(f'{k}={v}' for k, v in best.items()) or 'n/a')}</div>"
+            "<div class='m2k-cards'>"
+            f"<div class='m2k-card'><div class='k'>DSR</div><div class='v'>"
+            f"{_esc(_fmt(dsr_v, 3))}</div></div>"
+            f"<div class='m2k-card'><div class='k'>PBO</div><div class='v'>"
+            f"{_esc(_fmt(pbo_v, 3))}</div></div></div>"
+            f"<p class='m2k-note'>{_esc(_DSR_TEXT)}</p><p class='m2k-note'>{_esc(_PBO_TEXT)}</p>")
+    parts.append(Div(text=head, sizing_mode="stretch_width"))
+    if value_col and len(df):
+        vals = pd.to_numeric(df[value_col], errors="coerce")
+        src = ColumnDataSource({"number": df["number"].to_numpy(), "value": vals.to_numpy(),
+                                "best": vals.cummax().to_numpy()}, name="trials")
+        p = figure(title=f"{objective} by trial", height=280, width=560, tools="pan,wheel_zoom,"
+                   "box_zoom,reset,save,hover", name="objective_fig")
+        p.scatter("number", "value", source=src, size=6, legend_label="trial")
+        p.line("number", "best", source=src, color="#d62728", legend_label="best so far")
+        p.xaxis.axis_label = "trial"
+        p.yaxis.axis_label = str(objective)
+        p.legend.location = "bottom_right"
+        figs = [p]
+        finite = vals[np.isfinite(vals)]
+        lo = float(finite.min()) if len(finite) else 0.0
+        hi = float(finite.max()) if len(finite) else 1.0
+        cmap = linear_cmap("value", "Viridis256", low=lo, high=hi if hi > lo else lo + 1)
+        if len(params) == 2:
+            a, b = params
+            hsrc = ColumnDataSource({"a": df[a].astype(str), "b": df[b].astype(str),
+                                     "value": vals.to_numpy()}, name="heatmap")
+            xa = sorted(df[a].unique(), key=_sort_key)
+            xb = sorted(df[b].unique(), key=_sort_key)
+            h = figure(title=f"{objective} by {a[6:]} x {b[6:]}", x_range=[str(v) for v in xa],
+                       y_range=[str(v) for v in xb], height=320, width=520, tools="save",
+                       name="param_heatmap")
+            h.rect("a", "b", 1, 1, source=hsrc, fill_color=cmap, line_color="white")
+            h.add_tools(HoverTool(tooltips=[(a[6:], "@a"), (b[6:], "@b"),
+                                            (str(objective), "@value{0.0000}")]))
+            h.xaxis.axis_label, h.yaxis.axis_label = a[6:], b[6:]
+            figs.append(h)
+        elif len(params) == 1:
+            a = params[0]
+            s = figure(title=f"{objective} by {a[6:]}", height=280, width=520, tools="save",
+                       name="param_scatter")
+            s.scatter(pd.to_numeric(df[a], errors="coerce").to_numpy(), vals.to_numpy(), size=7)
+            figs.append(s)
+        elif len(params) > 2:
+            figs.append(_parallel_coordinates(df, params, vals, cmap, objective))
+        parts.append(row(*figs))
+    shown = df.sort_values(value_col, ascending=False) if value_col and len(df) else df
+    parts.append(Div(text="<h2>Trials (best first)</h2>" + _table_html(shown),
+                     sizing_mode="stretch_width"))
+    return column(*parts, sizing_mode="stretch_width")
+
+
+def _sort_key(v):
+    """Numbers (numpy's too) in numeric order, then anything else by its text.
+
+    >>> sorted([10, np.int64(5), "a"], key=_sort_key)
+    [np.int64(5), 10, 'a']
+    """
+    import numbers
+
+    if isinstance(v, numbers.Number) and not isinstance(v, bool):
+        return (0, float(v), "")
+    return (1, 0.0, str(v))
+
+
+def _parallel_coordinates(df, params, vals, cmap, objective):
+    """One line per trial across the parameters scaled to 0..1 (parallel coordinates)."""
+    from bokeh.models import ColumnDataSource, FixedTicker
+    from bokeh.plotting import figure
+
+    xs, ys = [], []
+    scaled = {}
+    for c in params:
+        col = pd.to_numeric(df[c], errors="coerce")
+        if col.isna().all():
+            codes = pd.Categorical(df[c].astype(str)).codes.astype(float)
+            col = pd.Series(codes)
+        lo, hi = float(col.min()), float(col.max())
+        scaled[c] = ((col - lo) / (hi - lo) if hi > lo else col * 0 + 0.5).to_numpy()
+    for i in range(len(df)):
+        xs.append(list(range(len(params))))
+        ys.append([float(scaled[c][i]) for c in params])
+    src = ColumnDataSource({"xs": xs, "ys": ys, "value": vals.to_numpy()}, name="parallel")
+    p = figure(title=f"Parallel coordinates (colour: {objective})", height=320, width=620,
+               tools="save", name="parallel_fig")
+    p.multi_line("xs", "ys", source=src, line_color=cmap, line_alpha=0.6)
+    p.xaxis.ticker = FixedTicker(ticks=list(range(len(params))))
+    p.xaxis.major_label_overrides = {i: c[6:] for i, c in enumerate(params)}
+    p.yaxis.axis_label = "scaled 0 (min) .. 1 (max)"
+    return p
+
+
+def write_study_html(result: Any, path: str | os.PathLike) -> Path:
+    """Write ``study.html`` for an optimisation result: objective by trial (with the best so
+    far), a parameter heatmap for two parameters (parallel coordinates beyond two), DSR and
+    PBO with one sentence each, and the trial table. ``result`` is an
+    :class:`~m2k_bt.optimize.study.OptimizeResult` or a dict with ``trials`` (rows with ``number``,
+    ``value``, ``params``), ``objective``, ``best_params``, ``best_value``, ``dsr``, ``pbo``."""
+    return _save_html(study_layout(result), Path(path), "m2k_bt study")
+
+
+def _folds_frame(result) -> pd.DataFrame:
+    folds = _value(result, "folds") or []
+    rows = []
+    for i, f in enumerate(folds):
+        row = dict(f) if isinstance(f, dict) else {
+            k: v for k, v in vars(f).items() if not k.startswith("_")
+        } if hasattr(f, "__dict__") else _dc_dict(f)
+        row.setdefault("fold", i)
+        params = row.pop("best_params", row.pop("params", None)) or {}
+        row.update({f"param_{k}": v for k, v in params.items()})
+        for side in ("is", "oos"):
+            metrics = row.pop(f"{side}_metrics", None) or {}
+            row.update({f"{side}_{k}": v for k, v in metrics.items()
+                        if k in ("net_profit", "sharpe", "trades", "max_drawdown_pct")})
+        rows.append({k: v for k, v in row.items()
+                     if v is None or isinstance(v, (int, float, str, _dt.date, pd.Timestamp))})
+    return pd.DataFrame(rows)
+
+
+def _dc_dict(obj) -> dict:
+    import dataclasses
+
+    if dataclasses.is_dataclass(obj):
+        return {f.name: getattr(obj, f.name) for f in dataclasses.fields(obj)}
+    return {}
+
+
+def walkforward_layout(result: Any):
+    """Bokeh layout of ``walkforward.html`` (see :func:`write_walkforward_html`)."""
+    from bokeh.layouts import column, row
+    from bokeh.models import ColumnDataSource, Div, Span
+    from bokeh.plotting import figure
+
+    folds = _folds_frame(result)
+    parts: list = []
+    eff = _value(result, "efficiency", _value(result, "walk_forward_efficiency"))
+    head = (_CSS + f"<h1>Walk-forward: {len(folds)} folds</h1><div class='m2k-cards'>"
+            f"<div class='m2k-card'><div class='k'>Efficiency</div><div class='v'>"
+            f"{_esc(_fmt(eff, 3))}</div></div></div><p class='m2k-note'>Walk-forward "
+            "efficiency: annualised out-of-sample performance over in-sample performance of "
+            "the parameters chosen in sample (1.0: the edge carries over; near 0 or negative: "
+            "it does not).</p>")
+    parts.append(Div(text=head, sizing_mode="stretch_width"))
+    equity = _value(result, "oos_equity", _value(result, "equity"))
+    if isinstance(equity, pd.DataFrame) and "value" in equity:
+        equity = equity["value"]
+    if isinstance(equity, pd.Series) and len(equity):
+        t = _to_ms(equity.index)
+        src = ColumnDataSource({"t": t, "value": equity.to_numpy(dtype="float64")},
+                               name="oos_equity")
+        p = figure(title="Stitched out-of-sample equity (dashed: fold boundaries)", height=320,
+                   sizing_mode="stretch_width", x_axis_type="datetime",
+                   tools="xpan,xwheel_zoom,box_zoom,reset,save", name="oos_fig")
+        p.line("t", "value", source=src, line_width=1.3)
+        for col in ("test_start", "oos_start", "start"):
+            if col in folds:
+                for x in _to_ms(folds[col].dropna()):
+                    p.add_layout(Span(location=float(x), dimension="height",
+                                      line_color="#888888", line_dash="dashed"))
+                break
+        parts.append(p)
+    params = [c for c in folds.columns if c.startswith("param_")]
+    if params and len(folds):
+        figs = []
+        for c in params:
+            vals = pd.to_numeric(folds[c], errors="coerce")
+            if vals.isna().all():
+                continue
+            f = figure(title=f"{c[6:]} chosen per fold", height=200, width=320, tools="save",
+                       name=f"stability_{c[6:]}")
+            f.line(folds["fold"].to_numpy(), vals.to_numpy())
+            f.scatter(folds["fold"].to_numpy(), vals.to_numpy(), size=7)
+            f.xaxis.axis_label = "fold"
+            figs.append(f)
+        if figs:
+            parts.append(Div(text="<h2>Parameter stability</h2>", sizing_mode="stretch_width"))
+            parts.append(row(*figs))
+    parts.append(Div(text="<h2>Folds</h2>" + _table_html(folds), sizing_mode="stretch_width"))
+    return column(*parts, sizing_mode="stretch_width")
+
+
+def write_walkforward_html(result: Any, path: str | os.PathLike) -> Path:
+    """Write ``walkforward.html``: stitched out-of-sample equity with fold boundaries, the
+    per-fold table, the walk-forward efficiency and the parameters chosen per fold (stability).
+    ``result`` is a :class:`~m2k_bt.optimize.walkforward.WalkForwardResult` or a dict with ``folds``,
+    ``oos_equity`` (Series or frame with ``value``) and ``efficiency``."""
+    return _save_html(walkforward_layout(result), Path(path), "m2k_bt walk-forward")
