@@ -46,8 +46,8 @@ sys.path.insert(0, str(HERE.parent))
 
 from bench_compare import cached_bars  # noqa: E402
 
-from m2k_bt.kernel import loop  # noqa: E402
 from m2k_bt.engine.cerebro import BacktestConfig, run_backtest  # noqa: E402
+from m2k_bt.kernel import loop  # noqa: E402
 from m2k_bt.kernel.simulation import prepare, simulate, simulate_many  # noqa: E402
 
 BUNDLED = HERE.parent / "datafeeds" / "m2k_5min.csv.gz"

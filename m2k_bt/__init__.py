@@ -18,12 +18,6 @@ from . import (
     sizers,
     strategies,
 )
-
-# The flat module names of 0.1, kept so that existing scripts go on working.
-from .brokers import commission
-from .brokers import futures as broker
-from .feeds import continuous, events, live
-from .feeds import external as signals
 from .analyzers import (
     CostAnalyzer,
     EquityCurve,
@@ -34,9 +28,10 @@ from .analyzers import (
     add_analyzers,
     metrics_from,
 )
-from .brokers import FuturesBroker, MarginEvent
-from .brokers import M2KCommInfo
-from .feeds import build_continuous, calendar_checkdate, volume_checkcondition
+
+# The flat module names of 0.1, kept so that existing scripts go on working.
+from .brokers import FuturesBroker, M2KCommInfo, MarginEvent, commission
+from .brokers import futures as broker
 from .contracts import (
     M2K,
     RTY,
@@ -57,12 +52,31 @@ from .errors import (
     OutputError,
     ParameterError,
 )
-from .feeds import EventCalendar, load_calendar, read_events_csv
-from .feeds import BarsFeed, load_bars, resample_bars, validate_bars
+from .feeds import (
+    BarsFeed,
+    EventCalendar,
+    QueueFeed,
+    ReplaySource,
+    Signal,
+    SignalFeed,
+    align_signal,
+    build_continuous,
+    calendar_checkdate,
+    continuous,
+    events,
+    live,
+    load_bars,
+    load_calendar,
+    load_signal,
+    read_events_csv,
+    resample_bars,
+    signal_feed,
+    validate_bars,
+    volume_checkcondition,
+)
+from .feeds import external as signals
 from .indicators import AdaptiveBollingerBands, BollingerBandsDdof, FibonacciLevels
-from .feeds import QueueFeed, ReplaySource
 from .report import build_report, format_summary, write_outputs
-from .feeds import Signal, SignalFeed, align_signal, load_signal, signal_feed
 from .sizers import FixedContracts, KellyDecision, KellySizer, kelly_fraction
 from .strategies import (
     STRATEGIES,

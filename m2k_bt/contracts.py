@@ -32,6 +32,7 @@ import re
 from dataclasses import dataclass
 
 from .errors import ContractSpecError, did_you_mean
+from .sessions import GLOBEX_REOPEN
 
 __all__ = [
     "ContractSpec",
@@ -61,9 +62,6 @@ MONTH_CODES = "FGHJKMNQUVXZ"
 
 #: CME roll convention: calendar days between the roll date and the expiry date.
 DEFAULT_ROLL_DAYS = 8
-
-#: New York hour at which the Globex session of the next trade date opens.
-SESSION_OPEN_HOUR = 18
 
 #: Relative tolerance used to decide that a float price sits on the tick grid.
 TICK_TOLERANCE = 1e-6
@@ -448,7 +446,7 @@ def trade_date(when) -> _dt.date:
 
             when = when.astimezone(ZoneInfo("America/New_York"))
         day = when.date()
-        return day + _dt.timedelta(days=1) if when.hour >= SESSION_OPEN_HOUR else day
+        return day + _dt.timedelta(days=1) if when.hour >= GLOBEX_REOPEN.hour else day
     if isinstance(when, _dt.date):
         return when
     raise ContractSpecError(f"expected a date or datetime, got {type(when).__name__}")

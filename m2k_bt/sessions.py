@@ -35,6 +35,7 @@ from __future__ import annotations
 import datetime as _dt
 import functools
 import warnings
+from zoneinfo import ZoneInfo
 
 import numpy as np
 import pandas as pd
@@ -46,6 +47,12 @@ __all__ = [
     "CALENDAR_NAME",
     "RTH_START",
     "RTH_END",
+    "GLOBEX_REOPEN",
+    "NY_ZONE",
+    "EPOCH_ORDINAL",
+    "date2num",
+    "num2datetime64",
+    "trade_dates64",
     "globex_schedule",
     "is_globex_open",
     "in_globex_session",
@@ -66,6 +73,13 @@ CALENDAR_NAME = "CME_Equity"
 #: Regular trading hours of the cash equity market, New York time.
 RTH_START = _dt.time(9, 30)
 RTH_END = _dt.time(16, 0)
+
+#: CME Globex reopens for equity futures at 18:00 New York time; from then on a bar belongs to the
+#: next trade date.
+GLOBEX_REOPEN = _dt.time(18, 0)
+
+#: :data:`NY` as a ``zoneinfo.ZoneInfo``.
+NY_ZONE = ZoneInfo(NY)
 
 _NS_PER_DAY = 86_400 * 10**9
 
@@ -311,3 +325,66 @@ def rth_mask(index) -> np.ndarray:
 def is_rth(ts) -> bool:
     """Whether ``ts`` (naive = New York time) is within regular trading hours."""
     return bool(rth_mask(pd.DatetimeIndex([pd.Timestamp(ts)]))[0])
+
+
+# ------------------------------------------------------------ backtrader's day numbers
+
+#: ``datetime.date(1970, 1, 1).toordinal()``: backtrader's day 1 is 0001-01-01.
+EPOCH_ORDINAL = 719163
+
+
+def date2num(index: pd.DatetimeIndex) -> np.ndarray:
+    """Vectorised ``backtrader.date2num`` of naive wall-clock times, bit for bit."""
+    ns = pd.DatetimeIndex(index).as_unit("ns").asi8
+    days = ns // (86_400 * 10**9)
+    rem = ns - days * 86_400 * 10**9
+    hour = rem // 3_600_000_000_000
+    minute = (rem // 60_000_000_000) % 60
+    second = (rem // 1_000_000_000) % 60
+    micro = (rem // 1000) % 1_000_000
+    base = (days + EPOCH_ORDINAL).astype("float64")
+    # same operation order as backtrader.utils.dateintern.date2num
+    frac = hour / 24.0 + minute / 1440.0 + second / 86400.0 + micro / 86400000000.0
+    return base + frac
+
+
+def num2datetime64(times: np.ndarray) -> np.ndarray:
+    """backtrader float times as ``datetime64[us]``, exactly as ``bt.num2date(t)`` (no tz).
+
+    The same float steps as ``num2date``: whole days, then hours, minutes and seconds by
+    ``divmod(x, 1)`` (floor and remainder, both exact), then microseconds truncated, those
+    below 10 dropped and those above 999,990 rounded up to the next second.
+    """
+    t = np.asarray(times, dtype="float64")
+    days = np.floor(t)
+    part = t - days  # fraction of the day; then hours, minutes, seconds (in place, same steps)
+    part *= 24.0
+    h = np.floor(part)
+    part -= h
+    part *= 60.0
+    m = np.floor(part)
+    part -= m
+    part *= 60.0
+    sec = np.floor(part)
+    part -= sec
+    part *= 1e6
+    us = part.astype("int64")  # truncated, as int()
+    del part
+    us[us < 10] = 0
+    us[us > 999_990] = 1_000_000
+    whole = days.astype("int64")
+    whole -= EPOCH_ORDINAL
+    for unit, count in ((h, 24), (m, 60), (sec, 60)):
+        whole *= count
+        whole += unit.astype("int64")
+    whole *= 1_000_000
+    whole += us
+    return whole.view("datetime64[us]")
+
+
+def trade_dates64(when: np.ndarray) -> np.ndarray:
+    """CME trade dates (``datetime64[D]``) of naive New York ``datetime64`` moments, as
+    :func:`m2k_bt.contracts.trade_date`: from 18:00 on, the next day's."""
+    day = when.astype("datetime64[D]")
+    evening = (when - day) >= np.timedelta64(GLOBEX_REOPEN.hour, "h")
+    return day + evening.astype("int64")

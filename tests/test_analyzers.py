@@ -474,8 +474,8 @@ def test_add_analyzers_names():
 
 @pytest.mark.parametrize("mode", MODES)
 def test_with_futures_broker(mode):
-    from m2k_bt.brokers.futures import FuturesBroker
     from m2k_bt.brokers.commission import M2KCommInfo
+    from m2k_bt.brokers.futures import FuturesBroker
 
     cerebro = bt.Cerebro(stdstats=False, **mode)
     cerebro.broker = FuturesBroker(cash=CASH, slippage_ticks=1)
@@ -612,7 +612,7 @@ def test_replayed_feed_records_every_call():
 
 
 def test_vectorised_times_match_num2date():
-    from m2k_bt.analyzers.standard import _num2datetime64
+    from m2k_bt.sessions import num2datetime64
 
     rng = pytest.importorskip("numpy").random.default_rng(4)
     start = bt.date2num(dt.datetime(2024, 1, 7, 18, 0))
@@ -620,7 +620,7 @@ def test_vectorised_times_match_num2date():
     stamps = start + rng.random(2000) * 800.0  # any time, microseconds included
     edges = [start, start + 0.25, start + 1 - 1e-12, start + 1e-12, 1.0, 719163.0]
     for t in [*minutes, *stamps, *edges]:
-        got = _num2datetime64([t]).tolist()[0]
+        got = num2datetime64([t]).tolist()[0]
         assert got == bt.num2date(t), t
 
 

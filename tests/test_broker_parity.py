@@ -22,8 +22,8 @@ import pytest
 from conftest import make_bars, pandas_feed
 from scripted import Scripted
 
-from m2k_bt.brokers.futures import FuturesBroker
 from m2k_bt.brokers.commission import M2KCommInfo
+from m2k_bt.brokers.futures import FuturesBroker
 
 TICK = 0.10
 SEEDS = range(32)  # x 2 runs of 120 bars each: a few seconds

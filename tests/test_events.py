@@ -17,6 +17,7 @@ from conftest import make_bars, rth_bars, write_bars_csv
 from m2k_bt.cli.backtest import main
 from m2k_bt.engine.cerebro import BacktestConfig, run_backtest
 from m2k_bt.errors import DataFeedError, ParameterError
+from m2k_bt.feeds.bars import BarsFeed
 from m2k_bt.feeds.events import (
     SHIPPED_EVENTS,
     EventCalendar,
@@ -24,7 +25,6 @@ from m2k_bt.feeds.events import (
     load_calendar,
     read_events_csv,
 )
-from m2k_bt.feeds.bars import BarsFeed
 from m2k_bt.report.summary import build_report, validate_report
 from m2k_bt.strategies.base import M2KStrategy
 

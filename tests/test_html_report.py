@@ -14,8 +14,8 @@ import pandas as pd
 import pytest
 from conftest import rth_bars, write_bars_csv
 
-from m2k_bt.report import html as hr
 from m2k_bt.cli.backtest import main
+from m2k_bt.report import html as hr
 from m2k_bt.report.summary import build_report
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")

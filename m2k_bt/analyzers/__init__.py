@@ -1,22 +1,22 @@
 """backtrader analyzers: trades, costs, margin exposure, Kelly decisions, returns and risk, equity."""
 
 from .standard import (
-    TRADING_DAYS_PER_YEAR,
     ANALYZER_NAMES,
-    MINIMAL_ANALYZER_NAMES,
     METRIC_KEYS,
-    TradeStats,
+    MINIMAL_ANALYZER_NAMES,
+    TRADING_DAYS_PER_YEAR,
     CostAnalyzer,
-    MarginExposure,
-    KellyLog,
-    ReturnsRisk,
     EquityCurve,
+    KellyLog,
+    MarginExposure,
+    ReturnsRisk,
+    TradeStats,
     add_analyzers,
+    equity_frame,
     metrics_from,
     periods_per_year,
-    equity_frame,
-    trade_statistics,
     returns_statistics,
+    trade_statistics,
 )
 
 __all__ = [

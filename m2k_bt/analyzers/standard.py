@@ -38,7 +38,8 @@ from typing import Any
 import backtrader as bt
 import numpy as np
 
-from ..contracts import M2K, SESSION_OPEN_HOUR, trade_date
+from ..contracts import M2K, trade_date
+from ..sessions import num2datetime64, trade_dates64
 
 __all__ = [
     "TRADING_DAYS_PER_YEAR",
@@ -121,52 +122,6 @@ def _tick_value(comminfo, tick_size: float | None) -> tuple[float, float]:
 # -------------------------------------------------------------------------------------------
 # the per-bar recorder shared by MarginExposure, ReturnsRisk and EquityCurve
 # -------------------------------------------------------------------------------------------
-
-_EPOCH_ORDINAL = _dt.date(1970, 1, 1).toordinal()  # backtrader day 1 is 0001-01-01
-_US_PER_DAY = 86_400_000_000
-
-
-def _num2datetime64(times: np.ndarray) -> np.ndarray:
-    """backtrader float times as ``datetime64[us]``, exactly as ``bt.num2date(t)`` (no tz).
-
-    The same float steps as ``num2date``: whole days, then hours, minutes and seconds by
-    ``divmod(x, 1)`` (floor and remainder, both exact), then microseconds truncated, those
-    below 10 dropped and those above 999,990 rounded up to the next second.
-    """
-    t = np.asarray(times, dtype="float64")
-    days = np.floor(t)
-    part = t - days  # fraction of the day; then hours, minutes, seconds (in place, same steps)
-    part *= 24.0
-    h = np.floor(part)
-    part -= h
-    part *= 60.0
-    m = np.floor(part)
-    part -= m
-    part *= 60.0
-    sec = np.floor(part)
-    part -= sec
-    part *= 1e6
-    us = part.astype("int64")  # truncated, as int()
-    del part
-    us[us < 10] = 0
-    us[us > 999_990] = 1_000_000
-    whole = days.astype("int64")
-    whole -= _EPOCH_ORDINAL
-    for unit, count in ((h, 24), (m, 60), (sec, 60)):
-        whole *= count
-        whole += unit.astype("int64")
-    whole *= 1_000_000
-    whole += us
-    return whole.view("datetime64[us]")
-
-
-def _trade_dates64(when: np.ndarray) -> np.ndarray:
-    """CME trade dates (``datetime64[D]``) of naive New York ``datetime64`` moments, as
-    :func:`m2k_bt.contracts.trade_date`: from 18:00 on, the next day's."""
-    day = when.astype("datetime64[D]")
-    evening = (when - day) >= np.timedelta64(SESSION_OPEN_HOUR, "h")
-    return day + evening.astype("int64")
-
 
 def _view(values, n: int) -> np.ndarray:
     """The first ``n`` values of a finished line buffer without copying them when it is an
@@ -364,7 +319,7 @@ class _BarRecorder:
         if key == "datetimes":
             times = self.column("times")
             if self.tz is None:
-                return _num2datetime64(times)
+                return num2datetime64(times)
             return np.array(
                 [bt.num2date(t, tz=self.tz, naive=True) for t in times.tolist()],
                 dtype="datetime64[us]",
@@ -999,7 +954,7 @@ class ReturnsRisk(bt.Analyzer):
 
     def stop(self) -> None:
         rec = self._rec
-        _, per_date = np.unique(_trade_dates64(rec.datetimes_np()), return_counts=True)
+        _, per_date = np.unique(trade_dates64(rec.datetimes_np()), return_counts=True)
         periods = self.p.periods or _periods(
             self.data._timeframe, self.data._compression, per_date.tolist()
         )

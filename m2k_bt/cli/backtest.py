@@ -15,6 +15,7 @@ import re
 import sys
 from pathlib import Path
 
+from ..errors import M2KError
 from .common import (
     DEFAULT_DATA,
     ProgressBar,
@@ -25,7 +26,6 @@ from .common import (
     load_data,
     parse_kv,
 )
-from ..errors import M2KError
 
 __all__ = [
     "DEFAULT_DATA",

@@ -322,9 +322,9 @@ def _line(stats: dict) -> str:
 
 def live_main(argv: list[str]) -> int:
     """Entry point of ``run_backtest.py live``; returns the exit status."""
-    from .common import config_from_args, default_out
     from ..engine.cerebro import select_bars
     from ..report.summary import write_outputs
+    from .common import config_from_args, default_out
 
     args = build_parser().parse_args(argv)
     if args.data and args.data != [args.replay]:

@@ -190,8 +190,8 @@ def _search_kwargs(args) -> dict:
 
 def optimize_main(argv: list[str]) -> int:
     """``run_backtest.py optimize ...``; returns the exit status."""
-    from .common import ProgressBar, config_from_args
     from ..optimize.study import optimize
+    from .common import ProgressBar, config_from_args
 
     args = build_optimize_parser().parse_args(argv)
     if args.status:
@@ -241,8 +241,8 @@ def _status(args) -> int:
 
 def walkforward_main(argv: list[str]) -> int:
     """``run_backtest.py walkforward ...``; returns the exit status."""
-    from .common import ProgressBar, config_from_args
     from ..optimize.walkforward import walk_forward
+    from .common import ProgressBar, config_from_args
 
     args = build_walkforward_parser().parse_args(argv)
     bars, config = config_from_args(args)

@@ -1,18 +1,18 @@
 """Running a configuration: the plan both engines take, cerebro's wiring and the result."""
 
 from .cerebro import (
+    SIZERS,
     BacktestConfig,
     BacktestResult,
-    SIZERS,
     build_cerebro,
-    run_backtest,
-    resolve_strategy,
-    select_bars,
-    min_bars,
     collect_analysis,
     collect_warnings,
     equity_from,
+    min_bars,
     plain,
+    resolve_strategy,
+    run_backtest,
+    select_bars,
 )
 
 __all__ = [

@@ -20,8 +20,8 @@ from typing import Any
 import backtrader as bt
 import pandas as pd
 
-from ..brokers.futures import FuturesBroker
 from ..brokers.commission import M2KCommInfo
+from ..brokers.futures import FuturesBroker
 from ..contracts import M2K, ContractSpec
 from ..errors import ConfigError, NotEnoughBarsError, ParameterError, check_known, did_you_mean
 from ..strategies.base import resolve_strategy
@@ -358,7 +358,7 @@ def build_cerebro(bars: pd.DataFrame | None, config: BacktestConfig, progress=No
     params = dict(config.params)
     if config.rth_only:
         params["rth_only"] = True
-    from ..feeds.external import config_signal, event_signal_params
+    from ..feeds.external import config_signal
 
     params.update(event_signal_params(config))
     validate = getattr(strat_cls, "validate_params", None)
@@ -496,3 +496,33 @@ def plain(obj):
             return list(obj)  # a column of scalars (an equity curve): no per-item walk
         return [plain(v) for v in obj]
     return obj
+
+
+def event_signal_params(config) -> dict:
+    """Strategy params for the event and signal settings of a ``BacktestConfig`` (only those
+    set); a strategy without them (not an :class:`~m2k_bt.strategies.base.M2KStrategy`) is an error.
+    """
+    out = {}
+    if getattr(config, "avoid_events", None):
+        out["avoid_events"] = config.avoid_events
+        if config.event_before is not None:
+            out["event_before"] = config.event_before
+        if config.event_after is not None:
+            out["event_after"] = config.event_after
+        if config.flat_before_event:
+            out["flat_before_event"] = True
+        if config.events is not None:
+            out["event_calendar"] = config.events
+    elif getattr(config, "flat_before_event", False) or getattr(config, "events", None):
+        raise ConfigError("events / flat_before_event need avoid_events (which kinds to avoid, "
+                          "e.g. --avoid-events fomc,cpi)")
+    for key in ("signal_min", "signal_max"):
+        if getattr(config, key, None) is not None:
+            out[key] = getattr(config, key)
+    if out:
+        cls = resolve_strategy(config.strategy)
+        missing = [k for k in out if k not in cls.params._getkeys()]
+        if missing:
+                raise ConfigError(f"strategy {cls.__name__} has no parameter '{missing[0]}': event "
+                              f"and signal filters need an m2k_bt.strategies.base.M2KStrategy")
+    return out

@@ -2,36 +2,36 @@
 
 from .bars import (
     FORMATS,
-    PRICE_COLUMNS,
-    load_bars,
-    validate_bars,
-    detect_format,
-    BarsFeed,
-    resample_bars,
-    LineNumbers,
     HINTS,
     MAX_PRICE,
+    PRICE_COLUMNS,
     TICK_ABS_TOLERANCE,
+    BarsFeed,
+    LineNumbers,
+    detect_format,
+    load_bars,
+    resample_bars,
+    validate_bars,
 )
 from .continuous import (
-    ROLL_RULES,
     ADJUST_METHODS,
+    ROLL_RULES,
+    always_checkcondition,
     build_continuous,
     calendar_checkdate,
     volume_checkcondition,
-    always_checkcondition,
 )
 from .events import (
     EVENT_KINDS,
     SHIPPED_EVENTS,
     Event,
+    EventActions,
     EventCalendar,
     EventGate,
-    EventActions,
     EventMarks,
     load_calendar,
-    read_events_csv,
     parse_kinds,
+    read_events_csv,
     resolve_calendar,
 )
 from .external import (
@@ -43,15 +43,15 @@ from .external import (
     signal_feed,
 )
 from .live import (
-    Bar,
-    EndOfStream,
-    SessionBreak,
-    BarSource,
-    ThreadedSource,
-    ReplaySource,
-    QueueFeed,
-    LiveLatency,
     REJECT_REASONS,
+    Bar,
+    BarSource,
+    EndOfStream,
+    LiveLatency,
+    QueueFeed,
+    ReplaySource,
+    SessionBreak,
+    ThreadedSource,
     bars_from_frame,
 )
 

@@ -43,7 +43,7 @@ import pandas as pd
 
 from ..contracts import M2K, ContractSpec
 from ..errors import DataFeedError, ParameterError, did_you_mean
-from ..sessions import NY, in_globex_session, is_trading_day, trade_dates
+from ..sessions import NY, date2num, in_globex_session, is_trading_day, trade_dates
 
 __all__ = [
     "FORMATS",
@@ -860,27 +860,9 @@ def load_bars(
 
 # --------------------------------------------------------------------------- backtrader feed
 
-_EPOCH_ORDINAL = 719163  # datetime.date(1970, 1, 1).toordinal(), backtrader's date2num base
-
-
 def _doubles(values: np.ndarray) -> array.array:
     """A numpy array as an ``array('d')``, the storage of backtrader's line buffers."""
     return array.array("d", np.ascontiguousarray(values, dtype="float64").tobytes())
-
-
-def _date2num(index: pd.DatetimeIndex) -> np.ndarray:
-    """Vectorised ``backtrader.date2num`` of naive wall-clock times, bit for bit."""
-    ns = pd.DatetimeIndex(index).as_unit("ns").asi8
-    days = ns // (86_400 * 10**9)
-    rem = ns - days * 86_400 * 10**9
-    hour = rem // 3_600_000_000_000
-    minute = (rem // 60_000_000_000) % 60
-    second = (rem // 1_000_000_000) % 60
-    micro = (rem // 1000) % 1_000_000
-    base = (days + _EPOCH_ORDINAL).astype("float64")
-    # same operation order as backtrader.utils.dateintern.date2num
-    frac = hour / 24.0 + minute / 1440.0 + second / 86400.0 + micro / 86400000000.0
-    return base + frac
 
 
 class BarsFeed(bt.feed.DataBase):
@@ -950,7 +932,7 @@ class BarsFeed(bt.feed.DataBase):
         idx = self.p.dataname.index
         if idx.tz is not None:
             idx = idx.tz_convert(NY).tz_localize(None)
-        return _doubles(_date2num(idx))
+        return _doubles(date2num(idx))
 
     def _columns(self) -> None:
         """Plain arrays of doubles (8 bytes a value) that preload copies into the line buffers
@@ -1048,7 +1030,7 @@ class BarsFeed(bt.feed.DataBase):
         if when is None:
             when = self.lines.datetime[0]
         if not isinstance(when, float):
-            when = float(_date2num(pd.DatetimeIndex([pd.Timestamp(when).tz_localize(None)
+            when = float(date2num(pd.DatetimeIndex([pd.Timestamp(when).tz_localize(None)
                                                      if pd.Timestamp(when).tz is None else
                                                      pd.Timestamp(when).tz_convert(NY)
                                                      .tz_localize(None)]))[0])

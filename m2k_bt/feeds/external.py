@@ -335,39 +335,3 @@ def config_signal(config) -> Signal | None:
     sig = _load_cached(str(Path(path).resolve()), Path(path).stat().st_mtime, column, age_key,
                        DEFAULT_DAILY_AT)
     return Signal(sig.values, sig.name, _age(age), sig.source)
-
-
-def event_signal_params(config) -> dict:
-    """Strategy params for the event and signal settings of a ``BacktestConfig`` (only those
-    set); a strategy without them (not an :class:`~m2k_bt.strategies.base.M2KStrategy`) is an error.
-    """
-    out = {}
-    if getattr(config, "avoid_events", None):
-        out["avoid_events"] = config.avoid_events
-        if config.event_before is not None:
-            out["event_before"] = config.event_before
-        if config.event_after is not None:
-            out["event_after"] = config.event_after
-        if config.flat_before_event:
-            out["flat_before_event"] = True
-        if config.events is not None:
-            out["event_calendar"] = config.events
-    elif getattr(config, "flat_before_event", False) or getattr(config, "events", None):
-        from ..errors import ConfigError
-
-        raise ConfigError("events / flat_before_event need avoid_events (which kinds to avoid, "
-                          "e.g. --avoid-events fomc,cpi)")
-    for key in ("signal_min", "signal_max"):
-        if getattr(config, key, None) is not None:
-            out[key] = getattr(config, key)
-    if out:
-        from ..strategies.base import resolve_strategy
-
-        cls = resolve_strategy(config.strategy)
-        missing = [k for k in out if k not in cls.params._getkeys()]
-        if missing:
-            from ..errors import ConfigError
-
-            raise ConfigError(f"strategy {cls.__name__} has no parameter '{missing[0]}': event "
-                              f"and signal filters need an m2k_bt.strategies.base.M2KStrategy")
-    return out

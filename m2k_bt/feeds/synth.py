@@ -35,10 +35,10 @@ import sys
 import numpy as np
 import pandas as pd
 
-from .continuous import build_continuous
 from ..contracts import M2K, ContractMonth, ContractSpec
 from ..errors import ConfigError, M2KError
 from ..sessions import NY, globex_schedule, trade_dates
+from .continuous import build_continuous
 
 __all__ = [
     "session_index",

@@ -1,17 +1,17 @@
 """Indicators the article uses where backtrader lacks them."""
 
 from .bands import (
-    BollingerBandsDdof,
-    AdaptiveBollingerBands,
-    FibonacciLevels,
     FIB_RATIOS,
+    AdaptiveBollingerBands,
+    BollingerBandsDdof,
+    FibonacciLevels,
+    TickSums,
+    band_side,
     fibonacci_levels,
     rolling_bands,
-    TickSums,
+    sma_above,
     tick_counts,
     window_tick_sums,
-    sma_above,
-    band_side,
 )
 
 __all__ = [

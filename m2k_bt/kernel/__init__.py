@@ -1,17 +1,17 @@
 """The research engine: a compiled simulation proven equal to cerebro's."""
 
 from .simulation import (
-    KernelResult,
+    KERNEL_EXIT_REASONS,
     KernelData,
-    KernelUnsupported,
     KernelDiverged,
+    KernelResult,
+    KernelUnsupported,
+    prepare,
+    run_backtest_fast,
+    run_kernel_or_say_why,
     simulate,
     simulate_many,
     supported,
-    prepare,
-    KERNEL_EXIT_REASONS,
-    run_kernel_or_say_why,
-    run_backtest_fast,
 )
 
 __all__ = [

@@ -34,10 +34,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from . import loop
 from ..analyzers.standard import (
     _periods,
-    _trade_dates64,
     metrics_from,
     returns_statistics,
     trade_statistics,
@@ -56,6 +54,7 @@ from ..engine.cerebro import (
 )
 from ..errors import ConfigError
 from ..indicators.bands import AdaptiveBollingerBands, tick_counts, window_tick_sums
+from ..sessions import date2num, num2datetime64, trade_dates64
 from ..sizers.kelly import BINDINGS, FixedContracts, KellyDecision, KellySizer
 from ..strategies.base import (
     EXIT_REASONS,
@@ -66,6 +65,7 @@ from ..strategies.base import (
     BollingerReversion,
     SmaCrossover,
 )
+from . import loop
 
 __all__ = [
     "KernelResult",
@@ -201,14 +201,12 @@ class KernelData:
         roll = selected["roll"].to_numpy() if "roll" in selected.columns else None
         self.roll = (np.asarray(roll, dtype="float64") == 1.0) if roll is not None else \
             np.zeros(self.n, dtype=bool)
-        from ..analyzers.standard import _num2datetime64
-        from ..feeds.bars import _date2num
 
         idx = selected.index
         if idx.tz is not None:
             idx = idx.tz_convert("America/New_York").tz_localize(None)
-        self.num = _date2num(idx)  # backtrader's float times
-        self.times = _num2datetime64(self.num)  # bar times exactly as backtrader's
+        self.num = date2num(idx)  # backtrader's float times
+        self.times = num2datetime64(self.num)  # bar times exactly as backtrader's
         self.tod = (self.times - self.times.astype("datetime64[D]")).astype("int64")  # us
         steps = np.diff(idx.as_unit("ns").asi8)
         spacing = float(np.median(steps)) / 60e9 if len(steps) else None
@@ -224,7 +222,7 @@ class KernelData:
     def per_date(self) -> list[int]:
         """Bars on each CME trade date (for the annualisation rule), computed once."""
         if self._per_date is None:
-            _, counts = np.unique(_trade_dates64(self.times), return_counts=True)
+            _, counts = np.unique(trade_dates64(self.times), return_counts=True)
             self._per_date = counts.tolist()
         return self._per_date
 

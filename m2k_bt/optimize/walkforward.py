@@ -470,7 +470,9 @@ def walk_forward(
     trial_run = run_backtest  # None: optimize's engine (the kernel where it models config)
     in_kernel = False
     if run_backtest is None:
-        from ..engine.cerebro import run_backtest  # out of sample: cerebro, or the kernel verified by it
+        from ..engine.cerebro import (
+            run_backtest,  # out of sample: cerebro, or the kernel verified by it
+        )
         from .study import _pick_engine
 
         engine = optimize_kwargs.get("engine", "kernel")

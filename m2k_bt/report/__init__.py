@@ -1,18 +1,18 @@
 """Outputs of a run: report.json, the summary, report.html, plot.png and trade records."""
 
 from .html import (
+    EXIT_MARKERS,
     MAX_CANDLES,
     MAX_LINE_POINTS,
-    EXIT_MARKERS,
     report_layout,
     write_report_html,
     write_study_html,
     write_walkforward_html,
 )
 from .plot import (
-    DEFAULT_MAX_BARS,
     DEFAULT_CANDLE_BARS,
     DEFAULT_LAST_TRADES,
+    DEFAULT_MAX_BARS,
     plot_backtrader,
     plot_equity,
     plot_window,
@@ -21,23 +21,18 @@ from .records import (
     NY,
     TRADE_COLUMNS,
     jsonable,
-    ny_iso,
     ny_index_iso,
+    ny_iso,
     trade_table,
 )
 from .summary import (
-    REPORT_SCHEMA_VERSION,
     REPORT_JSON_SCHEMA,
-    TRADE_COLUMNS,
+    REPORT_SCHEMA_VERSION,
     build_report,
-    ny_iso,
-    ny_index_iso,
+    format_summary,
     rerun_argv,
-    trade_table,
     validate_report,
     write_outputs,
-    format_summary,
-    atomic_path,
 )
 
 __all__ = [
@@ -62,14 +57,9 @@ __all__ = [
     "trade_table",
     "REPORT_SCHEMA_VERSION",
     "REPORT_JSON_SCHEMA",
-    "TRADE_COLUMNS",
     "build_report",
-    "ny_iso",
-    "ny_index_iso",
     "rerun_argv",
-    "trade_table",
     "validate_report",
     "write_outputs",
     "format_summary",
-    "atomic_path",
 ]
