@@ -1,4 +1,4 @@
-"""Known-answer and cross-check tests for m2k_bt.analyzers.standard."""
+"""Known-answer and cross-check tests for m2k_bt.analyzers."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 from conftest import NY, make_bars, pandas_feed
 
-from m2k_bt.analyzers.standard import (
+from m2k_bt.analyzers import (
     ANALYZER_NAMES,
     METRIC_KEYS,
     add_analyzers,
@@ -625,7 +625,7 @@ def test_vectorised_times_match_num2date():
 
 
 def test_subclass_hooks_still_run():
-    from m2k_bt.analyzers.standard import EquityCurve
+    from m2k_bt.analyzers import EquityCurve
 
     class Counting(EquityCurve):
         def start(self):

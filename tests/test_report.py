@@ -17,7 +17,7 @@ import pytest
 from conftest import make_bars, pandas_feed
 from test_analyzers import CASH, PLAN, hand_bars, m2k_cerebro
 
-from m2k_bt.analyzers.standard import add_analyzers, equity_frame, metrics_from
+from m2k_bt.analyzers import add_analyzers, equity_frame, metrics_from
 from m2k_bt.contracts import M2K
 from m2k_bt.engine.cerebro import BacktestResult
 from m2k_bt.report.summary import (
