@@ -644,3 +644,15 @@ def test_subclass_hooks_still_run():
     counting = strat.analyzers.counting
     assert counting.calls == counting.funds == len(ROWS)
     assert len(counting.get_analysis()["value"]) == len(ROWS)
+
+
+def test_every_analyzer_documents_every_key_it_returns():
+    # backtrader's analyzer.py habit: each key of get_analysis() is named in the class docstring
+    import m2k_bt.analyzers as analyzers
+
+    _, analysis, _ = run(m2k_cerebro(hand_bars(), PLAN))
+    undocumented = {
+        name: [k for k in analysis[name] if f"``{k}``" not in getattr(analyzers, cls).__doc__]
+        for name, cls in ANALYZER_NAMES.items()
+    }
+    assert {k: v for k, v in undocumented.items() if v} == {}
