@@ -49,7 +49,6 @@ import time
 from abc import ABC, abstractmethod
 from collections.abc import Iterable
 from dataclasses import dataclass
-from zoneinfo import ZoneInfo
 
 import backtrader as bt
 import numpy as np
@@ -57,6 +56,7 @@ import pandas as pd
 
 from ..contracts import M2K, ContractSpec, is_on_tick, trade_date
 from ..errors import DataFeedError, ParameterError
+from ..sessions import NY_ZONE
 
 __all__ = [
     "Bar",
@@ -72,8 +72,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
-
-_NY = ZoneInfo("America/New_York")
 
 #: Every reason a bar can be rejected for, in the order they are checked.
 REJECT_REASONS = (
@@ -376,7 +374,7 @@ def _naive_ny(dt) -> tuple[_dt.datetime, str | None]:
     if not isinstance(dt, _dt.datetime):
         raise TypeError(f"dt must be a datetime, got {type(dt).__name__}")
     if dt.tzinfo is not None:
-        local = dt.astimezone(_NY)
+        local = dt.astimezone(NY_ZONE)
         if local.fold:  # zoneinfo marks the second pass of the repeated hour
             return local.replace(tzinfo=None, fold=0), (
                 f"{dt.isoformat()} is {local.replace(tzinfo=None):%Y-%m-%d %H:%M} New York "
@@ -384,7 +382,7 @@ def _naive_ny(dt) -> tuple[_dt.datetime, str | None]:
                 f"wall-clock time would run backwards (CME Globex is closed then)"
             )
         return local.replace(tzinfo=None), None
-    there_and_back = dt.replace(tzinfo=_NY).astimezone(_dt.timezone.utc).astimezone(_NY)
+    there_and_back = dt.replace(tzinfo=NY_ZONE).astimezone(_dt.timezone.utc).astimezone(NY_ZONE)
     if there_and_back.replace(tzinfo=None) != dt:
         return dt, (f"{dt:%Y-%m-%d %H:%M} does not exist in America/New_York (the spring DST "
                     f"gap); give the bar its UTC offset")
