@@ -249,7 +249,7 @@ class ThreadedSource(BarSource):
 
 def bars_from_frame(df: pd.DataFrame) -> list[Bar]:
     """:class:`Bar` objects from an OHLCV DataFrame with a DatetimeIndex (tz-aware or naive
-    New York), e.g. one from ``m2k_bt.feeds.bars.load_bars``. Rows are kept as they are, bad ones
+    New York), e.g. one from ``m2k_bt.feeds.loaders.load_bars``. Rows are kept as they are, bad ones
     included: checking is the feed's job. Aware times are given in UTC.
 
     >>> idx = pd.DatetimeIndex(["2024-01-02 09:30"], tz="America/New_York")
@@ -287,7 +287,7 @@ def bars_from_frame(df: pd.DataFrame) -> list[Bar]:
 
 def _load_file(path: str | os.PathLike) -> pd.DataFrame:
     try:
-        from .bars import load_bars
+        from .loaders import load_bars
     except ImportError:  # pragma: no cover - feeds.py ships with the package
         load_bars = None
     if load_bars is not None:
@@ -302,7 +302,7 @@ def _load_file(path: str | os.PathLike) -> pd.DataFrame:
 class ReplaySource(ThreadedSource):
     """Stream recorded bars into the queue at ``speed`` times real time.
 
-    - ``bars``: a file path (read with ``m2k_bt.feeds.bars.load_bars``), a DataFrame such as
+    - ``bars``: a file path (read with ``m2k_bt.feeds.loaders.load_bars``), a DataFrame such as
       ``load_bars`` returns, or an iterable of :class:`Bar`.
     - ``speed`` (def: ``0.0``): 1 = real time (a 5-minute bar every 5 minutes), 60 = a minute of
       market time per second, 0 = as fast as the queue takes them.
