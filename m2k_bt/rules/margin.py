@@ -18,13 +18,37 @@ cut-back) call these, and so does the compiled loop. Dollars throughout.
 
 from __future__ import annotations
 
+import datetime as _dt
 import math
 
 import numpy as np
 from numba import njit
 
-__all__ = ["regime_margin", "margin_held", "requirement", "margin_ok", "margin_call",
-           "supported_contracts", "cutback_contracts", "rebase_cash", "free_cash"]
+__all__ = ["day_fraction", "in_window", "regime_margin", "margin_held", "requirement",
+           "margin_ok", "margin_call", "supported_contracts", "cutback_contracts", "rebase_cash",
+           "free_cash"]
+
+
+#: Added to a bar's fraction of the day before comparing it with the window's ends: 1e-7 day
+#: (9 ms) absorbs the float noise of backtrader's float time.
+WINDOW_EPSILON = 1e-7
+
+
+def day_fraction(t: _dt.time) -> float:
+    """A time of day as a fraction of the day, for :func:`in_window`.
+
+    >>> day_fraction(_dt.time(9, 30))   # 34,200 s / 86,400 s
+    0.3958333333333333
+    """
+    return (t.hour * 3600 + t.minute * 60 + t.second + t.microsecond / 1e6) / 86400.0
+
+
+@njit(cache=True)
+def in_window(num, start, end):
+    """True when backtrader's float time ``num`` falls in the intraday window
+    ``[start, end)`` (fractions of the day, :func:`day_fraction`)."""
+    frac = num % 1.0 + WINDOW_EPSILON
+    return start <= frac < end
 
 
 @njit(cache=True)

@@ -1,12 +1,12 @@
 """backtrader sizers: KellySizer and FixedContracts."""
 
 from .kelly import (
+    BINDINGS,
+    FixedContracts,
+    KellyDecision,
+    KellySizer,
     kelly_fraction,
     signal_trades,
-    FixedContracts,
-    KellySizer,
-    KellyDecision,
-    BINDINGS,
 )
 
 __all__ = [
