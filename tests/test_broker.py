@@ -5,8 +5,8 @@ import pytest
 from conftest import pandas_feed
 from scripted import Scripted, hand_bars
 
-from m2k_bt.brokers.futures import FuturesBroker
 from m2k_bt.brokers.commission import M2KCommInfo
+from m2k_bt.brokers.futures import FuturesBroker
 from m2k_bt.errors import ParameterError
 
 MODES = [(True, True), (False, True), (True, False), (False, False)]

@@ -10,6 +10,15 @@ trades, flat window, signal, exit, roll, entry with the sizer), then the per-bar
 Every float operation follows backtrader's and the strategy's order of operations, so the
 results are the same numbers, not merely close ones.
 
+The trading rules themselves (fill prices and slippage, commission, P&L and cash adjustment,
+margin held, maintenance requirement, margin call, intraday cut-back, the Kelly decision) are
+the rulebook's (:mod:`m2k_bt.rules`), the functions the backtrader classes call too; numba
+compiles them into this loop. What stays here is the machinery: order slots and their life
+cycle, the strategy's state and the records.
+
+Numba caches this function with the rules compiled in and does not notice a change to a file
+under ``rules/`` alone: after editing a rule, delete ``kernel/__pycache__/loop.run_loop*``.
+
 Codes used in the arrays (see :mod:`m2k_bt.kernel.simulation`): reasons 0 signal, 1 stop, 2 target,
 3 session_close, 4 margin_call, 5 roll, 6 end; order types 0 market, 1 stop, 2 limit.
 """

@@ -18,9 +18,10 @@ This layer imports only the facts below it, numpy and numba; never backtrader. M
 dollars (floats), prices in index points.
 
 Numba caches each compiled function on disk next to its module; a function that calls these is
-cached with them compiled in, and numba does not notice when only the callee's file changes.
-After editing a rule, clear the ``__pycache__`` ``*.nbi``/``*.nbc`` files of
-:mod:`m2k_bt.kernel` (or touch ``kernel/loop.py``) before trusting the kernel.
+cached with them compiled in, and numba does not notice when only the callee's file changes (a
+documented limitation of its cache). After editing a rule, delete
+``m2k_bt/kernel/__pycache__/loop.run_loop*`` (or touch ``kernel/loop.py``) before trusting the
+kernel.
 """
 
 from . import fees, kelly, margin, pnl, prices
