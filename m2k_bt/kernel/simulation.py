@@ -238,7 +238,7 @@ class KernelData:
         key = ("window", start, end)
 
         def make():
-            from ..brokers.futures import _day_fraction
+            from ..rules.margin import day_fraction as _day_fraction
 
             lo = _day_fraction(_dt.time.fromisoformat(start))
             hi = _day_fraction(_dt.time.fromisoformat(end))
