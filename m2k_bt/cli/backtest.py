@@ -92,10 +92,15 @@ def backtest_main(argv: list[str]) -> int:
         bars, config = config_from_args(args)
         progress = ProgressBar("bars", enabled=not args.quiet)
         result = None
-        if args.engine == "kernel":
-            from ..kernel.simulation import run_kernel_or_say_why
+        if args.engine != "cerebro":  # the kernel (numba) is imported only when asked for
+            from ..kernel import choose_engine, run_kernel_or_say_why
 
-            result = run_kernel_or_say_why(bars, config)
+            _, choice = choose_engine(config, args.engine)
+            if choice["engine"] == "kernel":  # None, saying why, if the kernel diverges
+                result = run_kernel_or_say_why(bars, config)
+            else:
+                why = choice["kernel_unsupported"]
+                print(f"note: running in cerebro: {why}", file=sys.stderr)
         try:
             if result is None:
                 result = run_backtest(bars, config,
