@@ -39,7 +39,7 @@ DEFAULT_PBO_SPLITS = 16
 
 @dataclass
 class OptimizeResult:
-    """What :func:`optimize` found.
+    """What :func:`m2k_bt.optimize.study.optimize` found.
 
     - ``best_params``, ``best_value``: of the best feasible trial; ``objective``, ``direction``.
     - ``best_attrs``: that trial's ``metrics``, ``start_value``, ``final_value``, window.

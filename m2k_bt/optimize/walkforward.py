@@ -454,7 +454,7 @@ def walk_forward(
     """Walk-forward analysis of ``config.strategy`` over ``bars``.
 
     - ``config``: a :class:`m2k_bt.engine.cerebro.BacktestConfig`; its ``params`` are the fixed
-      parameters, ``space`` (see :func:`m2k_bt.optimize.study.parse_space`) the searched ones.
+      parameters, ``space`` (see :func:`m2k_bt.optimize.space.parse_space`) the searched ones.
     - ``in_sample``, ``out_of_sample``, ``step``, ``anchored``, ``folds``: see
       :func:`split_folds`. ``folds`` alone (``in_sample=None``) cuts that many rolling folds by
       bar count with in-sample 4x out-of-sample.
