@@ -18,8 +18,8 @@ from pathlib import Path
 from ..errors import M2KError
 from .common import (
     DEFAULT_DATA,
+    ArgParser,
     ProgressBar,
-    _Parser,
     add_common_args,
     config_from_args,
     default_out,
@@ -53,7 +53,7 @@ def _list_strategies() -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(
+    p = ArgParser(
         prog="run_backtest.py",
         description="Backtest CME Micro E-mini Russell 2000 (M2K) strategies with backtrader. "
         "Subcommands: optimize, walkforward, live (run 'run_backtest.py SUB --help').",

@@ -40,7 +40,7 @@ from ..optimize import (
     walk_forward,
 )
 from ..optimize.storage import DEFAULT_HEARTBEAT, DEFAULT_RECONNECT, storage_for
-from .common import ProgressBar, _Parser, add_common_args, config_from_args, default_out
+from .common import ArgParser, ProgressBar, add_common_args, config_from_args, default_out
 
 __all__ = ["optimize_main", "walkforward_main", "build_optimize_parser", "build_walkforward_parser"]
 
@@ -113,7 +113,7 @@ def _add_search_args(p: argparse.ArgumentParser) -> None:
 
 
 def build_optimize_parser() -> argparse.ArgumentParser:
-    p = _Parser(
+    p = ArgParser(
         prog="run_backtest.py optimize",
         description="Search strategy parameters with Optuna (TPE or grid) on full backtests; "
         "reports the best parameters, the Deflated Sharpe Ratio and the PBO.",
@@ -129,7 +129,7 @@ def build_optimize_parser() -> argparse.ArgumentParser:
 
 
 def build_walkforward_parser() -> argparse.ArgumentParser:
-    p = _Parser(
+    p = ArgParser(
         prog="run_backtest.py walkforward",
         description="Walk-forward analysis: optimise each in-sample window, trade the best "
         "parameters on the following out-of-sample window, carry equity forward.",
