@@ -273,7 +273,7 @@ def grid_rows(points: int) -> list[tuple[str, float, str]]:
     # in batches), DSR and PBO; the cerebro re-run of the winner is timed on its own
     import tempfile
 
-    from m2k_bt.optimize.study import optimize
+    from m2k_bt.optimize import optimize
 
     base = BacktestConfig(strategy="sma", sizer="fixed")
     space = [f"fast={','.join(map(str, fasts))}", f"slow={','.join(map(str, slows))}"]

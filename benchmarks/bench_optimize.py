@@ -36,7 +36,7 @@ sys.path.insert(0, str(ROOT))
 
 
 def run_once(bars, config, space, workers: int | None, dask: str | None) -> dict:
-    from m2k_bt.optimize.study import optimize
+    from m2k_bt.optimize import optimize
 
     with tempfile.TemporaryDirectory(prefix="bench-opt-") as tmp:
         t0 = time.perf_counter()
@@ -95,11 +95,11 @@ def main(argv: list[str] | None = None) -> int:
 
     from m2k_bt.engine.cerebro import BacktestConfig
     from m2k_bt.feeds.bars import load_bars
-    from m2k_bt.optimize.study import _preselect
+    from m2k_bt.optimize.study import preselect
 
     bars = load_bars(args.data)
     config = BacktestConfig(strategy="sma", start=args.start, end=args.end)
-    bars, config = _preselect(bars, config)
+    bars, config = preselect(bars, config)
     print(
         f"data: {Path(args.data).name}, {len(bars):,} bars {bars.index[0]} .. {bars.index[-1]}; "
         f"space {' '.join(args.space)}; cores {os.cpu_count()}"

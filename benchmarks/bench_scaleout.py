@@ -78,12 +78,13 @@ def timed(cmds: list[list[str]], env) -> float:
 def check(url: str, name: str) -> int:
     import optuna
 
-    from m2k_bt.optimize.study import _discarded, _storage
+    from m2k_bt.optimize.claims import is_discarded
+    from m2k_bt.optimize.storage import storage_for
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = optuna.load_study(study_name=name, storage=_storage(url))
+    study = optuna.load_study(study_name=name, storage=storage_for(url))
     done = [t for t in study.get_trials(deepcopy=False)
-            if not _discarded(t) and t.state.name in ("COMPLETE", "PRUNED")]
+            if not is_discarded(t) and t.state.name in ("COMPLETE", "PRUNED")]
     keys = {tuple(sorted(t.params.items())) for t in done}
     assert len(keys) == len(done), "a point ran twice"
     return len(done)

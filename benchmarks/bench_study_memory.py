@@ -24,20 +24,22 @@ makes sure numba's compiled kernel is cached, so no row pays for compiling it.
 The peak of a row can come from its fixed phases (numba compiling the kernel, the winner's
 re-run in cerebro, DSR/PBO, the HTML report) rather than the trial loop, and then hides a
 growth of the loop. **The probe** therefore runs the largest study once more, in one child
-process through the same ``m2k_bt.cli.backtest.main``, with five functions of ``m2k_bt.optimize.study``
-wrapped in that process only (nothing in the package is changed):
+process through the same ``m2k_bt.cli.backtest.main``, with five functions of
+``m2k_bt.optimize`` wrapped, where the study looks them up, in that process only (nothing in
+the package is changed):
 
-- ``evaluate_params`` (called once per trial): the process's RSS every N/20 trials, and
-  ``tracemalloc`` on for a window of trials from the middle one (``--window``, 50; traced
-  trials run about 40x slower, so not all of them), so that what is still allocated when the
-  window ends is what those trials left behind, by allocation site; RSS figures have
-  tracemalloc's own bookkeeping subtracted;
-- ``_collect`` (called once after the loop): a census of what the kernel's indicator memo
+- ``evaluate_params`` (called once per trial, by ``drivers.work``): the process's RSS every
+  N/20 trials, and ``tracemalloc`` on for a window of trials from the middle one
+  (``--window``, 50; traced trials run about 40x slower, so not all of them), so that what is
+  still allocated when the window ends is what those trials left behind, by allocation site;
+  RSS figures have tracemalloc's own bookkeeping subtracted;
+- ``collect_result`` (called once after the loop): a census of what the kernel's indicator memo
   holds (``KernelData``'s arrays by kind), and, after the run (so that counting costs no phase
   any RSS), of what the study's cached trials hold: each trial's ``backtest['returns']`` (what
   DSR/PBO need), its other attributes, the ``FrozenTrial`` objects;
-- ``_collect``, ``_verify_in_cerebro``, ``_overfitting``, ``_write``: the peak RSS of each phase
-  after the loop (a thread samples RSS every 10 ms).
+- ``collect_result``, ``_verify_in_cerebro``, ``add_overfitting``, ``write_study_outputs`` (all
+  looked up in ``study``): the peak RSS of each phase after the loop (a thread samples RSS
+  every 10 ms).
 
 Prints tables; nothing is asserted (speed and memory are measured, not asserted).
 """
@@ -198,13 +200,15 @@ def probe_child(n: int, out: str, args) -> None:
     import tracemalloc
 
     import m2k_bt.cli.backtest as cli
+    import m2k_bt.optimize.drivers as drivers
     import m2k_bt.optimize.study as opt
+    import m2k_bt.optimize.writebehind as writebehind
 
     window = max(1, min(args.window, n // 4))
     state = {"n": 0, "start": n // 2, "done": False}
     every = max(1, n // 20)
     report: dict = {"trials": n, "trace_from": n // 2, "window": window, "rss": []}
-    evaluate, collect = opt.evaluate_params, opt._collect
+    evaluate, collect = drivers.evaluate_params, opt.collect_result
     phases = _PhasePeaks()
     t0 = time.perf_counter()
 
@@ -224,28 +228,28 @@ def probe_child(n: int, out: str, args) -> None:
             snapshot(report, window)
         return result
 
-    collect = phases.wrap("trials.csv table (_collect)", collect)
+    collect = phases.wrap("trials.csv table (collect_result)", collect)
 
-    def _collect(study, *a, **k):
+    def collect_result(study, *a, **k):
         state["done"] = True
         report["loop_end_kb"] = _rss_kb()
         report["memo"] = memo_census()
         state["study"] = study  # its trials are counted after the run (their census costs RSS)
         return collect(study, *a, **k)
 
-    opt.evaluate_params, opt._collect = evaluate_params, _collect
-    behind = getattr(opt, "_WriteBehind", None)  # a private study.db runs in memory (14e2230)
-    if behind is not None:
-        init = behind.__init__
+    drivers.evaluate_params, opt.collect_result = evaluate_params, collect_result
+    behind = writebehind.WriteBehind  # a private study.db runs in memory (14e2230)
+    init = behind.__init__
 
-        def __init__(self, *a, **k):
-            init(self, *a, **k)
-            state["behind"] = self
-        behind.__init__ = __init__
+    def __init__(self, *a, **k):
+        init(self, *a, **k)
+        state["behind"] = self
+    behind.__init__ = __init__
     opt._verify_in_cerebro = phases.wrap("winner re-run in cerebro", opt._verify_in_cerebro)
-    opt._overfitting = phases.wrap("DSR and PBO (_overfitting)", opt._overfitting)
-    opt._write = phases.wrap("trials.csv, study.html, optimize.json (_write)", opt._write)
-    status = cli.backtest(cli_args(n, Path(out), args))
+    opt.add_overfitting = phases.wrap("DSR and PBO (add_overfitting)", opt.add_overfitting)
+    opt.write_study_outputs = phases.wrap(
+        "trials.csv, study.html, optimize.json (write_study_outputs)", opt.write_study_outputs)
+    status = cli.main(cli_args(n, Path(out), args))
     phases.stop.set()
     report["wall"] = time.perf_counter() - t0
     report["status"] = status

@@ -77,7 +77,7 @@ def bars() -> pd.DataFrame:
 
 def main(argv: list[str] | None = None) -> int:
     from m2k_bt.errors import M2KError
-    from m2k_bt.optimize.study import optimize
+    from m2k_bt.optimize import optimize
 
     p = argparse.ArgumentParser()
     p.add_argument("--storage")

@@ -14,14 +14,14 @@ import pytest
 from conftest import make_bars
 
 from m2k_bt.errors import ConfigError, ParameterError
-from m2k_bt.optimize.study import (
+from m2k_bt.optimize import (
     ParamRange,
-    _discarded,
     evaluate_params,
     optimize,
     parse_space,
     study_storage_url,
 )
+from m2k_bt.optimize.claims import is_discarded
 
 optuna = pytest.importorskip("optuna")
 
@@ -275,7 +275,7 @@ def test_study_resumes_after_a_kill_without_losing_or_repeating(tmp_path, sample
     done = [t for t in study.trials if t.state.name in ("COMPLETE", "PRUNED")]
     assert len(done) == 12 == res.n_complete + res.n_infeasible
     # discarded proposals (a TPE draw equal to a finished set) are FAIL with a mark
-    failed = [t for t in study.trials if t.state.name == "FAIL" and not _discarded(t)]
+    failed = [t for t in study.trials if t.state.name == "FAIL" and not is_discarded(t)]
     assert len(failed) == 1 == res.n_failed  # the interrupted one
     assert failed[0].params in [t.params for t in done]  # re-queued, not lost
     keys = [(t.params["fast"], t.params["slow"]) for t in done]
@@ -627,26 +627,27 @@ def test_a_new_trial_waits_for_a_lower_numbered_one_still_drawing(tmp_path):
     the point taken by the lower number and gives up its trial."""
     import threading
 
-    from m2k_bt.optimize.study import _claim, _open_study, _Plan, _storage
+    from m2k_bt.optimize.claims import StudyPlan, claim, open_study
+    from m2k_bt.optimize.storage import storage_for
 
     url = f"sqlite:///{tmp_path / 's.db'}"
     space = parse_space(["fast=10", "slow=100"])  # one point: B can only draw A's
-    plan = _Plan(url=url, name="race", space=space, sampler="tpe", target=5, seed=1,
+    plan = StudyPlan(url=url, name="race", space=space, sampler="tpe", target=5, seed=1,
                  parallel=True, identity="b")
-    study, _ = _open_study(plan, "maximize", None)
+    study, _ = open_study(plan, "maximize", None)
     a = study._storage.create_new_trial(study._study_id)  # A: RUNNING, no parameters yet
 
     def a_draws():  # A's parameters arrive (as a queued trial's: its fixed_params)
-        _storage(url).set_trial_system_attr(a, "fixed_params", {"fast": 10, "slow": 100})
+        storage_for(url).set_trial_system_attr(a, "fixed_params", {"fast": 10, "slow": 100})
 
     timer = threading.Timer(0.3, a_draws)
     timer.start()
-    got = _claim(study, plan, np.random.default_rng(0))
+    got = claim(study, plan, np.random.default_rng(0))
     timer.join()
     # B's trial (and every redraw) was the duplicate of A's: nothing left for B to run
     assert got is None
     trials = study.get_trials(deepcopy=False)
-    assert [t.state.name for t in trials if not _discarded(t)] == ["RUNNING"]  # A's only
+    assert [t.state.name for t in trials if not is_discarded(t)] == ["RUNNING"]  # A's only
 
 
 def test_batch_claims_several_trials_and_runs_each_once():
@@ -662,7 +663,7 @@ def test_batch_claims_several_trials_and_runs_each_once():
 
 
 def test_evaluate_batch_is_evaluate_params_for_each():
-    from m2k_bt.optimize.study import evaluate_batch
+    from m2k_bt.optimize import evaluate_batch
 
     bars = hourly_bars(3)
     points = [{"fast": 10, "slow": 100}, {"fast": 30, "slow": 120}, {"fast": 50, "slow": 40}]
@@ -690,19 +691,19 @@ def test_kernel_engine_defaults_to_one_worker_in_process():
 
 
 def _disk_trials(out):
-    from m2k_bt.optimize.study import _storage
+    from m2k_bt.optimize.storage import storage_for
 
-    names = optuna.get_all_study_names(_storage(study_storage_url(out)))
+    names = optuna.get_all_study_names(storage_for(study_storage_url(out)))
     if not names:
         return []  # the file exists (its tables), the study is not written yet
-    study = optuna.load_study(study_name=names[0], storage=_storage(study_storage_url(out)))
+    study = optuna.load_study(study_name=names[0], storage=storage_for(study_storage_url(out)))
     return study.get_trials(deepcopy=False)
 
 
 def test_a_private_study_runs_in_memory_and_is_written_in_batches(tmp_path, monkeypatch):
     """The default study.db of --out is this process's alone: trials run on an in-memory
     study and reach the file every FLUSH_SECONDS and at the end, in one batch each."""
-    import m2k_bt.optimize.study as opt
+    import m2k_bt.optimize.writebehind as behind
 
     seen, where = [], [tmp_path / "o"]
 
@@ -712,12 +713,12 @@ def test_a_private_study_runs_in_memory_and_is_written_in_batches(tmp_path, monk
                     if (out / "study.db").exists() else 0)
         return fake_run(bars, config)
 
-    monkeypatch.setattr(opt, "FLUSH_SECONDS", 3600.0)  # only the final write
+    monkeypatch.setattr(behind, "FLUSH_SECONDS", 3600.0)  # only the final write
     res = optimize(hourly_bars(5), FakeConfig(), ["fast=10:40:10", "slow=100:200:50"],
                    sampler="grid", workers=1, out=tmp_path / "o", run_backtest=watching_run,
                    quiet=True, overfitting=False)
     assert seen == [0] * 12  # nothing written while the study ran
-    disk = [t for t in _disk_trials(tmp_path / "o") if not _discarded(t)]
+    disk = [t for t in _disk_trials(tmp_path / "o") if not is_discarded(t)]
     assert [t.number for t in disk] == list(res.trials["number"])
     assert [t.value for t in disk] == list(res.trials["value"])
     assert [t.params for t in disk] == [
@@ -727,7 +728,7 @@ def test_a_private_study_runs_in_memory_and_is_written_in_batches(tmp_path, monk
 
     seen.clear()
     where[0] = tmp_path / "o2"
-    monkeypatch.setattr(opt, "FLUSH_SECONDS", 0.0)  # a write after every batch
+    monkeypatch.setattr(behind, "FLUSH_SECONDS", 0.0)  # a write after every batch
     optimize(hourly_bars(5), FakeConfig(), ["fast=10:40:10", "slow=100:200:50"],
              sampler="grid", workers=1, out=tmp_path / "o2", run_backtest=watching_run,
              quiet=True, overfitting=False)
@@ -761,14 +762,14 @@ def test_an_interrupted_private_study_keeps_what_finished_and_resumes(tmp_path):
 
 
 def test_a_sqlite_storage_is_made_once_per_file_and_again_when_it_is_replaced(tmp_path):
-    from m2k_bt.optimize.study import _storage
+    from m2k_bt.optimize.storage import storage_for
 
     url = f"sqlite:///{tmp_path / 's.db'}"
-    first = _storage(url)
-    assert _storage(url) is first  # walk-forward's 18 opens pay one schema check
+    first = storage_for(url)
+    assert storage_for(url) is first  # walk-forward's 18 opens pay one schema check
     (tmp_path / "s.db").unlink()
     (tmp_path / "s.db-wal").unlink(missing_ok=True)
     (tmp_path / "s.db-shm").unlink(missing_ok=True)
-    again = _storage(url)
+    again = storage_for(url)
     assert again is not first
     assert optuna.get_all_study_names(again) == []  # a working storage on the new file

@@ -56,12 +56,13 @@ _STORAGES: dict = {}  # one engine (connection pool) per database for the whole 
 
 
 def trials_of(url: str, name: str = "scale", keep_discarded: bool = False):
-    from m2k_bt.optimize.study import _discarded, _storage
+    from m2k_bt.optimize.claims import is_discarded
+    from m2k_bt.optimize.storage import storage_for
 
     if url not in _STORAGES:
-        _STORAGES[url] = _storage(url)
+        _STORAGES[url] = storage_for(url)
     study = optuna.load_study(study_name=name, storage=_STORAGES[url])
-    return [t for t in study.get_trials(deepcopy=False) if keep_discarded or not _discarded(t)]
+    return [t for t in study.get_trials(deepcopy=False) if keep_discarded or not is_discarded(t)]
 
 
 def wait_complete(url: str, n: int, name: str = "scale", timeout: float = 60) -> None:
@@ -180,7 +181,7 @@ def test_server_stopped_mid_study_one_line_exit_2_then_resume_completes(pg, monk
     # resume (here, in this process): the trial the lost connection left RUNNING is re-run
     import scaleout_driver as d
 
-    from m2k_bt.optimize.study import optimize
+    from m2k_bt.optimize import optimize
 
     monkeypatch.setenv("M2K_TEST_DELAY", "0")
     optimize(d.bars(), d.DriverConfig(), ["fast=10:40:10", "slow=100:200:50"], sampler="grid",
@@ -272,7 +273,7 @@ def test_dask_on_the_runs_own_study_db_writes_it_behind(tmp_path):
     """With --out and no --storage the driver is the study's only user (Dask workers only run
     backtests): the study runs in memory and study.db gets every point once, written behind."""
     pytest.importorskip("distributed")
-    from m2k_bt.optimize.study import study_storage_url
+    from m2k_bt.optimize import study_storage_url
 
     cluster = DaskCluster(2, env={"M2K_TEST_DELAY": "0.05"})
     try:
@@ -294,14 +295,15 @@ def test_a_silent_trial_of_another_host_is_retried_after_its_heartbeat_stops(tmp
     elsewhere and whose heartbeat stopped is failed after 3 heartbeats and re-run here."""
     import scaleout_driver as d
 
-    from m2k_bt.optimize.study import _storage, optimize
+    from m2k_bt.optimize import optimize
+    from m2k_bt.optimize.storage import storage_for
 
     monkeypatch.setenv("M2K_TEST_DELAY", "0")
     url = f"sqlite:///{tmp_path / 'study.db'}"
     kw = dict(storage=url, study_name="scale", sampler="grid", workers=1, heartbeat=1,
               run_backtest=d.slow_run, quiet=True, overfitting=False)
     optimize(d.bars(), d.DriverConfig(), ["fast=10:40:10", "slow=100:200:50"], trials=3, **kw)
-    study = optuna.load_study(study_name="scale", storage=_storage(url, heartbeat=1))
+    study = optuna.load_study(study_name="scale", storage=storage_for(url, heartbeat=1))
     study.enqueue_trial({"fast": 40, "slow": 200})
     t = study.ask()  # as a process on machine "far-away" would: RUNNING, one heartbeat
     study._storage.set_trial_system_attr(t._trial_id, "m2k_owner", "far-away:1")

@@ -18,8 +18,8 @@ from pathlib import Path
 from ..errors import M2KError
 from .common import (
     DEFAULT_DATA,
+    ArgParser,
     ProgressBar,
-    _Parser,
     add_common_args,
     config_from_args,
     default_out,
@@ -53,7 +53,7 @@ def _list_strategies() -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(
+    p = ArgParser(
         prog="run_backtest.py",
         description="Backtest CME Micro E-mini Russell 2000 (M2K) strategies with backtrader. "
         "Subcommands: optimize, walkforward, live (run 'run_backtest.py SUB --help').",
@@ -92,10 +92,15 @@ def backtest_main(argv: list[str]) -> int:
         bars, config = config_from_args(args)
         progress = ProgressBar("bars", enabled=not args.quiet)
         result = None
-        if args.engine == "kernel":
-            from ..kernel.simulation import run_kernel_or_say_why
+        if args.engine != "cerebro":  # the kernel (numba) is imported only when asked for
+            from ..kernel import choose_engine, run_kernel_or_say_why
 
-            result = run_kernel_or_say_why(bars, config)
+            _, choice = choose_engine(config, args.engine)
+            if choice["engine"] == "kernel":  # None, saying why, if the kernel diverges
+                result = run_kernel_or_say_why(bars, config)
+            else:
+                why = choice["kernel_unsupported"]
+                print(f"note: running in cerebro: {why}", file=sys.stderr)
         try:
             if result is None:
                 result = run_backtest(bars, config,

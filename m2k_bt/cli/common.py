@@ -18,6 +18,7 @@ from ..errors import ConfigError, DataFeedError, ParameterError
 
 __all__ = [
     "DEFAULT_DATA",
+    "ArgParser",
     "ProgressBar",
     "add_common_args",
     "config_from_args",
@@ -31,7 +32,7 @@ ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_DATA = ROOT / "datafeeds" / "m2k_5min.csv.gz"
 
 
-class _Parser(argparse.ArgumentParser):
+class ArgParser(argparse.ArgumentParser):
     """argparse with one-line errors and exit status 2."""
 
     def error(self, message):

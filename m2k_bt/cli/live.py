@@ -290,9 +290,9 @@ def run_live(source, config, bars: pd.DataFrame | None = None, fills=None,
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .common import _Parser, add_common_args
+    from .common import ArgParser, add_common_args
 
-    p = _Parser(
+    p = ArgParser(
         prog="run_backtest.py live",
         description="Paper-trade a strategy on a replayed stream of bars with the paper broker "
         "(FuturesBroker + M2KCommInfo); prints fills as they happen and writes the backtest "

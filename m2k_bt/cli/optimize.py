@@ -31,7 +31,16 @@ import os
 from pathlib import Path
 
 from ..errors import ConfigError
-from ..optimize.study import DEFAULT_HEARTBEAT, DEFAULT_RECONNECT, OBJECTIVES
+from ..optimize import (
+    OBJECTIVES,
+    format_status,
+    optimize,
+    study_status,
+    study_storage_url,
+    walk_forward,
+)
+from ..optimize.storage import DEFAULT_HEARTBEAT, DEFAULT_RECONNECT, storage_for
+from .common import ArgParser, ProgressBar, add_common_args, config_from_args, default_out
 
 __all__ = ["optimize_main", "walkforward_main", "build_optimize_parser", "build_walkforward_parser"]
 
@@ -104,9 +113,7 @@ def _add_search_args(p: argparse.ArgumentParser) -> None:
 
 
 def build_optimize_parser() -> argparse.ArgumentParser:
-    from .common import _Parser, add_common_args
-
-    p = _Parser(
+    p = ArgParser(
         prog="run_backtest.py optimize",
         description="Search strategy parameters with Optuna (TPE or grid) on full backtests; "
         "reports the best parameters, the Deflated Sharpe Ratio and the PBO.",
@@ -122,9 +129,7 @@ def build_optimize_parser() -> argparse.ArgumentParser:
 
 
 def build_walkforward_parser() -> argparse.ArgumentParser:
-    from .common import _Parser, add_common_args
-
-    p = _Parser(
+    p = ArgParser(
         prog="run_backtest.py walkforward",
         description="Walk-forward analysis: optimise each in-sample window, trade the best "
         "parameters on the following out-of-sample window, carry equity forward.",
@@ -164,8 +169,6 @@ def _space(args) -> list[str] | None:
 
 
 def _out(args, kind: str, strategy: str) -> Path:
-    from .common import default_out
-
     if args.out:
         return Path(args.out)
     d = default_out(strategy)
@@ -190,9 +193,6 @@ def _search_kwargs(args) -> dict:
 
 def optimize_main(argv: list[str]) -> int:
     """``run_backtest.py optimize ...``; returns the exit status."""
-    from ..optimize.study import optimize
-    from .common import ProgressBar, config_from_args
-
     args = build_optimize_parser().parse_args(argv)
     if args.status:
         return _status(args)
@@ -200,10 +200,8 @@ def optimize_main(argv: list[str]) -> int:
         raise ConfigError(f"--heartbeat must be a whole number of seconds >= 1, "
                           f"got {args.heartbeat}")
     if args.storage:
-        from ..optimize.study import _storage
-
         # a wrong URL or password is reported before the data loads
-        _storage(args.storage).engine.dispose()
+        storage_for(args.storage).engine.dispose()
     bars, config = config_from_args(args)
     out = _out(args, "optimize", config.strategy_name)
     res = optimize(
@@ -224,8 +222,6 @@ def optimize_main(argv: list[str]) -> int:
 
 
 def _status(args) -> int:
-    from ..optimize.study import format_status, study_status, study_storage_url
-
     if args.storage:
         url = args.storage
     elif args.out:
@@ -241,9 +237,6 @@ def _status(args) -> int:
 
 def walkforward_main(argv: list[str]) -> int:
     """``run_backtest.py walkforward ...``; returns the exit status."""
-    from ..optimize.walkforward import walk_forward
-    from .common import ProgressBar, config_from_args
-
     args = build_walkforward_parser().parse_args(argv)
     bars, config = config_from_args(args)
     out = _out(args, "walkforward", config.strategy_name)

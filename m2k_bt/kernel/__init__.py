@@ -1,5 +1,6 @@
 """The research engine: a compiled simulation proven equal to cerebro's."""
 
+from .choice import choose_engine
 from .simulation import (
     KERNEL_EXIT_REASONS,
     KernelData,
@@ -26,4 +27,5 @@ __all__ = [
     "KERNEL_EXIT_REASONS",
     "run_kernel_or_say_why",
     "run_backtest_fast",
+    "choose_engine",
 ]

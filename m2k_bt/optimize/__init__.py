@@ -1,4 +1,11 @@
-"""Studies: parameter search, walk-forward and overfitting statistics (the ``optimize`` extra)."""
+"""Studies: parameter search, walk-forward and overfitting statistics (the ``optimize`` extra).
+
+The modules, one job each: :mod:`.space` (search spaces), :mod:`.trial` (one trial),
+:mod:`.storage` (where a study lives), :mod:`.claims` (processes sharing a study),
+:mod:`.writebehind` (a private study kept in memory), :mod:`.drivers` (this process, a local
+pool, Dask), :mod:`.results` (the result, status, DSR/PBO, files), :mod:`.study`
+(:func:`optimize`), :mod:`.walkforward` and :mod:`.overfitting`.
+"""
 
 from .overfitting import (
     EULER_GAMMA,
@@ -12,21 +19,11 @@ from .overfitting import (
     probability_of_backtest_overfitting,
     sharpe_ratio,
 )
-from .study import (
-    DEFAULT_SPACES,
-    OBJECTIVES,
-    OptimizeResult,
-    ParamRange,
-    StorageError,
-    evaluate_batch,
-    evaluate_params,
-    format_status,
-    mask_url,
-    optimize,
-    parse_space,
-    study_status,
-    study_storage_url,
-)
+from .results import OptimizeResult, format_status, study_status
+from .space import DEFAULT_SPACES, ParamRange, parse_space
+from .storage import StorageError, mask_url, study_storage_url
+from .study import optimize
+from .trial import OBJECTIVES, evaluate_batch, evaluate_params
 from .walkforward import (
     Fold,
     WalkForwardResult,

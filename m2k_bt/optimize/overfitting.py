@@ -67,6 +67,8 @@ def _norm_cdf(x: float) -> float:
 
 
 def _norm_ppf(p: float) -> float:
+    # scipy.stats takes over a second to import; every worker process imports this module
+    # (daily_returns) and none of them needs scipy
     from scipy.stats import norm
 
     return float(norm.ppf(p))
@@ -225,7 +227,7 @@ def deflated_sharpe_from_returns(
     values = np.array(list(srs.values()))
     variance = float(values.var(ddof=1)) if values.size > 1 else 0.0
     r = frame[best].dropna().to_numpy()
-    from scipy.stats import kurtosis as _kurt
+    from scipy.stats import kurtosis as _kurt  # lazy: see _norm_ppf
     from scipy.stats import skew as _skew
 
     skew = float(_skew(r, bias=True))

@@ -42,9 +42,12 @@ Decisions, stated:
 
 from __future__ import annotations
 
+import concurrent.futures as cf
 import contextlib
+import dataclasses
 import json
-import math
+import multiprocessing as mp
+import os
 import re
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -54,7 +57,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ..engine import run_backtest as run_in_cerebro
 from ..errors import ConfigError, M2KError
+from ..kernel import choose_engine, run_backtest_fast
+from ..outputs import OutputFolder, atomic_open, atomic_path, atomic_write_text
+from ..report import write_walkforward_html
+from .results import json_ready
+from .space import parse_space
+from .study import optimize, preselect
 
 __all__ = [
     "Window",
@@ -444,7 +454,7 @@ def walk_forward(
     """Walk-forward analysis of ``config.strategy`` over ``bars``.
 
     - ``config``: a :class:`m2k_bt.engine.cerebro.BacktestConfig`; its ``params`` are the fixed
-      parameters, ``space`` (see :func:`m2k_bt.optimize.study.parse_space`) the searched ones.
+      parameters, ``space`` (see :func:`m2k_bt.optimize.space.parse_space`) the searched ones.
     - ``in_sample``, ``out_of_sample``, ``step``, ``anchored``, ``folds``: see
       :func:`split_folds`. ``folds`` alone (``in_sample=None``) cuts that many rolling folds by
       bar count with in-sample 4x out-of-sample.
@@ -463,21 +473,15 @@ def walk_forward(
       ``objective``, ``sampler``, ``workers``, ``storage``, ``dask``, ``seed``, ``min_trades``,
       ``study_name``, ``quiet``...).
     """
-    from .study import _preselect, optimize, parse_space
-
     if verify not in ("oos", "all"):
         raise ConfigError(f"--verify must be 'oos' or 'all', got {verify!r}")
     trial_run = run_backtest  # None: optimize's engine (the kernel where it models config)
     in_kernel = False
     if run_backtest is None:
-        from ..engine.cerebro import (
-            run_backtest,  # out of sample: cerebro, or the kernel verified by it
-        )
-        from .study import _pick_engine
-
+        run_backtest = run_in_cerebro  # out of sample: cerebro, or the kernel verified by it
         engine = optimize_kwargs.get("engine", "kernel")
-        in_kernel = _pick_engine(None, engine, config)[1]["engine"] == "kernel"
-    bars, config = _preselect(bars, config)  # --start/--end/--resample before cutting folds
+        in_kernel = choose_engine(config, engine)[1]["engine"] == "kernel"
+    bars, config = preselect(bars, config)  # --start/--end/--resample before cutting folds
     if in_sample is None:
         if folds is None:
             raise ConfigError("give window lengths (--is/--oos) or a number of folds (--folds)")
@@ -488,8 +492,6 @@ def walk_forward(
     out_dir = Path(out) if out is not None else None
     with contextlib.ExitStack() as stack:
         if out_dir is not None:
-            from ..outputs import OutputFolder
-
             # one run per folder; an earlier run's outputs go before this one writes its own
             folder = stack.enter_context(OutputFolder(out_dir, marker="walkforward.json"))
             folder.clear(["folds.csv", "oos_equity.csv", "oos_equity.png", "walkforward.html"])
@@ -540,8 +542,6 @@ def walk_forward(
             params = {**dict(config.params), **opt.best_params}
             oos_cfg = _replace(config, params=params, cash=equity, start=None, end=None)
             if in_kernel:
-                from ..kernel.simulation import run_backtest_fast
-
                 result = run_backtest_fast(oos_bars, oos_cfg)
             else:
                 result = run_backtest(oos_bars, oos_cfg)
@@ -629,9 +629,7 @@ def walk_forward(
 def _cerebro_final(oos_bars, oos_cfg) -> tuple:
     """(final equity, closed trades) of ``oos_cfg`` on ``oos_bars`` in cerebro, without
     analyzers or plots: what :class:`_Verifier` compares with the kernel's run."""
-    from ..engine.cerebro import run_backtest
-
-    res = run_backtest(oos_bars, _replace(oos_cfg, analyzers=False, plot=False))
+    res = run_in_cerebro(oos_bars, _replace(oos_cfg, analyzers=False, plot=False))
     return float(res.final_value), (res.metrics or {}).get("trades")
 
 
@@ -646,16 +644,11 @@ class _Verifier:
         self.jobs: list = []
 
     def submit(self, fold: int, oos_bars, oos_cfg, fast, row: dict) -> None:
-        import concurrent.futures as cf
-        import os
-
         if (os.cpu_count() or 1) < 2:
             job = cf.Future()
             job.set_result(_cerebro_final(oos_bars, oos_cfg))
         else:
             if self.pool is None:
-                import multiprocessing as mp
-
                 self.pool = cf.ProcessPoolExecutor(1, mp_context=mp.get_context("spawn"))
             job = self.pool.submit(_cerebro_final, oos_bars, oos_cfg)
         self.jobs.append((fold, dict(oos_cfg.params), fast, job, row))
@@ -711,8 +704,6 @@ _SHOWN = (
 
 
 def _replace(config, **changes):
-    import dataclasses
-
     return dataclasses.replace(config, **changes)
 
 
@@ -726,21 +717,9 @@ def _json_default(o):
     return str(o)
 
 
-def _clean(o):
-    if isinstance(o, float) and not math.isfinite(o):
-        return None
-    if isinstance(o, dict):
-        return {str(k): _clean(v) for k, v in o.items()}
-    if isinstance(o, (list, tuple)):
-        return [_clean(v) for v in o]
-    return o
-
-
 def _write(res: WalkForwardResult, out: Path, plot: bool) -> dict:
     """Every file atomically (see :mod:`m2k_bt.outputs`); walkforward.json, the marker of a
     complete run, last."""
-    from ..outputs import atomic_open, atomic_path, atomic_write_text
-
     paths = {}
     flat = []
     for r in res.folds:
@@ -765,17 +744,16 @@ def _write(res: WalkForwardResult, out: Path, plot: bool) -> dict:
         with atomic_path(p) as tmp:
             plot_oos_equity(res, tmp, fmt="png")
         paths["oos_equity.png"] = p
-    from ..report.html import write_walkforward_html
-
     paths["walkforward.html"] = write_walkforward_html(res, out / "walkforward.html")
     p = out / "walkforward.json"
-    atomic_write_text(p, json.dumps(_clean(res.as_dict()), indent=2, default=_json_default))
+    atomic_write_text(p, json.dumps(json_ready(res.as_dict()), indent=2, default=_json_default))
     paths["walkforward.json"] = p
     return paths
 
 
 def plot_oos_equity(res: WalkForwardResult, path: str | Path, fmt: str | None = None) -> Path:
     """Save the stitched out-of-sample equity curve with dashed lines at fold boundaries."""
+    # matplotlib (a second to import) only when a plot is drawn, its backend chosen first
     import matplotlib
 
     matplotlib.use("Agg", force=False)

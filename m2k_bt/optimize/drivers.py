@@ -1,0 +1,251 @@
+"""Who runs a study's trials: this process, a pool of local worker processes on the shared
+storage, or a Dask cluster (claimed and recorded here, backtests on the workers).
+
+Each driver claims trials (:mod:`m2k_bt.optimize.claims`), runs them
+(:func:`m2k_bt.optimize.trial.evaluate_params`) and records them, until the study is done.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import dataclasses
+import math
+import multiprocessing as mp
+import time
+
+import numpy as np
+import optuna
+
+from ..errors import ConfigError, M2KError
+from .claims import (
+    Heartbeat,
+    StudyPlan,
+    busy,
+    claim,
+    counts,
+    derive_seed,
+    fail_trial,
+    make_sampler,
+    reap,
+    tell,
+)
+from .storage import retrying, storage_for
+from .trial import evaluate_batch, evaluate_params
+
+__all__ = ["DASK_KERNEL_BATCH", "DASK_RESUBMITS", "work", "run_pool", "run_dask", "dask_client"]
+
+_POLL = 0.5  # s between looks at the storage while other processes finish their trials
+
+
+# ---------------------------------------------------------------- this process, local workers
+
+
+def work(study, plan: StudyPlan, payload, progress=None, after_batch=None) -> int:
+    """This process's share of the study: claim up to ``plan.batch`` trials, run them, record
+    them, until the study is done. Stays while other processes still run trials, so that one
+    of theirs whose process dies is re-run here. Returns the number of trials run."""
+    bars, config, space, objective, min_trades, run = payload
+    rng = np.random.default_rng(derive_seed(plan.seed, plan.identity, "free"))
+    ran, reaped = 0, time.monotonic()
+    with Heartbeat(study._storage, plan.heartbeat) as beat:
+        while True:
+            claimed = []
+            while len(claimed) < max(1, plan.batch):
+                got = retrying(plan, claim, study, plan, rng)
+                if got is None:
+                    break
+                claimed.append(got)
+                beat.add(got[0]._trial_id)
+            if not claimed:
+                if not retrying(plan, busy, study):
+                    return ran
+                retrying(plan, reap, study, plan)  # a trial we wait for may be dead
+                time.sleep(_POLL)
+                continue
+            told = 0
+            try:
+                for trial, params in claimed:
+                    outcome = evaluate_params(bars, config, params, objective, min_trades, run)
+                    retrying(plan, tell, study, trial, outcome)
+                    beat.ids.discard(trial._trial_id)
+                    told += 1
+            except BaseException:
+                for trial, _ in claimed[told:]:
+                    fail_trial(study, trial)
+                raise
+            ran += told
+            if after_batch is not None:
+                retrying(plan, after_batch)
+            if time.monotonic() - reaped > plan.heartbeat:  # dead processes' trials, now and
+                retrying(plan, reap, study, plan)  # then (queued retries go first)
+                reaped = time.monotonic()
+            if progress is not None:
+                c = retrying(plan, counts, study)
+                progress(min(c["COMPLETE"] + c["PRUNED"], plan.target), plan.target)
+
+
+def _worker(args) -> None:
+    """One local worker process: open the study and work on it; errors go back on ``queue``."""
+    plan, direction, payload, index, queue = args
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    try:
+        study = optuna.load_study(
+            study_name=plan.name, storage=storage_for(plan.url, plan.heartbeat)
+        )
+        n_done = sum(1 for t in study.get_trials(deepcopy=False) if t.state.is_finished())
+        seed = derive_seed(plan.seed, plan.identity, index or "", n_done or "")
+        study.sampler = make_sampler(plan.sampler, seed, True)
+        work(study, dataclasses.replace(plan, identity=f"{plan.identity}/{index}"), payload)
+        queue.put((index, None))
+    except BaseException as exc:  # noqa: BLE001 - reported by the driver
+        queue.put((index, exc if isinstance(exc, M2KError) else RuntimeError(repr(exc))))
+
+
+def run_pool(study, plan: StudyPlan, direction, workers, payload, progress) -> list[str]:
+    """``workers`` spawned processes on the shared storage. A worker that dies (killed) does
+    not stop the others: its trial is re-run by them; this process finishes what is left."""
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    procs = [
+        ctx.Process(target=_worker, args=((plan, direction, payload, i, queue),), daemon=True)
+        for i in range(workers)
+    ]
+    for p in procs:
+        p.start()
+    notes, errors, reported = [], [], set()
+    try:
+        while True:
+            while not queue.empty():
+                index, exc = queue.get()
+                reported.add(index)
+                if exc is not None:
+                    errors.append(exc)
+            if errors:
+                raise errors[0]
+            if progress is not None:
+                c = retrying(plan, counts, study)
+                progress(min(c["COMPLETE"] + c["PRUNED"], plan.target), plan.target)
+            if all(not p.is_alive() for p in procs):
+                break
+            time.sleep(_POLL)
+        while not queue.empty():
+            index, exc = queue.get()
+            reported.add(index)
+            if exc is not None:
+                raise exc
+    finally:
+        for p in procs:
+            if p.is_alive():
+                p.terminate()
+            p.join(5)
+    for i, p in enumerate(procs):
+        if i not in reported:
+            notes.append(f"worker {i + 1} died (exit status {p.exitcode}); its trial was re-run")
+    if notes:  # finish here whatever the dead workers left
+        work(study, plan, payload, progress)
+    return notes
+
+
+# ---------------------------------------------------------------- Dask
+
+#: Trials a Dask task runs when the trials run in the kernel (see ``batch`` of
+#: :func:`m2k_bt.optimize.study.optimize`).
+DASK_KERNEL_BATCH = 32
+#: A Dask task lost with its worker (its scattered bars gone too) is submitted again this often.
+DASK_RESUBMITS = 3
+
+
+def run_dask(study, plan: StudyPlan, client, payload, progress, after_batch=None) -> None:
+    """Trials as Dask tasks, ``plan.batch`` trials a task: claimed and recorded here,
+    backtests on the workers (:func:`evaluate_batch`). A worker that dies loses nothing: Dask
+    runs its task again on another worker, and a task Dask gives up on with the worker
+    (cancelled, its data lost) is submitted again from here."""
+    # distributed takes most of a second to import and only --dask needs it
+    from distributed import as_completed
+    from distributed.scheduler import KilledWorker
+
+    lost = (cf.CancelledError, KilledWorker, OSError, TimeoutError)
+    bars, config, space, objective, min_trades, run = payload
+    data = {"bars": client.scatter(bars, broadcast=True)}
+    n_slots = max(1, sum(w.get("nthreads", 1) for w in client.scheduler_info()["workers"].values()))
+    # the default: up to DASK_KERNEL_BATCH trials a task, but at least two tasks a slot
+    size = plan.batch or max(1, min(DASK_KERNEL_BATCH, math.ceil(plan.target / (2 * n_slots))))
+    rng = np.random.default_rng(derive_seed(plan.seed, plan.identity, "free"))
+    running: dict = {}
+    ac = as_completed()
+    with Heartbeat(study._storage, plan.heartbeat) as beat:
+
+        def submit(batch, attempt: int) -> None:
+            fut = client.submit(
+                evaluate_batch, data["bars"], config, [p for _, p in batch], objective,
+                min_trades, run, pure=False,
+            )
+            running[fut.key] = (batch, attempt)
+            ac.add(fut)
+
+        def fill() -> None:
+            while len(running) < n_slots:
+                batch = []
+                while len(batch) < size:
+                    got = retrying(plan, claim, study, plan, rng)
+                    if got is None:
+                        break
+                    beat.add(got[0]._trial_id)
+                    batch.append(got)
+                if not batch:
+                    return
+                submit(batch, 0)
+
+        while True:
+            retrying(plan, reap, study, plan)
+            fill()
+            if not running:
+                if not retrying(plan, busy, study):
+                    return
+                time.sleep(_POLL)
+                continue
+            fut = next(ac)
+            batch, attempt = running.pop(fut.key)
+            try:
+                outcomes = fut.result()
+            except lost:
+                if attempt >= DASK_RESUBMITS:
+                    raise
+                data["bars"] = client.scatter(bars, broadcast=True)
+                submit(batch, attempt + 1)
+                continue
+            except BaseException:
+                for other, _ in [*batch, *(t for b, _ in running.values() for t in b)]:
+                    fail_trial(study, other)
+                raise
+            for (trial, _), outcome in zip(batch, outcomes):
+                retrying(plan, tell, study, trial, outcome)
+                beat.ids.discard(trial._trial_id)
+            if after_batch is not None:
+                retrying(plan, after_batch)
+            if progress is not None:
+                c = retrying(plan, counts, study)
+                progress(min(c["COMPLETE"] + c["PRUNED"], plan.target), plan.target)
+
+
+def dask_client(address: str):
+    """A Dask client for ``address`` (``"local"``: a 2-process LocalCluster) and the cluster
+    this made (None when it connected to a running scheduler)."""
+    try:  # dask[distributed] is imported only for --dask (most of a second)
+        from distributed import Client, LocalCluster
+    except ImportError:  # pragma: no cover
+        raise ConfigError(
+            "--dask needs dask[distributed]: pip install 'dask[distributed]'"
+        ) from None
+    if address == "local":
+        cluster = LocalCluster(
+            n_workers=2, processes=True, threads_per_worker=1, dashboard_address=None
+        )
+        return Client(cluster), cluster
+    try:
+        return Client(address, timeout="20s"), None
+    except OSError as exc:
+        raise ConfigError(
+            f"--dask {address}: cannot reach a Dask scheduler ({exc}); start one with "
+            f"'dask scheduler' and workers with 'dask worker {address}'"
+        ) from None

@@ -1,0 +1,223 @@
+"""Where a study lives: storage URLs, opening an Optuna RDB storage (SQLite or a server),
+and riding out a lost connection.
+
+A SQLite file's storage is made once per process and file; ``postgresql://`` is mapped to the
+installed driver; a lost connection is retried with backoff for ``reconnect`` seconds, then
+becomes one :class:`StorageError` line with the password masked.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import random
+import re
+import time
+import warnings
+from pathlib import Path
+
+import optuna
+import sqlalchemy.exc as sa
+from sqlalchemy import event
+
+from ..errors import ConfigError, M2KError
+
+__all__ = [
+    "DEFAULT_HEARTBEAT",
+    "DEFAULT_RECONNECT",
+    "DB_ERRORS",
+    "StorageError",
+    "study_storage_url",
+    "is_remote",
+    "mask_url",
+    "one_line",
+    "storage_for",
+    "retrying",
+]
+
+#: Seconds between heartbeats of a running trial; one silent for 3x as long belongs to a dead
+#: process and is failed and re-queued (a process on the same host is seen dead at once).
+DEFAULT_HEARTBEAT = 10
+#: Seconds a lost storage connection is retried (with backoff) before the run gives up.
+DEFAULT_RECONNECT = 60.0
+
+
+class StorageError(ConfigError):
+    """The study's storage cannot be reached, or was lost for longer than the retry period."""
+
+
+def study_storage_url(out: str | Path) -> str:
+    """The embedded storage URL of an output folder: ``sqlite:///<out>/study.db``."""
+    return f"sqlite:///{(Path(out) / 'study.db').resolve()}"
+
+
+def is_remote(url: str | None) -> bool:
+    """Another machine may run trials of this study: any RDB URL but a SQLite file."""
+    return url is not None and not url.startswith("sqlite:")
+
+
+def mask_url(url: str | None) -> str | None:
+    """``url`` with its password replaced by ``***``.
+
+    >>> mask_url("postgresql://ann:s3cret@db:5432/optuna")
+    'postgresql://ann:***@db:5432/optuna'
+    >>> mask_url("sqlite:///tmp/study.db")
+    'sqlite:///tmp/study.db'
+    """
+    if url is None:
+        return None
+    return re.sub(r"^([a-z0-9+._-]+://[^:/@]*:)[^@]*@", r"\1***@", url, flags=re.I)
+
+
+def _driver_url(url: str) -> str:
+    """Map ``postgresql://`` (and ``postgres://``) to the installed driver: psycopg 3 (the
+    ``postgres`` extra), else psycopg2. An explicit ``+driver`` is kept."""
+    scheme, sep, rest = url.partition("://")
+    if not sep or scheme.lower() not in ("postgresql", "postgres"):
+        return url
+    for module, driver in (("psycopg", "psycopg"), ("psycopg2", "psycopg2")):
+        if importlib.util.find_spec(module) is not None:
+            return f"postgresql+{driver}://{rest}"
+    raise StorageError(
+        f"--storage {mask_url(url)}: no PostgreSQL driver is installed; "
+        f"pip install -e '.[postgres]' (psycopg 3)"
+    )
+
+
+#: What a lost or refused database connection raises (retried by :func:`retrying`).
+DB_ERRORS = (sa.OperationalError, sa.InterfaceError, optuna.exceptions.StorageInternalError)
+
+
+def one_line(exc: BaseException, url: str | None) -> str:
+    """The first meaningful line of a driver's message, password masked."""
+    text = str(getattr(exc, "orig", None) or exc).strip()
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    line = next((ln for ln in lines if not ln.startswith("(Background")), "") or type(exc).__name__
+    line = re.sub(r"\s*\(Background on this error at:.*", "", line)
+    if url:
+        m = re.match(r"^[a-z0-9+._-]+://[^:/@]*:([^@]*)@", url, flags=re.I)
+        if m and m.group(1):
+            line = line.replace(m.group(1), "***")
+    return line[:300]
+
+
+_SQLITE_STORAGES: dict = {}  # (url, heartbeat) -> (file's inode, storage): one per file
+
+
+def storage_for(url: str | None, heartbeat: int = DEFAULT_HEARTBEAT):
+    """An RDB storage with heartbeats (any URL, SQLite included); None in memory. A SQLite
+    file's storage is made once per process (each costs a schema check of ~0.1 s: walk-forward
+    opens one per fold), again if the file was replaced."""
+    if url is not None and _driver_url(url).startswith("sqlite:///"):
+        path = _driver_url(url)[len("sqlite:///"):]
+        key = (url, int(heartbeat))
+        held = _SQLITE_STORAGES.get(key)
+        inode = _inode(path)
+        if held is not None and inode is not None and held[0] == inode:
+            return held[1]
+        storage = _new_storage(url, heartbeat)
+        _SQLITE_STORAGES[key] = (_inode(path), storage)
+        return storage
+    return _new_storage(url, heartbeat)
+
+
+def _inode(path: str):
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino)
+
+
+def _new_storage(url: str | None, heartbeat: int = DEFAULT_HEARTBEAT):
+    if url is None:
+        return None
+    real = _driver_url(url)
+    kwargs = {}
+    if real.startswith("sqlite:"):
+        kwargs["engine_kwargs"] = {"connect_args": {"timeout": 60}}
+    else:
+        kwargs["engine_kwargs"] = {"pool_pre_ping": True}
+    for attempt in range(6):
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                storage = optuna.storages.RDBStorage(
+                    real,
+                    heartbeat_interval=max(1, int(heartbeat)),
+                    grace_period=max(2, 3 * int(heartbeat)),
+                    **kwargs,
+                )
+            break
+        except (sa.IntegrityError, sa.ProgrammingError) as exc:
+            # two processes creating the tables of a fresh database at once: one loses the
+            # race on a catalogue row; the tables exist now, so try again
+            if attempt == 5:
+                raise StorageError(
+                    f"--storage {mask_url(url)}: cannot create the study tables: "
+                    f"{one_line(exc, url)}"
+                ) from None
+            time.sleep(0.1 + random.random() * 0.4)
+        except (ImportError, ModuleNotFoundError) as exc:
+            raise StorageError(
+                f"--storage {mask_url(url)}: the database driver is missing ({exc}); "
+                f"pip install -e '.[postgres]' for PostgreSQL"
+            ) from None
+        except Exception as exc:  # SQLAlchemy: bad URL, unreachable server, wrong password
+            if isinstance(exc, M2KError):
+                raise
+            raise StorageError(
+                f"--storage {mask_url(url)}: cannot open the study: {one_line(exc, url)}"
+            ) from None
+    if real.startswith("sqlite:"):
+        _fast_sqlite(storage.engine)
+    return storage
+
+
+def _fast_sqlite(engine) -> None:
+    """Make SQLite safe and quick for several worker processes.
+
+    - ``BEGIN IMMEDIATE`` for every transaction: Python's sqlite3 otherwise starts the
+      transaction only at the first write, so two workers could both read a queued (WAITING)
+      trial as free and both run it. Optuna's check-then-set in ``set_trial_state_values`` is
+      atomic only inside a real write transaction.
+    - WAL journal and ``synchronous=NORMAL``: a commit no longer waits for the disk, which cut
+      Optuna's per-trial bookkeeping about tenfold here. A crashed or killed process loses
+      nothing committed; only a power cut may lose the last commits (those trials then simply
+      run again on resume).
+    """
+    def on_connect(dbapi_conn, _record):
+        dbapi_conn.isolation_level = None  # we issue BEGIN ourselves
+        cur = dbapi_conn.cursor()
+        cur.execute("PRAGMA journal_mode=WAL")
+        cur.execute("PRAGMA synchronous=NORMAL")
+        cur.execute("PRAGMA busy_timeout=60000")
+        cur.close()
+
+    def on_begin(conn):
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+    event.listen(engine, "connect", on_connect)
+    event.listen(engine, "begin", on_begin)
+    engine.dispose()  # connections opened during set-up get the settings too
+
+
+def retrying(plan, fn, *args):
+    """``fn(*args)``, retried with backoff while the storage connection is down, for up to
+    ``plan.reconnect`` seconds; then a :class:`StorageError` naming ``plan.url`` (masked).
+    ``plan`` is a :class:`m2k_bt.optimize.claims.StudyPlan` (anything with ``url`` and
+    ``reconnect``)."""
+    deadline = time.monotonic() + plan.reconnect
+    delay = 0.25
+    while True:
+        try:
+            return fn(*args)
+        except DB_ERRORS as exc:
+            if time.monotonic() + delay > deadline:
+                raise StorageError(
+                    f"--storage {mask_url(plan.url)}: lost the connection for over "
+                    f"{plan.reconnect:g} s ({one_line(exc, plan.url)}); the study is saved: "
+                    f"run the same command again to resume it"
+                ) from None
+            time.sleep(delay)
+            delay = min(delay * 2, 5.0)

@@ -1,0 +1,124 @@
+"""One trial: a full backtest of one parameter set, scored on an objective.
+
+A trial's outcome is a plain, picklable dict (what a worker process or a Dask task sends back):
+the objective's value, or the reason the trial is infeasible, and the backtest's figures.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import pandas as pd
+
+from ..engine import run_backtest as run_in_cerebro
+from ..errors import ParameterError
+from .overfitting import daily_returns
+from .space import parse_scalar, strategy_class
+
+__all__ = ["OBJECTIVES", "evaluate_params", "evaluate_batch"]
+
+#: Objectives (keys of ``BacktestResult.metrics``) and their direction.
+OBJECTIVES = {
+    "sharpe": "maximize",
+    "sortino": "maximize",
+    "calmar": "maximize",
+    "sqn": "maximize",
+    "net_profit": "maximize",
+    "return_pct": "maximize",
+    "cagr": "maximize",
+    "profit_factor": "maximize",
+    "win_rate": "maximize",
+    "expectancy": "maximize",
+    "max_drawdown": "minimize",
+    "max_drawdown_pct": "minimize",
+}
+
+
+def _equity_values(result) -> pd.Series:
+    eq = getattr(result, "equity", None)
+    if eq is not None and len(eq) and "value" in eq:
+        return eq["value"]
+    return pd.Series(dtype=float, index=pd.DatetimeIndex([]))
+
+
+def evaluate_params(
+    bars: pd.DataFrame,
+    config,
+    params: dict,
+    objective: str = "sharpe",
+    min_trades: int = 1,
+    run_backtest: Callable | None = None,
+) -> dict:
+    """Run one trial; a plain, picklable dict (what a worker sends back):
+
+    ``value`` (objective, or None), ``infeasible`` (reason or None) and ``attrs``: ``metrics``,
+    ``start_value``, ``final_value``, ``first_dt``, ``last_dt``, ``elapsed`` (s) and
+    ``returns`` (``{"YYYY-MM-DD": daily return}``). A study stores ``attrs`` in the trial's user
+    attribute ``backtest`` and the reason in ``infeasible``.
+    """
+    fixed = dict(getattr(config, "params", {}) or {})
+    # command-line --param values arrive as text: compare numbers as numbers
+    merged = {**{k: parse_scalar(v) if isinstance(v, str) else v for k, v in fixed.items()},
+              **params}
+    cls = strategy_class(getattr(config, "strategy", None))
+    validate = getattr(cls, "validate_params", None)
+    try:
+        if validate is not None:
+            validate(dict(merged))
+        if "fast" in merged and "slow" in merged and merged["fast"] >= merged["slow"]:
+            raise ParameterError(f"fast ({merged['fast']}) must be below slow ({merged['slow']})")
+    except ParameterError as exc:
+        return {"value": None, "infeasible": f"constraint: {exc}", "attrs": {}}
+    if run_backtest is None:
+        run_backtest = run_in_cerebro
+    t0 = time.perf_counter()
+    result = run_backtest(bars, dataclasses.replace(config, params=merged, analyzers=False))
+    elapsed = time.perf_counter() - t0
+    metrics = {k: _plain_number(v) for k, v in (result.metrics or {}).items()}
+    rets = daily_returns(_equity_values(result), result.start_value)
+    attrs = {
+        "metrics": metrics,
+        "start_value": float(result.start_value),
+        "final_value": float(result.final_value),
+        "first_dt": str(result.first_dt),
+        "last_dt": str(result.last_dt),
+        "elapsed": round(elapsed, 4),
+        "returns": dict(zip(rets.index.strftime("%Y-%m-%d"), rets.to_numpy(float).tolist())),
+    }
+    value = metrics.get(objective)
+    trades = metrics.get("trades") or 0
+    reason = None
+    if trades < min_trades:
+        reason = f"min_trades: {trades} trades < {min_trades}"
+    elif value is None or not math.isfinite(value):
+        reason = f"objective {objective} undefined ({value})"
+    return {"value": None if reason else float(value), "infeasible": reason, "attrs": attrs}
+
+
+def evaluate_batch(
+    bars: pd.DataFrame,
+    config,
+    params_list: Sequence[dict],
+    objective: str = "sharpe",
+    min_trades: int = 1,
+    run_backtest: Callable | None = None,
+) -> list[dict]:
+    """:func:`evaluate_params` for each of ``params_list`` in turn, in this process: one
+    Dask task (or one claim of a worker) runs a whole batch, and the kernel's indicators,
+    kept per bars object, are shared by the batch's trials."""
+    return [evaluate_params(bars, config, p, objective, min_trades, run_backtest)
+            for p in params_list]
+
+
+def _plain_number(v):
+    if isinstance(v, (np.integer,)):
+        return int(v)
+    if isinstance(v, (np.floating,)):
+        v = float(v)
+    if isinstance(v, float) and not math.isfinite(v):
+        return None
+    return v

@@ -1,0 +1,72 @@
+"""A fresh study on a storage only this process uses runs in memory and is written behind
+to the storage in batches (see :class:`WriteBehind`)."""
+
+from __future__ import annotations
+
+import time
+
+import optuna
+
+from .claims import StudyPlan
+from .storage import DB_ERRORS, storage_for
+
+__all__ = ["FLUSH_SECONDS", "WriteBehind", "is_fresh"]
+
+#: Seconds between writes of a study kept in memory to its private storage.
+FLUSH_SECONDS = 2.0
+
+
+class WriteBehind:
+    """A fresh study on a storage only this process uses (the ``study.db`` of an output
+    folder it holds locked) runs in memory; its finished trials are written to the storage
+    in one batch every :data:`FLUSH_SECONDS` and at the end, so a trial of milliseconds does
+    not pay a dozen SQLite round trips. Trials go in number order and only finished ones, so
+    the storage always holds a consistent study: a run killed outright loses at most the
+    last seconds of trials and resumes from the storage like any other study."""
+
+    def __init__(self, plan: StudyPlan, mem_study):
+        self.plan, self.mem = plan, mem_study
+        self.disk = None
+        self.written = 0  # trials of ``mem`` (by number) already in the storage
+        self.last = time.monotonic()
+
+    def maybe(self) -> None:
+        """Flush when the last write is :data:`FLUSH_SECONDS` old (called after each batch)."""
+        if time.monotonic() - self.last >= FLUSH_SECONDS:
+            self.flush()
+
+    def flush(self) -> None:
+        """Write the trials finished since the last flush, in number order, and the study's
+        user attributes (the storage's study is created on the first flush)."""
+        trials = self.mem.get_trials(deepcopy=False)
+        todo = []
+        for t in trials[self.written:]:
+            if not t.state.is_finished():
+                break
+            todo.append(t)
+        if self.disk is None:
+            storage = storage_for(self.plan.url, self.plan.heartbeat)
+            self.disk = optuna.create_study(study_name=self.plan.name, storage=storage,
+                                            direction=self.mem.direction)
+            # settings first, the ready mark last (as set_up_study does on a shared storage)
+            for key, value in self.mem.user_attrs.items():
+                if key != "m2k_ready":
+                    self.disk.set_user_attr(key, value)
+        # the RDB storage itself, not the study's cache of it: nothing here reads them back
+        storage = getattr(self.disk._storage, "_backend", self.disk._storage)
+        for t in todo:
+            storage.create_new_trial(self.disk._study_id, template_trial=t)
+        self.written += len(todo)
+        for key, value in self.mem.user_attrs.items():
+            if self.disk.user_attrs.get(key) != value:
+                self.disk.set_user_attr(key, value)
+        self.last = time.monotonic()
+
+
+def is_fresh(plan: StudyPlan) -> bool:
+    """The storage does not hold this study yet (a private one may then run in memory)."""
+    try:
+        names = optuna.get_all_study_names(storage_for(plan.url, plan.heartbeat))
+    except DB_ERRORS:
+        return False
+    return plan.name not in names
