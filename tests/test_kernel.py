@@ -412,6 +412,20 @@ def test_bad_config_raises_the_runners_errors():
     assert str(got.value) == str(ref.value)
 
 
+def test_the_kernel_takes_the_plan_cerebro_takes():
+    from m2k_bt.engine import resolve
+
+    bars = make_bars(1500, seed=4)
+    plan = resolve(BacktestConfig(strategy="sma", sizer="fixed", params={"fast": 5, "slow": 20}))
+    got = simulate(bars, plan)
+    assert got.config is plan.config and got.engine == "kernel"
+    assert got.final_value == simulate(bars, plan.config).final_value
+    trials = [plan.with_params({"fast": f, "slow": 20}) for f in (5, 8)]
+    many = simulate_many(bars, trials)
+    assert many[0].final_value == got.final_value
+    assert abs(many[1].final_value - run_backtest(bars, trials[1]).final_value) < 0.005
+
+
 def test_indicators_are_computed_once_per_data_set():
     bars = make_bars(1500, seed=4)
     data = prepare(bars)

@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from ..analyzers.standard import (
-    _div,  # TODO(issue 20): public names from analyzers/
+    _div,  # private in analyzers/ until it makes them public (issue 20)
     _periods,
     _r,
     returns_statistics,

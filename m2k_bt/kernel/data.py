@@ -12,7 +12,7 @@ import datetime as _dt
 import numpy as np
 import pandas as pd
 
-from ..brokers.futures import _day_fraction  # TODO(issue 20): public name from brokers/
+from ..brokers.futures import _day_fraction  # private in brokers/ until renamed (issue 20)
 from ..engine import BacktestConfig, Plan, select_bars
 from ..indicators.bands import AdaptiveBollingerBands, tick_counts, window_tick_sums
 from ..sessions import date2num, num2datetime64, trade_dates64

@@ -326,10 +326,11 @@ def run_kernel_or_say_why(bars, config: BacktestConfig | Plan) -> BacktestResult
     kernel``."""
     import sys
 
-    ok, why = supported(config)
+    plan = resolve(config)
+    ok, why = supported(plan)
     if ok:
         try:
-            return simulate(bars, config)
+            return simulate(bars, plan)
         except KernelDiverged as exc:
             why = str(exc)
     print(f"note: running in cerebro: {why}", file=sys.stderr)
