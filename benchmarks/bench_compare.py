@@ -285,7 +285,7 @@ def _run_full(bars: pd.DataFrame, analyzers: bool | None = True, sizer: str = "k
     if analyzers is False:
         config = config.replace(analyzers=False)
     if analyzers is None:  # no analyzer at all: patch the engine's hook for this process only
-        import m2k_bt.analyzers.standard as an
+        import m2k_bt.analyzers as an
 
         an.add_analyzers = lambda cerebro, minimal=False, **kw: []
     result = run_backtest(bars, config)

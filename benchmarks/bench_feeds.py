@@ -14,7 +14,8 @@ import time
 
 import backtrader as bt
 
-from m2k_bt.feeds.bars import BarsFeed, load_bars
+from m2k_bt.feeds.bars import BarsFeed
+from m2k_bt.feeds.loaders import load_bars
 from m2k_bt.feeds.synth import generate_continuous, write_bars
 
 NY = "America/New_York"

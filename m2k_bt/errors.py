@@ -20,6 +20,10 @@ __all__ = [
     "NotEnoughBarsError",
     "did_you_mean",
     "check_known",
+    "TRUE_WORDS",
+    "FALSE_WORDS",
+    "NONE_WORDS",
+    "parse_bool",
 ]
 
 
@@ -89,3 +93,24 @@ def check_known(
                 f"unknown {what} '{key}'{did_you_mean(key, allowed)}; "
                 f"known: {', '.join(sorted(allowed))}"
             )
+
+
+#: Words read as yes / no / nothing in text input (command-line values, CSV cells), lower case.
+TRUE_WORDS = frozenset({"true", "1", "yes", "on", "y", "t"})
+FALSE_WORDS = frozenset({"false", "0", "no", "off", "n", "f"})
+NONE_WORDS = frozenset({"none", "null", ""})
+
+
+def parse_bool(text) -> bool | None:
+    """``True`` or ``False`` for a word of :data:`TRUE_WORDS` or :data:`FALSE_WORDS` (any case,
+    spaces around ignored); ``None`` for any other text, so the caller can say what it expected.
+
+    >>> parse_bool(" Yes"), parse_bool("off"), parse_bool("maybe")
+    (True, False, None)
+    """
+    word = str(text).strip().lower()
+    if word in TRUE_WORDS:
+        return True
+    if word in FALSE_WORDS:
+        return False
+    return None

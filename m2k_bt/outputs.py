@@ -31,6 +31,9 @@ The API, all of it:
   in it; returns the folder as a ``Path`` or raises ``OutputError``.
 - ``OutputFolder(folder, marker="report.json")`` / ``lock_output_dir(folder)``: context
   manager that checks and locks the folder; ``.clear(names)`` removes stale outputs.
+- ``jsonable(obj)``: any result as plain JSON types (the one JSON clean-up of the package);
+  ``ny_iso(value)`` / ``ny_index_iso(index)``: the one timestamp format of every output, ISO
+  8601 with the New York offset (``2024-03-11T09:30:00-04:00``).
 
 >>> import tempfile, pathlib
 >>> d = pathlib.Path(tempfile.mkdtemp())
@@ -43,15 +46,19 @@ The API, all of it:
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import datetime as _dt
 import errno
+import math
 import os
 import tempfile
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
 from .errors import OutputError
+from .sessions import NY_ZONE
 
 __all__ = [
     "LOCK_NAME",
@@ -62,7 +69,10 @@ __all__ = [
     "atomic_write_bytes",
     "atomic_write_text",
     "check_writable",
+    "jsonable",
     "lock_output_dir",
+    "ny_index_iso",
+    "ny_iso",
 ]
 
 #: Name of the lock file an :class:`OutputFolder` holds in the folder during a run.
@@ -353,3 +363,126 @@ class OutputFolder:
 def lock_output_dir(path: str | os.PathLike, marker: str = "report.json") -> OutputFolder:
     """``with lock_output_dir("results/x") as out: ...``: same as :class:`OutputFolder`."""
     return OutputFolder(path, marker=marker)
+
+
+# -------------------------------------------------------------------------------------------
+# what goes into the files: one timestamp format, plain JSON values
+# -------------------------------------------------------------------------------------------
+
+
+def ny_iso(value: Any) -> str | None:
+    """ISO 8601 with the New York offset; a naive time is New York wall time (backtrader's
+    times are), an aware one is converted. At the autumn repeat a naive time is read as the
+    first (daylight-saving) one.
+
+    >>> ny_iso(_dt.datetime(2024, 1, 2, 9, 30))
+    '2024-01-02T09:30:00-05:00'
+    >>> ny_iso("2024-07-01T14:00:00+00:00")
+    '2024-07-01T10:00:00-04:00'
+    """
+    if value is None or value == "":
+        return None
+    if isinstance(value, str):
+        try:
+            value = _dt.datetime.fromisoformat(value)
+        except ValueError:
+            return value
+    if hasattr(value, "to_pydatetime"):  # pandas Timestamp
+        value = value.to_pydatetime()
+    if isinstance(value, _dt.datetime):
+        value = value.replace(tzinfo=NY_ZONE) if value.tzinfo is None else value.astimezone(NY_ZONE)
+        return value.isoformat(timespec="seconds" if not value.microsecond else "auto")
+    if isinstance(value, _dt.date):
+        return value.isoformat()
+    return str(value)
+
+
+def ny_index_iso(index) -> list[str]:
+    """:func:`ny_iso` of every time of a DatetimeIndex, vectorised (an equity curve's index)."""
+    import pandas as pd
+
+    idx = pd.DatetimeIndex(index)
+    if idx.tz is None:
+        try:
+            idx = idx.tz_localize(NY_ZONE.key, ambiguous="infer", nonexistent="shift_forward")
+        except (ValueError, TypeError):  # not inferable (a gap at the repeat): first one
+            idx = idx.tz_localize(NY_ZONE.key, ambiguous=[True] * len(idx),
+                                  nonexistent="shift_forward")
+    else:
+        idx = idx.tz_convert(NY_ZONE.key)
+    text = pd.Index(idx.strftime("%Y-%m-%dT%H:%M:%S%z"))
+    return list(text.str[:-2] + ":" + text.str[-2:])
+
+
+def jsonable(
+    obj: Any, *, times: Callable[[Any], Any] = ny_iso, containers_only: bool = False
+) -> Any:
+    """``obj`` as plain JSON types, recursively: what ``json.dumps(..., allow_nan=False)``
+    writes without a ``default``.
+
+    - ``None``, ``bool``, ``str``, ``int`` as they are; a float as it is, NaN and +-inf as None
+      (a numpy float64, a float subclass, is kept: ``json`` writes it as a float).
+    - datetimes, dates and pandas Timestamps through ``times``; a ``datetime.time`` and any
+      other object with ``isoformat()`` as its ISO text.
+    - a dataclass as ``dataclasses.asdict``; a dict with its keys as ``str``; lists, tuples and
+      sets as lists; a class as its name; a path as its text; a numpy scalar as the Python
+      value; anything else as ``str(obj)``.
+
+    Params:
+
+    - ``times`` (def: :func:`ny_iso`): how a datetime, date or Timestamp is written; the run's
+      outputs use ISO 8601 with the New York offset; ``times=str`` gives
+      ``2024-01-02 09:30:00``, what ``json.dumps(default=str)`` writes (the optimiser's
+      ``optimize.json`` and ``walkforward.json``).
+    - ``containers_only`` (def: ``False``): rebuild only the containers, dicts (keys as
+      ``str``) and lists or tuples (as lists), and leave every other value as it is (NaN,
+      datetimes, numpy arrays, dataclasses): an analyzer's output as plain dicts and lists
+      with its values' types kept. A list whose first item is not a dict, list or tuple (an
+      equity column) is copied without a walk.
+
+    >>> jsonable({"dt": _dt.datetime(2024, 1, 2, 9, 30), "x": float("nan"), 3: (1, 2)})
+    {'dt': '2024-01-02T09:30:00-05:00', 'x': None, '3': [1, 2]}
+    >>> jsonable({"dt": _dt.date(2024, 1, 2)}, times=str)
+    {'dt': '2024-01-02'}
+    >>> jsonable({1: (float("nan"), [2])}, containers_only=True)
+    {'1': [nan, [2]]}
+    """
+    if containers_only:
+        return _containers(obj)
+    return _json(obj, times)
+
+
+def _json(obj: Any, times: Callable[[Any], Any]) -> Any:
+    if obj is None or isinstance(obj, (bool, str, int)):
+        return obj
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, (_dt.datetime, _dt.date)) or hasattr(obj, "to_pydatetime"):
+        return times(obj)
+    if isinstance(obj, _dt.time):
+        return obj.isoformat()
+    if hasattr(obj, "isoformat") and callable(obj.isoformat):
+        return obj.isoformat()
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return _json(dataclasses.asdict(obj), times)
+    if isinstance(obj, dict):
+        return {str(k): _json(v, times) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple, set, frozenset)):
+        return [_json(v, times) for v in obj]
+    if isinstance(obj, type):
+        return obj.__name__
+    if isinstance(obj, os.PathLike):
+        return os.fspath(obj)
+    if hasattr(obj, "item"):  # numpy scalar
+        return _json(obj.item(), times)
+    return str(obj)
+
+
+def _containers(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {str(k): _containers(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        if obj and not isinstance(obj[0], (dict, list, tuple)):
+            return list(obj)  # a column of scalars (an equity curve): no per-item walk
+        return [_containers(v) for v in obj]
+    return obj

@@ -1,4 +1,4 @@
-"""Known-answer and cross-check tests for m2k_bt.analyzers.standard."""
+"""Known-answer and cross-check tests for m2k_bt.analyzers."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 from conftest import NY, make_bars, pandas_feed
 
-from m2k_bt.analyzers.standard import (
+from m2k_bt.analyzers import (
     ANALYZER_NAMES,
     METRIC_KEYS,
     add_analyzers,
@@ -625,7 +625,7 @@ def test_vectorised_times_match_num2date():
 
 
 def test_subclass_hooks_still_run():
-    from m2k_bt.analyzers.standard import EquityCurve
+    from m2k_bt.analyzers import EquityCurve
 
     class Counting(EquityCurve):
         def start(self):
@@ -644,3 +644,15 @@ def test_subclass_hooks_still_run():
     counting = strat.analyzers.counting
     assert counting.calls == counting.funds == len(ROWS)
     assert len(counting.get_analysis()["value"]) == len(ROWS)
+
+
+def test_every_analyzer_documents_every_key_it_returns():
+    # backtrader's analyzer.py habit: each key of get_analysis() is named in the class docstring
+    import m2k_bt.analyzers as analyzers
+
+    _, analysis, _ = run(m2k_cerebro(hand_bars(), PLAN))
+    undocumented = {
+        name: [k for k in analysis[name] if f"``{k}``" not in getattr(analyzers, cls).__doc__]
+        for name, cls in ANALYZER_NAMES.items()
+    }
+    assert {k: v for k, v in undocumented.items() if v} == {}

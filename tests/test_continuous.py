@@ -10,13 +10,14 @@ import pandas as pd
 import pytest
 
 from m2k_bt.errors import ConfigError, DataFeedError
-from m2k_bt.feeds.bars import BarsFeed, validate_bars
+from m2k_bt.feeds.bars import BarsFeed
 from m2k_bt.feeds.continuous import (
     always_checkcondition,
     build_continuous,
     calendar_checkdate,
     volume_checkcondition,
 )
+from m2k_bt.feeds.loaders import validate_bars
 from m2k_bt.feeds.synth import session_index
 
 NY = "America/New_York"

@@ -49,21 +49,21 @@ def week() -> pd.DataFrame:
 class Flip(M2KStrategy):
     """Wants a position whenever flat, none whenever held: tries to enter every other bar."""
 
-    def _signal(self):
+    def _direction(self):
         return 0 if self.position.size else 1
 
 
 class Hold(M2KStrategy):
     """Always wants to be long."""
 
-    def _signal(self):
+    def _direction(self):
         return 1
 
 
 class FromTuesday(M2KStrategy):
     """Wants to be long from Tuesday 2024-03-19 on."""
 
-    def _signal(self):
+    def _direction(self):
         return int(self.data.datetime.date(0) >= dt.date(2024, 3, 19))
 
 

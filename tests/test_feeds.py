@@ -14,14 +14,8 @@ from conftest import make_bars, pandas_feed
 
 from m2k_bt.contracts import M2K
 from m2k_bt.errors import DataFeedError, ParameterError
-from m2k_bt.feeds.bars import (
-    BarsFeed,
-    LineNumbers,
-    detect_format,
-    load_bars,
-    resample_bars,
-    validate_bars,
-)
+from m2k_bt.feeds.bars import BarsFeed, resample_bars
+from m2k_bt.feeds.loaders import LineNumbers, detect_format, load_bars, validate_bars
 
 NY = "America/New_York"
 GOOD = [  # Monday 2025-03-10, RTH
@@ -244,6 +238,27 @@ def test_bundled_format_round_trip(tmp_path):
     pd.testing.assert_frame_equal(back, df, check_dtype=False, check_freq=False)
 
 
+def test_roll_column_words(tmp_path):
+    # the roll column reads m2k_bt.errors.TRUE_WORDS (and 1.0, a float column written out);
+    # anything else is no roll
+    words = ["yes", "1.0", "on", "T", "0", "no", "", "0.0"]
+    stamps = pd.date_range("2025-03-10 10:00", periods=len(words), freq="1min", tz=NY)
+    lines = [f"{t.isoformat()},2000.0,2000.5,1999.8,2000.3,10,{w}" for t, w in zip(stamps, words)]
+    df = load_bars(write(tmp_path, "roll.csv", [f"{HEADER},roll", *lines]))
+    assert df["roll"].tolist() == [True] * 4 + [False] * 4
+
+
+def test_loader_names_still_import_from_feeds_bars():
+    # cli/common.py, benchmarks and other tests import load_bars from the 0.1 path
+    import m2k_bt
+    import m2k_bt.feeds as feeds
+    from m2k_bt.feeds import bars, loaders
+
+    for name in loaders.__all__:
+        assert getattr(bars, name) is getattr(loaders, name) is getattr(feeds, name)
+    assert m2k_bt.load_bars is loaders.load_bars and feeds.HINTS is loaders.HINTS
+
+
 # ------------------------------------------------------------------ BarsFeed
 
 
@@ -357,7 +372,7 @@ def test_bars_feed_runs_again_after_releasing_its_arrays():
     # a bulk preload hands the arrays to the line buffers and drops them; a second run of the
     # same feed (e.g. cerebro.run() again) rebuilds them from the frame: same bars, same result
     from m2k_bt.brokers.commission import M2KCommInfo
-    from m2k_bt.strategies.base import SmaCrossover
+    from m2k_bt.strategies import SmaCrossover
 
     feed = BarsFeed(dataname=make_bars(600, seed=9))
     finals = []

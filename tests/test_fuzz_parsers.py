@@ -23,7 +23,8 @@ from hypothesis import strategies as st  # noqa: E402
 
 from m2k_bt.contracts import M2K, parse_symbol  # noqa: E402
 from m2k_bt.errors import DataFeedError, M2KError  # noqa: E402
-from m2k_bt.feeds.bars import PRICE_COLUMNS, load_bars, resample_bars, validate_bars  # noqa: E402
+from m2k_bt.feeds.bars import resample_bars  # noqa: E402
+from m2k_bt.feeds.loaders import PRICE_COLUMNS, load_bars, validate_bars  # noqa: E402
 
 NY = "America/New_York"
 _SEED = os.environ.get("M2K_FUZZ_SEED")

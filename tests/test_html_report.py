@@ -15,7 +15,9 @@ import pytest
 from conftest import rth_bars, write_bars_csv
 
 from m2k_bt.cli.backtest import main
+from m2k_bt.report import bokeh_parts as bp
 from m2k_bt.report import html as hr
+from m2k_bt.report import study_html as sh
 from m2k_bt.report.summary import build_report
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -84,16 +86,16 @@ def test_open_flag_opens_report_html(tmp_path, data_csv, monkeypatch):
 
 
 def test_levels_and_aggregation_known_answer():
-    assert hr._levels(1500) == [1]
-    assert hr._levels(1501) == [1, 4]  # ceil(1501 / 4) = 376 candles
-    assert hr._levels(140_000) == [1, 4, 16, 64, 256]  # 140,000 / 256 = 547 <= 1,500
+    assert bp.resolution_levels(1500) == [1]
+    assert bp.resolution_levels(1501) == [1, 4]  # ceil(1501 / 4) = 376 candles
+    assert bp.resolution_levels(140_000) == [1, 4, 16, 64, 256]  # 140,000 / 256 = 547 <= 1,500
     bars = pd.DataFrame({
         "open": [10.0, 11, 12, 13, 14],
         "high": [12.0, 15, 13, 14, 20],
         "low": [9.0, 10, 8, 12, 13],
         "close": [11.0, 12, 13, 14, 19],
     }, index=[0.0, 1000, 2000, 3000, 4000])
-    agg = hr._aggregate(bars, 4)
+    agg = bp.aggregate_ohlc(bars, 4)
     # bucket 1 = bars 0-3: open 10 (first), high 15 (max), low 8 (min), close 14 (last)
     # bucket 2 = bar 4 alone; x at the middle of a bucket's first and last bar
     assert agg["open"].tolist() == [10, 14] and agg["high"].tolist() == [15, 20]
@@ -104,10 +106,10 @@ def test_levels_and_aggregation_known_answer():
 def test_line_decimation_keeps_every_bucket_extreme():
     rng = np.random.default_rng(3)
     value = rng.normal(size=10_000).cumsum()
-    rows = hr._line_rows(len(value), value, max_points=1000)
+    rows = bp.line_rows(len(value), value, max_points=1000)
     assert len(rows) <= 1000 and np.all(np.diff(rows) > 0)
     assert value.argmin() in rows and value.argmax() in rows
-    assert hr._line_rows(50, value[:50], max_points=1000).tolist() == list(range(50))
+    assert bp.line_rows(50, value[:50], max_points=1000).tolist() == list(range(50))
 
 
 def _models(layout, name):
@@ -180,21 +182,21 @@ def test_study_and_walkforward_html_from_plain_results(tmp_path):
               for i, (a, b) in enumerate((a, b) for a in (10, 20, 30) for b in (40, 50))]
     study = {"trials": trials, "objective": "sharpe", "best_params": {"fast": 20, "slow": 50},
              "best_value": 0.0, "dsr": 0.91, "pbo": 0.2}
-    path = hr.write_study_html(study, tmp_path / "study.html")
-    layout = hr.study_layout(study)
+    path = sh.write_study_html(study, tmp_path / "study.html")
+    layout = sh.study_layout(study)
     assert _models(layout, "param_heatmap") and _models(layout, "objective_fig")
     page = path.read_text()
     assert "Deflated Sharpe ratio" in page and "0.910" in page and "0.200" in page
     three = dict(study, trials=[dict(t, params=dict(t["params"], stop=5)) for t in trials])
-    assert _models(hr.study_layout(three), "parallel_fig")  # beyond two parameters
+    assert _models(sh.study_layout(three), "parallel_fig")  # beyond two parameters
 
     idx = pd.date_range("2024-01-01", periods=30, freq="D")
     wf = {"folds": [{"fold": i, "test_start": str(idx[10 * i].date()), "oos_sharpe": 0.5 + i,
                      "best_params": {"fast": 10 + i}} for i in range(3)],
           "oos_equity": pd.Series(np.linspace(25_000, 26_000, 30), index=idx),
           "efficiency": 0.62}
-    path = hr.write_walkforward_html(wf, tmp_path / "walkforward.html")
-    layout = hr.walkforward_layout(wf)
+    path = sh.write_walkforward_html(wf, tmp_path / "walkforward.html")
+    layout = sh.walkforward_layout(wf)
     assert _models(layout, "oos_equity") and _models(layout, "stability_fast")
     assert "0.620" in path.read_text()
 
@@ -407,12 +409,12 @@ def test_study_and_walkforward_html_in_chromium(browser, tmp_path):
     trials = [{"number": i, "value": float(-(a - 20) ** 2 - (b - 50) ** 2),
                "params": {"fast": a, "slow": b}}
               for i, (a, b) in enumerate((a, b) for a in (10, 20, 30) for b in (40, 50))]
-    study = hr.write_study_html({"trials": trials, "objective": "sharpe", "dsr": 0.9,
+    study = sh.write_study_html({"trials": trials, "objective": "sharpe", "dsr": 0.9,
                                  "pbo": 0.1}, tmp_path / "study.html")
     assert _errors(_open(browser, study)) == []
     assert _canvas_painted(browser, "param_heatmap") > 2
     idx = pd.date_range("2024-01-01", periods=30, freq="D")
-    wf = hr.write_walkforward_html(
+    wf = sh.write_walkforward_html(
         {"folds": [{"fold": i, "test_start": str(idx[10 * i].date()),
                     "best_params": {"fast": 10 + i}} for i in range(3)],
          "oos_equity": pd.Series(np.linspace(25_000, 26_000, 30), index=idx),

@@ -194,3 +194,85 @@ def test_clear_removes_marker_listed_files_and_leftovers_only(tmp_path):
                             ".plot.png.abc123.m2k-tmp"}
     assert _names(out) == {"notes.txt", "sub"}
     assert victim.read_text() == "precious"
+
+
+# -------------------------------------------------------------------------------------------
+# jsonable: the one JSON clean-up
+# -------------------------------------------------------------------------------------------
+
+
+def test_jsonable_gives_plain_json_types_with_new_york_times():
+    import dataclasses
+    import datetime as dt
+    import json
+    import math
+
+    import numpy as np
+    import pandas as pd
+
+    from m2k_bt.outputs import jsonable
+
+    @dataclasses.dataclass
+    class Event:
+        dt: object
+        equity: float
+
+    value = {
+        "naive": dt.datetime(2024, 7, 1, 9, 30),  # New York wall time: -04:00 in July
+        "aware": pd.Timestamp("2024-01-02 14:30", tz="UTC"),  # 09:30 New York, -05:00
+        "day": dt.date(2024, 1, 2),
+        "clock": dt.time(9, 30),
+        "nan": math.nan,
+        "inf": -math.inf,
+        "np_int": np.int64(7),
+        "np_nan": np.float32("nan"),
+        "event": Event(dt.datetime(2024, 1, 2, 18, 0), 1.5),
+        "tuple": (1, "a"),
+        "set": {3},
+        "cls": dict,
+        "path": Path("/tmp/x.csv"),
+        4: None,
+    }
+    assert jsonable(value) == {
+        "naive": "2024-07-01T09:30:00-04:00",
+        "aware": "2024-01-02T09:30:00-05:00",
+        "day": "2024-01-02",
+        "clock": "09:30:00",
+        "nan": None,
+        "inf": None,
+        "np_int": 7,
+        "np_nan": None,
+        "event": {"dt": "2024-01-02T18:00:00-05:00", "equity": 1.5},
+        "tuple": [1, "a"],
+        "set": [3],
+        "cls": "dict",
+        "path": "/tmp/x.csv",
+        "4": None,
+    }
+    json.dumps(jsonable(value), allow_nan=False)  # no NaN, nothing json cannot write
+
+
+def test_jsonable_times_and_containers_only_variants():
+    import datetime as dt
+    import json
+    import math
+
+    import numpy as np
+    import pandas as pd
+
+    from m2k_bt.outputs import jsonable
+
+    # times=str: what json.dumps(default=str) writes for a time (the optimiser's JSON files)
+    fold = {"oos_start": pd.Timestamp("2024-03-01"), "sharpe": np.float64(1.25),
+            "pbo": float("nan"), "trials": np.int64(20)}
+    assert json.dumps(jsonable(fold, times=str)) == json.dumps(
+        {"oos_start": "2024-03-01 00:00:00", "sharpe": 1.25, "pbo": None, "trials": 20})
+    # containers_only: dicts and lists rebuilt, every other value kept as it is
+    column = np.array([1.0, 2.0])
+    when = dt.datetime(2024, 1, 2, 9, 30)
+    analysis = {"equity": {"value": column}, "trades": {"trade_list": ({"entry_dt": when},)},
+                1: [math.nan, 2]}
+    out = jsonable(analysis, containers_only=True)
+    assert out["equity"]["value"] is column  # a numpy column is not copied
+    assert out["trades"] == {"trade_list": [{"entry_dt": when}]}
+    assert math.isnan(out["1"][0]) and out["1"][1] == 2

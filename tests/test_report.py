@@ -17,7 +17,7 @@ import pytest
 from conftest import make_bars, pandas_feed
 from test_analyzers import CASH, PLAN, hand_bars, m2k_cerebro
 
-from m2k_bt.analyzers.standard import add_analyzers, equity_frame, metrics_from
+from m2k_bt.analyzers import add_analyzers, equity_frame, metrics_from
 from m2k_bt.contracts import M2K
 from m2k_bt.engine.cerebro import BacktestResult
 from m2k_bt.report.summary import (
@@ -319,7 +319,7 @@ class _Alternate(bt.Strategy):
 def test_one_timestamp_format_everywhere_across_dst(tmp_path):
     # 1-minute bars every 6 hours from Saturday 2024-03-09 18:00 to Monday: the clocks change
     # on Sunday 2024-03-10 at 02:00 New York (-05:00 before, -04:00 after)
-    from m2k_bt.report.summary import ny_index_iso, ny_iso
+    from m2k_bt.outputs import ny_index_iso, ny_iso
 
     idx = pd.DatetimeIndex(["2024-03-09 18:00", "2024-03-10 12:00", "2024-11-03 01:30",
                             "2024-11-03 01:30", "2024-11-03 03:00"])

@@ -39,7 +39,7 @@ def series(pairs) -> Signal:
 class Flip(M2KStrategy):
     """Wants a position whenever flat and none whenever held (tries to enter every other bar)."""
 
-    def _signal(self):
+    def _direction(self):
         return 0 if self.position.size else 1
 
 

@@ -38,6 +38,8 @@ def test_zero_and_negative_edge():
 
 
 # ------------------------------------------------------------------ KellySizer.decide
+# The decision's arithmetic (each binding in turn) is tested once, in test_rules.py; these check
+# what the sizer feeds it: the window of trades, per-contract results, stop, cash and position.
 def _trades(wins: int, losses: int, win=150.0, loss=-100.0, contracts=1):
     return [{"net_pnl": win * contracts, "contracts": contracts, "exit_reason": "signal"}] * wins \
         + [{"net_pnl": loss * contracts, "contracts": contracts, "exit_reason": "signal"}] * losses
@@ -80,6 +82,13 @@ def test_warmup_until_min_trades():
     assert (d.binding, d.contracts, d.p, d.trades_used) == ("warmup", 2, None, 19)
 
 
+def test_undefined_figures_are_none():
+    # no winner in 20 trades: p = 0 / 20 = 0.0, no b, no f*, nothing used; no stop: no risk
+    d = decide(_trades(0, 20), equity=10_000.0)
+    assert (d.contracts, d.binding, d.p, d.b, d.f_star, d.f_used, d.risk_per_contract) == (
+        0, "no_edge", 0.0, None, None, None, None)
+
+
 def test_kelly_binding_known_answer():
     # 11 wins of $150, 9 losses of $100: p = 0.55, b = 1.5, f* = 0.25, half Kelly 0.125;
     # risk = 20-point stop x $5 = $100; contracts = floor(0.125 x 10,000 / 100) = 12
@@ -94,19 +103,6 @@ def test_average_loss_is_the_risk_without_a_stop():
     assert (d.risk_per_contract, d.contracts, d.binding) == (100.0, 12, "kelly")
 
 
-def test_max_fraction_binds():
-    # f* = 0.25, full Kelly (scale 1) capped at 0.1: floor(0.1 x 10,000 / 100) = 10
-    d = decide(_trades(11, 9), equity=10_000.0, kelly_scale=1.0, max_fraction=0.1,
-               max_exposure=100.0)
-    assert (d.f_used, d.contracts, d.binding) == (pytest.approx(0.1), 10, "max_fraction")
-
-
-def test_max_exposure_binds():
-    # Kelly says 12; notional cap floor(1.0 x 10,000 / (2000 x $5)) = 1 contract
-    d = decide(_trades(11, 9), equity=10_000.0, max_exposure=1.0)
-    assert (d.contracts, d.binding) == (1, "max_exposure")
-
-
 def test_margin_binds_and_reversal_frees_margin():
     # Kelly 12, exposure cap floor(100 x 10,000 / 10,000) = 100, free cash $3,000 / $770 = 3
     d = decide(_trades(11, 9), equity=10_000.0, cash=3_000.0, max_exposure=100.0)
@@ -115,24 +111,6 @@ def test_margin_binds_and_reversal_frees_margin():
     d = decide(_trades(11, 9), isbuy=False, equity=10_000.0, cash=3_000.0, position=2,
                max_exposure=100.0)
     assert (d.contracts, d.binding) == (5, "margin")
-
-
-def test_max_contracts_binds():
-    d = decide(_trades(11, 9), equity=10_000.0, max_exposure=100.0, max_contracts=4)
-    assert (d.contracts, d.binding) == (4, "max_contracts")
-
-
-def test_zero_when_equity_too_small():
-    # floor(0.125 x 500 / 100) = floor(0.625) = 0
-    d = decide(_trades(11, 9), equity=500.0)
-    assert (d.contracts, d.binding) == (0, "zero")
-
-
-@pytest.mark.parametrize("wins,losses", [(10, 10), (8, 12), (0, 20)])
-def test_no_edge_means_no_trade(wins, losses):
-    # b = 1: p = 0.5 -> f* = 0; p = 0.4 -> f* = -0.2; no winner at all -> no edge
-    d = decide(_trades(wins, losses, win=100.0), equity=10_000.0)
-    assert (d.contracts, d.binding) == (0, "no_edge")
 
 
 def test_lookback_window_uses_latest_trades():

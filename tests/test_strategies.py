@@ -13,7 +13,7 @@ from conftest import make_bars, pandas_feed
 from m2k_bt.contracts import is_on_tick
 from m2k_bt.errors import ParameterError
 from m2k_bt.sizers.kelly import FixedContracts
-from m2k_bt.strategies.base import (
+from m2k_bt.strategies import (
     STRATEGIES,
     AdaptiveBollinger,
     BollingerReversion,
@@ -29,7 +29,7 @@ MODES = [pytest.param(True, True, id="runonce"), pytest.param(False, False, id="
 def parity_bars() -> pd.DataFrame:
     """>= 10,000 bars for the parity runs: the bundled data when it exists, else a random walk."""
     if BUNDLED.exists():
-        from m2k_bt.feeds.bars import load_bars
+        from m2k_bt.feeds.loaders import load_bars
 
         return load_bars(BUNDLED).iloc[-12_000:]
     return make_bars(12_000, seed=3)
@@ -201,7 +201,7 @@ def test_bracket_known_answer():
     assert strat.stop_distance() == pytest.approx(2.5)
 
 
-def test_no_reentry_after_stop_until_signal_changes():
+def test_no_reentry_after_stop_until_direction_changes():
     df = make_bars(3000, seed=11)
     strat, _ = run(df, SmaCrossover, fast=10, slow=40, stop_ticks=8)
     log = strat.trade_log
@@ -332,3 +332,58 @@ def test_open_trade_logged_at_the_end_with_exactbars():
         results[exactbars] = strat.trade_log[-1]
     assert results[1]["exit_price"] == results[0]["exit_price"]
     assert results[1]["exit_dt"] == results[0]["exit_dt"]
+
+
+# ------------------------------------------------------------------ layout (issue 20)
+def test_text_to_bool_is_the_one_word_list():
+    from m2k_bt.errors import FALSE_WORDS, NONE_WORDS, TRUE_WORDS, parse_bool
+
+    assert [parse_bool(w) for w in (" Yes", "T", "on", "0", "off", "N", "maybe", "")] == \
+        [True, True, True, False, False, False, None, None]
+    for word in TRUE_WORDS | FALSE_WORDS:
+        assert SmaCrossover.validate_params({"long_only": word})["long_only"] is parse_bool(word)
+    for word in NONE_WORDS:
+        assert SmaCrossover.validate_params({"adx_min": word})["adx_min"] is None
+    with pytest.raises(ParameterError, match="'long_only' must be a bool, got 'maybe'"):
+        SmaCrossover.validate_params({"long_only": "maybe"})
+
+
+def test_facts_come_from_sessions_and_contracts():
+    from m2k_bt import sessions
+    from m2k_bt.contracts import M2K
+    from m2k_bt.indicators.bands import TickSums
+    from m2k_bt.strategies import base
+
+    assert not hasattr(base, "DEFAULT_TICK")
+    assert base.GLOBEX_REOPEN is sessions.GLOBEX_REOPEN
+    assert dict(TickSums.params._getitems())["tick"] == M2K.tick_size == 0.10
+
+
+def test_pre_split_names_still_import_from_strategies_base():
+    # kernel/simulation.py, engine/cerebro.py and cli/backtest.py import these from the 0.1 path
+    import m2k_bt.strategies.base as old
+    from m2k_bt import sessions
+    from m2k_bt.strategies.base import RTH_CLOSE, RTH_OPEN, resolve_strategy
+
+    assert (old.AdaptiveBollinger, old.BollingerReversion, old.SmaCrossover, old.STRATEGIES) == \
+        (AdaptiveBollinger, BollingerReversion, SmaCrossover, STRATEGIES)
+    assert (RTH_OPEN, RTH_CLOSE) == (sessions.RTH_START, sessions.RTH_END)
+    assert resolve_strategy("sma") is SmaCrossover
+    with pytest.raises(ImportError, match="DEFAULT_TICK"):
+        from m2k_bt.strategies.base import DEFAULT_TICK  # noqa: F401
+
+
+def test_a_subclass_hook_named_signal_still_trades():
+    # the 0.1 name of the direction hook: a subclass defining _signal still works
+    from m2k_bt.strategies.base import M2KStrategy
+
+    class Old(M2KStrategy):
+        def _signal(self):
+            return 1
+
+    class New(M2KStrategy):
+        def _direction(self):
+            return 1
+
+    logs = [run(make_bars(60), cls)[0].trade_log for cls in (Old, New)]
+    assert logs[0] == logs[1] and logs[0][0]["direction"] == "long"

@@ -20,6 +20,8 @@ import backtrader as bt
 
 from ..contracts import M2K, ContractSpec, round_to_tick
 from ..errors import ContractSpecError, check_known
+from ..rules import fees, pnl
+from ..rules import margin as margin_rules
 
 __all__ = ["M2KCommInfo", "slippage_points"]
 
@@ -124,19 +126,46 @@ class M2KCommInfo(bt.CommInfoBase):
         kwargs.update(overrides)
         return cls(**kwargs)
 
+    # -- the rulebook's answers to backtrader's questions ----------------------------------
+    def _getcommission(self, size, price, pseudoexec) -> float:
+        """Commission: |size| x ``commission`` (:func:`m2k_bt.rules.fees.commission`)."""
+        return fees.commission(size, self.p.commission)
+
+    def profitandloss(self, size, price, newprice) -> float:
+        """P&L of ``size`` contracts from ``price`` to ``newprice``: size x move x ``mult``."""
+        return pnl.pnl(size, price, newprice, self.p.mult)
+
+    def cashadjust(self, size, price, newprice) -> float:
+        """The futures' daily cash adjustment: the P&L of the move, paid or received in cash."""
+        return pnl.pnl(size, price, newprice, self.p.mult)
+
+    def getoperationcost(self, size, price) -> float:
+        """Cash an order needs: its initial margin (:func:`m2k_bt.rules.margin.margin_held`)."""
+        return margin_rules.margin_held(size, self.get_margin(price))
+
+    def getvaluesize(self, size, price) -> float:
+        """Value of ``size`` contracts: the initial margin they hold."""
+        return margin_rules.margin_held(size, self.get_margin(price))
+
+    def getvalue(self, position, price) -> float:
+        """Value of a position: the initial margin it holds."""
+        return margin_rules.margin_held(position.size, self.get_margin(price))
+
     # -- margins ---------------------------------------------------------------------------
+    def _intraday(self) -> float:
+        im = self.p.intraday_margin
+        return math.nan if im is None else float(im)
+
     def get_margin(self, price: float) -> float:
         """Initial margin per contract now: the intraday margin while ``FuturesBroker`` has the
         intraday window open and one is set, else the overnight ``margin``."""
-        if self._intraday_active and self.p.intraday_margin is not None:
-            return self.p.intraday_margin
-        return self.p.margin
+        return margin_rules.regime_margin(self._intraday_active, float(self.p.margin),
+                                          self._intraday())
 
     def maintenance_per_contract(self) -> float:
         """Maintenance requirement per contract now (intraday margin inside the window)."""
-        if self._intraday_active and self.p.intraday_margin is not None:
-            return self.p.intraday_margin
-        return self.p.maintenance_margin
+        return margin_rules.regime_margin(self._intraday_active,
+                                          float(self.p.maintenance_margin), self._intraday())
 
     @property
     def intraday_active(self) -> bool:

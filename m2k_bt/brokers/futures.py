@@ -35,6 +35,9 @@ from dataclasses import asdict, dataclass
 import backtrader as bt
 
 from ..errors import ParameterError, check_known
+from ..rules import margin as rules
+from ..rules import prices
+from ..rules.margin import day_fraction
 
 __all__ = ["FuturesBroker", "MarginEvent"]
 
@@ -77,8 +80,9 @@ def _as_time(name: str, value) -> _dt.time:
     raise ParameterError(f"{name} must be a time like '09:30', got {value!r}")
 
 
-def _day_fraction(t: _dt.time) -> float:
-    return (t.hour * 3600 + t.minute * 60 + t.second + t.microsecond / 1e6) / 86400.0
+#: The old private name of :func:`m2k_bt.rules.margin.day_fraction`, kept for importers that
+#: have not moved yet.
+_day_fraction = day_fraction
 
 
 class FuturesBroker(bt.brokers.BackBroker):
@@ -120,8 +124,8 @@ class FuturesBroker(bt.brokers.BackBroker):
             raise ParameterError(
                 f"intraday_start {self._win_start} must be before intraday_end {self._win_end}"
             )
-        self._win_start_frac = _day_fraction(self._win_start)
-        self._win_end_frac = _day_fraction(self._win_end)
+        self._win_start_frac = day_fraction(self._win_start)
+        self._win_end_frac = day_fraction(self._win_end)
         super().__init__()
         self._any_intraday: bool | None = None  # decided on the first bar
         self._maint_fns: dict = {}
@@ -175,7 +179,7 @@ class FuturesBroker(bt.brokers.BackBroker):
             # the usual bar: requirement met, equity positive, nothing to record
             requirement = self._requirement()
             equity = self.getvalue()
-            if equity >= requirement and equity >= 0:
+            if rules.margin_ok(equity, requirement):
                 self._negative = False
                 return
             if not requirement:
@@ -192,9 +196,7 @@ class FuturesBroker(bt.brokers.BackBroker):
         return [d for d in seen if len(d)]
 
     def _in_window(self, data) -> bool:
-        # fraction of the day of backtrader's float time; 1e-7 day (9 ms) absorbs float noise
-        frac = data.datetime[0] % 1.0 + 1e-7
-        return self._win_start_frac <= frac < self._win_end_frac
+        return rules.in_window(data.datetime[0], self._win_start_frac, self._win_end_frac)
 
     def _update_regime(self) -> list:
         """Set each commission info's intraday flag for this bar; rebase cash so that equity is
@@ -210,10 +212,10 @@ class FuturesBroker(bt.brokers.BackBroker):
                 continue
             pos = self.positions[data]
             price = data.close[-1] if len(data) > 1 else data.close[0]
-            held_before = abs(pos.size) * ci.get_margin(price)
+            before = ci.get_margin(price)
             ci.set_intraday(active)
-            held_after = abs(pos.size) * ci.get_margin(price)
-            self.cash += held_before - held_after  # value = cash + held stays the same
+            # value = cash + margin held stays the same
+            self.cash = rules.rebase_cash(self.cash, pos.size, before, ci.get_margin(price))
             if not active:
                 closing.append(data)
         return closing
@@ -223,7 +225,7 @@ class FuturesBroker(bt.brokers.BackBroker):
         total = 0.0
         for data, pos in self.positions.items():
             if pos.size:
-                total += abs(pos.size) * self._maintenance(data)()
+                total += rules.requirement(pos.size, self._maintenance(data)())
         return total
 
     def _maintenance(self, data):
@@ -268,15 +270,16 @@ class FuturesBroker(bt.brokers.BackBroker):
             if not pos.size or self._forced_alive(data):
                 continue
             overnight = ci.p.margin
-            allowed = max(0, int(math.floor(max(equity, 0.0) / overnight)))
-            if abs(pos.size) > allowed:
-                cut = abs(pos.size) - allowed
+            cut = rules.cutback_contracts(pos.size, equity, overnight)
+            if cut:
+                allowed = abs(pos.size) - cut
                 action = f"cut back {cut} contracts at next open (equity supports {allowed})"
-                self._record(data, "intraday_cutback", equity, abs(pos.size) * overnight, action)
+                self._record(data, "intraday_cutback", equity,
+                             rules.margin_held(pos.size, overnight), action)
                 self._force(data, -cut if pos.size > 0 else cut)
 
         requirement = self._requirement()
-        if requirement and equity < requirement:
+        if rules.margin_call(equity, requirement):
             for data, pos in list(self.positions.items()):
                 if not pos.size or self._forced_alive(data):
                     continue
@@ -316,7 +319,8 @@ class FuturesBroker(bt.brokers.BackBroker):
     def _try_exec(self, order):
         if self.p.slippage_ticks:
             ci = self.getcommissioninfo(order.data)
-            self._slip = self.p.slippage_ticks * getattr(ci.p, "tick_size", 0.10)
+            self._slip = prices.slip_distance(self.p.slippage_ticks,
+                                              getattr(ci.p, "tick_size", 0.10))
         return super()._try_exec(order)
 
     def _slip_up(self, pmax, price, doslip=True, lim=False):
@@ -324,11 +328,11 @@ class FuturesBroker(bt.brokers.BackBroker):
             return super()._slip_up(pmax, price, doslip, lim)
         if lim:
             return price  # limits fill at the limit or better
-        return min(price + self._slip, max(pmax, price))
+        return prices.slip_up(price, pmax, self._slip)
 
     def _slip_down(self, pmin, price, doslip=True, lim=False):
         if not self.p.slippage_ticks:
             return super()._slip_down(pmin, price, doslip, lim)
         if lim:
             return price
-        return max(price - self._slip, min(pmin, price))
+        return prices.slip_down(price, pmin, self._slip)

@@ -74,7 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
 def backtest_main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
     if args.rerun:
-        from ..report.summary import rerun_argv
+        from .rerun import rerun_argv
 
         rest = [a for i, a in enumerate(argv) if a != "--rerun" and argv[i - 1 : i] != ["--rerun"]
                 and not a.startswith("--rerun=")]

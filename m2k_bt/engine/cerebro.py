@@ -57,7 +57,7 @@ def build_cerebro(bars: pd.DataFrame | None, plan: Plan | BacktestConfig, progre
     The feed is ``BarsFeed(dataname=bars)`` (bars already selected), a ``SignalFeed`` when the
     plan has an external signal, or ``feed`` when given (a live ``QueueFeed``, say): everything
     else is the same, so a live run trades what a backtest tests."""
-    from ..analyzers.standard import add_analyzers
+    from ..analyzers import add_analyzers
     from ..feeds.bars import BarsFeed
 
     plan = resolve(plan)

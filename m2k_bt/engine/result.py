@@ -97,13 +97,13 @@ def make_result(
     """The :class:`BacktestResult` of a run of ``config`` (every engine makes its result here).
 
     The start value is ``config.cash``; ``metrics`` come from ``analysis``
-    (:func:`~m2k_bt.analyzers.standard.metrics_from`); ``equity`` defaults to the frame of
+    (:func:`~m2k_bt.analyzers.registry.metrics_from`); ``equity`` defaults to the frame of
     ``analysis["equity"]``; the warnings are :func:`warning_lines` of ``data_report``,
     ``margin_events``, ``order_rejections`` and ``event_warnings``, then ``more_warnings``
     (what only the caller knows, e.g. a live stream stopped early). ``kernel`` set marks a
     kernel run.
     """
-    from ..analyzers.standard import metrics_from
+    from ..analyzers import metrics_from
 
     warnings = warning_lines(data_report, margin_events, order_rejections, event_warnings)
     warnings.extend(more_warnings or [])
@@ -173,7 +173,7 @@ def collect_analysis(strategy) -> dict:
 
 def equity_from(analysis: dict) -> pd.DataFrame:
     """The equity curve of ``analysis["equity"]`` as a frame (an empty one without it)."""
-    from ..analyzers.standard import equity_frame
+    from ..analyzers import equity_frame
 
     if "equity" in analysis:
         return equity_frame(analysis["equity"])

@@ -1,18 +1,13 @@
-"""Data: vendor CSV loaders, the array feed, continuous contracts, external series, events, live."""
+"""Data: vendor CSV loaders, the array feed, continuous contracts, external series, events, live.
 
-from .bars import (
-    FORMATS,
-    HINTS,
-    MAX_PRICE,
-    PRICE_COLUMNS,
-    TICK_ABS_TOLERANCE,
-    BarsFeed,
-    LineNumbers,
-    detect_format,
-    load_bars,
-    resample_bars,
-    validate_bars,
-)
+- :mod:`.loaders`: :func:`load_bars`, :func:`validate_bars`, :func:`detect_format` (vendor files).
+- :mod:`.bars`: :class:`BarsFeed` (the array feed), :func:`resample_bars`.
+- :mod:`.continuous`, :mod:`.events`, :mod:`.live`, :mod:`.synth`.
+- :mod:`.external`: an external series (VIX, a put/call ratio, a model's score) as extra lines of
+  the feed; its public names keep the 0.1 word "signal" (:class:`Signal`, ``--signal``).
+"""
+
+from .bars import BarsFeed, resample_bars
 from .continuous import (
     ADJUST_METHODS,
     ROLL_RULES,
@@ -53,6 +48,17 @@ from .live import (
     SessionBreak,
     ThreadedSource,
     bars_from_frame,
+)
+from .loaders import (
+    FORMATS,
+    HINTS,
+    MAX_PRICE,
+    PRICE_COLUMNS,
+    TICK_ABS_TOLERANCE,
+    LineNumbers,
+    detect_format,
+    load_bars,
+    validate_bars,
 )
 
 __all__ = [

@@ -50,6 +50,7 @@ import backtrader as bt
 import pandas as pd
 
 from ..errors import DataFeedError, ParameterError
+from ..sessions import NY
 
 __all__ = [
     "EVENT_KINDS",
@@ -65,7 +66,6 @@ __all__ = [
     "resolve_calendar",
 ]
 
-NY = "America/New_York"
 #: Kinds the package knows (any other kind may come from a user file).
 EVENT_KINDS = ("fomc", "cpi", "nfp", "russell_recon", "expiry")
 #: The shipped table (package data, installed with the package).
@@ -410,15 +410,15 @@ def bar_minutes(data) -> float:
 
 # --------------------------------------------------------------------------- report and plot
 class EventActions(bt.Analyzer):
-    """What the event and signal filters did, for ``report.json`` (``analyzers.events``).
+    """What the event and external-series filters did, for ``report.json`` (``analyzers.events``).
 
     Keys: ``entries_blocked`` (entries refused inside an event window, one per event and
     direction), ``bars_blocked`` (bars on which an entry was refused), ``forced_exits``
     (positions closed before an event, trade exit reason 'event'), ``signal_blocked``
-    (entries refused by ``signal_min``/``signal_max`` or an unknown signal, one per run of
-    refused bars), ``by_kind`` (``{kind: {"entries_blocked": n, "forced_exits": n}}``),
+    (entries refused by ``signal_min``/``signal_max`` or an unknown external series value, one
+    per run of refused bars), ``by_kind`` (``{kind: {"entries_blocked": n, "forced_exits": n}}``),
     ``log`` (every record: ``dt, action, kind, event_time, description, direction, bars``,
-    ``value`` for signal blocks), ``warnings`` (coverage gaps of the avoided kinds),
+    ``value`` for external-series blocks), ``warnings`` (coverage gaps of the avoided kinds),
     ``settings`` (``avoid_events, event_before, event_after, flat_before_event, signal_min,
     signal_max``, ``coverage`` of the avoided kinds and the feed's ``signal`` source and
     ``max_age``).
@@ -464,7 +464,8 @@ class EventActions(bt.Analyzer):
 
 class EventMarks(bt.Observer):
     """Plot marks on the price chart: a circle under the bar where an entry was blocked by an
-    event or the signal filter, a cross above the bar where a position was closed for an event."""
+    event or the external-series filter, a cross above the bar where a position was closed for an
+    event."""
 
     lines = ("blocked", "event_exit")
     plotinfo = dict(plot=True, subplot=False, plotlinelabels=True)

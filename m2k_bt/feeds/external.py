@@ -1,7 +1,8 @@
 """External signals: any timestamped series, aligned to the bars *as of* (no look-ahead).
 
-A :class:`Signal` is a series of values, each stamped with the time it became known: a news
-sentiment score, a VIX close, a put/call ratio, a fundamental indicator.
+An external series (public name :class:`Signal`, ``--signal`` on the command line; "signal"
+here never means a trade direction) is a series of values, each stamped with the time it became
+known: a news sentiment score, a VIX close, a put/call ratio, a fundamental indicator.
 :func:`align_signal` gives, for every bar, the value usable during that bar:
 
 - a value stamped at ``t`` is usable from the first bar that **starts** at or after ``t``
@@ -14,10 +15,10 @@ sentiment score, a VIX close, a put/call ratio, a fundamental indicator.
 - daily bars (one per CME trade date, stamped at midnight by ``resample_bars``) start at 18:00
   the evening before, and that is the start used;
 - the last value carries forward until ``max_age`` has passed since its stamp; after that, and
-  before the first value, the signal is *unknown* (``NaN``).
+  before the first value, the series is *unknown* (``NaN``).
 
 :class:`SignalFeed` is a :class:`~m2k_bt.feeds.bars.BarsFeed` with an extra line ``signal`` (or
-lines named after your signals, :func:`signal_feed`), usable by any backtrader strategy as
+lines named after your series, :func:`signal_feed`), usable by any backtrader strategy as
 ``self.data.lines.signal[0]``. Our strategies filter entries with ``signal_min`` /
 ``signal_max`` (an unknown value blocks entries).
 
@@ -42,13 +43,15 @@ import numpy as np
 import pandas as pd
 
 from ..errors import DataFeedError, ParameterError
+from ..sessions import GLOBEX_REOPEN, NY
 from .bars import BarsFeed
 
 __all__ = ["Signal", "SignalFeed", "align_signal", "load_signal", "parse_signal_spec",
            "signal_feed"]
 
-NY = "America/New_York"
-DEFAULT_DAILY_AT = "18:00"  # Globex reopen, New York: first bar of the next CME session
+#: Time of day a daily value becomes usable: the Globex reopen (New York), the first bar of the
+#: next CME session.
+DEFAULT_DAILY_AT = f"{GLOBEX_REOPEN:%H:%M}"
 _TIME_COLUMNS = ("time", "datetime", "timestamp", "date")
 _DATE_ONLY = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 
@@ -227,26 +230,27 @@ def align_signal(signal: Signal, bars_index: pd.DatetimeIndex) -> np.ndarray:
     return out
 
 
-class _SignalLines(BarsFeed):
-    """BarsFeed plus the lines named in ``_signal_lines``, filled from aligned signals."""
+class _ExternalLines(BarsFeed):
+    """BarsFeed plus the lines named in ``_external_lines``, filled from aligned external
+    series."""
 
     params = (("signal", None),)
-    _signal_lines: tuple[str, ...] = ()
+    _external_lines: tuple[str, ...] = ()
 
     def _columns(self) -> None:
         super()._columns()
         given = self.p.signal
         if isinstance(given, Signal):
-            given = {self._signal_lines[0]: given}
-        if not isinstance(given, dict) or set(given) != set(self._signal_lines) or not all(
+            given = {self._external_lines[0]: given}
+        if not isinstance(given, dict) or set(given) != set(self._external_lines) or not all(
                 isinstance(s, Signal) for s in given.values()):
             raise ParameterError(
                 f"{type(self).__name__} needs signal=Signal (or a dict of Signals for the lines "
-                f"{', '.join(self._signal_lines)}), got {self.p.signal!r}"
+                f"{', '.join(self._external_lines)}), got {self.p.signal!r}"
             )
         index = self.p.dataname.index
         self.signal_values = {name: align_signal(sig, index) for name, sig in given.items()}
-        self._signals = [(name, self.signal_values[name]) for name in self._signal_lines]
+        self._series = [(name, self.signal_values[name]) for name in self._external_lines]
 
     def preload(self) -> None:
         lo = hi = None
@@ -255,10 +259,10 @@ class _SignalLines(BarsFeed):
 
             lo = bisect.bisect_left(self._dtlist, self.fromdate)
             hi = bisect.bisect_right(self._dtlist, self.todate)
-        signals = self._signals
+        series = self._series
         super().preload()
         n_dt = len(self.lines.datetime.array)
-        for name, values in signals:
+        for name, values in series:
             line = getattr(self.lines, name)
             if len(line.array) < n_dt and lo is not None:  # BarsFeed's bulk path: fill ours
                 line.array.extend(values[lo:hi].tolist())
@@ -267,12 +271,12 @@ class _SignalLines(BarsFeed):
         if not super()._load():
             return False
         i = self._i
-        for name, values in self._signals:
+        for name, values in self._series:
             getattr(self.lines, name)[0] = float(values[i])
         return True
 
 
-class SignalFeed(_SignalLines):
+class SignalFeed(_ExternalLines):
     """:class:`~m2k_bt.feeds.bars.BarsFeed` plus the line ``signal``, aligned with
     :func:`align_signal` (``NaN`` where unknown).
 
@@ -291,7 +295,7 @@ class SignalFeed(_SignalLines):
     """
 
     lines = ("signal",)
-    _signal_lines = ("signal",)
+    _external_lines = ("signal",)
 
 
 def signal_feed(bars: pd.DataFrame, **signals: Signal) -> BarsFeed:
@@ -304,8 +308,8 @@ def signal_feed(bars: pd.DataFrame, **signals: Signal) -> BarsFeed:
         if not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", name) or name in (
                 "open", "high", "low", "close", "volume", "openinterest", "datetime", "roll"):
             raise ParameterError(f"signal line name {name!r} is not usable; pick another")
-    cls = type(f"SignalFeed_{'_'.join(names)}", (_SignalLines,),
-               {"lines": names, "_signal_lines": names})
+    cls = type(f"SignalFeed_{'_'.join(names)}", (_ExternalLines,),
+               {"lines": names, "_external_lines": names})
     return cls(dataname=bars, signal=dict(signals))
 
 

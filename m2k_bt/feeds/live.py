@@ -49,7 +49,6 @@ import time
 from abc import ABC, abstractmethod
 from collections.abc import Iterable
 from dataclasses import dataclass
-from zoneinfo import ZoneInfo
 
 import backtrader as bt
 import numpy as np
@@ -57,6 +56,7 @@ import pandas as pd
 
 from ..contracts import M2K, ContractSpec, is_on_tick, trade_date
 from ..errors import DataFeedError, ParameterError
+from ..sessions import NY_ZONE
 
 __all__ = [
     "Bar",
@@ -72,8 +72,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
-
-_NY = ZoneInfo("America/New_York")
 
 #: Every reason a bar can be rejected for, in the order they are checked.
 REJECT_REASONS = (
@@ -251,7 +249,7 @@ class ThreadedSource(BarSource):
 
 def bars_from_frame(df: pd.DataFrame) -> list[Bar]:
     """:class:`Bar` objects from an OHLCV DataFrame with a DatetimeIndex (tz-aware or naive
-    New York), e.g. one from ``m2k_bt.feeds.bars.load_bars``. Rows are kept as they are, bad ones
+    New York), e.g. one from ``m2k_bt.feeds.loaders.load_bars``. Rows are kept as they are, bad ones
     included: checking is the feed's job. Aware times are given in UTC.
 
     >>> idx = pd.DatetimeIndex(["2024-01-02 09:30"], tz="America/New_York")
@@ -289,7 +287,7 @@ def bars_from_frame(df: pd.DataFrame) -> list[Bar]:
 
 def _load_file(path: str | os.PathLike) -> pd.DataFrame:
     try:
-        from .bars import load_bars
+        from .loaders import load_bars
     except ImportError:  # pragma: no cover - feeds.py ships with the package
         load_bars = None
     if load_bars is not None:
@@ -304,7 +302,7 @@ def _load_file(path: str | os.PathLike) -> pd.DataFrame:
 class ReplaySource(ThreadedSource):
     """Stream recorded bars into the queue at ``speed`` times real time.
 
-    - ``bars``: a file path (read with ``m2k_bt.feeds.bars.load_bars``), a DataFrame such as
+    - ``bars``: a file path (read with ``m2k_bt.feeds.loaders.load_bars``), a DataFrame such as
       ``load_bars`` returns, or an iterable of :class:`Bar`.
     - ``speed`` (def: ``0.0``): 1 = real time (a 5-minute bar every 5 minutes), 60 = a minute of
       market time per second, 0 = as fast as the queue takes them.
@@ -376,7 +374,7 @@ def _naive_ny(dt) -> tuple[_dt.datetime, str | None]:
     if not isinstance(dt, _dt.datetime):
         raise TypeError(f"dt must be a datetime, got {type(dt).__name__}")
     if dt.tzinfo is not None:
-        local = dt.astimezone(_NY)
+        local = dt.astimezone(NY_ZONE)
         if local.fold:  # zoneinfo marks the second pass of the repeated hour
             return local.replace(tzinfo=None, fold=0), (
                 f"{dt.isoformat()} is {local.replace(tzinfo=None):%Y-%m-%d %H:%M} New York "
@@ -384,7 +382,7 @@ def _naive_ny(dt) -> tuple[_dt.datetime, str | None]:
                 f"wall-clock time would run backwards (CME Globex is closed then)"
             )
         return local.replace(tzinfo=None), None
-    there_and_back = dt.replace(tzinfo=_NY).astimezone(_dt.timezone.utc).astimezone(_NY)
+    there_and_back = dt.replace(tzinfo=NY_ZONE).astimezone(_dt.timezone.utc).astimezone(NY_ZONE)
     if there_and_back.replace(tzinfo=None) != dt:
         return dt, (f"{dt:%Y-%m-%d %H:%M} does not exist in America/New_York (the spring DST "
                     f"gap); give the bar its UTC offset")

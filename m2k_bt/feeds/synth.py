@@ -20,7 +20,8 @@ Command line (writes the bundled files; same bytes for the same seed)::
 
 or one custom continuous file::
 
-    python -m m2k_bt.feeds.synth --seed 1 --start 2024-01-02 --end 2024-03-29 --freq 1 --out x.csv.gz
+    python -m m2k_bt.feeds.synth --seed 1 --start 2024-01-02 --end 2024-03-29 --freq 1 \\
+        --out x.csv.gz
 """
 
 from __future__ import annotations

@@ -20,6 +20,8 @@ import backtrader as bt
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
+from ..contracts import M2K
+
 __all__ = [
     "BollingerBandsDdof",
     "AdaptiveBollingerBands",
@@ -249,11 +251,12 @@ class TickSums(bt.Indicator):
     Params:
 
     - ``period`` (def: ``20``): bars in the window.
-    - ``tick`` (def: ``0.10``): tick size, index points.
+    - ``tick`` (def: ``0.10``, M2K's :attr:`~m2k_bt.contracts.ContractSpec.tick_size`): tick
+      size, index points.
     """
 
     lines = ("sum", "sumsq")
-    params = (("period", 20), ("tick", 0.10))
+    params = (("period", 20), ("tick", M2K.tick_size))
     plotinfo = dict(plot=False)
 
     def __init__(self) -> None:

@@ -3,29 +3,25 @@
 :func:`~m2k_bt.engine.result.make_result`).
 
 The ``trades`` and ``returns`` analyses come from the analyzers' own functions
-(:func:`~m2k_bt.analyzers.standard.trade_statistics`,
-:func:`~m2k_bt.analyzers.standard.returns_statistics`); ``costs``, ``margin`` and ``kelly`` are
+(:func:`~m2k_bt.analyzers.trades.trade_statistics`,
+:func:`~m2k_bt.analyzers.returns.returns_statistics`); ``costs``, ``margin`` and ``kelly`` are
 rebuilt here from the loop's arrays with the analyzers' keys and roundings (the backtrader
 analyzers compute them bar by bar; ``tests/test_kernel.py`` checks they agree).
 """
 
 from __future__ import annotations
 
-import dataclasses
 from collections import Counter
 
 import numpy as np
 import pandas as pd
 
-from ..analyzers.standard import (
-    _div,  # private in analyzers/ until it makes them public (issue 20)
-    _periods,
-    _r,
-    returns_statistics,
-    trade_statistics,
-)
+from ..analyzers import returns_statistics, trade_statistics
+from ..analyzers.common import event_dict, mean_or_none, ratio, rounded
+from ..analyzers.returns import periods_from_counts
 from ..brokers.futures import MarginEvent
 from ..engine import KernelExtras, Plan, make_result
+from ..rules.margin import supported_contracts
 from ..sizers.kelly import BINDINGS, KellyDecision
 from ..strategies.base import EXIT_REASONS
 from . import loop
@@ -123,7 +119,7 @@ def kernel_result(plan: Plan, data: KernelData, value, cash, pos, trades, dec, m
     start_value = float(config.cash)
     per_date = data.per_date()
     timeframe = _MINUTES if data.intraday else _DAYS
-    periods = _periods(timeframe, data.compression, per_date)
+    periods = periods_from_counts(timeframe, data.compression, per_date)
     rstats = returns_statistics(start_value, value, periods)
     rstats["trade_dates"] = len(per_date)
     peak = np.maximum.accumulate(value) if len(value) else value
@@ -192,7 +188,7 @@ def _margin_events(mev, data: KernelData, margin: float, root: str) -> list[Marg
                                       requirement=float(r[3]), contracts=size, data_name=root,
                                       action=f"liquidate {abs(size)} contracts at next open"))
         elif k == 2:
-            allowed = max(0, int(np.floor(max(float(r[2]), 0.0) / margin)))
+            allowed = supported_contracts(float(r[2]), margin)
             events.append(MarginEvent(
                 dt=when, kind="intraday_cutback", equity=float(r[2]),
                 requirement=float(r[3]), contracts=size, data_name=root,
@@ -207,25 +203,25 @@ def _margin_events(mev, data: KernelData, margin: float, root: str) -> list[Marg
 
 
 def _costs(costs, change: float) -> dict:
-    """:class:`~m2k_bt.analyzers.standard.CostAnalyzer`'s keys from the loop's fill sums."""
+    """:class:`~m2k_bt.analyzers.costs.CostAnalyzer`'s keys from the loop's fill sums."""
     fills, c, commission, slippage, slip_ticks = (float(x) for x in costs)
     total = commission + slippage
     gross = change + total
 
     def pct(x: float):
-        return _r(100.0 * x / gross, 6) if gross > 0 else None
+        return rounded(100.0 * x / gross, 6) if gross > 0 else None
 
     return {
         "fills": int(fills),
         "contracts_traded": c,
-        "commission": _r(commission),
-        "commission_per_contract": _r(_div(commission, c)),
-        "slippage": _r(slippage),
-        "slippage_per_contract": _r(_div(slippage, c)),
-        "slippage_ticks_per_contract": _r(_div(slip_ticks, c), 6),
-        "total_costs": _r(total),
-        "costs_per_contract": _r(_div(total, c)),
-        "gross_profit": _r(gross),
+        "commission": rounded(commission),
+        "commission_per_contract": rounded(ratio(commission, c)),
+        "slippage": rounded(slippage),
+        "slippage_per_contract": rounded(ratio(slippage, c)),
+        "slippage_ticks_per_contract": rounded(ratio(slip_ticks, c), 6),
+        "total_costs": rounded(total),
+        "costs_per_contract": rounded(ratio(total, c)),
+        "gross_profit": rounded(gross),
         "commission_pct_of_gross": pct(commission),
         "slippage_pct_of_gross": pct(slippage),
         "costs_pct_of_gross": pct(total),
@@ -234,7 +230,7 @@ def _costs(costs, change: float) -> dict:
 
 
 def _margin(data: KernelData, ci, value, pos, events, active) -> dict:
-    """:class:`~m2k_bt.analyzers.standard.MarginExposure`'s keys, from the equity curve."""
+    """:class:`~m2k_bt.analyzers.margin.MarginExposure`'s keys, from the equity curve."""
     n = len(value)
     size = np.abs(pos)
     market = size != 0
@@ -265,21 +261,21 @@ def _margin(data: KernelData, ci, value, pos, events, active) -> dict:
         if pos_eq.any():
             peak_pct = max(0.0, float((100.0 * init[pos_eq] / equity[pos_eq]).max()))
             peak_lev = max(0.0, float((notional[pos_eq] / equity[pos_eq]).max()))
-    dicts = [dataclasses.asdict(e) for e in events]
+    dicts = [event_dict(e) for e in events]
     kinds = Counter(e["kind"] for e in dicts)
     in_market = len(idx)
     return {
-        "peak_initial_margin": _r(peak_margin),
+        "peak_initial_margin": rounded(peak_margin),
         "peak_initial_margin_dt": data.when(peak_i) if peak_i is not None else None,
-        "peak_margin_pct_of_equity": _r(peak_pct, 6),
-        "lowest_excess_equity": _r(out_low),
+        "peak_margin_pct_of_equity": rounded(peak_pct, 6),
+        "lowest_excess_equity": rounded(out_low),
         "lowest_excess_equity_dt": data.when(low_i) if low_i is not None else None,
-        "peak_notional": _r(peak_notional),
-        "peak_leverage": _r(peak_lev, 6),
+        "peak_notional": rounded(peak_notional),
+        "peak_leverage": rounded(peak_lev, 6),
         "peak_contracts": max(0.0, float(size.max())) if n else 0.0,
         "bars": n,
         "bars_in_market": in_market,
-        "time_in_market_pct": _r(_div(100.0 * in_market, n), 6),
+        "time_in_market_pct": rounded(ratio(100.0 * in_market, n), 6),
         "nonpositive_equity_bars": int((equity <= 0).sum()),
         "margin_calls": kinds.get("margin_call", 0),
         "intraday_cutbacks": kinds.get("intraday_cutback", 0),
@@ -289,9 +285,9 @@ def _margin(data: KernelData, ci, value, pos, events, active) -> dict:
 
 
 def _kelly_log(decisions, config) -> dict:
-    """:class:`~m2k_bt.analyzers.standard.KellyLog`'s keys from the sizer decisions."""
+    """:class:`~m2k_bt.analyzers.kelly.KellyLog`'s keys from the sizer decisions."""
     kelly = str(config.sizer).lower() == "kelly"
-    rows = [dataclasses.asdict(d) for d in decisions]
+    rows = [event_dict(d) for d in decisions]
     f_used = [d["f_used"] for d in rows if d.get("f_used") is not None]
     sizes = [d["contracts"] for d in rows if d.get("contracts") is not None]
     return {
@@ -300,7 +296,7 @@ def _kelly_log(decisions, config) -> dict:
         "decisions": rows,
         "count": len(rows),
         "zero_size": sum(1 for s in sizes if s == 0),
-        "mean_f_used": sum(f_used) / len(f_used) if f_used else None,
+        "mean_f_used": mean_or_none(f_used),
         "last_f_used": f_used[-1] if f_used else None,
         "max_contracts": max(sizes) if sizes else None,
         "binding": dict(Counter(str(d.get("binding")) for d in rows if "binding" in d)),

@@ -12,9 +12,9 @@ import datetime as _dt
 import numpy as np
 import pandas as pd
 
-from ..brokers.futures import _day_fraction  # private in brokers/ until renamed (issue 20)
 from ..engine import BacktestConfig, Plan, select_bars
 from ..indicators.bands import AdaptiveBollingerBands, tick_counts, window_tick_sums
+from ..rules.margin import day_fraction
 from ..sessions import date2num, num2datetime64, trade_dates64
 
 __all__ = ["KernelData", "prepare", "ParamsStandIn", "SIGNALS_KEPT", "SUMS_KEPT"]
@@ -96,8 +96,8 @@ class KernelData:
         key = ("window", start, end)
 
         def make():
-            lo = _day_fraction(_dt.time.fromisoformat(start))
-            hi = _day_fraction(_dt.time.fromisoformat(end))
+            lo = day_fraction(_dt.time.fromisoformat(start))
+            hi = day_fraction(_dt.time.fromisoformat(end))
             frac = self.num % 1.0 + 1e-7
             return (lo <= frac) & (frac < hi)
         return self._get(key, make)

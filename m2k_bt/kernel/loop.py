@@ -10,21 +10,31 @@ trades, flat window, signal, exit, roll, entry with the sizer), then the per-bar
 Every float operation follows backtrader's and the strategy's order of operations, so the
 results are the same numbers, not merely close ones.
 
+The trading rules themselves (fill prices and slippage, commission, P&L and cash adjustment,
+margin held, maintenance requirement, margin call, intraday cut-back, the Kelly decision) are
+the rulebook's (:mod:`m2k_bt.rules`), the functions the backtrader classes call too; numba
+compiles them into this loop. What stays here is the machinery: order slots and their life
+cycle, the strategy's state and the records.
+
+Numba caches this function with the rules compiled in and does not notice a change to a file
+under ``rules/`` alone: after editing a rule, delete ``kernel/__pycache__/loop.run_loop*``.
+
 Codes used in the arrays (see :mod:`m2k_bt.kernel.simulation`): reasons 0 signal, 1 stop, 2 target,
 3 session_close, 4 margin_call, 5 roll, 6 end; order types 0 market, 1 stop, 2 limit.
 """
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 from numba import njit
+
+from ..rules import fees, kelly, pnl, prices
+from ..rules import margin as mrules
 
 # order slots
 K = 48
 FREE, SUBMITTED, PENDING, DONE = 0, 1, 2, 3
-MARKET, STOP, LIMIT = 0, 1, 2
+MARKET, STOP, LIMIT = prices.MARKET, prices.STOP, prices.LIMIT
 R_SIGNAL, R_STOP, R_TARGET, R_SESSION, R_MARGIN, R_ROLL, R_END = 0, 1, 2, 3, 4, 5, 6
 EV_COMPLETED, EV_MARGIN, EV_REJECTED, EV_CANCELED = 1, 2, 3, 4
 
@@ -34,8 +44,6 @@ T_NET, T_BARS, T_REASON, T_KP, T_KB, T_KF, T_FILL_I, T_ID = range(8, 16)
 T_COLS = 16
 # decision rows: bar, p, b, f_star, f_used, equity, risk, contracts, binding, trades_used
 D_COLS = 10
-# bindings (sizers.BINDINGS order)
-B_WARMUP, B_NO_EDGE, B_KELLY, B_MAXFRAC, B_ZERO, B_MAXEXP, B_MARGIN, B_MAXC = range(8)
 # margin events: bar, kind (0 margin_call, 1 negative_equity, 2 intraday_cutback), equity,
 # requirement, contracts
 E_COLS = 5
@@ -54,21 +62,6 @@ def _grow(a):
     b = np.full((a.shape[0] * 2, a.shape[1]), np.nan)
     b[: a.shape[0]] = a
     return b
-
-
-@njit(cache=True)
-def _sign(x):
-    if x > 0:
-        return 1
-    if x < 0:
-        return -1
-    return 0
-
-
-@njit(cache=True)
-def _tick_price(n, tick, p10):
-    """``round_to_tick``'s result for ``n`` whole ticks: the double nearest n x tick."""
-    return np.rint(n * tick * p10) / p10
 
 
 @njit(cache=True)
@@ -185,12 +178,11 @@ def run_loop(o, h, lw, c, ct, sig, mid, allow_long, allow_short, rth, flatw, rol
         if has_intraday and i >= 1:  # from bar 1 the broker knows the data (a position entry)
             now = inwin[i]
             if now != active:
-                held_before = abs(psize) * margin
+                before = margin
                 active = now
-                margin = intraday if active else overnight
-                maint = intraday if active else fp[FP_MAINT]
-                held_after = abs(psize) * margin
-                cash += held_before - held_after  # equity unchanged
+                margin = mrules.regime_margin(active, overnight, intraday)
+                maint = mrules.regime_margin(active, fp[FP_MAINT], intraday)
+                cash = mrules.rebase_cash(cash, psize, before, margin)  # equity unchanged
                 closing_window = not active
         if n_used:
             for k in range(K):
@@ -218,32 +210,14 @@ def run_loop(o, h, lw, c, ct, sig, mid, allow_long, allow_short, rth, flatw, rol
                 continue
             size = o_size[k]
             price = o_price[k]
-            newsize = csize + size
-            if newsize == 0:
-                opened, closed = 0, size
-            elif csize == 0:
-                opened, closed = size, 0
-            elif csize > 0:
-                if size > 0:
-                    opened, closed = size, 0
-                elif newsize > 0:
-                    opened, closed = 0, size
-                else:
-                    opened, closed = newsize, -csize
-            else:
-                if size < 0:
-                    opened, closed = size, 0
-                elif newsize < 0:
-                    opened, closed = 0, size
-                else:
-                    opened, closed = newsize, -csize
-            csize = newsize
+            opened, closed = pnl.open_close(csize, size)
+            csize = csize + size
             if closed:
-                ccash += abs(closed) * margin + 0.0
-                ccash -= abs(closed) * commission
+                ccash += mrules.margin_held(closed, margin) + 0.0
+                ccash -= fees.commission(closed, commission)
             if opened:
-                ccash -= abs(opened) * margin
-                ccash -= abs(opened) * commission
+                ccash -= mrules.margin_held(opened, margin)
+                ccash -= fees.commission(opened, commission)
             if ccash >= 0.0:
                 o_status[k] = PENDING
                 o_seq[k] = seq
@@ -279,75 +253,29 @@ def run_loop(o, h, lw, c, ct, sig, mid, allow_long, allow_short, rth, flatw, rol
                 continue
             size = o_size[k]
             buy = size > 0
-            op, hi, lo = o[i], h[i], lw[i]
-            fill = np.nan
+            op = o[i]
             t = o_type[k]
-            if t == MARKET:
-                if o_bar[k] < i:
-                    if buy:
-                        fill = min(op + slip, max(hi, op)) if slip else op
-                    else:
-                        fill = max(op - slip, min(lo, op)) if slip else op
-            elif t == STOP:
-                px = o_price[k]
-                if buy:
-                    if op >= px:
-                        fill = min(op + slip, max(hi, op)) if slip else op
-                    elif hi >= px:
-                        fill = min(px + slip, max(hi, px)) if slip else px
-                else:
-                    if op <= px:
-                        fill = max(op - slip, min(lo, op)) if slip else op
-                    elif lo <= px:
-                        fill = max(px - slip, min(lo, px)) if slip else px
-            else:
-                px = o_price[k]
-                if buy:
-                    if px >= op:
-                        fill = op
-                    elif px >= lo:
-                        fill = px
-                else:
-                    if px <= op:
-                        fill = op
-                    elif px <= hi:
-                        fill = px
+            if t == MARKET and o_bar[k] >= i:
+                continue  # a market order fills from the bar after its creation
+            fill = prices.fill_price(t, buy, o_price[k], op, h[i], lw[i], slip)
             if np.isnan(fill):
                 continue
             # -- _execute(order, ago=0, price=fill)
             price = fill
-            newsize = psize + size
-            if newsize == 0:
-                opened, closed = 0, size
-            elif psize == 0:
-                opened, closed = size, 0
-            elif psize > 0:
-                if size > 0:
-                    opened, closed = size, 0
-                elif newsize > 0:
-                    opened, closed = 0, size
-                else:
-                    opened, closed = newsize, -psize
-            else:
-                if size < 0:
-                    opened, closed = size, 0
-                elif newsize < 0:
-                    opened, closed = 0, size
-                else:
-                    opened, closed = newsize, -psize
+            opened, closed = pnl.open_close(psize, size)
             ecash = cash
             closedcomm = 0.0
             openedcomm = 0.0
             if closed:
-                ecash += abs(closed) * margin + 0.0
-                closedcomm = abs(closed) * commission
+                ecash += mrules.margin_held(closed, margin) + 0.0
+                closedcomm = fees.commission(closed, commission)
                 ecash -= closedcomm
-                ecash += (-closed) * (price - adjbase) * mult
+                ecash += pnl.pnl(-closed, adjbase, price, mult)
                 cash = ecash
             popened = opened
             if opened:
-                ecash -= abs(opened) * margin
-                openedcomm = abs(opened) * commission
+                ecash -= mrules.margin_held(opened, margin)
+                openedcomm = fees.commission(opened, commission)
                 ecash -= openedcomm
                 if ecash < 0.0:
                     opened = 0
@@ -355,29 +283,18 @@ def run_loop(o, h, lw, c, ct, sig, mid, allow_long, allow_short, rth, flatw, rol
                 else:
                     after = psize + closed + opened
                     if abs(after) > abs(opened):
-                        ecash += (after - opened) * (price - adjbase) * mult
+                        ecash += pnl.pnl(after - opened, adjbase, price, mult)
                     adjbase = price
                     cash = ecash
             execsize = closed + opened
             if execsize:
-                old = psize
-                psize = old + execsize
-                if psize == 0:
-                    pprice = 0.0
-                elif old == 0 or _sign(old) != _sign(psize):
-                    pprice = price
-                elif _sign(execsize) == _sign(old):
-                    pprice = (pprice * old + execsize * price) / psize
+                pprice = pnl.average_price(psize, pprice, execsize, price)
+                psize = psize + execsize
                 o_exsize[k] = execsize
                 o_expx[k] = price
                 o_excomm[k] = closedcomm + openedcomm
                 # CostAnalyzer: the price backtrader's rules give this order with no slippage
-                if t == MARKET:
-                    ref = op
-                elif t == STOP:
-                    ref = max(op, o_price[k]) if buy else min(op, o_price[k])
-                else:
-                    ref = min(op, o_price[k]) if buy else max(op, o_price[k])
+                ref = prices.reference_price(t, buy, o_price[k], op)
                 costs[0] += 1
                 costs[1] += abs(execsize)
                 costs[2] += closedcomm + openedcomm
@@ -420,18 +337,18 @@ def run_loop(o, h, lw, c, ct, sig, mid, allow_long, allow_short, rth, flatw, rol
                             nev += 1
         # -- end of bar: mark to market, value
         if psize:
-            cash += psize * (c[i] - adjbase) * mult
+            cash += pnl.pnl(psize, adjbase, c[i], mult)
             adjbase = c[i]
-            pv = abs(psize) * margin
-            unreal = psize * (c[i] - pprice) * mult
+            pv = mrules.margin_held(psize, margin)
+            unreal = pnl.pnl(psize, pprice, c[i], mult)
             value = cash + ((pv - unreal) / 1.0 + unreal)
         else:
             value = cash + 0.0
         # -- FuturesBroker: maintenance margin, intraday cut-back and negative equity
-        requirement = abs(psize) * maint if psize else 0.0
+        requirement = mrules.requirement(psize, maint)
         check = closing_window
         if not closing_window:
-            if value >= requirement and value >= 0:
+            if mrules.margin_ok(value, requirement):
                 negative = False
             elif requirement:
                 check = True
@@ -455,16 +372,15 @@ def run_loop(o, h, lw, c, ct, sig, mid, allow_long, allow_short, rth, flatw, rol
                 if phase == 0:
                     if not closing_window or not psize or forced_alive:
                         continue
-                    allowed = max(0, int(math.floor(max(value, 0.0) / overnight)))
-                    if abs(psize) <= allowed:
+                    cut = mrules.cutback_contracts(psize, value, overnight)
+                    if not cut:
                         continue
-                    cut = abs(psize) - allowed
                     ekind = 2
-                    ereq = abs(psize) * overnight
+                    ereq = mrules.margin_held(psize, overnight)
                     fsize = -cut if psize > 0 else cut
                 else:
-                    requirement = abs(psize) * maint if psize else 0.0
-                    if not (requirement and value < requirement and psize) or forced_alive:
+                    requirement = mrules.requirement(psize, maint)
+                    if not mrules.margin_call(value, requirement) or forced_alive:
                         continue
                     ekind = 0
                     ereq = requirement
@@ -512,7 +428,7 @@ def run_loop(o, h, lw, c, ct, sig, mid, allow_long, allow_short, rth, flatw, rol
                 price = o_expx[k]
                 comm = o_excomm[k]
                 qty = abs(dsize)
-                if t_open and _sign(dsize) != t_dir:
+                if t_open and pnl.sign(dsize) != t_dir:
                     closing = min(qty, t_size)
                     share = comm * closing / qty
                     t_gross += (price - t_avg) * closing * t_dir * mult
@@ -575,7 +491,7 @@ def run_loop(o, h, lw, c, ct, sig, mid, allow_long, allow_short, rth, flatw, rol
                             tid += 1
                             t_id = tid
                         t_open = True
-                        t_dir = _sign(dsize)
+                        t_dir = pnl.sign(dsize)
                         t_entry_i = i
                         t_entry_bar = i + 1
                         t_kelly = o_kelly[k]
@@ -606,7 +522,7 @@ def run_loop(o, h, lw, c, ct, sig, mid, allow_long, allow_short, rth, flatw, rol
                     win_n = min(win_n + 1, lookback)
             if ek == EV_COMPLETED:
                 if reason == R_MARGIN:
-                    blocked = -_sign(o_exsize[k])
+                    blocked = -pnl.sign(o_exsize[k])
                     for b in (br0, br1):  # _cancel_bracket
                         if b >= 0 and o_status[b] == PENDING:
                             o_ours[b] = True
@@ -671,7 +587,7 @@ def run_loop(o, h, lw, c, ct, sig, mid, allow_long, allow_short, rth, flatw, rol
                     br_stop = np.nan
                     br_limit = np.nan
                     if reason == R_STOP or reason == R_TARGET:
-                        blocked = -_sign(o_exsize[k])
+                        blocked = -pnl.sign(o_exsize[k])
                 continue
             if ek == EV_CANCELED and (o_ours[k] or o_child[k]):
                 continue
@@ -681,9 +597,9 @@ def run_loop(o, h, lw, c, ct, sig, mid, allow_long, allow_short, rth, flatw, rol
                 rej_rejected += 1
             else:
                 rej_canceled += 1
-            entry = reason == R_SIGNAL and _sign(o_size[k]) != -_sign(psize)
+            entry = reason == R_SIGNAL and pnl.sign(o_size[k]) != -pnl.sign(psize)
             if entry and (ek == EV_MARGIN or ek == EV_REJECTED):
-                blocked = _sign(o_size[k])
+                blocked = pnl.sign(o_size[k])
         nev = 0
         if n_used:
             for k in range(K):
@@ -698,9 +614,8 @@ def run_loop(o, h, lw, c, ct, sig, mid, allow_long, allow_short, rth, flatw, rol
             if sh_exit or sh_next:
                 price = o[i]
                 if sh_exit and sh_open:
-                    comm = commission + commission
-                    gross = (price - sh_px) * sh_dir * mult
-                    net = gross - comm - 2 * shadow_slip
+                    net = pnl.paper_trade_net(sh_px, price, sh_dir, mult, commission,
+                                              shadow_slip)
                     n_shadow += 1
                     if paper and lookback > 0:
                         win[win_pos] = net / 1
@@ -771,7 +686,7 @@ def run_loop(o, h, lw, c, ct, sig, mid, allow_long, allow_short, rth, flatw, rol
                     if exit_signal or band != 0:
                         wanted = band
                     else:
-                        held = _sign(psize)
+                        held = pnl.sign(psize)
                         at = mid[i]
                         if (held > 0 and at >= 0) or (held < 0 and at <= 0):
                             wanted = 0
@@ -782,7 +697,7 @@ def run_loop(o, h, lw, c, ct, sig, mid, allow_long, allow_short, rth, flatw, rol
                     blocked = 0
                 usual = False
                 if not sh_next and not roll[i]:
-                    held = _sign(psize)
+                    held = pnl.sign(psize)
                     if (held == target and not sh_open) or (
                             held == 0 and sh_open and sh_dir == target):
                         usual = True
@@ -792,7 +707,7 @@ def run_loop(o, h, lw, c, ct, sig, mid, allow_long, allow_short, rth, flatw, rol
                         sh_next = 0
                     if sh_open and sh_dir != target:
                         sh_exit = True
-                    held = _sign(psize)
+                    held = pnl.sign(psize)
                     do_close = 0
                     reopen = False
                     if held and held != target:
@@ -872,84 +787,18 @@ def run_loop(o, h, lw, c, ct, sig, mid, allow_long, allow_short, rth, flatw, rol
                                 # KellySizer.decide
                                 price = c[i]
                                 equity = value
-                                free_cash = cash
-                                if psize and (psize > 0) != (target > 0):
-                                    free_cash += abs(psize) * margin
+                                free_cash = mrules.free_cash(cash, psize, target > 0, margin)
                                 nw = win_n
-                                stop_pts = np.nan
+                                stop_risk = np.nan
                                 if stop_n[i] >= 0:
-                                    stop_pts = _tick_price(stop_n[i], tick, p10)
-                                stop_risk = stop_pts * mult if stop_pts > 0 else np.nan
-                                kp = np.nan
-                                kb = np.nan
-                                kf = np.nan
-                                f_used = np.nan
-                                risk = stop_risk
-                                contracts = 0
-                                binding = B_WARMUP
-                                capped = False
-                                if nw < min_trades:
-                                    contracts = warmup_n
-                                    capped = True
-                                else:
-                                    nwins = 0
-                                    nloss = 0
-                                    swin = 0.0
-                                    sloss = 0.0
-                                    start = (win_pos - nw) % lookback
-                                    for q in range(nw):
-                                        x = win[(start + q) % lookback]
-                                        if x > 0:
-                                            nwins += 1
-                                            swin += x
-                                        elif x < 0:
-                                            nloss += 1
-                                            sloss += -x
-                                    kp = nwins / nw
-                                    if nwins == 0:
-                                        binding = B_NO_EDGE
-                                    else:
-                                        if nloss:
-                                            kb = (swin / nwins) / (sloss / nloss)
-                                            kf = (kb * kp - (1.0 - kp)) / kb
-                                        else:
-                                            kf = kp
-                                        if kf <= 0:
-                                            binding = B_NO_EDGE
-                                        else:
-                                            if not stop_risk > 0:
-                                                risk = sloss / nloss if nloss else np.nan
-                                            if np.isnan(risk):
-                                                contracts = warmup_n
-                                                binding = B_WARMUP
-                                                capped = True
-                                            else:
-                                                f_used = kscale * kf
-                                                binding = B_KELLY
-                                                if f_used > kmaxfrac:
-                                                    f_used = kmaxfrac
-                                                    binding = B_MAXFRAC
-                                                contracts = int(math.floor(
-                                                    f_used * max(equity, 0.0) / risk + 1e-9))
-                                                if contracts <= 0:
-                                                    contracts = 0
-                                                    binding = B_ZERO
-                                                else:
-                                                    capped = True
-                                if capped:
-                                    cap = int(math.floor(kmaxexp * max(equity, 0.0)
-                                                         / (price * mult) + 1e-9))
-                                    if cap < contracts:
-                                        contracts = cap
-                                        binding = B_MAXEXP
-                                    cap = int(math.floor(max(free_cash, 0.0) / margin + 1e-9))
-                                    if cap < contracts:
-                                        contracts = cap
-                                        binding = B_MARGIN
-                                    if max_c < contracts:
-                                        contracts = max_c
-                                        binding = B_MAXC
-                                contracts = max(0, contracts)
+                                    stop_risk = kelly.stop_risk(
+                                        prices.tick_price(stop_n[i], tick, p10), mult)
+                                nwins, swin, nloss, sloss = kelly.tally(
+                                    win, (win_pos - nw) % lookback, nw)
+                                contracts, binding, kp, kb, kf, f_used, risk = kelly.decide(
+                                    nw, min_trades, warmup_n, nwins, swin, nloss, sloss,
+                                    stop_risk, equity, free_cash, price, mult, margin, kscale,
+                                    kmaxfrac, kmaxexp, max_c)
                                 if ndec == dec.shape[0]:
                                     dec = _grow(dec)
                                 dec[ndec, 0] = i
@@ -971,11 +820,11 @@ def run_loop(o, h, lw, c, ct, sig, mid, allow_long, allow_short, rth, flatw, rol
                             else:
                                 e_dir = target
                                 if stop_n[i] >= 0:
-                                    e_stop = _tick_price(ct[i] - target * stop_n[i], tick,
-                                                         p10)
+                                    e_stop = prices.tick_price(ct[i] - target * stop_n[i],
+                                                               tick, p10)
                                 if target_n[i] >= 0:
-                                    e_limit = _tick_price(ct[i] + target * target_n[i],
-                                                          tick, p10)
+                                    e_limit = prices.tick_price(
+                                        ct[i] + target * target_n[i], tick, p10)
                     if e_dir and e_size > 0:
                         # _submit_entry
                         has_children = not (np.isnan(e_stop) and np.isnan(e_limit))

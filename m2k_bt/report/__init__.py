@@ -1,14 +1,9 @@
-"""Outputs of a run: report.json, the summary, report.html, plot.png and trade records."""
+"""Outputs of a run: report.json, the summary, report.html, plot.png and trade records; the
+optimiser's study.html and walkforward.html."""
 
-from .html import (
-    EXIT_MARKERS,
-    MAX_CANDLES,
-    MAX_LINE_POINTS,
-    report_layout,
-    write_report_html,
-    write_study_html,
-    write_walkforward_html,
-)
+from ..outputs import jsonable, ny_index_iso, ny_iso
+from .bokeh_parts import MAX_CANDLES, MAX_LINE_POINTS
+from .html import EXIT_MARKERS, report_layout, write_report_html
 from .plot import (
     DEFAULT_CANDLE_BARS,
     DEFAULT_LAST_TRADES,
@@ -17,20 +12,13 @@ from .plot import (
     plot_equity,
     plot_window,
 )
-from .records import (
-    NY,
-    TRADE_COLUMNS,
-    jsonable,
-    ny_index_iso,
-    ny_iso,
-    trade_table,
-)
+from .records import NY, TRADE_COLUMNS, trade_table
+from .study_html import write_study_html, write_walkforward_html
 from .summary import (
     REPORT_JSON_SCHEMA,
     REPORT_SCHEMA_VERSION,
     build_report,
     format_summary,
-    rerun_argv,
     validate_report,
     write_outputs,
 )
@@ -58,7 +46,6 @@ __all__ = [
     "REPORT_SCHEMA_VERSION",
     "REPORT_JSON_SCHEMA",
     "build_report",
-    "rerun_argv",
     "validate_report",
     "write_outputs",
     "format_summary",

@@ -1,12 +1,13 @@
-"""Interactive, self-contained HTML reports built with Bokeh: ``report.html``, ``study.html``,
-``walkforward.html``.
+"""The interactive, self-contained ``report.html`` of a backtest, built with Bokeh
+(:func:`write_report_html`); ``study.html`` and ``walkforward.html`` are in
+:mod:`m2k_bt.report.study_html`, the pieces the pages share in :mod:`m2k_bt.report.bokeh_parts`.
 
-Every file carries Bokeh's JavaScript and CSS inline (``bokeh.resources.INLINE``), so it opens
+The file carries Bokeh's JavaScript and CSS inline (``bokeh.resources.INLINE``), so it opens
 offline, from disk, with no server. The charts are Bokeh glyphs; the only JavaScript written
 here is two short Bokeh ``CustomJS`` callbacks (which price resolution to show for the visible
 range, and fitting the price axis to it).
 
-``report.html`` (:func:`write_report_html`), top to bottom:
+``report.html``, top to bottom:
 
 - summary cards: the headline numbers of report.json;
 - the price chart: candles at the resolution the zoom allows, every entry (triangle up: long,
@@ -21,18 +22,14 @@ range, and fitting the price axis to it).
   used, coloured by which cap bound), the trade table (click a header to sort), warnings and
   data repairs.
 
-**Resolution.** Bars are aggregated into OHLC buckets of 1, 4, 16, ... bars (open first, high
-max, low min, close last: the min/max of each bucket). The chart shows the finest level with at
-most :data:`MAX_CANDLES` candles in view, so a zoomed-out view of 140,000 bars draws a few
-hundred candles and a zoomed-in view draws real bars. Lines (equity, indicators) keep every bar
-up to :data:`MAX_LINE_POINTS`; beyond that each bucket keeps its lowest and highest equity row.
+**Resolution** (see :mod:`m2k_bt.report.bokeh_parts`): the price chart shows the finest OHLC
+level with at most :data:`~m2k_bt.report.bokeh_parts.MAX_CANDLES` candles in view; lines keep
+every bar up to :data:`~m2k_bt.report.bokeh_parts.MAX_LINE_POINTS`, beyond that each bucket's
+lowest and highest equity row.
 """
 
 from __future__ import annotations
 
-import datetime as _dt
-import html
-import math
 import os
 from pathlib import Path
 from typing import Any
@@ -40,24 +37,32 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from .bokeh_parts import (
+    CSS,
+    MAX_CANDLES,
+    TOOLS,
+    aggregate_ohlc,
+    esc,
+    fmt_money,
+    fmt_number,
+    line_colours,
+    line_rows,
+    linked_panel,
+    resolution_levels,
+    save_html,
+    source_columns,
+    to_ms,
+)
+
+# TEMPORARY: optimize/study.py and optimize/walkforward.py (another branch) still import these
+# from here; remove once they import them from m2k_bt.report (or .study_html).
+from .study_html import write_study_html, write_walkforward_html  # noqa: F401
+
 __all__ = [
-    "MAX_CANDLES",
-    "MAX_LINE_POINTS",
     "EXIT_MARKERS",
     "report_layout",
     "write_report_html",
-    "write_study_html",
-    "write_walkforward_html",
 ]
-
-#: Most candles drawn for the visible range; a coarser level is shown above it.
-MAX_CANDLES = 1500
-
-#: Line panels keep every bar up to this many; above it, min/max per bucket.
-MAX_LINE_POINTS = 50_000
-
-#: Bucket sizes grow by this factor from one resolution level to the next.
-LEVEL_FACTOR = 4
 
 #: Exit reason -> (Bokeh marker, colour) on the price chart.
 EXIT_MARKERS = {
@@ -78,75 +83,6 @@ _TOOLTIP_FORMATS = {
     "ticks": "{0.0}",
 }
 _UP, _DOWN = "#26a69a", "#ef5350"
-_TOOLS = "xpan,xwheel_zoom,box_zoom,reset,save"
-
-_CSS = """
-<style>
- body { font-family: -apple-system, 'Segoe UI', Helvetica, Arial, sans-serif; margin: 12px 18px; }
- h1 { font-size: 20px; margin: 4px 0; } h2 { font-size: 16px; margin: 14px 0 4px 0; }
- .m2k-sub { color: #555; font-size: 13px; }
- .m2k-cards { display: flex; flex-wrap: wrap; gap: 8px; margin: 8px 0; }
- .m2k-card { border: 1px solid #ddd; border-radius: 6px; padding: 6px 10px; min-width: 110px;
-             background: #fafafa; }
- .m2k-card .k { color: #666; font-size: 11px; text-transform: uppercase; }
- .m2k-card .v { font-size: 17px; font-weight: 600; }
- .m2k-card .v.neg { color: #c62828; } .m2k-card .v.pos { color: #2e7d32; }
- .m2k-list { font-size: 13px; } .m2k-list li { margin: 2px 0; }
- .m2k-note { color: #555; font-size: 12px; }
- table.m2k { border-collapse: collapse; font-size: 12px; }
- table.m2k td, table.m2k th { border: 1px solid #ddd; padding: 2px 6px; text-align: right; }
-</style>
-"""
-
-
-# -------------------------------------------------------------------------------------------
-# small helpers
-# -------------------------------------------------------------------------------------------
-
-
-def _to_ms(values) -> np.ndarray:
-    """Milliseconds of wall time for datetimes, ISO strings (any offset dropped) or Timestamps."""
-    idx = pd.DatetimeIndex([_wall(v) for v in values]) if len(values) else pd.DatetimeIndex([])
-    return (idx.as_unit("ms").asi8).astype("float64") if len(idx) else np.zeros(0)
-
-
-def _wall(value) -> pd.Timestamp:
-    ts = pd.Timestamp(value)
-    return ts.tz_localize(None) if ts.tzinfo is not None else ts
-
-
-def _fmt_money(x) -> str:
-    if x is None or (isinstance(x, float) and not math.isfinite(x)):
-        return "n/a"
-    return f"-${-x:,.2f}" if x < 0 else f"${x:,.2f}"
-
-
-def _fmt(x, nd=2, suffix="") -> str:
-    if x is None or (isinstance(x, float) and not math.isfinite(x)):
-        return "n/a"
-    return f"{x:,.{nd}f}{suffix}"
-
-
-def _esc(x) -> str:
-    return html.escape(str(x))
-
-
-def _columns(df: pd.DataFrame) -> dict[str, Any]:
-    """A frame's columns for a ColumnDataSource (numbers as arrays, the rest as lists)."""
-    out = {}
-    for c in df.columns:
-        col = df[c]
-        out[str(c)] = col.to_numpy() if col.dtype.kind in "biuf" else col.tolist()
-    return out
-
-
-def _save_html(layout, path: Path, title: str) -> Path:
-    from bokeh.embed import file_html
-    from bokeh.resources import INLINE
-
-    from ..outputs import atomic_write_text
-
-    return atomic_write_text(Path(path), file_html(layout, resources=INLINE, title=title))
 
 
 # -------------------------------------------------------------------------------------------
@@ -181,7 +117,7 @@ def _bars_of(result: Any) -> pd.DataFrame | None:
         close = equity["close"].to_numpy(dtype="float64")
         return pd.DataFrame(
             {"open": close, "high": close, "low": close, "close": close},
-            index=_to_ms(equity.index),
+            index=to_ms(equity.index),
         )
     return None
 
@@ -224,71 +160,6 @@ def _trade_frame(result: Any) -> pd.DataFrame:
 
 
 # -------------------------------------------------------------------------------------------
-# resolution levels
-# -------------------------------------------------------------------------------------------
-
-
-def _levels(n: int, max_candles: int = MAX_CANDLES) -> list[int]:
-    """Bucket sizes 1, 4, 16, ... up to the first that shows all ``n`` bars in
-    ``max_candles`` candles.
-
-    >>> _levels(140_000)
-    [1, 4, 16, 64, 256]
-    >>> _levels(1000)
-    [1]
-    """
-    sizes = [1]
-    while math.ceil(n / sizes[-1]) > max_candles:
-        sizes.append(sizes[-1] * LEVEL_FACTOR)
-    return sizes
-
-
-def _aggregate(bars: pd.DataFrame, size: int) -> dict[str, np.ndarray]:
-    """OHLC buckets of ``size`` bars: x at the bucket's middle, open first, high max, low min,
-    close last."""
-    t = bars.index.to_numpy(dtype="float64")
-    o, h, l_, c = (bars[k].to_numpy(dtype="float64") for k in ("open", "high", "low", "close"))
-    if size == 1:
-        x, oo, hh, ll, cc = t, o, h, l_, c
-    else:
-        starts = np.arange(0, len(t), size)
-        ends = np.minimum(starts + size, len(t)) - 1
-        x = (t[starts] + t[ends]) / 2.0
-        oo, cc = o[starts], c[ends]
-        hh = np.maximum.reduceat(h, starts)
-        ll = np.minimum.reduceat(l_, starts)
-    return {
-        "t": x,
-        "open": oo.astype("float32"),
-        "high": hh.astype("float32"),
-        "low": ll.astype("float32"),
-        "close": cc.astype("float32"),
-        "up": (cc >= oo).astype("int8"),
-    }
-
-
-def _line_rows(n: int, value: np.ndarray, max_points: int | None = None) -> np.ndarray:
-    """Row numbers the line panels keep: all of them, or each bucket's min and max of
-    ``value`` (in time order) when there are more than ``max_points``.
-
-    >>> _line_rows(5, np.arange(5.0)).tolist()
-    [0, 1, 2, 3, 4]
-    >>> _line_rows(8, np.array([3., 1, 2, 5, 0, 4, 6, 7]), max_points=4).tolist()
-    [1, 3, 4, 7]
-    """
-    max_points = MAX_LINE_POINTS if max_points is None else max_points
-    if n <= max_points:
-        return np.arange(n)
-    size = math.ceil(2 * n / max_points)
-    starts = np.arange(0, n, size)
-    pad = (-n) % size
-    v = np.concatenate([value, np.full(pad, np.nan)]).reshape(-1, size)
-    lo = np.nanargmin(np.where(np.isnan(v), np.inf, v), axis=1) + starts
-    hi = np.nanargmax(np.where(np.isnan(v), -np.inf, v), axis=1) + starts
-    return np.unique(np.concatenate([lo, hi]))
-
-
-# -------------------------------------------------------------------------------------------
 # the run report
 # -------------------------------------------------------------------------------------------
 
@@ -304,41 +175,41 @@ def _cards_html(report: dict) -> str:
         return "" if x is None else ("neg" if x < 0 else "pos")
 
     cards = [
-        ("Final equity", _fmt_money(res.get("final_value")), ""),
-        ("Net profit", _fmt_money(res.get("net_profit")), sign(res.get("net_profit"))),
-        ("Return", _fmt(res.get("return_pct"), 2, " %"), sign(res.get("return_pct"))),
-        ("CAGR", _fmt(None if res.get("cagr") is None else 100 * res["cagr"], 2, " %"),
+        ("Final equity", fmt_money(res.get("final_value")), ""),
+        ("Net profit", fmt_money(res.get("net_profit")), sign(res.get("net_profit"))),
+        ("Return", fmt_number(res.get("return_pct"), 2, " %"), sign(res.get("return_pct"))),
+        ("CAGR", fmt_number(None if res.get("cagr") is None else 100 * res["cagr"], 2, " %"),
          sign(res.get("cagr"))),
-        ("Sharpe", _fmt(res.get("sharpe")), ""),
-        ("Sortino", _fmt(res.get("sortino")), ""),
-        ("Calmar", _fmt(res.get("calmar")), ""),
-        ("Max drawdown", f"{_fmt_money(res.get('max_drawdown'))} "
-         f"({_fmt(res.get('max_drawdown_pct'), 1, ' %')})", "neg"),
-        ("Trades", _fmt(res.get("trades"), 0), ""),
-        ("Win rate", _fmt(None if res.get("win_rate") is None else 100 * res["win_rate"], 1,
+        ("Sharpe", fmt_number(res.get("sharpe")), ""),
+        ("Sortino", fmt_number(res.get("sortino")), ""),
+        ("Calmar", fmt_number(res.get("calmar")), ""),
+        ("Max drawdown", f"{fmt_money(res.get('max_drawdown'))} "
+         f"({fmt_number(res.get('max_drawdown_pct'), 1, ' %')})", "neg"),
+        ("Trades", fmt_number(res.get("trades"), 0), ""),
+        ("Win rate", fmt_number(None if res.get("win_rate") is None else 100 * res["win_rate"], 1,
                           " %"), ""),
-        ("Profit factor", _fmt(res.get("profit_factor")), ""),
-        ("Expectancy", _fmt_money(res.get("expectancy")), sign(res.get("expectancy"))),
-        ("SQN", _fmt(res.get("sqn")), ""),
-        ("Commission", _fmt_money(res.get("commission")), ""),
-        ("Slippage", _fmt_money(res.get("slippage")), ""),
-        ("Margin calls", _fmt(res.get("margin_calls"), 0), ""),
+        ("Profit factor", fmt_number(res.get("profit_factor")), ""),
+        ("Expectancy", fmt_money(res.get("expectancy")), sign(res.get("expectancy"))),
+        ("SQN", fmt_number(res.get("sqn")), ""),
+        ("Commission", fmt_money(res.get("commission")), ""),
+        ("Slippage", fmt_money(res.get("slippage")), ""),
+        ("Margin calls", fmt_number(res.get("margin_calls"), 0), ""),
     ]
     params = strat.get("params") or {}
     ptext = ", ".join(f"{k}={v}" for k, v in params.items()) if params else "defaults"
     head = (
-        f"<h1>{_esc(root)} {_esc(strat.get('name') or 'strategy')}: "
-        f"{_esc(data.get('first_dt') or '?')} &rarr; {_esc(data.get('last_dt') or '?')}</h1>"
-        f"<div class='m2k-sub'>{_fmt(data.get('bars'), 0)} bars from "
-        f"{_esc(data.get('path') or 'memory')}; starting equity "
-        f"{_fmt_money(res.get('start_value'))}; parameters: {_esc(ptext)}</div>"
+        f"<h1>{esc(root)} {esc(strat.get('name') or 'strategy')}: "
+        f"{esc(data.get('first_dt') or '?')} &rarr; {esc(data.get('last_dt') or '?')}</h1>"
+        f"<div class='m2k-sub'>{fmt_number(data.get('bars'), 0)} bars from "
+        f"{esc(data.get('path') or 'memory')}; starting equity "
+        f"{fmt_money(res.get('start_value'))}; parameters: {esc(ptext)}</div>"
     )
     body = "".join(
-        f"<div class='m2k-card'><div class='k'>{_esc(k)}</div>"
-        f"<div class='v {cls}'>{_esc(v)}</div></div>"
+        f"<div class='m2k-card'><div class='k'>{esc(k)}</div>"
+        f"<div class='v {cls}'>{esc(v)}</div></div>"
         for k, v, cls in cards
     )
-    return _CSS + head + f"<div class='m2k-cards'>{body}</div>"
+    return CSS + head + f"<div class='m2k-cards'>{body}</div>"
 
 
 def _price_figure(bars, trades, overlay, margin_events, x_range):
@@ -357,16 +228,16 @@ def _price_figure(bars, trades, overlay, margin_events, x_range):
     pad = (hi - lo) * 0.05 or 1.0
     p = figure(
         height=430, sizing_mode="stretch_width", x_axis_type="datetime", x_range=x_range,
-        y_range=Range1d(lo - pad, hi + pad, name="price_y"), tools=_TOOLS,
+        y_range=Range1d(lo - pad, hi + pad, name="price_y"), tools=TOOLS,
         active_scroll="xwheel_zoom", title="Price", name="price", output_backend="canvas",
     )
     p.yaxis.axis_label = "price (points)"
     t = bars.index.to_numpy(dtype="float64")
     step = float(np.median(np.diff(t))) if n > 1 else 60_000.0
-    sizes = _levels(n)
+    sizes = resolution_levels(n)
     groups, sources = [], []
     for size in sizes:
-        src = ColumnDataSource(_aggregate(bars, size), name=f"ohlc_{size}")
+        src = ColumnDataSource(aggregate_ohlc(bars, size), name=f"ohlc_{size}")
         color = linear_cmap("up", palette=[_DOWN, _UP], low=0, high=1)
         wick = p.segment("t", "high", "t", "low", source=src, color=color, line_width=1)
         body = p.vbar("t", width=step * size * 0.7, top="open", bottom="close", source=src,
@@ -376,8 +247,8 @@ def _price_figure(bars, trades, overlay, margin_events, x_range):
         groups.append([wick, body])
         sources.append(src)
 
-    for (label, values), colour in zip(overlay.items(), _palette(len(overlay)), strict=False):
-        rows = _line_rows(n, values)
+    for (label, values), colour in zip(overlay.items(), line_colours(len(overlay)), strict=False):
+        rows = line_rows(n, values)
         src = ColumnDataSource({"t": t[rows], "y": values[rows].astype("float32")})
         p.line("t", "y", source=src, color=colour, line_width=1.2, legend_label=label)
 
@@ -387,7 +258,7 @@ def _price_figure(bars, trades, overlay, margin_events, x_range):
                               line_dash="dashed", line_width=1))
 
     if len(trades):
-        tsrc = ColumnDataSource(_columns(trades), name="trades")
+        tsrc = ColumnDataSource(source_columns(trades), name="trades")
         p.segment("x_entry", "entry_price", "x_exit", "exit_price", source=tsrc,
                   color="link_color", line_width=1.5, line_alpha=0.8)
         for col, colour in (("stop_level", "#d62728"), ("target_level", "#2ca02c")):
@@ -416,7 +287,7 @@ def _price_figure(bars, trades, overlay, margin_events, x_range):
             tooltips=[(c, f"@{{{c}}}{_TOOLTIP_FORMATS.get(c, '')}") for c in columns],
         ))
     if margin_events is not None and len(margin_events):
-        msrc = ColumnDataSource(_columns(margin_events), name="margin_events")
+        msrc = ColumnDataSource(source_columns(margin_events), name="margin_events")
         marks = p.scatter("x", "price", source=msrc, marker="diamond", size=14,
                           color="#e377c2", legend_label="margin event")
         p.add_tools(HoverTool(renderers=[marks], tooltips=[
@@ -456,22 +327,6 @@ if (lo < hi) { const pad = (hi - lo) * 0.05; yr.start = lo - pad; yr.end = hi + 
 """
 
 
-def _palette(n: int) -> list[str]:
-    base = ["#ff7f0e", "#1f77b4", "#9467bd", "#8c564b", "#17becf", "#bcbd22", "#e377c2"]
-    return [base[i % len(base)] for i in range(n)]
-
-
-def _panel(title, x_range, height, y_label, name):
-    from bokeh.plotting import figure
-
-    p = figure(height=height, sizing_mode="stretch_width", x_axis_type="datetime",
-               x_range=x_range, tools=_TOOLS, active_scroll="xwheel_zoom", title=title,
-               name=name)
-    p.yaxis.axis_label = y_label
-    p.title.text_font_size = "10pt"
-    return p
-
-
 def _curve_panels(result, report, bars_t, panel_ind, x_range):
     """Equity, drawdown, position, margin vs equity and oscillator panels, linked on x."""
     from bokeh.models import ColumnDataSource, NumeralTickFormatter
@@ -482,8 +337,8 @@ def _curve_panels(result, report, bars_t, panel_ind, x_range):
         return panels
     value = equity["value"].to_numpy(dtype="float64")
     n = len(value)
-    rows = _line_rows(n, value)
-    t = _to_ms(equity.index)[rows] if len(bars_t) != n else bars_t[rows]
+    rows = line_rows(n, value)
+    t = to_ms(equity.index)[rows] if len(bars_t) != n else bars_t[rows]
     pos = equity["position"].to_numpy(dtype="float64") if "position" in equity else np.zeros(n)
     margins = (report.get("inputs") or {}).get("margins") or {}
     initial = margins.get("initial") or 0.0
@@ -502,26 +357,26 @@ def _curve_panels(result, report, bars_t, panel_ind, x_range):
         "maint": (np.abs(pos[rows]) * maint).astype("float32"),
     }, name="curves")
 
-    p = _panel("Equity", x_range, 170, "equity ($)", "equity")
+    p = linked_panel("Equity", x_range, 170, "equity ($)", "equity")
     p.line("t", "value", source=src, color="#1f77b4", line_width=1.3)
     p.yaxis.formatter = NumeralTickFormatter(format="$0,0")
     panels.append(p)
 
-    p = _panel("Drawdown", x_range, 110, "drawdown (%)", "drawdown")
+    p = linked_panel("Drawdown", x_range, 110, "drawdown (%)", "drawdown")
     p.varea("t", y1="dd", y2=0, source=src, color="#d62728", alpha=0.35)
     p.line("t", "dd", source=src, color="#d62728", line_width=0.8)
     panels.append(p)
 
-    p = _panel("Position", x_range, 110, "contracts", "position")
+    p = linked_panel("Position", x_range, 110, "contracts", "position")
     p.step("t", "pos", source=src, color="#2ca02c", mode="after")
     panels.append(p)
 
-    p = _panel("Margin used vs equity", x_range, 140, "$", "margin")
+    p = linked_panel("Margin used vs equity", x_range, 140, "$", "margin")
     p.line("t", "value", source=src, color="#1f77b4", legend_label="equity")
     p.step("t", "margin", source=src, color="#ff7f0e", mode="after",
-           legend_label=f"initial margin ({_fmt_money(initial)}/contract)")
+           legend_label=f"initial margin ({fmt_money(initial)}/contract)")
     p.step("t", "maint", source=src, color="#d62728", mode="after", line_dash="dotted",
-           legend_label=f"maintenance ({_fmt_money(maint)}/contract)")
+           legend_label=f"maintenance ({fmt_money(maint)}/contract)")
     p.yaxis.formatter = NumeralTickFormatter(format="$0,0")
     p.legend.location = "top_left"
     p.legend.label_text_font_size = "8pt"
@@ -529,8 +384,8 @@ def _curve_panels(result, report, bars_t, panel_ind, x_range):
     panels.append(p)
 
     if panel_ind:
-        p = _panel("Indicators", x_range, 130, "", "indicators")
-        for (label, values), colour in zip(panel_ind.items(), _palette(len(panel_ind)),
+        p = linked_panel("Indicators", x_range, 130, "", "indicators")
+        for (label, values), colour in zip(panel_ind.items(), line_colours(len(panel_ind)),
                                            strict=False):
             ind_src = ColumnDataSource({"t": t, "y": values[rows].astype("float32")})
             p.line("t", "y", source=ind_src, color=colour, legend_label=label)
@@ -569,7 +424,7 @@ def _monthly_figure(result):
     years = sorted(df["year"].unique(), reverse=True)
     df["label"] = [f"{r:+.1f}%" for r in df["ret"]]
     lim = max(float(np.nanmax(np.abs(df["ret"]))), 0.01)
-    src = ColumnDataSource(_columns(df), name="monthly")
+    src = ColumnDataSource(source_columns(df), name="monthly")
     p = figure(title="Monthly returns (%)", x_range=months, y_range=years, height=90 + 34 *
                len(years), width=560, tools="save", toolbar_location=None, name="monthly_fig")
     palette = ["#b71c1c", "#e57373", "#ffcdd2", "#f5f5f5", "#c8e6c9", "#81c784", "#1b5e20"]
@@ -639,7 +494,7 @@ def _costs_figure(report, trades):
     names = ["commission", "slippage", "rolls"]
     src = ColumnDataSource({"name": names, "value": [costs[k] for k in names],
                             "color": ["#1f77b4", "#ff7f0e", "#7f7f7f"],
-                            "label": [_fmt_money(costs[k]) for k in names]}, name="costs")
+                            "label": [fmt_money(costs[k]) for k in names]}, name="costs")
     p = figure(x_range=names, title="Costs ($); rolls are part of the other two",
                height=260, width=380, tools="save", toolbar_location=None, name="costs_fig")
     p.vbar("name", top="value", width=0.6, source=src, color="color")
@@ -661,7 +516,7 @@ def _kelly_figures(report, x_range):
     if not decisions:
         return None
     df = pd.DataFrame(decisions)
-    df["x"] = _to_ms(df["dt"])
+    df["x"] = to_ms(df["dt"])
     for col in ("f_star", "f_used"):
         df[col] = pd.to_numeric(df.get(col), errors="coerce")
     df["binding"] = df["binding"].astype(str)
@@ -669,11 +524,11 @@ def _kelly_figures(report, x_range):
     kinds = sorted(df["binding"].unique())
     palette = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#7f7f7f",
                "#17becf"]
-    src = ColumnDataSource(_columns(df[["x", "dt", "f_star", "f_used", "binding",
+    src = ColumnDataSource(source_columns(df[["x", "dt", "f_star", "f_used", "binding",
                                         "contracts"]]), name="kelly")
     p = figure(title="Kelly log: fraction wanted (f*) vs used, coloured by the cap that bound",
                height=240, sizing_mode="stretch_width", x_axis_type="datetime", x_range=x_range,
-               tools=_TOOLS, active_scroll="xwheel_zoom", name="kelly_fig")
+               tools=TOOLS, active_scroll="xwheel_zoom", name="kelly_fig")
     p.scatter("x", "f_star", source=src, marker="circle", size=5, color="#bbbbbb",
               legend_label="f* wanted")
     used = p.scatter("x", "f_used", source=src, size=6,
@@ -703,7 +558,7 @@ def _trade_table(trades):
     if not len(trades):
         return None
     columns = [c for c in trades.columns if not c.startswith(("x_", "link_"))]
-    src = ColumnDataSource(_columns(trades[columns]), name="trade_table_source")
+    src = ColumnDataSource(source_columns(trades[columns]), name="trade_table_source")
     money = {"gross_pnl", "commission", "net_pnl"}
     cols = []
     for c in columns:
@@ -727,10 +582,10 @@ def _warnings_html(report: dict, result: Any) -> str:
                    "orders.</p>")
     if other:
         out.append(f"<p class='m2k-note'>{len(other)} warning(s):</p><ul class='m2k-list'>"
-                   + "".join(f"<li>{_esc(w)}</li>" for w in other) + "</ul>")
+                   + "".join(f"<li>{esc(w)}</li>" for w in other) + "</ul>")
     if repairs:
         out.append(f"<p class='m2k-note'>{len(repairs)} data repair(s):</p><ul class='m2k-list'>"
-                   + "".join(f"<li>{_esc(w)}</li>" for w in repairs) + "</ul>")
+                   + "".join(f"<li>{esc(w)}</li>" for w in repairs) + "</ul>")
     return "".join(out)
 
 
@@ -744,7 +599,7 @@ def _margin_event_frame(result, bars) -> pd.DataFrame:
         rows.append({k: get(k) for k in ("dt", "kind", "equity", "requirement", "contracts",
                                           "action")})
     df = pd.DataFrame(rows)
-    df["x"] = _to_ms(df["dt"])
+    df["x"] = to_ms(df["dt"])
     t = bars.index.to_numpy(dtype="float64")
     i = np.clip(np.searchsorted(t, df["x"].to_numpy()), 0, len(t) - 1)
     df["price"] = bars["close"].to_numpy()[i]
@@ -803,8 +658,8 @@ def _plot_trades(trades: pd.DataFrame) -> pd.DataFrame:
     df = trades.copy()
     if not len(df):
         return df
-    df["x_entry"] = _to_ms(df["entry_dt"])
-    df["x_exit"] = _to_ms(df["exit_dt"])
+    df["x_entry"] = to_ms(df["entry_dt"])
+    df["x_exit"] = to_ms(df["exit_dt"])
     df["link_color"] = np.where(df["net_pnl"].astype(float) >= 0, "#2e7d32", "#c62828")
     for c in df.columns:
         if df[c].dtype == object:
@@ -857,273 +712,13 @@ def report_layout(result: Any, report: dict[str, Any]):
 def write_report_html(result: Any, path: str | os.PathLike, report: dict[str, Any]) -> Path:
     """Write ``report.html`` for a backtest result; returns the path.
 
-    - ``result``: a :class:`~m2k_bt.engine.cerebro.BacktestResult` (the strategy's data lines give the
-      candles and indicators; without them the equity curve's close is drawn).
-    - ``report``: its report.json content (``m2k_bt.report.summary.build_report(result)``): the cards,
-      costs, Kelly log and warnings come from it.
+    - ``result``: a :class:`~m2k_bt.engine.cerebro.BacktestResult` (the strategy's data lines
+      give the candles and indicators; without them the equity curve's close is drawn).
+    - ``report``: its report.json content (``m2k_bt.report.summary.build_report(result)``): the
+      cards, costs, Kelly log and warnings come from it.
 
     The file is written atomically and carries every resource inline (opens offline).
     """
     layout = report_layout(result, report)
     title = "m2k_bt report"
-    return _save_html(layout, Path(path), title)
-
-
-# -------------------------------------------------------------------------------------------
-# study.html and walkforward.html
-# -------------------------------------------------------------------------------------------
-
-
-def _value(obj, name, default=None):
-    if isinstance(obj, dict):
-        return obj.get(name, default)
-    return getattr(obj, name, default)
-
-
-def _table_html(df: pd.DataFrame, max_rows: int = 200) -> str:
-    if df is None or not len(df):
-        return "<p class='m2k-note'>none</p>"
-    return df.head(max_rows).to_html(classes="m2k", index=False, float_format=lambda x:
-                                     f"{x:,.4g}", na_rep="", border=0)
-
-
-_DSR_TEXT = ("Deflated Sharpe ratio (DSR): the probability that the best trial's Sharpe ratio "
-             "is above zero once the number of trials, their spread and the returns' skew and "
-             "kurtosis are accounted for (Bailey and Lopez de Prado, 2014).")
-_PBO_TEXT = ("Probability of backtest overfitting (PBO): the share of in-sample/out-of-sample "
-             "splits in which the in-sample best parameter set ranks below the median out of "
-             "sample (Bailey et al., 2015); above 0.5 means the selection is mostly luck.")
-
-
-def _trials_frame(result) -> pd.DataFrame:
-    trials = _value(result, "trials")
-    if trials is None:
-        return pd.DataFrame()
-    if isinstance(trials, pd.DataFrame):
-        return trials.copy()
-    rows = []
-    for i, tr in enumerate(trials):
-        if isinstance(tr, dict):
-            row = dict(tr)
-        else:
-            row = {k: getattr(tr, k) for k in ("number", "value", "params", "metrics", "state")
-                   if hasattr(tr, k)}
-        params = row.pop("params", None) or {}
-        metrics = row.pop("metrics", None) or {}
-        row.setdefault("number", i)
-        row.update({f"param_{k}": v for k, v in params.items()})
-        row.update({k: v for k, v in metrics.items() if isinstance(v, (int, float, str))
-                    or v is None})
-        rows.append(row)
-    return pd.DataFrame(rows)
-
-
-def study_layout(result: Any):
-    """Bokeh layout of ``study.html`` (see :func:`write_study_html`)."""
-    from bokeh.layouts import column, row
-    from bokeh.models import ColumnDataSource, Div, HoverTool
-    from bokeh.plotting import figure
-    from bokeh.transform import linear_cmap
-
-    df = _trials_frame(result)
-    objective = _value(result, "objective", "objective") or "objective"
-    value_col = "value" if "value" in df else None
-    params = [c for c in df.columns if c.startswith("param_")]
-    parts: list = []
-    best = _value(result, "best_params") or {}
-    best_value = _value(result, "best_value")
-    dsr = _value(result, "dsr", _value(result, "deflated_sharpe"))
-    pbo = _value(result, "pbo")
-    dsr_v = dsr.get("dsr") if isinstance(dsr, dict) else dsr
-    pbo_v = pbo.get("pbo") if isinstance(pbo, dict) else pbo
-    head = (_CSS + f"<h1>Optimisation study: {len(df)} trials, objective {_esc(objective)}</h1>"
-            f"<div class='m2k-sub'>best value {_fmt(best_value, 4)}; best parameters "
-            f"{_esc(', '.join(f'{k}={v}' for k, v in best.items()) or 'n/a')}</div>"
-            "<div class='m2k-cards'>"
-            f"<div class='m2k-card'><div class='k'>DSR</div><div class='v'>"
-            f"{_esc(_fmt(dsr_v, 3))}</div></div>"
-            f"<div class='m2k-card'><div class='k'>PBO</div><div class='v'>"
-            f"{_esc(_fmt(pbo_v, 3))}</div></div></div>"
-            f"<p class='m2k-note'>{_esc(_DSR_TEXT)}</p><p class='m2k-note'>{_esc(_PBO_TEXT)}</p>")
-    parts.append(Div(text=head, sizing_mode="stretch_width"))
-    if value_col and len(df):
-        vals = pd.to_numeric(df[value_col], errors="coerce")
-        src = ColumnDataSource({"number": df["number"].to_numpy(), "value": vals.to_numpy(),
-                                "best": vals.cummax().to_numpy()}, name="trials")
-        p = figure(title=f"{objective} by trial", height=280, width=560, tools="pan,wheel_zoom,"
-                   "box_zoom,reset,save,hover", name="objective_fig")
-        p.scatter("number", "value", source=src, size=6, legend_label="trial")
-        p.line("number", "best", source=src, color="#d62728", legend_label="best so far")
-        p.xaxis.axis_label = "trial"
-        p.yaxis.axis_label = str(objective)
-        p.legend.location = "bottom_right"
-        figs = [p]
-        finite = vals[np.isfinite(vals)]
-        lo = float(finite.min()) if len(finite) else 0.0
-        hi = float(finite.max()) if len(finite) else 1.0
-        cmap = linear_cmap("value", "Viridis256", low=lo, high=hi if hi > lo else lo + 1)
-        if len(params) == 2:
-            a, b = params
-            hsrc = ColumnDataSource({"a": df[a].astype(str), "b": df[b].astype(str),
-                                     "value": vals.to_numpy()}, name="heatmap")
-            xa = sorted(df[a].unique(), key=_sort_key)
-            xb = sorted(df[b].unique(), key=_sort_key)
-            h = figure(title=f"{objective} by {a[6:]} x {b[6:]}", x_range=[str(v) for v in xa],
-                       y_range=[str(v) for v in xb], height=320, width=520, tools="save",
-                       name="param_heatmap")
-            h.rect("a", "b", 1, 1, source=hsrc, fill_color=cmap, line_color="white")
-            h.add_tools(HoverTool(tooltips=[(a[6:], "@a"), (b[6:], "@b"),
-                                            (str(objective), "@value{0.0000}")]))
-            h.xaxis.axis_label, h.yaxis.axis_label = a[6:], b[6:]
-            figs.append(h)
-        elif len(params) == 1:
-            a = params[0]
-            s = figure(title=f"{objective} by {a[6:]}", height=280, width=520, tools="save",
-                       name="param_scatter")
-            s.scatter(pd.to_numeric(df[a], errors="coerce").to_numpy(), vals.to_numpy(), size=7)
-            figs.append(s)
-        elif len(params) > 2:
-            figs.append(_parallel_coordinates(df, params, vals, cmap, objective))
-        parts.append(row(*figs))
-    shown = df.sort_values(value_col, ascending=False) if value_col and len(df) else df
-    parts.append(Div(text="<h2>Trials (best first)</h2>" + _table_html(shown),
-                     sizing_mode="stretch_width"))
-    return column(*parts, sizing_mode="stretch_width")
-
-
-def _sort_key(v):
-    """Numbers (numpy's too) in numeric order, then anything else by its text.
-
-    >>> sorted([10, np.int64(5), "a"], key=_sort_key)
-    [np.int64(5), 10, 'a']
-    """
-    import numbers
-
-    if isinstance(v, numbers.Number) and not isinstance(v, bool):
-        return (0, float(v), "")
-    return (1, 0.0, str(v))
-
-
-def _parallel_coordinates(df, params, vals, cmap, objective):
-    """One line per trial across the parameters scaled to 0..1 (parallel coordinates)."""
-    from bokeh.models import ColumnDataSource, FixedTicker
-    from bokeh.plotting import figure
-
-    xs, ys = [], []
-    scaled = {}
-    for c in params:
-        col = pd.to_numeric(df[c], errors="coerce")
-        if col.isna().all():
-            codes = pd.Categorical(df[c].astype(str)).codes.astype(float)
-            col = pd.Series(codes)
-        lo, hi = float(col.min()), float(col.max())
-        scaled[c] = ((col - lo) / (hi - lo) if hi > lo else col * 0 + 0.5).to_numpy()
-    for i in range(len(df)):
-        xs.append(list(range(len(params))))
-        ys.append([float(scaled[c][i]) for c in params])
-    src = ColumnDataSource({"xs": xs, "ys": ys, "value": vals.to_numpy()}, name="parallel")
-    p = figure(title=f"Parallel coordinates (colour: {objective})", height=320, width=620,
-               tools="save", name="parallel_fig")
-    p.multi_line("xs", "ys", source=src, line_color=cmap, line_alpha=0.6)
-    p.xaxis.ticker = FixedTicker(ticks=list(range(len(params))))
-    p.xaxis.major_label_overrides = {i: c[6:] for i, c in enumerate(params)}
-    p.yaxis.axis_label = "scaled 0 (min) .. 1 (max)"
-    return p
-
-
-def write_study_html(result: Any, path: str | os.PathLike) -> Path:
-    """Write ``study.html`` for an optimisation result: objective by trial (with the best so
-    far), a parameter heatmap for two parameters (parallel coordinates beyond two), DSR and
-    PBO with one sentence each, and the trial table. ``result`` is an
-    :class:`~m2k_bt.optimize.study.OptimizeResult` or a dict with ``trials`` (rows with ``number``,
-    ``value``, ``params``), ``objective``, ``best_params``, ``best_value``, ``dsr``, ``pbo``."""
-    return _save_html(study_layout(result), Path(path), "m2k_bt study")
-
-
-def _folds_frame(result) -> pd.DataFrame:
-    folds = _value(result, "folds") or []
-    rows = []
-    for i, f in enumerate(folds):
-        row = dict(f) if isinstance(f, dict) else {
-            k: v for k, v in vars(f).items() if not k.startswith("_")
-        } if hasattr(f, "__dict__") else _dc_dict(f)
-        row.setdefault("fold", i)
-        params = row.pop("best_params", row.pop("params", None)) or {}
-        row.update({f"param_{k}": v for k, v in params.items()})
-        for side in ("is", "oos"):
-            metrics = row.pop(f"{side}_metrics", None) or {}
-            row.update({f"{side}_{k}": v for k, v in metrics.items()
-                        if k in ("net_profit", "sharpe", "trades", "max_drawdown_pct")})
-        rows.append({k: v for k, v in row.items()
-                     if v is None or isinstance(v, (int, float, str, _dt.date, pd.Timestamp))})
-    return pd.DataFrame(rows)
-
-
-def _dc_dict(obj) -> dict:
-    import dataclasses
-
-    if dataclasses.is_dataclass(obj):
-        return {f.name: getattr(obj, f.name) for f in dataclasses.fields(obj)}
-    return {}
-
-
-def walkforward_layout(result: Any):
-    """Bokeh layout of ``walkforward.html`` (see :func:`write_walkforward_html`)."""
-    from bokeh.layouts import column, row
-    from bokeh.models import ColumnDataSource, Div, Span
-    from bokeh.plotting import figure
-
-    folds = _folds_frame(result)
-    parts: list = []
-    eff = _value(result, "efficiency", _value(result, "walk_forward_efficiency"))
-    head = (_CSS + f"<h1>Walk-forward: {len(folds)} folds</h1><div class='m2k-cards'>"
-            f"<div class='m2k-card'><div class='k'>Efficiency</div><div class='v'>"
-            f"{_esc(_fmt(eff, 3))}</div></div></div><p class='m2k-note'>Walk-forward "
-            "efficiency: annualised out-of-sample performance over in-sample performance of "
-            "the parameters chosen in sample (1.0: the edge carries over; near 0 or negative: "
-            "it does not).</p>")
-    parts.append(Div(text=head, sizing_mode="stretch_width"))
-    equity = _value(result, "oos_equity", _value(result, "equity"))
-    if isinstance(equity, pd.DataFrame) and "value" in equity:
-        equity = equity["value"]
-    if isinstance(equity, pd.Series) and len(equity):
-        t = _to_ms(equity.index)
-        src = ColumnDataSource({"t": t, "value": equity.to_numpy(dtype="float64")},
-                               name="oos_equity")
-        p = figure(title="Stitched out-of-sample equity (dashed: fold boundaries)", height=320,
-                   sizing_mode="stretch_width", x_axis_type="datetime",
-                   tools="xpan,xwheel_zoom,box_zoom,reset,save", name="oos_fig")
-        p.line("t", "value", source=src, line_width=1.3)
-        for col in ("test_start", "oos_start", "start"):
-            if col in folds:
-                for x in _to_ms(folds[col].dropna()):
-                    p.add_layout(Span(location=float(x), dimension="height",
-                                      line_color="#888888", line_dash="dashed"))
-                break
-        parts.append(p)
-    params = [c for c in folds.columns if c.startswith("param_")]
-    if params and len(folds):
-        figs = []
-        for c in params:
-            vals = pd.to_numeric(folds[c], errors="coerce")
-            if vals.isna().all():
-                continue
-            f = figure(title=f"{c[6:]} chosen per fold", height=200, width=320, tools="save",
-                       name=f"stability_{c[6:]}")
-            f.line(folds["fold"].to_numpy(), vals.to_numpy())
-            f.scatter(folds["fold"].to_numpy(), vals.to_numpy(), size=7)
-            f.xaxis.axis_label = "fold"
-            figs.append(f)
-        if figs:
-            parts.append(Div(text="<h2>Parameter stability</h2>", sizing_mode="stretch_width"))
-            parts.append(row(*figs))
-    parts.append(Div(text="<h2>Folds</h2>" + _table_html(folds), sizing_mode="stretch_width"))
-    return column(*parts, sizing_mode="stretch_width")
-
-
-def write_walkforward_html(result: Any, path: str | os.PathLike) -> Path:
-    """Write ``walkforward.html``: stitched out-of-sample equity with fold boundaries, the
-    per-fold table, the walk-forward efficiency and the parameters chosen per fold (stability).
-    ``result`` is a :class:`~m2k_bt.optimize.walkforward.WalkForwardResult` or a dict with ``folds``,
-    ``oos_equity`` (Series or frame with ``value``) and ``efficiency``."""
-    return _save_html(walkforward_layout(result), Path(path), "m2k_bt walk-forward")
+    return save_html(layout, Path(path), title)

@@ -12,15 +12,16 @@ import math
 from dataclasses import dataclass
 
 import backtrader as bt
+import numpy as np
 
 from ..errors import ParameterError
+from ..rules import kelly as rules
+from ..rules import margin as margin_rules
+from ..rules.kelly import BINDINGS
 
 __all__ = ["kelly_fraction", "signal_trades", "FixedContracts", "KellySizer", "KellyDecision",
            "BINDINGS"]
 
-#: What decided a :class:`KellyDecision`'s contract count, in the order they are applied.
-BINDINGS = ("warmup", "no_edge", "kelly", "max_fraction", "zero", "max_exposure", "margin",
-            "max_contracts")
 
 
 def kelly_fraction(p: float, b: float) -> float:
@@ -42,7 +43,7 @@ def kelly_fraction(p: float, b: float) -> float:
             f"kelly_fraction: b (average win / average loss) must be a finite number > 0, "
             f"got {b!r}"
         )
-    return (b * p - (1.0 - p)) / b
+    return rules.kelly_fraction(p, b)
 
 
 def signal_trades(log: list[dict], last: int | None = None,
@@ -241,10 +242,10 @@ class KellySizer(bt.Sizer):
             trades = list(heapq.merge(trades[-n:], shadow[-n:], key=lambda t: t["exit_dt"]))
         return trades[-n:]
 
-    def _stop_risk(self, data, mult: float) -> float | None:
+    def _stop_points(self, data) -> float:
         stop_distance = getattr(self.strategy, "stop_distance", None)
         points = stop_distance(data) if callable(stop_distance) else None
-        return points * mult if points else None
+        return float(points) if points else math.nan
 
     def _getsizing(self, comminfo, cash, data, isbuy) -> int:
         decision = self.decide(comminfo, data, isbuy)
@@ -252,66 +253,39 @@ class KellySizer(bt.Sizer):
         return decision.contracts
 
     def decide(self, comminfo, data, isbuy: bool) -> KellyDecision:
-        """Work out the contracts for an entry now, without recording the decision."""
+        """Work out the contracts for an entry now, without recording the decision.
+
+        The arithmetic is :func:`m2k_bt.rules.kelly.decide`'s, the same the compiled engine
+        runs; this method gathers its inputs from the strategy, the broker and the data.
+        """
         p = self.p
         price = float(data.close[0])
         mult = float(getattr(comminfo.p, "mult", 1.0) or 1.0)
         equity = float(self.broker.getvalue())
-        free_cash = float(self.broker.getcash())
-        margin = comminfo.get_margin(price) or price * mult
+        margin = float(comminfo.get_margin(price) or price * mult)
         position = self.strategy.getposition(data).size
-        if position and (position > 0) != isbuy:
-            free_cash += abs(position) * margin  # the reversal's close releases this margin
+        # a reversal's close releases the position's margin first
+        free_cash = margin_rules.free_cash(float(self.broker.getcash()), position, bool(isbuy),
+                                           margin)
         dt = data.datetime.datetime(0) if len(data) else None
         trades = self._window()
         n = len(trades)
-        stop_risk = self._stop_risk(data, mult)
-        kelly = dict(p=None, b=None, f_star=None, f_used=None, risk_per_contract=stop_risk)
+        wins, won, losses, lost = 0, 0.0, 0, 0.0
+        if n >= p.min_trades:  # past warm-up: the per-contract results, in closing order
+            per_contract = np.array(
+                [t["net_pnl"] / t["contracts"] for t in trades if t["contracts"]], np.float64)
+            wins, won, losses, lost = rules.tally(per_contract, 0, len(per_contract))
+        contracts, binding, kp, kb, f_star, f_used, risk = rules.decide(
+            n, p.min_trades, p.warmup_contracts, wins, won, losses, lost,
+            rules.stop_risk(self._stop_points(data), mult), equity, free_cash, price, mult,
+            margin, float(p.kelly_scale), float(p.max_fraction), float(p.max_exposure),
+            p.max_contracts)
+        return KellyDecision(dt=dt, p=_defined(kp), b=_defined(kb), f_star=_defined(f_star),
+                             f_used=_defined(f_used), equity=equity,
+                             risk_per_contract=_defined(risk), contracts=int(contracts),
+                             binding=BINDINGS[binding], trades_used=n)
 
-        def done(contracts: int, binding: str) -> KellyDecision:
-            return KellyDecision(dt=dt, equity=equity, contracts=max(0, contracts),
-                                 binding=binding, trades_used=n, **kelly)
 
-        if n < p.min_trades:
-            return self._capped(p.warmup_contracts, "warmup", equity, free_cash, price, mult,
-                                margin, done)
-        per_contract = [t["net_pnl"] / t["contracts"] for t in trades if t["contracts"]]
-        wins = [x for x in per_contract if x > 0]
-        losses = [-x for x in per_contract if x < 0]
-        kelly["p"] = len(wins) / n
-        if not wins:
-            return done(0, "no_edge")
-        if losses:
-            kelly["b"] = (sum(wins) / len(wins)) / (sum(losses) / len(losses))
-            kelly["f_star"] = kelly_fraction(kelly["p"], kelly["b"])
-        else:
-            kelly["f_star"] = kelly["p"]  # the limit of f* as b grows without bound
-        if kelly["f_star"] <= 0:
-            return done(0, "no_edge")
-        risk = stop_risk if stop_risk else (sum(losses) / len(losses) if losses else None)
-        kelly["risk_per_contract"] = risk
-        if risk is None:  # no stop and no loss measured: cannot size on risk yet
-            return self._capped(p.warmup_contracts, "warmup", equity, free_cash, price, mult,
-                                margin, done)
-        f_used = p.kelly_scale * kelly["f_star"]
-        binding = "kelly"
-        if f_used > p.max_fraction:
-            f_used, binding = p.max_fraction, "max_fraction"
-        kelly["f_used"] = f_used
-        contracts = math.floor(f_used * max(equity, 0.0) / risk + 1e-9)
-        if contracts <= 0:
-            return done(0, "zero")
-        return self._capped(contracts, binding, equity, free_cash, price, mult, margin, done)
-
-    def _capped(self, contracts, binding, equity, free_cash, price, mult, margin, done):
-        caps = (
-            ("max_exposure", math.floor(self.p.max_exposure * max(equity, 0.0) / (price * mult)
-                                        + 1e-9)),
-            ("margin", math.floor(max(free_cash, 0.0) / margin + 1e-9) if margin > 0
-             else contracts),
-            ("max_contracts", self.p.max_contracts),
-        )
-        for name, cap in caps:
-            if cap < contracts:
-                contracts, binding = cap, name
-        return done(contracts, binding)
+def _defined(x: float) -> float | None:
+    """``None`` for the rulebook's NaN ("not defined")."""
+    return None if math.isnan(x) else x

@@ -1,14 +1,12 @@
-"""The article's strategies as backtrader Strategies, with the risk control a trader needs.
+"""The base of the pack's strategies, with the risk control a trader needs.
 
-- :class:`SmaCrossover`: trend following on a fast/slow simple moving average pair.
-- :class:`BollingerReversion`: mean reversion on Bollinger bands (sample or population width).
-- :class:`AdaptiveBollinger`: the article's volatility-adjusted bands (window 20 or 14).
-
-All three share :class:`M2KStrategy`, which turns a per-bar *target direction* (+1 long, -1
-short, 0 flat) into market orders (filled at the next bar's open, so the position held during
-bar t+1 is the signal of bar t), and adds: stop-loss and take-profit bracket orders on the tick
-grid, a regular-hours entry filter, going flat before the close, paying for rolls of a held
-position, rejected-order handling and a per-trade log.
+:class:`M2KStrategy` turns a per-bar *direction* (+1 long, -1 short, 0 flat; a subclass's
+:meth:`~M2KStrategy._direction`) into market orders (filled at the next bar's open, so the
+position held during bar t+1 is the direction of bar t), and adds: stop-loss and take-profit
+bracket orders on the tick grid, a regular-hours entry filter, going flat before the close,
+paying for rolls of a held position, entry filters on events and on an external series,
+rejected-order handling and a per-trade log. The built-in rules are in :mod:`.sma` and
+:mod:`.bands`, their names in :mod:`.registry`.
 
 Use them in any cerebro script, with any backtrader feed and sizer::
 
@@ -17,69 +15,47 @@ Use them in any cerebro script, with any backtrader feed and sizer::
 
 from __future__ import annotations
 
-import datetime as _dt
+import importlib
 import math
-from dataclasses import dataclass
 
 import backtrader as bt
 
-from ..contracts import round_to_tick
-from ..errors import ParameterError, check_known, did_you_mean
-from ..indicators.bands import (
-    AdaptiveBollingerBands,
-    BollingerBandsDdof,
-    TickSums,
-    band_side,
-    sma_above,
-)
+from ..contracts import M2K, round_to_tick
+from ..errors import ParameterError, check_known
+from ..sessions import GLOBEX_REOPEN, RTH_END, RTH_START
+from .params import coerce_param, parse_hhmm, strategy_params
+from .trades import OpenTrade
 
-__all__ = [
-    "M2KStrategy",
-    "SmaCrossover",
-    "BollingerReversion",
-    "AdaptiveBollinger",
-    "STRATEGIES",
-    "resolve_strategy",
-    "strategy_params",
-    "EXIT_REASONS",
-]
+__all__ = ["M2KStrategy", "EXIT_REASONS", "strategy_params"]
 
-#: Values of ``exit_reason`` in :attr:`M2KStrategy.trade_log`.
+#: Values of ``exit_reason`` in :attr:`M2KStrategy.trade_log` ('signal': the direction changed).
 EXIT_REASONS = ("signal", "stop", "target", "session_close", "event", "margin_call", "roll",
                 "end")
 
-DEFAULT_TICK = 0.10  # M2K minimum price fluctuation, index points (CME, as of 2024)
-RTH_OPEN = _dt.time(9, 30)  # NYSE cash session, New York time
-RTH_CLOSE = _dt.time(16, 0)
-GLOBEX_REOPEN = _dt.time(18, 0)  # CME equity futures reopen, New York time
+#: Names this module held before issue 20 split it, and where they live now: kept importable
+#: from here (``from m2k_bt.strategies.base import SmaCrossover``) until every caller imports
+#: them from :mod:`m2k_bt.strategies` and :mod:`m2k_bt.sessions`.
+_MOVED = {
+    "SmaCrossover": ("m2k_bt.strategies.sma", "SmaCrossover"),
+    "BollingerReversion": ("m2k_bt.strategies.bands", "BollingerReversion"),
+    "AdaptiveBollinger": ("m2k_bt.strategies.bands", "AdaptiveBollinger"),
+    "STRATEGIES": ("m2k_bt.strategies.registry", "STRATEGIES"),
+    "resolve_strategy": ("m2k_bt.strategies.registry", "resolve_strategy"),
+    "RTH_OPEN": ("m2k_bt.sessions", "RTH_START"),
+    "RTH_CLOSE": ("m2k_bt.sessions", "RTH_END"),
+}
 
-_TRUE = {"true", "1", "yes", "on", "y", "t"}
-_FALSE = {"false", "0", "no", "off", "n", "f"}
-_NONE = {"none", "null", ""}
 
-
-def strategy_params(cls) -> dict:
-    """Every parameter of a strategy class with its default, in declaration order.
-
-    >>> strategy_params(SmaCrossover)["fast"]
-    50
-    """
-    return dict(cls.params._getitems())
+def __getattr__(name: str):
+    # looked up when first used, not imported here: those modules import this one
+    if name in _MOVED:
+        module, attr = _MOVED[name]
+        return getattr(importlib.import_module(module), attr)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def _sign(x: float) -> int:
     return (x > 0) - (x < 0)
-
-
-def _tick_of(strategy) -> float:
-    """The tick size of the strategy's data (its commission info's, else M2K's 0.10)."""
-    comminfo = strategy.broker.getcommissioninfo(strategy.data)
-    return float(getattr(comminfo.p, "tick_size", None) or DEFAULT_TICK)
-
-
-def _parse_hhmm(value: str) -> _dt.time:
-    hh, mm = value.strip().split(":")
-    return _dt.time(int(hh), int(mm))
 
 
 class _M2KStrategyMeta(type(bt.Strategy)):
@@ -100,55 +76,56 @@ class _M2KStrategyMeta(type(bt.Strategy)):
 class M2KStrategy(bt.Strategy, metaclass=_M2KStrategyMeta):
     """Base of the pack's strategies: target-direction trading with risk control and a log.
 
-    Subclasses implement :meth:`_signal` (the wanted direction on this bar, or ``None`` while
-    undefined) and may override :meth:`_confirm_entry` (filters on new entries) and
+    Subclasses implement :meth:`_direction` (the wanted direction on this bar, or ``None``
+    while undefined) and may override :meth:`_confirm_entry` (filters on new entries) and
     :meth:`_check_params` (value checks). The base trades ``self.data`` (the first feed).
 
     **Orders.** Each bar the target direction is compared with the position: a different one
-    closes it ('signal'), and a non-zero one opens a new position of the size the sizer gives
-    (``cerebro.addsizer``; backtrader's default is 1). A reversal is a close plus an open, both
-    filled at the next bar's open, in that order (so the margin the close frees is available).
+    closes it (exit reason 'signal'), and a non-zero one opens a new position of the size the
+    sizer gives (``cerebro.addsizer``; backtrader's default is 1). A reversal is a close plus an
+    open, both filled at the next bar's open, in that order (so the margin the close frees is
+    available).
 
     **Stops and targets** are bracket orders around the entry: ``stop_ticks``/``target_ticks``
     ticks, or ``stop_atr``/``target_atr`` times the ATR(``atr_period``), measured from the
-    signal bar's close snapped to the tick grid. Distances are rounded to whole ticks *towards
+    deciding bar's close snapped to the tick grid. Distances are rounded to whole ticks *towards
     the entry* (floor), never less than one tick, so a stop never risks more than asked and a
     target never asks more than asked. After a stop or target exit the strategy does not re-enter
-    in the same direction until the signal has changed (otherwise a trend signal that still says
-    "long" would buy straight back after the stop).
+    in the same direction until the wanted direction has changed (otherwise a trend rule that
+    still says "long" would buy straight back after the stop).
 
     **Session** (times are the bar's timestamps as the feed gives them, New York local time):
     ``rth_only`` enters only on bars stamped 09:30 <= t < 16:00; ``flat_before_close`` ("HH:MM")
     closes any position on the first bar stamped at or after that time (filled at the next
     bar's open, reason 'session_close') and opens nothing until 18:00, the Globex reopen.
 
-    **Rolls.** When the feed has a ``roll`` line (e.g. :class:`m2k_bt.feeds.bars.BarsFeed`) and it is
-    1.0 on a bar while a position is held and kept, the position is closed and reopened
+    **Rolls.** When the feed has a ``roll`` line (e.g. :class:`m2k_bt.feeds.bars.BarsFeed`) and
+    it is 1.0 on a bar while a position is held and kept, the position is closed and reopened
     (commission and slippage paid on both sides through the broker), the closed part is logged
     with reason 'roll', bracket orders are carried over at the same prices, and ``rolls`` counts.
-    The legs of a rolled position are one signal trade: they share a ``trade_id`` in the log,
+    The legs of a rolled position are one trade: they share a ``trade_id`` in the log,
     and :class:`~m2k_bt.sizers.kelly.KellySizer` counts them as one sample.
 
     **Rejections.** Margin, Rejected, Expired and broker-initiated Canceled orders are counted in
     ``order_rejections`` by status name and described in ``events``; the strategy carries on.
-    After a rejected entry it does not retry that direction until the signal changes.
-    A liquidation submitted by :class:`m2k_bt.brokers.futures.FuturesBroker` (``order.info['margin_call']``)
-    is logged with reason 'margin_call', and the strategy does not re-enter that direction until
-    its signal changes.
+    After a rejected entry it does not retry that direction until the wanted direction changes.
+    A liquidation submitted by :class:`m2k_bt.brokers.futures.FuturesBroker`
+    (``order.info['margin_call']``) is logged with reason 'margin_call', and the strategy does not
+    re-enter that direction until its wanted direction changes.
 
     **Trade log.** ``trade_log`` holds one dict per closed trade: ``entry_dt, exit_dt,
     direction, contracts, entry_price, exit_price`` (volume-weighted fills), ``gross_pnl,
     commission, net_pnl`` (dollars), ``ticks`` (exit - entry in ticks, signed in the trade's
     favour), ``bars_held, exit_reason`` (see :data:`EXIT_REASONS`), ``kelly_p, kelly_b,
     kelly_f`` (the :class:`~m2k_bt.sizers.kelly.KellySizer` decision of the entry: p, b and f*;
-    ``None`` otherwise), ``trade_id`` (1, 2, ... per signal trade: a roll's legs share it). A
+    ``None`` otherwise), ``trade_id`` (1, 2, ... per trade: a roll's legs share it). A
     position still open when the data ends is logged with reason 'end' at the last close, with
     no exit commission, which is how the broker values it: so the sum of ``net_pnl`` always
     equals final minus starting equity.
 
     Params:
 
-    - ``long_only`` (def: ``False``): never go short (a short signal means flat).
+    - ``long_only`` (def: ``False``): never go short (a wanted short means flat).
     - ``stop_ticks`` (def: ``None``): stop-loss distance in ticks; ``None`` = no stop.
     - ``target_ticks`` (def: ``None``): take-profit distance in ticks; ``None`` = no target.
     - ``stop_atr`` (def: ``None``): stop-loss distance in ATRs (instead of ``stop_ticks``).
@@ -166,9 +143,9 @@ class M2KStrategy(bt.Strategy, metaclass=_M2KStrategyMeta):
       bar overlaps a window (so the account is flat when it starts; reason 'event').
     - ``event_calendar`` (def: ``None``): the shipped table; a CSV path of your own events
       (added to it); or an :class:`m2k_bt.feeds.events.EventCalendar`.
-    - ``signal_min`` / ``signal_max`` (def: ``None``): new entries only while the feed's
-      ``signal`` line (:class:`m2k_bt.feeds.external.SignalFeed`) is within range; unknown (NaN)
-      blocks entries.
+    - ``signal_min`` / ``signal_max`` (def: ``None``): new entries only while the external
+      series in the feed's ``signal`` line (:class:`m2k_bt.feeds.external.SignalFeed`) is within
+      range; unknown (NaN) blocks entries.
     """
 
     params = (
@@ -211,6 +188,7 @@ class M2KStrategy(bt.Strategy, metaclass=_M2KStrategyMeta):
         ``"true"`` -> True, ``"none"`` -> None for optional params); impossible values raise
         naming the parameter, the value and the fix.
 
+        >>> from m2k_bt.strategies import SmaCrossover
         >>> SmaCrossover.validate_params({"fast": "20", "long_only": "true"})["fast"]
         20
         >>> SmaCrossover.validate_params({"fsat": 20})  # doctest: +ELLIPSIS
@@ -225,50 +203,10 @@ class M2KStrategy(bt.Strategy, metaclass=_M2KStrategyMeta):
             types.update(klass.__dict__.get("_optional_types", {}))
         values = dict(defaults)
         for name, value in params.items():
-            values[name] = cls._coerce(name, value, defaults[name], types.get(name))
+            values[name] = coerce_param(f"{cls.__name__} parameter '{name}'", value,
+                                        defaults[name], types.get(name))
         cls._check_params(values)
         return values
-
-    @classmethod
-    def _coerce(cls, name: str, value, default, optional_type: type | None):
-        where = f"{cls.__name__} parameter '{name}'"
-        kind = optional_type if default is None else type(default)
-        if value is None or (isinstance(value, str) and value.strip().lower() in _NONE):
-            if default is None:
-                return None
-            raise ParameterError(f"{where} cannot be None; give a {kind.__name__} "
-                                 f"(default {default!r})")
-        try:
-            if kind is bool:
-                if isinstance(value, bool):
-                    return value
-                text = str(value).strip().lower()
-                if text in _TRUE:
-                    return True
-                if text in _FALSE:
-                    return False
-                raise ValueError
-            if kind is int:
-                if isinstance(value, bool):
-                    raise ValueError
-                number = float(value) if isinstance(value, str) else value
-                if isinstance(number, float) and not number.is_integer():
-                    raise ValueError
-                return int(number)
-            if kind is float:
-                if isinstance(value, bool):
-                    raise ValueError
-                return float(value)
-            if kind is str:
-                if not isinstance(value, str):
-                    raise ValueError
-                return value.strip()
-        except (TypeError, ValueError):
-            article = "an" if kind.__name__[0] in "aeiou" else "a"
-            raise ParameterError(
-                f"{where} must be {article} {kind.__name__}, got {value!r}"
-            ) from None
-        return value
 
     @classmethod
     def _check_params(cls, v: dict) -> None:
@@ -289,7 +227,7 @@ class M2KStrategy(bt.Strategy, metaclass=_M2KStrategyMeta):
         flat = v["flat_before_close"]
         if flat is not None:
             try:
-                when = _parse_hhmm(flat)
+                when = parse_hhmm(flat)
             except ValueError:
                 raise ParameterError(
                     f"{name} parameter 'flat_before_close' must be 'HH:MM' New York time "
@@ -336,7 +274,7 @@ class M2KStrategy(bt.Strategy, metaclass=_M2KStrategyMeta):
         p = self.p
         self._atr = (bt.ind.ATR(self.data, period=p.atr_period)
                      if p.stop_atr is not None or p.target_atr is not None else None)
-        self._flat_time = _parse_hhmm(p.flat_before_close) if p.flat_before_close else None
+        self._flat_time = parse_hhmm(p.flat_before_close) if p.flat_before_close else None
         self._live: set[int] = set()  # refs of market orders not yet final
         self._bracket: list = []  # live stop/target children protecting the position
         self._bracket_prices: tuple[float | None, float | None] = (None, None)
@@ -345,11 +283,11 @@ class M2KStrategy(bt.Strategy, metaclass=_M2KStrategyMeta):
         self._reasons: dict[int, str] = {}
         self._kelly_by_ref: dict[int, tuple] = {}
         self._seen: dict[int, tuple[float, float, float]] = {}
-        self._open = None  # _OpenTrade of the current position
-        self._trade_ids = 0  # signal trades numbered so far (trade_log's trade_id)
+        self._open = None  # OpenTrade of the current position
+        self._trade_ids = 0  # trades numbered so far (trade_log's trade_id; a roll's legs are one)
         self._leg_of: dict[int, int] = {}  # ref of a roll's reopening order -> its trade_id
-        self._blocked = 0  # direction not to re-enter until the signal changes
-        self.shadow_log: list[dict] = []  # signals the sizer declined, traded on paper
+        self._blocked = 0  # direction not to re-enter until the wanted direction changes
+        self.shadow_log: list[dict] = []  # entries the sizer declined, traded on paper
         self._shadow: dict | None = None  # the paper trade open now
         self._shadow_next = 0  # paper entry direction to fill at the next bar's open
         self._shadow_exit = False  # paper exit to fill at the next bar's open
@@ -364,16 +302,16 @@ class M2KStrategy(bt.Strategy, metaclass=_M2KStrategyMeta):
                                    p.event_before, p.event_after)
         self._gate_seen: list[float] = []  # first and last bar time checked against it
         self._gate_keys: dict[tuple, dict] = {}
-        self._signal_run: dict | None = None  # the signal block going on
+        self._external_run: dict | None = None  # the external-series block going on
 
     def start(self) -> None:
         comminfo = self.broker.getcommissioninfo(self.data)
-        self._tick = float(getattr(comminfo.p, "tick_size", None) or DEFAULT_TICK)
+        self._tick = self._data_tick()
         self._roll_line = getattr(self.data.lines, "roll", None)
         self._mult = float(getattr(comminfo.p, "mult", None) or 1.0)
-        self._signal_line = getattr(self.data.lines, "signal", None)
+        self._external_line = getattr(self.data.lines, "signal", None)  # an external series
         if (self.p.signal_min is not None or self.p.signal_max is not None) and (
-                self._signal_line is None):
+                self._external_line is None):
             raise ParameterError(
                 f"{type(self).__name__}: signal_min/signal_max need a feed with a 'signal' line "
                 f"(m2k_bt.feeds.external.SignalFeed, or --signal FILE on the command line)"
@@ -396,25 +334,41 @@ class M2KStrategy(bt.Strategy, metaclass=_M2KStrategyMeta):
             self._go_flat("session_close")
             self._check_shadow(0)
             return
-        wanted = self._signal()
+        wanted = self._direction()
         if wanted is None:
             return
         target = self._target(wanted)
         if not self._shadow_next and (self._roll_line is None or self._roll_line[0] != 1.0):
-            held = _sign(self.position.size)
+            held = self._held()
             shadow = self._shadow
             if (held == target and shadow is None) or (
                 not held and shadow is not None and shadow["direction"] == target
             ):
-                return  # the usual bar: holding (really or on paper) what the signal wants
+                return  # the usual bar: holding (really or on paper) the wanted direction
         self._check_shadow(target)
         self._check_exit(target)
         self._check_roll(target)
         self._check_entry(target)
 
-    def _signal(self) -> int | None:
+    def _direction(self) -> int | None:
         """The direction wanted on this bar: +1, -1, 0, or ``None`` while undefined."""
         raise NotImplementedError
+
+    def __init_subclass__(cls, **kwargs) -> None:
+        super().__init_subclass__(**kwargs)
+        # 0.1 subclasses named the hook _signal: still honoured (issue 20 renamed it)
+        legacy = cls.__dict__.get("_signal")
+        if legacy is not None and "_direction" not in cls.__dict__:
+            cls._direction = legacy
+
+    def _held(self) -> int:
+        """The direction held now: +1 long, -1 short, 0 flat."""
+        return _sign(self.position.size)
+
+    def _data_tick(self) -> float:
+        """The tick size of the traded data: its commission info's, else M2K's."""
+        comminfo = self.broker.getcommissioninfo(self.data)
+        return float(getattr(comminfo.p, "tick_size", None) or M2K.tick_size)
 
     def _confirm_entry(self, direction: int) -> bool:
         """Extra filters a subclass puts on new entries (not on exits)."""
@@ -428,13 +382,13 @@ class M2KStrategy(bt.Strategy, metaclass=_M2KStrategyMeta):
         return target
 
     def _check_exit(self, target: int) -> None:
-        held = _sign(self.position.size)
+        held = self._held()
         if held and held != target:
             self._close("signal")
 
     def _check_roll(self, target: int) -> None:
         roll = self._roll_line
-        held = _sign(self.position.size)
+        held = self._held()
         if roll is None or not held or held != target or roll[0] != 1.0:
             return
         stop, limit = self._bracket_prices
@@ -446,11 +400,11 @@ class M2KStrategy(bt.Strategy, metaclass=_M2KStrategyMeta):
         self.rolls += 1
 
     def _check_entry(self, target: int) -> None:
-        held = _sign(self.position.size)
+        held = self._held()
         if not target or held == target or not self._entry_allowed(target):
             return
         if target in (self._shadow_next, (self._shadow or {}).get("direction")):
-            return  # this signal is already being traded on paper
+            return  # this direction is already being traded on paper
         size, kelly = self._size_for(target)
         if size <= 0:
             self._shadow_next = target  # declined: follow it on paper
@@ -461,15 +415,15 @@ class M2KStrategy(bt.Strategy, metaclass=_M2KStrategyMeta):
     def _entry_allowed(self, direction: int) -> bool:
         if direction == self._blocked:
             return False
-        if self.p.rth_only and not RTH_OPEN <= self.data.datetime.time(0) < RTH_CLOSE:
+        if self.p.rth_only and not RTH_START <= self.data.datetime.time(0) < RTH_END:
             return False
         if self._gate is not None and self._event_blocks(direction):
             return False
-        if self._signal_line is not None and not self._signal_ok(direction):
+        if self._external_line is not None and not self._external_ok(direction):
             return False
         return self._confirm_entry(direction)
 
-    # ----------------------------------------------------------------- events and signals
+    # ----------------------------------------------------------------- events, external series
     def _event_bar(self) -> bool:
         """Find the avoided event whose window overlaps the next bar (an order decided now fills
         at its open and holds through it); with ``flat_before_event`` close for it. True when
@@ -485,13 +439,13 @@ class M2KStrategy(bt.Strategy, metaclass=_M2KStrategyMeta):
             return False
         if self._live:
             return True
-        held = _sign(self.position.size)
+        held = self._held()
         if held:
             self._log_event("forced_exit", event, held)
             self._event_mark = (False, True)
             self._close("event")
         self._check_shadow(0)
-        wanted = self._signal()
+        wanted = self._direction()
         target = self._target(wanted) if wanted is not None else 0
         if target and target not in (held, self._blocked):
             self._event_blocks(target, event)  # an entry the window refuses
@@ -517,15 +471,16 @@ class M2KStrategy(bt.Strategy, metaclass=_M2KStrategyMeta):
         self.event_log.append(rec)
         return rec
 
-    def _signal_ok(self, direction: int) -> bool:
+    def _external_ok(self, direction: int) -> bool:
+        """Whether the external series allows an entry now; logs each block of refused bars."""
         low, high = self.p.signal_min, self.p.signal_max
         if low is None and high is None:
             return True
-        value = float(self._signal_line[0])
+        value = float(self._external_line[0])
         ok = not math.isnan(value) and (low is None or value >= low) and (
             high is None or value <= high)
         now = len(self.data)
-        run = self._signal_run
+        run = self._external_run
         if ok:
             return True
         if run is None or run["_bar"] != now - 1 or run["direction"] != (
@@ -537,7 +492,7 @@ class M2KStrategy(bt.Strategy, metaclass=_M2KStrategyMeta):
                    "direction": "long" if direction > 0 else "short", "bars": 0,
                    "value": None if math.isnan(value) else value}
             self.event_log.append(run)
-            self._signal_run = run
+            self._external_run = run
         run["bars"] += 1
         run["_bar"] = now
         self._event_mark = (True, self._event_mark[1])
@@ -634,8 +589,8 @@ class M2KStrategy(bt.Strategy, metaclass=_M2KStrategyMeta):
 
     # ----------------------------------------------------------------- paper trades
     # When the sizer declines an entry (Kelly sees no edge, or the size rounds to zero), the
-    # signal is still followed on paper: one contract, filled at the next bar's open, closed at
-    # the next bar's open after the signal leaves that direction (stops and targets are not
+    # direction is still followed on paper: one contract, filled at the next bar's open, closed
+    # at the next bar's open after the wanted direction changes (stops and targets are not
     # simulated), net of commission and slippage for both sides. ``shadow_log`` keeps these
     # trades so that KellySizer can keep estimating the edge instead of freezing on the last
     # window of real trades. They never touch the broker, the equity or ``trade_log``.
@@ -681,7 +636,7 @@ class M2KStrategy(bt.Strategy, metaclass=_M2KStrategyMeta):
     @property
     def open_trade_id(self) -> int | None:
         """``trade_id`` of the position held now (or about to be reopened by a roll), or
-        ``None``: a signal trade whose last logged leg is a roll is complete once this differs."""
+        ``None``: a trade whose last logged leg is a roll is complete once this differs."""
         if self._open is not None:
             return self._open.trade_id
         return next(iter(self._leg_of.values()), None)
@@ -724,9 +679,9 @@ class M2KStrategy(bt.Strategy, metaclass=_M2KStrategyMeta):
             return  # we cancelled it, or a bracket child went with its parent or sibling
         self.order_rejections[name] = self.order_rejections.get(name, 0) + 1
         side = "buy" if order.isbuy() else "sell"
-        entry = reason == "signal" and _sign(order.created.size) != -_sign(self.position.size)
+        entry = reason == "signal" and _sign(order.created.size) != -self._held()
         if entry and status in (order.Margin, order.Rejected):
-            # retrying every bar would only repeat the rejection: wait for a new signal
+            # retrying every bar would only repeat the rejection: wait for a new direction
             self._blocked = _sign(order.created.size)
         self.events.append(
             f"{self._now()}: {name} {side} order of {abs(order.created.size):g} "
@@ -796,12 +751,12 @@ class M2KStrategy(bt.Strategy, metaclass=_M2KStrategyMeta):
                 if trade_id is None:
                     self._trade_ids += 1
                     trade_id = self._trade_ids
-                self._open = _OpenTrade(direction=_sign(dsize), entry_dt=when,
+                self._open = OpenTrade(direction=_sign(dsize), entry_dt=when,
                                         entry_bar=len(self.data), kelly=kelly,
                                         trade_id=trade_id)
             self._open.add(qty, price, comm)
 
-    def _log(self, trade: _OpenTrade, when, reason: str, exit_comm_free: bool = False) -> None:
+    def _log(self, trade: OpenTrade, when, reason: str, exit_comm_free: bool = False) -> None:
         entry = trade.entry_value / trade.entry_contracts
         exit_ = trade.exit_value / trade.exit_contracts
         self.trade_log.append({
@@ -840,300 +795,3 @@ class M2KStrategy(bt.Strategy, metaclass=_M2KStrategyMeta):
             trade.close_part(trade.size, price, 0.0, self._mult)
             self._log(trade, when, "end")
             self._open = None
-
-
-@dataclass
-class _OpenTrade:
-    """Running totals of the position being built and unwound (average-cost accounting)."""
-
-    direction: int
-    entry_dt: _dt.datetime
-    entry_bar: int
-    kelly: tuple
-    trade_id: int = 0
-    size: int = 0
-    avg_cost: float = 0.0
-    entry_value: float = 0.0
-    entry_contracts: int = 0
-    exit_value: float = 0.0
-    exit_contracts: int = 0
-    gross: float = 0.0
-    comm: float = 0.0
-
-    def add(self, qty: int, price: float, comm: float) -> None:
-        self.avg_cost = (self.avg_cost * self.size + price * qty) / (self.size + qty)
-        self.size += qty
-        self.entry_value += price * qty
-        self.entry_contracts += qty
-        self.comm += comm
-
-    def close_part(self, qty: int, price: float, comm: float, mult: float) -> None:
-        self.gross += (price - self.avg_cost) * qty * self.direction * mult
-        self.size -= qty
-        self.exit_value += price * qty
-        self.exit_contracts += qty
-        self.comm += comm
-
-
-# --------------------------------------------------------------------- the strategies
-class SmaCrossover(M2KStrategy):
-    """Trend following: long while the fast SMA is above the slow one, short otherwise.
-
-    The article's rule (``Signal = 1 where SMA_50 > SMA_200 else -1``): long/short mode holds
-    +1 or -1 on every bar once both averages are defined; ``long_only`` holds long or flat
-    (the article's third snippet, ``np.where(..., 1, 0)``). Difference from the article: its
-    ``df['Signal'][50:] = ...`` is a chained assignment that does nothing under pandas 3, and
-    even under pandas 2 it set -1 on bars 50-198 where SMA_200 is still undefined; here nothing
-    is traded until both averages are defined.
-
-    With ``adx_min`` set, a new entry also needs ADX(``adx_period``) >= ``adx_min`` (a trend
-    strong enough); positions already held follow the crossover as usual.
-
-    Params (besides :class:`M2KStrategy`'s):
-
-    - ``fast`` (def: ``50``): bars in the fast simple moving average.
-    - ``slow`` (def: ``200``): bars in the slow simple moving average.
-    - ``adx_min`` (def: ``None``): minimum ADX for a new entry; ``None`` = no filter.
-    - ``adx_period`` (def: ``14``): ADX period.
-    """
-
-    params = (("fast", 50), ("slow", 200), ("adx_min", None), ("adx_period", 14))
-    _optional_types = {"adx_min": float}
-
-    @classmethod
-    def _check_params(cls, v: dict) -> None:
-        super()._check_params(v)
-        cls._check_period(v, "fast")
-        cls._check_period(v, "slow")
-        cls._check_period(v, "adx_period")
-        if v["fast"] >= v["slow"]:
-            raise ParameterError(
-                f"SmaCrossover: fast ({v['fast']}) must be shorter than slow ({v['slow']}); "
-                f"swap them or shorten fast"
-            )
-        if v["adx_min"] is not None and not 0 < v["adx_min"] < 100:
-            raise ParameterError(
-                f"SmaCrossover parameter 'adx_min' must be between 0 and 100 (or None), "
-                f"got {v['adx_min']!r}"
-            )
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.sma_fast = bt.ind.SMA(self.data.close, period=self.p.fast)
-        self.sma_slow = bt.ind.SMA(self.data.close, period=self.p.slow)
-        # the crossover is decided on exact integer tick sums (see _signal), not on the SMAs
-        tick = _tick_of(self)
-        self._fast = TickSums(self.data.close, period=self.p.fast, tick=tick).lines.sum
-        self._slow = TickSums(self.data.close, period=self.p.slow, tick=tick).lines.sum
-        self.adx = (bt.ind.ADX(self.data, period=self.p.adx_period)
-                    if self.p.adx_min is not None else None)
-
-    def _signal(self) -> int:
-        # fast above slow, decided exactly in ticks: sum_fast * slow > sum_slow * fast; equal
-        # averages (common on the 0.10 grid in a flat stretch) are not "above": short/flat
-        return 1 if sma_above(self._fast[0], self.p.fast, self._slow[0], self.p.slow) else -1
-
-    def _confirm_entry(self, direction: int) -> bool:
-        return self.adx is None or self.adx[0] >= self.p.adx_min
-
-
-class _BandReversion(M2KStrategy):
-    """Shared rules of the Bollinger strategies: fade the bands, exit at the middle or signal."""
-
-    params = (
-        ("devfactor", 2.0),
-        ("ddof", 1),
-        ("exit", "middle"),
-        ("rsi_period", 14),
-        ("rsi_oversold", None),
-        ("rsi_overbought", None),
-    )
-    _optional_types = {"rsi_oversold": float, "rsi_overbought": float}
-
-    @classmethod
-    def _check_params(cls, v: dict) -> None:
-        super()._check_params(v)
-        name = cls.__name__
-        if not v["devfactor"] > 0:
-            raise ParameterError(f"{name} parameter 'devfactor' must be > 0, got "
-                                 f"{v['devfactor']!r}")
-        if v["ddof"] not in (0, 1):
-            raise ParameterError(f"{name} parameter 'ddof' must be 1 (sample, like pandas) or "
-                                 f"0 (population, like backtrader), got {v['ddof']!r}")
-        if v["exit"] not in ("middle", "signal"):
-            raise ParameterError(f"{name} parameter 'exit' must be 'middle' or 'signal', got "
-                                 f"{v['exit']!r}")
-        cls._check_period(v, "rsi_period")
-        for key in ("rsi_oversold", "rsi_overbought"):
-            if v[key] is not None and not 0 < v[key] < 100:
-                raise ParameterError(f"{name} parameter '{key}' must be between 0 and 100 "
-                                     f"(or None), got {v[key]!r}")
-        low, high = v["rsi_oversold"], v["rsi_overbought"]
-        if low is not None and high is not None and low >= high:
-            raise ParameterError(f"{name}: rsi_oversold ({low}) must be below rsi_overbought "
-                                 f"({high})")
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.bands = self._make_bands()
-        p = self.p
-        self._tick_size = _tick_of(self)
-        self._sums = {n: TickSums(self.data.close, period=n, tick=self._tick_size)
-                      for n in self._band_periods()}
-        self.rsi = (bt.ind.RSI(self.data.close, period=p.rsi_period, safediv=True)
-                    if p.rsi_oversold is not None or p.rsi_overbought is not None else None)
-
-    def _make_bands(self):
-        raise NotImplementedError
-
-    def _band_periods(self) -> tuple[int, ...]:
-        raise NotImplementedError
-
-    def _window_now(self) -> int:
-        """Bars in the bands' window on this bar."""
-        raise NotImplementedError
-
-    def _band_signal(self) -> int:
-        """The article's signal: +1 below the lower band, -1 above the upper, else 0.
-
-        Decided exactly on integer tick sums (:func:`~m2k_bt.indicators.bands.band_side`): a close
-        exactly on a band is inside, and no float noise moves it out."""
-        return -self._side()
-
-    def _side(self) -> int:
-        n = self._window_now()
-        sums = self._sums[n]
-        self._close_ticks = round(self.data.close[0] / self._tick_size)
-        self._sum_now = int(sums.sum[0])
-        return band_side(self._close_ticks, self._sum_now, int(sums.sumsq[0]), n,
-                         self.p.devfactor, self.p.ddof)
-
-    def _signal(self) -> int:
-        band = self._band_signal()
-        if self.p.exit == "signal" or band:
-            return band
-        held = _sign(self.position.size)
-        # close vs the middle band (the mean) exactly: n * close_ticks vs the tick sum
-        at = self._window_now() * self._close_ticks - self._sum_now
-        if (held > 0 and at >= 0) or (held < 0 and at <= 0):
-            return 0  # back at the middle band: take the profit
-        return held
-
-    def _confirm_entry(self, direction: int) -> bool:
-        if self.rsi is None:
-            return True
-        low, high = self.p.rsi_oversold, self.p.rsi_overbought
-        if direction > 0:
-            return low is None or self.rsi[0] < low
-        return high is None or self.rsi[0] > high
-
-
-class BollingerReversion(_BandReversion):
-    """Mean reversion: buy below the lower Bollinger band, sell short above the upper one.
-
-    ``exit="middle"`` (the classic rule, default) holds until the close is back at the middle
-    band (or beyond it, or on the other side of the opposite band, which reverses).
-    ``exit="signal"`` is the article literally: the target position is the signal, +1 below the
-    lower band, -1 above the upper, flat in between. ``ddof=1`` matches the article's pandas
-    ``rolling().std()``; ``ddof=0`` gives backtrader's population bands. Difference from the
-    article: none in the signal; the article's frame column assignments are reproduced as a
-    per-bar rule.
-
-    With ``rsi_oversold``/``rsi_overbought`` set, a long entry also needs RSI(``rsi_period``)
-    below ``rsi_oversold`` and a short entry RSI above ``rsi_overbought``.
-
-    Params (besides :class:`M2KStrategy`'s):
-
-    - ``period`` (def: ``20``): bars in the bands' window.
-    - ``devfactor`` (def: ``2.0``): band half-width in standard deviations.
-    - ``ddof`` (def: ``1``): 1 = sample standard deviation (pandas), 0 = population.
-    - ``exit`` (def: ``"middle"``): ``"middle"`` or ``"signal"``, see above.
-    - ``rsi_period`` (def: ``14``): RSI period for the confirmation.
-    - ``rsi_oversold`` (def: ``None``): RSI below which longs may enter; ``None`` = no filter.
-    - ``rsi_overbought`` (def: ``None``): RSI above which shorts may enter; ``None`` = no filter.
-    """
-
-    params = (("period", 20),)
-
-    @classmethod
-    def _check_params(cls, v: dict) -> None:
-        super()._check_params(v)
-        cls._check_period(v, "period")
-
-    def _make_bands(self):
-        p = self.p
-        return BollingerBandsDdof(self.data.close, period=p.period, devfactor=p.devfactor,
-                                  ddof=p.ddof)
-
-    def _band_periods(self) -> tuple[int, ...]:
-        return (self.p.period,)
-
-    def _window_now(self) -> int:
-        return self.p.period
-
-
-class AdaptiveBollinger(_BandReversion):
-    """Bollinger reversion on the article's volatility-adjusted bands.
-
-    On every bar the window is ``period_high`` (20) when the sample standard deviation of the
-    last ``vol_lookback`` (100) bar returns is above ``vol_threshold``, else ``period_low`` (14);
-    see :class:`m2k_bt.indicators.bands.AdaptiveBollingerBands` for why returns replace the article's
-    prices. Entries, exits and RSI confirmation as in :class:`BollingerReversion`.
-
-    Params (besides :class:`M2KStrategy`'s and the band rules of :class:`BollingerReversion`):
-
-    - ``period_high`` (def: ``20``): window when volatility is high.
-    - ``period_low`` (def: ``14``): window when volatility is low.
-    - ``vol_lookback`` (def: ``100``): returns in the volatility estimate.
-    - ``vol_threshold`` (def: ``0.0015``): per-bar return standard deviation that counts as high.
-    """
-
-    params = (("period_high", 20), ("period_low", 14), ("vol_lookback", 100),
-              ("vol_threshold", 0.0015))
-
-    @classmethod
-    def _check_params(cls, v: dict) -> None:
-        super()._check_params(v)
-        cls._check_period(v, "period_high")
-        cls._check_period(v, "period_low")
-        cls._check_period(v, "vol_lookback", low=3)
-        if not v["vol_threshold"] > 0:
-            raise ParameterError(f"AdaptiveBollinger parameter 'vol_threshold' must be > 0 "
-                                 f"(a per-bar return standard deviation), got "
-                                 f"{v['vol_threshold']!r}")
-
-    def _make_bands(self):
-        p = self.p
-        return AdaptiveBollingerBands(self.data.close, period_high=p.period_high,
-                                      period_low=p.period_low, vol_lookback=p.vol_lookback,
-                                      vol_threshold=p.vol_threshold, devfactor=p.devfactor,
-                                      ddof=p.ddof)
-
-    def _band_periods(self) -> tuple[int, ...]:
-        return tuple(dict.fromkeys((self.p.period_high, self.p.period_low)))
-
-    def _window_now(self) -> int:
-        return int(self.bands.window[0])
-
-
-#: Strategy name (as the command line spells it) -> class.
-STRATEGIES: dict[str, type[M2KStrategy]] = {
-    "sma": SmaCrossover,
-    "bollinger": BollingerReversion,
-    "adaptive": AdaptiveBollinger,
-}
-
-
-def resolve_strategy(strategy) -> type:
-    """The strategy class for a name of :data:`STRATEGIES` or a ``bt.Strategy`` subclass."""
-    if isinstance(strategy, str):
-        key = strategy.lower()
-        if key not in STRATEGIES:
-            raise ParameterError(
-                f"unknown strategy '{strategy}'{did_you_mean(key, STRATEGIES)}; "
-                f"known: {', '.join(sorted(STRATEGIES))} (see --list-strategies)"
-            )
-        return STRATEGIES[key]
-    if isinstance(strategy, type) and issubclass(strategy, bt.Strategy):
-        return strategy
-    raise ParameterError(f"strategy must be a name or a bt.Strategy subclass, got {strategy!r}")

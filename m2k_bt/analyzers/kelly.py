@@ -1,0 +1,62 @@
+"""The sizing decisions of a Kelly sizer over time: :class:`KellyLog`."""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any
+
+import backtrader as bt
+
+from .common import event_dict, mean_or_none
+from .recorder import quiet_dispatch
+
+__all__ = ["KellyLog"]
+
+
+class KellyLog(bt.Analyzer):
+    """The sizing decisions of a Kelly sizer over time (``strategy.getsizer().decisions``).
+
+    Works with any sizer: one without a ``decisions`` list reports ``available: False``.
+
+    ``get_analysis()`` keys:
+
+    - ``sizer``: the sizer's class name, or None.
+    - ``available``: True when the sizer keeps a ``decisions`` list.
+    - ``decisions``: one dict per sizing call, in order; for ``KellySizer``: ``dt``, ``p`` (win
+      probability, fraction), ``b`` (payoff ratio), ``f_star`` (full Kelly fraction),
+      ``f_used`` (fraction applied after scaling and caps), ``equity`` ($),
+      ``risk_per_contract`` ($), ``contracts``, ``binding`` (which limit set the size),
+      ``trades_used`` (closed trades in the estimate).
+    - ``count``: number of decisions; ``zero_size``: decisions that gave 0 contracts.
+    - ``mean_f_used``, ``last_f_used``: fraction of equity risked (fraction); None without
+      decisions carrying ``f_used``.
+    - ``max_contracts``: largest size decided; None without decisions.
+    - ``binding``: count of decisions per binding limit (dict).
+    """
+
+    def start(self) -> None:
+        quiet_dispatch(self)
+
+    def stop(self) -> None:
+        try:
+            sizer = self.strategy.getsizer()
+        except Exception:  # noqa: BLE001 - any strategy: no sizer is not an error here
+            sizer = None
+        raw = getattr(sizer, "decisions", None)
+        decisions = [event_dict(d) for d in raw] if raw is not None else []
+        f_used = [d["f_used"] for d in decisions if d.get("f_used") is not None]
+        sizes = [d["contracts"] for d in decisions if d.get("contracts") is not None]
+        self.rets = {
+            "sizer": type(sizer).__name__ if sizer is not None else None,
+            "available": raw is not None,
+            "decisions": decisions,
+            "count": len(decisions),
+            "zero_size": sum(1 for s in sizes if s == 0),
+            "mean_f_used": mean_or_none(f_used),
+            "last_f_used": f_used[-1] if f_used else None,
+            "max_contracts": max(sizes) if sizes else None,
+            "binding": dict(Counter(str(d.get("binding")) for d in decisions if "binding" in d)),
+        }
+
+    def get_analysis(self) -> dict[str, Any]:
+        return self.rets

@@ -1,0 +1,278 @@
+"""The optimiser's pages, built with Bokeh like ``report.html``: ``study.html``
+(:func:`write_study_html`) and ``walkforward.html`` (:func:`write_walkforward_html`).
+
+Each file carries Bokeh's JavaScript and CSS inline, so it opens offline, from disk. The result
+objects are duck-typed (an ``OptimizeResult`` or ``WalkForwardResult``, or a dict with the same
+keys), so this module does not import :mod:`m2k_bt.optimize`.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from .bokeh_parts import CSS, esc, fmt_number, save_html, to_ms
+
+__all__ = ["write_study_html", "write_walkforward_html"]
+
+
+def _value(obj, name, default=None):
+    if isinstance(obj, dict):
+        return obj.get(name, default)
+    return getattr(obj, name, default)
+
+
+def _table_html(df: pd.DataFrame, max_rows: int = 200) -> str:
+    if df is None or not len(df):
+        return "<p class='m2k-note'>none</p>"
+    return df.head(max_rows).to_html(classes="m2k", index=False, float_format=lambda x:
+                                     f"{x:,.4g}", na_rep="", border=0)
+
+
+_DSR_TEXT = ("Deflated Sharpe ratio (DSR): the probability that the best trial's Sharpe ratio "
+             "is above zero once the number of trials, their spread and the returns' skew and "
+             "kurtosis are accounted for (Bailey and Lopez de Prado, 2014).")
+_PBO_TEXT = ("Probability of backtest overfitting (PBO): the share of in-sample/out-of-sample "
+             "splits in which the in-sample best parameter set ranks below the median out of "
+             "sample (Bailey et al., 2015); above 0.5 means the selection is mostly luck.")
+
+
+def _trials_frame(result) -> pd.DataFrame:
+    trials = _value(result, "trials")
+    if trials is None:
+        return pd.DataFrame()
+    if isinstance(trials, pd.DataFrame):
+        return trials.copy()
+    rows = []
+    for i, tr in enumerate(trials):
+        if isinstance(tr, dict):
+            row = dict(tr)
+        else:
+            row = {k: getattr(tr, k) for k in ("number", "value", "params", "metrics", "state")
+                   if hasattr(tr, k)}
+        params = row.pop("params", None) or {}
+        metrics = row.pop("metrics", None) or {}
+        row.setdefault("number", i)
+        row.update({f"param_{k}": v for k, v in params.items()})
+        row.update({k: v for k, v in metrics.items() if isinstance(v, (int, float, str))
+                    or v is None})
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def study_layout(result: Any):
+    """Bokeh layout of ``study.html`` (see :func:`write_study_html`)."""
+    from bokeh.layouts import column, row
+    from bokeh.models import ColumnDataSource, Div, HoverTool
+    from bokeh.plotting import figure
+    from bokeh.transform import linear_cmap
+
+    df = _trials_frame(result)
+    objective = _value(result, "objective", "objective") or "objective"
+    value_col = "value" if "value" in df else None
+    params = [c for c in df.columns if c.startswith("param_")]
+    parts: list = []
+    best = _value(result, "best_params") or {}
+    best_value = _value(result, "best_value")
+    dsr = _value(result, "dsr", _value(result, "deflated_sharpe"))
+    pbo = _value(result, "pbo")
+    dsr_v = dsr.get("dsr") if isinstance(dsr, dict) else dsr
+    pbo_v = pbo.get("pbo") if isinstance(pbo, dict) else pbo
+    head = (CSS + f"<h1>Optimisation study: {len(df)} trials, objective {esc(objective)}</h1>"
+            f"<div class='m2k-sub'>best value {fmt_number(best_value, 4)}; best parameters "
+            f"{esc(', '.join(f'{k}={v}' for k, v in best.items()) or 'n/a')}</div>"
+            "<div class='m2k-cards'>"
+            f"<div class='m2k-card'><div class='k'>DSR</div><div class='v'>"
+            f"{esc(fmt_number(dsr_v, 3))}</div></div>"
+            f"<div class='m2k-card'><div class='k'>PBO</div><div class='v'>"
+            f"{esc(fmt_number(pbo_v, 3))}</div></div></div>"
+            f"<p class='m2k-note'>{esc(_DSR_TEXT)}</p><p class='m2k-note'>{esc(_PBO_TEXT)}</p>")
+    parts.append(Div(text=head, sizing_mode="stretch_width"))
+    if value_col and len(df):
+        vals = pd.to_numeric(df[value_col], errors="coerce")
+        src = ColumnDataSource({"number": df["number"].to_numpy(), "value": vals.to_numpy(),
+                                "best": vals.cummax().to_numpy()}, name="trials")
+        p = figure(title=f"{objective} by trial", height=280, width=560, tools="pan,wheel_zoom,"
+                   "box_zoom,reset,save,hover", name="objective_fig")
+        p.scatter("number", "value", source=src, size=6, legend_label="trial")
+        p.line("number", "best", source=src, color="#d62728", legend_label="best so far")
+        p.xaxis.axis_label = "trial"
+        p.yaxis.axis_label = str(objective)
+        p.legend.location = "bottom_right"
+        figs = [p]
+        finite = vals[np.isfinite(vals)]
+        lo = float(finite.min()) if len(finite) else 0.0
+        hi = float(finite.max()) if len(finite) else 1.0
+        cmap = linear_cmap("value", "Viridis256", low=lo, high=hi if hi > lo else lo + 1)
+        if len(params) == 2:
+            a, b = params
+            hsrc = ColumnDataSource({"a": df[a].astype(str), "b": df[b].astype(str),
+                                     "value": vals.to_numpy()}, name="heatmap")
+            xa = sorted(df[a].unique(), key=_sort_key)
+            xb = sorted(df[b].unique(), key=_sort_key)
+            h = figure(title=f"{objective} by {a[6:]} x {b[6:]}", x_range=[str(v) for v in xa],
+                       y_range=[str(v) for v in xb], height=320, width=520, tools="save",
+                       name="param_heatmap")
+            h.rect("a", "b", 1, 1, source=hsrc, fill_color=cmap, line_color="white")
+            h.add_tools(HoverTool(tooltips=[(a[6:], "@a"), (b[6:], "@b"),
+                                            (str(objective), "@value{0.0000}")]))
+            h.xaxis.axis_label, h.yaxis.axis_label = a[6:], b[6:]
+            figs.append(h)
+        elif len(params) == 1:
+            a = params[0]
+            s = figure(title=f"{objective} by {a[6:]}", height=280, width=520, tools="save",
+                       name="param_scatter")
+            s.scatter(pd.to_numeric(df[a], errors="coerce").to_numpy(), vals.to_numpy(), size=7)
+            figs.append(s)
+        elif len(params) > 2:
+            figs.append(_parallel_coordinates(df, params, vals, cmap, objective))
+        parts.append(row(*figs))
+    shown = df.sort_values(value_col, ascending=False) if value_col and len(df) else df
+    parts.append(Div(text="<h2>Trials (best first)</h2>" + _table_html(shown),
+                     sizing_mode="stretch_width"))
+    return column(*parts, sizing_mode="stretch_width")
+
+
+def _sort_key(v):
+    """Numbers (numpy's too) in numeric order, then anything else by its text.
+
+    >>> sorted([10, np.int64(5), "a"], key=_sort_key)
+    [np.int64(5), 10, 'a']
+    """
+    import numbers
+
+    if isinstance(v, numbers.Number) and not isinstance(v, bool):
+        return (0, float(v), "")
+    return (1, 0.0, str(v))
+
+
+def _parallel_coordinates(df, params, vals, cmap, objective):
+    """One line per trial across the parameters scaled to 0..1 (parallel coordinates)."""
+    from bokeh.models import ColumnDataSource, FixedTicker
+    from bokeh.plotting import figure
+
+    xs, ys = [], []
+    scaled = {}
+    for c in params:
+        col = pd.to_numeric(df[c], errors="coerce")
+        if col.isna().all():
+            codes = pd.Categorical(df[c].astype(str)).codes.astype(float)
+            col = pd.Series(codes)
+        lo, hi = float(col.min()), float(col.max())
+        scaled[c] = ((col - lo) / (hi - lo) if hi > lo else col * 0 + 0.5).to_numpy()
+    for i in range(len(df)):
+        xs.append(list(range(len(params))))
+        ys.append([float(scaled[c][i]) for c in params])
+    src = ColumnDataSource({"xs": xs, "ys": ys, "value": vals.to_numpy()}, name="parallel")
+    p = figure(title=f"Parallel coordinates (colour: {objective})", height=320, width=620,
+               tools="save", name="parallel_fig")
+    p.multi_line("xs", "ys", source=src, line_color=cmap, line_alpha=0.6)
+    p.xaxis.ticker = FixedTicker(ticks=list(range(len(params))))
+    p.xaxis.major_label_overrides = {i: c[6:] for i, c in enumerate(params)}
+    p.yaxis.axis_label = "scaled 0 (min) .. 1 (max)"
+    return p
+
+
+def write_study_html(result: Any, path: str | os.PathLike) -> Path:
+    """Write ``study.html`` for an optimisation result: objective by trial (with the best so
+    far), a parameter heatmap for two parameters (parallel coordinates beyond two), DSR and
+    PBO with one sentence each, and the trial table. ``result`` is an
+    :class:`~m2k_bt.optimize.study.OptimizeResult` or a dict with ``trials`` (rows with ``number``,
+    ``value``, ``params``), ``objective``, ``best_params``, ``best_value``, ``dsr``, ``pbo``."""
+    return save_html(study_layout(result), Path(path), "m2k_bt study")
+
+
+def _folds_frame(result) -> pd.DataFrame:
+    folds = _value(result, "folds") or []
+    rows = []
+    for i, f in enumerate(folds):
+        row = dict(f) if isinstance(f, dict) else {
+            k: v for k, v in vars(f).items() if not k.startswith("_")
+        } if hasattr(f, "__dict__") else _dc_dict(f)
+        row.setdefault("fold", i)
+        params = row.pop("best_params", row.pop("params", None)) or {}
+        row.update({f"param_{k}": v for k, v in params.items()})
+        for side in ("is", "oos"):
+            metrics = row.pop(f"{side}_metrics", None) or {}
+            row.update({f"{side}_{k}": v for k, v in metrics.items()
+                        if k in ("net_profit", "sharpe", "trades", "max_drawdown_pct")})
+        rows.append({k: v for k, v in row.items()
+                     if v is None or isinstance(v, (int, float, str, _dt.date, pd.Timestamp))})
+    return pd.DataFrame(rows)
+
+
+def _dc_dict(obj) -> dict:
+    """A dataclass's fields as a shallow dict, values as they are (dates stay dates for the
+    folds table); ``{}`` for anything else. Not a JSON clean-up: see ``outputs.jsonable``."""
+    import dataclasses
+
+    if dataclasses.is_dataclass(obj):
+        return {f.name: getattr(obj, f.name) for f in dataclasses.fields(obj)}
+    return {}
+
+
+def walkforward_layout(result: Any):
+    """Bokeh layout of ``walkforward.html`` (see :func:`write_walkforward_html`)."""
+    from bokeh.layouts import column, row
+    from bokeh.models import ColumnDataSource, Div, Span
+    from bokeh.plotting import figure
+
+    folds = _folds_frame(result)
+    parts: list = []
+    eff = _value(result, "efficiency", _value(result, "walk_forward_efficiency"))
+    head = (CSS + f"<h1>Walk-forward: {len(folds)} folds</h1><div class='m2k-cards'>"
+            f"<div class='m2k-card'><div class='k'>Efficiency</div><div class='v'>"
+            f"{esc(fmt_number(eff, 3))}</div></div></div><p class='m2k-note'>Walk-forward "
+            "efficiency: annualised out-of-sample performance over in-sample performance of "
+            "the parameters chosen in sample (1.0: the edge carries over; near 0 or negative: "
+            "it does not).</p>")
+    parts.append(Div(text=head, sizing_mode="stretch_width"))
+    equity = _value(result, "oos_equity", _value(result, "equity"))
+    if isinstance(equity, pd.DataFrame) and "value" in equity:
+        equity = equity["value"]
+    if isinstance(equity, pd.Series) and len(equity):
+        t = to_ms(equity.index)
+        src = ColumnDataSource({"t": t, "value": equity.to_numpy(dtype="float64")},
+                               name="oos_equity")
+        p = figure(title="Stitched out-of-sample equity (dashed: fold boundaries)", height=320,
+                   sizing_mode="stretch_width", x_axis_type="datetime",
+                   tools="xpan,xwheel_zoom,box_zoom,reset,save", name="oos_fig")
+        p.line("t", "value", source=src, line_width=1.3)
+        for col in ("test_start", "oos_start", "start"):
+            if col in folds:
+                for x in to_ms(folds[col].dropna()):
+                    p.add_layout(Span(location=float(x), dimension="height",
+                                      line_color="#888888", line_dash="dashed"))
+                break
+        parts.append(p)
+    params = [c for c in folds.columns if c.startswith("param_")]
+    if params and len(folds):
+        figs = []
+        for c in params:
+            vals = pd.to_numeric(folds[c], errors="coerce")
+            if vals.isna().all():
+                continue
+            f = figure(title=f"{c[6:]} chosen per fold", height=200, width=320, tools="save",
+                       name=f"stability_{c[6:]}")
+            f.line(folds["fold"].to_numpy(), vals.to_numpy())
+            f.scatter(folds["fold"].to_numpy(), vals.to_numpy(), size=7)
+            f.xaxis.axis_label = "fold"
+            figs.append(f)
+        if figs:
+            parts.append(Div(text="<h2>Parameter stability</h2>", sizing_mode="stretch_width"))
+            parts.append(row(*figs))
+    parts.append(Div(text="<h2>Folds</h2>" + _table_html(folds), sizing_mode="stretch_width"))
+    return column(*parts, sizing_mode="stretch_width")
+
+
+def write_walkforward_html(result: Any, path: str | os.PathLike) -> Path:
+    """Write ``walkforward.html``: stitched out-of-sample equity with fold boundaries, the
+    per-fold table, the walk-forward efficiency and the parameters chosen per fold (stability).
+    ``result`` is a :class:`~m2k_bt.optimize.walkforward.WalkForwardResult` or a dict with
+    ``folds``, ``oos_equity`` (Series or frame with ``value``) and ``efficiency``."""
+    return save_html(walkforward_layout(result), Path(path), "m2k_bt walk-forward")
