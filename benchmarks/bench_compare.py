@@ -15,7 +15,7 @@ Rows (see benchmarks/README.md):
    margin=770, mult=5)``, :class:`SmaCross` (SMA 50/200 with ``bt.ind.CrossOver``, fixed size 1,
    long/short reversal), ``stdstats=False``, no analyzers.
 2. the same :class:`SmaCross` with ``m2k_bt.feeds.bars.BarsFeed`` and ``M2KCommInfo()``.
-3. the full stack: ``m2k_bt.engine.cerebro.run_backtest(bars, BacktestConfig(strategy="sma",
+3. the full stack: ``m2k_bt.engine.run_backtest(bars, BacktestConfig(strategy="sma",
    sizer="kelly"))`` (M2KCommInfo, FuturesBroker, SmaCrossover, KellySizer, all analyzers).
 
 Extra rows that isolate one lever each (not run by default; ask with ``--rows``):
@@ -278,14 +278,14 @@ def _run_m2k_feed(bars: pd.DataFrame, futures_broker: bool = False, tickless=Fal
 
 def _run_full(bars: pd.DataFrame, analyzers: bool | None = True, sizer: str = "kelly") -> dict:
     from m2k_bt import engine
-    from m2k_bt.engine.cerebro import BacktestConfig, run_backtest
+    from m2k_bt.engine import BacktestConfig, run_backtest
 
     # sizer "fixed" is FixedContracts(contracts=1); SmaCrossover is long/short by default
     config = BacktestConfig(strategy="sma", sizer=sizer, cash=CASH)
     if analyzers is False:
         config = config.replace(analyzers=False)
     if analyzers is None:  # no analyzer at all: patch the engine's hook for this process only
-        import m2k_bt.analyzers.standard as an
+        import m2k_bt.analyzers as an
 
         an.add_analyzers = lambda cerebro, minimal=False, **kw: []
     result = run_backtest(bars, config)

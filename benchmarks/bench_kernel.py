@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""The compiled kernel (m2k_bt.kernel.simulation) side by side with cerebro and vectorbt (issue 12).
+"""The compiled kernel (m2k_bt.kernel) side by side with cerebro and vectorbt (issue 12).
 
 One invocation measures, in this order, and prints a table::
 
@@ -46,7 +46,7 @@ sys.path.insert(0, str(HERE.parent))
 
 from bench_compare import cached_bars  # noqa: E402
 
-from m2k_bt.engine.cerebro import BacktestConfig, run_backtest  # noqa: E402
+from m2k_bt.engine import BacktestConfig, run_backtest  # noqa: E402
 from m2k_bt.kernel import loop  # noqa: E402
 from m2k_bt.kernel.simulation import prepare, simulate, simulate_many  # noqa: E402
 

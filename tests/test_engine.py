@@ -1,10 +1,17 @@
-"""run_backtest: the wiring every job shares."""
+"""run_backtest and the plan: the wiring every job shares."""
 
 import pytest
 from conftest import rth_bars
 
 from m2k_bt.contracts import RTY
-from m2k_bt.engine.cerebro import BacktestConfig, build_cerebro, run_backtest, select_bars
+from m2k_bt.engine import (
+    BacktestConfig,
+    Plan,
+    build_cerebro,
+    resolve,
+    run_backtest,
+    select_bars,
+)
 from m2k_bt.errors import ConfigError, ParameterError
 
 SMA = {"fast": 10, "slow": 30}
@@ -165,7 +172,7 @@ def test_exactly_the_warm_up_runs(bars):
 def test_too_few_bars_for_an_indicator_without_a_length_parameter(bars):
     import backtrader as bt
 
-    from m2k_bt.engine.cerebro import min_bars
+    from m2k_bt.engine import min_bars
     from m2k_bt.errors import NotEnoughBarsError
 
     class Hardwired(bt.Strategy):  # its SMA length is not a parameter: measured, not guessed
@@ -177,3 +184,69 @@ def test_too_few_bars_for_an_indicator_without_a_length_parameter(bars):
     with pytest.raises(NotEnoughBarsError, match="need at least 120 bars for strategy Hardwired, "
                                                  "the selection has 100"):
         run_backtest(bars.iloc[:100], config)
+
+
+# -- the plan: one resolution of a config, taken by both engines --------------------------------
+
+
+def test_a_plan_holds_the_checked_resolution():
+    from m2k_bt.sizers.kelly import FixedContracts
+    from m2k_bt.strategies.base import SmaCrossover
+
+    plan = resolve(fixed(params={"fast": "10", "slow": 30}, rth_only=True, margin=900.0,
+                         sizer_params={"contracts": "2"}))
+    assert plan.strategy_cls is SmaCrossover and plan.sizer_cls is FixedContracts
+    # text from a command line, coerced once; rth_only passed on as a strategy parameter
+    assert (plan.params["fast"], plan.params["rth_only"]) == (10, True)
+    assert plan.sizer_params == {"contracts": 2}
+    assert (plan.comminfo.p.margin, plan.comminfo.p.maintenance_margin) == (900.0, 700.0)
+    assert plan.events == {} and plan.signal is None and not plan.filtered
+    assert resolve(plan) is plan
+
+
+def test_running_a_plan_is_running_its_config(bars):
+    config = fixed(slippage_ticks=1)
+    by_config = run_backtest(bars, config)
+    by_plan = run_backtest(bars, resolve(config))
+    assert by_plan.final_value == by_config.final_value
+    assert by_plan.trades == by_config.trades
+    assert by_plan.config is config
+
+
+def test_a_study_resolves_once_and_swaps_only_the_parameters(bars, monkeypatch):
+    import m2k_bt.engine.plan as plan_module
+
+    ref = run_backtest(bars, fixed())
+    looked_up = []
+    real = plan_module.resolve_strategy
+    monkeypatch.setattr(plan_module, "resolve_strategy",
+                        lambda s: looked_up.append(s) or real(s))
+    plan = resolve(fixed())
+    trials = [plan.with_params({"fast": f, "slow": 30}) for f in (5, 10)]
+    assert looked_up == ["sma"]  # the strategy was looked up once, for the plan
+    assert [t.params["fast"] for t in trials] == [5, 10]
+    assert all(t.comminfo is plan.comminfo and t.sizer_cls is plan.sizer_cls for t in trials)
+    assert trials[1].config == plan.config.replace(params={"fast": 10, "slow": 30})
+    assert run_backtest(bars, trials[1]).final_value == ref.final_value
+    assert looked_up == ["sma"]  # and running a plan looked it up no more
+    with pytest.raises(ParameterError, match="fast"):
+        plan.with_params({"fast": 40, "slow": 30})  # the parameters are still checked
+
+
+def test_plan_replace_changes_only_run_settings():
+    plan = resolve(fixed())
+    quiet = plan.replace(analyzers=False, start="2024-03-01")
+    assert (quiet.config.analyzers, quiet.start) == (False, "2024-03-01")
+    assert quiet.params == plan.params and isinstance(quiet, Plan)
+    with pytest.raises(ValueError, match="cash"):
+        plan.replace(cash=1.0)  # the margins were checked against the old cash: resolve again
+
+
+def test_each_cerebro_gets_its_own_commission_scheme(bars):
+    plan = resolve(fixed())
+    a, _ = build_cerebro(select_bars(bars, plan), plan)
+    b, _ = build_cerebro(select_bars(bars, plan), plan)
+    ca = a.broker.getcommissioninfo(a.datas[0])
+    cb = b.broker.getcommissioninfo(b.datas[0])
+    assert ca is not cb and ca is not plan.comminfo  # the broker switches intraday margin on it
+    assert ca.p.margin == cb.p.margin == plan.comminfo.p.margin

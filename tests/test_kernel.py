@@ -1,4 +1,4 @@
-"""The compiled kernel (m2k_bt.kernel.simulation) against cerebro, and the exact comparisons both share."""
+"""The compiled kernel (m2k_bt.kernel) against cerebro, and the exact comparisons both share."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from m2k_bt.engine.cerebro import BacktestConfig, run_backtest
+from m2k_bt.engine import BacktestConfig, run_backtest
 from m2k_bt.indicators.bands import band_side, rolling_bands, sma_above, tick_counts
 
 NY = "America/New_York"
@@ -138,10 +138,11 @@ def assert_parity(bars, config):
     sizer = ref.strategy.getsizer()
     decisions = getattr(sizer, "decisions", [])
     assert [(d.dt, d.contracts, d.binding) for d in decisions] == \
-        [(d.dt, d.contracts, d.binding) for d in got.decisions]
-    assert got.order_rejections == {k: v for k, v in ref.strategy.order_rejections.items() if v}
-    assert got.rolls == ref.strategy.rolls
-    assert got.shadow_trades == len(ref.strategy.shadow_log)
+        [(d.dt, d.contracts, d.binding) for d in got.kernel.decisions]
+    assert got.kernel.order_rejections == {k: v for k, v in ref.strategy.order_rejections.items()
+                                           if v}
+    assert got.kernel.rolls == ref.strategy.rolls
+    assert got.kernel.shadow_trades == len(ref.strategy.shadow_log)
     assert got.warnings == ref.warnings
     assert list(got.analysis) == list(ref.analysis)
     for name in ("trades", "costs", "margin", "kelly", "returns"):
@@ -226,9 +227,9 @@ def test_named_cases_agree_and_cover_every_reason_and_cap():
     for name, bars, config in CASES:
         ref, got = assert_parity(bars, config)
         reasons |= {t["exit_reason"] for t in got.trades}
-        bindings |= {d.binding for d in got.decisions}
+        bindings |= {d.binding for d in got.kernel.decisions}
         events |= {e.kind for e in got.margin_events}
-        assert got.trades or got.decisions, name
+        assert got.trades or got.kernel.decisions, name
     assert reasons == set(KERNEL_EXIT_REASONS), set(KERNEL_EXIT_REASONS) - reasons
     assert set(EXIT_REASONS) - reasons == {"event"}  # event filters run in cerebro
     assert bindings == set(BINDINGS), set(BINDINGS) - bindings
@@ -372,7 +373,7 @@ def test_known_answer_initial_margin_rejection():
     rows = LEAD + [(2010.0, 2012.0, 2000.0, 2000.0)] + [(2000.0, 2001.0, 1999.0, 2000.0)] * 3
     # 2 contracts need 2 x $770 + 2 x $0.62 = $1,541.24 > $1,000 cash: Margin, no trade
     ref, got = assert_parity(hand(rows), BUY_BELOW.replace(cash=1000.0))
-    assert got.trades == [] and got.order_rejections == {"Margin": 1}
+    assert got.trades == [] and got.kernel.order_rejections == {"Margin": 1}
     assert got.final_value == 1000.0
 
 
@@ -409,6 +410,20 @@ def test_bad_config_raises_the_runners_errors():
     with pytest.raises(NotEnoughBarsError) as got:
         simulate(make_bars(150), config)
     assert str(got.value) == str(ref.value)
+
+
+def test_the_kernel_takes_the_plan_cerebro_takes():
+    from m2k_bt.engine import resolve
+
+    bars = make_bars(1500, seed=4)
+    plan = resolve(BacktestConfig(strategy="sma", sizer="fixed", params={"fast": 5, "slow": 20}))
+    got = simulate(bars, plan)
+    assert got.config is plan.config and got.engine == "kernel"
+    assert got.final_value == simulate(bars, plan.config).final_value
+    trials = [plan.with_params({"fast": f, "slow": 20}) for f in (5, 8)]
+    many = simulate_many(bars, trials)
+    assert many[0].final_value == got.final_value
+    assert abs(many[1].final_value - run_backtest(bars, trials[1]).final_value) < 0.005
 
 
 def test_indicators_are_computed_once_per_data_set():
@@ -505,16 +520,18 @@ def test_cli_engine_kernel_writes_the_same_outputs(tmp_path, capsys):
 
 
 def test_run_backtest_fast_is_a_drop_in_for_the_optimiser():
+    from m2k_bt.engine import BacktestResult
     from m2k_bt.kernel.simulation import KernelResult, run_backtest_fast
     from m2k_bt.optimize.study import evaluate_params
 
     bars = make_bars(1500, seed=8)
     config = BacktestConfig(strategy="sma", sizer="fixed", params={"fast": 5, "slow": 20})
     fast = run_backtest_fast(bars, config)
-    assert isinstance(fast, KernelResult)
+    assert KernelResult is BacktestResult  # one result for both engines
+    assert fast.engine == "kernel" and fast.kernel is not None and fast.cerebro is None
     assert run_backtest_fast(bars, config).final_value == fast.final_value
     slow = run_backtest_fast(bars, config.replace(avoid_events="fomc"))  # cerebro
-    assert not isinstance(slow, KernelResult)
+    assert slow.engine == "cerebro" and slow.kernel is None and slow.cerebro is not None
     a = evaluate_params(bars, config, {"fast": 8}, "sharpe", 1, run_backtest_fast)
     b = evaluate_params(bars, config, {"fast": 8}, "sharpe", 1)
     assert a["value"] == pytest.approx(b["value"], rel=1e-9)

@@ -1,10 +1,10 @@
 """``python run_backtest.py live --replay FILE --speed N [common args]``: paper trading on a stream.
 
 The bars of ``FILE`` are streamed by a :class:`~m2k_bt.feeds.live.ReplaySource` into a
-:class:`~m2k_bt.feeds.live.QueueFeed`; the strategy, sizer, ``FuturesBroker`` and ``M2KCommInfo`` are
-the ones a backtest of the same arguments uses (``engine.build_cerebro``), so what was
-backtested is what runs. Fills are printed as they happen; at the end (the stream is over,
-or Ctrl-C) the same report as a backtest is written, with two more analysis keys:
+:class:`~m2k_bt.feeds.live.QueueFeed`; the strategy, sizer, ``FuturesBroker`` and
+``M2KCommInfo`` are the ones a backtest of the same arguments uses (``engine.build_cerebro``),
+so what was backtested is what runs. Fills are printed as they happen; at the end (the stream
+is over, or Ctrl-C) the same report as a backtest is written, with two more analysis keys:
 
 - ``latency``: :class:`~m2k_bt.feeds.live.LiveLatency` (bar taken off the queue -> order submitted,
   microseconds; the queue wait apart as ``backlog``);
@@ -88,7 +88,7 @@ def live_cerebro(source, config, bars: pd.DataFrame | None = None, **feed_kw):
     **feed_kw)``, plus :class:`~m2k_bt.feeds.live.LiveLatency` as analyzer ``latency``. ``bars``
     (the replayed frame, if any) sets the feed's bar size. Returns ``(cerebro, feed)``.
     """
-    from ..engine.cerebro import build_cerebro
+    from ..engine import build_cerebro
 
     if bars is not None and len(bars) and not {"timeframe", "compression"} & set(feed_kw):
         feed_kw["timeframe"], feed_kw["compression"] = _bar_size(bars)
@@ -204,7 +204,7 @@ def run_live(source, config, bars: pd.DataFrame | None = None, fills=None,
     by the caller (``live_main`` keeps one over the writing of the outputs too); ``None``
     makes one for the run. ``feed_kw`` go to :class:`~m2k_bt.feeds.live.QueueFeed`.
     """
-    from ..engine.cerebro import BacktestResult, collect_analysis, collect_warnings, equity_from
+    from ..engine import collect_analysis, make_result
 
     own = stopper is None
     if own:
@@ -250,42 +250,35 @@ def run_live(source, config, bars: pd.DataFrame | None = None, fills=None,
     broker = cerebro.broker
     data_report = list(getattr(bars, "attrs", {}).get("report", []) or []) if bars is not None \
         else []
-    warnings = collect_warnings(strategy, broker, data_report)
     processed = len(strategy)  # a stop can come between a bar's arrival and the strategy's next
     last_dt = strategy.datetime.datetime(0) if processed else None
+    stream = []  # what only the stream knows, after the backtest's warnings
     if feed.delivered > processed:
-        warnings.append(f"{feed.delivered - processed} bar(s) received after the stop, "
-                        f"not traded")
+        stream.append(f"{feed.delivered - processed} bar(s) received after the stop, "
+                      f"not traded")
     if interrupted_by:
         how = "Ctrl-C" if interrupted_by == "SIGINT" else interrupted_by
-        warnings.append(f"stopped by {how} after {processed} bars")
+        stream.append(f"stopped by {how} after {processed} bars")
     elif feed.end_reason not in (None, "exhausted"):
-        warnings.append(f"stream ended early: {feed.end_reason} after {feed.delivered} bars")
+        stream.append(f"stream ended early: {feed.end_reason} after {feed.delivered} bars")
     for reason, count in sorted(feed.rejections.items()):
-        warnings.append(f"stream: {count} bar(s) rejected ({reason})")
-    try:
-        from ..analyzers.standard import metrics_from
-
-        metrics = metrics_from(analysis)
-    except (ImportError, KeyError, TypeError):
-        metrics = {}
-    return BacktestResult(
-        config=config,
-        start_value=float(config.cash),
-        final_value=float(broker.getvalue()),
+        stream.append(f"stream: {count} bar(s) rejected ({reason})")
+    return make_result(
+        config,
+        final_value=broker.getvalue(),
         bars=processed,
         first_dt=_ny(feed.first_dt if processed else None),
         last_dt=_ny(last_dt),
         analysis=analysis,
-        metrics=metrics,
-        trades=list(getattr(strategy, "trade_log", [])),
-        equity=equity_from(analysis),
-        margin_events=list(getattr(broker, "margin_events", [])),
-        warnings=warnings,
+        trades=getattr(strategy, "trade_log", []),
+        margin_events=getattr(broker, "margin_events", []),
+        order_rejections=getattr(strategy, "order_rejections", {}),
+        event_warnings=getattr(strategy, "event_warnings", None),
+        more_warnings=stream,
+        data_report=data_report,
+        elapsed=elapsed,
         cerebro=cerebro,
         strategy=strategy,
-        elapsed=elapsed,
-        data_report=data_report,
     )
 
 
@@ -322,7 +315,7 @@ def _line(stats: dict) -> str:
 
 def live_main(argv: list[str]) -> int:
     """Entry point of ``run_backtest.py live``; returns the exit status."""
-    from ..engine.cerebro import select_bars
+    from ..engine import select_bars
     from ..report.summary import write_outputs
     from .common import config_from_args, default_out
 

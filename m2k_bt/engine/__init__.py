@@ -1,18 +1,33 @@
-"""Running a configuration: the plan both engines take, cerebro's wiring and the result."""
+"""Running a configuration: the config, the plan both engines take, cerebro's wiring and the
+result.
 
-from .cerebro import (
-    SIZERS,
-    BacktestConfig,
+``config`` (:class:`BacktestConfig` and its checks) -> ``plan`` (:func:`resolve`: one
+resolution into a :class:`Plan`) -> ``cerebro`` (:func:`run_backtest`) or the kernel
+(:mod:`m2k_bt.kernel`) -> ``result`` (:class:`BacktestResult`, made by :func:`make_result`).
+"""
+
+from ..strategies.base import resolve_strategy
+from .cerebro import build_cerebro, check_enough_bars, min_bars, run_backtest
+from .config import SIZERS, BacktestConfig, check_config, check_money, coerce
+from .plan import (
+    RUN_FIELDS,
+    Plan,
+    choose_sizer,
+    comminfo_for,
+    event_signal_params,
+    resolve,
+    select_bars,
+    strategy_params,
+)
+from .result import (
     BacktestResult,
-    build_cerebro,
+    KernelExtras,
     collect_analysis,
     collect_warnings,
     equity_from,
-    min_bars,
+    make_result,
     plain,
-    resolve_strategy,
-    run_backtest,
-    select_bars,
+    warning_lines,
 )
 
 __all__ = [
@@ -28,4 +43,18 @@ __all__ = [
     "collect_warnings",
     "equity_from",
     "plain",
+    "comminfo_for",
+    "event_signal_params",
+    "check_config",
+    "check_money",
+    "coerce",
+    "check_enough_bars",
+    "Plan",
+    "RUN_FIELDS",
+    "resolve",
+    "choose_sizer",
+    "strategy_params",
+    "KernelExtras",
+    "make_result",
+    "warning_lines",
 ]
