@@ -5,7 +5,8 @@ Run: ``.venv/bin/python benchmarks/bench_live.py [--bars 3000] [--interval-ms 1.
 
 A :class:`~m2k_bt.feeds.live.ReplaySource` streams synthetic 5-minute M2K bars into a
 :class:`~m2k_bt.feeds.live.QueueFeed`; an SMA crossover (fast 5, slow 20, market orders, 1 contract)
-trades them on backtrader's broker with M2K costs; :class:`~m2k_bt.feeds.live.LiveLatency` times each
+trades them on backtrader's broker with M2K costs;
+:class:`~m2k_bt.feeds.live.LiveLatency` times each
 bar. Rows: the replay paced at one bar every ``--interval-ms`` and the replay at speed 0 (the
 producer runs ahead). The latency rows are the processing latency (feed checks + indicators +
 strategy + broker.submit) in both; the backlog row is the time bars waited in the queue, which at

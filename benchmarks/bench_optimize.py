@@ -93,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dask", action="store_true", help="also run on a 2-process LocalCluster")
     args = p.parse_args(argv)
 
-    from m2k_bt.engine.cerebro import BacktestConfig
+    from m2k_bt.engine import BacktestConfig
     from m2k_bt.feeds.bars import load_bars
     from m2k_bt.optimize.study import preselect
 

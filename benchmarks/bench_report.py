@@ -26,7 +26,7 @@ import pandas as pd
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from m2k_bt.engine.cerebro import BacktestConfig, run_backtest  # noqa: E402
+from m2k_bt.engine import BacktestConfig, run_backtest  # noqa: E402
 from m2k_bt.report.html import write_report_html  # noqa: E402
 from m2k_bt.report.summary import build_report  # noqa: E402
 

@@ -191,7 +191,7 @@ def test_too_few_bars_for_an_indicator_without_a_length_parameter(bars):
 
 def test_a_plan_holds_the_checked_resolution():
     from m2k_bt.sizers.kelly import FixedContracts
-    from m2k_bt.strategies.base import SmaCrossover
+    from m2k_bt.strategies import SmaCrossover
 
     plan = resolve(fixed(params={"fast": "10", "slow": 30}, rth_only=True, margin=900.0,
                          sizer_params={"contracts": "2"}))

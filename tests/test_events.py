@@ -15,7 +15,7 @@ import pytest
 from conftest import make_bars, rth_bars, write_bars_csv
 
 from m2k_bt.cli.backtest import main
-from m2k_bt.engine.cerebro import BacktestConfig, run_backtest
+from m2k_bt.engine import BacktestConfig, run_backtest
 from m2k_bt.errors import DataFeedError, ParameterError
 from m2k_bt.feeds.bars import BarsFeed
 from m2k_bt.feeds.events import (

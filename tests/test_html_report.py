@@ -118,7 +118,7 @@ def _models(layout, name):
 
 def test_layout_marks_every_trade_and_hover_shows_its_row(run_dir):
     # rebuild the layout from a fresh run of the same data to inspect the models
-    from m2k_bt.engine.cerebro import BacktestConfig, run_backtest
+    from m2k_bt.engine import BacktestConfig, run_backtest
 
     data = rth_bars()
     result = run_backtest(data, BacktestConfig(params={"fast": 10, "slow": 30,
@@ -429,7 +429,7 @@ def test_rolls_margin_events_and_warnings_are_shown():
 
     from bokeh.models import Span
 
-    from m2k_bt.engine.cerebro import BacktestConfig, run_backtest
+    from m2k_bt.engine import BacktestConfig, run_backtest
 
     data = rth_bars()
     data["roll"] = False

@@ -330,7 +330,7 @@ def test_local_pool_of_two_workers_runs_the_same_grid(tmp_path):
 
 def test_dask_local_cluster_with_two_worker_processes_on_the_real_engine(tmp_path):
     pytest.importorskip("distributed")
-    from m2k_bt.engine.cerebro import BacktestConfig, run_backtest
+    from m2k_bt.engine import BacktestConfig, run_backtest
 
     bars = make_bars(1500, seed=3)
     cfg = BacktestConfig(strategy="sma", sizer="fixed")
@@ -417,7 +417,7 @@ def test_cli_user_mistakes_exit_2_with_one_line(tmp_path, capsys):
 
 
 def test_real_engine_tpe_same_seed_same_best():
-    from m2k_bt.engine.cerebro import BacktestConfig
+    from m2k_bt.engine import BacktestConfig
 
     bars = make_bars(1200, seed=8)
     cfg = BacktestConfig(strategy="sma", sizer="fixed")
@@ -676,7 +676,7 @@ def test_evaluate_batch_is_evaluate_params_for_each():
 
 
 def test_kernel_engine_defaults_to_one_worker_in_process():
-    from m2k_bt.engine.cerebro import BacktestConfig
+    from m2k_bt.engine import BacktestConfig
 
     bars = make_bars(1500, seed=2)
     res = optimize(bars, BacktestConfig(strategy="sma", sizer="fixed"),

@@ -107,7 +107,7 @@ def test_plot_equity_rejects_empty_frames(tmp_path):
 
 
 def test_plot_shows_the_window_of_the_last_trades_with_plain_legends(tmp_path, monkeypatch):
-    from m2k_bt.engine.cerebro import BacktestConfig, run_backtest
+    from m2k_bt.engine import BacktestConfig, run_backtest
 
     # 6,000 bars, SMA 10/30 crossovers; the strategy's trades decide the window
     result = run_backtest(make_bars(6000, seed=4), BacktestConfig(

@@ -19,7 +19,7 @@ from test_analyzers import CASH, PLAN, hand_bars, m2k_cerebro
 
 from m2k_bt.analyzers import add_analyzers, equity_frame, metrics_from
 from m2k_bt.contracts import M2K
-from m2k_bt.engine.cerebro import BacktestResult
+from m2k_bt.engine import BacktestResult
 from m2k_bt.report.summary import (
     REPORT_JSON_SCHEMA,
     REPORT_SCHEMA_VERSION,

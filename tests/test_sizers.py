@@ -10,7 +10,7 @@ from conftest import make_bars, pandas_feed
 
 from m2k_bt.errors import ParameterError
 from m2k_bt.sizers.kelly import FixedContracts, KellySizer, kelly_fraction
-from m2k_bt.strategies.base import BollingerReversion, SmaCrossover
+from m2k_bt.strategies import BollingerReversion, SmaCrossover
 
 
 # ------------------------------------------------------------------ kelly_fraction

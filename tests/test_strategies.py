@@ -359,20 +359,6 @@ def test_facts_come_from_sessions_and_contracts():
     assert dict(TickSums.params._getitems())["tick"] == M2K.tick_size == 0.10
 
 
-def test_pre_split_names_still_import_from_strategies_base():
-    # kernel/simulation.py, engine/cerebro.py and cli/backtest.py import these from the 0.1 path
-    import m2k_bt.strategies.base as old
-    from m2k_bt import sessions
-    from m2k_bt.strategies.base import RTH_CLOSE, RTH_OPEN, resolve_strategy
-
-    assert (old.AdaptiveBollinger, old.BollingerReversion, old.SmaCrossover, old.STRATEGIES) == \
-        (AdaptiveBollinger, BollingerReversion, SmaCrossover, STRATEGIES)
-    assert (RTH_OPEN, RTH_CLOSE) == (sessions.RTH_START, sessions.RTH_END)
-    assert resolve_strategy("sma") is SmaCrossover
-    with pytest.raises(ImportError, match="DEFAULT_TICK"):
-        from m2k_bt.strategies.base import DEFAULT_TICK  # noqa: F401
-
-
 def test_a_subclass_hook_named_signal_still_trades():
     # the 0.1 name of the direction hook: a subclass defining _signal still works
     from m2k_bt.strategies.base import M2KStrategy

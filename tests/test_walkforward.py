@@ -190,7 +190,7 @@ def test_efficiency_is_oos_over_is_annualised():
 
 
 def test_real_engine_walk_forward_small(tmp_path):
-    from m2k_bt.engine.cerebro import BacktestConfig
+    from m2k_bt.engine import BacktestConfig
 
     bars = make_bars(1800, seed=9)
     cfg = BacktestConfig(strategy="sma", sizer="fixed")
@@ -293,7 +293,7 @@ def test_outputs_are_atomic_and_a_planted_symlink_is_not_followed(tmp_path):
 def test_kernel_walk_forward_verifies_each_fold_out_of_sample_in_cerebro(tmp_path):
     """Issue 12: trials in the kernel; each fold's choice is run out of sample in the kernel
     (reported) and in cerebro (a background process): both agree to the cent, per fold."""
-    from m2k_bt.engine.cerebro import BacktestConfig, run_backtest
+    from m2k_bt.engine import BacktestConfig, run_backtest
 
     bars = make_bars(1800, seed=9)
     cfg = BacktestConfig(strategy="sma", sizer="fixed")
@@ -323,7 +323,7 @@ def test_kernel_walk_forward_fails_loudly_when_the_engines_disagree(monkeypatch)
 
     from conftest import kernel_off_by_a_dollar
 
-    from m2k_bt.engine.cerebro import BacktestConfig
+    from m2k_bt.engine import BacktestConfig
     from m2k_bt.errors import M2KError
 
     monkeypatch.setattr(os, "cpu_count", lambda: 1)  # cerebro's check inline, in-process
@@ -340,7 +340,7 @@ def test_kernel_walk_forward_fails_loudly_when_the_engines_disagree(monkeypatch)
 
 
 def test_verify_all_also_checks_each_fold_in_sample():
-    from m2k_bt.engine.cerebro import BacktestConfig
+    from m2k_bt.engine import BacktestConfig
 
     bars = make_bars(1800, seed=9)
     res = walk_forward(bars, BacktestConfig(strategy="sma", sizer="fixed"),

@@ -80,11 +80,6 @@ def _as_time(name: str, value) -> _dt.time:
     raise ParameterError(f"{name} must be a time like '09:30', got {value!r}")
 
 
-#: The old private name of :func:`m2k_bt.rules.margin.day_fraction`, kept for importers that
-#: have not moved yet.
-_day_fraction = day_fraction
-
-
 class FuturesBroker(bt.brokers.BackBroker):
     """``BackBroker`` plus maintenance margin, intraday margin and tick slippage.
 

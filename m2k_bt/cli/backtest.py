@@ -41,7 +41,7 @@ SUBCOMMANDS = ("optimize", "walkforward", "live")
 
 
 def _list_strategies() -> str:
-    from ..strategies.base import STRATEGIES, strategy_params
+    from ..strategies import STRATEGIES, strategy_params
 
     lines = []
     for name, cls in sorted(STRATEGIES.items()):

@@ -253,7 +253,7 @@ def _event_signal_args(args) -> dict:
 def config_from_args(args):
     """(bars DataFrame, BacktestConfig) from parsed common args."""
     from ..contracts import get_spec
-    from ..engine.cerebro import BacktestConfig
+    from ..engine import BacktestConfig
 
     if args.cash is None or not args.cash > 0:
         raise ConfigError(f"--cash must be a positive number of dollars, got {args.cash}")

@@ -6,7 +6,7 @@ resolution into a :class:`Plan`) -> ``cerebro`` (:func:`run_backtest`) or the ke
 (:mod:`m2k_bt.kernel`) -> ``result`` (:class:`BacktestResult`, made by :func:`make_result`).
 """
 
-from ..strategies.base import resolve_strategy
+from ..strategies.registry import resolve_strategy
 from .cerebro import build_cerebro, check_enough_bars, min_bars, run_backtest
 from .config import SIZERS, BacktestConfig, check_config, check_money, coerce
 from .plan import (

@@ -18,14 +18,9 @@ import pandas as pd
 
 from ..brokers.futures import FuturesBroker
 from ..errors import ConfigError, NotEnoughBarsError
-from ..strategies.base import resolve_strategy  # noqa: F401 - importable here before the split
 from .config import BacktestConfig
 from .plan import Plan, resolve, select_bars
 from .result import BacktestResult, collect_analysis, make_result
-
-# BacktestConfig, BacktestResult, select_bars and resolve_strategy were defined or imported here
-# before the engine was split (issue 20) and stay importable from here until every caller
-# imports them from m2k_bt.engine.
 
 __all__ = ["build_cerebro", "run_backtest", "min_bars", "check_enough_bars"]
 

@@ -23,7 +23,7 @@ import pandas as pd
 
 from ..brokers.commission import M2KCommInfo
 from ..errors import ConfigError, ParameterError, check_known, did_you_mean
-from ..strategies.base import resolve_strategy
+from ..strategies.registry import resolve_strategy
 from .config import SIZERS, BacktestConfig, check_config, coerce
 
 __all__ = [

@@ -35,16 +35,9 @@ import pandas as pd
 from ..engine import BacktestConfig, BacktestResult, Plan, check_enough_bars, resolve
 from ..engine.cerebro import run_backtest
 from ..errors import ConfigError
+from ..sessions import GLOBEX_REOPEN, RTH_END, RTH_START
 from ..sizers.kelly import FixedContracts, KellySizer
-from ..strategies.base import (
-    GLOBEX_REOPEN,
-    RTH_CLOSE,
-    RTH_OPEN,
-    AdaptiveBollinger,
-    BollingerReversion,
-    SmaCrossover,
-    resolve_strategy,
-)
+from ..strategies import AdaptiveBollinger, BollingerReversion, SmaCrossover, resolve_strategy
 from . import loop
 from .analysis import KERNEL_EXIT_REASONS, kernel_result
 from .data import SIGNALS_KEPT, SUMS_KEPT, KernelData, ParamsStandIn, prepare
@@ -215,7 +208,7 @@ def simulate(bars, config: BacktestConfig | Plan | None = None) -> BacktestResul
 
     stop_n = _distance_ticks(p["stop_ticks"], p["stop_atr"], atr, tick, n)
     target_n = _distance_ticks(p["target_ticks"], p["target_atr"], atr, tick, n)
-    rth = (data.tod >= _time_us(RTH_OPEN)) & (data.tod < _time_us(RTH_CLOSE))
+    rth = (data.tod >= _time_us(RTH_START)) & (data.tod < _time_us(RTH_END))
     flat = p["flat_before_close"]
     if flat:
         hh, mm = (int(x) for x in flat.strip().split(":"))

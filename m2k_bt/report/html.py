@@ -56,7 +56,6 @@ from .bokeh_parts import (
 
 # TEMPORARY: optimize/study.py and optimize/walkforward.py (another branch) still import these
 # from here; remove once they import them from m2k_bt.report (or .study_html).
-from .study_html import write_study_html, write_walkforward_html  # noqa: F401
 
 __all__ = [
     "EXIT_MARKERS",

@@ -15,7 +15,6 @@ Use them in any cerebro script, with any backtrader feed and sizer::
 
 from __future__ import annotations
 
-import importlib
 import math
 
 import backtrader as bt
@@ -31,28 +30,6 @@ __all__ = ["M2KStrategy", "EXIT_REASONS", "strategy_params"]
 #: Values of ``exit_reason`` in :attr:`M2KStrategy.trade_log` ('signal': the direction changed).
 EXIT_REASONS = ("signal", "stop", "target", "session_close", "event", "margin_call", "roll",
                 "end")
-
-#: Names this module held before issue 20 split it, and where they live now: kept importable
-#: from here (``from m2k_bt.strategies.base import SmaCrossover``) until every caller imports
-#: them from :mod:`m2k_bt.strategies` and :mod:`m2k_bt.sessions`.
-_MOVED = {
-    "SmaCrossover": ("m2k_bt.strategies.sma", "SmaCrossover"),
-    "BollingerReversion": ("m2k_bt.strategies.bands", "BollingerReversion"),
-    "AdaptiveBollinger": ("m2k_bt.strategies.bands", "AdaptiveBollinger"),
-    "STRATEGIES": ("m2k_bt.strategies.registry", "STRATEGIES"),
-    "resolve_strategy": ("m2k_bt.strategies.registry", "resolve_strategy"),
-    "RTH_OPEN": ("m2k_bt.sessions", "RTH_START"),
-    "RTH_CLOSE": ("m2k_bt.sessions", "RTH_END"),
-}
-
-
-def __getattr__(name: str):
-    # looked up when first used, not imported here: those modules import this one
-    if name in _MOVED:
-        module, attr = _MOVED[name]
-        return getattr(importlib.import_module(module), attr)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
 
 def _sign(x: float) -> int:
     return (x > 0) - (x < 0)
