@@ -464,6 +464,9 @@ _MONTHS = ("January", "February", "March", "April", "May", "June", "July", "Augu
 _DM_DATE = r"^(\d{1,2})([/.\-])(\d{1,2})\2(\d{4}|\d{2})(?=$|[ T])"
 #: A year-first date with slashes or dots: 2024/03/05.
 _YMD_DATE = r"^(\d{4})([/.])(\d{1,2})\2(\d{1,2})(?=$|[ T])"
+#: An ISO timestamp as most files write it (nothing to rewrite).
+_ISO_SHAPE = (r"\d{4}-\d{2}-\d{2}(?:[ T]\d{2}:\d{2}(?::\d{2}(?:\.\d+)?)?)?"
+              r"(?:[+-]\d{2}:\d{2})?")  # fmt: skip
 #: A value that is only a time of day (no date), maybe with a zone.
 _TIME_ONLY = (r"(?i)\d{1,2}:\d{2}(?::\d{2}(?:\.\d*)?)?\s*(?:[ap]\.?m\.?)?\s*"
               r"(?:[+-]\d{2}(?::?\d{2})?|Z|UTC|GMT)?")  # fmt: skip
@@ -477,8 +480,8 @@ def _date_order(date_format: str | None) -> str | None:
     order = _DATE_WORDS.get(re.sub(r"[\s_\-/.%]", "", str(date_format).lower()))
     if order is None:
         raise DataFeedError(
-            f"date_format={date_format!r} is not a date order; use 'dmy' (day/month/year, "
-            f"14/03/2024) or 'mdy' (month/day/year, 03/14/2024) (--date-format / date_format=)"
+            f"unknown date order {str(date_format)!r} (--date-format / date_format=); use "
+            f"'dmy' (day/month/year, 14/03/2024) or 'mdy' (month/day/year, 03/14/2024)"
         )
     return order
 
@@ -659,22 +662,30 @@ def _parse_times(raw: pd.DataFrame, fmt: str, tz: str | None, path: str, time_fm
         return local, text, False, codes, default_tz
 
     filled = np.asarray(text != "")
-    time_only = np.asarray(text.str.fullmatch(_TIME_ONLY))
-    if filled.any() and time_only[filled].all():
-        i = np.flatnonzero(filled)[0]
-        raise DataFeedError(
-            f"{path}, line {lines[i]}: column '{column}' holds times without dates "
-            f"({_one_line(text.iloc[i])!r}), which would load with today's date; give the file a "
-            f"date: a 'date' column beside '{column}', or one 'datetime' column of "
-            f"'YYYY-MM-DD HH:MM:SS'"
-        )
-    codes[time_only] = TS_NO_DATE
-    parse = text.where(~time_only, "")
-    parse = _iso_dates(parse, column, path, lines, _date_order(date_format))
+    # values already ISO (most files) skip the rewriting below
+    odd = ~np.asarray(text.str.fullmatch(_ISO_SHAPE))
+    time_only = np.zeros(len(text), dtype=bool)
+    parse = text
+    if odd.any():
+        some = text[odd]
+        time_only[odd] = np.asarray(some.str.fullmatch(_TIME_ONLY))
+        if filled.any() and time_only[filled].all():
+            i = np.flatnonzero(filled)[0]
+            raise DataFeedError(
+                f"{path}, line {lines[i]}: column '{column}' holds times without dates "
+                f"({_one_line(text.iloc[i])!r}), which would load with today's date; give the "
+                f"file a date: a 'date' column beside '{column}', or one 'datetime' column of "
+                f"'YYYY-MM-DD HH:MM:SS'"
+            )
+        codes[time_only] = TS_NO_DATE
+        some = some.where(~time_only[odd], "")
+        some = _iso_dates(some, column, path, lines[odd], _date_order(date_format))
+        # zones written as a word (UTC, GMT, Z) or as hours only (+05): ISO offsets
+        some = some.str.replace(r"(?i)(?<=\d)\s*(?:Z|UTC|GMT)$", "+00:00", regex=True)
+        some = some.str.replace(r"(:\d\d(?:\.\d+)?)\s*([+-]\d{2})$", r"\1\2:00", regex=True)
+        parse = text.copy()
+        parse[odd] = some
     daily = bool(len(parse)) and bool(parse.str.fullmatch(r"\d{4}-?\d{2}-?\d{2}").all())
-    # zones written as a word (UTC, GMT, Z) or as hours only (+05): ISO offsets
-    parse = parse.str.replace(r"(?i)(?<=\d)\s*(?:Z|UTC|GMT)$", "+00:00", regex=True)
-    parse = parse.str.replace(r"(:\d\d(?:\.\d+)?)\s*([+-]\d{2})$", r"\1\2:00", regex=True)
     has_offset = np.asarray(parse.str.contains(r"(?:[+-]\d{2}:?\d{2}|Z)$", regex=True))
     if has_offset.any():
         ts = _to_utc(parse, has_offset)
