@@ -100,3 +100,54 @@ def test_mixed_offsets_in_one_column_are_one_clear_error(stamps, lenient, tmp_pa
     except DataFeedError as exc:
         assert "mixed.csv" in str(exc) and "\n" not in str(exc)
     # lenient may instead drop the rows it cannot place, but never raise anything else
+
+
+# ------------------------------------------------------------------ the command line's words
+
+
+def _run(argv, tmp_path, capsys):
+    import warnings
+
+    from m2k_bt.cli.backtest import main
+
+    out = tmp_path / "out"
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        code = main([*argv, "--out", str(out), "--quiet", "--no-plot", "--param", "fast=5",
+                     "--param", "slow=20", "--sizer", "fixed"])  # fmt: skip
+    return code, capsys.readouterr().err.strip(), out, caught
+
+
+def test_a_sorted_file_is_in_the_runs_warnings_not_a_python_warning(tmp_path, capsys):
+    # issue 24 item 16: no raw UserWarning echoing a source line; the sort is a report line
+    few = rth_bars(start="2024-03-04", end="2024-03-08")
+    lines = _date_time_file(few, tmp_path / "unsorted.csv", COLUMNS).read_text().splitlines()
+    lines[3], lines[4] = lines[4], lines[3]
+    (tmp_path / "unsorted.csv").write_text("\n".join(lines) + "\n")
+    code, err, out, caught = _run(["--data", str(tmp_path / "unsorted.csv")], tmp_path, capsys)
+    assert code == 0, err
+    assert "UserWarning" not in err and not [w for w in caught if "ascending" in str(w.message)]
+    import json
+
+    warnings_ = json.loads((out / "report.json").read_text())["warnings"]
+    assert any("not in ascending order" in w and "sorted" in w for w in warnings_)
+
+
+def test_date_format_flag(tmp_path, capsys):
+    few = rth_bars(start="2024-03-04", end="2024-03-08")  # days 04..08: ambiguous
+    path = _date_time_file(few, tmp_path / "dmy.csv", COLUMNS, date_fmt="%d/%m/%Y")
+    code, err, _, _ = _run(["--data", str(path)], tmp_path, capsys)
+    assert code == 2 and len(err.splitlines()) == 1 and "--date-format dmy" in err
+    assert "date_format=" not in err  # the command line's words only
+    code, err, out, _ = _run(["--data", str(path), "--date-format", "dmy"], tmp_path, capsys)
+    assert code == 0, err
+
+
+def test_mixed_offsets_on_the_command_line_are_one_line(tmp_path, capsys):
+    path = tmp_path / "mixed.csv"
+    rows = [f"2024-03-04 1{i}:00:00{' UTC' if i % 2 else ''},2000.0,2000.5,1999.5,2000.0,100"
+            for i in range(4)]
+    path.write_text("datetime,open,high,low,close,volume\n" + "\n".join(rows) + "\n")
+    code, err, _, _ = _run(["--data", str(path)], tmp_path, capsys)
+    assert code == 2 and len(err.splitlines()) == 1
+    assert "mixed.csv, line 2" in err and "without a UTC offset" in err

@@ -14,10 +14,15 @@ Formats (``fmt``; detected from the header and first rows when ``None``):
 - ``"yahoo"``: Yahoo Finance daily CSV (``Date``, ``null`` rows, ``Adj Close`` ignored).
 - ``"ninjatrader"``: ``yyyyMMdd HHmmss;O;H;L;C;V`` without header.
 - ``"databento"``: Databento OHLCV CSV (``ts_event`` in nanoseconds or ISO, ``symbol``).
-- ``"backtrader"``: backtrader's sample format, a ``Date`` column then a ``Time`` column.
+- ``"backtrader"``: backtrader's sample format, a ``Date`` column then a ``Time`` column. A
+  header's names are used whatever their order (a ``Date,Time,Close,High,...`` file is read by
+  name, not position); a file without a header is read by position
+  ``Date,Time,Open,High,Low,Close,Volume[,OpenInterest]``.
 
-Naive timestamps are read in ``tz`` (default New York; Databento stamps are UTC). A date-only
-(daily) bar belongs to that trade date's session.
+Naive timestamps are read in ``tz`` (default New York; Databento stamps are UTC); UTC offsets
+(``-04:00``, ``+05``, ``Z``, `` UTC``) are honoured row by row. Numeric day/month dates
+(``05/03/2024``) are read in the order the file settles or ``date_format`` gives; a column of
+times without dates is refused. A date-only (daily) bar belongs to that trade date's session.
 
 :class:`~m2k_bt.feeds.bars.BarsFeed` hands such a frame to cerebro from plain arrays;
 :func:`~m2k_bt.feeds.bars.resample_bars` makes N-minute, hourly and daily (CME trade date) bars
@@ -269,6 +274,8 @@ def detect_format(text: str) -> str:
     'ninjatrader'
     >>> detect_format("Date,Open,High,Low,Close,Adj Close,Volume\\n2020-01-02,1,1,1,1,1,5\\n")
     'yahoo'
+    >>> detect_format("2006-01-02,09:05:00,3578.7,3605.9,3578.7,3604.3,0,0\\n")  # no header
+    'backtrader'
     """
     lines = [ln for ln in text.splitlines()[:3] if ln.strip()]
     if not lines:
@@ -330,7 +337,8 @@ def _rename(raw: pd.DataFrame, source: str) -> pd.DataFrame:
             what = (f"column '{base}' appears twice" if owner[key] == base else
                     f"columns '{owner[key]}' and '{base}' both give '{key}'")  # fmt: skip
             raise DataFeedError(
-                f"{source}, line 1: {what}; keep one of them (delete or rename the other)"
+                _one_line(f"{source}, line 1: {what}; keep one of them (delete or rename the "
+                          f"other)")
             )
         owner[key] = name
         mapping[col] = key
@@ -786,7 +794,8 @@ def _validate(
     if missing:
         raise DataFeedError(
             f"{source}, line 1: missing column(s) {', '.join(missing)}; found columns: "
-            f"{', '.join(map(str, df.columns))}; a bar file needs open, high, low, close, volume"
+            f"{_one_line(', '.join(map(str, df.columns)))}; a bar file needs open, high, low, "
+            f"close, volume"
         )
     df = df.copy()
     df.attrs = {}
