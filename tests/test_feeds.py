@@ -729,3 +729,11 @@ def test_out_of_range_and_unparseable_stamps_in_one_file(tmp_path):
     assert [(e["line"], e["problem"]) for e in df.attrs["report"]] == [
         (2, "timestamp out of range (years 1900-2199): -1"),
         (3, "unparseable timestamp: nope")]
+
+
+def test_databento_fixed_point_without_a_price_column_is_our_error(tmp_path):
+    # found by the fuzz (seed 5): the 1e-9 scaling read every price column, KeyError 'high'
+    path = tmp_path / "db.csv"
+    path.write_text("ts_event,open,close,volume\n2025-03-10T14:00:00Z,2e12,2e12,5\n")
+    with pytest.raises(DataFeedError, match="missing column"):
+        load_bars(path, fmt="databento")

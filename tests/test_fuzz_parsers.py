@@ -56,7 +56,7 @@ DAYS = ["2025-03-07", "2025-03-09", "2025-03-10", "2025-11-02", "2025-11-03", "2
         "2025-12-25"]  # fmt: skip
 TIMES = ["00:00:00", "01:30:00", "02:30:00", "09:30:00", "10:00:00", "16:59:00", "17:30:00",
          "18:00:00", "23:59:59"]  # fmt: skip
-OFFSETS = ["", "", "-04:00", "-05:00", "+00:00", "Z"]
+OFFSETS = ["", "", "-04:00", "-05:00", "+00:00", "Z", "+05", "+06", " UTC"]  # issue 24: +05, UTC
 
 stamps = st.one_of(
     st.builds(lambda d, t, o: f"{d} {t}{o}", st.sampled_from(DAYS), st.sampled_from(TIMES),
@@ -64,6 +64,9 @@ stamps = st.one_of(
     st.sampled_from(DAYS),
     st.builds(lambda d, t: d.replace("-", "") + " " + t.replace(":", ""), st.sampled_from(DAYS),
               st.sampled_from(TIMES)),
+    st.builds(lambda d, t, s: f"{d[8:]}{s}{d[5:7]}{s}{d[:4]} {t}", st.sampled_from(DAYS),
+              st.sampled_from(TIMES), st.sampled_from("/.-")),  # day first (issue 24)
+    st.sampled_from(TIMES),  # a time without a date
     st.sampled_from(["1741615200000000000", "99999999999999999999", "0", "-1", "NaT", "",
                      "2025-02-30 10:00", "9999-12-31 23:59", "yesterday", "2025-13-01"]),
     st.text(max_size=12),

@@ -1132,7 +1132,8 @@ def _load_bars(path: str, fmt, tz, spec, lenient, snap_to_tick, date_format) -> 
         close = pd.to_numeric(frame["close"], errors="coerce")
         if len(close) and close.median() > 1e7:  # fixed-point prices, 1e-9 units
             for col in PRICE_COLUMNS:
-                frame[col] = pd.to_numeric(frame[col], errors="coerce") / 1e9
+                if col in frame.columns:  # a missing one is reported by _validate
+                    frame[col] = pd.to_numeric(frame[col], errors="coerce") / 1e9
     frame.attrs = {}
     df, checks, kept = _validate(frame, raw_lines, spec, lenient, path, daily,
                                  np.asarray(raw_text), codes, tz_name, snap_to_tick)  # fmt: skip
