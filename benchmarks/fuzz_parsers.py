@@ -1,5 +1,5 @@
-"""Long fuzz run of the parsers and validators (issue 11): the suite's property tests, many more
-examples, random (or ``--seed``) instead of derandomized.
+"""Long fuzz run of the parsers and validators (issues 11 and 24): the suite's property tests,
+many more examples, random (or ``--seed``) instead of derandomized.
 
     .venv/bin/python benchmarks/fuzz_parsers.py                      # 2,000 examples per test
     .venv/bin/python benchmarks/fuzz_parsers.py --examples 20000 --seed 7 -k gzip

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import gzip
 import json
+import warnings
 
 import backtrader as bt
 import numpy as np
@@ -196,12 +197,17 @@ def test_float_noise_is_snapped_not_flagged(tmp_path):
     assert df.iloc[0].tolist()[:4] == [1408.7, 1419.3, 1403.7, 1416.4]
 
 
-def test_unsorted_warns_and_reports(tmp_path):
+def test_unsorted_is_reported_not_warned(tmp_path):
+    # issue 24 item 16: the sort is in the report (the run's warnings), not a raw UserWarning
+    # that echoes a source line on the command line
     path = write(tmp_path, "u.csv", [HEADER, GOOD[2], GOOD[0], GOOD[1]])
-    with pytest.warns(UserWarning, match="not in ascending order"):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
         df = load_bars(path)
     assert df.index.is_monotonic_increasing
-    assert df.attrs["report"][0]["action"] == "sorted"
+    (entry,) = df.attrs["report"]
+    assert entry["action"] == "sorted" and entry["line"] == 3  # the first bar out of order
+    assert "not in ascending order" in entry["problem"] and "\n" not in entry["problem"]
     assert df.attrs["lines"].tolist() == [3, 4, 2]
 
 
@@ -723,3 +729,11 @@ def test_out_of_range_and_unparseable_stamps_in_one_file(tmp_path):
     assert [(e["line"], e["problem"]) for e in df.attrs["report"]] == [
         (2, "timestamp out of range (years 1900-2199): -1"),
         (3, "unparseable timestamp: nope")]
+
+
+def test_databento_fixed_point_without_a_price_column_is_our_error(tmp_path):
+    # found by the fuzz (seed 5): the 1e-9 scaling read every price column, KeyError 'high'
+    path = tmp_path / "db.csv"
+    path.write_text("ts_event,open,close,volume\n2025-03-10T14:00:00Z,2e12,2e12,5\n")
+    with pytest.raises(DataFeedError, match="missing column"):
+        load_bars(path, fmt="databento")

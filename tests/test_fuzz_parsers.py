@@ -2,7 +2,12 @@
 is a valid bar frame whose every dropped row is in the report, or one of our own errors; never
 another exception.
 
-Bounded for the suite (8 tests x 40 examples, derandomized so CI is stable). The longer run is
+Issue 24 adds properties with a known answer: a header's columns in any order, day/month dates in
+either order with a day that settles it, and columns that mix UTC offsets load the same frame as
+the plain ISO file (or, for a column mixing stamps with and without an offset, one one-line
+DataFeedError, or with ``lenient`` exactly those rows dropped and listed).
+
+Bounded for the suite (11 tests x 40 examples, derandomized so CI is stable). The longer run is
 ``python benchmarks/fuzz_parsers.py``, which runs these same tests with more, random examples
 (environment variables ``M2K_FUZZ_EXAMPLES`` and ``M2K_FUZZ_SEED``).
 """
@@ -51,7 +56,7 @@ DAYS = ["2025-03-07", "2025-03-09", "2025-03-10", "2025-11-02", "2025-11-03", "2
         "2025-12-25"]  # fmt: skip
 TIMES = ["00:00:00", "01:30:00", "02:30:00", "09:30:00", "10:00:00", "16:59:00", "17:30:00",
          "18:00:00", "23:59:59"]  # fmt: skip
-OFFSETS = ["", "", "-04:00", "-05:00", "+00:00", "Z"]
+OFFSETS = ["", "", "-04:00", "-05:00", "+00:00", "Z", "+05", "+06", " UTC"]  # issue 24: +05, UTC
 
 stamps = st.one_of(
     st.builds(lambda d, t, o: f"{d} {t}{o}", st.sampled_from(DAYS), st.sampled_from(TIMES),
@@ -59,6 +64,9 @@ stamps = st.one_of(
     st.sampled_from(DAYS),
     st.builds(lambda d, t: d.replace("-", "") + " " + t.replace(":", ""), st.sampled_from(DAYS),
               st.sampled_from(TIMES)),
+    st.builds(lambda d, t, s: f"{d[8:]}{s}{d[5:7]}{s}{d[:4]} {t}", st.sampled_from(DAYS),
+              st.sampled_from(TIMES), st.sampled_from("/.-")),  # day first (issue 24)
+    st.sampled_from(TIMES),  # a time without a date
     st.sampled_from(["1741615200000000000", "99999999999999999999", "0", "-1", "NaT", "",
                      "2025-02-30 10:00", "9999-12-31 23:59", "yesterday", "2025-13-01"]),
     st.text(max_size=12),
@@ -158,7 +166,8 @@ def check_load(path, data_lines=None, **kwargs):
         warnings.simplefilter("ignore", UserWarning)
         try:
             df = load_bars(path, **kwargs)
-        except M2KError:
+        except M2KError as exc:
+            assert "\n" not in str(exc) and "\r" not in str(exc), str(exc)  # one line
             return None
     check_frame(df, kwargs.get("spec", M2K))
     if data_lines is not None:
@@ -222,6 +231,157 @@ def test_truncated_and_corrupt_gzip(folder, rows, cut, flips, where):
     path.write_bytes(bytes(data))
     check_load(path)
     check_load(path, lenient=True)
+
+
+# ------------------------------------------------------------------ known answers (issue 24)
+
+# weekdays of March 2024 before Good Friday: no holiday, no early close
+GOOD_DAYS = [d.date() for d in pd.bdate_range("2024-03-01", "2024-03-28")]
+RTH_TIMES = ["09:35:00", "10:00:00", "12:15:00", "15:55:00"]
+ISO_COLUMNS = ["open", "high", "low", "close", "volume", "openinterest"]
+
+
+@st.composite
+def good_bars(draw, days=GOOD_DAYS) -> list[tuple]:
+    """Valid M2K bars ``(naive New York time, open, high, low, close, volume, oi)``, sorted."""
+    chosen = draw(st.lists(st.sampled_from(days), min_size=1, max_size=4, unique=True))
+    times = draw(st.lists(st.sampled_from(RTH_TIMES), min_size=1, max_size=3, unique=True))
+    rows = []
+    for ts in sorted(pd.Timestamp(f"{d} {t}") for d in chosen for t in times):
+        o = 2000 + draw(st.integers(-50, 50)) / 10
+        c = o + draw(st.integers(-5, 5)) / 10
+        h, lo = max(o, c) + draw(st.integers(0, 5)) / 10, min(o, c) - draw(st.integers(0, 5)) / 10
+        rows.append((ts, round(o, 1), round(h, 1), round(lo, 1), round(c, 1),
+                     draw(st.integers(0, 900)), draw(st.integers(0, 50))))  # fmt: skip
+    return rows
+
+
+def iso_frame(folder, bars) -> pd.DataFrame:
+    """The reference: the same bars as a plain ISO file with offsets."""
+    lines = ["datetime," + ",".join(ISO_COLUMNS)]
+    for ts, *vals in bars:
+        lines.append(",".join([ts.tz_localize(NY).isoformat(sep=" "), *map(str, vals)]))
+    path = folder / "iso.csv"
+    path.write_text("\n".join(lines) + "\n")
+    return load_bars(path)
+
+
+def same_bars(got: pd.DataFrame, ref: pd.DataFrame) -> None:
+    pd.testing.assert_frame_equal(got[ISO_COLUMNS], ref[ISO_COLUMNS], check_freq=False)
+
+
+@seeded
+@SUITE
+@given(bars=good_bars(), order=st.permutations([*ISO_COLUMNS, "vwap"]),
+       where=st.integers(0, 7), split=st.booleans(),
+       case=st.sampled_from([str.lower, str.capitalize, str.upper]))  # fmt: skip
+def test_any_column_order_loads_the_same_frame(folder, bars, order, where, split, case):
+    """Item 7: whatever the order of a header's columns (Date,Time first included, which looks
+    like backtrader's layout), the columns are found by name."""
+    stamp_cols = ["date", "time"] if split else ["datetime"]
+    columns = [*order[:where], *stamp_cols, *order[where:]]
+    lines = [",".join(case(c) for c in columns)]
+    for ts, o, h, lo, c, v, oi in bars:
+        vals = {"open": o, "high": h, "low": lo, "close": c, "volume": v, "openinterest": oi,
+                "vwap": round((h + lo) / 2, 2), "datetime": ts.isoformat(sep=" "),
+                "date": f"{ts:%Y-%m-%d}", "time": f"{ts:%H:%M:%S}"}  # fmt: skip
+        lines.append(",".join(str(vals[col]) for col in columns))
+    path = folder / "order.csv"
+    path.write_text("\n".join(lines) + "\n")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        same_bars(load_bars(path), iso_frame(folder, bars))
+
+
+def _dm_text(ts: pd.Timestamp, order: str, sep: str, short_year: bool) -> str:
+    year = f"{ts:%y}" if short_year else f"{ts:%Y}"
+    first, second = (ts.day, ts.month) if order == "dmy" else (ts.month, ts.day)
+    return f"{first:02d}{sep}{second:02d}{sep}{year}"
+
+
+@seeded
+@SUITE
+@given(bars=good_bars(), order=st.sampled_from(["dmy", "mdy"]),
+       sep=st.sampled_from(["/", ".", "-"]), short_year=st.booleans(), split=st.booleans(),
+       settle=st.booleans())  # fmt: skip
+def test_day_month_dates_in_either_order(folder, bars, order, sep, short_year, split, settle):
+    """Item 8: dates in day/month or month/day order load the same frame as ISO dates when a
+    day above 12 settles the order (or ``date_format`` says it); when nothing settles it the
+    load is one one-line error naming the column and --date-format, never a guess."""
+    if settle and all(ts.day <= 12 for ts, *_ in bars):
+        bars = sorted([*bars, (pd.Timestamp("2024-03-14 10:00"), *bars[0][1:])])
+    elif not settle:
+        bars = [b for b in bars if b[0].day <= 12] or [(pd.Timestamp("2024-03-05 10:00"),
+                                                         *bars[0][1:])]  # fmt: skip
+    header = "Date,Time," if split else "datetime,"
+    lines = [header + ",".join(ISO_COLUMNS)]
+    for ts, *vals in bars:
+        date = _dm_text(ts, order, sep, short_year)
+        stamp = f"{date},{ts:%H:%M:%S}" if split else f"{date} {ts:%H:%M:%S}"
+        lines.append(",".join([stamp, *map(str, vals)]))
+    path = folder / "dm.csv"
+    path.write_text("\n".join(lines) + "\n")
+    ref = iso_frame(folder, bars)
+    same_bars(load_bars(path, date_format=order), ref)
+    ambiguous = any(ts.day != ts.month for ts, *_ in bars)
+    if settle or not ambiguous:
+        same_bars(load_bars(path), ref)
+        return
+    for lenient in (False, True):
+        with pytest.raises(DataFeedError) as err:
+            load_bars(path, lenient=lenient)
+        msg = str(err.value)
+        assert "\n" not in msg and "dm.csv, line 2" in msg and "--date-format" in msg
+        assert ("'Date'" if split else "'datetime'") in msg
+
+
+#: Ways to write a timestamp's zone, and the offset each means (None: no offset, a naive time).
+ZONES = {"+05": 5 * 60, "+06": 6 * 60, "-04:00": -4 * 60, "-0500": -5 * 60, "Z": 0, " UTC": 0,
+         "+05:30": 5 * 60 + 30, "": None}  # fmt: skip
+
+
+@seeded
+@SUITE
+@given(bars=good_bars(), zones=st.lists(st.sampled_from(list(ZONES)), min_size=1, max_size=4),
+       lenient=st.booleans(), spec=st.sampled_from([M2K, None]))  # fmt: skip
+def test_mixed_offsets_load_each_instant_or_fail_on_one_line(folder, bars, zones, lenient, spec):
+    """Item 14: a column mixing offsets (+05, +06, -04:00, Z, UTC) is read row by row, each row
+    its own instant, the same frame as the ISO file; rows without an offset among rows with one
+    are one one-line DataFeedError naming the file and line, or (lenient) exactly those rows
+    dropped and listed. Never another exception."""
+    lines = ["datetime," + ",".join(ISO_COLUMNS)]
+    naive_lines = []
+    for i, (ts, *vals) in enumerate(bars):
+        zone = zones[i % len(zones)]
+        minutes = ZONES[zone]
+        if minutes is None:
+            stamp = ts.isoformat(sep=" ")
+            naive_lines.append(i + 2)
+        else:
+            utc = ts.tz_localize(NY).tz_convert("UTC").tz_localize(None)
+            stamp = (utc + pd.Timedelta(minutes=minutes)).isoformat(sep=" ") + zone
+        lines.append(",".join([stamp, *map(str, vals)]))
+    path = folder / "zones.csv"
+    path.write_text("\n".join(lines) + "\n")
+    ref = iso_frame(folder, bars)
+    mixed = 0 < len(naive_lines) < len(bars)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        try:
+            got = load_bars(path, lenient=lenient, spec=spec)
+        except DataFeedError as exc:
+            msg = str(exc)
+            assert mixed and not lenient, msg
+            assert "\n" not in msg and f"zones.csv, line {naive_lines[0]}:" in msg
+            assert "without a UTC offset" in msg
+            return
+    if not mixed:
+        same_bars(got, ref)
+        return
+    assert lenient
+    assert {e["line"] for e in got.attrs["report"]} == set(naive_lines)
+    kept = [i for i in range(len(bars)) if i + 2 not in naive_lines]
+    same_bars(got, ref.iloc[kept])
 
 
 # ------------------------------------------------------------------ validate_bars, resample_bars

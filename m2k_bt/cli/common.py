@@ -99,6 +99,9 @@ def add_common_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--format", dest="fmt", metavar="FMT",
                    help="generic|yahoo|ninjatrader|databento|backtrader (default: detect)")
     g.add_argument("--tz", help="timezone of naive timestamps in the file (default: New York)")
+    g.add_argument("--date-format", dest="date_format", metavar="ORDER",
+                   help="order of numeric dates like 05/03/2024: dmy (day first) or mdy (month "
+                   "first); default: settled by the file (a day above 12), else an error")
     g.add_argument("--lenient", action="store_true",
                    help="repair or drop bad rows (each listed in the report) instead of failing")
     g.add_argument("--snap-to-tick", action="store_true",
@@ -197,7 +200,8 @@ def load_data(args):
         if not Path(path).exists():
             raise DataFeedError(f"data file not found: {path} (check the --data path)")
         df = load_bars(path, fmt=args.fmt, tz=args.tz, spec=checks, lenient=args.lenient,
-                       snap_to_tick=bool(getattr(args, "snap_to_tick", False)))
+                       snap_to_tick=bool(getattr(args, "snap_to_tick", False)),
+                       date_format=getattr(args, "date_format", None))
         frames[path] = df
     if len(frames) == 1:
         (df,) = frames.values()
@@ -282,7 +286,9 @@ def config_from_args(args):
         data_rows=len(bars),
         data_options={"paths": [str(Path(p).resolve()) for p in args.data or [DEFAULT_DATA]],
                       "format": args.fmt, "tz": args.tz, "lenient": args.lenient,
-                      "roll": args.roll, "adjust": args.adjust},
+                      "roll": args.roll, "adjust": args.adjust,
+                      **({"date_format": args.date_format}
+                         if getattr(args, "date_format", None) else {})},
     )
     return bars, config
 

@@ -14,10 +14,15 @@ Formats (``fmt``; detected from the header and first rows when ``None``):
 - ``"yahoo"``: Yahoo Finance daily CSV (``Date``, ``null`` rows, ``Adj Close`` ignored).
 - ``"ninjatrader"``: ``yyyyMMdd HHmmss;O;H;L;C;V`` without header.
 - ``"databento"``: Databento OHLCV CSV (``ts_event`` in nanoseconds or ISO, ``symbol``).
-- ``"backtrader"``: backtrader's sample format, a ``Date`` column then a ``Time`` column.
+- ``"backtrader"``: backtrader's sample format, a ``Date`` column then a ``Time`` column. A
+  header's names are used whatever their order (a ``Date,Time,Close,High,...`` file is read by
+  name, not position); a file without a header is read by position
+  ``Date,Time,Open,High,Low,Close,Volume[,OpenInterest]``.
 
-Naive timestamps are read in ``tz`` (default New York; Databento stamps are UTC). A date-only
-(daily) bar belongs to that trade date's session.
+Naive timestamps are read in ``tz`` (default New York; Databento stamps are UTC); UTC offsets
+(``-04:00``, ``+05``, ``Z``, `` UTC``) are honoured row by row. Numeric day/month dates
+(``05/03/2024``) are read in the order the file settles or ``date_format`` gives; a column of
+times without dates is refused. A date-only (daily) bar belongs to that trade date's session.
 
 :class:`~m2k_bt.feeds.bars.BarsFeed` hands such a frame to cerebro from plain arrays;
 :func:`~m2k_bt.feeds.bars.resample_bars` makes N-minute, hourly and daily (CME trade date) bars
@@ -28,6 +33,7 @@ from __future__ import annotations
 
 import codecs
 import csv
+import datetime as _dt
 import io
 import math
 import os
@@ -38,6 +44,7 @@ from collections.abc import Callable
 
 import numpy as np
 import pandas as pd
+from dateutil import parser as _dateutil
 
 from ..contracts import M2K, ContractSpec
 from ..errors import TRUE_WORDS, DataFeedError, did_you_mean
@@ -75,6 +82,8 @@ _ALIASES = {
 
 _NT_RE = re.compile(r"^\d{8} \d{6};")
 _TIME_RE = re.compile(r"^\d{1,2}:\d{2}(:\d{2})?$")
+#: A date field: ISO (year first) or numeric day/month in either order.
+_DATE_FIELD_RE = re.compile(r"^(\d{4}-\d{1,2}-\d{1,2}|\d{1,2}[/.\-]\d{1,2}[/.\-]\d{2,4})$")
 
 
 # --------------------------------------------------------------------------- reading
@@ -147,6 +156,8 @@ HINTS = {
     "no_contract": "skip the contract checks (--contract none / spec=None)",
     "snap": "round each price to the tick (--snap-to-tick / snap_to_tick=True)",
     "ratio": "a back-adjusted series must be ratio-adjusted (--adjust ratio / adjust='ratio')",
+    "date": "read them as day/month/year (--date-format dmy / date_format='dmy') or as "
+            "month/day/year (--date-format mdy / date_format='mdy')",
 }
 
 #: Absolute tolerance, in price points, within which a price counts as on the tick grid (float64
@@ -242,6 +253,16 @@ def _open_text(path: str) -> str:
     return _decode(data, path)
 
 
+def _one_line(text: object) -> str:
+    """``text`` on one line: each line break (and the blanks around it) becomes one space, so a
+    message quoting a library's error or a file's value stays one line.
+
+    >>> _one_line("Error tokenizing data.\\nC error: Expected 2 fields\\n")
+    'Error tokenizing data. C error: Expected 2 fields'
+    """
+    return re.sub(r"\s*[\r\n\v\f\x1c-\x1e\x85\u2028\u2029]+\s*", " ", str(text)).strip()
+
+
 def _norm(name: str) -> str:
     return re.sub(r"[\s_\-]", "", str(name).strip().lower())
 
@@ -253,6 +274,8 @@ def detect_format(text: str) -> str:
     'ninjatrader'
     >>> detect_format("Date,Open,High,Low,Close,Adj Close,Volume\\n2020-01-02,1,1,1,1,1,5\\n")
     'yahoo'
+    >>> detect_format("2006-01-02,09:05:00,3578.7,3605.9,3578.7,3604.3,0,0\\n")  # no header
+    'backtrader'
     """
     lines = [ln for ln in text.splitlines()[:3] if ln.strip()]
     if not lines:
@@ -262,6 +285,8 @@ def detect_format(text: str) -> str:
     header = [_norm(c) for c in lines[0].split(",")]
     if "tsevent" in header or "tseventutc" in header:
         return "databento"
+    if _headerless_backtrader(lines[0]):
+        return "backtrader"
     first = lines[1].split(",") if len(lines) > 1 else []
     if header and header[0] == "date":
         if len(first) > 1 and _TIME_RE.match(first[1].strip()) and (
@@ -283,7 +308,7 @@ def _read_csv(text: str, path: str, **kwargs) -> pd.DataFrame:
             **kwargs,
         )  # fmt: skip
     except (pd.errors.ParserError, ValueError, csv.Error, OverflowError) as exc:
-        raise DataFeedError(f"{path}: not a readable CSV ({exc})") from exc
+        raise DataFeedError(f"{path}: not a readable CSV ({_one_line(exc)})") from exc
     return raw
 
 
@@ -312,11 +337,32 @@ def _rename(raw: pd.DataFrame, source: str) -> pd.DataFrame:
             what = (f"column '{base}' appears twice" if owner[key] == base else
                     f"columns '{owner[key]}' and '{base}' both give '{key}'")  # fmt: skip
             raise DataFeedError(
-                f"{source}, line 1: {what}; keep one of them (delete or rename the other)"
+                _one_line(f"{source}, line 1: {what}; keep one of them (delete or rename the "
+                          f"other)")
             )
         owner[key] = name
         mapping[col] = key
-    return raw.rename(columns=mapping)
+    out = raw.rename(columns=mapping)
+    out.attrs = {**raw.attrs, "names": {key: name for key, name in owner.items()}}
+    return out
+
+
+def _headerless_backtrader(line: str) -> bool:
+    """A first line that is already a bar, ``date,time,...`` (a backtrader file without header)."""
+    fields = [f.strip() for f in line.split(",")]
+    return len(fields) >= 7 and bool(_DATE_FIELD_RE.match(fields[0])) and bool(
+        _TIME_RE.match(fields[1])
+    )
+
+
+def _names_bar_columns(header: list[str], text: str) -> bool:
+    """Whether ``header`` names the bar columns (then they are found by name, not position):
+    it names at least one of open/high/low/close/volume and has a name for every field of the
+    first row (a shorter header is the positional backtrader layout with a loose header)."""
+    if not any(_ALIASES.get(_norm(h)) in BAR_COLUMNS for h in header):
+        return False
+    rows = [ln for ln in text.splitlines()[1:4] if ln.strip()]
+    return not rows or len(rows[0].split(",")) == len(header)
 
 
 def _read_raw(text: str, fmt: str, path: str) -> tuple[pd.DataFrame, np.ndarray, str | None]:
@@ -336,15 +382,22 @@ def _read_raw(text: str, fmt: str, path: str) -> tuple[pd.DataFrame, np.ndarray,
         raw["datetime"] = raw["datetime"].fillna("").str.strip()
         return raw, lines, "%Y%m%d %H%M%S"
     if fmt == "backtrader":
-        header = text.split("\n", 1)[0].split(",")
-        raw = _read_csv(text, path, header=None, skiprows=1)
+        first_line = text.lstrip("\ufeff").split("\n", 1)[0].rstrip("\r")
+        headerless = _headerless_backtrader(first_line)
+        header = [] if headerless else first_line.split(",")
+        if _names_bar_columns(header, text):
+            # a header that names the columns: read by name, whatever their order (issue 24)
+            return _read_raw(text, "generic", path)
+        raw = _read_csv(text, path, header=None, skiprows=0 if headerless else 1)
         names = ["date", "time", "open", "high", "low", "close", "volume", "openinterest"]
+        first = 1 if headerless else 2
         if raw.shape[1] < 7:
+            shown = "none" if headerless else _one_line(",".join(header))
             raise DataFeedError(
-                f"{path}, line 2: backtrader rows need Date,Time,Open,High,Low,Close,Volume"
-                f"[,OpenInterest]; found {raw.shape[1]} fields (header: {','.join(header)})"
+                f"{path}, line {first}: backtrader rows need Date,Time,Open,High,Low,Close,Volume"
+                f"[,OpenInterest]; found {raw.shape[1]} fields (header: {shown})"
             )
-        lines = np.arange(2, 2 + len(raw))
+        lines = np.arange(first, first + len(raw))
         keep = ~_blank_rows(raw)
         raw, lines = raw[keep], lines[keep]
         raw = raw.iloc[:, : min(8, raw.shape[1])]
@@ -363,6 +416,9 @@ _LAST_TS = pd.Timestamp("2200-01-01", tz="UTC")
 
 #: :func:`localize_naive` codes: why a naive time has no New York moment.
 TS_OK, DST_GAP, DST_REPEAT, TS_FAR = 0, 1, 2, 3
+#: :func:`_parse_times` codes: a value without a full date (a time only: it would take today's
+#: date), a value without a UTC offset in a column whose other values have one.
+TS_NO_DATE, TS_NAIVE_MIX = 4, 5
 _FAR_PROBLEM = "timestamp out of range (years 1900-2199)"
 
 
@@ -405,52 +461,260 @@ def _nanoseconds(text: pd.Series) -> pd.DatetimeIndex:
     return pd.DatetimeIndex(ts).tz_convert(NY)
 
 
-def _parse_times(raw: pd.DataFrame, fmt: str, tz: str | None, path: str, time_fmt):
+#: Orders accepted by ``load_bars(date_format=...)`` / ``--date-format`` for numeric dates
+#: such as ``05/03/2024``: ``"dmy"`` (day/month/year) or ``"mdy"`` (month/day/year).
+DATE_FORMATS = ("dmy", "mdy")
+_DATE_WORDS = {"dmy": "dmy", "dayfirst": "dmy", "ddmmyyyy": "dmy", "ddmmyy": "dmy",
+               "mdy": "mdy", "monthfirst": "mdy", "mmddyyyy": "mdy", "mmddyy": "mdy"}  # fmt: skip
+_MONTHS = ("January", "February", "March", "April", "May", "June", "July", "August",
+           "September", "October", "November", "December")  # fmt: skip
+#: A numeric date with the day and month in either order: 05/03/2024, 14.03.24, 03-14-2024.
+_DM_DATE = r"^(\d{1,2})([/.\-])(\d{1,2})\2(\d{4}|\d{2})(?=$|[ T])"
+#: A year-first date with slashes or dots: 2024/03/05.
+_YMD_DATE = r"^(\d{4})([/.])(\d{1,2})\2(\d{1,2})(?=$|[ T])"
+#: An ISO timestamp as most files write it (nothing to rewrite).
+_ISO_SHAPE = (r"\d{4}-\d{2}-\d{2}(?:[ T]\d{2}:\d{2}(?::\d{2}(?:\.\d+)?)?)?"
+              r"(?:[+-]\d{2}:\d{2})?")  # fmt: skip
+#: A value that is only a time of day (no date), maybe with a zone.
+_TIME_ONLY = (r"(?i)\d{1,2}:\d{2}(?::\d{2}(?:\.\d*)?)?\s*(?:[ap]\.?m\.?)?\s*"
+              r"(?:[+-]\d{2}(?::?\d{2})?|Z|UTC|GMT)?")  # fmt: skip
+
+
+def _date_order(date_format: str | None) -> str | None:
+    """``"dmy"``, ``"mdy"`` or ``None`` from ``date_format`` (``"dmy"``, ``"dayfirst"``,
+    ``"%d/%m/%Y"``, ``"DD.MM.YYYY"``, ...)."""
+    if date_format is None:
+        return None
+    order = _DATE_WORDS.get(re.sub(r"[\s_\-/.%]", "", str(date_format).lower()))
+    if order is None:
+        raise DataFeedError(
+            f"unknown date order {str(date_format)!r} (--date-format / date_format=); use "
+            f"'dmy' (day/month/year, 14/03/2024) or 'mdy' (month/day/year, 03/14/2024)"
+        )
+    return order
+
+
+def _settle_order(parts: pd.DataFrame, hit: np.ndarray, column: str, path: str, lines) -> str:
+    """The order a column of numeric dates settles: a first number above 12 can only be a day,
+    a second above 12 only a day; both in one column, or neither (and some date that reads
+    two ways), is an error."""
+    a = pd.to_numeric(parts[0], errors="coerce").fillna(0).to_numpy()
+    b = pd.to_numeric(parts[2], errors="coerce").fillna(0).to_numpy()
+    valid = hit & (a >= 1) & (b >= 1)
+    day_first = valid & (a > 12) & (a <= 31) & (b <= 12)
+    month_first = valid & (b > 12) & (b <= 31) & (a <= 12)
+
+    def shown(i: int) -> str:
+        sep = parts.iat[i, 1]
+        return f"{parts.iat[i, 0]}{sep}{parts.iat[i, 2]}{sep}{parts.iat[i, 3]}"
+
+    if day_first.any() and month_first.any():
+        i, j = np.flatnonzero(day_first)[0], np.flatnonzero(month_first)[0]
+        raise DataFeedError(
+            f"{path}, line {lines[i]}: column '{column}' mixes date orders: {shown(i)!r} can "
+            f"only be day/month/year, {shown(j)!r} (line {lines[j]}) only month/day/year; "
+            f"write every date in one order, or {HINTS['date']} and {HINTS['lenient']} to "
+            f"drop the dates that do not fit"
+        )
+    if day_first.any():
+        return "dmy"
+    if month_first.any():
+        return "mdy"
+    ambiguous = valid & (a <= 12) & (b <= 12) & (a != b)
+    if ambiguous.any():
+        i = np.flatnonzero(ambiguous)[0]
+        x, y = int(a[i]), int(b[i])
+        raise DataFeedError(
+            f"{path}, line {lines[i]}: the dates of column '{column}' read two ways "
+            f"({shown(i)!r} is {x} {_MONTHS[y - 1]} day first, {_MONTHS[x - 1]} {y} month "
+            f"first) and no day above 12 settles it; {HINTS['date']}"
+        )
+    return "dmy"  # every date reads the same either way (05/05/2024)
+
+
+def _iso_dates(text: pd.Series, column: str, path: str, lines, order: str | None) -> pd.Series:
+    """Numeric dates rewritten as ISO ``YYYY-MM-DD`` (the rest of each value kept): day/month
+    dates in ``order`` or the order the column settles (:func:`_settle_order`), year-first
+    dates with slashes or dots. Two-digit years are 1969-2068, as in ``strptime``'s ``%y``."""
+    if not len(text):
+        return text
+    parts = text.str.extract(_DM_DATE)
+    hit = parts[0].notna().to_numpy()
+    if hit.any():
+        order = order or _settle_order(parts, hit, column, path, lines)
+
+        def iso(m: re.Match) -> str:
+            x, y, year = int(m.group(1)), int(m.group(3)), m.group(4)
+            day, month = (x, y) if order == "dmy" else (y, x)
+            if len(year) == 2:
+                year = ("19" if int(year) >= 69 else "20") + year
+            return f"{year}-{month:02d}-{day:02d}"
+
+        text = text.str.replace(_DM_DATE, iso, regex=True)
+    if text.str.match(_YMD_DATE).any():
+        text = text.str.replace(
+            _YMD_DATE, lambda m: f"{m.group(1)}-{int(m.group(3)):02d}-{int(m.group(4)):02d}",
+            regex=True,
+        )
+    return text
+
+
+#: Defaults of the two loose parses: a value whose result depends on them lacks a full date.
+_DEFAULT_A = _dt.datetime(2001, 1, 1)
+_DEFAULT_B = _dt.datetime(2002, 2, 2)
+
+
+def _parse_loose(values: pd.Series) -> tuple[list, np.ndarray, np.ndarray]:
+    """Timestamps of values that are not ISO, each parsed on its own (dateutil) so one column
+    can mix zones without an exception: the timestamps (``NaT`` where unparseable), which are
+    tz-aware, and which lack a full date (dateutil would fill it in with today's date)."""
+    out: dict[str, tuple] = {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # an unknown zone name is unparseable, not ignored
+        for value in pd.unique(values):
+            stamp, aware, no_date = pd.NaT, False, False
+            if value:
+                try:
+                    first = _dateutil.parse(value, default=_DEFAULT_A)
+                    second = _dateutil.parse(value, default=_DEFAULT_B)
+                except (ValueError, OverflowError, TypeError, Warning):
+                    first = second = None
+                if first is not None and first != second:
+                    no_date = True
+                elif first is not None and 1900 <= first.year < 2200:
+                    aware = first.tzinfo is not None
+                    try:
+                        stamp = pd.Timestamp(first)
+                        stamp = stamp.tz_convert("UTC") if aware else stamp
+                    except (ValueError, OverflowError):
+                        stamp, aware = pd.NaT, False
+            out[value] = (stamp, aware, no_date)
+    rows = [out[v] for v in values]
+    return ([r[0] for r in rows], np.array([r[1] for r in rows], dtype=bool),
+            np.array([r[2] for r in rows], dtype=bool))  # fmt: skip
+
+
+def _utc_index(stamps: list) -> pd.DatetimeIndex:
+    return pd.DatetimeIndex([None if s is pd.NaT else s for s in stamps],
+                            dtype="datetime64[ns, UTC]")
+
+
+def _to_utc(parse: pd.Series, has_offset: np.ndarray) -> pd.DatetimeIndex:
+    """UTC instants of the values that carry an offset (``NaT`` elsewhere); ISO values at
+    once, the others one by one."""
+    aware = parse.where(has_offset, "")
+    try:
+        ts = pd.DatetimeIndex(pd.to_datetime(aware, errors="coerce", utc=True, format="ISO8601"))
+    except (ValueError, OverflowError, TypeError):
+        ts = pd.DatetimeIndex([pd.NaT] * len(aware), dtype="datetime64[ns, UTC]")
+    miss = np.asarray(ts.isna()) & has_offset
+    if miss.any():
+        stamps, is_aware, _ = _parse_loose(aware[miss])
+        loose = _utc_index([s if a else pd.NaT for s, a in zip(stamps, is_aware)])
+        values = ts.to_numpy(copy=True)
+        values[miss] = loose.to_numpy()
+        ts = pd.DatetimeIndex(values).tz_localize("UTC") if ts.tz is None else pd.DatetimeIndex(
+            values, tz="UTC")
+    return ts
+
+
+def _naive_stamps(parse: pd.Series, rows: np.ndarray) -> np.ndarray:
+    """Which of ``rows`` hold a timestamp without an offset (rather than text that is no
+    timestamp at all)."""
+    out = np.zeros(len(parse), dtype=bool)
+    if rows.any():
+        stamps, aware, no_date = _parse_loose(parse[rows])
+        out[np.flatnonzero(rows)] = ~pd.isna(np.array(stamps, dtype=object)) & ~aware & ~no_date
+    return out
+
+
+def _parse_times(raw: pd.DataFrame, fmt: str, tz: str | None, path: str, time_fmt,
+                 lines=None, date_format: str | None = None):  # fmt: skip
     """Timestamps (tz-aware NY, NaT where unparseable), the raw text, the daily flag, the
-    :func:`localize_naive` codes and the zone naive times were read in."""
+    :func:`localize_naive` codes (and :data:`TS_NO_DATE`, :data:`TS_NAIVE_MIX`) and the zone
+    naive times were read in.
+
+    A column of times without dates is an error (it would load with today's date); so is a
+    column of numeric day/month dates whose order neither ``date_format`` nor the file settles
+    (:func:`_settle_order`). A column that mixes values with and without a UTC offset keeps
+    those with one; the others are marked :data:`TS_NAIVE_MIX`."""
     cols = set(raw.columns)
+    names = raw.attrs.get("names") or {}
+    lines = np.arange(2, 2 + len(raw)) if lines is None else np.asarray(lines)
 
     def col(name: str) -> pd.Series:
         return raw[name].fillna("").astype(str).str.strip()
 
     if "datetime" in cols:
-        text = col("datetime")
+        text, column = col("datetime"), "datetime"
     elif "date" in cols and "time" in cols:
-        text = col("date") + " " + col("time")
+        text, column = (col("date") + " " + col("time")).str.strip(), "date"
     elif "date" in cols:
-        text = col("date")
+        text, column = col("date"), "date"
     elif "time" in cols:
-        text = col("time")
+        text, column = col("time"), "time"
     else:
         raise DataFeedError(
             f"{path}, line 1: no timestamp column; expected 'datetime' (or 'timestamp', "
             f"'ts_event') or 'date' with optional 'time'; found columns: "
-            f"{', '.join(map(str, raw.columns))}"
+            f"{_one_line(', '.join(map(str, raw.columns)))}"
         )
+    column = _one_line(names.get(column, column))
     default_tz = tz or ("UTC" if fmt == "databento" else NY)
-    none = np.zeros(len(text), dtype="int8")
+    codes = np.zeros(len(text), dtype="int8")
     if fmt == "databento" and len(text) and text.str.fullmatch(r"\d{15,}").all():
-        return _nanoseconds(text), text, False, none, default_tz
-    daily = bool(len(text)) and bool(text.str.fullmatch(r"\d{4}-?\d{2}-?\d{2}").all())
-    has_offset = text.str.contains(r"(?:[+-]\d{2}:?\d{2}|Z)$", regex=True)
-    if has_offset.any():
-        ts = pd.to_datetime(text, errors="coerce", utc=True, format="ISO8601")
-        if not has_offset.all():
-            ts = ts.where(has_offset)  # mixing naive and offset stamps: flag the naive ones
-        return pd.DatetimeIndex(ts).tz_convert(NY), text, False, none, default_tz
-    if time_fmt is not None:
+        return _nanoseconds(text), text, False, codes, default_tz
+    if time_fmt is not None:  # a fixed format (NinjaTrader)
         ts = pd.to_datetime(text, errors="coerce", format=time_fmt)
-    else:
-        try:
-            ts = pd.to_datetime(text, errors="coerce", format="ISO8601")
-        except ValueError:
-            ts = pd.to_datetime(text, errors="coerce", format="mixed")
-        if ts.isna().all() and len(ts):
-            ts = pd.to_datetime(text, errors="coerce", format="mixed")
-    idx = pd.DatetimeIndex(ts)
-    if idx.tz is not None:
-        return idx.tz_convert(NY), text, daily, none, default_tz
-    local, codes = localize_naive(idx, default_tz)
+        local, codes = localize_naive(pd.DatetimeIndex(ts), default_tz)
+        return local, text, False, codes, default_tz
+
+    filled = np.asarray(text != "")
+    # values already ISO (most files) skip the rewriting below
+    odd = ~np.asarray(text.str.fullmatch(_ISO_SHAPE))
+    time_only = np.zeros(len(text), dtype=bool)
+    parse = text
+    if odd.any():
+        some = text[odd]
+        time_only[odd] = np.asarray(some.str.fullmatch(_TIME_ONLY))
+        if filled.any() and time_only[filled].all():
+            i = np.flatnonzero(filled)[0]
+            raise DataFeedError(
+                f"{path}, line {lines[i]}: column '{column}' holds times without dates "
+                f"({_one_line(text.iloc[i])!r}), which would load with today's date; give the "
+                f"file a date: a 'date' column beside '{column}', or one 'datetime' column of "
+                f"'YYYY-MM-DD HH:MM:SS'"
+            )
+        codes[time_only] = TS_NO_DATE
+        some = some.where(~time_only[odd], "")
+        some = _iso_dates(some, column, path, lines[odd], _date_order(date_format))
+        # zones written as a word (UTC, GMT, Z) or as hours only (+05): ISO offsets
+        some = some.str.replace(r"(?i)(?<=\d)\s*(?:Z|UTC|GMT)$", "+00:00", regex=True)
+        some = some.str.replace(r"(:\d\d(?:\.\d+)?)\s*([+-]\d{2})$", r"\1\2:00", regex=True)
+        parse = text.copy()
+        parse[odd] = some
+    daily = bool(len(parse)) and bool(parse.str.fullmatch(r"\d{4}-?\d{2}-?\d{2}").all())
+    has_offset = np.asarray(parse.str.contains(r"(?:[+-]\d{2}:?\d{2}|Z)$", regex=True))
+    if has_offset.any():
+        ts = _to_utc(parse, has_offset)
+        codes[_naive_stamps(parse, filled & ~has_offset & (codes == TS_OK))] = TS_NAIVE_MIX
+        return ts.tz_convert(NY), text, False, codes, default_tz
+    try:
+        ts = pd.DatetimeIndex(pd.to_datetime(parse, errors="coerce", format="ISO8601"))
+    except (ValueError, OverflowError, TypeError):  # e.g. zones the offset test did not see
+        ts = None
+    if ts is None or (len(ts) and ts.isna().all()):
+        stamps, aware, no_date = _parse_loose(parse)
+        codes[no_date] = TS_NO_DATE
+        if aware.any():
+            codes[~aware & (codes == TS_OK) & filled] = TS_NAIVE_MIX
+            idx = _utc_index([s if a else pd.NaT for s, a in zip(stamps, aware)])
+            return idx.tz_convert(NY), text, False, codes, default_tz
+        ts = pd.DatetimeIndex(stamps, dtype="datetime64[ns]")
+    if ts.tz is not None:
+        return ts.tz_convert(NY), text, daily, codes, default_tz
+    local, dst = localize_naive(ts, default_tz)
+    codes = np.where(dst != TS_OK, dst, codes).astype("int8")
     return local, text, daily, codes, default_tz
 
 
@@ -481,13 +745,13 @@ class _Checker:
             line = lines[i]
             more = f" ({len(where) - 1} more rows like it)" if len(where) > 1 else ""
             does = lenient_does or f"{action} such rows"
-            raise DataFeedError(
+            raise DataFeedError(_one_line(
                 f"{self.source}, line {line}: {problem}: {show(i)}{more}; {fix}, "
                 f"or {HINTS['lenient']} to {does}"
-            )
+            ))
         stamp_list = list(pd.DatetimeIndex(np.asarray(stamps)[where]) if len(stamps) else [])
         for i, ts in zip(where, stamp_list):
-            self.record(lines[i], ts, f"{problem}: {show(i)}", action)
+            self.record(lines[i], ts, _one_line(f"{problem}: {show(i)}"), action)
 
     def record(self, line, ts, problem: str, action: str) -> None:
         self.report.append(
@@ -530,7 +794,8 @@ def _validate(
     if missing:
         raise DataFeedError(
             f"{source}, line 1: missing column(s) {', '.join(missing)}; found columns: "
-            f"{', '.join(map(str, df.columns))}; a bar file needs open, high, low, close, volume"
+            f"{_one_line(', '.join(map(str, df.columns)))}; a bar file needs open, high, low, "
+            f"close, volume"
         )
     df = df.copy()
     df.attrs = {}
@@ -560,6 +825,10 @@ def _validate(
             (DST_REPEAT, f"this time is ambiguous in {tz_name} (the repeated autumn hour)",
              HINTS["tz"]),
             (TS_FAR, _FAR_PROBLEM, "check the timestamp column and its format"),
+            (TS_NO_DATE, "timestamp without a full date (a time of day only)",
+             "give every row its date, e.g. 'YYYY-MM-DD HH:MM:SS'"),
+            (TS_NAIVE_MIX, "timestamp without a UTC offset, while others in its column have one",
+             "give every timestamp its offset, or none (then --tz / tz= names the zone)"),
             (TS_OK, "unparseable timestamp",
              "write timestamps as ISO 'YYYY-MM-DD HH:MM:SS[+HH:MM]'"),
         )  # fmt: skip
@@ -585,11 +854,15 @@ def _validate(
             df[col] = np.where(bad, 0.0, num)
 
     # 3. sorting (before duplicates, so they sit side by side)
-    order = np.argsort(df.index.asi8, kind="stable")
-    if (np.diff(df.index.asi8) < 0).any():
-        msg = f"{source}: timestamps were not in ascending order; sorted them"
-        warnings.warn(msg, stacklevel=3)
-        chk.record(None, None, "unsorted timestamps", "sorted")
+    # (reported, as every repair is, in the report: not a Python warning)
+    stamps = df.index.asi8
+    back = np.flatnonzero(np.diff(stamps) < 0) + 1  # rows earlier than the row before them
+    if len(back):
+        order = np.argsort(stamps, kind="stable")
+        chk.record(lines[back[0]], df.index[back[0]],
+                   f"timestamps not in ascending order ({len(back)} "
+                   f"{'bar' if len(back) == 1 else 'bars'} earlier than the bar above, the "
+                   f"first here)", "sorted")  # fmt: skip
         df = df.iloc[order]
         lines = lines[order]
 
@@ -771,6 +1044,7 @@ def load_bars(
     spec: ContractSpec | None = M2K,
     lenient: bool = False,
     snap_to_tick: bool = False,
+    date_format: str | None = None,
 ) -> pd.DataFrame:
     """Read and validate a bar file; see the module docstring for formats and checks.
 
@@ -785,17 +1059,39 @@ def load_bars(
     - ``snap_to_tick`` (def: ``False``): round prices that are off ``spec``'s tick grid to the
       nearest tick, one report line per repaired price (``lenient`` does this too); every other
       check stays as strict as ``lenient`` says.
+    - ``date_format`` (def: ``None``): the order of numeric dates such as ``05/03/2024``:
+      ``"dmy"`` (day/month/year; also ``"%d/%m/%Y"``, ``"dayfirst"``) or ``"mdy"``
+      (month/day/year). ``None`` lets the file settle it: a first number above 12 (``14/03``)
+      makes the whole column day-first, a second above 12 (``03/14``) month-first; a column
+      with neither, where some date reads two ways, raises :class:`DataFeedError` (so does a
+      column with both). ISO dates (``2024-03-05``) need nothing.
+
+    Every :class:`DataFeedError` message is one line. A column of times without dates is
+    refused (it would take today's date); offsets (``+05``, ``-04:00``, ``Z``, `` UTC``) are
+    honoured row by row, and rows without one in a column of rows with one are errors (or
+    dropped and listed when ``lenient``).
 
     The frame also carries ``attrs["format"]``, ``attrs["source"]`` and ``attrs["lines"]``
     (a :class:`LineNumbers`: the file line of each row kept, for the frame as returned; a slice
     of the frame keeps the whole list).
     """
     path = os.fspath(path)
+    try:
+        return _load_bars(path, fmt, tz, spec, lenient, snap_to_tick, date_format)
+    except DataFeedError as exc:
+        message = str(exc)
+        if message == _one_line(message):
+            raise
+        raise type(exc)(_one_line(message)) from exc.__cause__
+
+
+def _load_bars(path: str, fmt, tz, spec, lenient, snap_to_tick, date_format) -> pd.DataFrame:
     if fmt is not None and fmt not in FORMATS:
         raise DataFeedError(
             f"unknown fmt '{fmt}'{did_you_mean(str(fmt), FORMATS)}; known: {', '.join(FORMATS)}"
         )
     _check_tz(tz)
+    _date_order(date_format)
     text = _open_text(path)
     if not text.strip():
         raise DataFeedError(f"{path}: the file is empty; expected a header and bars")
@@ -823,7 +1119,8 @@ def load_bars(
             report = chk.report
             raw = raw[~bad]
             raw_lines = raw_lines[~bad]
-    index, raw_text, daily, codes, tz_name = _parse_times(raw, fmt, tz, path, time_fmt)
+    index, raw_text, daily, codes, tz_name = _parse_times(raw, fmt, tz, path, time_fmt,
+                                                          raw_lines, date_format)
     frame = raw.drop(
         columns=[c for c in ("datetime", "date", "time", "schema", "rtype") if c in raw.columns]
     )
@@ -835,7 +1132,8 @@ def load_bars(
         close = pd.to_numeric(frame["close"], errors="coerce")
         if len(close) and close.median() > 1e7:  # fixed-point prices, 1e-9 units
             for col in PRICE_COLUMNS:
-                frame[col] = pd.to_numeric(frame[col], errors="coerce") / 1e9
+                if col in frame.columns:  # a missing one is reported by _validate
+                    frame[col] = pd.to_numeric(frame[col], errors="coerce") / 1e9
     frame.attrs = {}
     df, checks, kept = _validate(frame, raw_lines, spec, lenient, path, daily,
                                  np.asarray(raw_text), codes, tz_name, snap_to_tick)  # fmt: skip
