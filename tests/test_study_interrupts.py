@@ -1,0 +1,157 @@
+"""Issue 24 (Hardening II), studies: an interrupted study keeps every finished point once, and
+the resumed study runs exactly the points still missing.
+
+Interrupts are sent at every point a user's Ctrl-C (or kill -9) could land: before and after
+each write of the write-behind to ``study.db`` and each trial, in turn."""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import sys
+
+import optuna
+import pytest
+from test_optimize import FakeConfig, fake_run, hourly_bars
+
+import m2k_bt.optimize.results as results
+import m2k_bt.optimize.writebehind as behind
+from m2k_bt.optimize import optimize, study_storage_url
+from m2k_bt.optimize.storage import storage_for
+
+SPACE = ["fast=10:30:10", "slow=100:150:50"]  # 3 x 2 = 6 grid points
+GRID = sorted((f, s) for f in (10, 20, 30) for s in (100, 150))
+#: What the write-behind writes to study.db (each one SQLite transaction).
+WRITES = ("create_new_study", "set_study_user_attr", "create_new_trial")
+
+
+@pytest.fixture(autouse=True)
+def _no_study_html(monkeypatch):
+    """study.html (a quarter of a second of bokeh) is not what these tests are about."""
+    monkeypatch.setattr(results, "write_study_html", lambda result, path: path)
+
+
+def _study(out, run=fake_run, name="m2k-fake"):
+    return optimize(hourly_bars(5), FakeConfig(), SPACE, sampler="grid", workers=1, out=out,
+                    run_backtest=run, quiet=True, overfitting=False, study_name=name)
+
+
+def _complete_points(out, name="m2k-fake") -> list[tuple]:
+    """The parameter sets of the COMPLETE trials of study ``name`` in ``out``'s study.db."""
+    if not (out / "study.db").exists():
+        return []
+    storage = storage_for(study_storage_url(out))
+    if name not in optuna.get_all_study_names(storage):
+        return []
+    study = optuna.load_study(study_name=name, storage=storage)
+    return [(t.params["fast"], t.params["slow"]) for t in study.get_trials(deepcopy=False)
+            if t.state.name == "COMPLETE"]
+
+
+class _Events:
+    """Counts the study's events (each write to study.db, each trial) and runs ``action``
+    before or after event number ``at``."""
+
+    def __init__(self, monkeypatch, at: int | None, when: str = "before", action=None):
+        self.n, self.at, self.when, self.action = 0, at, when, action
+        rdb = optuna.storages.RDBStorage
+        for name in WRITES:
+            monkeypatch.setattr(rdb, name, self.wrap(getattr(rdb, name)))
+
+    def wrap(self, fn):
+        def inner(*args, **kwargs):
+            self.n += 1
+            hit = self.n == self.at
+            if hit and self.when == "before":
+                self.action()
+            out = fn(*args, **kwargs)
+            if hit and self.when == "after":
+                self.action()
+            return out
+        return inner
+
+    def run(self, bars, config):
+        return self.wrap(fake_run)(bars, config)
+
+
+def _interrupt():
+    raise KeyboardInterrupt
+
+
+def _events_of_a_whole_run(tmp_path, monkeypatch) -> int:
+    with monkeypatch.context() as m:
+        events = _Events(m, None)
+        _study(tmp_path / "whole", events.run)
+    return events.n
+
+
+def _flush_every(monkeypatch, batches: int) -> None:
+    """The write-behind writes after every ``batches`` trials (not by the clock)."""
+    calls = [0]
+
+    def maybe(self):
+        calls[0] += 1
+        if calls[0] % batches == 0:
+            self.flush()
+
+    monkeypatch.setattr(behind.WriteBehind, "maybe", maybe)
+
+
+@pytest.mark.parametrize("every", [1, 3])
+@pytest.mark.parametrize("when", ["before", "after"])
+def test_ctrl_c_at_every_write_and_trial_keeps_each_point_once(tmp_path, monkeypatch, when,
+                                                              every):
+    """Item 1: Ctrl-C before or after each write of the write-behind (writing 1 or 3 trials at
+    a time) and each trial: no parameter set is COMPLETE twice in study.db, and the resumed
+    study completes exactly the grid."""
+    _flush_every(monkeypatch, every)
+    n = _events_of_a_whole_run(tmp_path, monkeypatch)
+    assert n > 2 * len(GRID)
+    out = tmp_path / "o"
+    for at in range(1, n + 1):
+        name = f"s{at}"  # a study of its own in one study.db: one schema check, not n
+        with monkeypatch.context() as m:
+            events = _Events(m, at, when, _interrupt)
+            with pytest.raises(KeyboardInterrupt):
+                _study(out, events.run, name)
+        kept = _complete_points(out, name)
+        assert len(kept) == len(set(kept)), (at, kept)
+        res = _study(out, name=name)
+        done = _complete_points(out, name)
+        assert sorted(done) == GRID, (at, done)
+        assert res.n_complete == len(GRID)
+
+
+def _killed_in_the_first_write(out, at: int) -> None:
+    """In a forked child: run the study, whose only write-behind flush is the last one, and
+    die as by kill -9 just before its write number ``at``."""
+    mpatch = pytest.MonkeyPatch()
+    mpatch.setattr(behind, "FLUSH_SECONDS", 3600.0)
+    _Events(mpatch, at, "before", lambda: os._exit(9))
+    _study(out)
+    os._exit(0)
+
+
+def test_kill_9_in_the_first_write_behind_flush_resumes_without_waiting(tmp_path, monkeypatch):
+    """Item 2: a study killed at any write of its first flush (created, settings, trials, the
+    ready mark) resumes at once, not after a silent minute in set-up, and completes the grid."""
+    real_sleep = __import__("time").sleep
+
+    def no_wait_in_setup(seconds):
+        if sys._getframe(1).f_code.co_name == "set_up_study":
+            raise AssertionError("set-up waited for the ready mark of a dead process")
+        real_sleep(seconds)
+
+    ctx = mp.get_context("fork")
+    for at in range(1, len(GRID) + 6):
+        out = tmp_path / f"k{at}"
+        child = ctx.Process(target=_killed_in_the_first_write, args=(out, at))
+        child.start()
+        child.join(60)
+        assert child.exitcode in (0, 9), child.exitcode
+        with monkeypatch.context() as m:
+            m.setattr("time.sleep", no_wait_in_setup)
+            res = _study(out)
+        done = _complete_points(out)
+        assert sorted(done) == GRID, (at, done)
+        assert res.n_complete == len(GRID)
