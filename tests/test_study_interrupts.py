@@ -97,14 +97,12 @@ def _flush_every(monkeypatch, batches: int) -> None:
     monkeypatch.setattr(behind.WriteBehind, "maybe", maybe)
 
 
-@pytest.mark.parametrize("every", [1, 3])
 @pytest.mark.parametrize("when", ["before", "after"])
-def test_ctrl_c_at_every_write_and_trial_keeps_each_point_once(tmp_path, monkeypatch, when,
-                                                              every):
-    """Item 1: Ctrl-C before or after each write of the write-behind (writing 1 or 3 trials at
-    a time) and each trial: no parameter set is COMPLETE twice in study.db, and the resumed
-    study completes exactly the grid."""
-    _flush_every(monkeypatch, every)
+def test_ctrl_c_at_every_write_and_trial_keeps_each_point_once(tmp_path, monkeypatch, when):
+    """Item 1: Ctrl-C before or after each write of the write-behind (two trials a write)
+    and each trial: no parameter set is COMPLETE twice in study.db, and the resumed study
+    completes exactly the grid."""
+    _flush_every(monkeypatch, 2)
     n = _events_of_a_whole_run(tmp_path, monkeypatch)
     assert n > 2 * len(GRID)
     out = tmp_path / "o"
@@ -138,7 +136,7 @@ def test_kill_9_in_the_first_write_behind_flush_resumes_without_waiting(tmp_path
     real_sleep = __import__("time").sleep
 
     def no_wait_in_setup(seconds):
-        if sys._getframe(1).f_code.co_name == "set_up_study":
+        if sys._getframe(1).f_code.co_name in ("set_up_study", "_wait_for_setup"):
             raise AssertionError("set-up waited for the ready mark of a dead process")
         real_sleep(seconds)
 
@@ -155,3 +153,46 @@ def test_kill_9_in_the_first_write_behind_flush_resumes_without_waiting(tmp_path
         done = _complete_points(out)
         assert sorted(done) == GRID, (at, done)
         assert res.n_complete == len(GRID)
+
+
+def _killed_in_set_up(url, at: int) -> None:
+    """In a forked child: set up a study on a shared storage and die as by kill -9 just
+    before its write number ``at`` (the study created, settings and grid half recorded)."""
+    mpatch = pytest.MonkeyPatch()
+    _Events(mpatch, at, "before", lambda: os._exit(9))
+    optimize(hourly_bars(5), FakeConfig(), SPACE, sampler="grid", workers=1, storage=url,
+             run_backtest=fake_run, quiet=True, overfitting=False)
+    os._exit(0)
+
+
+def test_a_joiner_does_not_wait_for_a_creator_of_this_host_that_is_gone(tmp_path, monkeypatch):
+    """Item 2 on a shared storage: the process that created the study was killed before it
+    marked the study ready; the next one sees its creator is gone and sets it up at once."""
+    real_sleep = __import__("time").sleep
+
+    def no_wait_in_setup(seconds):
+        if sys._getframe(1).f_code.co_name in ("set_up_study", "_wait_for_setup"):
+            raise AssertionError("set-up waited for the ready mark of a dead process")
+        real_sleep(seconds)
+
+    ctx = mp.get_context("fork")
+    # write 1 creates the study, write 2 marks who sets it up (killed between the two, a
+    # joiner waits SETUP_START_WAIT for the mark: the creator may be alive and about to)
+    for at in range(3, 40):
+        url = f"sqlite:///{tmp_path / f'k{at}.db'}"
+        child = ctx.Process(target=_killed_in_set_up, args=(url, at))
+        child.start()
+        child.join(60)
+        if child.exitcode == 0:  # past the last write: every point was tried
+            assert at > 5
+            break
+        assert child.exitcode == 9
+        with monkeypatch.context() as m:
+            m.setattr("time.sleep", no_wait_in_setup)
+            res = optimize(hourly_bars(5), FakeConfig(), SPACE, sampler="grid", workers=1,
+                           storage=url, run_backtest=fake_run, quiet=True, overfitting=False)
+        assert res.n_complete == len(GRID)
+        study = optuna.load_study(study_name="m2k-fake", storage=storage_for(url))
+        done = [(t.params["fast"], t.params["slow"]) for t in study.trials
+                if t.state.name == "COMPLETE"]
+        assert sorted(done) == GRID

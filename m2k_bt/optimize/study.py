@@ -378,8 +378,10 @@ def _run_study(s: StudySettings) -> OptimizeResult:
         created, behind = True, WriteBehind(plan, study)
     else:
         study, created = open_study(plan, direction, None)
+    # on a private storage nobody else can be setting the study up: a ready mark missing
+    # (its creator killed in its first write) is not waited for
     notes = retrying(plan, set_up_study, study, created, plan, direction, s.objective,
-                     strategy_name)
+                     strategy_name, not private)
     n_done = sum(1 for t in study.get_trials(deepcopy=False) if t.state.is_finished())
     study.sampler = make_sampler(
         s.sampler, derive_seed(s.seed, plan.identity, n_done or ""), plan.parallel
