@@ -6,16 +6,21 @@ each write of the write-behind to ``study.db`` and each trial, in turn."""
 
 from __future__ import annotations
 
+import json
 import multiprocessing as mp
 import os
 import sys
 
 import optuna
 import pytest
+from conftest import rth_bars, write_bars_csv
 from test_optimize import FakeConfig, fake_run, hourly_bars
 
 import m2k_bt.optimize.results as results
+import m2k_bt.optimize.study as study_module
 import m2k_bt.optimize.writebehind as behind
+import m2k_bt.outputs as outputs
+from m2k_bt.cli.backtest import main
 from m2k_bt.optimize import optimize, study_storage_url
 from m2k_bt.optimize.storage import storage_for
 
@@ -25,8 +30,8 @@ GRID = sorted((f, s) for f in (10, 20, 30) for s in (100, 150))
 WRITES = ("create_new_study", "set_study_user_attr", "create_new_trial")
 
 
-@pytest.fixture(autouse=True)
-def _no_study_html(monkeypatch):
+@pytest.fixture
+def quick_html(monkeypatch):
     """study.html (a quarter of a second of bokeh) is not what these tests are about."""
     monkeypatch.setattr(results, "write_study_html", lambda result, path: path)
 
@@ -97,6 +102,7 @@ def _flush_every(monkeypatch, batches: int) -> None:
     monkeypatch.setattr(behind.WriteBehind, "maybe", maybe)
 
 
+@pytest.mark.usefixtures("quick_html")
 @pytest.mark.parametrize("when", ["before", "after"])
 def test_ctrl_c_at_every_write_and_trial_keeps_each_point_once(tmp_path, monkeypatch, when):
     """Item 1: Ctrl-C before or after each write of the write-behind (two trials a write)
@@ -130,6 +136,7 @@ def _killed_in_the_first_write(out, at: int) -> None:
     os._exit(0)
 
 
+@pytest.mark.usefixtures("quick_html")
 def test_kill_9_in_the_first_write_behind_flush_resumes_without_waiting(tmp_path, monkeypatch):
     """Item 2: a study killed at any write of its first flush (created, settings, trials, the
     ready mark) resumes at once, not after a silent minute in set-up, and completes the grid."""
@@ -165,6 +172,7 @@ def _killed_in_set_up(url, at: int) -> None:
     os._exit(0)
 
 
+@pytest.mark.usefixtures("quick_html")
 def test_a_joiner_does_not_wait_for_a_creator_of_this_host_that_is_gone(tmp_path, monkeypatch):
     """Item 2 on a shared storage: the process that created the study was killed before it
     marked the study ready; the next one sees its creator is gone and sets it up at once."""
@@ -196,3 +204,101 @@ def test_a_joiner_does_not_wait_for_a_creator_of_this_host_that_is_gone(tmp_path
         done = [(t.params["fast"], t.params["slow"]) for t in study.trials
                 if t.state.name == "COMPLETE"]
         assert sorted(done) == GRID
+
+
+# ---------------------------------------------------------------- Ctrl-C in a compiled trial
+
+
+def _interrupted_in_compiled_code(run, at: int):
+    """``run``, whose call number ``at`` ends as a signal caught by numba's dispatcher does:
+    ``SystemError: CPUDispatcher(...) returned a result with an exception set``, the
+    handler's KeyboardInterrupt as its cause (CPython's ``_Py_CheckFunctionResult``)."""
+    calls = [0]
+
+    def inner(bars, config):
+        calls[0] += 1
+        if calls[0] == at:
+            try:
+                raise KeyboardInterrupt
+            except KeyboardInterrupt as exc:
+                raise SystemError("CPUDispatcher(<function run_loop at 0x7f>) returned a "
+                                  "result with an exception set") from exc
+        return run(bars, config)
+    return inner
+
+
+@pytest.mark.usefixtures("quick_html")
+def test_ctrl_c_inside_a_compiled_trial_is_an_interrupt_at_every_trial(tmp_path):
+    """Item 3: at each trial in turn, the study stops as interrupted (KeyboardInterrupt, not
+    SystemError), keeps the trials before it, and the resume completes the grid."""
+    out = tmp_path / "o"
+    for at in range(1, len(GRID) + 1):
+        name = f"s{at}"
+        with pytest.raises(KeyboardInterrupt):
+            _study(out, _interrupted_in_compiled_code(fake_run, at), name)
+        assert len(_complete_points(out, name)) == at - 1
+        assert _study(out, name=name).n_complete == len(GRID)
+        assert sorted(_complete_points(out, name)) == GRID
+
+
+@pytest.fixture(scope="module")
+def data_csv(tmp_path_factory):
+    path = tmp_path_factory.mktemp("data") / "m2k_test_5min.csv"
+    return write_bars_csv(rth_bars(), path)
+
+
+def test_cli_ctrl_c_inside_the_kernel_exits_130_with_one_line(data_csv, tmp_path, monkeypatch,
+                                                              capsys):
+    """Item 3 on the command line, with the real kernel: exit 130, ``error: interrupted``,
+    the study kept and resumable."""
+    real = study_module.choose_engine
+    for at in (1, 3):
+        def choose(config, engine, run=None, at=at):
+            fn, info = real(config, engine, run)
+            return _interrupted_in_compiled_code(fn, at), info
+
+        out = tmp_path / f"o{at}"
+        argv = ["optimize", "--data", data_csv, "--space", "fast=10:30:10", "slow=100:150:50",
+                "--sampler", "grid", "--out", str(out), "--quiet"]
+        with monkeypatch.context() as m:
+            m.setattr(study_module, "choose_engine", choose)
+            assert main(argv) == 130
+        assert capsys.readouterr().err == "error: interrupted\n"
+        assert (out / "study.db").exists() and not (out / "optimize.json").exists()
+        assert main(argv) == 0
+        report = json.loads((out / "optimize.json").read_text())
+        assert report["trials_complete"] + report["trials_infeasible"] == len(GRID)
+
+
+# ---------------------------------------------------------------- Ctrl-C while writing outputs
+
+
+@pytest.mark.parametrize("when", ["before", "after"])
+def test_ctrl_c_while_writing_outputs_leaves_all_of_them_or_none(tmp_path, monkeypatch, when):
+    """Item 6: Ctrl-C before or after each file of optimize's outputs is moved into place:
+    the folder holds trials.csv, study.html and optimize.json together or none of them, and
+    always study.db."""
+    names = ("trials.csv", "study.html", "optimize.json")
+    real = outputs._replace
+    out = tmp_path / "o"
+    for at in range(1, len(names) + 1):
+        calls = [0]
+
+        def replace(tmp, path, at=at, calls=calls):
+            calls[0] += 1
+            if calls[0] == at and when == "before":
+                raise KeyboardInterrupt
+            real(tmp, path)
+            if calls[0] == at and when == "after":
+                raise KeyboardInterrupt
+
+        with monkeypatch.context() as m:
+            m.setattr(outputs, "_replace", replace)
+            with pytest.raises(KeyboardInterrupt):
+                _study(out, name=f"s{at}")
+        assert calls[0] == at
+        assert [n for n in names if (out / n).exists()] == [], at
+        assert (out / "study.db").exists()
+        assert not list(out.glob("*.m2k-tmp")) and not list(out.glob(".*.m2k-tmp"))
+    _study(out)
+    assert all((out / n).exists() for n in names)
