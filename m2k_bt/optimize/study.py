@@ -78,7 +78,9 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import math
 import os
+import re
 import tempfile
 import time
 from collections.abc import Callable, Sequence
@@ -121,7 +123,44 @@ from .storage import (
 from .trial import OBJECTIVES, evaluate_params
 from .writebehind import WriteBehind, is_fresh
 
-__all__ = ["StudySettings", "optimize", "preselect"]
+__all__ = ["MAX_SEED", "StudySettings", "check_study_settings", "optimize", "preselect"]
+
+#: The largest sampler seed (numpy's legacy seeding takes 32 bits).
+MAX_SEED = 2**32 - 1
+_DASK_ADDRESS = re.compile(r"^([a-z][a-z0-9+]*://\S+|[\w.\[\]:-]+:\d+)$", re.I)
+
+
+def check_study_settings(
+    seed: int | None = None,
+    reconnect: float = DEFAULT_RECONNECT,
+    heartbeat: int = DEFAULT_HEARTBEAT,
+    study_name: str | None = None,
+    dask: str | None = None,
+) -> None:
+    """Raise :class:`ConfigError` naming the flag for a value a study cannot use (checked by
+    :func:`optimize` and, before any data is loaded, by the command line).
+
+    >>> check_study_settings(seed=-1)
+    Traceback (most recent call last):
+    ...
+    m2k_bt.errors.ConfigError: --seed must be a whole number from 0 to 4294967295, got -1
+    """
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)
+                             or not 0 <= seed <= MAX_SEED):
+        raise ConfigError(f"--seed must be a whole number from 0 to {MAX_SEED}, got {seed!r}")
+    if (isinstance(reconnect, bool) or not isinstance(reconnect, (int, float))
+            or not math.isfinite(reconnect) or reconnect < 0):
+        raise ConfigError(f"--reconnect must be a number of seconds >= 0, got {reconnect!r}")
+    if isinstance(heartbeat, bool) or not isinstance(heartbeat, int) or heartbeat < 1:
+        raise ConfigError(f"--heartbeat must be a whole number of seconds >= 1, "
+                          f"got {heartbeat!r}")
+    if study_name is not None and (not isinstance(study_name, str) or not study_name.strip()):
+        raise ConfigError(f"--study-name must be a non-empty name, got {study_name!r}; "
+                          f"leave it out for m2k-<strategy>")
+    if dask is not None and (not isinstance(dask, str) or (
+            dask != "local" and not _DASK_ADDRESS.match(dask))):
+        raise ConfigError(f"--dask must be 'local' or a scheduler address such as "
+                          f"tcp://host:8786, got {dask!r}")
 
 
 @dataclass(frozen=True)
@@ -261,6 +300,7 @@ def optimize(
     """
 
     t0 = time.perf_counter()
+    check_study_settings(seed, reconnect, heartbeat, study_name, dask)
     if objective not in OBJECTIVES:
         raise ConfigError(
             f"unknown objective '{objective}'{did_you_mean(objective, OBJECTIVES)}; "
