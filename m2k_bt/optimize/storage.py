@@ -15,6 +15,7 @@ import re
 import time
 import warnings
 from pathlib import Path
+from urllib.parse import unquote_plus
 
 import optuna
 import sqlalchemy.exc as sa
@@ -56,17 +57,60 @@ def is_remote(url: str | None) -> bool:
     return url is not None and not url.startswith("sqlite:")
 
 
+#: Query parameters of a storage URL whose values are secrets (libpq's ``password``,
+#: ``sslpassword``; any ``...key``, ``...token``, ``...secret``).
+_SECRET_KEY = re.compile(r"pass|pwd|secret|token|key", re.I)
+_SCHEME = re.compile(r"^([a-z][a-z0-9+._-]*://)(.*)$", re.I | re.S)
+
+
+def _split_secrets(url: str) -> tuple[str, list[tuple[str, str]]]:
+    """``url`` masked, and the secrets it holds as ``(text, replacement)`` pairs."""
+    m = _SCHEME.match(url)
+    if not m:
+        return url, []
+    scheme, rest = m.groups()
+    secrets: list[tuple[str, str]] = []
+    at = rest.rfind("@")  # an unencoded "@" in a password: the last one ends it
+    if at >= 0:
+        user, colon, password = rest[:at].partition(":")
+        if colon and password:
+            secrets.append((password, "***"))
+            # a driver that splits at the first "@" takes the rest as the host: "ss@db"
+            secrets += [(password[i + 1:] + "@", "***@")
+                        for i, ch in enumerate(password) if ch == "@" and password[i + 1:]]
+            rest = f"{user}:***{rest[at:]}"
+
+    def query_secret(q: re.Match) -> str:
+        if q.group(3):
+            secrets.append((q.group(3), "***"))
+        return f"{q.group(1)}{q.group(2)}=***"
+
+    rest = re.sub(r"([?&;])([^=&;?]+)=([^&;]*)",
+                  lambda q: query_secret(q) if _SECRET_KEY.search(q.group(2)) else q.group(0),
+                  rest)
+    for text, mask in list(secrets):
+        plain = unquote_plus(text)
+        if plain != text:
+            secrets.append((plain, mask))
+    return scheme + rest, secrets
+
+
 def mask_url(url: str | None) -> str | None:
-    """``url`` with its password replaced by ``***``.
+    """``url`` with every secret replaced by ``***``: the password (also one holding an
+    unencoded ``@``) and query parameters such as ``?password=``.
 
     >>> mask_url("postgresql://ann:s3cret@db:5432/optuna")
     'postgresql://ann:***@db:5432/optuna'
+    >>> mask_url("postgresql://ann@db/optuna?password=s3cret&sslmode=require")
+    'postgresql://ann@db/optuna?password=***&sslmode=require'
+    >>> mask_url("postgresql://ann:p@ss@db/optuna")
+    'postgresql://ann:***@db/optuna'
     >>> mask_url("sqlite:///tmp/study.db")
     'sqlite:///tmp/study.db'
     """
     if url is None:
         return None
-    return re.sub(r"^([a-z0-9+._-]+://[^:/@]*:)[^@]*@", r"\1***@", url, flags=re.I)
+    return _split_secrets(url)[0]
 
 
 def _driver_url(url: str) -> str:
@@ -95,9 +139,10 @@ def one_line(exc: BaseException, url: str | None) -> str:
     line = next((ln for ln in lines if not ln.startswith("(Background")), "") or type(exc).__name__
     line = re.sub(r"\s*\(Background on this error at:.*", "", line)
     if url:
-        m = re.match(r"^[a-z0-9+._-]+://[^:/@]*:([^@]*)@", url, flags=re.I)
-        if m and m.group(1):
-            line = line.replace(m.group(1), "***")
+        for text, mask in sorted(_split_secrets(url)[1], key=lambda p: -len(p[0])):
+            line = line.replace(text, mask)
+    # any URL the driver quotes back: its secrets too
+    line = re.sub(r"[a-z][a-z0-9+._-]*://\S+", lambda m: mask_url(m.group(0)), line, flags=re.I)
     return line[:300]
 
 
