@@ -8,6 +8,7 @@ becomes one :class:`StorageError` line with the password masked.
 
 from __future__ import annotations
 
+import errno
 import importlib.util
 import os
 import random
@@ -22,18 +23,22 @@ import sqlalchemy.exc as sa
 from sqlalchemy import event
 
 from ..errors import ConfigError, M2KError
+from ..outputs import refuse_symlinks
 
 __all__ = [
     "DEFAULT_HEARTBEAT",
     "DEFAULT_RECONNECT",
     "DB_ERRORS",
     "StorageError",
+    "SQLITE_FILES",
     "study_storage_url",
+    "folder_storage_url",
     "is_remote",
     "mask_url",
     "one_line",
     "storage_for",
     "retrying",
+    "is_disk_full",
 ]
 
 #: Seconds between heartbeats of a running trial; one silent for 3x as long belongs to a dead
@@ -50,6 +55,19 @@ class StorageError(ConfigError):
 def study_storage_url(out: str | Path) -> str:
     """The embedded storage URL of an output folder: ``sqlite:///<out>/study.db``."""
     return f"sqlite:///{(Path(out) / 'study.db').resolve()}"
+
+
+#: The files SQLite keeps for ``study.db`` (the database, its write-ahead log and index,
+#: and the rollback journal), each opened by name.
+SQLITE_FILES = ("study.db", "study.db-wal", "study.db-shm", "study.db-journal")
+
+
+def folder_storage_url(out: str | Path) -> str:
+    """:func:`study_storage_url` of an output folder the run writes its study into, after
+    refusing a symlink planted at ``study.db`` or its companions (SQLite would follow it
+    and write into its target): :class:`m2k_bt.errors.OutputError`, one line."""
+    refuse_symlinks(Path(out) / name for name in SQLITE_FILES)
+    return study_storage_url(out)
 
 
 def is_remote(url: str | None) -> bool:
@@ -134,6 +152,8 @@ DB_ERRORS = (sa.OperationalError, sa.InterfaceError, optuna.exceptions.StorageIn
 
 def one_line(exc: BaseException, url: str | None) -> str:
     """The first meaningful line of a driver's message, password masked."""
+    while isinstance(exc, optuna.exceptions.StorageInternalError) and exc.__cause__:
+        exc = exc.__cause__  # Optuna's wrapper of the driver's error: say the driver's
     text = str(getattr(exc, "orig", None) or exc).strip()
     lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
     line = next((ln for ln in lines if not ln.startswith("(Background")), "") or type(exc).__name__
@@ -247,17 +267,56 @@ def _fast_sqlite(engine) -> None:
     engine.dispose()  # connections opened during set-up get the settings too
 
 
+#: SQLite's "database or disk is full" and PostgreSQL's ``disk_full`` (SQLSTATE 53100).
+_SQLITE_FULL = 13
+_PG_DISK_FULL = "53100"
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    """``exc`` (or an error it was raised from) says the storage's disk is full: not a lost
+    connection, and no retry will help."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        for e in (exc, getattr(exc, "orig", None)):
+            if e is None:
+                continue
+            if getattr(e, "sqlite_errorcode", None) == _SQLITE_FULL:
+                return True
+            if _PG_DISK_FULL in (getattr(e, "sqlstate", None), getattr(e, "pgcode", None)):
+                return True
+            if isinstance(e, OSError) and e.errno == errno.ENOSPC:
+                return True
+            text = str(e).lower()
+            if "database or disk is full" in text or "no space left on device" in text:
+                return True
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
+def _disk_full_error(plan, exc: BaseException) -> StorageError:
+    url = plan.url or ""
+    where = (url[len("sqlite:///"):] if url.startswith("sqlite:///")
+             else f"the server of --storage {mask_url(url)}")
+    return StorageError(
+        f"cannot write {where}: no space left on the device ({one_line(exc, plan.url)}); the "
+        f"study is saved up to its last write: free some space and run the same command again"
+    )
+
+
 def retrying(plan, fn, *args):
     """``fn(*args)``, retried with backoff while the storage connection is down, for up to
     ``plan.reconnect`` seconds; then a :class:`StorageError` naming ``plan.url`` (masked).
-    ``plan`` is a :class:`m2k_bt.optimize.claims.StudyPlan` (anything with ``url`` and
-    ``reconnect``)."""
+    A full disk is not retried: a :class:`StorageError` saying so at once. ``plan`` is a
+    :class:`m2k_bt.optimize.claims.StudyPlan` (anything with ``url`` and ``reconnect``)."""
     deadline = time.monotonic() + plan.reconnect
     delay = 0.25
     while True:
         try:
             return fn(*args)
         except DB_ERRORS as exc:
+            if is_disk_full(exc):
+                raise _disk_full_error(plan, exc) from None
             if time.monotonic() + delay > deadline:
                 raise StorageError(
                     f"--storage {mask_url(plan.url)}: lost the connection for over "

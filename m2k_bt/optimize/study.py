@@ -116,6 +116,7 @@ from .space import ParamRange, grid_size, parse_space
 from .storage import (
     DEFAULT_HEARTBEAT,
     DEFAULT_RECONNECT,
+    folder_storage_url,
     is_remote,
     retrying,
     study_storage_url,
@@ -384,7 +385,7 @@ def _run_study(s: StudySettings) -> OptimizeResult:
     url, private = s.storage, s.private
     if url is None:
         if s.out_dir is not None:
-            url = study_storage_url(s.out_dir)
+            url = folder_storage_url(s.out_dir)
             private = True  # the output folder's lock keeps other processes out
         elif s.workers > 1 and s.dask is None:
             url = study_storage_url(tempfile.mkdtemp(prefix="m2k-opt-"))
