@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import multiprocessing as mp
 import os
+import shutil
 import sys
 
 import optuna
@@ -34,6 +35,21 @@ WRITES = ("create_new_study", "set_study_user_attr", "create_new_trial")
 def quick_html(monkeypatch):
     """study.html (a quarter of a second of bokeh) is not what these tests are about."""
     monkeypatch.setattr(results, "write_study_html", lambda result, path: path)
+
+
+@pytest.fixture(scope="module")
+def empty_db(tmp_path_factory):
+    """A study.db with Optuna's tables and no study: copied into a fresh --out, it saves
+    each run the second or so SQLite takes to create the tables."""
+    path = tmp_path_factory.mktemp("template") / "study.db"
+    storage_for(f"sqlite:///{path}").engine.dispose()
+    return path
+
+
+def _fresh_out(path, empty_db):
+    path.mkdir(parents=True)
+    shutil.copyfile(empty_db, path / "study.db")
+    return path
 
 
 def _study(out, run=fake_run, name="m2k-fake"):
@@ -137,7 +153,8 @@ def _killed_in_the_first_write(out, at: int) -> None:
 
 
 @pytest.mark.usefixtures("quick_html")
-def test_kill_9_in_the_first_write_behind_flush_resumes_without_waiting(tmp_path, monkeypatch):
+def test_kill_9_in_the_first_write_behind_flush_resumes_without_waiting(tmp_path, monkeypatch,
+                                                                         empty_db):
     """Item 2: a study killed at any write of its first flush (created, settings, trials, the
     ready mark) resumes at once, not after a silent minute in set-up, and completes the grid."""
     real_sleep = __import__("time").sleep
@@ -149,7 +166,7 @@ def test_kill_9_in_the_first_write_behind_flush_resumes_without_waiting(tmp_path
 
     ctx = mp.get_context("fork")
     for at in range(1, len(GRID) + 6):
-        out = tmp_path / f"k{at}"
+        out = _fresh_out(tmp_path / f"k{at}", empty_db)
         child = ctx.Process(target=_killed_in_the_first_write, args=(out, at))
         child.start()
         child.join(60)
@@ -173,7 +190,8 @@ def _killed_in_set_up(url, at: int) -> None:
 
 
 @pytest.mark.usefixtures("quick_html")
-def test_a_joiner_does_not_wait_for_a_creator_of_this_host_that_is_gone(tmp_path, monkeypatch):
+def test_a_joiner_does_not_wait_for_a_creator_of_this_host_that_is_gone(tmp_path, monkeypatch,
+                                                                        empty_db):
     """Item 2 on a shared storage: the process that created the study was killed before it
     marked the study ready; the next one sees its creator is gone and sets it up at once."""
     real_sleep = __import__("time").sleep
@@ -187,7 +205,7 @@ def test_a_joiner_does_not_wait_for_a_creator_of_this_host_that_is_gone(tmp_path
     # write 1 creates the study, write 2 marks who sets it up (killed between the two, a
     # joiner waits SETUP_START_WAIT for the mark: the creator may be alive and about to)
     for at in range(3, 40):
-        url = f"sqlite:///{tmp_path / f'k{at}.db'}"
+        url = study_storage_url(_fresh_out(tmp_path / f"k{at}", empty_db))
         child = ctx.Process(target=_killed_in_set_up, args=(url, at))
         child.start()
         child.join(60)
@@ -302,3 +320,49 @@ def test_ctrl_c_while_writing_outputs_leaves_all_of_them_or_none(tmp_path, monke
         assert not list(out.glob("*.m2k-tmp")) and not list(out.glob(".*.m2k-tmp"))
     _study(out)
     assert all((out / n).exists() for n in names)
+
+
+# ---------------------------------------------------------------- a real Ctrl-C, as a user
+
+
+def test_real_ctrl_c_at_many_moments_exits_130_and_keeps_each_point_once(data_csv, tmp_path,
+                                                                         empty_db):
+    """Items 1, 3, 6 as a user meets them: ``run_backtest.py optimize`` (kernel trials, a
+    grid of 400 points) gets SIGINT at one of many moments, from data loading to the last
+    flushes; every run ends ``error: interrupted`` (one line, exit 130) or done (exit 0),
+    study.db holds no parameter set COMPLETE twice, and trials.csv never stands without
+    optimize.json."""
+    import signal
+    import subprocess
+    import time
+
+    from servers import ROOT, child_env
+
+    delays = [0.0, 0.2, 0.7]  # after the first write-behind flush
+    procs = []
+    for i, delay in enumerate(delays):
+        out = _fresh_out(tmp_path / f"o{i}", empty_db)
+        argv = [sys.executable, str(ROOT / "run_backtest.py"), "optimize", "--data", data_csv,
+                "--space", "fast=10:49:1", "slow=100:190:10", "--sampler", "grid",
+                "--out", str(out), "--quiet"]
+        procs.append((subprocess.Popen(argv, env=child_env(), stdout=subprocess.PIPE,
+                                       stderr=subprocess.PIPE, text=True), out, delay))
+    started, sent = time.monotonic(), set()
+    while len(sent) < len(procs) and time.monotonic() - started < 120:
+        for i, (proc, out, delay) in enumerate(procs):
+            if i in sent or proc.poll() is not None:
+                sent.add(i)
+                continue
+            if (out / "study.db-wal").exists() and not hasattr(proc, "seen"):
+                proc.seen = time.monotonic()  # the first flush: trials are running
+            ready = hasattr(proc, "seen") and time.monotonic() - proc.seen >= delay
+            if ready:
+                proc.send_signal(signal.SIGINT)
+                sent.add(i)
+        time.sleep(0.01)
+    for proc, out, delay in procs:
+        _, err = proc.communicate(timeout=120)
+        assert (proc.returncode, err) in ((130, "error: interrupted\n"), (0, "")), (delay, err)
+        assert (out / "trials.csv").exists() == (out / "optimize.json").exists(), delay
+        kept = _complete_points(out, "m2k-sma")
+        assert len(kept) == len(set(kept)), (delay, len(kept), len(set(kept)))
