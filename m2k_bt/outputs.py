@@ -31,6 +31,8 @@ The API, all of it:
   in it; returns the folder as a ``Path`` or raises ``OutputError``.
 - ``OutputFolder(folder, marker="report.json")`` / ``lock_output_dir(folder)``: context
   manager that checks and locks the folder; ``.clear(names)`` removes stale outputs.
+- ``refuse_symlinks(paths)``: raise ``OutputError`` when any of ``paths`` is a symlink (for
+  files another library opens by name, such as SQLite's ``study.db`` and its ``-wal``).
 - ``jsonable(obj)``: any result as plain JSON types (the one JSON clean-up of the package);
   ``ny_iso(value)`` / ``ny_index_iso(index)``: the one timestamp format of every output, ISO
   8601 with the New York offset (``2024-03-11T09:30:00-04:00``).
@@ -71,6 +73,7 @@ __all__ = [
     "check_writable",
     "jsonable",
     "lock_output_dir",
+    "refuse_symlinks",
     "ny_index_iso",
     "ny_iso",
 ]
@@ -212,6 +215,17 @@ def check_writable(folder: str | os.PathLike) -> Path:
             with contextlib.suppress(OSError):
                 os.unlink(probe)
     return folder
+
+
+def refuse_symlinks(paths: Iterable[str | os.PathLike]) -> None:
+    """Raise :class:`OutputError` when one of ``paths`` is a symlink (dangling or not).
+
+    For a file written by another library that opens it by name and would follow a symlink
+    (SQLite's ``study.db``, ``study.db-wal``, ``study.db-shm``, ``study.db-journal``): the
+    run refuses instead of writing into the symlink's target."""
+    for p in paths:
+        if Path(p).is_symlink():
+            raise _error(Path(p), OSError(errno.ELOOP, "symlink"))
 
 
 #: Folders this process holds locked: realpath -> [OutputFolder, nesting depth].

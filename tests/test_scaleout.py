@@ -213,6 +213,36 @@ def test_postgresql_url_works_as_written(pg, tmp_path, capsys):
     assert "0 running, 0 queued, 0 failed" in printed and "best sharpe" in printed
 
 
+def test_password_in_the_query_works_and_is_masked_in_optimize_json(pg, tmp_path, capsys):
+    """Issue 24 item 12: ``?password=`` is a password too: never printed, never written."""
+    import json
+
+    from conftest import make_bars
+
+    from m2k_bt.cli.backtest import main
+
+    bars = make_bars(600, seed=2)
+    bars.index = bars.index.tz_localize(None)
+    data = tmp_path / "bars.csv"
+    bars.to_csv(data)
+    url = pg.fresh_db().replace(f":{PASSWORD}@", "@") + f"?password={PASSWORD}"
+    out = tmp_path / "o"
+    assert main(["optimize", "--data", str(data), "--lenient", "--sizer", "fixed",
+                 "--space", "fast=5:10:5", "slow=20:30:10", "--sampler", "grid",
+                 "--min-trades", "0", "--storage", url, "--out", str(out)]) == 0  # fmt: skip
+    printed = capsys.readouterr()
+    assert PASSWORD not in printed.out + printed.err
+    report = json.loads((out / "optimize.json").read_text())
+    assert report["storage"].endswith("?password=***")
+    assert all(PASSWORD not in p.read_text(errors="replace") for p in out.iterdir()
+               if p.is_file() and p.suffix != ".db")
+    wrong = url.replace(PASSWORD, "not-the-password")
+    assert main(["optimize", "--storage", wrong, "--out", str(tmp_path / "w"), "--trials", "2",
+                 "--quiet"]) == 2  # fmt: skip
+    err = capsys.readouterr().err
+    assert "not-the-password" not in err and "password=***" in err, err
+
+
 # ---------------------------------------------------------------- SQLite and Dask
 
 

@@ -40,6 +40,7 @@ from ..optimize import (
     walk_forward,
 )
 from ..optimize.storage import DEFAULT_HEARTBEAT, DEFAULT_RECONNECT, storage_for
+from ..optimize.study import check_study_settings
 from .common import ArgParser, ProgressBar, add_common_args, config_from_args, default_out
 
 __all__ = ["optimize_main", "walkforward_main", "build_optimize_parser", "build_walkforward_parser"]
@@ -175,6 +176,12 @@ def _out(args, kind: str, strategy: str) -> Path:
     return d.with_name(d.name.replace(f"-{strategy}", f"-{kind}-{strategy}", 1))
 
 
+def _check_search_args(args) -> None:
+    """The study's flags, checked before any data is loaded (one line, exit 2)."""
+    check_study_settings(seed=args.seed, reconnect=args.reconnect, heartbeat=args.heartbeat,
+                         study_name=args.study_name, dask=args.dask)
+
+
 def _search_kwargs(args) -> dict:
     return dict(
         objective=args.objective,
@@ -196,9 +203,7 @@ def optimize_main(argv: list[str]) -> int:
     args = build_optimize_parser().parse_args(argv)
     if args.status:
         return _status(args)
-    if args.heartbeat < 1:
-        raise ConfigError(f"--heartbeat must be a whole number of seconds >= 1, "
-                          f"got {args.heartbeat}")
+    _check_search_args(args)
     if args.storage:
         # a wrong URL or password is reported before the data loads
         storage_for(args.storage).engine.dispose()
@@ -238,6 +243,7 @@ def _status(args) -> int:
 def walkforward_main(argv: list[str]) -> int:
     """``run_backtest.py walkforward ...``; returns the exit status."""
     args = build_walkforward_parser().parse_args(argv)
+    _check_search_args(args)
     bars, config = config_from_args(args)
     out = _out(args, "walkforward", config.strategy_name)
     by_count = args.folds is not None and not (args.in_sample or args.oos or args.step)

@@ -36,6 +36,8 @@ __all__ = [
     "MAX_RETRIES",
     "REDRAWS",
     "DRAW_WAIT",
+    "SETUP_WAIT",
+    "SETUP_START_WAIT",
     "StudyPlan",
     "Heartbeat",
     "derive_seed",
@@ -206,20 +208,24 @@ def open_study(plan: StudyPlan, direction: str, sampler):
     raise StorageError(f"--storage {mask_url(plan.url)}: cannot create or load '{plan.name}'")
 
 
+#: Seconds a process joining a study waits for its creator to finish setting it up (record
+#: the settings, queue the grid); a creator on this host that is gone is not waited for.
+SETUP_WAIT = 60.0
+#: Seconds it waits for a study with no set-up mark at all to get one (a creator writes it
+#: right after creating the study; one killed in between never will).
+SETUP_START_WAIT = 5.0
+
+
 def set_up_study(study, created: bool, plan: StudyPlan, direction, objective,
-                 strategy_name) -> list[str]:
+                 strategy_name, wait: bool = True) -> list[str]:
     """The creator records the settings and queues the grid, then marks the study ready;
-    others wait for that (up to a minute), check their settings match, then recover."""
+    others wait for that (up to :data:`SETUP_WAIT`), check their settings match, then
+    recover. ``wait=False``: no other process can be setting it up (a private storage), so
+    a study left without its ready mark (its creator killed) is set up at once."""
     if created:
         study.set_user_attr("m2k_setup", owner_id())  # first: joiners now wait for m2k_ready
-    else:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            attrs = study.user_attrs
-            # ready, or a study of an earlier version (settings but no set-up mark)
-            if attrs.get("m2k_ready") or ("m2k_setup" not in attrs and attrs.get("objective")):
-                break
-            time.sleep(0.2)
+    elif wait:
+        _wait_for_setup(study)
     _check_study(study, direction, objective, plan.space, strategy_name)
     notes = _recover(study, plan)
     if plan.sampler == "grid":
@@ -229,6 +235,29 @@ def set_up_study(study, created: bool, plan: StudyPlan, direction, objective,
     if not study.user_attrs.get("m2k_ready"):
         study.set_user_attr("m2k_ready", True)
     return notes
+
+
+def _wait_for_setup(study) -> None:
+    """Until the study is ready, or its creator is known dead, or the waits run out."""
+    start = time.monotonic()
+    while True:
+        attrs = study.user_attrs
+        # ready, or a study of an earlier version (settings but no set-up mark)
+        if attrs.get("m2k_ready") or ("m2k_setup" not in attrs and attrs.get("objective")):
+            return
+        owner = attrs.get("m2k_setup")
+        if owner is None:
+            if time.monotonic() - start > SETUP_START_WAIT:
+                return  # created and never marked: its creator died at once
+        elif _owner_dead(owner) or time.monotonic() - start > SETUP_WAIT:
+            return
+        time.sleep(0.2)
+
+
+def _owner_dead(owner: str) -> bool:
+    """``owner`` (``host:pid``) is a process of this host that is gone."""
+    host, _, pid = str(owner).rpartition(":")
+    return host == _HOST and pid.isdigit() and not _pid_alive(int(pid))
 
 
 def _retry(study, t, plan: StudyPlan, trials=None) -> str | None:
@@ -270,8 +299,7 @@ def reap(study, plan: StudyPlan) -> list[str]:
     for t in study.get_trials(deepcopy=False, states=(TS.RUNNING,)):
         owner = t.system_attrs.get("m2k_owner")
         if owner:
-            host, _, pid = owner.rpartition(":")
-            if host == _HOST and pid.isdigit() and not _pid_alive(int(pid)):
+            if _owner_dead(owner):
                 stale.add(t._trial_id)
         elif t.datetime_start and (now - t.datetime_start).total_seconds() > plan.grace:
             stale.add(t._trial_id)  # created, never claimed: its process died at once
@@ -470,12 +498,10 @@ def _check_study(study, direction, objective, space, strategy_name) -> None:
         "space": [str(r) for r in space.values()],
         "strategy": strategy_name,
     }
-    if not attrs.get("objective"):
-        for k, v in mine.items():
-            study.set_user_attr(k, v)
-        return
     for k, v in mine.items():
-        if attrs.get(k) != v:
+        if attrs.get(k) is None:  # new, or its creator was killed while recording them
+            study.set_user_attr(k, v)
+        elif attrs[k] != v:
             raise ConfigError(
                 f"study '{study.study_name}' already exists with {k}={attrs.get(k)!r}, not "
                 f"{v!r}; resume it with the same settings or pick another --study-name or --out"

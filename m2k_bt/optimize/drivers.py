@@ -244,6 +244,11 @@ def dask_client(address: str):
         return Client(cluster), cluster
     try:
         return Client(address, timeout="20s"), None
+    except ValueError as exc:  # not an address distributed can parse
+        raise ConfigError(
+            f"--dask {address}: not a scheduler address ({exc}); give 'local' or "
+            f"tcp://host:8786"
+        ) from None
     except OSError as exc:
         raise ConfigError(
             f"--dask {address}: cannot reach a Dask scheduler ({exc}); start one with "

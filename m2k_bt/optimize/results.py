@@ -3,6 +3,7 @@ statistics over its trials (DSR and PBO) and the files ``optimize`` writes."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 from dataclasses import dataclass, field
@@ -323,17 +324,26 @@ def add_overfitting(study, result: OptimizeResult, pbo_splits: int) -> None:
 
 
 def write_study_outputs(result: OptimizeResult, out: Path) -> dict:
-    """trials.csv and optimize.json, each written atomically (a kill leaves the old file or
-    the new one; a symlink planted in ``out`` is replaced, not followed)."""
+    """trials.csv, study.html and optimize.json (the marker: written last), each written
+    atomically (a kill leaves the old file or the new one; a symlink planted in ``out`` is
+    replaced, not followed). Stopped while writing (Ctrl-C, SIGTERM, a full disk), it removes
+    what it wrote: a folder holds all three or none (``study.db`` is kept either way)."""
     paths = {}
-    p = out / "trials.csv"
-    with atomic_open(p, "w", newline="") as fh:
-        result.trials.to_csv(fh, index=False)
-    paths["trials.csv"] = p
-    paths["study.html"] = write_study_html(result, out / "study.html")
-    p = out / "optimize.json"
-    atomic_write_text(p, json.dumps(json_ready(result.as_dict()), indent=2, default=str))
-    paths["optimize.json"] = p
+    names = ("optimize.json", "trials.csv", "study.html")  # the marker first
+    try:
+        p = out / "trials.csv"
+        with atomic_open(p, "w", newline="") as fh:
+            result.trials.to_csv(fh, index=False)
+        paths["trials.csv"] = p
+        paths["study.html"] = write_study_html(result, out / "study.html")
+        p = out / "optimize.json"
+        atomic_write_text(p, json.dumps(json_ready(result.as_dict()), indent=2, default=str))
+        paths["optimize.json"] = p
+    except BaseException:
+        for name in names:
+            with contextlib.suppress(OSError):
+                (out / name).unlink()
+        raise
     if result.storage and result.storage.startswith("sqlite:///"):
         paths["study.db"] = Path(result.storage[len("sqlite:///") :])
     return paths

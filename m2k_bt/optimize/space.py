@@ -243,7 +243,25 @@ def parse_space(
                     f"--space {r}: {name} takes numbers (default {defaults[name]!r}); "
                     f"{SPACE_SYNTAX}"
                 )
+            if r.kind == "choice":
+                _check_choices(strategy, r)
     return space
+
+
+def _check_choices(strategy, r: ParamRange) -> None:
+    """Each word among ``r``'s choices is a value the strategy takes (checked on its own, the
+    other parameters at their defaults: numbers may depend on each other, words do not)."""
+    validate = getattr(strategy_class(strategy), "validate_params", None)
+    if validate is None:
+        return
+    for choice in r.choices:
+        if not isinstance(choice, str):
+            continue
+        try:
+            validate({r.name: choice})
+        except ParameterError as exc:
+            raise ConfigError(f"--space {r}: {choice!r} is not a value of {r.name}: {exc}") \
+                from None
 
 
 def strategy_class(strategy):

@@ -8,6 +8,7 @@ becomes one :class:`StorageError` line with the password masked.
 
 from __future__ import annotations
 
+import errno
 import importlib.util
 import os
 import random
@@ -15,24 +16,29 @@ import re
 import time
 import warnings
 from pathlib import Path
+from urllib.parse import unquote_plus
 
 import optuna
 import sqlalchemy.exc as sa
 from sqlalchemy import event
 
 from ..errors import ConfigError, M2KError
+from ..outputs import refuse_symlinks
 
 __all__ = [
     "DEFAULT_HEARTBEAT",
     "DEFAULT_RECONNECT",
     "DB_ERRORS",
     "StorageError",
+    "SQLITE_FILES",
     "study_storage_url",
+    "folder_storage_url",
     "is_remote",
     "mask_url",
     "one_line",
     "storage_for",
     "retrying",
+    "is_disk_full",
 ]
 
 #: Seconds between heartbeats of a running trial; one silent for 3x as long belongs to a dead
@@ -51,22 +57,78 @@ def study_storage_url(out: str | Path) -> str:
     return f"sqlite:///{(Path(out) / 'study.db').resolve()}"
 
 
+#: The files SQLite keeps for ``study.db`` (the database, its write-ahead log and index,
+#: and the rollback journal), each opened by name.
+SQLITE_FILES = ("study.db", "study.db-wal", "study.db-shm", "study.db-journal")
+
+
+def folder_storage_url(out: str | Path) -> str:
+    """:func:`study_storage_url` of an output folder the run writes its study into, after
+    refusing a symlink planted at ``study.db`` or its companions (SQLite would follow it
+    and write into its target): :class:`m2k_bt.errors.OutputError`, one line."""
+    refuse_symlinks(Path(out) / name for name in SQLITE_FILES)
+    return study_storage_url(out)
+
+
 def is_remote(url: str | None) -> bool:
     """Another machine may run trials of this study: any RDB URL but a SQLite file."""
     return url is not None and not url.startswith("sqlite:")
 
 
+#: Query parameters of a storage URL whose values are secrets (libpq's ``password``,
+#: ``sslpassword``; any ``...key``, ``...token``, ``...secret``).
+_SECRET_KEY = re.compile(r"pass|pwd|secret|token|key", re.I)
+_SCHEME = re.compile(r"^([a-z][a-z0-9+._-]*://)(.*)$", re.I | re.S)
+
+
+def _split_secrets(url: str) -> tuple[str, list[tuple[str, str]]]:
+    """``url`` masked, and the secrets it holds as ``(text, replacement)`` pairs."""
+    m = _SCHEME.match(url)
+    if not m:
+        return url, []
+    scheme, rest = m.groups()
+    secrets: list[tuple[str, str]] = []
+    at = rest.rfind("@")  # an unencoded "@" in a password: the last one ends it
+    if at >= 0:
+        user, colon, password = rest[:at].partition(":")
+        if colon and password:
+            secrets.append((password, "***"))
+            # a driver that splits at the first "@" takes the rest as the host: "ss@db"
+            secrets += [(password[i + 1:] + "@", "***@")
+                        for i, ch in enumerate(password) if ch == "@" and password[i + 1:]]
+            rest = f"{user}:***{rest[at:]}"
+
+    def query_secret(q: re.Match) -> str:
+        if q.group(3):
+            secrets.append((q.group(3), "***"))
+        return f"{q.group(1)}{q.group(2)}=***"
+
+    rest = re.sub(r"([?&;])([^=&;?]+)=([^&;]*)",
+                  lambda q: query_secret(q) if _SECRET_KEY.search(q.group(2)) else q.group(0),
+                  rest)
+    for text, mask in list(secrets):
+        plain = unquote_plus(text)
+        if plain != text:
+            secrets.append((plain, mask))
+    return scheme + rest, secrets
+
+
 def mask_url(url: str | None) -> str | None:
-    """``url`` with its password replaced by ``***``.
+    """``url`` with every secret replaced by ``***``: the password (also one holding an
+    unencoded ``@``) and query parameters such as ``?password=``.
 
     >>> mask_url("postgresql://ann:s3cret@db:5432/optuna")
     'postgresql://ann:***@db:5432/optuna'
+    >>> mask_url("postgresql://ann@db/optuna?password=s3cret&sslmode=require")
+    'postgresql://ann@db/optuna?password=***&sslmode=require'
+    >>> mask_url("postgresql://ann:p@ss@db/optuna")
+    'postgresql://ann:***@db/optuna'
     >>> mask_url("sqlite:///tmp/study.db")
     'sqlite:///tmp/study.db'
     """
     if url is None:
         return None
-    return re.sub(r"^([a-z0-9+._-]+://[^:/@]*:)[^@]*@", r"\1***@", url, flags=re.I)
+    return _split_secrets(url)[0]
 
 
 def _driver_url(url: str) -> str:
@@ -90,14 +152,17 @@ DB_ERRORS = (sa.OperationalError, sa.InterfaceError, optuna.exceptions.StorageIn
 
 def one_line(exc: BaseException, url: str | None) -> str:
     """The first meaningful line of a driver's message, password masked."""
+    while isinstance(exc, optuna.exceptions.StorageInternalError) and exc.__cause__:
+        exc = exc.__cause__  # Optuna's wrapper of the driver's error: say the driver's
     text = str(getattr(exc, "orig", None) or exc).strip()
     lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
     line = next((ln for ln in lines if not ln.startswith("(Background")), "") or type(exc).__name__
     line = re.sub(r"\s*\(Background on this error at:.*", "", line)
     if url:
-        m = re.match(r"^[a-z0-9+._-]+://[^:/@]*:([^@]*)@", url, flags=re.I)
-        if m and m.group(1):
-            line = line.replace(m.group(1), "***")
+        for text, mask in sorted(_split_secrets(url)[1], key=lambda p: -len(p[0])):
+            line = line.replace(text, mask)
+    # any URL the driver quotes back: its secrets too
+    line = re.sub(r"[a-z][a-z0-9+._-]*://\S+", lambda m: mask_url(m.group(0)), line, flags=re.I)
     return line[:300]
 
 
@@ -202,17 +267,56 @@ def _fast_sqlite(engine) -> None:
     engine.dispose()  # connections opened during set-up get the settings too
 
 
+#: SQLite's "database or disk is full" and PostgreSQL's ``disk_full`` (SQLSTATE 53100).
+_SQLITE_FULL = 13
+_PG_DISK_FULL = "53100"
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    """``exc`` (or an error it was raised from) says the storage's disk is full: not a lost
+    connection, and no retry will help."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        for e in (exc, getattr(exc, "orig", None)):
+            if e is None:
+                continue
+            if getattr(e, "sqlite_errorcode", None) == _SQLITE_FULL:
+                return True
+            if _PG_DISK_FULL in (getattr(e, "sqlstate", None), getattr(e, "pgcode", None)):
+                return True
+            if isinstance(e, OSError) and e.errno == errno.ENOSPC:
+                return True
+            text = str(e).lower()
+            if "database or disk is full" in text or "no space left on device" in text:
+                return True
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
+def _disk_full_error(plan, exc: BaseException) -> StorageError:
+    url = plan.url or ""
+    where = (url[len("sqlite:///"):] if url.startswith("sqlite:///")
+             else f"the server of --storage {mask_url(url)}")
+    return StorageError(
+        f"cannot write {where}: no space left on the device ({one_line(exc, plan.url)}); the "
+        f"study is saved up to its last write: free some space and run the same command again"
+    )
+
+
 def retrying(plan, fn, *args):
     """``fn(*args)``, retried with backoff while the storage connection is down, for up to
     ``plan.reconnect`` seconds; then a :class:`StorageError` naming ``plan.url`` (masked).
-    ``plan`` is a :class:`m2k_bt.optimize.claims.StudyPlan` (anything with ``url`` and
-    ``reconnect``)."""
+    A full disk is not retried: a :class:`StorageError` saying so at once. ``plan`` is a
+    :class:`m2k_bt.optimize.claims.StudyPlan` (anything with ``url`` and ``reconnect``)."""
     deadline = time.monotonic() + plan.reconnect
     delay = 0.25
     while True:
         try:
             return fn(*args)
         except DB_ERRORS as exc:
+            if is_disk_full(exc):
+                raise _disk_full_error(plan, exc) from None
             if time.monotonic() + delay > deadline:
                 raise StorageError(
                     f"--storage {mask_url(plan.url)}: lost the connection for over "

@@ -78,7 +78,9 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import math
 import os
+import re
 import tempfile
 import time
 from collections.abc import Callable, Sequence
@@ -114,6 +116,7 @@ from .space import ParamRange, grid_size, parse_space
 from .storage import (
     DEFAULT_HEARTBEAT,
     DEFAULT_RECONNECT,
+    folder_storage_url,
     is_remote,
     retrying,
     study_storage_url,
@@ -121,7 +124,44 @@ from .storage import (
 from .trial import OBJECTIVES, evaluate_params
 from .writebehind import WriteBehind, is_fresh
 
-__all__ = ["StudySettings", "optimize", "preselect"]
+__all__ = ["MAX_SEED", "StudySettings", "check_study_settings", "optimize", "preselect"]
+
+#: The largest sampler seed (numpy's legacy seeding takes 32 bits).
+MAX_SEED = 2**32 - 1
+_DASK_ADDRESS = re.compile(r"^([a-z][a-z0-9+]*://\S+|[\w.\[\]:-]+:\d+)$", re.I)
+
+
+def check_study_settings(
+    seed: int | None = None,
+    reconnect: float = DEFAULT_RECONNECT,
+    heartbeat: int = DEFAULT_HEARTBEAT,
+    study_name: str | None = None,
+    dask: str | None = None,
+) -> None:
+    """Raise :class:`ConfigError` naming the flag for a value a study cannot use (checked by
+    :func:`optimize` and, before any data is loaded, by the command line).
+
+    >>> check_study_settings(seed=-1)
+    Traceback (most recent call last):
+    ...
+    m2k_bt.errors.ConfigError: --seed must be a whole number from 0 to 4294967295, got -1
+    """
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)
+                             or not 0 <= seed <= MAX_SEED):
+        raise ConfigError(f"--seed must be a whole number from 0 to {MAX_SEED}, got {seed!r}")
+    if (isinstance(reconnect, bool) or not isinstance(reconnect, (int, float))
+            or not math.isfinite(reconnect) or reconnect < 0):
+        raise ConfigError(f"--reconnect must be a number of seconds >= 0, got {reconnect!r}")
+    if isinstance(heartbeat, bool) or not isinstance(heartbeat, int) or heartbeat < 1:
+        raise ConfigError(f"--heartbeat must be a whole number of seconds >= 1, "
+                          f"got {heartbeat!r}")
+    if study_name is not None and (not isinstance(study_name, str) or not study_name.strip()):
+        raise ConfigError(f"--study-name must be a non-empty name, got {study_name!r}; "
+                          f"leave it out for m2k-<strategy>")
+    if dask is not None and (not isinstance(dask, str) or (
+            dask != "local" and not _DASK_ADDRESS.match(dask))):
+        raise ConfigError(f"--dask must be 'local' or a scheduler address such as "
+                          f"tcp://host:8786, got {dask!r}")
 
 
 @dataclass(frozen=True)
@@ -261,6 +301,7 @@ def optimize(
     """
 
     t0 = time.perf_counter()
+    check_study_settings(seed, reconnect, heartbeat, study_name, dask)
     if objective not in OBJECTIVES:
         raise ConfigError(
             f"unknown objective '{objective}'{did_you_mean(objective, OBJECTIVES)}; "
@@ -344,7 +385,7 @@ def _run_study(s: StudySettings) -> OptimizeResult:
     url, private = s.storage, s.private
     if url is None:
         if s.out_dir is not None:
-            url = study_storage_url(s.out_dir)
+            url = folder_storage_url(s.out_dir)
             private = True  # the output folder's lock keeps other processes out
         elif s.workers > 1 and s.dask is None:
             url = study_storage_url(tempfile.mkdtemp(prefix="m2k-opt-"))
@@ -378,8 +419,10 @@ def _run_study(s: StudySettings) -> OptimizeResult:
         created, behind = True, WriteBehind(plan, study)
     else:
         study, created = open_study(plan, direction, None)
+    # on a private storage nobody else can be setting the study up: a ready mark missing
+    # (its creator killed in its first write) is not waited for
     notes = retrying(plan, set_up_study, study, created, plan, direction, s.objective,
-                     strategy_name)
+                     strategy_name, not private)
     n_done = sum(1 for t in study.get_trials(deepcopy=False) if t.state.is_finished())
     study.sampler = make_sampler(
         s.sampler, derive_seed(s.seed, plan.identity, n_done or ""), plan.parallel

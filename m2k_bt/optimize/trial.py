@@ -76,7 +76,13 @@ def evaluate_params(
     if run_backtest is None:
         run_backtest = run_in_cerebro
     t0 = time.perf_counter()
-    result = run_backtest(bars, dataclasses.replace(config, params=merged, analyzers=False))
+    try:
+        result = run_backtest(bars, dataclasses.replace(config, params=merged, analyzers=False))
+    except SystemError as exc:
+        stop = _signal_behind(exc)
+        if stop is None:
+            raise
+        raise stop from None
     elapsed = time.perf_counter() - t0
     metrics = {k: _plain_number(v) for k, v in (result.metrics or {}).items()}
     rets = daily_returns(_equity_values(result), result.start_value)
@@ -97,6 +103,19 @@ def evaluate_params(
     elif value is None or not math.isfinite(value):
         reason = f"objective {objective} undefined ({value})"
     return {"value": None if reason else float(value), "infeasible": reason, "attrs": attrs}
+
+
+def _signal_behind(exc: SystemError) -> BaseException | None:
+    """The Ctrl-C (or SIGTERM) a compiled function was cut short by, else None.
+
+    A signal whose handler raises while numba's dispatcher is returning a result (the
+    kernel's ``run_loop``) surfaces as ``SystemError: CPUDispatcher(...) returned a result
+    with an exception set``, the handler's ``KeyboardInterrupt`` as its cause: the run was
+    interrupted, and is ended as an interrupted run, not as a bug."""
+    cause = exc.__cause__ or exc.__context__
+    if isinstance(cause, BaseException) and not isinstance(cause, Exception):
+        return cause.with_traceback(None)
+    return None
 
 
 def evaluate_batch(

@@ -64,6 +64,7 @@ from ..outputs import OutputFolder, atomic_open, atomic_path, atomic_write_text
 from ..report import write_walkforward_html
 from .results import json_ready
 from .space import parse_space
+from .storage import folder_storage_url
 from .study import optimize, preselect
 
 __all__ = [
@@ -496,7 +497,7 @@ def walk_forward(
             folder = stack.enter_context(OutputFolder(out_dir, marker="walkforward.json"))
             folder.clear(["folds.csv", "oos_equity.csv", "oos_equity.png", "walkforward.html"])
             if optimize_kwargs.get("storage") is None:
-                optimize_kwargs["storage"] = f"sqlite:///{(out_dir / 'study.db').resolve()}"
+                optimize_kwargs["storage"] = folder_storage_url(out_dir)  # no symlink
                 optimize_kwargs["private_storage"] = True  # under this folder's lock
 
         base_name = optimize_kwargs.pop("study_name", None) or "m2k-walkforward"

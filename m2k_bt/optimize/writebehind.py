@@ -28,6 +28,7 @@ class WriteBehind:
         self.plan, self.mem = plan, mem_study
         self.disk = None
         self.written = 0  # trials of ``mem`` (by number) already in the storage
+        self.unsure = False  # a flush was cut short: ``written`` is read back from the storage
         self.last = time.monotonic()
 
     def maybe(self) -> None:
@@ -37,30 +38,46 @@ class WriteBehind:
 
     def flush(self) -> None:
         """Write the trials finished since the last flush, in number order, and the study's
-        user attributes (the storage's study is created on the first flush)."""
-        trials = self.mem.get_trials(deepcopy=False)
-        todo = []
-        for t in trials[self.written:]:
-            if not t.state.is_finished():
-                break
-            todo.append(t)
-        if self.disk is None:
-            storage = storage_for(self.plan.url, self.plan.heartbeat)
-            self.disk = optuna.create_study(study_name=self.plan.name, storage=storage,
-                                            direction=self.mem.direction)
-            # settings first, the ready mark last (as set_up_study does on a shared storage)
-            for key, value in self.mem.user_attrs.items():
-                if key != "m2k_ready":
-                    self.disk.set_user_attr(key, value)
+        user attributes (the storage's study is created on the first flush).
+
+        A flush cut short (Ctrl-C, a lost connection) may have written some of its trials,
+        the last one maybe without hearing so: the next flush first reads back how many
+        trials the storage holds (trial ``k`` there is trial ``k`` here), so that none is
+        written twice and none is skipped."""
+        if self.disk is None or self.unsure:
+            self._open()
+        self.unsure = True
         # the RDB storage itself, not the study's cache of it: nothing here reads them back
         storage = getattr(self.disk._storage, "_backend", self.disk._storage)
-        for t in todo:
+        for t in self.mem.get_trials(deepcopy=False)[self.written:]:
+            if not t.state.is_finished():
+                break
             storage.create_new_trial(self.disk._study_id, template_trial=t)
-        self.written += len(todo)
+            self.written += 1
         for key, value in self.mem.user_attrs.items():
             if self.disk.user_attrs.get(key) != value:
                 self.disk.set_user_attr(key, value)
+        self.unsure = False
         self.last = time.monotonic()
+
+    def _open(self) -> None:
+        """Create the storage's study (or find the one a flush cut short created), write the
+        settings (the ready mark comes last, after the trials, as ``set_up_study`` does on a
+        shared storage) and read back how many trials it holds."""
+        storage = storage_for(self.plan.url, self.plan.heartbeat)
+        if self.disk is None:
+            self.unsure = True
+            try:
+                self.disk = optuna.create_study(study_name=self.plan.name, storage=storage,
+                                                direction=self.mem.direction)
+            except optuna.exceptions.DuplicatedStudyError:  # created by a flush cut short
+                self.disk = optuna.load_study(study_name=self.plan.name, storage=storage)
+            for key, value in self.mem.user_attrs.items():
+                if key != "m2k_ready" and self.disk.user_attrs.get(key) != value:
+                    self.disk.set_user_attr(key, value)
+        backend = getattr(self.disk._storage, "_backend", self.disk._storage)
+        self.written = backend.get_n_trials(self.disk._study_id)
+        self.unsure = False
 
 
 def is_fresh(plan: StudyPlan) -> bool:
