@@ -330,15 +330,38 @@ def run_kernel_or_say_why(bars, config: BacktestConfig | Plan) -> BacktestResult
     return None
 
 
-#: The bars object the kernel's indicators are kept for, and its KernelData by selection key.
-#: One bars object at a time: a study uses one; walk-forward's folds come one after another; a
+#: The bars the kernel's indicators are kept for, and their KernelData by selection key. One
+#: bars object at a time: a study uses one; walk-forward's folds come one after another; a
 #: KernelData keeps its bars alive, so a cache keyed by more objects would never let them go.
-_DATA_CACHE: dict = {"bars": None, "data": {}}
+#: The entry is keyed by the object *and its content* (``snapshot``: a copy of the index and
+#: the columns the kernel reads): a frame edited in place is a new entry, never a stale one.
+_DATA_CACHE: dict = {"bars": None, "snapshot": None, "data": {}}
+
+#: The columns a KernelData is made from (with the index).
+_CONTENT = ("open", "high", "low", "close", "volume", "roll")
+
+
+def _snapshot(bars: pd.DataFrame) -> tuple:
+    """A copy of what the kernel reads of ``bars``: the index and :data:`_CONTENT` (about
+    1 ms per 100k bars to compare)."""
+    cols = tuple(c for c in _CONTENT if c in bars.columns)
+    return (bars.index.asi8.copy(), str(bars.index.tz), cols,
+            tuple(bars[c].to_numpy(copy=True) for c in cols))
+
+
+def _same_content(snap: tuple, bars: pd.DataFrame) -> bool:
+    stamps, tz, cols, values = snap
+    if str(bars.index.tz) != tz or tuple(c for c in _CONTENT if c in bars.columns) != cols:
+        return False
+    if not np.array_equal(stamps, bars.index.asi8):
+        return False
+    return all(np.array_equal(v, bars[c].to_numpy(), equal_nan=v.dtype.kind == "f")
+               for c, v in zip(cols, values))
 
 
 def _cached_data(bars: pd.DataFrame, plan: Plan) -> KernelData:
-    if _DATA_CACHE["bars"] is not bars:
-        _DATA_CACHE["bars"], _DATA_CACHE["data"] = bars, {}
+    if _DATA_CACHE["bars"] is not bars or not _same_content(_DATA_CACHE["snapshot"], bars):
+        _DATA_CACHE.update(bars=bars, snapshot=_snapshot(bars), data={})
     key = _selection_key(plan)
     data = _DATA_CACHE["data"].get(key)
     if data is None:
