@@ -172,6 +172,7 @@ def kernel_result(plan: Plan, data: KernelData, value, cash, pos, trades, dec, m
         elapsed=elapsed,
         kernel=KernelExtras(decisions=decisions, order_rejections=rejections,
                             rolls=int(counters[0]), shadow_trades=int(counters[5])),
+        plan=plan,
     )
 
 

@@ -36,7 +36,7 @@ from ..engine import BacktestConfig, BacktestResult, Plan, check_enough_bars, re
 from ..engine.cerebro import run_backtest
 from ..errors import ConfigError
 from ..sessions import GLOBEX_REOPEN, RTH_END, RTH_START
-from ..sizers.kelly import FixedContracts, KellySizer
+from ..sizers.kelly import FixedContracts, KellySizer, exposure_ratio
 from ..strategies import AdaptiveBollinger, BollingerReversion, SmaCrossover, resolve_strategy
 from . import loop
 from .analysis import KERNEL_EXIT_REASONS, kernel_result
@@ -92,8 +92,8 @@ class KernelUnsupported(ConfigError):
 
 
 class KernelDiverged(ConfigError):
-    """The simulation reached a state the kernel does not model (a partly filled order, a
-    partly liquidated position to re-protect); the run must be made in cerebro."""
+    """The simulation reached a state the kernel does not model (more bracket groups than it
+    holds); the run must be made in cerebro."""
 
 
 # ------------------------------------------------------------------------------ support
@@ -233,6 +233,7 @@ def simulate(bars, config: BacktestConfig | Plan | None = None) -> BacktestResul
     ip[loop.IP_RTH] = int(bool(p["rth_only"]))
     ip[loop.IP_FLAT] = int(bool(flat))
     ip[loop.IP_LIQUIDATE] = 1
+    ip[loop.IP_EXP_NUM], ip[loop.IP_EXP_DEN] = exposure_ratio(sp.get("max_exposure", 2.0))
     fp = np.zeros(loop.N_FP, dtype="float64")
     fp[loop.FP_CASH] = float(config.cash)
     fp[loop.FP_COMM] = float(ci.p.commission)
@@ -240,11 +241,9 @@ def simulate(bars, config: BacktestConfig | Plan | None = None) -> BacktestResul
     fp[loop.FP_MARGIN] = float(ci.p.margin)
     fp[loop.FP_MAINT] = float(ci.p.maintenance_margin)
     fp[loop.FP_TICK] = tick
-    fp[loop.FP_SLIP] = st * tick if st else 0.0
-    fp[loop.FP_SHADOW_SLIP] = st * tick * mult
+    fp[loop.FP_SLIP] = st  # ticks; the loop makes them cents (rules.prices.slip_cents)
     fp[loop.FP_SCALE] = float(sp.get("kelly_scale", 0.5))
     fp[loop.FP_MAXFRAC] = float(sp.get("max_fraction", 0.2))
-    fp[loop.FP_MAXEXP] = float(sp.get("max_exposure", 2.0))
     fp[loop.FP_P10] = 10.0 ** decimals
 
     im = ci.p.intraday_margin
@@ -254,7 +253,7 @@ def simulate(bars, config: BacktestConfig | Plan | None = None) -> BacktestResul
         data.open, data.high, data.low, data.close, data.ct, sig, mid, allow_long, allow_short,
         rth, flatw, data.roll, stop_n, target_n, inwin, ip, fp)
     if counters[4]:
-        what = {1: "a partly executed order", 2: "re-protecting a partly liquidated position",
+        what = {2: "re-protecting a partly liquidated position",
                 3: "too many bracket groups"}[int(counters[4])]
         raise KernelDiverged(f"the kernel reached {what}, which it does not model; run this "
                              f"configuration in cerebro")
