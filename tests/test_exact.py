@@ -112,8 +112,9 @@ def _run_cli(tmp_path, name, data_csv, *extra):
                  "slow=30", "--slippage-ticks", "1", "--sizer", "kelly", "--sizer-param",
                  "min_trades=3", "--sizer-param", "lookback=6", "--no-plot", "--quiet",
                  *extra]) == 0
-    report = json.loads((out / "report.json").read_text())
-    return report, (out / "trades.csv").read_text(), (out / "equity.csv").read_text()
+    text = (out / "report.json").read_text()
+    return json.loads(text), (out / "trades.csv").read_text(), (out / "equity.csv").read_text(), \
+        text
 
 
 def _without_engine_and_timings(report: dict) -> dict:
@@ -134,8 +135,9 @@ def test_engine_kernel_writes_the_same_files_as_cerebro(tmp_path, capsys):
     from conftest import rth_bars, write_bars_csv
 
     data_csv = write_bars_csv(rth_bars(), tmp_path / "m2k_5min.csv")
-    ref, ref_trades, ref_equity = _run_cli(tmp_path, "cerebro", data_csv)
-    got, got_trades, got_equity = _run_cli(tmp_path, "kernel", data_csv, "--engine", "kernel")
+    ref, ref_trades, ref_equity, ref_text = _run_cli(tmp_path, "cerebro", data_csv)
+    got, got_trades, got_equity, got_text = _run_cli(tmp_path, "kernel", data_csv, "--engine",
+                                                     "kernel")
     assert "running in cerebro" not in capsys.readouterr().err
     assert (ref["engine"], got["engine"]) == ("cerebro", "kernel")
     # every parameter, defaults included, with its type; the sizer's class
@@ -145,6 +147,12 @@ def test_engine_kernel_writes_the_same_files_as_cerebro(tmp_path, capsys):
     assert got["inputs"]["strategy"]["params"]["fast"] == 10
     assert _without_engine_and_timings(got) == _without_engine_and_timings(ref)
     assert got_trades == ref_trades and got_equity == ref_equity
+    # byte for byte: the JSON text too (1 and 1.0 are equal as values, not as text)
+
+    def lines(text):
+        return [x for x in text.splitlines()
+                if not any(k in x for k in ('"generated_at"', '"engine"', '"elapsed'))]
+    assert lines(got_text) == lines(ref_text)
     # money in dollars and cents: gross_pnl, commission, net_pnl
     header, first = ref_trades.splitlines()[:2]
     cells = dict(zip(header.split(","), first.split(",")))

@@ -91,7 +91,7 @@ def trade_rows(trades, data: KernelData, root: str, tick: float, tick_value: flo
                 "entry_dt": entry_dt[k],
                 "exit_dt": exit_dt[k],
                 "direction": "long" if d > 0 else "short",
-                "contracts": c,
+                "contracts": int(c),  # as the analyzer's (backtrader's trade sizes, int)
                 "entry_price": round(e, 10),
                 "exit_price": round(x, 10),
                 "gross_pnl": round(gross[k], 10),
