@@ -8,7 +8,9 @@ function (:mod:`m2k_bt.kernel.loop`, compiled once per machine and cached), and 
 made from the loop's arrays (:mod:`m2k_bt.kernel.analysis`) by the engine's own builder, the
 metrics by the analyzers' own functions. Parity with cerebro is the product: the trade log has
 the same rows (times, sizes, reasons; prices and P&L to the last bit, money being integer cents
-in both engines, see :mod:`m2k_bt.rules.money`) and the final equity agrees to the cent; ``tests/test_kernel.py`` checks it on random configurations and data.
+in both engines, see :mod:`m2k_bt.rules.money`) and the final equity agrees to the cent;
+``tests/test_kernel.py`` and ``tests/test_exact_parity.py`` check it on random configurations
+and data.
 What it models: ``SmaCrossover`` (long/short, long-only, ADX filter), ``BollingerReversion``
 and ``AdaptiveBollinger`` (exit middle/signal, ddof, RSI filter), ``FixedContracts`` and
 ``KellySizer`` (window, warm-up, scale, every cap, paper trades), ``M2KCommInfo`` fees and
