@@ -10,6 +10,7 @@ from typing import Any
 
 import backtrader as bt
 
+from ..rules import money
 from .common import mean_or_none, ratio, rounded, tick_size_and_value
 from .recorder import quiet_dispatch
 
@@ -56,11 +57,13 @@ class TradeStats(bt.Analyzer):
     - ``sqn``: System Quality Number, sqrt(n) x mean(net) / stdev(net) with the population
       standard deviation, as backtrader's ``SQN``; None with fewer than 2 trades or zero
       spread (backtrader reports 0 there).
-    - ``trade_list``: one dict per closed trade, in closing order: ``ref``, ``data_name``,
+    - ``trade_list``: one dict per closed trade, in closing order: ``ref`` (1, 2, ... in the
+      run), ``data_name``,
       ``entry_dt``, ``exit_dt``, ``direction`` (``"long"``/``"short"``), ``contracts`` (largest
       absolute size held), ``entry_price`` (average, points), ``exit_price`` (average, derived
       from gross P&L: entry + gross / (direction x contracts closed x multiplier)),
-      ``gross_pnl``, ``commission``, ``net_pnl`` ($), ``ticks`` (gross ticks per contract),
+      ``gross_pnl``, ``commission``, ``net_pnl`` ($, whole cents),
+      ``ticks`` (gross ticks per contract),
       ``net_ticks`` (net ticks per contract), ``bars_held``.
     """
 
@@ -87,9 +90,12 @@ class TradeStats(bt.Analyzer):
         sign = 1.0 if trade.long else -1.0
         closed_vol = state["closed_vol"] or state["peak"]
         exit_price = trade.price + trade.pnl / (sign * closed_vol * mult)
+        # money in whole cents (rules.money), as the strategy's trade log books it
+        gross, comm = money.to_cents(trade.pnl), money.to_cents(trade.commission)
+        pnl, pnlcomm = money.dollars(gross), money.dollars(gross - comm)
         self._closed.append(
             {
-                "ref": trade.ref,
+                "ref": len(self._closed) + 1,
                 "data_name": getattr(trade.data, "_name", "") or "",
                 "entry_dt": trade.open_datetime(),
                 "exit_dt": trade.close_datetime(),
@@ -97,11 +103,11 @@ class TradeStats(bt.Analyzer):
                 "contracts": state["peak"],
                 "entry_price": rounded(trade.price),
                 "exit_price": rounded(exit_price),
-                "gross_pnl": rounded(trade.pnl),
-                "commission": rounded(trade.commission),
-                "net_pnl": rounded(trade.pnlcomm),
-                "ticks": rounded(trade.pnl / (closed_vol * tick_value), 6),
-                "net_ticks": rounded(trade.pnlcomm / (closed_vol * tick_value), 6),
+                "gross_pnl": pnl,
+                "commission": money.dollars(comm),
+                "net_pnl": pnlcomm,
+                "ticks": rounded(pnl / (closed_vol * tick_value), 6),
+                "net_ticks": rounded(pnlcomm / (closed_vol * tick_value), 6),
                 "bars_held": trade.barlen,
             }
         )

@@ -41,7 +41,7 @@ class M2KCommInfo(bt.CommInfoBase):
     Params:
 
     - ``commission`` (def: ``0.62``): all-in dollars per contract per side (IBKR $0.25 + CME
-      exchange fee $0.35 + NFA $0.02, as of 2025).
+      exchange fee $0.35 + NFA $0.02, as of 2025); a whole number of cents.
     - ``mult`` (def: ``5.0``): dollars per index point.
     - ``margin`` (def: ``770.0``): initial (overnight) margin, dollars per contract. Orders whose
       margin does not fit in free cash are rejected with status ``Margin``.
@@ -81,6 +81,10 @@ class M2KCommInfo(bt.CommInfoBase):
                 "M2KCommInfo is a futures scheme: leave stocklike=False and commtype=COMM_FIXED"
             )
         _positive("commission", p.commission, allow_zero=True)
+        if abs(p.commission * 100 - round(p.commission * 100)) > 1e-6:
+            raise ContractSpecError(
+                f"commission {p.commission!r} is not a whole number of cents; money is booked "
+                f"in cents: give dollars and cents per contract per side, e.g. 0.62")
         _positive("mult", p.mult)
         if p.margin is None:
             raise ContractSpecError(

@@ -15,7 +15,9 @@ equity) plus:
 - **negative equity** recorded as an event the first bar it happens, so cash never drifts
   negative unnoticed;
 - **fixed slippage in ticks** (``slippage_ticks``) applied to market and stop fills, including
-  fills at the open; limit orders fill at their limit or better, never slipped.
+  fills at the open, computed in whole cents of contract value (:mod:`m2k_bt.rules.prices`), so
+  a slipped fill is the exact grid price (1824.2 less a tick is 1824.1); limit orders fill at
+  their limit or better, never slipped.
 
 Use it in any cerebro script::
 
@@ -311,11 +313,15 @@ class FuturesBroker(bt.brokers.BackBroker):
         self._forced[data] = order
 
     # -- slippage in ticks ------------------------------------------------------------------
+    # A slip is computed in cents of contract value (rules.prices): the multiplier x 100 of the
+    # order's commission info (1 x 100 without one), slippage_ticks x tick x that, whole.
     def _try_exec(self, order):
         if self.p.slippage_ticks:
             ci = self.getcommissioninfo(order.data)
-            self._slip = prices.slip_distance(self.p.slippage_ticks,
-                                              getattr(ci.p, "tick_size", 0.10))
+            self._per_point = float(getattr(ci.p, "mult", 1.0) or 1.0) * 100.0
+            self._slip = prices.slip_cents(self.p.slippage_ticks,
+                                           float(getattr(ci.p, "tick_size", 0.10)),
+                                           self._per_point)
         return super()._try_exec(order)
 
     def _slip_up(self, pmax, price, doslip=True, lim=False):
@@ -323,11 +329,11 @@ class FuturesBroker(bt.brokers.BackBroker):
             return super()._slip_up(pmax, price, doslip, lim)
         if lim:
             return price  # limits fill at the limit or better
-        return prices.slip_up(price, pmax, self._slip)
+        return prices.slip_up(price, pmax, self._slip, self._per_point)
 
     def _slip_down(self, pmin, price, doslip=True, lim=False):
         if not self.p.slippage_ticks:
             return super()._slip_down(pmin, price, doslip, lim)
         if lim:
             return price
-        return prices.slip_down(price, pmin, self._slip)
+        return prices.slip_down(price, pmin, self._slip, self._per_point)

@@ -19,6 +19,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from ..brokers.commission import M2KCommInfo
@@ -35,6 +36,8 @@ __all__ = [
     "comminfo_for",
     "event_signal_params",
     "select_bars",
+    "check_bars",
+    "check_slippage",
 ]
 
 #: :class:`BacktestConfig` fields that change how a plan runs or what it records, not what it
@@ -121,13 +124,15 @@ def resolve(config: BacktestConfig | Plan | None = None) -> Plan:
     params = strategy_params(strategy_cls, config, events)
     check_config(config)
     sizer_cls, sizer_params = choose_sizer(config)
+    comminfo = comminfo_for(config)
+    check_slippage(config.slippage_ticks, comminfo)
     return Plan(
         config=config,
         strategy_cls=strategy_cls,
         params=params,
         sizer_cls=sizer_cls,
         sizer_params=sizer_params,
-        comminfo=comminfo_for(config),
+        comminfo=comminfo,
         events=events,
         signal=config_signal(config),
     )
@@ -188,6 +193,28 @@ def comminfo_for(config: BacktestConfig) -> M2KCommInfo:
     return M2KCommInfo.from_spec(spec, **overrides)
 
 
+def check_slippage(ticks: float, comminfo: M2KCommInfo) -> None:
+    """Slippage must be a whole number of cents per contract (money is booked in cents):
+    ``ticks`` x tick x multiplier x 100. For M2K (a tick is $0.50) any multiple of 0.02 tick.
+
+    >>> check_slippage(0.25, comminfo_for(BacktestConfig()))  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    m2k_bt.errors.ParameterError: slippage_ticks 0.25 is 0.25 x $0.5 = 12.5 cents per ...
+    """
+    if not ticks:
+        return
+    tick_cents = float(comminfo.p.tick_size) * float(comminfo.p.mult) * 100.0
+    cents = float(ticks) * tick_cents
+    if abs(cents - round(cents)) > 1e-6:
+        from fractions import Fraction
+
+        step = Fraction(1) / Fraction(repr(tick_cents)).limit_denominator(10**6)
+        raise ParameterError(
+            f"slippage_ticks {ticks!r} is {ticks!r} x ${tick_cents / 100:g} = {cents:g} cents per "
+            f"contract; money is booked in whole cents: use a multiple of {float(step):g} tick")
+
+
 def event_signal_params(config, strategy_cls: type | None = None) -> dict:
     """Strategy params for the event and signal settings of a ``BacktestConfig`` (only those
     set); a strategy without them (not an :class:`~m2k_bt.strategies.base.M2KStrategy`) is an
@@ -219,13 +246,52 @@ def event_signal_params(config, strategy_cls: type | None = None) -> dict:
     return out
 
 
-def select_bars(bars: pd.DataFrame, config: BacktestConfig | Plan) -> pd.DataFrame:
-    """The bars ``config`` (or a plan) selects: ``start``/``end`` (inclusive), then
-    ``resample``; an empty selection is a :class:`~m2k_bt.errors.ConfigError`."""
+def check_bars(bars: pd.DataFrame) -> None:
+    """The one check of a bar frame both engines run before selecting from it (the cerebro
+    feed's own rules): a DataFrame with a ``DatetimeIndex``, every column of
+    ``open high low close volume``, times strictly increasing (no duplicate, nothing
+    reversed). Raises :class:`~m2k_bt.errors.ConfigError` for no bars,
+    :class:`~m2k_bt.errors.ParameterError` otherwise, naming what to fix.
+
+    >>> check_bars(pd.DataFrame({"close": [1.0]}, index=pd.DatetimeIndex(["2024-01-02"])))
+    ... # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    m2k_bt.errors.ParameterError: the bars are missing column(s) open, high, low, volume; ...
+    """
+    from ..feeds.loaders import BAR_COLUMNS
+
     if not isinstance(bars, pd.DataFrame) or bars.empty:
         attrs = getattr(bars, "attrs", {}) or {}
         where = attrs.get("path") or attrs.get("source")
         raise ConfigError(f"no bars to backtest: {where or 'the data'} holds no bars")
+    if not isinstance(bars.index, pd.DatetimeIndex):
+        raise ParameterError(
+            f"the bars must be a DataFrame with a DatetimeIndex (from load_bars), got an index "
+            f"of {type(bars.index).__name__}")
+    missing = [c for c in BAR_COLUMNS if c not in bars.columns]
+    if missing:
+        raise ParameterError(
+            f"the bars are missing column(s) {', '.join(missing)}; "
+            f"found: {', '.join(map(str, bars.columns))}")
+    stamps = bars.index.asi8
+    if len(stamps) > 1:
+        steps = np.diff(stamps)
+        bad = np.flatnonzero(steps <= 0)
+        if len(bad):
+            at = int(bad[0]) + 1
+            what = "repeats" if steps[bad[0]] == 0 else "comes before"
+            raise ParameterError(
+                f"the bars' times must be strictly increasing: row {at} ({bars.index[at]}) "
+                f"{what} row {at - 1} ({bars.index[at - 1]}); sort them and drop duplicates "
+                f"(validate_bars(df) does both)")
+
+
+def select_bars(bars: pd.DataFrame, config: BacktestConfig | Plan) -> pd.DataFrame:
+    """The bars ``config`` (or a plan) selects: ``start``/``end`` (inclusive), then
+    ``resample``; the bars are checked first (:func:`check_bars`); an empty selection is a
+    :class:`~m2k_bt.errors.ConfigError`."""
+    check_bars(bars)
     out = bars
     tz = out.index.tz
     for name in ("start", "end"):

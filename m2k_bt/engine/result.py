@@ -72,6 +72,10 @@ class BacktestResult:
     data_report: list = field(default_factory=list)
     engine: str = "cerebro"
     kernel: KernelExtras | None = None
+    strategy_cls: type | None = None
+    params: dict | None = None
+    sizer_cls: type | None = None
+    sizer_params: dict | None = None
 
 
 def make_result(
@@ -93,6 +97,7 @@ def make_result(
     cerebro=None,
     strategy=None,
     kernel: KernelExtras | None = None,
+    plan=None,
 ) -> BacktestResult:
     """The :class:`BacktestResult` of a run of ``config`` (every engine makes its result here).
 
@@ -101,7 +106,10 @@ def make_result(
     ``analysis["equity"]``; the warnings are :func:`warning_lines` of ``data_report``,
     ``margin_events``, ``order_rejections`` and ``event_warnings``, then ``more_warnings``
     (what only the caller knows, e.g. a live stream stopped early). ``kernel`` set marks a
-    kernel run.
+    kernel run. ``plan`` (the run's :class:`~m2k_bt.engine.plan.Plan`) records the strategy
+    and sizer classes and every parameter of theirs, defaults included (``strategy_cls``,
+    ``params``, ``sizer_cls``, ``sizer_params``), for an engine without backtrader instances
+    to read them from: report.json then records them as a cerebro run does.
     """
     from ..analyzers import metrics_from
 
@@ -126,7 +134,21 @@ def make_result(
         data_report=data_report,
         engine="cerebro" if kernel is None else "kernel",
         kernel=kernel,
+        **_plan_fields(plan),
     )
+
+
+def _plan_fields(plan) -> dict:
+    """The strategy's and sizer's classes and full parameters (defaults, then the plan's)."""
+    if plan is None:
+        return {}
+
+    def full(cls, given: dict) -> dict:
+        items = getattr(getattr(cls, "params", None), "_getitems", None)
+        return {**(dict(items()) if items else {}), **given}
+
+    return {"strategy_cls": plan.strategy_cls, "params": full(plan.strategy_cls, plan.params),
+            "sizer_cls": plan.sizer_cls, "sizer_params": full(plan.sizer_cls, plan.sizer_params)}
 
 
 def warning_lines(data_report, margin_events, order_rejections=None,

@@ -91,7 +91,7 @@ def trade_rows(trades, data: KernelData, root: str, tick: float, tick_value: flo
                 "entry_dt": entry_dt[k],
                 "exit_dt": exit_dt[k],
                 "direction": "long" if d > 0 else "short",
-                "contracts": c,
+                "contracts": int(c),  # as the analyzer's (backtrader's trade sizes, int)
                 "entry_price": round(e, 10),
                 "exit_price": round(x, 10),
                 "gross_pnl": round(gross[k], 10),
@@ -172,6 +172,7 @@ def kernel_result(plan: Plan, data: KernelData, value, cash, pos, trades, dec, m
         elapsed=elapsed,
         kernel=KernelExtras(decisions=decisions, order_rejections=rejections,
                             rolls=int(counters[0]), shadow_trades=int(counters[5])),
+        plan=plan,
     )
 
 

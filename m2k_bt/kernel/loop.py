@@ -28,7 +28,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from ..rules import fees, kelly, pnl, prices
+from ..rules import fees, kelly, money, pnl, prices
 from ..rules import margin as mrules
 
 # order slots
@@ -36,7 +36,7 @@ K = 48
 FREE, SUBMITTED, PENDING, DONE = 0, 1, 2, 3
 MARKET, STOP, LIMIT = prices.MARKET, prices.STOP, prices.LIMIT
 R_SIGNAL, R_STOP, R_TARGET, R_SESSION, R_MARGIN, R_ROLL, R_END = 0, 1, 2, 3, 4, 5, 6
-EV_COMPLETED, EV_MARGIN, EV_REJECTED, EV_CANCELED = 1, 2, 3, 4
+EV_COMPLETED, EV_MARGIN, EV_REJECTED, EV_CANCELED, EV_PARTIAL = 1, 2, 3, 4, 5
 
 # trade rows
 T_ENTRY_I, T_EXIT_I, T_DIR, T_CONTRACTS, T_ENTRY_PX, T_EXIT_PX, T_GROSS, T_COMM = range(8)
@@ -49,12 +49,13 @@ D_COLS = 10
 E_COLS = 5
 # int params
 (IP_KIND, IP_EXIT_SIGNAL, IP_LONG_ONLY, IP_FIRST, IP_SIZER, IP_FIXED, IP_LOOKBACK, IP_MIN_TRADES,
- IP_WARMUP, IP_MAXC, IP_PAPER, IP_RTH, IP_FLAT, IP_LIQUIDATE, IP_HAS_BRACKET) = range(15)
-N_IP = 15
-# float params
-(FP_CASH, FP_COMM, FP_MULT, FP_MARGIN, FP_MAINT, FP_TICK, FP_SLIP, FP_SHADOW_SLIP, FP_SCALE,
- FP_MAXFRAC, FP_MAXEXP, FP_P10, FP_INTRADAY) = range(13)
-N_FP = 13
+ IP_WARMUP, IP_MAXC, IP_PAPER, IP_RTH, IP_FLAT, IP_LIQUIDATE, IP_HAS_BRACKET, IP_EXP_NUM,
+ IP_EXP_DEN) = range(17)
+N_IP = 17
+# float params (FP_SLIP: slippage in ticks)
+(FP_CASH, FP_COMM, FP_MULT, FP_MARGIN, FP_MAINT, FP_TICK, FP_SLIP, FP_SCALE, FP_MAXFRAC,
+ FP_P10, FP_INTRADAY) = range(11)
+N_FP = 11
 
 
 @njit(cache=True)
@@ -74,8 +75,12 @@ def run_loop(o, h, lw, c, ct, sig, mid, allow_long, allow_short, rth, flatw, rol
         ip[IP_MAXC]
     paper, rth_only, has_flat, liquidate = ip[IP_PAPER], ip[IP_RTH], ip[IP_FLAT], ip[IP_LIQUIDATE]
     commission, mult, margin, maint = fp[FP_COMM], fp[FP_MULT], fp[FP_MARGIN], fp[FP_MAINT]
-    tick, slip, shadow_slip, p10 = fp[FP_TICK], fp[FP_SLIP], fp[FP_SHADOW_SLIP], fp[FP_P10]
-    kscale, kmaxfrac, kmaxexp = fp[FP_SCALE], fp[FP_MAXFRAC], fp[FP_MAXEXP]
+    tick, p10 = fp[FP_TICK], fp[FP_P10]
+    per_point = mult * 100.0  # cents of contract value per point (rules.prices.to_units)
+    slip = prices.slip_cents(fp[FP_SLIP], tick, per_point)  # cents of contract value
+    comm_cents = money.to_cents(commission)  # per contract per side
+    kscale, kmaxfrac = fp[FP_SCALE], fp[FP_MAXFRAC]
+    exp_num, exp_den = ip[IP_EXP_NUM], ip[IP_EXP_DEN]
     intraday = fp[FP_INTRADAY]  # NaN: no intraday margin
     has_intraday = not np.isnan(intraday)
     overnight = margin
@@ -130,13 +135,11 @@ def run_loop(o, h, lw, c, ct, sig, mid, allow_long, allow_short, rth, flatw, rol
     t_entry_bar = 0
     t_kelly = -1
     t_size = 0
-    t_avg = 0.0
-    t_entry_val = 0.0
+    t_entry_u = 0  # fills in cents of contract value x contracts (strategies.trades.OpenTrade)
     t_entry_n = 0
-    t_exit_val = 0.0
+    t_exit_u = 0
     t_exit_n = 0
-    t_gross = 0.0
-    t_comm = 0.0
+    t_comm = 0  # cents
     sh_open = False
     sh_dir = 0
     sh_px = 0.0
@@ -148,12 +151,12 @@ def run_loop(o, h, lw, c, ct, sig, mid, allow_long, allow_short, rth, flatw, rol
     rej_canceled = 0
     unsupported = 0
     # Kelly window: per-contract net P&L of closed trades (real and paper), in closing order
-    win = np.zeros(max(lookback, 1))
+    win = np.zeros(max(lookback, 1), np.int64)  # rules.money.per_contract: 1/100 cent
     win_n = 0
     win_pos = 0
     # a roll's legs are one Kelly sample (sizers.signal_trades): the legs closed so far
     pend = False
-    pend_net = 0.0
+    pend_net = 0  # cents
     pend_n = 0
     pend_id = 0
     tid = 0  # signal trades numbered so far (trade_id)
@@ -257,7 +260,7 @@ def run_loop(o, h, lw, c, ct, sig, mid, allow_long, allow_short, rth, flatw, rol
             t = o_type[k]
             if t == MARKET and o_bar[k] >= i:
                 continue  # a market order fills from the bar after its creation
-            fill = prices.fill_price(t, buy, o_price[k], op, h[i], lw[i], slip)
+            fill = prices.fill_price(t, buy, o_price[k], op, h[i], lw[i], slip, per_point)
             if np.isnan(fill):
                 continue
             # -- _execute(order, ago=0, price=fill)
@@ -302,10 +305,14 @@ def run_loop(o, h, lw, c, ct, sig, mid, allow_long, allow_short, rth, flatw, rol
                 costs[4] += (price - ref) * execsize / tick
             g = o_group[k]
             if popened and not opened:
-                # not enough cash for the opening part: Margin (after any closing part)
+                # not enough cash for the opening part: Margin, after any closing part, which
+                # backtrader executes and notifies first (Partial), e.g. the strategy's own
+                # close meeting a cut-back that already reduced the position
                 o_status[k] = DONE
                 if execsize:
-                    unsupported = 1  # a partly executed order: not modelled
+                    ev_kind[nev] = EV_PARTIAL
+                    ev_slot[nev] = k
+                    nev += 1
                 ev_kind[nev] = EV_MARGIN
                 ev_slot[nev] = k
                 nev += 1
@@ -422,18 +429,17 @@ def run_loop(o, h, lw, c, ct, sig, mid, allow_long, allow_short, rth, flatw, rol
         for e in range(nev):
             k = ev_slot[e]
             ek = ev_kind[e]
-            if ek == EV_COMPLETED:
+            if ek == EV_COMPLETED or ek == EV_PARTIAL:
                 # _record_fill -> _apply_fill
                 dsize = o_exsize[k]
-                price = o_expx[k]
-                comm = o_excomm[k]
+                units = prices.to_units(o_expx[k], per_point)
+                comm = money.to_cents(o_excomm[k])
                 qty = abs(dsize)
                 if t_open and pnl.sign(dsize) != t_dir:
                     closing = min(qty, t_size)
-                    share = comm * closing / qty
-                    t_gross += (price - t_avg) * closing * t_dir * mult
+                    share = comm * closing // qty
                     t_size -= closing
-                    t_exit_val += price * closing
+                    t_exit_u += units * closing
                     t_exit_n += closing
                     t_comm += share
                     qty -= closing
@@ -441,16 +447,17 @@ def run_loop(o, h, lw, c, ct, sig, mid, allow_long, allow_short, rth, flatw, rol
                     if t_size == 0:
                         if ntr == trades.shape[0]:
                             trades = _grow(trades)
-                        net = t_gross - t_comm
+                        gross = pnl.trade_gross_cents(t_dir, t_entry_u, t_exit_u)
+                        net = gross - t_comm
                         trades[ntr, T_ENTRY_I] = t_entry_i
                         trades[ntr, T_EXIT_I] = i
                         trades[ntr, T_DIR] = t_dir
                         trades[ntr, T_CONTRACTS] = t_entry_n
-                        trades[ntr, T_ENTRY_PX] = t_entry_val / t_entry_n
-                        trades[ntr, T_EXIT_PX] = t_exit_val / t_exit_n
-                        trades[ntr, T_GROSS] = t_gross
-                        trades[ntr, T_COMM] = t_comm
-                        trades[ntr, T_NET] = net
+                        trades[ntr, T_ENTRY_PX] = pnl.average_fill(t_entry_u, t_entry_n, per_point)
+                        trades[ntr, T_EXIT_PX] = pnl.average_fill(t_exit_u, t_exit_n, per_point)
+                        trades[ntr, T_GROSS] = money.dollars(gross)
+                        trades[ntr, T_COMM] = money.dollars(t_comm)
+                        trades[ntr, T_NET] = money.dollars(net)
                         trades[ntr, T_BARS] = (i + 1) - t_entry_bar
                         trades[ntr, T_REASON] = o_reason[k]
                         trades[ntr, T_ID] = t_id
@@ -462,16 +469,16 @@ def run_loop(o, h, lw, c, ct, sig, mid, allow_long, allow_short, rth, flatw, rol
                         if o_reason[k] == R_ROLL:
                             if not pend:
                                 pend = True
-                                pend_net = 0.0
+                                pend_net = 0
                                 pend_n = t_entry_n
                                 pend_id = t_id
                             pend_net += net
                         elif lookback > 0:
                             if pend:
-                                win[win_pos] = (pend_net + net) / pend_n
+                                win[win_pos] = money.per_contract(pend_net + net, pend_n)
                                 pend = False
                             else:
-                                win[win_pos] = net / t_entry_n
+                                win[win_pos] = money.per_contract(net, t_entry_n)
                             win_pos = (win_pos + 1) % lookback
                             win_n = min(win_n + 1, lookback)
                         else:
@@ -485,7 +492,7 @@ def run_loop(o, h, lw, c, ct, sig, mid, allow_long, allow_short, rth, flatw, rol
                             if pend:  # a roll whose reopening never filled: one leg
                                 pend = False
                                 if lookback > 0:
-                                    win[win_pos] = pend_net / pend_n
+                                    win[win_pos] = money.per_contract(pend_net, pend_n)
                                     win_pos = (win_pos + 1) % lookback
                                     win_n = min(win_n + 1, lookback)
                             tid += 1
@@ -496,18 +503,17 @@ def run_loop(o, h, lw, c, ct, sig, mid, allow_long, allow_short, rth, flatw, rol
                         t_entry_bar = i + 1
                         t_kelly = o_kelly[k]
                         t_size = 0
-                        t_avg = 0.0
-                        t_entry_val = 0.0
+                        t_entry_u = 0
                         t_entry_n = 0
-                        t_exit_val = 0.0
+                        t_exit_u = 0
                         t_exit_n = 0
-                        t_gross = 0.0
-                        t_comm = 0.0
-                    t_avg = (t_avg * t_size + price * qty) / (t_size + qty)
+                        t_comm = 0
                     t_size += qty
-                    t_entry_val += price * qty
+                    t_entry_u += units * qty
                     t_entry_n += qty
                     t_comm += comm
+            if ek == EV_PARTIAL:
+                continue  # still alive: its Margin follows
             if o_tracked[k]:
                 live -= 1
                 o_tracked[k] = False
@@ -517,7 +523,7 @@ def run_loop(o, h, lw, c, ct, sig, mid, allow_long, allow_short, rth, flatw, rol
                 # the roll's reopening died: the signal trade ended at the roll, one sample
                 pend = False
                 if lookback > 0:
-                    win[win_pos] = pend_net / pend_n
+                    win[win_pos] = money.per_contract(pend_net, pend_n)
                     win_pos = (win_pos + 1) % lookback
                     win_n = min(win_n + 1, lookback)
             if ek == EV_COMPLETED:
@@ -614,11 +620,10 @@ def run_loop(o, h, lw, c, ct, sig, mid, allow_long, allow_short, rth, flatw, rol
             if sh_exit or sh_next:
                 price = o[i]
                 if sh_exit and sh_open:
-                    net = pnl.paper_trade_net(sh_px, price, sh_dir, mult, commission,
-                                              shadow_slip)
+                    net = pnl.paper_trade_net(sh_px, price, sh_dir, per_point, comm_cents, slip)
                     n_shadow += 1
                     if paper and lookback > 0:
-                        win[win_pos] = net / 1
+                        win[win_pos] = money.per_contract(net, 1)
                         win_pos = (win_pos + 1) % lookback
                         win_n = min(win_n + 1, lookback)
                     sh_open = False
@@ -787,7 +792,8 @@ def run_loop(o, h, lw, c, ct, sig, mid, allow_long, allow_short, rth, flatw, rol
                                 # KellySizer.decide
                                 price = c[i]
                                 equity = value
-                                free_cash = mrules.free_cash(cash, psize, target > 0, margin)
+                                free_cash = money.to_cents(
+                                    mrules.free_cash(cash, psize, target > 0, margin))
                                 nw = win_n
                                 stop_risk = np.nan
                                 if stop_n[i] >= 0:
@@ -797,8 +803,9 @@ def run_loop(o, h, lw, c, ct, sig, mid, allow_long, allow_short, rth, flatw, rol
                                     win, (win_pos - nw) % lookback, nw)
                                 contracts, binding, kp, kb, kf, f_used, risk = kelly.decide(
                                     nw, min_trades, warmup_n, nwins, swin, nloss, sloss,
-                                    stop_risk, equity, free_cash, price, mult, margin, kscale,
-                                    kmaxfrac, kmaxexp, max_c)
+                                    stop_risk, money.to_cents(equity), free_cash,
+                                    prices.to_units(price, per_point), money.to_cents(margin),
+                                    kscale, kmaxfrac, exp_num, exp_den, max_c)
                                 if ndec == dec.shape[0]:
                                     dec = _grow(dec)
                                 dec[ndec, 0] = i
@@ -903,22 +910,21 @@ def run_loop(o, h, lw, c, ct, sig, mid, allow_long, allow_short, rth, flatw, rol
 
     # stop(): an open trade is logged at the last close, no exit commission
     if t_open and t_size:
-        price = c[n - 1]
-        t_gross += (price - t_avg) * t_size * t_dir * mult
-        t_exit_val += price * t_size
+        t_exit_u += prices.to_units(c[n - 1], per_point) * t_size
         t_exit_n += t_size
         t_size = 0
+        gross = pnl.trade_gross_cents(t_dir, t_entry_u, t_exit_u)
         if ntr == trades.shape[0]:
             trades = _grow(trades)
         trades[ntr, T_ENTRY_I] = t_entry_i
         trades[ntr, T_EXIT_I] = n - 1
         trades[ntr, T_DIR] = t_dir
         trades[ntr, T_CONTRACTS] = t_entry_n
-        trades[ntr, T_ENTRY_PX] = t_entry_val / t_entry_n
-        trades[ntr, T_EXIT_PX] = t_exit_val / t_exit_n
-        trades[ntr, T_GROSS] = t_gross
-        trades[ntr, T_COMM] = t_comm
-        trades[ntr, T_NET] = t_gross - t_comm
+        trades[ntr, T_ENTRY_PX] = pnl.average_fill(t_entry_u, t_entry_n, per_point)
+        trades[ntr, T_EXIT_PX] = pnl.average_fill(t_exit_u, t_exit_n, per_point)
+        trades[ntr, T_GROSS] = money.dollars(gross)
+        trades[ntr, T_COMM] = money.dollars(t_comm)
+        trades[ntr, T_NET] = money.dollars(gross - t_comm)
         trades[ntr, T_BARS] = n - t_entry_bar
         trades[ntr, T_REASON] = R_END
         trades[ntr, T_ID] = t_id

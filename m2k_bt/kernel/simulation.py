@@ -7,8 +7,10 @@ backtrader's own indicators in one pass; :mod:`m2k_bt.kernel.data`), the bar loo
 function (:mod:`m2k_bt.kernel.loop`, compiled once per machine and cached), and the result is
 made from the loop's arrays (:mod:`m2k_bt.kernel.analysis`) by the engine's own builder, the
 metrics by the analyzers' own functions. Parity with cerebro is the product: the trade log has
-the same rows (times, sizes, reasons; prices and P&L equal to 1e-6) and the final equity agrees
-to the cent; ``tests/test_kernel.py`` checks it on random configurations and data.
+the same rows (times, sizes, reasons; prices and P&L to the last bit, money being integer cents
+in both engines, see :mod:`m2k_bt.rules.money`) and the final equity agrees to the cent;
+``tests/test_kernel.py`` and ``tests/test_exact_parity.py`` check it on random configurations
+and data.
 What it models: ``SmaCrossover`` (long/short, long-only, ADX filter), ``BollingerReversion``
 and ``AdaptiveBollinger`` (exit middle/signal, ddof, RSI filter), ``FixedContracts`` and
 ``KellySizer`` (window, warm-up, scale, every cap, paper trades), ``M2KCommInfo`` fees and
@@ -36,7 +38,7 @@ from ..engine import BacktestConfig, BacktestResult, Plan, check_enough_bars, re
 from ..engine.cerebro import run_backtest
 from ..errors import ConfigError
 from ..sessions import GLOBEX_REOPEN, RTH_END, RTH_START
-from ..sizers.kelly import FixedContracts, KellySizer
+from ..sizers.kelly import FixedContracts, KellySizer, exposure_ratio
 from ..strategies import AdaptiveBollinger, BollingerReversion, SmaCrossover, resolve_strategy
 from . import loop
 from .analysis import KERNEL_EXIT_REASONS, kernel_result
@@ -92,8 +94,8 @@ class KernelUnsupported(ConfigError):
 
 
 class KernelDiverged(ConfigError):
-    """The simulation reached a state the kernel does not model (a partly filled order, a
-    partly liquidated position to re-protect); the run must be made in cerebro."""
+    """The simulation reached a state the kernel does not model (more bracket groups than it
+    holds); the run must be made in cerebro."""
 
 
 # ------------------------------------------------------------------------------ support
@@ -233,6 +235,7 @@ def simulate(bars, config: BacktestConfig | Plan | None = None) -> BacktestResul
     ip[loop.IP_RTH] = int(bool(p["rth_only"]))
     ip[loop.IP_FLAT] = int(bool(flat))
     ip[loop.IP_LIQUIDATE] = 1
+    ip[loop.IP_EXP_NUM], ip[loop.IP_EXP_DEN] = exposure_ratio(sp.get("max_exposure", 2.0))
     fp = np.zeros(loop.N_FP, dtype="float64")
     fp[loop.FP_CASH] = float(config.cash)
     fp[loop.FP_COMM] = float(ci.p.commission)
@@ -240,11 +243,9 @@ def simulate(bars, config: BacktestConfig | Plan | None = None) -> BacktestResul
     fp[loop.FP_MARGIN] = float(ci.p.margin)
     fp[loop.FP_MAINT] = float(ci.p.maintenance_margin)
     fp[loop.FP_TICK] = tick
-    fp[loop.FP_SLIP] = st * tick if st else 0.0
-    fp[loop.FP_SHADOW_SLIP] = st * tick * mult
+    fp[loop.FP_SLIP] = st  # ticks; the loop makes them cents (rules.prices.slip_cents)
     fp[loop.FP_SCALE] = float(sp.get("kelly_scale", 0.5))
     fp[loop.FP_MAXFRAC] = float(sp.get("max_fraction", 0.2))
-    fp[loop.FP_MAXEXP] = float(sp.get("max_exposure", 2.0))
     fp[loop.FP_P10] = 10.0 ** decimals
 
     im = ci.p.intraday_margin
@@ -254,7 +255,7 @@ def simulate(bars, config: BacktestConfig | Plan | None = None) -> BacktestResul
         data.open, data.high, data.low, data.close, data.ct, sig, mid, allow_long, allow_short,
         rth, flatw, data.roll, stop_n, target_n, inwin, ip, fp)
     if counters[4]:
-        what = {1: "a partly executed order", 2: "re-protecting a partly liquidated position",
+        what = {2: "re-protecting a partly liquidated position",
                 3: "too many bracket groups"}[int(counters[4])]
         raise KernelDiverged(f"the kernel reached {what}, which it does not model; run this "
                              f"configuration in cerebro")
@@ -330,15 +331,38 @@ def run_kernel_or_say_why(bars, config: BacktestConfig | Plan) -> BacktestResult
     return None
 
 
-#: The bars object the kernel's indicators are kept for, and its KernelData by selection key.
-#: One bars object at a time: a study uses one; walk-forward's folds come one after another; a
+#: The bars the kernel's indicators are kept for, and their KernelData by selection key. One
+#: bars object at a time: a study uses one; walk-forward's folds come one after another; a
 #: KernelData keeps its bars alive, so a cache keyed by more objects would never let them go.
-_DATA_CACHE: dict = {"bars": None, "data": {}}
+#: The entry is keyed by the object *and its content* (``snapshot``: a copy of the index and
+#: the columns the kernel reads): a frame edited in place is a new entry, never a stale one.
+_DATA_CACHE: dict = {"bars": None, "snapshot": None, "data": {}}
+
+#: The columns a KernelData is made from (with the index).
+_CONTENT = ("open", "high", "low", "close", "volume", "roll")
+
+
+def _snapshot(bars: pd.DataFrame) -> tuple:
+    """A copy of what the kernel reads of ``bars``: the index and :data:`_CONTENT` (about
+    1 ms per 100k bars to compare)."""
+    cols = tuple(c for c in _CONTENT if c in bars.columns)
+    return (bars.index.asi8.copy(), str(bars.index.tz), cols,
+            tuple(bars[c].to_numpy(copy=True) for c in cols))
+
+
+def _same_content(snap: tuple, bars: pd.DataFrame) -> bool:
+    stamps, tz, cols, values = snap
+    if str(bars.index.tz) != tz or tuple(c for c in _CONTENT if c in bars.columns) != cols:
+        return False
+    if not np.array_equal(stamps, bars.index.asi8):
+        return False
+    return all(np.array_equal(v, bars[c].to_numpy(), equal_nan=v.dtype.kind == "f")
+               for c, v in zip(cols, values))
 
 
 def _cached_data(bars: pd.DataFrame, plan: Plan) -> KernelData:
-    if _DATA_CACHE["bars"] is not bars:
-        _DATA_CACHE["bars"], _DATA_CACHE["data"] = bars, {}
+    if _DATA_CACHE["bars"] is not bars or not _same_content(_DATA_CACHE["snapshot"], bars):
+        _DATA_CACHE.update(bars=bars, snapshot=_snapshot(bars), data={})
     key = _selection_key(plan)
     data = _DATA_CACHE["data"].get(key)
     if data is None:

@@ -12,6 +12,7 @@ zone (New York); ``null`` means "not defined" (no trades, no losing trade, zero 
 - ``schema`` (str): always ``"m2k_bt/report"``. ``schema_version`` (str): ``"MAJOR.MINOR"``;
   MINOR grows when keys are added, MAJOR when a key changes meaning or goes away.
 - ``generated_at`` (str): UTC time the report was built. ``package_version`` (str|null).
+- ``engine`` (str|null): what ran the backtest, ``"cerebro"`` or ``"kernel"`` (`--engine`).
 - ``inputs`` (object): what the run used.
 
   - ``data``: ``path`` (str|null, the bar file), ``rows`` (int|null, rows read from it),
@@ -87,7 +88,7 @@ __all__ = [
 ]
 
 #: Version of the report.json layout ("MAJOR.MINOR").
-REPORT_SCHEMA_VERSION = "1.1"
+REPORT_SCHEMA_VERSION = "1.2"
 
 #: Warnings printed in the text summary; report.json keeps them all.
 SUMMARY_WARNINGS = 10
@@ -122,6 +123,7 @@ REPORT_JSON_SCHEMA: dict[str, Any] = {
         "schema_version": {"type": "string"},
         "generated_at": {"type": "string"},
         "package_version": {"type": _STR},
+        "engine": {"type": _STR},
         "versions": {
             "type": "object",
             "required": ["m2k_bt", "backtrader", "pandas", "numpy"],
@@ -319,7 +321,8 @@ def _param_types(component: Any, params: dict[str, Any]) -> dict[str, str]:
     """Type name of each parameter's value; for a None the declared optional type, as
     ``"int|None"`` (the pack's strategies declare them in ``_optional_types``)."""
     declared: dict[str, Any] = {}
-    for klass in reversed(type(component).__mro__):
+    mro = component.__mro__ if isinstance(component, type) else type(component).__mro__
+    for klass in reversed(mro):
         declared.update(getattr(klass, "_optional_types", None) or {})
     out = {}
     for key, value in params.items():
@@ -384,8 +387,18 @@ def _inputs(result: Any) -> dict[str, Any]:
     tick_value = getattr(spec, "tick_value", None)
     strategy = getattr(result, "strategy", None)
     sizer = getattr(strategy, "_sizer", None) if strategy is not None else None
-    strat_params = _effective_params(strategy, c("params"))
-    sizer_params = _effective_params(sizer, c("sizer_params"))
+    # an engine without backtrader instances (the kernel) records its plan's classes and
+    # every parameter (result.params): the same inputs a cerebro run's instances give
+    if strategy is None and getattr(result, "strategy_cls", None) is not None:
+        strategy = result.strategy_cls
+        strat_params = dict(result.params)
+    else:
+        strat_params = _effective_params(strategy, c("params"))
+    if sizer is None and getattr(result, "sizer_cls", None) is not None:
+        sizer = result.sizer_cls
+        sizer_params = dict(result.sizer_params)
+    else:
+        sizer_params = _effective_params(sizer, c("sizer_params"))
     options = dict(c("data_options") or {})
     return {
         "data": {
@@ -430,17 +443,24 @@ def _inputs(result: Any) -> dict[str, Any]:
         "events": _events_inputs(cfg),
         "strategy": {
             "name": c("strategy_name") or _name(c("strategy")),
-            "class": type(strategy).__name__ if strategy is not None else _name(c("strategy")),
+            "class": _class_name(strategy) or _name(c("strategy")),
             "params": strat_params,
             "param_types": _param_types(strategy, strat_params),
         },
         "sizer": {
             "name": _name(c("sizer")),
-            "class": type(sizer).__name__ if sizer is not None else None,
+            "class": _class_name(sizer),
             "params": sizer_params,
             "param_types": _param_types(sizer, sizer_params),
         },
     }
+
+
+def _class_name(component: Any) -> str | None:
+    """The class name of a strategy or sizer instance, or of a class."""
+    if component is None:
+        return None
+    return component.__name__ if isinstance(component, type) else type(component).__name__
 
 
 def _own_warnings(analysis: dict[str, dict]) -> list[str]:
@@ -497,6 +517,7 @@ def build_report(result: Any) -> dict[str, Any]:
         "schema_version": REPORT_SCHEMA_VERSION,
         "generated_at": _dt.datetime.now(NY).replace(microsecond=0),
         "package_version": _package_version(),
+        "engine": getattr(result, "engine", None),
         "versions": versions(),
         "inputs": _inputs(result),
         "results": results,
@@ -578,19 +599,26 @@ def validate_report(report: dict[str, Any]) -> list[str]:
 # -------------------------------------------------------------------------------------------
 
 
-def _cell(value: Any) -> Any:
+#: trades.csv columns written in dollars and cents (``-324.00``), whatever the float noise.
+MONEY_COLUMNS = frozenset({"gross_pnl", "commission", "net_pnl"})
+
+
+def _cell(value: Any, money: bool = False) -> Any:
     if value is None:
         return ""
+    if money and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return f"{value:.2f}"  # money is whole cents in both engines
     return round(value, 10) if isinstance(value, float) else value  # drop float noise
 
 
 def _write_trades(result: Any, path: Path) -> Path:
     frame = trade_table(result)
+    money = [c in MONEY_COLUMNS for c in frame.columns]
     with atomic_open(path, "w", newline="") as fh:
         writer = csv.writer(fh, lineterminator="\n")
         writer.writerow(list(frame.columns))
         for row in frame.itertuples(index=False):
-            writer.writerow([_cell(v) for v in row])
+            writer.writerow([_cell(v, m) for v, m in zip(row, money)])
     return path
 
 

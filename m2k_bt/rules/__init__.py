@@ -14,8 +14,12 @@ tests guard the wiring, not two copies of the arithmetic.
   cut-back, free cash for an entry.
 - :mod:`.kelly`: the Kelly estimate, the decision and its caps, the binding names.
 
-This layer imports only the facts below it, numpy and numba; never backtrader. Money is in
-dollars (floats), prices in index points.
+- :mod:`.money`: money as integers (cents; the Kelly samples in 1/100 cent).
+
+This layer imports only the facts below it, numpy and numba; never backtrader. The broker's
+money is in dollars (floats, as backtrader keeps it), prices in index points; a trade's P&L and
+every decision that compares money are taken on integers: prices as the cents one contract is
+worth at them (:func:`.prices.to_units`), amounts in cents (:func:`.money.to_cents`).
 
 Numba caches each compiled function on disk next to its module; a function that calls these is
 cached with them compiled in, and numba does not notice when only the callee's file changes (a
@@ -24,6 +28,6 @@ documented limitation of its cache). After editing a rule, delete
 kernel.
 """
 
-from . import fees, kelly, margin, pnl, prices
+from . import fees, kelly, margin, money, pnl, prices
 
-__all__ = ["fees", "kelly", "margin", "pnl", "prices"]
+__all__ = ["fees", "kelly", "margin", "money", "pnl", "prices"]

@@ -1,6 +1,13 @@
 """The Kelly decision: from the closed trades' per-contract results to a number of contracts
 and the rule that decided it.
 
+Exact where money is compared: the samples are integers (a trade's net cents per contract in
+1/100 cent, :func:`m2k_bt.rules.money.per_contract`), so a win is > 0 and a loss < 0 exactly;
+the sign of f* is decided on integers (f* = w (W l - (n - w) L) / (n W l) for w wins summing
+W and l losses summing L), so an f* of exactly 0 is "no_edge" in both engines; the exposure
+and margin caps are integer divisions of cents. Only the contract count from f* (a ratio, not
+money) is a double, made from these exact inputs by the same compiled code in both engines.
+
 :class:`~m2k_bt.sizers.kelly.KellySizer` (``decide``) and the compiled loop both size their
 entries with :func:`decide`; the steps and caps are documented on the sizer. Binding codes are
 positions in :data:`BINDINGS`. ``NaN`` stands for "not defined" (the sizer reports ``None``).
@@ -40,13 +47,13 @@ def kelly_fraction(p, b):
 
 @njit(cache=True)
 def tally(values, start, count):
-    """Winners and losers among ``count`` per-contract results of the ring buffer ``values``
-    from index ``start``: ``(wins, sum of wins, losses, sum of losses as a positive number)``,
-    summed in order."""
+    """Winners and losers among ``count`` per-contract results (integers, 1/100 cent) of the
+    ring buffer ``values`` from index ``start``: ``(wins, sum of wins, losses, sum of losses
+    as a positive number)``, all integers."""
     wins = 0
     losses = 0
-    won = 0.0
-    lost = 0.0
+    won = 0
+    lost = 0
     size = values.shape[0]
     for q in range(count):
         x = values[(start + q) % size]
@@ -61,20 +68,24 @@ def tally(values, start, count):
 
 @njit(cache=True)
 def estimate(n, wins, won, losses, lost):
-    """``(p, b, f*)`` from ``n`` trades: p = wins / n, b = average win / average loss,
-    f* = :func:`kelly_fraction` (p, b); with winners and no loser f* = p (b unbounded).
-    ``NaN`` where undefined (b and f* without a winner)."""
+    """``(p, b, f*, edge)`` from ``n`` trades (:func:`tally`'s integers): p = wins / n,
+    b = average win / average loss, f* = (b p - q) / b = w (W l - (n - w) L) / (n W l);
+    with winners and no loser f* = p (b unbounded). ``edge`` is the sign of f*, decided on
+    integers (1, 0 or -1; -1 without a winner); an f* of exactly 0 is 0.0. ``NaN`` where
+    undefined (b and f* without a winner)."""
     p = wins / n
     b = np.nan
     f_star = np.nan
     if wins == 0:
-        return p, b, f_star
+        return p, b, f_star, -1
     if losses:
         b = (won / wins) / (lost / losses)
-        f_star = kelly_fraction(p, b)
-    else:
-        f_star = p
-    return p, b, f_star
+        num = won * losses - (n - wins) * lost
+        if num == 0:
+            return p, b, 0.0, 0
+        f_star = (np.float64(num) * wins) / (np.float64(n) * won * losses)
+        return p, b, f_star, 1 if num > 0 else -1
+    return p, b, p, 1
 
 
 @njit(cache=True)
@@ -84,17 +95,19 @@ def stop_risk(points, mult):
 
 
 @njit(cache=True)
-def apply_caps(contracts, binding, equity, free_cash, price, mult, margin, max_exposure,
+def apply_caps(contracts, binding, equity, free_cash, value, margin, exp_num, exp_den,
                max_contracts):
-    """``(contracts, binding)`` after the caps, each recorded when it binds: notional
-    within ``max_exposure`` x equity, initial ``margin`` within free cash (no cap when the
-    margin is not positive), at most ``max_contracts``."""
-    cap = int(math.floor(max_exposure * max(equity, 0.0) / (price * mult) + FLOOR_EPSILON))
-    if cap < contracts:
-        contracts = cap
-        binding = MAX_EXPOSURE
+    """``(contracts, binding)`` after the caps, each recorded when it binds, in integer
+    cents: notional (``value``: one contract's worth at the price) within ``max_exposure`` =
+    ``exp_num / exp_den`` x ``equity``, initial ``margin`` within ``free_cash`` (no cap when
+    the margin is not positive), at most ``max_contracts``."""
+    if value > 0:
+        cap = (exp_num * max(equity, 0)) // (exp_den * value)
+        if cap < contracts:
+            contracts = cap
+            binding = MAX_EXPOSURE
     if margin > 0:
-        cap = int(math.floor(max(free_cash, 0.0) / margin + FLOOR_EPSILON))
+        cap = max(free_cash, 0) // margin
         if cap < contracts:
             contracts = cap
             binding = MARGIN
@@ -105,11 +118,12 @@ def apply_caps(contracts, binding, equity, free_cash, price, mult, margin, max_e
 
 
 @njit(cache=True)
-def decide(n, min_trades, warmup, wins, won, losses, lost, risk, equity, free_cash, price, mult,
-           margin, kelly_scale, max_fraction, max_exposure, max_contracts):
+def decide(n, min_trades, warmup, wins, won, losses, lost, risk, equity, free_cash, value,
+           margin, kelly_scale, max_fraction, exp_num, exp_den, max_contracts):
     """One sizing decision from ``n`` closed trades (their :func:`tally`), the stop's ``risk``
-    per contract (``NaN``: no stop), equity, free cash, the entry price, the multiplier and the
-    initial margin per contract, and the sizer's parameters.
+    per contract in dollars (``NaN``: no stop), and in integer cents equity, free cash, one
+    contract's value at the entry price and its initial margin, and the sizer's parameters
+    (``max_exposure`` as the fraction ``exp_num / exp_den``).
 
     Returns ``(contracts, binding, p, b, f_star, f_used, risk_per_contract)``.
     """
@@ -120,21 +134,22 @@ def decide(n, min_trades, warmup, wins, won, losses, lost, risk, equity, free_ca
     contracts = warmup
     binding = WARMUP
     if n >= min_trades:
-        p, b, f_star = estimate(n, wins, won, losses, lost)
-        if wins == 0 or f_star <= 0:
+        p, b, f_star, edge = estimate(n, wins, won, losses, lost)
+        if edge <= 0:
             return 0, NO_EDGE, p, b, f_star, f_used, risk
-        if not risk > 0:  # no stop: the average loss per contract, if one was measured
-            risk = lost / losses if losses else np.nan
+        if not risk > 0:  # no stop: the average loss per contract ($), if one was measured
+            risk = (lost / losses) / 10_000.0 if losses else np.nan
         if not np.isnan(risk):
             f_used = kelly_scale * f_star
             binding = KELLY
             if f_used > max_fraction:
                 f_used = max_fraction
                 binding = MAX_FRACTION
-            contracts = int(math.floor(f_used * max(equity, 0.0) / risk + FLOOR_EPSILON))
+            contracts = int(math.floor(f_used * (max(equity, 0) / 100.0) / risk
+                                       + FLOOR_EPSILON))
             if contracts <= 0:
                 return 0, ZERO, p, b, f_star, f_used, risk
         # else no stop and no loss measured: cannot size on risk yet, the warm-up size
-    contracts, binding = apply_caps(contracts, binding, equity, free_cash, price, mult, margin,
-                                    max_exposure, max_contracts)
+    contracts, binding = apply_caps(contracts, binding, equity, free_cash, value, margin,
+                                    exp_num, exp_den, max_contracts)
     return max(0, contracts), binding, p, b, f_star, f_used, risk

@@ -12,9 +12,11 @@ the part that closes and the part that opens a position, and a paper trade's net
 
 from __future__ import annotations
 
+import numpy as np
 from numba import njit
 
-__all__ = ["pnl", "open_close", "sign", "average_price", "paper_trade_net"]
+__all__ = ["pnl", "open_close", "sign", "average_price", "trade_gross_cents", "average_fill",
+           "paper_trade_net"]
 
 
 @njit(cache=True)
@@ -72,8 +74,33 @@ def average_price(position, price, executed, fill):
 
 
 @njit(cache=True)
-def paper_trade_net(entry, exit_, direction, mult, per_side, slip_dollars):
-    """Net dollars of a one-contract paper trade: (exit - entry) x direction x mult, less a
-    commission each side and ``slip_dollars`` of slippage each side."""
-    gross = (exit_ - entry) * direction * mult
-    return gross - (per_side + per_side) - 2 * slip_dollars
+def trade_gross_cents(direction, entry_units, exit_units):
+    """A closed trade's gross P&L in cents: ``entry_units`` and ``exit_units`` are the sums of
+    its fills' prices in cents of contract value (:func:`~m2k_bt.rules.prices.to_units`) times
+    their contracts. Under average-cost accounting the realised P&L of a trade that ends flat is
+    exit value - entry value, however it was scaled in and out.
+
+    >>> trade_gross_cents(1, 2 * 1_000_000, 2 * 1_005_250)   # 2 x 10.5 pts x $5 = $105.00
+    10500
+    """
+    return direction * (exit_units - entry_units)
+
+
+@njit(cache=True)
+def average_fill(units, contracts, per_point):
+    """The volume-weighted price of fills worth ``units`` cents of contract value in all, for
+    ``contracts`` contracts: the double nearest to it."""
+    return units / (contracts * per_point)
+
+
+@njit(cache=True)
+def paper_trade_net(entry, exit_, direction, per_point, per_side_cents, slip_cents):
+    """Net cents of a one-contract paper trade: the move in cents of contract value
+    (:func:`~m2k_bt.rules.prices.to_units`), less a commission of ``per_side_cents`` and
+    ``slip_cents`` of slippage on each side.
+
+    >>> paper_trade_net(2000.0, 2010.5, 1, 500.0, 62, 50)   # 5,250 - 2 x 62 - 2 x 50 c
+    5026
+    """
+    gross = direction * (int(np.rint(exit_ * per_point)) - int(np.rint(entry * per_point)))
+    return gross - (per_side_cents + per_side_cents) - 2 * slip_cents

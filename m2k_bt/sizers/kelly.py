@@ -17,10 +17,40 @@ import numpy as np
 from ..errors import ParameterError
 from ..rules import kelly as rules
 from ..rules import margin as margin_rules
+from ..rules import money, prices
 from ..rules.kelly import BINDINGS
 
 __all__ = ["kelly_fraction", "signal_trades", "FixedContracts", "KellySizer", "KellyDecision",
-           "BINDINGS"]
+           "BINDINGS", "exposure_ratio", "kelly_samples"]
+
+#: Largest denominator of ``max_exposure`` as an exact fraction (:func:`exposure_ratio`).
+EXPOSURE_DENOMINATOR = 10**6
+
+
+def exposure_ratio(max_exposure: float) -> tuple[int, int]:
+    """``max_exposure`` as the exact fraction (numerator, denominator) its decimal digits say,
+    for the integer exposure cap (the nearest fraction with a denominator <= 10**6 when it has
+    more digits).
+
+    >>> exposure_ratio(2.0), exposure_ratio(0.3)
+    ((2, 1), (3, 10))
+    """
+    from fractions import Fraction
+
+    f = Fraction(repr(float(max_exposure))).limit_denominator(EXPOSURE_DENOMINATOR)
+    return f.numerator, f.denominator
+
+
+def kelly_samples(trades: list[dict]) -> np.ndarray:
+    """The Kelly samples of closed trades: each one's net cents per contract, in 1/100 cent
+    (:func:`m2k_bt.rules.money.per_contract`), in order; trades without contracts are left
+    out.
+
+    >>> kelly_samples([{"net_pnl": 1.0, "contracts": 3}, {"net_pnl": -0.5, "contracts": 1}])
+    array([ 3333, -5000])
+    """
+    return np.array([money.per_contract(money.to_cents(t["net_pnl"]), int(t["contracts"]))
+                     for t in trades if t["contracts"]], np.int64)
 
 
 
@@ -270,16 +300,17 @@ class KellySizer(bt.Sizer):
         dt = data.datetime.datetime(0) if len(data) else None
         trades = self._window()
         n = len(trades)
-        wins, won, losses, lost = 0, 0.0, 0, 0.0
+        wins, won, losses, lost = 0, 0, 0, 0
         if n >= p.min_trades:  # past warm-up: the per-contract results, in closing order
-            per_contract = np.array(
-                [t["net_pnl"] / t["contracts"] for t in trades if t["contracts"]], np.float64)
-            wins, won, losses, lost = rules.tally(per_contract, 0, len(per_contract))
+            samples = kelly_samples(trades)
+            wins, won, losses, lost = rules.tally(samples, 0, len(samples))
+        exp_num, exp_den = exposure_ratio(p.max_exposure)
         contracts, binding, kp, kb, f_star, f_used, risk = rules.decide(
             n, p.min_trades, p.warmup_contracts, wins, won, losses, lost,
-            rules.stop_risk(self._stop_points(data), mult), equity, free_cash, price, mult,
-            margin, float(p.kelly_scale), float(p.max_fraction), float(p.max_exposure),
-            p.max_contracts)
+            rules.stop_risk(self._stop_points(data), mult), money.to_cents(equity),
+            money.to_cents(free_cash), prices.to_units(price, mult * 100.0),
+            money.to_cents(margin), float(p.kelly_scale), float(p.max_fraction), exp_num,
+            exp_den, p.max_contracts)
         return KellyDecision(dt=dt, p=_defined(kp), b=_defined(kb), f_star=_defined(f_star),
                              f_used=_defined(f_used), equity=equity,
                              risk_per_contract=_defined(risk), contracts=int(contracts),

@@ -21,6 +21,7 @@ import backtrader as bt
 
 from ..contracts import M2K, round_to_tick
 from ..errors import ParameterError, check_known
+from ..rules import money, pnl, prices
 from ..sessions import GLOBEX_REOPEN, RTH_END, RTH_START
 from .params import coerce_param, parse_hhmm, strategy_params
 from .trades import OpenTrade
@@ -286,6 +287,7 @@ class M2KStrategy(bt.Strategy, metaclass=_M2KStrategyMeta):
         self._tick = self._data_tick()
         self._roll_line = getattr(self.data.lines, "roll", None)
         self._mult = float(getattr(comminfo.p, "mult", None) or 1.0)
+        self._per_point = self._mult * 100.0  # cents of contract value per point
         self._external_line = getattr(self.data.lines, "signal", None)  # an external series
         if (self.p.signal_min is not None or self.p.signal_max is not None) and (
                 self._external_line is None):
@@ -593,9 +595,11 @@ class M2KStrategy(bt.Strategy, metaclass=_M2KStrategyMeta):
 
     def _log_shadow(self, shadow: dict, price: float, when) -> None:
         comminfo = self.broker.getcommissioninfo(self.data)
-        slip = float(getattr(self.broker.p, "slippage_ticks", 0) or 0) * self._tick * self._mult
-        comm = comminfo.getcommission(1, shadow["entry_price"]) + comminfo.getcommission(1, price)
-        gross = (price - shadow["entry_price"]) * shadow["direction"] * self._mult
+        slip = prices.slip_cents(float(getattr(self.broker.p, "slippage_ticks", 0) or 0),
+                                 self._tick, self._per_point)
+        per_side = money.to_cents(comminfo.getcommission(1, shadow["entry_price"]))
+        net = pnl.paper_trade_net(shadow["entry_price"], price, shadow["direction"],
+                                  self._per_point, per_side, slip)
         self.shadow_log.append({
             "entry_dt": shadow["entry_dt"],
             "exit_dt": when,
@@ -603,9 +607,9 @@ class M2KStrategy(bt.Strategy, metaclass=_M2KStrategyMeta):
             "contracts": 1,
             "entry_price": shadow["entry_price"],
             "exit_price": price,
-            "gross_pnl": gross,
-            "commission": comm,
-            "net_pnl": gross - comm - 2 * slip,
+            "gross_pnl": money.dollars(net + 2 * per_side + 2 * slip),
+            "commission": money.dollars(2 * per_side),
+            "net_pnl": money.dollars(net),
             "bars_held": len(self.data) - shadow["entry_bar"],
             "exit_reason": "shadow",
         })
@@ -713,12 +717,16 @@ class M2KStrategy(bt.Strategy, metaclass=_M2KStrategyMeta):
         self._apply_fill(dsize, price, dcomm, when, reason, kelly, self._leg_of.get(order.ref))
 
     def _apply_fill(self, dsize, price, comm, when, reason, kelly, trade_id=None) -> None:
+        """Book a fill of ``dsize`` contracts at ``price`` with ``comm`` dollars of commission,
+        in integers (:class:`~m2k_bt.strategies.trades.OpenTrade`)."""
         qty = abs(dsize)
+        units = prices.to_units(price, self._per_point)
+        comm = money.to_cents(comm)
         trade = self._open
         if trade is not None and _sign(dsize) != trade.direction:
             closing = min(qty, trade.size)
-            share = comm * closing / qty
-            trade.close_part(closing, price, share, self._mult)
+            share = comm * closing // qty
+            trade.close_part(closing, units, share)
             qty, comm = qty - closing, comm - share
             if trade.size == 0:
                 self._log(trade, when, reason)
@@ -731,21 +739,17 @@ class M2KStrategy(bt.Strategy, metaclass=_M2KStrategyMeta):
                 self._open = OpenTrade(direction=_sign(dsize), entry_dt=when,
                                         entry_bar=len(self.data), kelly=kelly,
                                         trade_id=trade_id)
-            self._open.add(qty, price, comm)
+            self._open.add(qty, units, comm)
 
     def _log(self, trade: OpenTrade, when, reason: str, exit_comm_free: bool = False) -> None:
-        entry = trade.entry_value / trade.entry_contracts
-        exit_ = trade.exit_value / trade.exit_contracts
+        money_ = trade.row(self._per_point)
+        entry, exit_ = money_["entry_price"], money_["exit_price"]
         self.trade_log.append({
             "entry_dt": trade.entry_dt,
             "exit_dt": when,
             "direction": "long" if trade.direction > 0 else "short",
             "contracts": trade.entry_contracts,
-            "entry_price": entry,
-            "exit_price": exit_,
-            "gross_pnl": trade.gross,
-            "commission": trade.comm,
-            "net_pnl": trade.gross - trade.comm,
+            **money_,
             "ticks": round((exit_ - entry) * trade.direction / self._tick, 6),
             "bars_held": len(self.data) - trade.entry_bar,
             "exit_reason": reason,
@@ -769,6 +773,6 @@ class M2KStrategy(bt.Strategy, metaclass=_M2KStrategyMeta):
             except IndexError:  # exactbars=1 has released the buffers: the broker's last mark
                 pos = self.broker.getposition(self.data)
                 price, when = float(pos.adjbase), pos.datetime
-            trade.close_part(trade.size, price, 0.0, self._mult)
+            trade.close_part(trade.size, prices.to_units(price, self._per_point), 0)
             self._log(trade, when, "end")
             self._open = None
