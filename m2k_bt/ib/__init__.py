@@ -1,0 +1,1 @@
+"""Live trading through Interactive Brokers (``ib_async``, the optional ``ib`` extra)."""
