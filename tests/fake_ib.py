@@ -249,8 +249,8 @@ class FakeGateway:
     def _exec(self, req: int, ex: dict) -> None:
         self._send(11, req, ex["orderId"], *_contract_fields(self.details), ex["execId"],
                    "20251001 14:30:00 UTC", ACCOUNT, "CME", ex["side"], ex["qty"], ex["price"],
-                   ex["perm"], self.client_id, 0, ex.get("cum", ex["qty"]), ex["price"], ex["ref"], "", "",
-                   "", 1)
+                   ex["perm"], self.client_id, 0, ex.get("cum", ex["qty"]), ex["price"],
+                   ex["ref"], "", "", "", 1)
 
     def _status(self, o: dict, status: str, price: float = 0.0) -> None:
         filled = o.get("filled", 0.0)

@@ -12,7 +12,13 @@ from __future__ import annotations
 
 import datetime as _dt
 
-from ..contracts import DEFAULT_ROLL_DAYS, TICK_TOLERANCE, ContractMonth, ContractSpec, front_contract
+from ..contracts import (
+    DEFAULT_ROLL_DAYS,
+    TICK_TOLERANCE,
+    ContractMonth,
+    ContractSpec,
+    front_contract,
+)
 from ..sessions import NY_ZONE
 from .errors import ContractMismatchError, require_ib_async
 
@@ -80,7 +86,7 @@ def resolve_contract(store, spec: ContractSpec, when: _dt.datetime | None = None
     with :func:`check_details`; a month IB does not know is a :class:`ContractMismatchError`."""
     month = front_month(spec, when, days_before)
     wanted = ib_future(month)
-    found = store.run(store.ib.reqContractDetailsAsync(wanted))
+    found = store.run(lambda: store.ib.reqContractDetailsAsync(wanted))
     if not found:
         raise ContractMismatchError(f"IB knows no contract {month.symbol} ({spec.root} "
                                     f"{month.year}-{month.month:02d} on {spec.exchange})")

@@ -95,8 +95,10 @@ class IBStore:
         ready.wait()
 
     def run(self, what, timeout: float | None = None):
-        """Run ``what`` (a coroutine, or a function of no arguments) on the IB thread and
-        return its result (``timeout`` seconds, default the store's)."""
+        """Run ``what`` (a coroutine, or a function of no arguments, whose result is awaited if
+        it is awaitable) on the IB thread and return its result (``timeout`` seconds, default
+        the store's). Calls that make futures (``ib_async``'s ``...Async`` methods) must come
+        as functions, ``lambda: ib.reqExecutionsAsync()``, so that they are made there."""
         async def _call():
             out = what() if callable(what) and not inspect.iscoroutine(what) else what
             if inspect.isawaitable(out):
