@@ -353,3 +353,37 @@ def test_source_history_then_live_bars_resubscribed_after_a_drop(gw):
     finally:
         src.stop()
         store.close()
+
+
+# -- the command line, end to end -----------------------------------------------------------------
+def test_cli_dry_run_then_sigterm_writes_the_report_and_exits_143(gw, tmp_path):
+    import json
+    import os
+    import signal
+    import subprocess
+
+    t0 = int(_dt.datetime(2025, 10, 1, 14, 0, tzinfo=_dt.timezone.utc).timestamp())
+    gw.history = [(t0 + 300 * i, 2000.0 + i % 7, 2001.0 + i % 7, 1999.0 + i % 7,
+                   2000.5 + i % 7, 10.0) for i in range(40)]
+    out = tmp_path / "out"
+    root = Path(__file__).resolve().parent.parent
+    proc = subprocess.Popen(
+        [sys.executable, str(root / "run_backtest.py"), "live", "--ib", f"127.0.0.1:{gw.port}",
+         "--client-id", "4", "--dry-run", "--sizer", "fixed", "--no-plot", "--quiet",
+         "--out", str(out)],
+        env={**os.environ, "PYTHONPATH": str(root)}, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True)
+    journal = out / "journal.jsonl"
+    try:
+        assert gw.wait_for(lambda: journal.exists() and '"subscribed"' in journal.read_text(),
+                           60)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143, err
+    assert gw.placed == []
+    report = json.loads((out / "report.json").read_text())
+    assert "report.json" in os.listdir(out)
+    states = [r.get("state") for r in read_journal(journal) if r["kind"] == "state"]
+    assert states[0] == "connected" and "reconciled" in states and states[-1] == "stopped"
+    assert report
