@@ -159,8 +159,7 @@ class IBStore:
             self.run(self._connect_once(), timeout=self.timeout + 1.0)
         except BaseException as exc:  # noqa: BLE001 - every failure becomes one line
             sent = self.run(lambda: self.ib.client.conn.numBytesSent)
-            self._closing = True
-            self.run(self.ib.disconnect)
+            self.close()
             raise GatewayError(f"IB gateway {self.address}: {self._why(exc, sent, notes)}") \
                 from None
         accounts = self.run(self.ib.client.getAccounts)
@@ -199,8 +198,9 @@ class IBStore:
         return f"connection failed: {type(exc).__name__}: {exc}"
 
     def _on_disconnected(self) -> None:
+        was_up = self.connected.is_set()
         self.connected.clear()
-        if self._closing:
+        if self._closing or not was_up:  # closing, or a failed (re)connect: no new loop
             return
         self._say("disconnected", self.address)
         self.loop.create_task(self._reconnect())
