@@ -21,6 +21,7 @@ LAYERS = (
     ("analyzers",),
     ("engine",),  # a configuration resolved into a plan, cerebro's wiring, the result
     ("kernel",),  # the compiled engine
+    ("ib",),  # live trading through Interactive Brokers
     ("report",),
     ("optimize",),  # studies, walk-forward, overfitting statistics
     ("cli",),

@@ -318,7 +318,10 @@ def live_main(argv: list[str]) -> int:
     from ..engine import select_bars
     from ..report.summary import write_outputs
     from .common import config_from_args, default_out
+    from .ib import ib_main, wants_ib
 
+    if wants_ib(argv):  # trading through Interactive Brokers: m2k_bt.cli.ib
+        return ib_main(argv, live_cerebro, SignalStop)
     args = build_parser().parse_args(argv)
     if args.data and args.data != [args.replay]:
         raise ConfigError("live streams --replay FILE; leave out --data (or give the same file)")

@@ -1,0 +1,534 @@
+"""A backtrader broker that trades through IB: the strategy's orders become IB orders, and IB's
+answers (acknowledgements, fills with IB's commissions, cancels, rejections) come back as the
+backtrader notifications the strategy already handles.
+
+What it does, in the order a strategy's order meets it:
+
+1. A bracket (``buy_bracket``/``sell_bracket``: a parent held until its last child) is sent
+   whole, as an IB bracket: the market (or limit) parent plus a stop and a target in one OCA
+   group, their prices snapped to the tick grid (:func:`~m2k_bt.ib.orders.bracket_prices`).
+2. Refused, as a backtrader rejection that names the reason in the journal, when: it was decided
+   on a warm-up (history) bar; trading is halted; a limit would be broken (the broker then
+   halts: cancels its orders and flattens); or our margin rule
+   (:func:`~m2k_bt.rules.margin.supported_contracts` at the initial margin) says the equity
+   does not carry the position.
+3. Every order carries our reference (:func:`~m2k_bt.ib.orders.order_ref`, made from the bar it
+   was decided on); a reference IB or the journal already knows is never sent again.
+4. ``dry_run``: nothing is sent; the orders are journalled as ``would_send`` and logged.
+
+At start it reconciles (:mod:`m2k_bt.ib.reconcile`) and refuses an account it cannot account
+for unless ``adopt``; after a reconnect it asks IB for the executions again and books the fills
+it missed (each execution once: fills are keyed by IB's execution id).
+
+One contract per broker. Equity is ``cash`` (the starting equity given, not IB's net
+liquidation value) plus realised and open profit: it is what the margin check, the sizer and
+the daily loss limit see.
+"""
+
+from __future__ import annotations
+
+import collections
+import datetime as _dt
+import logging
+import queue
+import time
+
+import backtrader as bt
+
+from ..contracts import M2K, trade_date
+from ..rules.margin import margin_held, supported_contracts
+from .limits import LimitGuard
+from .orders import REF_TAG, ib_orders, order_ref, plan_orders
+from .reconcile import IBFill, IBOrder, reconcile
+
+__all__ = ["IBBroker"]
+
+logger = logging.getLogger(__name__)
+
+_ALIVE_AT_IB = ("PendingSubmit", "ApiPending", "PreSubmitted", "Submitted")
+_REJECT_CODES = (201, 203, 10147, 10148)
+
+
+class IBBroker(bt.broker.BrokerBase):
+    """Parameters:
+
+    - ``store`` (def: ``None``): a connected :class:`~m2k_bt.ib.store.IBStore`.
+    - ``contract`` (def: ``None``): the qualified ``ib_async`` contract
+      (:func:`~m2k_bt.ib.contract.resolve_contract`).
+    - ``spec`` (def: ``M2K``): our contract facts (tick grid, multiplier, margins).
+    - ``journal`` (def: ``None``): a :class:`~m2k_bt.ib.journal.Journal`.
+    - ``limits`` (def: ``None``): :class:`~m2k_bt.ib.limits.Limits`.
+    - ``cash`` (def: ``25000.0``): starting equity, dollars.
+    - ``margin`` (def: ``None``): initial margin per contract, dollars; ``None``: the spec's.
+    - ``dry_run`` (def: ``False``), ``adopt`` (def: ``False``), ``cancel_on_exit``
+      (def: ``False``): see the module doc and the command line.
+    - ``tag`` (def: ``"m2k"``): prefix of our order references.
+    - ``history_end`` (def: ``None``): function returning the last warm-up bar's time (naive
+      New York), e.g. ``lambda: source.history_end``; orders decided up to it are not sent.
+    - ``comm_wait`` (def: ``2.0``): seconds a fill waits for IB's commission report before it
+      is booked with the commission model's estimate.
+    - ``settle`` (def: ``2.0``): seconds ``stop()`` waits for answers still on their way.
+    """
+
+    params = (
+        ("store", None),
+        ("contract", None),
+        ("spec", M2K),
+        ("journal", None),
+        ("limits", None),
+        ("cash", 25_000.0),
+        ("margin", None),
+        ("dry_run", False),
+        ("adopt", False),
+        ("cancel_on_exit", False),
+        ("tag", REF_TAG),
+        ("history_end", None),
+        ("comm_wait", 2.0),
+        ("settle", 2.0),
+    )
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.notifs: collections.deque = collections.deque()
+        self._events: queue.SimpleQueue = queue.SimpleQueue()
+        self.position = bt.Position()
+        self.cash = self.startingcash = float(self.p.cash)
+        self.by_id: dict[int, bt.Order] = {}  # IB order id -> our order
+        self.ids: dict[int, list[int]] = {}  # our order ref -> IB order ids
+        self.refs: dict[int, str] = {}  # our order ref -> IB order reference
+        self.known_refs: set[str] = set()
+        self.halted: str | None = None
+        self._held: list[bt.Order] = []
+        self._seq: collections.Counter = collections.Counter()
+        self._execs: set[str] = set()
+        self._comms: dict[str, float] = {}
+        self._fills: list[tuple] = []  # (arrived, IBFill, order id) waiting for a commission
+        self._data = None
+        self._day = None
+        self._day_start = None
+        self.guard = LimitGuard(self.p.limits)
+        self.reconciliation = None
+        self.sent = 0
+        self.refused: collections.Counter = collections.Counter()
+
+    # -- journal ------------------------------------------------------------------------------
+    def _j(self, kind: str, **fields) -> None:
+        if self.p.journal is not None:
+            self.p.journal.write(kind, **fields)
+
+    # -- start, reconcile, stop ---------------------------------------------------------------
+    def start(self) -> None:
+        super().start()
+        store = self.p.store
+        store.run(self._subscribe)
+        self._reconcile()
+        store.on_reconnect(self._on_reconnect)
+        self._j("state", state="started", detail=f"dry_run={self.p.dry_run} "
+                f"limits={self.guard.limits}")
+
+    @property
+    def symbol(self) -> str:
+        return getattr(self.p.contract, "localSymbol", "") or self.p.spec.root
+
+    def _snapshot(self) -> tuple:
+        """(IB thread) IB's position (and average price), open orders and fills on our
+        contract."""
+        ib, conid = self.p.store.ib, self.p.contract.conId
+        size, avg = 0.0, 0.0
+        for p in ib.positions(self.p.store.account):
+            if p.contract.conId == conid:
+                size += p.position
+                avg = p.avgCost / self.p.spec.multiplier
+        orders = [IBOrder(t.order.orderId, t.order.orderRef, t.order.action,
+                          t.order.totalQuantity, t.order.orderType, t.orderStatus.status)
+                  for t in ib.openTrades() if t.contract.conId == conid]
+        fills = [self._fill_of(f) for f in ib.fills() if f.contract.conId == conid]
+        return size, avg, orders, fills
+
+    @staticmethod
+    def _fill_of(f) -> IBFill:
+        ex = f.execution
+        sign = 1.0 if ex.side in ("BOT", "BUY") else -1.0
+        comm = f.commissionReport.commission if f.commissionReport.execId else None
+        return IBFill(ex.execId, ex.orderId, ex.orderRef, sign * ex.shares, ex.price, comm)
+
+    def _reconcile(self) -> None:
+        size, avg, orders, fills = self.p.store.run(self._snapshot)
+        journal = self.p.journal
+        booked = journal.exec_ids() if journal is not None else set()
+        held = journal.position(self.symbol) if journal is not None else 0.0
+        r = reconcile(self.symbol, size, orders, fills, held, booked, self.p.tag, self.p.adopt)
+        for f in r.recovered:
+            self._j("fill", ref=f.ref, exec_id=f.exec_id, symbol=self.symbol, size=f.size,
+                    price=f.price, commission=f.commission, recovered=True)
+        if r.adopted:
+            self._j("adopt", symbol=self.symbol, size=size, price=avg)
+        self._execs.update(f.exec_id for f in fills)
+        self.known_refs = {o.ref for o in r.ours} | {f.ref for f in fills if f.ref}
+        if journal is not None:
+            self.known_refs |= journal.sent_refs()
+        self.position = bt.Position(size, avg if size else 0.0)
+        self.reconciliation = r
+        self._j("state", state="reconciled", detail=r.summary())
+
+    async def _on_reconnect(self) -> None:
+        """(IB thread) After a reconnect: book the executions missed while away."""
+        fills = await self.p.store.ib.reqExecutionsAsync()
+        for f in fills:
+            if f.contract.conId == self.p.contract.conId:
+                self._events.put(("exec", self._fill_of(f)))
+        self._events.put(("state", "reconnected"))
+
+    def stop(self) -> None:
+        end = time.monotonic() + self.p.settle
+        while time.monotonic() < end and (self._fills or self._waiting()):
+            self._drain(final=False)
+            time.sleep(0.02)
+        self._drain(final=True)
+        if self.p.cancel_on_exit and not self.p.dry_run:
+            ids = self.p.store.run(self._our_open_ids)
+            for oid in ids:
+                self.p.store.call_soon(self._cancel_id, oid)
+            self._j("state", state="cancel_on_exit", detail=f"cancelled {len(ids)} order(s)")
+        self._j("state", state="stopped", detail=f"position {self.position.size:+g}, "
+                f"cash {self.cash:.2f}")
+        super().stop()
+
+    def _waiting(self) -> bool:
+        # orders sent whose first answer has not come back yet
+        return any(o.status == o.Submitted for o in self.by_id.values())
+
+    def _our_open_ids(self) -> list[int]:
+        return [t.order.orderId for t in self.p.store.ib.openTrades()
+                if t.order.orderRef.startswith(f"{self.p.tag}-")]
+
+    def _cancel_id(self, oid: int) -> None:
+        for t in self.p.store.ib.openTrades():
+            if t.order.orderId == oid:
+                self.p.store.ib.cancelOrder(t.order)
+
+    # -- IB's events (IB thread -> queue -> cerebro's thread) ---------------------------------
+    def _subscribe(self) -> None:
+        ib = self.p.store.ib
+        ib.orderStatusEvent += self._on_status
+        ib.execDetailsEvent += self._on_exec
+        ib.commissionReportEvent += self._on_comm
+        ib.errorEvent += self._on_error
+
+    def _on_status(self, trade) -> None:
+        s = trade.orderStatus
+        status = s.status
+        if status == "Cancelled" and trade.log and trade.log[-1].errorCode in _REJECT_CODES:
+            status = "Rejected"  # ib_async reports a rejection as a cancel with an error code
+        self._events.put(("status", trade.order.orderId, status, s.filled, s.remaining))
+
+    def _on_exec(self, trade, fill) -> None:
+        self._events.put(("exec", self._fill_of(fill)))
+
+    def _on_comm(self, trade, fill, report) -> None:
+        self._events.put(("comm", report.execId, report.commission))
+
+    def _on_error(self, req_id, code, message, contract=None) -> None:
+        self._events.put(("error", req_id, code, message))
+
+    def _drain(self, final: bool = False) -> None:
+        while True:
+            try:
+                ev = self._events.get_nowait()
+            except queue.Empty:
+                break
+            kind = ev[0]
+            if kind == "status":
+                self._status(*ev[1:])
+            elif kind == "exec":
+                f = ev[1]
+                if f.exec_id not in self._execs:
+                    self._execs.add(f.exec_id)
+                    self._fills.append((time.monotonic(), f))
+            elif kind == "comm":
+                self._comms[ev[1]] = ev[2]
+            elif kind == "error":
+                self._error(*ev[1:])
+            elif kind == "state":
+                self._j("state", state=ev[1], detail="executions asked again")
+        now = time.monotonic()
+        waiting = []
+        for arrived, f in self._fills:
+            if f.exec_id in self._comms or f.commission is not None or final \
+                    or now - arrived >= self.p.comm_wait:
+                self._book(f, self._comms.get(f.exec_id, f.commission))
+            else:
+                waiting.append((arrived, f))
+        self._fills = waiting
+
+    def _status(self, oid: int, status: str, filled: float, remaining: float) -> None:
+        order = self.by_id.get(oid)
+        self._j("status", ib_order_id=oid, ref=self.refs.get(order.ref) if order else None,
+                status=status, filled=filled, remaining=remaining)
+        if order is None or not order.alive():
+            return
+        if status in ("PreSubmitted", "Submitted") and order.status == order.Submitted:
+            order.accept(self)
+            self.notify(order)
+        elif status in ("Cancelled", "ApiCancelled") and filled < abs(order.size):
+            order.cancel()
+            self.notify(order)
+        elif status in ("Inactive", "Rejected"):
+            order.reject(self)
+            self.notify(order)
+
+    def _error(self, req_id: int, code: int, message: str) -> None:
+        order = self.by_id.get(req_id)
+        self._j("error", code=code, message=message,
+                ref=self.refs.get(order.ref) if order is not None else None)
+        if order is not None and code in _REJECT_CODES and order.alive():
+            order.reject(self)
+            self.notify(order)
+            for child in self._children_of(order):
+                if child.alive():
+                    child.reject(self)
+                    self.notify(child)
+        elif code < 2100 or code >= 2200:  # 2100-2199 are IB's information messages
+            logger.warning("IB error %s: %s", code, message)
+
+    def _children_of(self, order) -> list:
+        return [o for o in self.by_id.values() if o.parent is order]
+
+    def _book(self, f: IBFill, commission: float | None) -> None:
+        """Book one fill: position, cash, the order's execution and its notification."""
+        order = self.by_id.get(f.order_id)
+        comminfo = self.getcommissioninfo(order.data) if order is not None else None
+        if commission is None:  # no report from IB in time: the commission model's estimate
+            commission = abs(f.size) * (comminfo.p.commission if comminfo else
+                                        self.p.spec.commission)
+        pos = self.position
+        pprice_orig = pos.price
+        psize, pprice, opened, closed = pos.update(f.size, f.price)
+        mult = self.p.spec.multiplier
+        pnl = -closed * (f.price - pprice_orig) * mult if closed else 0.0
+        self.cash += pnl - commission
+        self._j("fill", ref=f.ref, exec_id=f.exec_id, symbol=self.symbol, size=f.size,
+                price=f.price, commission=commission, ib_order_id=f.order_id)
+        if order is None or not order.alive():
+            return  # an order of an earlier run (say its bracket's stop): position booked
+        closedcomm = commission * abs(closed) / abs(f.size) if f.size else 0.0
+        order.execute(bt.date2num(_dt.datetime.now()), f.size, f.price, closed,
+                      abs(closed) * pprice_orig * mult, closedcomm, opened,
+                      abs(opened) * f.price * mult, commission - closedcomm,
+                      comminfo.margin if comminfo else 0.0, pnl, psize, pprice)
+        if order.executed.remsize:
+            order.partial()
+        else:
+            order.completed()
+            for child in self._children_of(order):
+                if child.status == child.Created:
+                    child.activate()
+        self.notify(order)
+
+    # -- what backtrader calls -----------------------------------------------------------------
+    def getcash(self) -> float:
+        held = margin_held(self.position.size, self._each())
+        return self.getvalue() - held
+
+    def getvalue(self, datas=None) -> float:
+        value = self.cash
+        data = self._data
+        if self.position.size and data is not None and len(data):
+            value += self.position.size * (data.close[0] - self.position.price) * \
+                self.p.spec.multiplier
+        return value
+
+    def getposition(self, data, clone: bool = True):
+        return self.position.clone() if clone else self.position
+
+    def get_notification(self):
+        try:
+            return self.notifs.popleft()
+        except IndexError:
+            return None
+
+    def notify(self, order) -> None:
+        self.notifs.append(order.clone())
+
+    def next(self) -> None:
+        self._drain()
+        self._check_loss()
+
+    def _each(self) -> float:
+        return float(self.p.margin or self.p.spec.initial_margin)
+
+    def _check_loss(self) -> None:
+        data = self._data
+        if data is None or not len(data) or self.halted:
+            return
+        day = trade_date(data.datetime.datetime(0))
+        value = self.getvalue()
+        if self._day is None:  # the run's first trade date counts from the starting equity
+            self._day, self._day_start = day, self.startingcash
+        if day != self._day:
+            self._day, self._day_start = day, value
+            return
+        breach = self.guard.check_loss(value - self._day_start)
+        if breach and not self._warmup(data):
+            self.halt(breach)
+
+    def buy(self, owner, data, size, price=None, plimit=None, exectype=None, valid=None,
+            tradeid=0, oco=None, trailamount=None, trailpercent=None, parent=None,
+            transmit=True, **kwargs):
+        order = bt.BuyOrder(owner=owner, data=data, size=size, price=price, pricelimit=plimit,
+                            exectype=exectype, valid=valid, tradeid=tradeid, oco=oco,
+                            trailamount=trailamount, trailpercent=trailpercent, parent=parent,
+                            transmit=transmit)
+        return self._take(order, kwargs)
+
+    def sell(self, owner, data, size, price=None, plimit=None, exectype=None, valid=None,
+             tradeid=0, oco=None, trailamount=None, trailpercent=None, parent=None,
+             transmit=True, **kwargs):
+        order = bt.SellOrder(owner=owner, data=data, size=size, price=price, pricelimit=plimit,
+                             exectype=exectype, valid=valid, tradeid=tradeid, oco=oco,
+                             trailamount=trailamount, trailpercent=trailpercent, parent=parent,
+                             transmit=transmit)
+        return self._take(order, kwargs)
+
+    def cancel(self, order) -> None:
+        if not order.alive():
+            return
+        ids = self.ids.get(order.ref)
+        if self.p.dry_run or not ids:
+            order.cancel()
+            self.notify(order)
+            return
+        oid = ids[0] if order.parent is None else ids[-1]
+        for i in ids:
+            if self.by_id.get(i) is order:
+                oid = i
+        self._j("order", event="cancel_sent", ref=self.refs.get(order.ref), ib_order_id=oid)
+        self.p.store.call_soon(self._cancel_id, oid)
+
+    # -- sending -------------------------------------------------------------------------------
+    def _take(self, order, info: dict):
+        order.addcomminfo(self.getcommissioninfo(order.data))
+        order.addinfo(**info)
+        self._data = order.data
+        order.submit(self)
+        self.notify(order)
+        if order.parent is None and not order.transmit:
+            self._held = [order]
+            return order
+        if order.parent is not None:
+            self._held.append(order)
+            if not order.transmit:
+                return order
+            group, self._held = self._held, []
+        else:
+            group = [order]
+        self._send(group)
+        return order
+
+    def _warmup(self, data) -> bool:
+        end = self.p.history_end() if self.p.history_end is not None else None
+        return end is not None and data.datetime.datetime(0) <= end
+
+    def _refuse(self, group: list, why: str, ref: str) -> None:
+        self.refused[why.split(":")[0]] += 1
+        self._j("order", event="refused", ref=ref, reason=why)
+        for o in group:
+            o.reject(self)
+            self.notify(o)
+
+    def _send(self, group: list) -> None:
+        parent = group[0]
+        data = parent.data
+        bar_dt = data.datetime.datetime(0)
+        self._seq[bar_dt] += 1
+        ref = order_ref(self.p.tag, bar_dt, self._seq[bar_dt])
+        stop = target = None
+        for child in group[1:]:
+            if child.exectype in (bt.Order.Stop, bt.Order.StopLimit):
+                stop = child.created.price
+            else:
+                target = child.created.price
+        etype = {bt.Order.Limit: "LMT", bt.Order.Stop: "STP"}.get(parent.exectype, "MKT")
+        price = parent.created.price if etype != "MKT" else None
+        plan = plan_orders(self.p.spec, parent.isbuy(), abs(parent.size), ref, etype, price,
+                           stop, target)
+        if self._warmup(data):
+            return self._refuse(group, "warm-up: decided on a history bar, not sent", ref)
+        if self.halted:
+            return self._refuse(group, f"halted: {self.halted}", ref)
+        pending = sum(o.executed.remsize for o in self.by_id.values()
+                      if o.alive() and o.parent is None)
+        after = self.position.size + pending + parent.size
+        breach = self.guard.check_order(after, len(plan.legs), time.monotonic())
+        if breach:
+            self._refuse(group, f"limit: {breach}", ref)
+            self.halt(breach)
+            return
+        each = self._each()
+        if abs(after) > abs(self.position.size) and \
+                supported_contracts(self.getvalue(), each) < abs(after):
+            return self._refuse(group, f"margin: {abs(after):g} contracts need "
+                                f"${margin_held(after, each):,.2f} at ${each:,.2f} each, equity "
+                                f"${self.getvalue():,.2f}", ref)
+        if ref in self.known_refs:
+            self._j("order", event="not_resent", ref=ref, plan=plan.describe(),
+                    reason="IB or the journal already has this order (restart)")
+            for o in group:
+                o.cancel()
+                self.notify(o)
+            return
+        self.known_refs.add(ref)
+        for o in group:
+            self.refs[o.ref] = ref
+        if self.p.dry_run:
+            logger.warning("dry-run: would send %s", plan.describe())
+            self._j("order", event="would_send", ref=ref, plan=plan.describe())
+            for o in group:
+                o.accept(self)
+                self.notify(o)
+            return
+        ids = self.p.store.run(lambda: self._place(plan))
+        for o, oid in zip(group, ids):
+            self.by_id[oid] = o
+        self.ids[parent.ref] = ids
+        for o in group[1:]:
+            self.ids[o.ref] = ids
+        self.guard.record_sent(len(ids), time.monotonic())
+        self.sent += len(ids)
+        self._j("order", event="sent", ref=ref, plan=plan.describe(), ib_order_ids=ids)
+
+    def _place(self, plan) -> list[int]:
+        """(IB thread) Place ``plan``'s orders with consecutive ids; returns the ids."""
+        ib = self.p.store.ib
+        first = ib.client.getReqId()
+        for _ in plan.legs[1:]:
+            ib.client.getReqId()
+        orders = ib_orders(plan, first, self.p.store.account)
+        for o in orders:
+            ib.placeOrder(self.p.contract, o)
+        return [o.orderId for o in orders]
+
+    # -- halting -------------------------------------------------------------------------------
+    def halt(self, reason: str) -> None:
+        """Stop trading: cancel our open orders, close the position at market, refuse the
+        rest of the run's orders."""
+        if self.halted:
+            return
+        self.halted = reason
+        logger.warning("limit broken, trading halted: %s", reason)
+        self._j("limit", limit=reason.split(":")[0], detail=reason)
+        if self.p.dry_run:
+            self._j("state", state="halted", detail=f"dry-run: would cancel and flatten "
+                    f"{self.position.size:+g}")
+            return
+        store = self.p.store
+        for oid in store.run(self._our_open_ids):
+            store.call_soon(self._cancel_id, oid)
+        size = self.position.size  # entries still working are cancelled above
+        if size:
+            ref = f"{self.p.tag}-flatten-{_dt.datetime.now():%Y%m%d%H%M%S}"
+            plan = plan_orders(self.p.spec, size < 0, abs(size), ref)
+            ids = store.run(lambda: self._place(plan))
+            self._j("order", event="sent", ref=ref, plan=plan.describe(), ib_order_ids=ids,
+                    reason="flatten")
+        self._j("state", state="halted", detail=f"cancelled our orders, flatten {-size:+g}")

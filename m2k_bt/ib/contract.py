@@ -1,0 +1,98 @@
+"""The contract traded through IB: our calendar picks the month, IB's details are checked
+against our contract facts before anything is sent.
+
+- :func:`front_month`: the contract our roll calendar trades at a moment (as in backtests).
+- :func:`ib_future`: the ``ib_async.Future`` asking IB for that month.
+- :func:`check_details`: IB's multiplier, minimum tick and exchange against the
+  :class:`~m2k_bt.contracts.ContractSpec`; every difference is named.
+- :func:`resolve_contract`: the three together over a connected :class:`~m2k_bt.ib.store.IBStore`.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+
+from ..contracts import (
+    DEFAULT_ROLL_DAYS,
+    TICK_TOLERANCE,
+    ContractMonth,
+    ContractSpec,
+    front_contract,
+)
+from ..sessions import NY_ZONE
+from .errors import ContractMismatchError, require_ib_async
+
+__all__ = ["front_month", "ib_future", "check_details", "resolve_contract"]
+
+
+def front_month(spec: ContractSpec, when: _dt.datetime | None = None,
+                days_before: int = DEFAULT_ROLL_DAYS) -> ContractMonth:
+    """The month our roll calendar trades at ``when`` (default: now, New York time).
+
+    >>> from m2k_bt.contracts import M2K
+    >>> str(front_month(M2K, _dt.datetime(2025, 12, 10, 18, 0)))  # the roll session has opened
+    'M2KH6'
+    """
+    if when is None:
+        when = _dt.datetime.now(NY_ZONE)
+    return front_contract(spec, when, days_before)
+
+
+def ib_future(month: ContractMonth):
+    """The ``ib_async.Future`` for ``month`` (symbol, month, exchange, currency; IB fills in
+    the rest when the contract is qualified)."""
+    ib_async = require_ib_async()
+    spec = month.spec
+    return ib_async.Future(symbol=spec.root, lastTradeDateOrContractMonth=f"{month.year}"
+                           f"{month.month:02d}", exchange=spec.exchange, currency=spec.currency)
+
+
+def check_details(spec: ContractSpec, details) -> None:
+    """Raise :class:`ContractMismatchError` naming every field where IB's contract details
+    (``ib_async.ContractDetails``: ``minTick``, ``contract.multiplier``, ``contract.exchange``,
+    ``contract.currency``) differ from ``spec``.
+
+    >>> from types import SimpleNamespace as NS
+    >>> from m2k_bt.contracts import M2K
+    >>> check_details(M2K, NS(minTick=0.1, contract=NS(multiplier="5", exchange="CME",
+    ...                                                  currency="USD", localSymbol="M2KZ5")))
+    """
+    c = details.contract
+    problems = []
+    try:
+        multiplier = float(c.multiplier)
+    except (TypeError, ValueError):
+        multiplier = float("nan")
+    if not abs(multiplier - spec.multiplier) <= TICK_TOLERANCE * spec.multiplier:
+        problems.append(f"multiplier {c.multiplier!r} (ours {spec.multiplier:g})")
+    tick = float(details.minTick or 0.0)
+    if not abs(tick - spec.tick_size) <= TICK_TOLERANCE * spec.tick_size:
+        problems.append(f"minimum tick {tick:g} (ours {spec.tick_size:g})")
+    if c.exchange != spec.exchange:
+        problems.append(f"exchange {c.exchange!r} (ours {spec.exchange!r})")
+    if c.currency and c.currency != spec.currency:
+        problems.append(f"currency {c.currency!r} (ours {spec.currency!r})")
+    if problems:
+        raise ContractMismatchError(
+            f"IB's contract details for {getattr(c, 'localSymbol', '') or spec.root} disagree "
+            f"with our {spec.root} facts: {'; '.join(problems)}; fix the contract spec "
+            f"(m2k_bt.contracts) or the symbol"
+        )
+
+
+def resolve_contract(store, spec: ContractSpec, when: _dt.datetime | None = None,
+                     days_before: int = DEFAULT_ROLL_DAYS):
+    """``(month, qualified ib contract, details)`` for the front month at ``when``, checked
+    with :func:`check_details`; a month IB does not know is a :class:`ContractMismatchError`."""
+    month = front_month(spec, when, days_before)
+    wanted = ib_future(month)
+    found = store.run(lambda: store.ib.reqContractDetailsAsync(wanted))
+    if not found:
+        raise ContractMismatchError(f"IB knows no contract {month.symbol} ({spec.root} "
+                                    f"{month.year}-{month.month:02d} on {spec.exchange})")
+    if len(found) > 1:
+        raise ContractMismatchError(f"IB returned {len(found)} contracts for {month.symbol}; "
+                                    f"expected one")
+    details = found[0]
+    check_details(spec, details)
+    return month, details.contract, details

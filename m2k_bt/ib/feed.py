@@ -1,0 +1,240 @@
+"""Bars from IB for backtrader: history to warm the indicators up, then IB's 5-second real-time
+bars aggregated to the strategy's bar size, as a :class:`~m2k_bt.feeds.live.BarSource` for the
+live :class:`~m2k_bt.feeds.live.QueueFeed` (which checks every bar at the door and drops a
+duplicate or out-of-order one, so no bar reaches the strategy twice).
+
+- :class:`BarAggregator`: 5-second bars -> ``minutes``-minute bars on the clock grid (New York
+  wall-clock boundaries: the CME session opens and closes on the hour). A bar is handed on once,
+  when it is complete: when the 5-second bar that ends it arrives, or else when the first of the
+  next bar arrives. A gap (bars missing while Globex was open) is logged and listed in ``gaps``.
+- :class:`IBBarSource`: the history (``history``, an IB duration such as ``"2 D"``), then the
+  real-time subscription; after a reconnect it subscribes again. ``history_end`` is the time
+  of the last history bar: the broker sends no order decided on a bar up to it.
+
+Bars are labelled with their start time (IB's convention and our bar files').
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import logging
+import queue
+import threading
+
+from ..contracts import ContractSpec
+from ..errors import ParameterError
+from ..feeds.live import Bar, BarSource, EndOfStream
+from ..sessions import NY_ZONE, is_globex_open
+
+__all__ = ["BarAggregator", "IBBarSource", "bar_size_setting"]
+
+logger = logging.getLogger(__name__)
+
+#: IB's real-time bars are 5 seconds long (the only size it offers).
+RT_SECONDS = 5
+_UTC = _dt.timezone.utc
+
+
+def bar_size_setting(minutes: int) -> str:
+    """IB's ``barSizeSetting`` for a bar of ``minutes``.
+
+    >>> bar_size_setting(1), bar_size_setting(5), bar_size_setting(60)
+    ('1 min', '5 mins', '1 hour')
+    """
+    if minutes == 60:
+        return "1 hour"
+    return "1 min" if minutes == 1 else f"{minutes} mins"
+
+
+def _check_minutes(minutes: int) -> int:
+    if isinstance(minutes, bool) or not isinstance(minutes, int) or minutes < 1 \
+            or 60 % minutes:
+        raise ParameterError(f"bar minutes must divide an hour (1, 2, 3, 5, 10, 15, 20, 30, 60),"
+                             f" got {minutes!r}")
+    return minutes
+
+
+class BarAggregator:
+    """Aggregate 5-second bars (aware start times) into ``minutes``-minute bars.
+
+    :meth:`add` returns the bars completed by one 5-second bar, each
+    ``(start, open, high, low, close, volume)`` with an aware UTC start.
+
+    >>> agg = BarAggregator(1)
+    >>> t0 = _dt.datetime(2025, 10, 1, 14, 30, tzinfo=_dt.timezone.utc)
+    >>> out = [agg.add(t0 + _dt.timedelta(seconds=5 * i), 2000 + i, 2001 + i, 1999 + i, 2000.5 + i)
+    ...        for i in range(12)]
+    >>> [len(o) for o in out]    # complete when the 5-second bar ending the minute arrives
+    [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1]
+    >>> out[-1][0][1:5]           # open of the first, max high, min low, close of the last
+    (2000, 2012, 1999, 2011.5)
+    """
+
+    def __init__(self, minutes: int) -> None:
+        self.minutes = _check_minutes(minutes)
+        self.span = _dt.timedelta(minutes=minutes)
+        self._cur: list | None = None
+        self.last_start: _dt.datetime | None = None  # start of the last bar handed on
+        self.stale = 0  # 5-second bars older than the bar being built (e.g. after a reconnect)
+        self.gaps: list[tuple[_dt.datetime, _dt.datetime, int]] = []
+
+    def _bucket(self, t: _dt.datetime) -> _dt.datetime:
+        t = t.astimezone(_UTC)
+        minute = (t.minute // self.minutes) * self.minutes
+        return t.replace(minute=minute, second=0, microsecond=0)
+
+    def add(self, t: _dt.datetime, o: float, h: float, lo: float, c: float,
+            v: float = 0.0) -> list[tuple]:
+        start = self._bucket(t)
+        out = []
+        if self.last_start is not None and start <= self.last_start:
+            self.stale += 1
+            return out
+        cur = self._cur
+        if cur is not None and start != cur[0]:
+            if start < cur[0]:
+                self.stale += 1
+                return out
+            out.append(self._emit())  # the next bar began: this one is as complete as it gets
+            cur = None
+        if cur is None:
+            self._cur = [start, o, h, lo, c, v]
+        else:
+            cur[2], cur[3], cur[4], cur[5] = max(cur[2], h), min(cur[3], lo), c, cur[5] + v
+        if t.astimezone(_UTC) + _dt.timedelta(seconds=RT_SECONDS) >= start + self.span:
+            out.append(self._emit())
+        return out
+
+    def _emit(self) -> tuple:
+        bar = tuple(self._cur)
+        self._cur = None
+        self.note(bar[0])
+        return bar
+
+    def note(self, start: _dt.datetime) -> None:
+        """Record ``start`` as handed on (history bars too), logging a gap before it."""
+        prev = self.last_start
+        self.last_start = start
+        if prev is None:
+            return
+        missing, t = 0, prev + self.span
+        while t < start and missing < 10_000:
+            if is_globex_open(t.astimezone(NY_ZONE)):
+                missing += 1
+            t += self.span
+        if missing:
+            self.gaps.append((prev, start, missing))
+            logger.warning("gap: %d bar(s) of %d min missing between %s and %s (Globex open)",
+                           missing, self.minutes, prev, start)
+
+
+class IBBarSource(BarSource):
+    """History, then real-time bars of ``contract`` from a connected
+    :class:`~m2k_bt.ib.store.IBStore`, put on the :class:`~m2k_bt.feeds.live.QueueFeed`'s queue.
+
+    - ``minutes`` (def: ``5``): the strategy's bar size (must divide an hour).
+    - ``history`` (def: ``"2 D"``): IB duration of the warm-up history.
+    - ``what`` (def: ``"TRADES"``): IB's ``whatToShow``. ``use_rth`` (def: ``False``).
+    - ``on_event`` (def: ``None``): ``fn(kind, **fields)`` for gaps and subscriptions (the
+      journal's ``write``).
+    """
+
+    def __init__(self, store, contract, spec: ContractSpec, minutes: int = 5,
+                 history: str = "2 D", what: str = "TRADES", use_rth: bool = False,
+                 on_event=None) -> None:
+        self.store, self.contract, self.spec = store, contract, spec
+        self.minutes = _check_minutes(minutes)
+        self.history, self.what, self.use_rth = history, what, use_rth
+        self.on_event = on_event
+        self.agg = BarAggregator(minutes)
+        self.history_end: _dt.datetime | None = None  # naive New York
+        self._q: queue.Queue | None = None
+        self._stopped = threading.Event()
+        self._rt = None
+        self.subscriptions = 0
+        self.history_bars = 0
+        self.live_bars = 0
+
+    # -- BarSource ---------------------------------------------------------------------------
+    def start(self, q: queue.Queue) -> None:
+        self._q = q
+        self._load_history()
+        self.store.run(self._subscribe)
+        self.store.on_reconnect(self._subscribe)
+
+    def stop(self) -> None:
+        if self._stopped.is_set():
+            return
+        self._stopped.set()
+        rt = self._rt
+        if rt is not None and self.store.loop is not None and self.store.connected.is_set():
+            self.store.call_soon(self.store.ib.cancelRealTimeBars, rt)
+        if self._q is not None:
+            try:
+                self._q.put_nowait(EndOfStream("stopped"))
+            except queue.Full:
+                pass
+
+    def is_alive(self) -> bool:
+        return not self._stopped.is_set()
+
+    # -- internals ---------------------------------------------------------------------------
+    def _put(self, start: _dt.datetime, o, h, lo, c, v) -> None:
+        import time
+
+        self._q.put((Bar(start.astimezone(_UTC), float(o), float(h), float(lo), float(c),
+                         float(v)), time.perf_counter_ns()))
+
+    def _load_history(self) -> None:
+        ib = self.store.ib
+        bars = self.store.run(lambda: ib.reqHistoricalDataAsync(
+            self.contract, endDateTime="", durationStr=self.history,
+            barSizeSetting=bar_size_setting(self.minutes), whatToShow=self.what,
+            useRTH=self.use_rth, formatDate=2), timeout=max(self.store.timeout, 30.0))
+        now = _dt.datetime.now(_UTC)
+        for b in bars or []:
+            start = b.date if isinstance(b.date, _dt.datetime) else \
+                _dt.datetime.combine(b.date, _dt.time(), NY_ZONE)
+            start = start.astimezone(_UTC)
+            if start + self.agg.span > now:
+                continue  # still forming: it will come from the real-time bars
+            self.agg.note(start)
+            self._put(start, b.open, b.high, b.low, b.close, b.volume)
+            self.history_bars += 1
+            self.history_end = start.astimezone(NY_ZONE).replace(tzinfo=None)
+        if self.on_event:
+            self.on_event("state", state="history", detail=f"{self.history_bars} bars, last "
+                          f"{self.history_end}")
+
+    def _subscribe(self) -> None:
+        """(IB thread) Subscribe to 5-second bars; again after a reconnect."""
+        if self._stopped.is_set():
+            return
+        self._rt = self.store.ib.reqRealTimeBars(self.contract, RT_SECONDS, self.what,
+                                                 self.use_rth)
+        self._rt.updateEvent += self._on_bar
+        self.subscriptions += 1
+        if self.on_event:
+            self.on_event("state", state="subscribed", detail=f"real-time bars, "
+                          f"subscription {self.subscriptions}")
+
+    def _on_bar(self, bars, has_new: bool) -> None:
+        """(IB thread) One 5-second bar arrived."""
+        if not has_new or not bars or self._stopped.is_set():
+            return
+        b = bars[-1]
+        gaps = len(self.agg.gaps)
+        for start, o, h, lo, c, v in self.agg.add(b.time, b.open_, b.high, b.low, b.close,
+                                                  b.volume):
+            self._put(start, o, h, lo, c, v)
+            self.live_bars += 1
+        if self.on_event:
+            for prev, start, missing in self.agg.gaps[gaps:]:
+                self.on_event("gap", after=str(prev), before=str(start), missing=missing)
+
+    def summary(self) -> dict:
+        """``history_bars``, ``live_bars``, ``subscriptions``, ``stale`` 5-second bars dropped,
+        ``gaps`` (``[after, before, bars missing]``)."""
+        return {"history_bars": self.history_bars, "live_bars": self.live_bars,
+                "subscriptions": self.subscriptions, "stale": self.agg.stale,
+                "gaps": [[str(a), str(b), n] for a, b, n in self.agg.gaps]}

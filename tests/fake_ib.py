@@ -1,0 +1,331 @@
+"""A scripted fake IB gateway: an asyncio socket server on 127.0.0.1 that speaks the real TWS
+API wire protocol (4-byte big-endian length prefix, NUL-terminated fields, the ``"API\\0"`` +
+``"v157..178"`` handshake) well enough for the real ``ib_async`` client to connect, sync,
+qualify a contract, read history and real-time bars, and place, fill and cancel orders.
+
+Nothing of ours or of ib_async's is mocked: the client talks to this server over TCP. The
+server answers at server version 157 (the lowest ib_async accepts), so the message layouts are
+those of ``ib_async.decoder`` at that version.
+
+Script knobs (set before or during a test): ``fill_mode`` (``"fill"``: market orders fill at
+once at ``fill_price``; ``"none"``: they stay open; ``"reject"``: error 201; ``"partial"``:
+half fills), ``positions``, ``executions`` and ``open_orders`` (what a restarted gateway knows),
+``details`` (contract details overrides), ``history`` (bars for reqHistoricalData).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import struct
+import threading
+import time
+
+SERVER_VERSION = 157
+ACCOUNT = "DU1234567"
+CON_ID = 730283085  # any number: what matters is that the fake uses one throughout
+EXPIRY = "20251219"  # M2KZ5
+LOCAL = "M2KZ5"
+
+
+def encode(*fields) -> bytes:
+    """One API message: length prefix + NUL-terminated fields."""
+    body = "".join(f"{'' if f is None else f}\0" for f in fields).encode()
+    return struct.pack(">I", len(body)) + body
+
+
+def _contract_fields(d: dict) -> list:
+    # conId, symbol, secType, lastTrade, strike, right, multiplier, exchange, currency,
+    # localSymbol, tradingClass (the layout of position, execDetails and openOrder)
+    return [d["conId"], d["symbol"], "FUT", d["expiry"], "0", "", d["multiplier"],
+            d["exchange"], "USD", d["local"], d["symbol"]]
+
+
+class FakeGateway:
+    """The fake gateway on its own event-loop thread; ``port`` once started."""
+
+    def __init__(self) -> None:
+        self.fill_mode = "fill"
+        self.fill_price = 2000.0
+        self.commission = 0.62
+        self.details = {"conId": CON_ID, "symbol": "M2K", "expiry": EXPIRY, "multiplier": "5",
+                        "exchange": "CME", "local": LOCAL, "minTick": "0.1"}
+        self.positions: list[tuple[float, float]] = []  # (contracts, avg cost per contract)
+        self.executions: list[dict] = []  # fills the gateway knows (sent on reqExecutions)
+        self.open_orders: dict[int, dict] = {}  # orderId -> placed order fields
+        self.placed: list[dict] = []  # every placeOrder received, in order
+        self.cancels: list[int] = []
+        self.history: list[tuple[int, float, float, float, float, float]] = []
+        self.rt_requests: list[int] = []  # reqIds of real-time bar subscriptions
+        self.connections = 0
+        self.client_id = 0
+        self.next_id = 1
+        self.perm = 9000
+        self.exec_seq = 0
+        self._writers: list[asyncio.StreamWriter] = []
+        self._loop = asyncio.new_event_loop()
+        self._server = None
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
+        self.port = 0
+
+    # -- lifecycle -------------------------------------------------------------------------
+    def start(self) -> FakeGateway:
+        self._thread.start()
+        fut = asyncio.run_coroutine_threadsafe(self._start(), self._loop)
+        fut.result(5)
+        return self
+
+    async def _start(self) -> None:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+
+    def close(self) -> None:
+        async def _close():
+            self._server.close()
+            for w in list(self._writers):
+                w.close()
+            await asyncio.sleep(0)
+
+        with contextlib.suppress(Exception):
+            asyncio.run_coroutine_threadsafe(_close(), self._loop).result(5)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(5)
+
+    def drop(self) -> None:
+        """Close every client connection (the daily restart); the server keeps listening."""
+        def _drop():
+            for w in list(self._writers):
+                w.close()
+            self._writers.clear()
+        self._loop.call_soon_threadsafe(_drop)
+
+    def call(self, fn, *args) -> None:
+        """Run ``fn(*args)`` on the server's loop (to send scripted messages)."""
+        done = threading.Event()
+
+        def _run():
+            try:
+                fn(*args)
+            finally:
+                done.set()
+        self._loop.call_soon_threadsafe(_run)
+        done.wait(5)
+
+    def wait_for(self, predicate, timeout: float = 5.0) -> bool:
+        """Poll ``predicate`` until true or ``timeout`` (bounded)."""
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            if predicate():
+                return True
+            time.sleep(0.01)
+        return bool(predicate())
+
+    # -- the protocol ----------------------------------------------------------------------
+    def _send(self, *fields) -> None:
+        for w in list(self._writers):
+            if not w.is_closing():
+                w.write(encode(*fields))
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        try:
+            head = await reader.readexactly(4)
+            if head != b"API\0":
+                writer.close()
+                return
+            n = struct.unpack(">I", await reader.readexactly(4))[0]
+            await reader.readexactly(n)  # "v157..178"
+            writer.write(encode(SERVER_VERSION, time.strftime("%Y%m%d %H:%M:%S UTC")))
+            self._writers.append(writer)
+            while True:
+                n = struct.unpack(">I", await reader.readexactly(4))[0]
+                fields = (await reader.readexactly(n)).decode().split("\0")[:-1]
+                self._handle(fields)
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            if writer in self._writers:
+                self._writers.remove(writer)
+            writer.close()
+
+    def _handle(self, f: list[str]) -> None:
+        msg = int(f[0])
+        if msg == 71:  # startApi: 71, version, clientId, optCapab
+            self.client_id = int(f[2])
+            self._send(9, 1, self.next_id)
+            self._send(15, 1, ACCOUNT)
+        elif msg == 8:  # reqIds
+            self._send(9, 1, self.next_id)
+        elif msg == 61:  # reqPositions
+            for size, avg in self.positions:
+                self._send(61, 3, ACCOUNT, *_contract_fields(self.details), size, avg)
+            self._send(62, 1)
+        elif msg in (5, 16):  # reqOpenOrders, reqAllOpenOrders
+            for o in self.open_orders.values():
+                self._open_order(o, "Submitted")
+            self._send(53, 1)
+        elif msg == 7:  # reqExecutions
+            req = int(f[2])
+            for ex in self.executions:
+                self._exec(req, ex)
+            self._send(55, 1, req)
+        elif msg == 9:  # reqContractDetails
+            self._contract_details(int(f[2]))
+        elif msg == 20:  # reqHistoricalData
+            req = int(f[1])
+            bars = [x for b in self.history for x in (b[0], *b[1:], b[4], 1)]
+            self._send(17, req, "", "", len(self.history), *bars)
+        elif msg == 50:  # reqRealTimeBars
+            self.rt_requests.append(int(f[2]))
+        elif msg == 3:  # placeOrder
+            self._place(f)
+        elif msg == 4:  # cancelOrder
+            oid = int(f[2])
+            self.cancels.append(oid)
+            o = self.open_orders.pop(oid, None)
+            if o is not None:
+                self._status(o, "Cancelled")
+
+    def _contract_details(self, req: int) -> None:
+        d = self.details
+        self._send(
+            10, 8, req, d["symbol"], "FUT", d["expiry"], "0", "", d["exchange"], "USD",
+            d["local"], d["symbol"], d["symbol"], d["conId"], d["minTick"], "1",
+            d["multiplier"], "ACTIVETIM,LMT,MKT,STP", d["exchange"], "1", "0",
+            "Micro E-Mini Russell 2000 Index", d["exchange"], "202512", "", "", "",
+            "US/Central", "", "", "", "", 0, "", "RTY", "IND", "67", "", "")
+        self._send(52, 1, req)
+
+    def _place(self, f: list[str]) -> None:
+        # 3, orderId, contract (12 fields), secIdType, secId, action, qty, type, lmt, aux, tif,
+        # ocaGroup, account, openClose, origin, orderRef, transmit, parentId, ...
+        o = {"orderId": int(f[1]), "action": f[16], "qty": float(f[17]), "type": f[18],
+             "lmt": f[19], "aux": f[20], "tif": f[21], "oca": f[22], "account": f[23],
+             "ref": f[26], "transmit": f[27], "parentId": int(f[28] or 0),
+             "perm": self._perm()}
+        self.placed.append(o)
+        self.next_id = max(self.next_id, o["orderId"] + 1)
+        if o["type"] == "MKT" and self.fill_mode == "reject":
+            self._send(4, 2, o["orderId"], 201, "Order rejected - reason: fake gateway says no")
+            return
+        self.open_orders[o["orderId"]] = o
+        self._open_order(o, "Submitted")
+        self._status(o, "Submitted")
+        if o["type"] == "MKT" and self.fill_mode in ("fill", "partial"):
+            qty = o["qty"] if self.fill_mode == "fill" else max(1.0, o["qty"] // 2)
+            self.fill(o["orderId"], self.fill_price, qty)
+
+    def _perm(self) -> int:
+        self.perm += 1
+        return self.perm
+
+    def fill(self, order_id: int, price: float, qty: float | None = None) -> None:
+        """Fill an open order (on the loop thread): execDetails, orderStatus, commission;
+        a filled OCA member cancels its siblings."""
+        o = self.open_orders[order_id]
+        qty = o["qty"] - o.get("filled", 0.0) if qty is None else qty
+        o["filled"] = o.get("filled", 0.0) + qty
+        self.exec_seq += 1
+        ex = {"orderId": order_id, "execId": f"0001f4e8.{self.exec_seq:04d}.01.01",
+              "side": "BOT" if o["action"] == "BUY" else "SLD", "qty": qty, "price": price,
+              "perm": o["perm"], "ref": o["ref"], "cum": o["filled"]}
+        self.executions.append(ex)
+        self._exec(-1, ex)
+        done = o["filled"] >= o["qty"]
+        self._status(o, "Filled" if done else "Submitted", price)
+        self._send(59, 1, ex["execId"], self.commission * qty, "USD", "", "", "")
+        signed = qty if o["action"] == "BUY" else -qty
+        held = sum(p for p, _ in self.positions) + signed
+        self.positions = [(held, price * 5)] if held else []
+        if done:
+            self.open_orders.pop(order_id, None)
+            if o["oca"]:
+                for other in [x for x in self.open_orders.values() if x["oca"] == o["oca"]]:
+                    self.open_orders.pop(other["orderId"], None)
+                    self._status(other, "Cancelled")
+
+    def _exec(self, req: int, ex: dict) -> None:
+        self._send(11, req, ex["orderId"], *_contract_fields(self.details), ex["execId"],
+                   "20251001 14:30:00 UTC", ACCOUNT, "CME", ex["side"], ex["qty"], ex["price"],
+                   ex["perm"], self.client_id, 0, ex.get("cum", ex["qty"]), ex["price"],
+                   ex["ref"], "", "", "", 1)
+
+    def _status(self, o: dict, status: str, price: float = 0.0) -> None:
+        filled = o.get("filled", 0.0)
+        self._send(3, o["orderId"], status, filled, o["qty"] - filled, price, o["perm"],
+                   o["parentId"], price, self.client_id, "", 0)
+
+    def _open_order(self, o: dict, status: str) -> None:
+        d = self.details
+        fields = [5, o["orderId"], *_contract_fields(d), o["action"], o["qty"], o["type"],
+                  o["lmt"], o["aux"], o["tif"] or "DAY", o["oca"], o["account"] or ACCOUNT,
+                  "O", 0, o["ref"], self.client_id, o["perm"], 0, 0, 0, "", "", "", "", ""]
+        fields += [""] * 12  # faProfile (server < 177), modelCode .. stockRefPrice
+        fields += ["", "", "", "0", "0", "0", "0", "", "3" if o["oca"] else "0", "0", "0", "",
+                   o["parentId"], "0", "", "0", "", ""]  # delta .. ocaType, .. parentId .. dnAux
+        fields += ["0", "0", "", "", "", "", ""]  # continuousUpdate .. comboLegsDescrip
+        fields += [0, 0, 0]  # combo legs, order combo legs, smart combo params
+        fields += ["", "", ""]  # scale init, subs, increment
+        fields += [""]  # hedgeType
+        fields += ["0", "", "", "0", "0"]  # optOutSmartRouting .. dncPresent
+        fields += [""]  # algoStrategy
+        fields += ["0", "0", status] + [""] * 14 + ["0", "0"]  # solicited .. randomizePrice
+        fields += [0]  # conditions
+        fields += [""] * 12 + ["0", "0", "", "0"]  # adjustedOrderType .. usePriceMgmtAlgo
+        self._send(*fields)
+
+    # -- scripted streams ------------------------------------------------------------------
+    def push_rt_bar(self, epoch: int, o: float, h: float, lo: float, c: float,
+                    v: float = 1) -> None:
+        """A 5-second real-time bar to every subscription (call from the test thread)."""
+        def _push():
+            for req in self.rt_requests:
+                self._send(50, 3, req, epoch, o, h, lo, c, v, c, 1)
+        self.call(_push)
+
+
+def free_port() -> int:
+    """A loopback port with nothing listening on it (bound, then released)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class SilentServer:
+    """A TCP server on loopback that is not an IB gateway: it accepts and then either says
+    nothing (``mode="silent"``) or answers like a web server and hangs up (``mode="http"``)."""
+
+    def __init__(self, mode: str = "http") -> None:
+        self.mode = mode
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(4)
+        self.port = self.sock.getsockname()[1]
+        self._stop = threading.Event()
+        self._held: list[socket.socket] = []
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        self.sock.settimeout(0.05)
+        while not self._stop.is_set():
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                continue
+            if self.mode == "http":
+                with contextlib.suppress(OSError):
+                    conn.recv(1024)
+                    conn.sendall(b"HTTP/1.0 400 Bad Request\r\n\r\n")
+                conn.close()
+            else:
+                self._held.append(conn)
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(2)
+        for c in self._held:
+            c.close()
+        self.sock.close()

@@ -1,0 +1,389 @@
+"""Live trading through IB (issue 26), against the scripted fake gateway of ``fake_ib``: the
+real ``ib_async`` client talks to it over TCP on 127.0.0.1; nothing of ours is mocked."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import io
+import sys
+import time
+from contextlib import redirect_stderr
+from pathlib import Path
+
+import backtrader as bt
+import pandas as pd
+import pytest
+
+pytest.importorskip("ib_async")
+
+sys.path.insert(0, str(Path(__file__).parent))
+from fake_ib import FakeGateway, SilentServer, free_port  # noqa: E402
+
+from m2k_bt.contracts import M2K, is_on_tick  # noqa: E402
+from m2k_bt.ib import (  # noqa: E402
+    BarAggregator,
+    ContractMismatchError,
+    IBBarSource,
+    IBBroker,
+    IBStore,
+    Journal,
+    Limits,
+    ReconcileError,
+    read_journal,
+    resolve_contract,
+)
+
+WHEN = _dt.datetime(2025, 10, 1, 10, 0)  # front month M2KZ5 (the fake's contract)
+
+
+@pytest.fixture
+def gw():
+    g = FakeGateway().start()
+    yield g
+    g.close()
+
+
+def _store(gw, **kw):
+    return IBStore(port=gw.port, client_id=7, timeout=3.0, backoff=(0.05,), **kw).connect()
+
+
+def _bars(closes, start="2025-10-01 10:00"):
+    idx = pd.date_range(start, periods=len(closes), freq="5min")
+    return pd.DataFrame({"open": closes, "high": [c + 1 for c in closes],
+                         "low": [c - 1 for c in closes], "close": closes,
+                         "volume": 10.0}, index=idx)
+
+
+def _answers_in(broker, most: float = 2.0) -> None:
+    """Wait (bounded) until IB's answers to what was just sent have stopped arriving: bars of
+    a backtest come in microseconds, live bars minutes apart."""
+    end, last, t0 = time.monotonic() + most, -1, time.monotonic()
+    while time.monotonic() < end:
+        n = broker._events.qsize()
+        if n == last and (n or time.monotonic() - t0 > 0.3):
+            return
+        last = n
+        time.sleep(0.05)
+
+
+class Script(bt.Strategy):
+    """Runs ``actions[i](self)`` on bar i; keeps every notification."""
+
+    params = (("actions", None),)
+
+    def __init__(self):
+        self.seen = []
+
+    def notify_order(self, order):
+        self.seen.append((order.ref, order.getstatusname(), order.executed.size))
+
+    def next(self):
+        act = (self.p.actions or {}).get(len(self) - 1)
+        if act is not None:
+            act(self)
+            _answers_in(self.broker)
+
+
+def _run(gw, journal_path, actions, closes=(2000.0,) * 4, store=None, **broker_kw):
+    """One run: a connected store, the resolved contract, the IB broker under cerebro."""
+    store = store or _store(gw)
+    try:
+        _, contract, _ = resolve_contract(store, M2K, WHEN)
+        journal = Journal(journal_path)
+        broker_kw.setdefault("comm_wait", 0.5)
+        broker = IBBroker(store=store, contract=contract, journal=journal, settle=1.0,
+                          **broker_kw)
+        cerebro = bt.Cerebro(stdstats=False, runonce=False, preload=False)
+        cerebro.adddata(bt.feeds.PandasData(dataname=_bars(list(closes))))
+        cerebro.setbroker(broker)
+        cerebro.addstrategy(Script, actions=actions)
+        strat = cerebro.run()[0]
+        journal.close()
+        return broker, strat
+    finally:
+        store.close()
+
+
+def _buy(size=1):
+    return lambda s: s.buy(size=size)
+
+
+# -- connecting -----------------------------------------------------------------------------------
+def _cli(argv):
+    from m2k_bt.cli import main
+
+    err = io.StringIO()
+    t0 = time.monotonic()
+    with redirect_stderr(err):
+        rc = main(argv)
+    return rc, err.getvalue(), time.monotonic() - t0
+
+
+@pytest.mark.parametrize("what", ["nothing", "http", "silent"])
+def test_connect_failure_is_one_line_exit_2_within_the_timeout(what, tmp_path):
+    server = None if what == "nothing" else SilentServer(what)
+    port = free_port() if server is None else server.port
+    try:
+        rc, err, took = _cli(["live", "--ib", f"127.0.0.1:{port}", "--client-id", "3",
+                              "--connect-timeout", "1", "--out", str(tmp_path / "o")])
+    finally:
+        if server is not None:
+            server.close()
+    assert rc == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith(f"error: IB gateway 127.0.0.1:{port}: ")
+    assert ("refused" in lines[0]) == (what == "nothing")
+    assert "Traceback" not in err
+    assert took < 10  # a hang guard (connect timeout 1 s), not a speed claim
+
+
+def test_bad_address_is_one_line(tmp_path):
+    rc, err, _ = _cli(["live", "--ib", "127.0.0.1:notaport", "--client-id", "1"])
+    assert rc == 2 and err.count("\n") == 1 and "HOST:PORT" in err
+
+
+def test_store_connects_and_reconnects_after_a_drop(gw):
+    states = []
+    store = IBStore(port=gw.port, client_id=7, timeout=3.0, backoff=(0.05,))
+    store.on_state(lambda s, d: states.append(s))
+    store.connect()
+    try:
+        assert store.account == "DU1234567"
+        gw.drop()  # the daily restart
+        assert gw.wait_for(lambda: store.reconnects == 1)
+        assert states[:3] == ["connected", "disconnected", "reconnected"]
+        assert gw.connections == 2
+    finally:
+        store.close()
+
+
+# -- the contract --------------------------------------------------------------------------------
+def test_contract_resolves_to_our_front_month_and_is_checked(gw):
+    store = _store(gw)
+    try:
+        month, contract, details = resolve_contract(store, M2K, WHEN)
+        assert str(month) == "M2KZ5" and contract.conId == gw.details["conId"]
+        gw.details["multiplier"] = "50"  # an RTY answer for an M2K request
+        with pytest.raises(ContractMismatchError, match="multiplier '50' .ours 5."):
+            resolve_contract(store, M2K, WHEN)
+    finally:
+        store.close()
+
+
+# -- orders ---------------------------------------------------------------------------------------
+def test_market_order_fill_commission_and_journal(gw, tmp_path):
+    # 1 contract bought at 2000.0; IB's commission $0.62 reaches the strategy's notification
+    broker, strat = _run(gw, tmp_path / "j.jsonl", {1: _buy()})
+    assert [p["type"] for p in gw.placed] == ["MKT"]
+    assert gw.placed[0]["ref"] == "m2k-202510011005-1"  # our reference: the bar it was made on
+    assert broker.position.size == 1 and broker.position.price == pytest.approx(2000.0)
+    assert broker.cash == pytest.approx(25_000.0 - 0.62)
+    recs = read_journal(tmp_path / "j.jsonl")
+    kinds = [(r["kind"], r.get("event") or r.get("state")) for r in recs]
+    assert ("order", "sent") in kinds and ("fill", None) in kinds
+    fill = next(r for r in recs if r["kind"] == "fill")
+    assert (fill["size"], fill["price"], fill["commission"]) == (1.0, 2000.0, 0.62)
+    assert kinds[-1] == ("state", "stopped")
+
+
+def test_bracket_is_an_ib_bracket_with_oca_legs_on_the_tick_grid(gw, tmp_path):
+    def bracket(s):
+        s.buy_bracket(size=2, exectype=bt.Order.Market, stopprice=1989.96,
+                      stopexec=bt.Order.Stop, limitprice=2010.04, limitexec=bt.Order.Limit)
+
+    broker, strat = _run(gw, tmp_path / "j.jsonl", {1: bracket}, comm_wait=0.2)
+    parent, stop, target = gw.placed
+    assert (parent["type"], stop["type"], target["type"]) == ("MKT", "STP", "LMT")
+    assert float(stop["aux"]) == 1990.0 and float(target["lmt"]) == 2010.0  # towards the entry
+    assert all(is_on_tick(float(x), M2K.tick_size) for x in (stop["aux"], target["lmt"]))
+    assert stop["oca"] == target["oca"] != "" and stop["action"] == target["action"] == "SELL"
+    assert stop["parentId"] == target["parentId"] == parent["orderId"]
+    assert [p["transmit"] for p in gw.placed] == ["0", "0", "1"]  # sent whole
+    # the stop fills: IB cancels the target (OCA), nothing of the bracket is left working
+    store = _store(gw)
+    try:
+        gw.call(gw.fill, stop["orderId"], 1990.0)
+        assert gw.wait_for(lambda: target["orderId"] not in gw.open_orders)
+        assert not gw.open_orders
+    finally:
+        store.close()
+
+
+def test_rejected_order_is_a_backtrader_rejection(gw, tmp_path):
+    gw.fill_mode = "reject"
+    broker, strat = _run(gw, tmp_path / "j.jsonl", {1: _buy()})
+    assert ("Rejected" in [s for _, s, _ in strat.seen])
+    assert any(r["kind"] == "error" and r["code"] == 201
+               for r in read_journal(tmp_path / "j.jsonl"))
+    assert broker.position.size == 0
+
+
+def test_partial_fill(gw, tmp_path):
+    gw.fill_mode = "partial"
+    broker, strat = _run(gw, tmp_path / "j.jsonl", {1: _buy(4)})
+    assert broker.position.size == 2
+    assert ("Partial" in [s for _, s, _ in strat.seen])
+
+
+def test_dry_run_sends_nothing_and_journals_what_it_would_send(gw, tmp_path):
+    broker, strat = _run(gw, tmp_path / "j.jsonl", {1: _buy(), 2: lambda s: s.sell(size=1)},
+                         dry_run=True)
+    assert gw.placed == []
+    would = [r for r in read_journal(tmp_path / "j.jsonl") if r.get("event") == "would_send"]
+    assert [r["plan"].split(" [")[0] for r in would] == ["entry BUY 1 MKT", "entry SELL 1 MKT"]
+
+
+def test_warm_up_bars_are_not_traded(gw, tmp_path):
+    history_end = _dt.datetime(2025, 10, 1, 10, 5)
+    broker, strat = _run(gw, tmp_path / "j.jsonl", {1: _buy(), 2: _buy()},
+                         history_end=lambda: history_end)
+    assert [p["ref"] for p in gw.placed] == ["m2k-202510011010-1"]  # bar 2 only
+    assert broker.refused["warm-up"] == 1
+
+
+# -- restart and reconciliation -------------------------------------------------------------------
+def test_restart_does_not_send_an_order_twice(gw, tmp_path):
+    gw.fill_mode = "none"  # a crash between sending and the fill
+    journal = tmp_path / "j.jsonl"
+    _run(gw, journal, {1: _buy()})
+    assert len(gw.placed) == 1 and len(gw.open_orders) == 1
+    # restart: the same decision on the same bar has the same reference and is not resent
+    broker, strat = _run(gw, journal, {1: _buy()})
+    assert len(gw.placed) == 1
+    assert any(r.get("event") == "not_resent" for r in read_journal(journal))
+
+
+def test_restart_books_a_fill_that_came_while_down(gw, tmp_path):
+    gw.fill_mode = "none"
+    journal = tmp_path / "j.jsonl"
+    _run(gw, journal, {1: _buy()})
+    gw.call(gw.fill, gw.placed[0]["orderId"], 2001.0)  # fills while nobody is connected
+    broker, _ = _run(gw, journal, {})
+    assert broker.position.size == 1 and broker.reconciliation.adopted is False
+    rec = [r for r in read_journal(journal) if r["kind"] == "fill"]
+    assert len(rec) == 1 and rec[0]["recovered"] is True and rec[0]["price"] == 2001.0
+
+
+def test_unknown_position_is_refused_and_adopted_when_told(gw, tmp_path):
+    gw.positions = [(2.0, 2000.0 * 5)]
+    with pytest.raises(ReconcileError, match=r"holds \+2 M2KZ5 .* accounts for \+0.*--adopt"):
+        _run(gw, tmp_path / "j.jsonl", {})
+    broker, _ = _run(gw, tmp_path / "j2.jsonl", {}, adopt=True)
+    assert broker.position.size == 2 and broker.position.price == pytest.approx(2000.0)
+    adopt = [r for r in read_journal(tmp_path / "j2.jsonl") if r["kind"] == "adopt"]
+    assert adopt and adopt[0]["size"] == 2.0
+
+
+# -- limits ---------------------------------------------------------------------------------------
+def test_max_position_refuses_halts_and_flattens(gw, tmp_path):
+    broker, strat = _run(gw, tmp_path / "j.jsonl", {1: _buy(1), 2: _buy(2), 3: _buy(1)},
+                         limits=Limits(max_position=2))
+    assert broker.halted.startswith("max position")
+    refs = [p["ref"] for p in gw.placed]
+    assert refs[0] == "m2k-202510011005-1" and refs[1].startswith("m2k-flatten-")
+    assert gw.placed[1]["action"] == "SELL" and gw.placed[1]["qty"] == 1.0
+    assert len(gw.placed) == 2  # the order after the halt was refused, not sent
+    assert broker.position.size == 0
+
+
+def test_daily_loss_limit_halts_and_flattens(gw, tmp_path):
+    # long 1 at 2000.0; the close falls to 1975.0: 25 pts x $5 = $125 open loss > $100 limit
+    broker, _ = _run(gw, tmp_path / "j.jsonl", {1: _buy()},
+                     closes=(2000.0, 2000.0, 1990.0, 1975.0, 1975.0),
+                     limits=Limits(max_daily_loss=100.0))
+    assert broker.halted.startswith("max daily loss")
+    assert [p["action"] for p in gw.placed] == ["BUY", "SELL"]
+    assert any(r["kind"] == "limit" for r in read_journal(tmp_path / "j.jsonl"))
+
+
+def test_orders_per_minute_limit(gw, tmp_path):
+    broker, _ = _run(gw, tmp_path / "j.jsonl", {1: _buy(), 2: _buy(), 3: _buy()},
+                     limits=Limits(max_orders_per_minute=2))
+    assert broker.halted.startswith("max orders per minute")
+    assert len(gw.placed) == 3  # two orders, then the flatten of the position (2 contracts)
+    assert gw.placed[2]["ref"].startswith("m2k-flatten-") and gw.placed[2]["qty"] == 2.0
+    assert broker.position.size == 0
+
+
+# -- bars -----------------------------------------------------------------------------------------
+def test_aggregator_hands_each_bar_on_once_and_logs_a_gap():
+    utc = _dt.timezone.utc
+    agg = BarAggregator(5)
+    t0 = _dt.datetime(2025, 10, 1, 14, 30, tzinfo=utc)  # 10:30 New York, Globex open
+    out = []
+    for i in range(60):  # 5 minutes of 5-second bars, then the same again (a re-send)
+        out += agg.add(t0 + _dt.timedelta(seconds=5 * i), 2000.0, 2000.5, 1999.5, 2000.0)
+    for i in range(60):
+        out += agg.add(t0 + _dt.timedelta(seconds=5 * i), 2000.0, 2000.5, 1999.5, 2000.0)
+    assert [b[0] for b in out] == [t0]  # one 5-minute bar, handed on once
+    assert agg.stale == 60 and agg.gaps == []
+    # the next bar to come is 14:55 (its last 5 seconds): 14:35 to 14:50 are missing
+    out = agg.add(t0 + _dt.timedelta(minutes=29, seconds=55), 2001.0, 2001.0, 2001.0, 2001.0)
+    assert out[0][0] == t0 + _dt.timedelta(minutes=25)
+    assert agg.gaps == [(t0, t0 + _dt.timedelta(minutes=25), 4)]
+
+
+def test_source_history_then_live_bars_resubscribed_after_a_drop(gw):
+    import queue
+
+    t0 = int(_dt.datetime(2025, 10, 1, 14, 0, tzinfo=_dt.timezone.utc).timestamp())
+    gw.history = [(t0 + 300 * i, 2000.0, 2001.0, 1999.0, 2000.5, 10.0) for i in range(3)]
+    store = _store(gw)
+    q: queue.Queue = queue.Queue()
+    try:
+        _, contract, _ = resolve_contract(store, M2K, WHEN)
+        src = IBBarSource(store, contract, M2K, minutes=5, history="1 D")
+        src.start(q)
+        assert src.history_bars == 3 and src.history_end == _dt.datetime(2025, 10, 1, 10, 10)
+        live0 = t0 + 900
+        for i in range(60):  # the bar 10:15-10:20, as 5-second bars
+            gw.push_rt_bar(live0 + 5 * i, 2001.0, 2001.5, 2000.5, 2001.0)
+        assert gw.wait_for(lambda: q.qsize() == 4)
+        gw.drop()
+        assert gw.wait_for(lambda: src.subscriptions == 2 and len(gw.rt_requests) >= 1)
+        for i in range(60):  # the gateway re-sends the last bar, then the next one
+            gw.push_rt_bar(live0 + 5 * i, 2001.0, 2001.5, 2000.5, 2001.0)
+        for i in range(60):
+            gw.push_rt_bar(live0 + 300 + 5 * i, 2002.0, 2002.5, 2001.5, 2002.0)
+        assert gw.wait_for(lambda: q.qsize() == 5)
+        starts = [q.get_nowait()[0].dt for _ in range(5)]
+        assert len(set(starts)) == 5 and starts == sorted(starts)
+        assert src.summary()["gaps"] == []
+    finally:
+        src.stop()
+        store.close()
+
+
+# -- the command line, end to end -----------------------------------------------------------------
+def test_cli_dry_run_then_sigterm_writes_the_report_and_exits_143(gw, tmp_path):
+    import json
+    import os
+    import signal
+    import subprocess
+
+    t0 = int(_dt.datetime(2025, 10, 1, 14, 0, tzinfo=_dt.timezone.utc).timestamp())
+    gw.history = [(t0 + 300 * i, 2000.0 + i % 7, 2001.0 + i % 7, 1999.0 + i % 7,
+                   2000.5 + i % 7, 10.0) for i in range(40)]
+    out = tmp_path / "out"
+    root = Path(__file__).resolve().parent.parent
+    proc = subprocess.Popen(
+        [sys.executable, str(root / "run_backtest.py"), "live", "--ib", f"127.0.0.1:{gw.port}",
+         "--client-id", "4", "--dry-run", "--sizer", "fixed", "--no-plot", "--quiet",
+         "--out", str(out)],
+        env={**os.environ, "PYTHONPATH": str(root)}, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True)
+    journal = out / "journal.jsonl"
+    try:
+        assert gw.wait_for(lambda: journal.exists() and '"subscribed"' in journal.read_text(),
+                           60)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143, err
+    assert gw.placed == []
+    report = json.loads((out / "report.json").read_text())
+    assert "report.json" in os.listdir(out)
+    states = [r.get("state") for r in read_journal(journal) if r["kind"] == "state"]
+    assert states[0] == "connected" and "reconciled" in states and states[-1] == "stopped"
+    assert report
