@@ -62,6 +62,7 @@ __all__ = [
     "roll_costs",
     "cost_waterfall",
     "changed_params",
+    "declined_text",
     "build_overview",
 ]
 
@@ -410,6 +411,21 @@ def cost_waterfall(net_pnl: float, commission: float, slippage: float,
         "slippage_ticks_assumed": ticks,
         "slippage_note": note,
     }
+
+
+def declined_text(declined: dict[str, Any]) -> str:
+    """``overview.entries_declined`` in words: ``"621 of 956 sized to 0 (no_edge 602, zero
+    19)"``, or ``"none of 956"``.
+
+    >>> declined_text({"entries": 84, "declined": 84,
+    ...                "by_binding": {"no_edge": 34, "zero": 26, "max_exposure": 24}})
+    '84 of 84 sized to 0 (no_edge 34, zero 26, max_exposure 24)'
+    """
+    entries, n = declined.get("entries") or 0, declined.get("declined") or 0
+    if not n:
+        return f"none of {entries:,}"
+    parts = ", ".join(f"{k} {v:,}" for k, v in (declined.get("by_binding") or {}).items())
+    return f"{n:,} of {entries:,} sized to 0 ({parts})"
 
 
 def changed_params(component: Any, params: dict[str, Any]) -> dict[str, Any]:

@@ -75,7 +75,7 @@ from ..outputs import (
     ny_index_iso,
     ny_iso,
 )
-from .overview import OVERVIEW_SCHEMA, build_overview
+from .overview import OVERVIEW_SCHEMA, build_overview, declined_text
 from .records import NY, TRADE_COLUMNS, trade_table
 
 __all__ = [
@@ -710,21 +710,6 @@ def _num(x: Any, nd: int = 2, suffix: str = "") -> str:
 
 def _frac_pct(x: Any) -> str:
     return "n/a" if x is None else f"{100.0 * x:,.2f} %"
-
-
-def declined_text(declined: dict[str, Any]) -> str:
-    """``overview.entries_declined`` in words: ``"621 of 956 sized to 0 (no_edge 602, zero
-    19)"``, or ``"none of 956"``.
-
-    >>> declined_text({"entries": 84, "declined": 84,
-    ...                "by_binding": {"no_edge": 34, "zero": 26, "max_exposure": 24}})
-    '84 of 84 sized to 0 (no_edge 34, zero 26, max_exposure 24)'
-    """
-    entries, n = declined.get("entries") or 0, declined.get("declined") or 0
-    if not n:
-        return f"none of {entries:,}"
-    parts = ", ".join(f"{k} {v:,}" for k, v in (declined.get("by_binding") or {}).items())
-    return f"{n:,} of {entries:,} sized to 0 ({parts})"
 
 
 def _overview_rows(report: dict[str, Any]) -> list[tuple[str, str]]:
