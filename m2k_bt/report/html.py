@@ -208,10 +208,9 @@ def _cards_html(report: dict) -> str:
         ("Peak margin / equity", fmt_number(margin_an.get("peak_margin_pct_of_equity"), 1,
                                             " %"), ""),
         ("Peak leverage", fmt_number(margin_an.get("peak_leverage"), 1, "x"), ""),
-        ("Largest win", fmt_money(trades_an.get("largest_win")), "pos"),
-        ("Largest loss", fmt_money(trades_an.get("largest_loss")), "neg"),
-        ("Average win", fmt_money(trades_an.get("avg_win")), "pos"),
-        ("Average loss", fmt_money(trades_an.get("avg_loss")), "neg"),
+        *((label, fmt_money(trades_an.get(key)), sign(trades_an.get(key)))
+          for label, key in (("Largest win", "largest_win"), ("Largest loss", "largest_loss"),
+                             ("Average win", "avg_win"), ("Average loss", "avg_loss"))),
     ]
     head = (
         f"<h1>{esc(root)} {esc(strat.get('name') or 'strategy')}: "
