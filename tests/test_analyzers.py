@@ -656,3 +656,22 @@ def test_every_analyzer_documents_every_key_it_returns():
         for name, cls in ANALYZER_NAMES.items()
     }
     assert {k: v for k, v in undocumented.items() if v} == {}
+
+
+def test_declined_entries_count_zero_sizes_by_binding():
+    from m2k_bt.analyzers.kelly import DECLINE_REASONS, declined_entries
+
+    decisions = (
+        [{"binding": "max_exposure", "contracts": 0}] * 24
+        + [{"binding": "zero", "contracts": 0}] * 26
+        + [{"binding": "no_edge", "contracts": 0}] * 34
+        + [{"binding": "max_exposure", "contracts": 3}] * 5  # capped but traded: not declined
+        + [{"binding": "kelly", "contracts": 2}] * 7
+    )
+    out = declined_entries(decisions)
+    # 24 + 26 + 34 = 84 of 24 + 26 + 34 + 5 + 7 = 96 entries sized to 0; largest count first
+    assert out == {"entries": 96, "declined": 84,
+                   "by_binding": {"no_edge": 34, "zero": 26, "max_exposure": 24}}
+    assert list(out["by_binding"]) == ["no_edge", "zero", "max_exposure"]
+    assert declined_entries([]) == {"entries": 0, "declined": 0, "by_binding": {}}
+    assert {"no_edge", "zero", "max_exposure", "margin"} <= set(DECLINE_REASONS)

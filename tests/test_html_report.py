@@ -452,3 +452,104 @@ def test_rolls_margin_events_and_warnings_are_shown():
     assert events.data["price"][0] == pytest.approx(data["close"].iloc[500])  # on that bar
     page = hr._warnings_html(report, result)
     assert "1 warning(s)" in page and "1 data repair(s)" in page and "high below close" in page
+
+
+# -------------------------------------------------------------------------------------------
+# the figures a trader reads first (report.json's overview on the page)
+# -------------------------------------------------------------------------------------------
+
+
+def test_drawdown_periods_and_yearly_returns_known_answer():
+    from m2k_bt.report.overview import drawdown_periods, yearly_returns
+
+    idx = pd.to_datetime(["2023-12-28", "2023-12-29", "2024-01-02", "2024-01-03", "2024-01-05",
+                          "2024-01-08"]).tz_localize("America/New_York")
+    values = [1100.0, 990.0, 1045.0, 1100.0, 1080.0, 1070.0]
+    dd = drawdown_periods(idx, values, 1000.0)
+    # peak 1100 on 12-28; trough 990 on 12-29 (110 = 10 % of 1100); back to 1100 on 01-03:
+    # 6 days, 3 bars. Then 1100 -> 1070 still under water at the end: 30 = 2.7273 %, from
+    # 01-03 to the last bar 01-08: 5 days, 2 bars
+    first, second = dd["worst"]
+    assert (first["peak_dt"][:10], first["trough_dt"][:10], first["recovery_dt"][:10]) == (
+        "2023-12-28", "2023-12-29", "2024-01-03")
+    assert first["depth"] == 110.0 and first["depth_pct"] == pytest.approx(10.0)
+    assert first["days"] == 6.0 and first["bars"] == 3
+    assert second["recovery_dt"] is None and second["depth"] == 30.0
+    assert second["depth_pct"] == pytest.approx(2.7273) and second["days"] == 5.0
+    assert dd["max_duration_days"] == 6.0 and dd["max_duration_bars"] == 3
+    years = yearly_returns(idx, values, 1000.0)
+    # 2023: 990 / 1000 - 1 = -1 %; 2024: 1070 / 990 - 1 = +8.0808 %
+    assert [y["year"] for y in years] == [2023, 2024]
+    assert [y["return_pct"] for y in years] == pytest.approx([-1.0, 8.0808], abs=1e-4)
+    assert [y["net_profit"] for y in years] == [-10.0, 80.0]
+
+
+def test_waterfall_tables_and_header_known_answer():
+    from m2k_bt.report.overview import cost_waterfall, roll_costs
+
+    # 3 contracts rolled x 2 sides: commission 3 x 2 x $0.62 = $3.72, slippage 3 x 2 x 1 tick x
+    # $0.50 = $3.00; gross = net 100 + commission 12.40 + slippage 5.00 = 117.40
+    w = cost_waterfall(100.0, 12.4, 5.0, roll_costs(3, 0.62, 1.0, 0.5), 1.0, 0.5)
+    assert (w["gross_pnl"], w["commission"], w["slippage"], w["rolls"], w["net_pnl"]) == (
+        117.4, 8.68, 2.0, 6.72, 100.0)  # 117.40 - 8.68 - 2.00 - 6.72 = 100.00
+    steps = hr.waterfall_steps(w)
+    assert [s["value"] for s in steps] == [117.4, -8.68, -2.0, -6.72, 100.0]
+    zero = cost_waterfall(-50.0, 10.0, 0.0, roll_costs(0, 0.62, 0.0, 0.5), 0.0, 0.5)
+    assert zero["slippage_note"].startswith("0 ticks of slippage assumed")
+    assert hr.waterfall_steps(zero)[2]["value"] == 0.0  # shown as $0.00, not -$0.00
+    report = {"overview": {
+        "costs": w,
+        "directions": {"long": {"trades": 2, "win_rate": 0.5, "net_pnl": 60.0, "avg_pnl": 30.0},
+                       "short": {"trades": 0, "win_rate": None, "net_pnl": 0.0,
+                                 "avg_pnl": None}},
+        "yearly_returns": [{"year": 2024, "return_pct": 8.0808, "net_profit": 80.0,
+                            "end_value": 1070.0}],
+        "drawdowns": {"max_duration_days": 6.0, "worst": [
+            {"peak_dt": "2023-12-28T00:00:00-05:00", "trough_dt": "2023-12-29T00:00:00-05:00",
+             "recovery_dt": None, "depth": 110.0, "depth_pct": 10.0, "days": 6.0, "bars": 3}]},
+    }}
+    page = hr._tables_html(report)
+    for text in ("Long vs short", "$30.00", "Yearly returns", "8.08 %", "not yet", "-$110.00",
+                 "longest: 6.0 days", "gross P&amp;L", "$117.40", "roll costs", "-$6.72",
+                 "1 ticks of slippage per fill assumed ($0.50 per contract per side)"):
+        assert text in page, text
+    assert hr.changed_params_text({"strategy": {"fast": 10}, "sizer": {"min_trades": 5}}) == (
+        "parameters changed from the defaults: fast=10, min_trades=5")
+
+
+def test_report_page_shows_overview_kelly_declines_and_full_times(run_dir):
+    from m2k_bt.engine import BacktestConfig, run_backtest
+
+    result = run_backtest(rth_bars(), BacktestConfig(params={"fast": 10, "slow": 30,
+                                                             "stop_ticks": 60},
+                                                     sizer_params={"min_trades": 5}))
+    report = build_report(result)
+    layout = hr.report_layout(result, report)
+    head = layout.children[0].text
+    # only what differs from the defaults, never a row of name=None
+    assert "parameters changed from the defaults: stop_ticks=60, fast=10, slow=30, " \
+           "min_trades=5" in head  # in the strategy's parameter order, then the sizer's
+    assert "=None" not in head
+    assert "SYNTHETIC" not in head  # the test's own file
+    for card in ("Buy &amp; hold, 1 contract", "Time in market", "Longest drawdown",
+                 "Peak margin / equity", "Peak leverage", "Largest win", "Average loss"):
+        assert card in head, card
+    # buy and hold of one contract on the equity panel: start + (close - first close) x $5
+    (bh,) = _models(layout, "buy_and_hold")
+    close = result.equity["close"].to_numpy()
+    assert bh.data["bh"][-1] == pytest.approx(result.start_value + (close[-1] - close[0]) * 5,
+                                              abs=0.01)
+    # every Kelly decision that gave 0 contracts is drawn on the zero line
+    declined = report["overview"]["entries_declined"]
+    (marks,) = _models(layout, "kelly_declined")
+    assert len(marks.data["x"]) == declined["declined"] > 0
+    if declined["declined"]:
+        assert "Entries declined by the sizer" in head
+    # the cost waterfall: gross - commission - slippage - rolls = net
+    (costs,) = _models(layout, "costs")
+    assert sum(costs.data["value"][:4]) == pytest.approx(costs.data["value"][4], abs=0.02)
+    # the trade table's ISO times fit their columns
+    (table,) = _models(layout, "trade_table")
+    widths = {c.field: c.width for c in table.columns}
+    assert widths["entry_dt"] >= 190 and widths["exit_dt"] >= 190
+    assert table.autosize_mode == "none"

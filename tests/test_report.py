@@ -391,3 +391,123 @@ def test_rerun_refuses_a_changed_data_file(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "changed since the report" in err and err.count("\n") == 1
     assert main(["--rerun", str(tmp_path / "missing.json")]) == 2
+
+
+# -------------------------------------------------------------------------------------------
+# overview: the figures a trader reads first (m2k_bt.report.overview)
+# -------------------------------------------------------------------------------------------
+
+
+def _kelly_report(decisions, **inputs):
+    return {
+        "results": {"start_value": 25_000.0, "final_value": 25_000.0, "trades": 0,
+                    "net_profit": 0.0},
+        "inputs": {"data": {"bars": 5}, **inputs},
+        "analyzers": {"kelly": {"sizer": "KellySizer", "decisions": decisions}},
+        "warnings": [],
+    }
+
+
+def test_run_that_does_not_trade_says_why():
+    from m2k_bt.report.overview import build_overview
+
+    # RTY at $25,000 with the default Kelly sizer: 84 entries, every one sized to 0
+    decisions = ([{"binding": "max_exposure", "contracts": 0}] * 24
+                 + [{"binding": "zero", "contracts": 0}] * 26
+                 + [{"binding": "no_edge", "contracts": 0}] * 34)
+    report = _kelly_report(decisions, contract={"multiplier": 50.0},
+                           sizer={"params": {"max_exposure": 2.0}},
+                           margins={"initial": 7700.0})
+    equity = pd.DataFrame({"value": [25_000.0] * 3, "close": [1990.0, 2000.0, 2010.0]},
+                          index=pd.date_range("2024-01-02 10:00", periods=3, freq="5min"))
+    report["overview"] = build_overview(report, equity)
+    declined = report["overview"]["entries_declined"]
+    assert declined["entries"] == 84 and declined["declined"] == 84
+    assert declined["by_binding"] == {"no_edge": 34, "zero": 26, "max_exposure": 24}
+    assert "notional" in declined["reasons"]["max_exposure"]
+    # max_exposure declined 24 of 84 (>= 1/5): the account is too small. Median close 2,000 x
+    # $50 = $100,000 of notional per contract; max_exposure 2 x equity needs $50,000 of equity
+    assert declined["hint"] == (
+        "each entry needs about $100,000 of notional per contract, above max_exposure 2 x "
+        "equity: raise --cash to at least $50,000 or use --sizer fixed")
+    text = format_summary(report)
+    assert ("Entries declined  84 of 84 sized to 0 (no_edge 34, zero 26, max_exposure 24)"
+            in text)
+    assert "Why: each entry needs about $100,000" in text
+    # a run where every entry was sized: no line of why
+    report["overview"]["entries_declined"] = {"entries": 3, "declined": 0, "by_binding": {},
+                                              "hint": None}
+    text = format_summary(report)
+    assert "Entries declined  none of 3" in text and "Why:" not in text
+
+
+def test_default_like_run_shows_its_no_edge_declines():
+    from m2k_bt.report.overview import build_overview
+
+    # 602 no_edge + 19 zero of 956 decisions: zero is 19 / 621 = 3 % of the declines (< 1/5),
+    # so the hint is about the missing edge
+    decisions = ([{"binding": "no_edge", "contracts": 0}] * 602
+                 + [{"binding": "zero", "contracts": 0}] * 19
+                 + [{"binding": "kelly", "contracts": 2}] * 335)
+    ov = build_overview(_kelly_report(decisions))
+    assert ov["entries_declined"]["declined"] == 621
+    assert ov["entries_declined"]["hint"].startswith("the strategy's recent trades")
+    assert ov["entries_declined"]["hint"].endswith("--sizer fixed takes every signal")
+
+
+def test_synthetic_data_is_labelled_and_a_users_file_is_not(tmp_path, monkeypatch):
+    from m2k_bt.report import overview as ov
+
+    bundled = ov.bundled_data_files()
+    assert [p.name for p in bundled[:2]] == ["m2k_5min.csv.gz", "m2k_1min.csv.gz"]
+    assert all(p.parent.name in ("datafeeds", "contracts") for p in bundled)
+    # at its bundled path: synthetic, whatever the digest
+    assert ov.is_bundled_synthetic([{"path": str(bundled[0]), "sha256": None}])
+    # a copy elsewhere with the same bytes is synthetic; a user's file of the same name is not
+    fake = tmp_path / "bundle" / "m2k_5min.csv.gz"
+    fake.parent.mkdir()
+    fake.write_bytes(b"synthetic bars")
+    monkeypatch.setattr(ov, "bundled_data_files", lambda: [fake])
+    import hashlib
+
+    same = hashlib.sha256(b"synthetic bars").hexdigest()
+    copy = {"path": str(tmp_path / "m2k_5min.csv.gz"), "sha256": same}
+    mine = {"path": str(tmp_path / "m2k_5min.csv.gz"), "sha256": "0" * 64}
+    assert ov.is_bundled_synthetic([copy])
+    assert not ov.is_bundled_synthetic([mine])
+    assert not ov.is_bundled_synthetic([copy, {"path": "/data/mine.csv", "sha256": "1"}])
+    report = _kelly_report([], data={"bars": 5, "files": [copy]})
+    report["overview"] = ov.build_overview(report)
+    assert report["overview"]["synthetic_data"] is True
+    assert "SYNTHETIC DATA" in format_summary(report).splitlines()[2]
+    report = _kelly_report([], data={"bars": 5, "files": [mine]})
+    report["overview"] = ov.build_overview(report)
+    assert report["overview"]["synthetic_data"] is False
+    assert report["overview"]["data_notice"] is None
+    assert "SYNTHETIC" not in format_summary(report)
+
+
+def test_hand_run_is_not_synthetic_and_overview_is_in_the_schema(hand_result):
+    report = build_report(hand_result)
+    assert validate_report(report) == []
+    jsonschema = pytest.importorskip("jsonschema")
+    jsonschema.validate(report, REPORT_JSON_SCHEMA)
+    ov = report["overview"]
+    assert ov["synthetic_data"] is False  # bars.csv, a user's file
+    # costs: gross = net 130.82 + commission 8.68 + slippage 5.50 = 145.00; no roll
+    assert ov["costs"]["gross_pnl"] == pytest.approx(145.00)
+    assert ov["costs"]["net_pnl"] == pytest.approx(130.82)
+    assert ov["costs"]["rolls"] == 0.0
+    assert ov["costs"]["slippage_ticks_assumed"] == 1.0
+    assert ov["costs"]["slippage_note"] == (
+        "1 ticks of slippage per fill assumed ($0.50 per contract per side)")
+    # 4 trades in the hand plan, split by direction; the net P&L of both sides adds up
+    d = ov["directions"]
+    assert d["long"]["trades"] + d["short"]["trades"] == 4
+    assert d["long"]["net_pnl"] + d["short"]["net_pnl"] == pytest.approx(130.82)
+    # buy and hold: (last close - first close) x $5
+    closes = hand_result.equity["close"]
+    assert ov["buy_and_hold"]["net_profit"] == pytest.approx(
+        (closes.iloc[-1] - closes.iloc[0]) * 5.0)
+    assert ov["changed_params"]["strategy"] == {"plan": {"0": 2, "2": -2, "4": -1, "6": 1,
+                                                         "8": 1, "10": -1, "12": 3, "14": -3}}

@@ -10,7 +10,33 @@ import backtrader as bt
 from .common import event_dict, mean_or_none
 from .recorder import quiet_dispatch
 
-__all__ = ["KellyLog"]
+__all__ = ["DECLINE_REASONS", "KellyLog", "declined_entries"]
+
+#: Why a sizer gave 0 contracts, by binding (the sizer's ``binding`` names).
+DECLINE_REASONS = {
+    "no_edge": "the Kelly estimate over the recent trades showed no edge (f* <= 0)",
+    "zero": "the Kelly fraction of equity was less than the risk of one contract",
+    "max_exposure": "one contract's notional was above max_exposure x equity",
+    "margin": "one contract's initial margin was above the free cash",
+    "max_contracts": "max_contracts is 0",
+    "warmup": "warmup_contracts is 0",
+}
+
+
+def declined_entries(decisions: list[dict[str, Any]]) -> dict[str, Any]:
+    """How many sizing decisions gave 0 contracts, and which limit did it.
+
+    Returns ``entries`` (decisions, count), ``declined`` (decisions with 0 contracts, count)
+    and ``by_binding`` (declined count per binding, largest first; ties in name order).
+
+    >>> d = [{"binding": "no_edge", "contracts": 0}, {"binding": "kelly", "contracts": 2},
+    ...      {"binding": "max_exposure", "contracts": 0}, {"binding": "no_edge", "contracts": 0}]
+    >>> declined_entries(d)
+    {'entries': 4, 'declined': 3, 'by_binding': {'no_edge': 2, 'max_exposure': 1}}
+    """
+    zero = Counter(str(d.get("binding")) for d in decisions if d.get("contracts") == 0)
+    order = sorted(zero.items(), key=lambda kv: (-kv[1], kv[0]))
+    return {"entries": len(decisions), "declined": sum(zero.values()), "by_binding": dict(order)}
 
 
 class KellyLog(bt.Analyzer):

@@ -69,6 +69,14 @@ CSS = """
  .m2k-note { color: #555; font-size: 12px; }
  table.m2k { border-collapse: collapse; font-size: 12px; }
  table.m2k td, table.m2k th { border: 1px solid #ddd; padding: 2px 6px; text-align: right; }
+ table.m2k th { background: #f3f3f3; } table.m2k td.l, table.m2k th.l { text-align: left; }
+ table.m2k td.neg { color: #c62828; } table.m2k td.pos { color: #2e7d32; }
+ .m2k-banner { border-radius: 6px; padding: 7px 12px; margin: 6px 0; font-size: 14px; }
+ .m2k-banner.warn { background: #fff3e0; border: 1px solid #fb8c00; color: #7a3e00;
+                    font-weight: 600; }
+ .m2k-banner.info { background: #e8f0fe; border: 1px solid #5c85d6; color: #1a3570; }
+ .m2k-tables { display: flex; flex-wrap: wrap; gap: 22px; align-items: flex-start; }
+ .m2k-tables h3 { font-size: 13px; margin: 8px 0 3px 0; }
 </style>
 """
 

@@ -82,6 +82,9 @@ _TOOLTIP_FORMATS = {
     "ticks": "{0.0}",
 }
 _UP, _DOWN = "#26a69a", "#ef5350"
+#: Trade table column widths (px): the ISO times need 190 to show in full.
+_COLUMN_WIDTHS = {"entry_dt": 190, "exit_dt": 190, "exit_reason": 100, "direction": 70,
+                  "contracts": 70}
 
 
 # -------------------------------------------------------------------------------------------
@@ -173,6 +176,11 @@ def _cards_html(report: dict) -> str:
     def sign(x):
         return "" if x is None else ("neg" if x < 0 else "pos")
 
+    ov = report.get("overview") or {}
+    an = report.get("analyzers") or {}
+    trades_an, margin_an = an.get("trades") or {}, an.get("margin") or {}
+    bh = ov.get("buy_and_hold") or {}
+    dd = ov.get("drawdowns") or {}
     cards = [
         ("Final equity", fmt_money(res.get("final_value")), ""),
         ("Net profit", fmt_money(res.get("net_profit")), sign(res.get("net_profit"))),
@@ -193,22 +201,62 @@ def _cards_html(report: dict) -> str:
         ("Commission", fmt_money(res.get("commission")), ""),
         ("Slippage", fmt_money(res.get("slippage")), ""),
         ("Margin calls", fmt_number(res.get("margin_calls"), 0), ""),
+        ("Buy & hold, 1 contract", f"{fmt_money(bh.get('net_profit'))} "
+         f"({fmt_number(bh.get('return_pct'), 1, ' %')})", sign(bh.get("net_profit"))),
+        ("Time in market", fmt_number(margin_an.get("time_in_market_pct"), 1, " %"), ""),
+        ("Longest drawdown", fmt_number(dd.get("max_duration_days"), 1, " days"), ""),
+        ("Peak margin / equity", fmt_number(margin_an.get("peak_margin_pct_of_equity"), 1,
+                                            " %"), ""),
+        ("Peak leverage", fmt_number(margin_an.get("peak_leverage"), 1, "x"), ""),
+        *((label, fmt_money(trades_an.get(key)), sign(trades_an.get(key)))
+          for label, key in (("Largest win", "largest_win"), ("Largest loss", "largest_loss"),
+                             ("Average win", "avg_win"), ("Average loss", "avg_loss"))),
     ]
-    params = strat.get("params") or {}
-    ptext = ", ".join(f"{k}={v}" for k, v in params.items()) if params else "defaults"
     head = (
         f"<h1>{esc(root)} {esc(strat.get('name') or 'strategy')}: "
         f"{esc(data.get('first_dt') or '?')} &rarr; {esc(data.get('last_dt') or '?')}</h1>"
         f"<div class='m2k-sub'>{fmt_number(data.get('bars'), 0)} bars from "
         f"{esc(data.get('path') or 'memory')}; starting equity "
-        f"{fmt_money(res.get('start_value'))}; parameters: {esc(ptext)}</div>"
+        f"{fmt_money(res.get('start_value'))}; sizer "
+        f"{esc((inp.get('sizer') or {}).get('name') or 'none')}; "
+        f"{esc(changed_params_text(ov.get('changed_params') or {}))}</div>"
     )
     body = "".join(
         f"<div class='m2k-card'><div class='k'>{esc(k)}</div>"
         f"<div class='v {cls}'>{esc(v)}</div></div>"
         for k, v, cls in cards
     )
-    return CSS + head + f"<div class='m2k-cards'>{body}</div>"
+    return CSS + head + _notices_html(ov) + f"<div class='m2k-cards'>{body}</div>"
+
+
+def changed_params_text(changed: dict) -> str:
+    """The parameters that differ from the defaults, for the page header.
+
+    >>> changed_params_text({"strategy": {"fast": 10}, "sizer": {}})
+    'parameters changed from the defaults: fast=10'
+    >>> changed_params_text({"strategy": {}, "sizer": {}})
+    'every parameter at its default'
+    """
+    items = [f"{k}={v}" for part in ("strategy", "sizer")
+             for k, v in (changed.get(part) or {}).items()]
+    if not items:
+        return "every parameter at its default"
+    return "parameters changed from the defaults: " + ", ".join(items)
+
+
+def _notices_html(ov: dict) -> str:
+    """Banners above the cards: synthetic data, entries the sizer declined."""
+    out = []
+    if ov.get("data_notice"):
+        out.append(f"<div class='m2k-banner warn'>{esc(ov['data_notice'])}</div>")
+    declined = ov.get("entries_declined") or {}
+    if declined.get("declined"):
+        from .overview import declined_text
+
+        hint = f" Why: {esc(declined['hint'])}." if declined.get("hint") else ""
+        out.append(f"<div class='m2k-banner info' id='m2k-declined'>Entries declined by the "
+                   f"sizer: {esc(declined_text(declined))}.{hint}</div>")
+    return "".join(out)
 
 
 def _price_figure(bars, trades, overlay, margin_events, x_range):
@@ -326,6 +374,17 @@ if (lo < hi) { const pad = (hi - lo) * 0.05; yr.start = lo - pad; yr.end = hi + 
 """
 
 
+def _legend_above(p) -> None:
+    """A panel's legend in one row above its plot, off the data (the width stays that of the
+    other linked panels)."""
+    p.legend.orientation = "horizontal"
+    p.legend.label_text_font_size = "8pt"
+    p.legend.click_policy = "hide"
+    p.legend.padding = 2
+    p.legend.margin = 0
+    p.add_layout(p.legend[0], "above")
+
+
 def _curve_panels(result, report, bars_t, panel_ind, x_range):
     """Equity, drawdown, position, margin vs equity and oscillator panels, linked on x."""
     from bokeh.models import ColumnDataSource, NumeralTickFormatter
@@ -356,9 +415,21 @@ def _curve_panels(result, report, bars_t, panel_ind, x_range):
         "maint": (np.abs(pos[rows]) * maint).astype("float32"),
     }, name="curves")
 
-    p = linked_panel("Equity", x_range, 170, "equity ($)", "equity")
-    p.line("t", "value", source=src, color="#1f77b4", line_width=1.3)
+    p = linked_panel("Equity", x_range, 190, "equity ($)", "equity")
+    p.line("t", "value", source=src, color="#1f77b4", line_width=1.3, legend_label="strategy")
+    if "close" in equity:
+        from .overview import buy_and_hold_curve
+
+        mult = float(((report.get("inputs") or {}).get("contract") or {}).get("multiplier")
+                     or 0.0)
+        start = float((report.get("results") or {}).get("start_value") or value[0])
+        bench = buy_and_hold_curve(equity["close"].to_numpy(dtype="float64"), mult, start)
+        bsrc = ColumnDataSource({"t": t, "bh": bench[rows].astype("float32")},
+                                name="buy_and_hold")
+        p.line("t", "bh", source=bsrc, color="#9e9e9e", line_width=1.0, line_dash="dashed",
+               legend_label="buy & hold 1 contract")
     p.yaxis.formatter = NumeralTickFormatter(format="$0,0")
+    _legend_above(p)
     panels.append(p)
 
     p = linked_panel("Drawdown", x_range, 110, "drawdown (%)", "drawdown")
@@ -370,16 +441,14 @@ def _curve_panels(result, report, bars_t, panel_ind, x_range):
     p.step("t", "pos", source=src, color="#2ca02c", mode="after")
     panels.append(p)
 
-    p = linked_panel("Margin used vs equity", x_range, 140, "$", "margin")
+    p = linked_panel("Margin used vs equity", x_range, 160, "$", "margin")
     p.line("t", "value", source=src, color="#1f77b4", legend_label="equity")
     p.step("t", "margin", source=src, color="#ff7f0e", mode="after",
            legend_label=f"initial margin ({fmt_money(initial)}/contract)")
     p.step("t", "maint", source=src, color="#d62728", mode="after", line_dash="dotted",
            legend_label=f"maintenance ({fmt_money(maint)}/contract)")
     p.yaxis.formatter = NumeralTickFormatter(format="$0,0")
-    p.legend.location = "top_left"
-    p.legend.label_text_font_size = "8pt"
-    p.legend.click_policy = "hide"
+    _legend_above(p)
     panels.append(p)
 
     if panel_ind:
@@ -448,7 +517,7 @@ def _pnl_figure(trades):
     mid = (edges[:-1] + edges[1:]) / 2
     src = ColumnDataSource({"left": edges[:-1], "right": edges[1:], "count": counts,
                             "color": [_UP if m >= 0 else _DOWN for m in mid]})
-    p = figure(title=f"P&L per trade ($), {len(pnl)} trades", height=260, width=460,
+    p = figure(title=f"P&L per trade ($), {len(pnl)} trades", height=260, width=420,
                tools="save", toolbar_location=None, name="pnl_hist")
     p.quad(left="left", right="right", top="count", bottom=0, source=src, fill_color="color",
            line_color="white")
@@ -485,24 +554,129 @@ def costs_breakdown(report: dict, trades: pd.DataFrame) -> dict[str, float]:
     }
 
 
+def waterfall_steps(costs: dict) -> list[dict]:
+    """The bars of the gross-to-net waterfall: (name, bottom, top, value) from
+    ``overview.costs``; each cost hangs down from where the previous step ended.
+
+    >>> [(s["name"], s["bottom"], s["top"]) for s in waterfall_steps(
+    ...     {"gross_pnl": 117.4, "commission": 8.68, "slippage": 2.0, "rolls": 6.72,
+    ...      "net_pnl": 100.0})]  # 117.40 - 8.68 = 108.72; - 2.00 = 106.72; - 6.72 = 100.00
+    [('gross P&L', 0.0, 117.4), ('commission', 108.72, 117.4), ('slippage', 106.72, 108.72), \
+('roll costs', 100.0, 106.72), ('net P&L', 0.0, 100.0)]
+    """
+    gross = float(costs.get("gross_pnl") or 0.0)
+    steps = [{"name": "gross P&L", "bottom": 0.0, "top": gross, "value": gross}]
+    level = gross
+    for key, name in (("commission", "commission"), ("slippage", "slippage"),
+                      ("rolls", "roll costs")):
+        cost = float(costs.get(key) or 0.0)
+        after = round(level - cost, 2)
+        steps.append({"name": name, "bottom": min(level, after), "top": max(level, after),
+                      "value": -cost if cost else 0.0})
+        level = after
+    net = float(costs.get("net_pnl") or 0.0)
+    steps.append({"name": "net P&L", "bottom": min(0.0, net), "top": max(0.0, net),
+                  "value": net})
+    return steps
+
+
 def _costs_figure(report, trades):
-    from bokeh.models import ColumnDataSource, HoverTool
+    from bokeh.core.properties import field
+    from bokeh.models import ColumnDataSource, HoverTool, Span
     from bokeh.plotting import figure
 
-    costs = costs_breakdown(report, trades)
-    names = ["commission", "slippage", "rolls"]
-    src = ColumnDataSource({"name": names, "value": [costs[k] for k in names],
-                            "color": ["#1f77b4", "#ff7f0e", "#7f7f7f"],
-                            "label": [fmt_money(costs[k]) for k in names]}, name="costs")
-    p = figure(x_range=names, title="Costs ($); rolls are part of the other two",
-               height=260, width=380, tools="save", toolbar_location=None, name="costs_fig")
-    p.vbar("name", top="value", width=0.6, source=src, color="color")
-    p.text("name", "value", text="label", source=src, text_align="center",
-           text_baseline="bottom", text_font_size="9pt")
+    costs = (report.get("overview") or {}).get("costs")
+    if not costs:
+        return None
+    steps = waterfall_steps(costs)
+    names = [s["name"] for s in steps]
+    colours = ["#1f77b4" if steps[0]["value"] >= 0 else "#c62828", "#ff7f0e", "#ffb74d",
+               "#7f7f7f", "#2e7d32" if steps[-1]["value"] >= 0 else "#c62828"]
+    src = ColumnDataSource({"name": names, "bottom": [s["bottom"] for s in steps],
+                            "top": [s["top"] for s in steps],
+                            "value": [s["value"] for s in steps], "color": colours,
+                            "label": [fmt_money(s["value"]) for s in steps],
+                            # a gain's label above its bar, a cost's or loss's below
+                            "label_y": [s["top"] if s["value"] >= 0 else s["bottom"]
+                                        for s in steps],
+                            "baseline": ["bottom" if s["value"] >= 0 else "top"
+                                         for s in steps]}, name="costs")
+    p = figure(x_range=names, title="Gross P&L to net: costs ($)", height=280, width=380,
+               tools="save", toolbar_location=None, name="costs_fig")
+    p.vbar("name", bottom="bottom", top="top", width=0.6, source=src, color="color")
+    p.text("name", "label_y", text="label", source=src, text_align="center",
+           text_baseline=field("baseline"), text_font_size="8pt")
+    p.add_layout(Span(location=0, dimension="width", line_color="#444444", line_width=1))
     p.add_tools(HoverTool(tooltips=[("", "@name: @value{$0,0.00}")]))
-    p.y_range.start = 0
+    p.xaxis.major_label_orientation = 0.5
+    p.yaxis.axis_label = "$"
     p.y_range.range_padding = 0.15
     return p
+
+
+def _row_html(cells: list, classes: list[str] | None = None, tag: str = "td") -> str:
+    classes = classes or [""] * len(cells)
+    return "<tr>" + "".join(f"<{tag} class='{c}'>{esc(v)}</{tag}>"
+                            for v, c in zip(cells, classes, strict=False)) + "</tr>"
+
+
+def _tone(x) -> str:
+    return "" if x is None else ("neg" if x < 0 else "pos")
+
+
+def _tables_html(report: dict) -> str:
+    """Long vs short, yearly returns, the worst drawdowns and the cost waterfall as tables."""
+    ov = report.get("overview") or {}
+    out = []
+    d = ov.get("directions") or {}
+    if d:
+        rows = [_row_html(["", "trades", "win rate", "net P&L", "per trade"],
+                          ["l", "", "", "", ""], "th")]
+        for side in ("long", "short"):
+            x = d.get(side) or {}
+            rate = x.get("win_rate")
+            rows.append(_row_html(
+                [side, fmt_number(x.get("trades"), 0),
+                 fmt_number(None if rate is None else 100 * rate, 1, " %"),
+                 fmt_money(x.get("net_pnl")), fmt_money(x.get("avg_pnl"))],
+                ["l", "", "", _tone(x.get("net_pnl")), _tone(x.get("avg_pnl"))]))
+        out.append("<div><h3>Long vs short</h3><table class='m2k' id='m2k-directions'>"
+                   + "".join(rows) + "</table></div>")
+    years = ov.get("yearly_returns") or []
+    if years:
+        rows = [_row_html(["year", "return", "net P&L", "end equity"], ["l", "", "", ""], "th")]
+        rows += [_row_html([y["year"], fmt_number(y.get("return_pct"), 2, " %"),
+                            fmt_money(y.get("net_profit")), fmt_money(y.get("end_value"))],
+                           ["l", _tone(y.get("return_pct")), _tone(y.get("net_profit")), ""])
+                 for y in years]
+        out.append("<div><h3>Yearly returns</h3><table class='m2k' id='m2k-years'>"
+                   + "".join(rows) + "</table></div>")
+    dd = ov.get("drawdowns") or {}
+    worst = dd.get("worst") or []
+    if worst:
+        rows = [_row_html(["peak", "trough", "recovered", "depth", "depth %", "days"],
+                          ["l", "l", "l", "", "", ""], "th")]
+        rows += [_row_html([w["peak_dt"][:10], w["trough_dt"][:10],
+                            (w.get("recovery_dt") or "not yet")[:10], fmt_money(-w["depth"]),
+                            fmt_number(w.get("depth_pct"), 2, " %"),
+                            fmt_number(w.get("days"), 1)],
+                           ["l", "l", "l", "neg", "neg", ""]) for w in worst]
+        out.append(f"<div><h3>Worst drawdowns (longest: "
+                   f"{fmt_number(dd.get('max_duration_days'), 1)} days)</h3>"
+                   f"<table class='m2k' id='m2k-drawdowns'>" + "".join(rows) + "</table></div>")
+    costs = ov.get("costs") or {}
+    if costs:
+        rows = [_row_html([s["name"], fmt_money(s["value"])], ["l", _tone(s["value"])])
+                for s in waterfall_steps(costs)]
+        out.append("<div><h3>Costs, gross to net</h3><table class='m2k' id='m2k-costs'>"
+                   + "".join(rows) + f"</table><p class='m2k-note'>"
+                   f"{esc(costs.get('slippage_note') or '')}; roll costs are the rolls' "
+                   "commission and assumed slippage, taken out of the two lines above.</p>"
+                   "</div>")
+    if not out:
+        return ""
+    # each Div is its own shadow root: the style sheet goes with it
+    return CSS + "<h2>At a glance</h2><div class='m2k-tables'>" + "".join(out) + "</div>"
 
 
 def _kelly_figures(report, x_range):
@@ -525,7 +699,8 @@ def _kelly_figures(report, x_range):
                "#17becf"]
     src = ColumnDataSource(source_columns(df[["x", "dt", "f_star", "f_used", "binding",
                                         "contracts"]]), name="kelly")
-    p = figure(title="Kelly log: fraction wanted (f*) vs used, coloured by the cap that bound",
+    p = figure(title="Kelly log: fraction wanted (f*) vs used, coloured by the cap that bound;"
+               " x on zero: entry declined",
                height=240, sizing_mode="stretch_width", x_axis_type="datetime", x_range=x_range,
                tools=TOOLS, active_scroll="xwheel_zoom", name="kelly_fig")
     p.scatter("x", "f_star", source=src, marker="circle", size=5, color="#bbbbbb",
@@ -533,21 +708,43 @@ def _kelly_figures(report, x_range):
     used = p.scatter("x", "f_used", source=src, size=6,
                      color=factor_cmap("binding", palette[: len(kinds)] or ["#1f77b4"], kinds),
                      legend_field="binding")
-    p.add_tools(HoverTool(renderers=[used], tooltips=[
+    zero = df[df["contracts"] == 0]
+    renderers = [used]
+    if len(zero):  # declined entries (no_edge has no fraction used): x marks on the zero line
+        zsrc = ColumnDataSource(source_columns(
+            zero[["x", "dt", "f_star", "f_used", "binding", "contracts"]].assign(y=0.0)),
+            name="kelly_declined")
+        renderers.append(p.scatter(
+            "x", "y", source=zsrc, marker="x", size=8, line_width=1.5,
+            color=factor_cmap("binding", palette[: len(kinds)] or ["#1f77b4"], kinds),
+            legend_label=f"declined: 0 contracts ({len(zero)})"))
+    p.add_tools(HoverTool(renderers=renderers, tooltips=[
         ("dt", "@dt"), ("f*", "@f_star{0.0000}"), ("f used", "@f_used{0.0000}"),
         ("bound by", "@binding"), ("contracts", "@contracts")]))
     p.yaxis.axis_label = "fraction of equity"
-    p.legend.location = "top_left"
     p.legend.label_text_font_size = "8pt"
     p.legend.click_policy = "hide"
+    p.legend.spacing = 0
+    p.legend.padding = 4
+    p.add_layout(p.legend[0], "right")  # off the data
     counts = df["binding"].value_counts()
-    bsrc = ColumnDataSource({"binding": list(counts.index), "count": counts.to_numpy()})
-    b = figure(x_range=list(counts.index), title="Entries by binding cap", height=240,
+    declined = zero["binding"].value_counts().reindex(counts.index, fill_value=0)
+    bsrc = ColumnDataSource({"binding": list(counts.index), "count": counts.to_numpy(),
+                             "declined": declined.to_numpy(),
+                             "label": [f"{n} ({z} at 0)" if z else str(n)
+                                       for n, z in zip(counts, declined, strict=True)]},
+                            name="kelly_counts")
+    b = figure(x_range=list(counts.index), title="Entries by binding cap (declined at 0)",
+               height=240,
                width=360, tools="save", toolbar_location=None, name="kelly_binding")
     b.vbar("binding", top="count", width=0.6, source=bsrc,
            color=factor_cmap("binding", palette[: len(kinds)] or ["#1f77b4"], kinds))
+    b.text("binding", "count", text="label", source=bsrc, text_align="center",
+           text_baseline="bottom", text_font_size="8pt")
+    b.add_tools(HoverTool(tooltips=[("", "@binding: @count entries, @declined sized to 0")]))
     b.xaxis.major_label_orientation = 0.6
     b.y_range.start = 0
+    b.y_range.range_padding = 0.15
     return p, b
 
 
@@ -566,9 +763,12 @@ def _trade_table(trades):
             fmt = NumberFormatter(format="$0,0.00")
         elif c in ("entry_price", "exit_price", "stop_level", "target_level"):
             fmt = NumberFormatter(format="0,0.00")
-        cols.append(TableColumn(field=c, title=c, **({"formatter": fmt} if fmt else {})))
+        width = _COLUMN_WIDTHS.get(c, 80)
+        cols.append(TableColumn(field=c, title=c, width=width,
+                                **({"formatter": fmt} if fmt else {})))
     return DataTable(source=src, columns=cols, sortable=True, reorderable=False, height=320,
-                     sizing_mode="stretch_width", index_position=None, name="trade_table")
+                     sizing_mode="stretch_width", index_position=None, name="trade_table",
+                     autosize_mode="none")
 
 
 def _warnings_html(report: dict, result: Any) -> str:
@@ -691,6 +891,9 @@ def report_layout(result: Any, report: dict[str, Any]):
                          "mark shows its trades.csv row; click a legend entry to hide it.</p>",
                          sizing_mode="stretch_width"))
         parts.append(column(*panels, sizing_mode="stretch_width"))
+    glance = _tables_html(report)
+    if glance:
+        parts.append(Div(text=glance, sizing_mode="stretch_width"))
     lower = [f for f in (_monthly_figure(result), _pnl_figure(trades),
                          _costs_figure(report, trades)) if f is not None]
     if lower:

@@ -41,6 +41,11 @@ zone (New York); ``null`` means "not defined" (no trades, no losing trade, zero 
 - ``warnings`` (array of str): data repairs, margin calls, rejected orders and anything else
   a trader must know before trusting the numbers.
 - ``files`` (object): file name -> role, for the files written next to the report.
+- ``overview`` (object, from 1.2): the figures a trader reads first, derived from the above
+  and the equity curve: the synthetic-data flag, the entries the sizer declined and why,
+  buy-and-hold of one contract, drawdown durations and the worst drawdowns, long vs short,
+  yearly returns, the gross-to-net cost waterfall, the parameters that differ from the
+  defaults. Every key is documented in :mod:`m2k_bt.report.overview`.
 
 ``trades.csv``: one row per closed trade, columns :data:`TRADE_COLUMNS` (times and prices of
 entry and exit, contracts, gross and net P&L and commission in $, ticks, bars held, exit reason,
@@ -71,6 +76,7 @@ from ..outputs import (
     ny_index_iso,
     ny_iso,
 )
+from .overview import OVERVIEW_SCHEMA, build_overview, declined_text
 from .records import NY, TRADE_COLUMNS, trade_table
 
 __all__ = [
@@ -216,6 +222,7 @@ REPORT_JSON_SCHEMA: dict[str, Any] = {
         "margin_events": {"type": "array", "items": {"type": "object"}},
         "warnings": {"type": "array", "items": {"type": "string"}},
         "files": {"type": "object", "additionalProperties": {"type": "string"}},
+        "overview": OVERVIEW_SCHEMA,
     },
     "$defs": {
         "component": {
@@ -528,6 +535,8 @@ def build_report(result: Any) -> dict[str, Any]:
     report = jsonable(report)
     for key in ("results", "analyzers", "margin_events"):  # inputs stay exact for --rerun
         report[key] = _rounded(report[key], key)
+    report["overview"] = jsonable(build_overview(
+        report, _equity_df(result), trade_table(result), getattr(result, "strategy", None)))
     return report
 
 
@@ -731,6 +740,27 @@ def _frac_pct(x: Any) -> str:
     return "n/a" if x is None else f"{100.0 * x:,.2f} %"
 
 
+def _overview_rows(report: dict[str, Any]) -> list[tuple[str, str]]:
+    """The summary's rows from ``overview`` and the margin analyzer (none for a report
+    without them)."""
+    ov = report.get("overview") or {}
+    margin = (report.get("analyzers") or {}).get("margin") or {}
+    rows = []
+    bh = ov.get("buy_and_hold") or {}
+    if bh.get("net_profit") is not None:
+        rows.append(("Buy & hold 1 ct", f"{_money(bh['net_profit'])}  "
+                                         f"({_num(bh.get('return_pct'))} %)"))
+    if margin.get("time_in_market_pct") is not None:
+        rows.append(("Time in market", _num(margin["time_in_market_pct"], 1, " %")))
+    dd = ov.get("drawdowns") or {}
+    if dd.get("max_duration_days") is not None:
+        rows.append(("Longest drawdown", _num(dd["max_duration_days"], 1, " days")))
+    declined = ov.get("entries_declined") or {}
+    if declined.get("entries"):
+        rows.append(("Entries declined", declined_text(declined)))
+    return rows
+
+
 def format_summary(report: dict[str, Any]) -> str:
     """A short human table of a report's headline numbers (the report's values, formatted).
 
@@ -762,6 +792,7 @@ def format_summary(report: dict[str, Any]) -> str:
         ("Commission", _money(res.get("commission"))),
         ("Slippage", _money(res.get("slippage"))),
         ("Margin calls", _num(res.get("margin_calls"), 0)),
+        *_overview_rows(report),
     ]
     head = (
         f"{root} {name}: {data.get('first_dt') or '?'} -> {data.get('last_dt') or '?'}"
@@ -769,7 +800,13 @@ def format_summary(report: dict[str, Any]) -> str:
     ).strip()
     width = max(len(k) for k, _ in rows)
     lines = [head, "-" * len(head)]
+    notice = (report.get("overview") or {}).get("data_notice")
+    if notice:
+        lines.append(notice)
     lines += [f"{k:<{width}}  {v}" for k, v in rows]
+    hint = ((report.get("overview") or {}).get("entries_declined") or {}).get("hint")
+    if hint:
+        lines.append(f"Why: {hint}")
     warnings = report.get("warnings") or []
     if warnings:
         lines.append(f"Warnings ({len(warnings)}):")
