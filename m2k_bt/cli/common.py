@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as _dt
+import math
 import re
 import sys
 from pathlib import Path
@@ -250,13 +251,22 @@ def _event_signal_args(args) -> dict:
     return out
 
 
+def check_cash(cash) -> None:
+    """``--cash``: dollars above 0, finite and at most ``MAX_CASH`` (checked before any data
+    is loaded)."""
+    from ..engine.config import MAX_CASH
+
+    if cash is None or not (math.isfinite(cash) and 0 < cash <= MAX_CASH):
+        raise ConfigError(f"--cash must be a positive number of dollars, at most "
+                          f"{MAX_CASH:,.0f}; got {cash}")
+
+
 def config_from_args(args):
     """(bars DataFrame, BacktestConfig) from parsed common args."""
     from ..contracts import get_spec
     from ..engine import BacktestConfig
 
-    if args.cash is None or not args.cash > 0:
-        raise ConfigError(f"--cash must be a positive number of dollars, got {args.cash}")
+    check_cash(args.cash)
     spec = get_spec("M2K" if _no_contract(args) else args.contract)
     bars = load_data(args)
     config = BacktestConfig(
