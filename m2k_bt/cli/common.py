@@ -25,6 +25,7 @@ __all__ = [
     "config_from_args",
     "default_out",
     "load_data",
+    "no_contract",
     "parse_kv",
 ]
 
@@ -181,7 +182,7 @@ NO_CONTRACT_NOTE = ("loaded with --contract none: no tick-grid or Globex-session
                     "traded as M2K ($5 per point, 0.10 tick)")
 
 
-def _no_contract(args) -> bool:
+def no_contract(args) -> bool:
     return str(getattr(args, "contract", "") or "").strip().lower() == "none"
 
 
@@ -190,7 +191,7 @@ def load_data(args):
     from ..contracts import get_spec
     from ..feeds.bars import load_bars
 
-    checks = None if _no_contract(args) else get_spec(args.contract)
+    checks = None if no_contract(args) else get_spec(args.contract)
     spec = checks or get_spec("M2K")
     paths = args.data or [str(DEFAULT_DATA)]
     frames = {}
@@ -267,7 +268,7 @@ def config_from_args(args):
     from ..engine import BacktestConfig
 
     check_cash(args.cash)
-    spec = get_spec("M2K" if _no_contract(args) else args.contract)
+    spec = get_spec("M2K" if no_contract(args) else args.contract)
     bars = load_data(args)
     config = BacktestConfig(
         strategy=args.strategy,
