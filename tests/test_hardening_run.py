@@ -50,3 +50,34 @@ def test_a_binary_events_or_signal_file_names_the_file(read, tmp_path):
     blob.write_bytes(b"time,value\n" + bytes(range(128, 256)))
     with pytest.raises(DataFeedError, match=r"blob\.csv: not a text file"):
         read(blob)
+
+
+@pytest.mark.parametrize("sub", ["optimize", "walkforward"])
+def test_a_dask_scheduler_lost_mid_study_is_one_line(sub, tmp_path, monkeypatch, capsys):
+    from conftest import rth_bars, write_bars_csv
+    from distributed.comm.core import CommClosedError
+
+    import m2k_bt.optimize.study as study_mod
+    from m2k_bt.cli.backtest import main
+
+    class Client:
+        def close(self):
+            pass
+
+    def lost(*args, **kwargs):  # what run_dask raises once the scheduler is killed
+        raise CommClosedError("in <TCP (closed) ConnectionPool.gather local=tcp://127.0.0.1:1 "
+                              "remote=tcp://127.0.0.1:8786>: Stream is closed")
+
+    monkeypatch.setattr(study_mod, "dask_client", lambda address: (Client(), None))
+    monkeypatch.setattr(study_mod, "run_dask", lost)
+    data = write_bars_csv(rth_bars(), tmp_path / "m2k_test_5min.csv")
+    args = [sub, "--data", data, "--dask", "tcp://127.0.0.1:8786", "--space", "fast=5:15:5",
+            "slow=20:40:10", "--sampler", "grid", "--out", str(tmp_path / "o"), "--quiet",
+            "--no-plot"]
+    if sub == "walkforward":
+        args += ["--folds", "2"]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    assert err.startswith("error: lost the Dask scheduler tcp://127.0.0.1:8786") and \
+        "Stream is closed" in err, err
