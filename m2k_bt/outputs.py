@@ -33,6 +33,9 @@ The API, all of it:
   manager that checks and locks the folder; ``.clear(names)`` removes stale outputs.
 - ``refuse_symlinks(paths)``: raise ``OutputError`` when any of ``paths`` is a symlink (for
   files another library opens by name, such as SQLite's ``study.db`` and its ``-wal``).
+- ``COMPLETE_HOOKS``: callables run with the folder's ``Path`` when a run leaves its outermost
+  ``OutputFolder`` without an exception (its outputs are complete); the command line uses it to
+  let a late Ctrl-C or SIGTERM end the process normally.
 - ``jsonable(obj)``: any result as plain JSON types (the one JSON clean-up of the package);
   ``ny_iso(value)`` / ``ny_index_iso(index)``: the one timestamp format of every output, ISO
   8601 with the New York offset (``2024-03-11T09:30:00-04:00``).
@@ -63,6 +66,7 @@ from .errors import OutputError
 from .sessions import NY_ZONE
 
 __all__ = [
+    "COMPLETE_HOOKS",
     "LOCK_NAME",
     "OutputError",
     "OutputFolder",
@@ -232,6 +236,10 @@ def refuse_symlinks(paths: Iterable[str | os.PathLike]) -> None:
 _HELD: dict[str, list] = {}
 _HELD_LOCK = threading.Lock()
 
+#: Called with the folder when a run leaves the last OutputFolder this process holds without an
+#: exception: the run's outputs are complete (see the module docstring).
+COMPLETE_HOOKS: list[Callable[[Path], None]] = []
+
 
 def _lock_fd(fd: int) -> bool:
     """Try an exclusive, non-blocking lock; False when another process holds it."""
@@ -290,8 +298,31 @@ class OutputFolder:
                 _HELD[self._key][1] += 1  # call): nested use shares that lock
                 return self
             self._lock()
+            try:
+                self._check_marker()
+            except BaseException:
+                self._unlock()
+                raise
             _HELD[self._key] = [self, 1]
         return self
+
+    def _check_marker(self) -> None:
+        """An earlier run's JSON marker is a JSON object; any other file under that name is
+        not ours to replace: refused before the run does any work."""
+        marker = self.path / self.marker
+        if not (self.marker.endswith(".json") and marker.is_file() and not marker.is_symlink()):
+            return
+        import json
+
+        try:
+            ours = isinstance(json.loads(marker.read_text()), dict)
+        except OSError as exc:
+            raise _error(marker, exc, "cannot read") from exc
+        except ValueError:
+            ours = False
+        if not ours:
+            raise OutputError(f"{marker} is not the {self.marker} of a run (not a JSON object); "
+                              f"move it away or choose another --out")
 
     def _lock(self) -> None:
         lock = self.path / LOCK_NAME
@@ -330,6 +361,9 @@ class OutputFolder:
         if owner._fd is None:
             return
         owner._unlock()
+        if exc_info[0] is None and not _HELD:  # nothing else is being written: complete
+            for hook in list(COMPLETE_HOOKS):
+                hook(owner.path)
 
     def _unlock(self) -> None:
         with contextlib.suppress(OSError):

@@ -249,6 +249,7 @@ BAD_BARS = {
     "non_positive": [_bar(14, o=0.0, lo=0.0), _bar(15, o=-1.0, lo=-1.0, h=-0.5, c=-0.5)],
     "high_below_low": [_bar(16, h=1998.0, lo=1999.0, o=1998.5, c=1998.5)],
     "off_tick": [_bar(17, c=2000.55)],
+    "far_off": [_bar(18, dt=_dt.datetime(2099, 1, 5, 10, 0))],  # a bad stamp, far in the future
 }
 
 
@@ -723,3 +724,89 @@ def test_a_signal_after_the_run_is_ignored_until_exit(tmp_path):
     code, _, err = _finish(proc)
     assert code == 130 and "Traceback" not in err
     assert (out / "report.json").exists()
+
+
+# -- issue 24 item 9: one bad stamp does not reject the rest of the stream ----------------------
+
+
+def _minutes(start: _dt.datetime, n: int) -> list[Bar]:
+    return [_bar(0, dt=start + _dt.timedelta(minutes=i)) for i in range(n)]
+
+
+@pytest.mark.parametrize("where", [0, 1, 5, 29])
+def test_a_bar_stamped_2099_is_rejected_and_the_real_bars_after_it_traded(where):
+    good = _minutes(T0, 30)
+    bad = _bar(0, dt=_dt.datetime(2099, 1, 5, 10, 0))
+    stream = good[:where] + [bad] + good[where:]
+    strat, _, feed = run_live(ReplaySource(stream, speed=0), fast=2, slow=3)
+    assert feed.rejected == [(bad.dt, "far_off")]  # used to be accepted
+    assert feed.delivered == 30 and len(strat) == 30  # none rejected as out_of_order
+
+
+def test_a_bar_far_after_the_stream_is_rejected_unless_the_stream_moved_on():
+    clock = _dt.datetime(2024, 12, 31)
+    before = _minutes(T0, 10)
+    stray = _bar(0, dt=T0 + _dt.timedelta(days=200))  # not in the future of the clock
+    after = _minutes(T0 + _dt.timedelta(minutes=10), 10)
+    _, _, feed = run_live(ReplaySource(before + [stray] + after, speed=0), fast=2, slow=3,
+                          feed_kw={"clock": lambda: clock})
+    assert feed.rejected == [(stray.dt, "far_off")] and feed.delivered == 20
+    # an outage: the stream resumes 40 days later and stays there: one bar is held back
+    # for the check, the rest are delivered
+    later = _minutes(T0 + _dt.timedelta(days=40), 10)
+    _, _, feed = run_live(ReplaySource(before + later, speed=0), fast=2, slow=3,
+                          feed_kw={"clock": lambda: clock})
+    assert feed.rejected == [(later[0].dt, "far_off")] and feed.delivered == 19
+    _, _, feed = run_live(ReplaySource(before + later, speed=0), fast=2, slow=3,
+                          feed_kw={"clock": lambda: clock, "max_gap": None})
+    assert feed.rejected == [] and feed.delivered == 20
+
+
+def test_the_clock_check_follows_the_given_clock():
+    bars = _minutes(T0, 5)
+    _, _, feed = run_live(ReplaySource(bars, speed=0), fast=2, slow=3,
+                          feed_kw={"clock": lambda: T0 - _dt.timedelta(days=2)})
+    assert [r for _, r in feed.rejected] == ["far_off"] * 5  # all after the clock + 1 day
+    _, _, feed = run_live(ReplaySource(bars, speed=0), fast=2, slow=3,
+                          feed_kw={"clock": lambda: T0 - _dt.timedelta(days=2),
+                                   "max_ahead": None})
+    assert feed.delivered == 5
+
+
+@pytest.mark.parametrize("kw, word", [({"max_ahead": 0}, "max_ahead"),
+                                      ({"max_gap": math.nan}, "max_gap"),
+                                      ({"clock": "now"}, "clock"),
+                                      ({"spec": "M2K"}, "spec")])
+def test_queue_feed_checks_its_clock_params(kw, word):
+    with pytest.raises(ParameterError, match=word):
+        QueueFeed(source=ReplaySource(_minutes(T0, 2), speed=0), **kw)
+
+
+def test_spec_none_streams_off_tick_prices():
+    bars = [_bar(i, o=2000.03, h=2001.03, lo=1999.03, c=2000.53) for i in range(10)]
+    _, _, feed = run_live(ReplaySource(bars, speed=0), fast=2, slow=3, feed_kw={"spec": None})
+    assert feed.rejected == [] and feed.delivered == 10
+    _, _, feed = run_live(ReplaySource(bars, speed=0), fast=2, slow=3)
+    assert feed.rejections == {"off_tick": 10}
+
+
+def test_live_contract_none_trades_off_tick_data_like_the_backtest(tmp_path, capsys):
+    from conftest import rth_bars, write_bars_csv
+
+    from m2k_bt.cli.backtest import main
+
+    df = rth_bars(end="2024-03-08")
+    df.iloc[:, :4] += 0.03  # every price off the 0.10 grid (like the RUT index)
+    data = write_bars_csv(df, tmp_path / "rut_like_5min.csv")
+    common = ["--contract", "none", "--sizer", "fixed", "--param", "fast=5", "--param",
+              "slow=20", "--quiet", "--no-plot"]
+    assert main(["--data", data, "--out", str(tmp_path / "bt"), *common]) == 0
+    assert main(["live", "--replay", data, "--speed", "0", "--heartbeat", "0.05",
+                 "--out", str(tmp_path / "live"), *common]) == 0
+    bt_report = json.loads((tmp_path / "bt" / "report.json").read_text())
+    live_report = json.loads((tmp_path / "live" / "report.json").read_text())
+    assert live_report["analyzers"]["stream"]["rejected"] == 0  # used to reject every bar
+    assert bt_report["results"]["trades"] > 10  # the comparison is about real trades
+    assert live_report["results"]["trades"] == bt_report["results"]["trades"]
+    assert live_report["results"]["final_value"] == pytest.approx(
+        bt_report["results"]["final_value"], abs=0.005)

@@ -88,7 +88,7 @@ def backtest_main(argv: list[str]) -> int:
 
     out = Path(args.out) if args.out else default_out(args.strategy)
     # the folder is checked and locked before the data is loaded, and stays locked to the end
-    with _terminate_like_interrupt(), OutputFolder(out):
+    with OutputFolder(out):
         bars, config = config_from_args(args)
         progress = ProgressBar("bars", enabled=not args.quiet)
         result = None
@@ -129,22 +129,65 @@ def _raise_terminated(signum, frame):
     raise Terminated()
 
 
+#: The signals the command line turns into an orderly end (Ctrl-C, then SIGTERM).
+_STOP_SIGNALS = ("SIGINT", "SIGTERM")
+
+
+def _ignore_stop_signals(*_args) -> None:
+    """The process is ending with its outputs complete (or its error said): a late Ctrl-C or
+    SIGTERM must not turn it into a failure."""
+    import signal
+
+    for name in _STOP_SIGNALS:
+        signal.signal(getattr(signal, name), signal.SIG_IGN)
+
+
 @contextlib.contextmanager
-def _terminate_like_interrupt():
-    """Within the block SIGTERM unwinds the run like Ctrl-C (main thread, default handler
-    only); the handler before it is restored after."""
+def _signals_of_the_run(own_process: bool):
+    """Within the block SIGTERM unwinds the run like Ctrl-C (main thread only).
+
+    ``own_process`` (the process's own command line: ``run_backtest.py``, ``m2k-backtest``):
+    SIGINT and SIGTERM that ``run_backtest.py`` held back while Python imported the package are
+    let through here, where they end the run with its one line; once the run's outputs are
+    complete (its last :class:`~m2k_bt.outputs.OutputFolder` released without an error) and on
+    leaving, both are ignored, so that the process exits normally. Otherwise (``main(argv)``
+    from Python) the handler is installed only over the default one, and put back after.
+    """
     import signal
     import threading
 
-    if threading.current_thread() is not threading.main_thread() or \
-            signal.getsignal(signal.SIGTERM) != signal.SIG_DFL:
+    from ..outputs import COMPLETE_HOOKS
+
+    if threading.current_thread() is not threading.main_thread():
         yield
         return
-    signal.signal(signal.SIGTERM, _raise_terminated)
+    previous = signal.getsignal(signal.SIGTERM)
+    installed = own_process or previous == signal.SIG_DFL
+    if installed:
+        signal.signal(signal.SIGTERM, _raise_terminated)
+    if own_process:
+        COMPLETE_HOOKS.append(_ignore_stop_signals)
+        if hasattr(signal, "pthread_sigmask"):  # held back by run_backtest.py (POSIX)
+            signal.pthread_sigmask(signal.SIG_UNBLOCK,
+                                   {getattr(signal, n) for n in _STOP_SIGNALS})
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        if own_process:
+            _ignore_stop_signals()
+            with contextlib.suppress(ValueError):
+                COMPLETE_HOOKS.remove(_ignore_stop_signals)
+        elif installed:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _interrupted(exc: BaseException) -> int:
+    """The one line and exit status of a run ended by Ctrl-C (130) or SIGTERM (143)."""
+    if isinstance(exc, Terminated):
+        print("error: terminated (SIGTERM)", file=sys.stderr)
+        return 143
+    print("error: interrupted", file=sys.stderr)
+    return 130
 
 
 #: Library hints that speak Python, and the command line's words for them.
@@ -217,8 +260,26 @@ def _quiet_stdout() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the exit status (0 done, 2 a user's mistake or an output that
-    cannot be written, 130 interrupted; see README "Guarantees")."""
+    cannot be written, 130 interrupted, 143 terminated; see README "Guarantees").
+
+    Without ``argv`` this is the process's own command line (``sys.argv``): SIGTERM is handled
+    like Ctrl-C from the start, and a signal that comes once the outputs are complete is
+    ignored (the run exits normally).
+    """
+    own_process = argv is None
     argv = list(sys.argv[1:] if argv is None else argv)
+    status = None
+    try:
+        with _signals_of_the_run(own_process):
+            status = _dispatch(argv)
+    except (KeyboardInterrupt, Terminated) as exc:
+        if status is not None:  # came after the run ended: what it did stands
+            return status
+        return _interrupted(exc)
+    return status
+
+
+def _dispatch(argv: list[str]) -> int:
     try:
         if argv and argv[0] in SUBCOMMANDS:
             sub, rest = argv[0], argv[1:]
@@ -244,9 +305,24 @@ def main(argv: list[str] | None = None) -> int:
     except (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError) as exc:
         print(f"error: {exc.strerror or exc}: {exc.filename}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("error: interrupted", file=sys.stderr)
-        return 130
-    except Terminated:
-        print("error: terminated (SIGTERM)", file=sys.stderr)
-        return 143
+    except OSError as exc:
+        address = _dask_address(argv)
+        if address is None:
+            raise
+        # the scheduler went away mid-study (killed, its machine down): not a bug of ours
+        why = cli_message(str(exc)) or type(exc).__name__
+        print(f"error: lost the Dask scheduler {address} during the study ({why}); run the "
+              f"same command again to resume the study", file=sys.stderr)
+        return 2
+    except (KeyboardInterrupt, Terminated) as exc:
+        return _interrupted(exc)
+
+
+def _dask_address(argv: list[str]) -> str | None:
+    """The ``--dask`` address of an ``optimize`` or ``walkforward`` command, else ``None``."""
+    if not argv or argv[0] not in ("optimize", "walkforward"):
+        return None
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--dask")
+    known, _ = pre.parse_known_args(argv[1:])
+    return known.dask

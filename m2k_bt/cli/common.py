@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as _dt
+import math
 import re
 import sys
 from pathlib import Path
@@ -24,6 +25,7 @@ __all__ = [
     "config_from_args",
     "default_out",
     "load_data",
+    "no_contract",
     "parse_kv",
 ]
 
@@ -183,7 +185,7 @@ NO_CONTRACT_NOTE = ("loaded with --contract none: no tick-grid or Globex-session
                     "traded as M2K ($5 per point, 0.10 tick)")
 
 
-def _no_contract(args) -> bool:
+def no_contract(args) -> bool:
     return str(getattr(args, "contract", "") or "").strip().lower() == "none"
 
 
@@ -192,7 +194,7 @@ def load_data(args):
     from ..contracts import get_spec
     from ..feeds.bars import load_bars
 
-    checks = None if _no_contract(args) else get_spec(args.contract)
+    checks = None if no_contract(args) else get_spec(args.contract)
     spec = checks or get_spec("M2K")
     paths = args.data or [str(DEFAULT_DATA)]
     frames = {}
@@ -254,14 +256,23 @@ def _event_signal_args(args) -> dict:
     return out
 
 
+def check_cash(cash) -> None:
+    """``--cash``: dollars above 0, finite and at most ``MAX_CASH`` (checked before any data
+    is loaded)."""
+    from ..engine.config import MAX_CASH
+
+    if cash is None or not (math.isfinite(cash) and 0 < cash <= MAX_CASH):
+        raise ConfigError(f"--cash must be a positive number of dollars, at most "
+                          f"{MAX_CASH:,.0f}; got {cash}")
+
+
 def config_from_args(args):
     """(bars DataFrame, BacktestConfig) from parsed common args."""
     from ..contracts import get_spec
     from ..engine import BacktestConfig
 
-    if args.cash is None or not args.cash > 0:
-        raise ConfigError(f"--cash must be a positive number of dollars, got {args.cash}")
-    spec = get_spec("M2K" if _no_contract(args) else args.contract)
+    check_cash(args.cash)
+    spec = get_spec("M2K" if no_contract(args) else args.contract)
     bars = load_data(args)
     config = BacktestConfig(
         strategy=args.strategy,

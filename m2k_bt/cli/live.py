@@ -316,8 +316,9 @@ def _line(stats: dict) -> str:
 def live_main(argv: list[str]) -> int:
     """Entry point of ``run_backtest.py live``; returns the exit status."""
     from ..engine import select_bars
+    from ..outputs import OutputFolder
     from ..report.summary import write_outputs
-    from .common import config_from_args, default_out
+    from .common import config_from_args, default_out, no_contract
     from .ib import ib_main, wants_ib
 
     if wants_ib(argv):  # trading through Interactive Brokers: m2k_bt.cli.ib
@@ -334,22 +335,28 @@ def live_main(argv: list[str]) -> int:
         # checked here so that the hint names live's flag, not the backtest's --data
         raise DataFeedError(f"replay file not found: {args.replay} (check the --replay path)")
     args.data = [args.replay]
-    bars, config = config_from_args(args)
-    selected = select_bars(bars, config)
-    selected.attrs = dict(bars.attrs)
-    source = ReplaySource(selected, speed=args.speed, max_wait=args.max_wait)
-    out = Path(args.out) if args.out else default_out(f"live-{config.strategy_name}")
-    # from here a signal stops the run, waits for the outputs, and sets the exit status
-    with SignalStop(ignore_after=True) as stopper:
-        if not args.quiet:
-            print(f"live: {len(selected)} bars from {args.replay} at speed {args.speed:g} "
-                  f"({config.strategy_name}, {config.spec.root}); Ctrl-C stops and writes the "
-                  f"report", flush=True)
-        result = run_live(source, config, bars=selected, fills=False if args.quiet else None,
-                          stopper=stopper, qcheck=args.heartbeat, idle_timeout=args.idle_timeout)
-        paths = write_outputs(result, out, plot=not args.no_plot)
-        if not args.quiet:
-            _print_summary(result, out, paths)
+    out = Path(args.out) if args.out else default_out(f"live-{args.strategy}")
+    # the folder is checked and locked before the data is loaded and stays locked while the
+    # run streams, as a backtest's: no other run can write into it meanwhile
+    with OutputFolder(out):
+        bars, config = config_from_args(args)
+        selected = select_bars(bars, config)
+        selected.attrs = dict(bars.attrs)
+        source = ReplaySource(selected, speed=args.speed, max_wait=args.max_wait)
+        # from here a signal stops the run, waits for the outputs, and sets the exit status
+        with SignalStop(ignore_after=True) as stopper:
+            if not args.quiet:
+                print(f"live: {len(selected)} bars from {args.replay} at speed {args.speed:g} "
+                      f"({config.strategy_name}, {config.spec.root}); Ctrl-C stops and writes "
+                      f"the report", flush=True)
+            result = run_live(source, config, bars=selected,
+                              fills=False if args.quiet else None, stopper=stopper,
+                              qcheck=args.heartbeat, idle_timeout=args.idle_timeout,
+                              # --contract none: no tick grid, as in the backtest's loader
+                              **({"spec": None} if no_contract(args) else {}))
+            paths = write_outputs(result, out, plot=not args.no_plot)
+    if not args.quiet:  # the outputs are complete: what is printed cannot differ from them
+        _print_summary(result, out, paths)
     return stopper.exit_status
 
 

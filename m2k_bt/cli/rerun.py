@@ -36,6 +36,20 @@ def _arg(value: Any) -> str:
     raise ConfigError(f"parameter value {value!r} cannot be given on the command line")
 
 
+def _part(parent: dict, key: str, where: str, path: Path, kind: type = dict) -> Any:
+    """``parent[key]`` when it is a ``kind`` (an empty one when missing), else one error
+    naming the report and the entry."""
+    value = parent.get(key)
+    if value is None:
+        return kind()
+    if not isinstance(value, kind):
+        what = "an object" if kind is dict else "a list"
+        raise ConfigError(f"--rerun {path}: {where} should be {what}, got "
+                          f"{type(value).__name__} {value!r:.40}; the report was edited or "
+                          f"damaged")
+    return value
+
+
 def rerun_argv(report_path: str | os.PathLike) -> list[str]:
     """The ``run_backtest.py`` arguments that repeat the run a report.json records.
 
@@ -52,21 +66,25 @@ def rerun_argv(report_path: str | os.PathLike) -> list[str]:
         raise ConfigError(f"--rerun {path}: cannot read a report.json ({exc})") from None
     if not isinstance(report, dict) or report.get("schema") != "m2k_bt/report":
         raise ConfigError(f"--rerun {path}: not an m2k_bt report.json")
-    inp = report.get("inputs") or {}
-    data = inp.get("data") or {}
-    files = data.get("files")
+    inp = _part(report, "inputs", "inputs", path)
+    data = _part(inp, "data", "inputs.data", path)
+    files = _part(data, "files", "inputs.data.files", path, list)
     if not files:
         raise ConfigError(f"--rerun {path}: the report records no data files (schema "
                           f"{report.get('schema_version')}; reports from 1.1 on do)")
     argv: list[str] = []
     for f in files:
+        if not (isinstance(f, dict) and isinstance(f.get("path"), str)):
+            raise ConfigError(f"--rerun {path}: inputs.data.files should list objects with a "
+                              f"path, got {f!r:.40}; the report was edited or damaged")
         digest = file_sha256(f["path"])
         if digest is None:
             raise DataFeedError(f"--rerun: data file {f['path']} is missing; the run cannot be "
                                 "repeated without it")
-        if f.get("sha256") and digest != f["sha256"]:
+        recorded = str(f.get("sha256") or "")
+        if recorded and digest != recorded:
             raise DataFeedError(f"--rerun: data file {f['path']} changed since the report "
-                                f"(sha256 {digest[:12]}... vs {f['sha256'][:12]}... recorded)")
+                                f"(sha256 {digest[:12]}... vs {recorded[:12]}... recorded)")
         argv += ["--data", f["path"]]
     for flag, key in (("--format", "format"), ("--tz", "tz"), ("--roll", "roll"),
                       ("--adjust", "adjust"), ("--start", "start"), ("--end", "end"),
@@ -77,9 +95,9 @@ def rerun_argv(report_path: str | os.PathLike) -> list[str]:
         argv.append("--lenient")
     if data.get("rth_only"):
         argv.append("--rth-only")
-    contract = inp.get("contract") or {}
-    costs = inp.get("costs") or {}
-    margins = inp.get("margins") or {}
+    contract = _part(inp, "contract", "inputs.contract", path)
+    costs = _part(inp, "costs", "inputs.costs", path)
+    margins = _part(inp, "margins", "inputs.margins", path)
     for flag, value in (("--contract", contract.get("root")), ("--cash", inp.get("cash")),
                         ("--commission", costs.get("commission")),
                         ("--slippage-ticks", costs.get("slippage_ticks")),
@@ -89,7 +107,11 @@ def rerun_argv(report_path: str | os.PathLike) -> list[str]:
                         ("--seed", inp.get("seed"))):
         if value is not None:
             argv += [flag, _arg(value)]
-    events = inp.get("events") or {}
+    events = _part(inp, "events", "inputs.events", path)
+    strategy = _part(inp, "strategy", "inputs.strategy", path)
+    sizer = _part(inp, "sizer", "inputs.sizer", path)
+    params = _part(strategy, "params", "inputs.strategy.params", path)
+    sizer_params = _part(sizer, "params", "inputs.sizer.params", path)
     for key in ("events", "signal"):
         if str(events.get(key) or "").startswith("<"):
             raise ConfigError(f"--rerun {path}: the run's {key} came from Python, not a file")
@@ -100,18 +122,15 @@ def rerun_argv(report_path: str | os.PathLike) -> list[str]:
         if value is not None:
             argv += [flag, ",".join(value) if isinstance(value, list) else _arg(value)]
     if events.get("event_before") is not None or events.get("event_after") is not None:
-        params = (inp.get("strategy") or {}).get("params") or {}
         before = _first(events.get("event_before"), params.get("event_before"))
         after = _first(events.get("event_after"), params.get("event_after"))
         argv += ["--event-window", f"{_arg(before)},{_arg(after)}"]
     if events.get("flat_before_event"):
         argv.append("--flat-before-event")
-    strategy = inp.get("strategy") or {}
-    sizer = inp.get("sizer") or {}
     argv += ["--strategy", str(strategy.get("name")), "--sizer", str(sizer.get("name"))]
-    for key, value in (strategy.get("params") or {}).items():
+    for key, value in params.items():
         if key not in EVENT_PARAMS:
             argv += ["--param", f"{key}={_arg(value)}"]
-    for key, value in (sizer.get("params") or {}).items():
+    for key, value in sizer_params.items():
         argv += ["--sizer-param", f"{key}={_arg(value)}"]
     return argv

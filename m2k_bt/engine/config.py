@@ -21,10 +21,14 @@ from typing import Any
 from ..contracts import M2K, ContractSpec
 from ..errors import ConfigError, ParameterError
 
-__all__ = ["BacktestConfig", "SIZERS", "check_config", "check_money", "coerce"]
+__all__ = ["BacktestConfig", "MAX_CASH", "SIZERS", "check_config", "check_money", "coerce"]
 
 #: Sizer names accepted by :class:`BacktestConfig` and the command line.
 SIZERS = ("kelly", "fixed")
+
+#: Largest starting equity, $ (one trillion): float64 keeps every cent of account values up to
+#: about 9e13 dollars, and contract counts stay whole numbers the sizers can hold.
+MAX_CASH = 1e12
 
 
 @dataclass
@@ -100,22 +104,30 @@ class BacktestConfig:
         return getattr(self.strategy, "__name__", str(self.strategy))
 
 
-def check_money(name: str, value, allow_zero: bool = False) -> None:
+def check_money(name: str, value, allow_zero: bool = False, most: float | None = None) -> None:
     """Raise :class:`~m2k_bt.errors.ConfigError` unless ``value`` is ``None`` or a finite
-    number above 0 (at or above 0 with ``allow_zero``)."""
+    number above 0 (at or above 0 with ``allow_zero``), and at most ``most`` when given.
+
+    >>> check_money("cash", 1e308, most=MAX_CASH)
+    Traceback (most recent call last):
+    ...
+    m2k_bt.errors.ConfigError: cash must be a number > 0 and at most 1e+12, got 1e+308
+    """
     if value is None:
         return
     ok = isinstance(value, (int, float)) and math.isfinite(value)
-    ok = ok and (value >= 0 if allow_zero else value > 0)
+    ok = ok and (value >= 0 if allow_zero else value > 0) and (most is None or value <= most)
     if not ok:
         bound = ">= 0" if allow_zero else "> 0"
+        if most is not None:
+            bound += f" and at most {most:g}"
         raise ConfigError(f"{name} must be a number {bound}, got {value!r}")
 
 
 def check_config(config: BacktestConfig) -> None:
     """The checks of ``config``'s own fields: cash, fees, margins and slippage are numbers in
     range, ``spec`` is a :class:`~m2k_bt.contracts.ContractSpec`."""
-    check_money("cash", config.cash)
+    check_money("cash", config.cash, most=MAX_CASH)
     check_money("commission", config.commission, allow_zero=True)
     check_money("margin", config.margin)
     check_money("maintenance_margin", config.maintenance_margin)

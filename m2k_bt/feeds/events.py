@@ -40,6 +40,7 @@ import bisect
 import csv
 import datetime as _dt
 import functools
+import io
 import math
 import os
 import re
@@ -216,7 +217,12 @@ def read_events_csv(path: str | os.PathLike, default_tz: str = NY) -> EventCalen
     events: list[Event] = []
     coverage: dict[str, list] = {}
     header = None
-    with path.open(newline="", encoding="utf-8-sig") as fh:
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise DataFeedError(f"{path}: not a text file ({exc.reason} at byte {exc.start}); give "
+                            f"a UTF-8 CSV with columns time,kind,description") from None
+    with io.StringIO(text, newline="") as fh:  # the lines a file opened with newline="" has
         for lineno, raw in enumerate(fh, start=1):
             line = raw.strip()
             if not line:

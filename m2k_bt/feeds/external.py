@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import csv
 import functools
+import io
 import math
 import os
 import re
@@ -135,7 +136,13 @@ def load_signal(path: str | os.PathLike, column: str | None = None, max_age=None
         raise DataFeedError(f"signal file not found: {path} (give a CSV with a time column and "
                             f"a value column, e.g. 'time,value')")
     offset = _daily_offset(daily_at)
-    with path.open(newline="", encoding="utf-8-sig") as fh:
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise DataFeedError(f"{path}: not a text file ({exc.reason} at byte {exc.start}); give "
+                            f"a UTF-8 CSV with a time column and a value column, e.g. "
+                            f"'time,value'") from None
+    with io.StringIO(text, newline="") as fh:  # the lines a file opened with newline="" has
         rows = [(n, r) for n, r in enumerate(csv.reader(fh), start=1)
                 if r and any(c.strip() for c in r) and not r[0].lstrip().startswith("#")]
     if not rows:

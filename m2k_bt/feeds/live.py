@@ -84,6 +84,9 @@ REJECT_REASONS = (
     "non_positive",  # a price <= 0
     "high_below_low",  # high < low
     "off_tick",  # a price off the contract's tick grid
+    "far_off",  # later than the clock by more than max_ahead, or than the last accepted bar by
+    # more than max_gap: a bad stamp (2099) that would otherwise make every real bar after it
+    # out_of_order
 )
 
 
@@ -390,9 +393,16 @@ def _naive_ny(dt) -> tuple[_dt.datetime, str | None]:
 
 
 def _bar_problem(
-    bar, last_dt: _dt.datetime | None, tick: float
+    bar, last_dt: _dt.datetime | None, tick: float | None, now: _dt.datetime | None = None,
+    max_ahead: _dt.timedelta | None = None, max_gap: _dt.timedelta | None = None,
+    jumped: _dt.datetime | None = None,
 ) -> tuple[_dt.datetime | None, str | None, str]:
-    """``(naive NY dt or None, reason or None, detail)`` for one queue item's bar."""
+    """``(naive NY dt or None, reason or None, detail)`` for one queue item's bar.
+
+    ``tick`` ``None`` skips the tick-grid check; ``now`` (naive New York) with ``max_ahead``
+    and ``last_dt`` with ``max_gap`` bound how far ahead a bar may be (``far_off``); a bar
+    after ``jumped`` (the last bar rejected for the gap) and within ``max_gap`` of it is
+    accepted: the stream itself moved on (an outage), so it is not rejected for ever."""
     if not isinstance(bar, Bar):
         return None, "malformed", f"expected a Bar, got {type(bar).__name__}"
     try:
@@ -428,8 +438,16 @@ def _bar_problem(
                 f"{name} {prices[name]} outside [low {prices['low']}, high {prices['high']}]"
             )
     for name in ("open", "high", "low", "close"):
-        if not is_on_tick(prices[name], tick):
+        if tick is not None and not is_on_tick(prices[name], tick):
             return dt, "off_tick", f"{name} {prices[name]} is not a multiple of tick {tick}"
+    if now is not None and max_ahead is not None and dt - now > max_ahead:
+        return dt, "far_off", (f"{dt} is more than {max_ahead} after the clock "
+                               f"({now:%Y-%m-%d %H:%M})")
+    if last_dt is not None and max_gap is not None and dt - last_dt > max_gap:
+        moved_on = jumped is not None and jumped < dt <= jumped + max_gap
+        if not moved_on:
+            return dt, "far_off", (f"{dt} is more than {max_gap} after the last accepted bar "
+                                   f"{last_dt}")
     return dt, None, ""
 
 
@@ -471,7 +489,16 @@ class QueueFeed(bt.feed.DataBase):
     - ``source`` (def: ``None``): the :class:`BarSource`; started when cerebro starts the feed,
       stopped when it stops it.
     - ``spec`` (def: ``M2K``): the :class:`~m2k_bt.contracts.ContractSpec` whose tick grid
-      bars must sit on.
+      bars must sit on; ``None`` checks no tick grid (data that is not a futures contract's,
+      ``--contract none``).
+    - ``clock`` (def: ``None``): a callable returning the time now (a ``datetime``, aware, or
+      naive New York); ``None`` is the wall clock.
+    - ``max_ahead`` (def: ``1440``): minutes a bar may be stamped after the clock; a later one
+      is rejected as ``far_off``. ``None`` turns the check off (a replay of future-dated data).
+    - ``max_gap`` (def: ``43200``, 30 days): minutes a bar may follow the last accepted bar
+      by; a later one is rejected as ``far_off``, unless the next bar confirms it (two bars in
+      a row that far ahead, within ``max_gap`` of each other: the stream moved on). ``None``
+      turns the check off.
     - ``qcheck`` (def: ``0.5``): heartbeat, seconds to wait on an empty queue before handing
       control back to cerebro (``_load`` returns ``None``); must be > 0.
     - ``maxsize`` (def: ``1000``): queue capacity in bars; a full queue makes the producer wait.
@@ -506,6 +533,9 @@ class QueueFeed(bt.feed.DataBase):
     params = (
         ("source", None),
         ("spec", M2K),
+        ("clock", None),
+        ("max_ahead", 1440.0),
+        ("max_gap", 43200.0),
         ("qcheck", 0.5),
         ("maxsize", 1000),
         ("session_gap", 60.0),
@@ -523,8 +553,17 @@ class QueueFeed(bt.feed.DataBase):
                 f"QueueFeed source must be a BarSource (with start(queue) and stop()), "
                 f"e.g. ReplaySource(df); got {src!r}"
             )
-        if not isinstance(self.p.spec, ContractSpec):
-            raise ParameterError(f"QueueFeed spec must be a ContractSpec, got {self.p.spec!r}")
+        if self.p.spec is not None and not isinstance(self.p.spec, ContractSpec):
+            raise ParameterError(f"QueueFeed spec must be a ContractSpec or None, got "
+                                 f"{self.p.spec!r}")
+        for name in ("max_ahead", "max_gap"):
+            v = getattr(self.p, name)
+            if v is not None and not (isinstance(v, (int, float)) and not isinstance(v, bool)
+                                      and math.isfinite(v) and v > 0):
+                raise ParameterError(f"QueueFeed {name} must be minutes > 0 or None, got {v!r}")
+        if self.p.clock is not None and not callable(self.p.clock):
+            raise ParameterError(f"QueueFeed clock must be a callable returning a datetime, "
+                                 f"got {self.p.clock!r}")
         q = self.p.qcheck
         if not (isinstance(q, (int, float)) and math.isfinite(q) and q > 0):
             raise ParameterError(f"QueueFeed qcheck must be seconds > 0, got {q!r}")
@@ -553,6 +592,7 @@ class QueueFeed(bt.feed.DataBase):
         self.put_ns: int | None = None
         self.get_ns: int | None = None
         self._last_dt: _dt.datetime | None = None
+        self._jumped: _dt.datetime | None = None
         self.first_dt: _dt.datetime | None = None
         self._ended = False
         self._idle_since: float | None = None
@@ -642,13 +682,22 @@ class QueueFeed(bt.feed.DataBase):
         logger.warning("%s: bar %s rejected (%s): %s", self._feedname(), dt, reason, detail)
 
     def _accept(self, bar) -> bool:
+        p = self.p
         try:
-            dt, reason, detail = _bar_problem(bar, self._last_dt, self.p.spec.tick_size)
+            dt, reason, detail = _bar_problem(
+                bar, self._last_dt, None if p.spec is None else p.spec.tick_size,
+                now=self._now() if p.max_ahead is not None else None,
+                max_ahead=None if p.max_ahead is None else _dt.timedelta(minutes=p.max_ahead),
+                max_gap=None if p.max_gap is None else _dt.timedelta(minutes=p.max_gap),
+                jumped=self._jumped)
         except Exception as exc:  # never let a strange object crash the strategy
             dt, reason, detail = None, "malformed", f"{type(exc).__name__}: {exc}"
         if reason is not None:
+            if reason == "far_off":  # the next bar may confirm that the stream moved on
+                self._jumped = dt
             self._reject(dt, reason, detail)
             return False
+        self._jumped = None
         if self._last_dt is not None:
             self._note_break(self._last_dt, dt)
         self._last_dt = dt
@@ -664,6 +713,13 @@ class QueueFeed(bt.feed.DataBase):
         lines.openinterest[0] = 0.0
         lines.roll[0] = 1.0 if bar.roll else 0.0
         return True
+
+    def _now(self) -> _dt.datetime:
+        """The clock's time, naive New York."""
+        now = self.p.clock() if self.p.clock is not None else _dt.datetime.now(NY_ZONE)
+        if isinstance(now, pd.Timestamp):
+            now = now.to_pydatetime()
+        return now.astimezone(NY_ZONE).replace(tzinfo=None) if now.tzinfo is not None else now
 
     @property
     def last_dt(self) -> _dt.datetime | None:
