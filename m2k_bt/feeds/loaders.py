@@ -611,10 +611,9 @@ def _to_utc(parse: pd.Series, has_offset: np.ndarray) -> pd.DatetimeIndex:
     if miss.any():
         stamps, is_aware, _ = _parse_loose(aware[miss])
         loose = _utc_index([s if a else pd.NaT for s, a in zip(stamps, is_aware)])
-        values = ts.to_numpy(copy=True)
+        values = ts.to_numpy(copy=True)  # Timestamps (ts is UTC)
         values[miss] = loose.to_numpy()
-        ts = pd.DatetimeIndex(values).tz_localize("UTC") if ts.tz is None else pd.DatetimeIndex(
-            values, tz="UTC")
+        ts = pd.DatetimeIndex(values, tz="UTC")
     return ts
 
 
