@@ -47,6 +47,8 @@ import pandas as pd
 
 from ..analyzers.kelly import DECLINE_REASONS, declined_entries
 from ..outputs import ny_iso
+from ..sizers import FixedContracts, KellySizer
+from ..strategies import STRATEGIES
 
 __all__ = [
     "OVERVIEW_SCHEMA",
@@ -430,14 +432,20 @@ def declined_text(declined: dict[str, Any]) -> str:
 
 def changed_params(component: Any, params: dict[str, Any]) -> dict[str, Any]:
     """The parameters of ``params`` whose value differs from ``component``'s class default
-    (backtrader ``params``); all of them when there is no component to compare with."""
-    klass = type(component) if component is not None else None
+    (backtrader ``params``; ``component`` is an instance or the class itself); all of them when
+    there is nothing to compare with."""
+    klass = component if isinstance(component, type) or component is None else type(component)
     pairs = getattr(getattr(klass, "params", None), "_getpairs", None)
     if pairs is None:
         return {k: v for k, v in (params or {}).items()}
     defaults = dict(pairs())
     return {k: v for k, v in (params or {}).items()
             if k not in defaults or not _same(defaults[k], v)}
+
+
+def _class_named(name: Any, classes) -> type | None:
+    """The class of ``classes`` whose ``__name__`` is ``name``, or ``None``."""
+    return next((c for c in classes if c.__name__ == name), None)
 
 
 def _same(a: Any, b: Any) -> bool:
@@ -504,8 +512,16 @@ def build_overview(report: dict[str, Any], equity: pd.DataFrame | None = None,
                                float(results.get("slippage") or 0.0), rolls,
                                costs_in.get("slippage_ticks"), contract.get("tick_value"))
 
-    sizer = getattr(strategy, "_sizer", None) if strategy is not None else None
-    strat_params = (inputs.get("strategy") or {}).get("params") or {}
+    # the classes the report names, so that every engine (the kernel has no strategy object)
+    # gives the same answer
+    strat_in, sizer_in = inputs.get("strategy") or {}, inputs.get("sizer") or {}
+    strat_params = strat_in.get("params") or {}
+    strat_cls = _class_named(strat_in.get("class"), STRATEGIES.values())
+    if strat_cls is None and strategy is not None:
+        strat_cls = type(strategy)
+    sizer_cls = _class_named(sizer_in.get("class"), (KellySizer, FixedContracts))
+    if sizer_cls is None and strategy is not None:
+        sizer_cls = getattr(strategy, "_sizer", None)
     return {
         "synthetic_data": synthetic,
         "data_notice": ("SYNTHETIC DATA: bundled sample bars (m2k_bt.feeds.synth), not market "
@@ -517,6 +533,6 @@ def build_overview(report: dict[str, Any], equity: pd.DataFrame | None = None,
         "directions": direction_split((analyzers.get("trades") or {}).get("trade_list") or []),
         "yearly_returns": yearly_returns(index, values, start),
         "costs": waterfall,
-        "changed_params": {"strategy": changed_params(strategy, strat_params),
-                           "sizer": changed_params(sizer, sizer_params)},
+        "changed_params": {"strategy": changed_params(strat_cls, strat_params),
+                           "sizer": changed_params(sizer_cls, sizer_params)},
     }
