@@ -252,7 +252,7 @@ def vectorbt_rows(bars, repeat: int, kernel_trades: list) -> list[tuple[str, flo
 
 
 def grid_rows(points: int) -> list[tuple[str, float, str]]:
-    from m2k_bt.feeds.bars import load_bars
+    from m2k_bt.feeds import load_bars
 
     bars = load_bars(BUNDLED)
     fasts = (10, 20, 30, 40, 50, 60)

@@ -94,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
 
     from m2k_bt.engine import BacktestConfig
-    from m2k_bt.feeds.bars import load_bars
+    from m2k_bt.feeds import load_bars
     from m2k_bt.optimize.study import preselect
 
     bars = load_bars(args.data)

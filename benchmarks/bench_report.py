@@ -60,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--bars", type=int, default=1_000_000, help="bars of the large run (0: skip)")
     args = p.parse_args(argv)
     from m2k_bt.cli.common import DEFAULT_DATA
-    from m2k_bt.feeds.bars import load_bars
+    from m2k_bt.feeds import load_bars
 
     rows = []
     with tempfile.TemporaryDirectory() as tmp:

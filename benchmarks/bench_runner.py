@@ -11,7 +11,7 @@
   default run on the bundled data) and of the same with plots, each in a fresh process (so
   interpreter start-up and imports are included, as a user sees them). Outputs go to a
   temporary directory (``--out``), never to ``results/``.
-- ``load``: ``m2k_bt.feeds.bars.load_bars`` on a year (2024) of synthetic one-minute M2K bars in
+- ``load``: ``m2k_bt.load_bars`` on a year (2024) of synthetic one-minute M2K bars in
   a generic CSV (Globex hours only, holidays removed with ``m2k_bt.sessions``, so the strict
   loader accepts every row), in a fresh process each run; rows/s, plus ``pandas.read_csv`` of
   the same file as the floor any loader pays. If ``benchmarks/bench_feeds.py`` (the data
@@ -141,7 +141,7 @@ import sys, time, json
 t0 = time.perf_counter()
 kind, path = sys.argv[1], sys.argv[2]
 if kind == "load_bars":
-    from m2k_bt.feeds.bars import load_bars
+    from m2k_bt.feeds import load_bars
     t1 = time.perf_counter()
     df = load_bars(path)
 else:

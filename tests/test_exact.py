@@ -86,7 +86,7 @@ def test_f_star_exactly_zero_is_no_edge():
 
 @pytest.mark.skipif(not BUNDLED_1MIN.exists(), reason="bundled 1-minute data not present")
 def test_issue_reproducer_break_even_trade_is_no_win_in_either_engine():
-    from m2k_bt.feeds.bars import load_bars
+    from m2k_bt.feeds import load_bars
 
     bars = load_bars(BUNDLED_1MIN)
     config = BacktestConfig(

@@ -303,7 +303,7 @@ def test_random_configs_agree_with_cerebro(config, seed, vol):
 
 
 def test_bundled_data_every_strategy_and_sizer():
-    from m2k_bt.feeds.bars import load_bars
+    from m2k_bt.feeds import load_bars
 
     bars = load_bars(BUNDLED).iloc[-4000:]
     for strategy in ("sma", "bollinger", "adaptive"):

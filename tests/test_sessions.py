@@ -153,7 +153,7 @@ def test_national_day_of_mourning_is_a_short_session_not_a_closure():
 def test_daily_bar_on_a_day_of_mourning_loads(tmp_path):
     # rty-daily-yahoo.csv style: a daily bar for 2025-01-09 was dropped as "not a CME Globex
     # trade date"
-    from m2k_bt.feeds.bars import load_bars
+    from m2k_bt.feeds import load_bars
 
     path = tmp_path / "rty.csv"
     path.write_text("Date,Close,High,Low,Open,Volume\n"

@@ -6,7 +6,7 @@ import hashlib
 
 import numpy as np
 
-from m2k_bt.feeds.bars import load_bars
+from m2k_bt.feeds import load_bars
 from m2k_bt.feeds.synth import generate_continuous, main, session_index
 from m2k_bt.sessions import in_globex_session
 

@@ -192,7 +192,7 @@ def no_contract(args) -> bool:
 def load_data(args):
     """Load ``--data`` (one file, or per-contract files spliced into a continuous series)."""
     from ..contracts import get_spec
-    from ..feeds.bars import load_bars
+    from ..feeds.loaders import load_bars
 
     checks = None if no_contract(args) else get_spec(args.contract)
     spec = checks or get_spec("M2K")

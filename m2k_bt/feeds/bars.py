@@ -18,19 +18,6 @@ from ..errors import DataFeedError, ParameterError, did_you_mean
 from ..sessions import NY, date2num, trade_dates
 from .loaders import BAR_COLUMNS, DST_GAP, DST_REPEAT, TS_FAR, localize_naive
 
-# Loader names this module held before issue 20 split it, kept importable from here
-# (``from m2k_bt.feeds.bars import load_bars``) until every caller imports them from
-# m2k_bt.feeds or m2k_bt.feeds.loaders.
-from .loaders import FORMATS as FORMATS
-from .loaders import HINTS as HINTS
-from .loaders import MAX_PRICE as MAX_PRICE
-from .loaders import PRICE_COLUMNS as PRICE_COLUMNS
-from .loaders import TICK_ABS_TOLERANCE as TICK_ABS_TOLERANCE
-from .loaders import LineNumbers as LineNumbers
-from .loaders import detect_format as detect_format
-from .loaders import load_bars as load_bars
-from .loaders import validate_bars as validate_bars
-
 __all__ = ["BarsFeed", "resample_bars"]
 
 
