@@ -328,9 +328,9 @@ def test_ctrl_c_while_writing_outputs_leaves_all_of_them_or_none(tmp_path, monke
 def test_real_ctrl_c_at_many_moments_exits_130_and_keeps_each_point_once(data_csv, tmp_path,
                                                                          empty_db):
     """Items 1, 3, 6 as a user meets them: ``run_backtest.py optimize`` (kernel trials, a
-    grid of 400 points) gets SIGINT at one of many moments, from data loading to the last
-    flushes; every run ends ``error: interrupted`` (one line, exit 130) or done (exit 0),
-    study.db holds no parameter set COMPLETE twice, and trials.csv never stands without
+    grid of 400 points) gets SIGINT at one of several moments after it opened study.db;
+    every run ends ``error: interrupted`` (one line, exit 130) or done (exit 0), study.db
+    holds no parameter set COMPLETE twice, and trials.csv never stands without
     optimize.json."""
     import signal
     import subprocess
@@ -338,7 +338,7 @@ def test_real_ctrl_c_at_many_moments_exits_130_and_keeps_each_point_once(data_cs
 
     from servers import ROOT, child_env
 
-    delays = [0.0, 0.2, 0.7]  # after the first write-behind flush
+    delays = [0.0, 0.2, 0.7]  # after the run opened study.db (its -wal appears)
     procs = []
     for i, delay in enumerate(delays):
         out = _fresh_out(tmp_path / f"o{i}", empty_db)
@@ -354,7 +354,7 @@ def test_real_ctrl_c_at_many_moments_exits_130_and_keeps_each_point_once(data_cs
                 sent.add(i)
                 continue
             if (out / "study.db-wal").exists() and not hasattr(proc, "seen"):
-                proc.seen = time.monotonic()  # the first flush: trials are running
+                proc.seen = time.monotonic()  # the study is being set up or running
             ready = hasattr(proc, "seen") and time.monotonic() - proc.seen >= delay
             if ready:
                 proc.send_signal(signal.SIGINT)

@@ -49,6 +49,10 @@ import json
 import multiprocessing as mp
 import os
 import re
+import signal
+import sys
+import threading
+import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -634,11 +638,46 @@ def _cerebro_final(oos_bars, oos_cfg) -> tuple:
     return float(res.final_value), (res.metrics or {}).get("trades")
 
 
+#: Seconds between the verifier's checks that the process that started it is alive.
+PARENT_POLL = 0.5
+
+
+def _watch_parent(parent: int) -> None:
+    while os.getppid() == parent:
+        time.sleep(PARENT_POLL)
+    os._exit(1)  # the parent is gone (killed): nobody will read the result
+
+
+def _verifier_init(parent: int) -> None:
+    """Initializer of the verifier process: it dies with its parent and does not hold the
+    parent's terminal or pipes.
+
+    The run's stdin, stdout and stderr become ``/dev/null`` (its result and errors come back
+    through the pool), so ``run_backtest.py walkforward ... | tee log`` ends when the run
+    does, however it ends. On Linux the kernel kills it when the parent dies
+    (``PR_SET_PDEATHSIG``; the pool is made and used by one thread, whose end is the run's);
+    everywhere a thread checks the parent every ``PARENT_POLL`` seconds.
+    """
+    devnull = os.open(os.devnull, os.O_RDWR)
+    for fd in (0, 1, 2):
+        os.dup2(devnull, fd)
+    os.close(devnull)
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(OSError, AttributeError):
+            import ctypes
+
+            pr_set_pdeathsig = 1
+            ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, int(signal.SIGKILL))
+    threading.Thread(target=_watch_parent, args=(parent,), name="m2k-parent-watch",
+                     daemon=True).start()
+
+
 class _Verifier:
     """Each fold's out-of-sample run is made in the kernel (the reported result) and again in
     cerebro, in one background process while the next folds are studied (inline on a
     single core); :meth:`check` waits for every cerebro run and fails, with both numbers,
-    unless final equity agrees to the cent and the trade count exactly."""
+    unless final equity agrees to the cent and the trade count exactly. The process dies with
+    the run, even a killed one (:func:`_verifier_init`)."""
 
     def __init__(self):
         self.pool = None
@@ -650,7 +689,9 @@ class _Verifier:
             job.set_result(_cerebro_final(oos_bars, oos_cfg))
         else:
             if self.pool is None:
-                self.pool = cf.ProcessPoolExecutor(1, mp_context=mp.get_context("spawn"))
+                self.pool = cf.ProcessPoolExecutor(1, mp_context=mp.get_context("spawn"),
+                                                   initializer=_verifier_init,
+                                                   initargs=(os.getpid(),))
             job = self.pool.submit(_cerebro_final, oos_bars, oos_cfg)
         self.jobs.append((fold, dict(oos_cfg.params), fast, job, row))
 
