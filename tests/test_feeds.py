@@ -254,14 +254,14 @@ def test_roll_column_words(tmp_path):
     assert df["roll"].tolist() == [True] * 4 + [False] * 4
 
 
-def test_loader_names_still_import_from_feeds_bars():
-    # cli/common.py, benchmarks and other tests import load_bars from the 0.1 path
+def test_loader_names_still_import_from_the_0_1_path_m2k_bt_feeds():
+    # m2k_bt.feeds was one module in 0.1: its names stay importable from the package
     import m2k_bt
     import m2k_bt.feeds as feeds
-    from m2k_bt.feeds import bars, loaders
+    from m2k_bt.feeds import loaders
 
     for name in loaders.__all__:
-        assert getattr(bars, name) is getattr(loaders, name) is getattr(feeds, name)
+        assert getattr(loaders, name) is getattr(feeds, name)
     assert m2k_bt.load_bars is loaders.load_bars and feeds.HINTS is loaders.HINTS
 
 

@@ -124,7 +124,7 @@ def _held_load(argv: list[str]) -> str:
     says "loading" and then waits on stdin: a signal there arrives while the data loads."""
     return textwrap.dedent(f"""
         import sys
-        import m2k_bt.feeds.bars as bars
+        import m2k_bt.feeds.loaders as bars
         from m2k_bt.cli.backtest import main
         real = bars.load_bars
         def held(*args, **kwargs):
