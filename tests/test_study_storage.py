@@ -161,7 +161,7 @@ def test_a_full_disk_under_study_db_is_said_at_once(tmp_path, monkeypatch):
     monkeypatch.setattr(storage, "time", NoRetry)
     monkeypatch.setattr(behind, "FLUSH_SECONDS", 0.0)
     with pytest.raises(StorageError, match="no space left on the device") as info:
-        _fake_study(tmp_path / "o", days=60, reconnect=600.0)  # 60 daily returns a trial
+        _fake_study(tmp_path / "o", days=30, reconnect=600.0)  # 30 daily returns a trial
     message = str(info.value)
     assert "study.db" in message and "database or disk is full" in message
     assert "run the same command again" in message

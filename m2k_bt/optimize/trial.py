@@ -6,8 +6,11 @@ the objective's value, or the reason the trial is infeasible, and the backtest's
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
+import sys
+import threading
 import time
 from collections.abc import Callable, Sequence
 
@@ -76,13 +79,15 @@ def evaluate_params(
     if run_backtest is None:
         run_backtest = run_in_cerebro
     t0 = time.perf_counter()
-    try:
-        result = run_backtest(bars, dataclasses.replace(config, params=merged, analyzers=False))
-    except SystemError as exc:
-        stop = _signal_behind(exc)
-        if stop is None:
-            raise
-        raise stop from None
+    with _signals_kept():
+        try:
+            result = run_backtest(bars, dataclasses.replace(config, params=merged,
+                                                            analyzers=False))
+        except SystemError as exc:
+            stop = _signal_behind(exc)
+            if stop is None:
+                raise
+            raise stop from None
     elapsed = time.perf_counter() - t0
     metrics = {k: _plain_number(v) for k, v in (result.metrics or {}).items()}
     rets = daily_returns(_equity_values(result), result.start_value)
@@ -103,6 +108,34 @@ def evaluate_params(
     elif value is None or not math.isfinite(value):
         reason = f"objective {objective} undefined ({value})"
     return {"value": None if reason else float(value), "infeasible": reason, "attrs": attrs}
+
+
+@contextlib.contextmanager
+def _signals_kept():
+    """Within the block, a Ctrl-C (or SIGTERM) that lands in a callback from C code (numba
+    compiling the kernel calls llvmlite's ``_raw_object_cache_notify`` through ctypes) is not
+    lost: Python can only report it there ("Exception ignored on calling ctypes callback
+    function ... KeyboardInterrupt") and carries on; it is raised when the block ends."""
+    if threading.current_thread() is not threading.main_thread():
+        yield  # signals reach the main thread only; the hook is the process's: left alone
+        return
+    caught: list[BaseException] = []
+    previous = sys.unraisablehook
+
+    def hook(unraisable):
+        exc = unraisable.exc_value
+        if isinstance(exc, BaseException) and not isinstance(exc, Exception):
+            caught.append(exc)
+        else:
+            previous(unraisable)
+
+    sys.unraisablehook = hook
+    try:
+        yield
+    finally:
+        sys.unraisablehook = previous
+    if caught:
+        raise caught[0].with_traceback(None)
 
 
 def _signal_behind(exc: SystemError) -> BaseException | None:
