@@ -262,3 +262,19 @@ def test_kill_9_of_walkforward_ends_its_verifier_and_its_pipes(after, data_csv, 
             break
         _wait(0.05)
     assert not [k for k in helpers if _alive(k)], [_cmdline(k) for k in helpers]
+
+
+def test_a_stop_signal_caught_where_python_can_only_report_it_is_delivered_again():
+    # CI found it: SIGTERM landing in a weakref callback during garbage collection was printed
+    # as "Exception ignored in: <function WeakKeyDictionary...remove> ... Terminated" and the
+    # run went on. An exception raised in __del__ reaches Python the same way (unraisable).
+    from m2k_bt.cli.backtest import Terminated, _signals_of_the_run
+
+    class Doomed:
+        def __del__(self):
+            raise Terminated()
+
+    with pytest.raises(Terminated), _signals_of_the_run(own_process=False):
+        Doomed()  # freed at once: Terminated is unraisable here
+        for _ in range(200):  # the signal, sent again, ends this wait (a safety net of 2 s)
+            _wait(0.01)

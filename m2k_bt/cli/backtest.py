@@ -165,6 +165,25 @@ def _signals_of_the_run(own_process: bool):
     installed = own_process or previous == signal.SIG_DFL
     if installed:
         signal.signal(signal.SIGTERM, _raise_terminated)
+    # A stop signal handled while Python runs a callback it cannot raise from (a weakref
+    # callback during garbage collection, a __del__, a ctypes callback) is only reported there
+    # ("Exception ignored in: ...") and the run would go on: send it again, to be handled at the
+    # next instruction of ordinary code.
+    previous_hook = sys.unraisablehook
+
+    def redeliver(unraisable):
+        exc = unraisable.exc_value
+        stop = (signal.SIGTERM if isinstance(exc, Terminated)
+                else signal.SIGINT if isinstance(exc, KeyboardInterrupt) else None)
+        if stop is None:
+            previous_hook(unraisable)
+            return
+        # a moment later, from another thread: raised at once, it would land in this hook again
+        resend = threading.Timer(0.05, os.kill, args=(os.getpid(), stop))
+        resend.daemon = True
+        resend.start()
+
+    sys.unraisablehook = redeliver
     if own_process:
         COMPLETE_HOOKS.append(_ignore_stop_signals)
         if hasattr(signal, "pthread_sigmask"):  # held back by run_backtest.py (POSIX)
@@ -173,6 +192,7 @@ def _signals_of_the_run(own_process: bool):
     try:
         yield
     finally:
+        sys.unraisablehook = previous_hook
         if own_process:
             _ignore_stop_signals()
             with contextlib.suppress(ValueError):
