@@ -101,3 +101,22 @@ def kernel_off_by_a_dollar(monkeypatch) -> None:
         return res
 
     monkeypatch.setattr(kernel, "simulate", off_by_a_dollar)
+
+
+@pytest.fixture(scope="module")
+def rth_csv(tmp_path_factory) -> str:
+    """:func:`rth_bars` written as a CSV file, once per test module."""
+    return write_bars_csv(rth_bars(), tmp_path_factory.mktemp("data") / "m2k_test_5min.csv")
+
+
+def one_line_exit_2(argv: list[str], capsys, needle: str) -> str:
+    """Run the command line on ``argv``: exit status 2 and one line ``error: ...`` on stderr
+    holding ``needle``; returns that line."""
+    from m2k_bt.cli.backtest import main
+
+    code = main(argv)
+    err = capsys.readouterr().err.strip()
+    assert code == 2, err
+    assert len(err.splitlines()) == 1 and err.startswith("error: "), err
+    assert needle in err, err
+    return err

@@ -4,31 +4,21 @@ never a traceback, and never accepted silently with a wrong meaning."""
 import json
 
 import pytest
-from conftest import rth_bars, write_bars_csv
+from conftest import one_line_exit_2
 
 from m2k_bt.cli.backtest import main
 
 
 @pytest.fixture(scope="module")
-def data_csv(tmp_path_factory):
-    path = tmp_path_factory.mktemp("data") / "m2k_test_5min.csv"
-    return write_bars_csv(rth_bars(), path)
-
-
-def _one_line_exit_2(argv, capsys, needle):
-    code = main(argv)
-    err = capsys.readouterr().err.strip()
-    assert code == 2, err
-    assert len(err.splitlines()) == 1 and err.startswith("error: "), err
-    assert needle in err, err
-    return err
+def data_csv(rth_csv):
+    return rth_csv
 
 
 @pytest.mark.parametrize("cash", ["1e308", "inf", "nan"])
 def test_impossible_cash_is_one_line_and_exit_2(cash, data_csv, tmp_path, capsys):
     argv = ["--data", data_csv, "--cash", cash, "--out", str(tmp_path / "x"), "--quiet",
             "--no-plot"]
-    _one_line_exit_2(argv, capsys, "--cash")
+    one_line_exit_2(argv, capsys, "--cash")
     assert not (tmp_path / "x" / "report.json").exists()
 
 
@@ -36,7 +26,7 @@ def test_a_report_json_that_is_not_a_report_in_out_is_one_line(data_csv, tmp_pat
     out = tmp_path / "out"
     out.mkdir()
     (out / "report.json").write_text("[1]")
-    _one_line_exit_2(["--data", data_csv, "--out", str(out), "--quiet", "--no-plot"], capsys,
+    one_line_exit_2(["--data", data_csv, "--out", str(out), "--quiet", "--no-plot"], capsys,
                      "report.json")
     assert (out / "report.json").read_text() == "[1]"  # not ours: left as it was
 
@@ -49,7 +39,7 @@ def test_a_binary_events_or_signal_file_is_one_line(flag, data_csv, tmp_path, ca
             "--no-plot"]
     if flag == "--events":
         args += ["--avoid-events", "fomc"]
-    _one_line_exit_2(args, capsys, "blob.csv")
+    one_line_exit_2(args, capsys, "blob.csv")
 
 
 @pytest.mark.parametrize(
@@ -69,5 +59,5 @@ def test_rerun_of_a_mangled_report_is_one_line(edit, data_csv, tmp_path, capsys)
     edit(report)
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps(report))
-    _one_line_exit_2(["--rerun", str(bad), "--out", str(tmp_path / "again"), "--quiet"], capsys,
+    one_line_exit_2(["--rerun", str(bad), "--out", str(tmp_path / "again"), "--quiet"], capsys,
                      "bad.json")

@@ -2,24 +2,12 @@
 status 2, never a traceback, and never accepted silently with a wrong meaning."""
 
 import pytest
-from conftest import rth_bars, write_bars_csv
-
-from m2k_bt.cli.backtest import main
+from conftest import one_line_exit_2
 
 
 @pytest.fixture(scope="module")
-def data_csv(tmp_path_factory):
-    path = tmp_path_factory.mktemp("data") / "m2k_test_5min.csv"
-    return write_bars_csv(rth_bars(), path)
-
-
-def _one_line_exit_2(argv, capsys, needle):
-    code = main(argv)
-    err = capsys.readouterr().err.strip()
-    assert code == 2, err
-    assert len(err.splitlines()) == 1 and err.startswith("error: "), err
-    assert needle in err, err
-    return err
+def data_csv(rth_csv):
+    return rth_csv
 
 
 @pytest.mark.parametrize(
@@ -38,5 +26,5 @@ def _one_line_exit_2(argv, capsys, needle):
 def test_bad_study_values_are_one_line_and_exit_2(args, needle, data_csv, tmp_path, capsys):
     argv = [args[0], "--data", data_csv, *args[1:], "--out", str(tmp_path / "x"), "--quiet",
             "--trials", "2"]
-    _one_line_exit_2(argv, capsys, needle)
+    one_line_exit_2(argv, capsys, needle)
     assert not (tmp_path / "x" / "optimize.json").exists()

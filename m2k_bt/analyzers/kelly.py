@@ -10,7 +10,7 @@ import backtrader as bt
 from .common import event_dict, mean_or_none
 from .recorder import quiet_dispatch
 
-__all__ = ["DECLINE_REASONS", "KellyLog", "declined_entries"]
+__all__ = ["DECLINE_REASONS", "KellyLog", "declined_entries", "kelly_log"]
 
 #: Why a sizer gave 0 contracts, by binding (the sizer's ``binding`` names).
 DECLINE_REASONS = {
@@ -37,6 +37,25 @@ def declined_entries(decisions: list[dict[str, Any]]) -> dict[str, Any]:
     zero = Counter(str(d.get("binding")) for d in decisions if d.get("contracts") == 0)
     order = sorted(zero.items(), key=lambda kv: (-kv[1], kv[0]))
     return {"entries": len(decisions), "declined": sum(zero.values()), "by_binding": dict(order)}
+
+
+def kelly_log(sizer: str | None, decisions) -> dict[str, Any]:
+    """:class:`KellyLog`'s keys (documented there) for the sizer named ``sizer`` and its
+    decisions (``None``: a sizer that keeps none). The kernel builds its Kelly log here too."""
+    rows = [event_dict(d) for d in decisions] if decisions is not None else []
+    f_used = [d["f_used"] for d in rows if d.get("f_used") is not None]
+    sizes = [d["contracts"] for d in rows if d.get("contracts") is not None]
+    return {
+        "sizer": sizer,
+        "available": decisions is not None,
+        "decisions": rows,
+        "count": len(rows),
+        "zero_size": sum(1 for s in sizes if s == 0),
+        "mean_f_used": mean_or_none(f_used),
+        "last_f_used": f_used[-1] if f_used else None,
+        "max_contracts": max(sizes) if sizes else None,
+        "binding": dict(Counter(str(d.get("binding")) for d in rows if "binding" in d)),
+    }
 
 
 class KellyLog(bt.Analyzer):
@@ -69,20 +88,7 @@ class KellyLog(bt.Analyzer):
         except Exception:  # noqa: BLE001 - any strategy: no sizer is not an error here
             sizer = None
         raw = getattr(sizer, "decisions", None)
-        decisions = [event_dict(d) for d in raw] if raw is not None else []
-        f_used = [d["f_used"] for d in decisions if d.get("f_used") is not None]
-        sizes = [d["contracts"] for d in decisions if d.get("contracts") is not None]
-        self.rets = {
-            "sizer": type(sizer).__name__ if sizer is not None else None,
-            "available": raw is not None,
-            "decisions": decisions,
-            "count": len(decisions),
-            "zero_size": sum(1 for s in sizes if s == 0),
-            "mean_f_used": mean_or_none(f_used),
-            "last_f_used": f_used[-1] if f_used else None,
-            "max_contracts": max(sizes) if sizes else None,
-            "binding": dict(Counter(str(d.get("binding")) for d in decisions if "binding" in d)),
-        }
+        self.rets = kelly_log(type(sizer).__name__ if sizer is not None else None, raw)
 
     def get_analysis(self) -> dict[str, Any]:
         return self.rets

@@ -13,6 +13,7 @@ from typing import Any
 
 import pandas as pd
 
+from ..outputs import jsonable
 from .config import BacktestConfig
 
 __all__ = [
@@ -203,11 +204,6 @@ def equity_from(analysis: dict) -> pd.DataFrame:
 
 
 def plain(obj):
-    """Analyzer output as plain dicts/lists (backtrader's AutoOrderedDict included)."""
-    if isinstance(obj, dict):
-        return {str(k): plain(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        if obj and not isinstance(obj[0], (dict, list, tuple)):
-            return list(obj)  # a column of scalars (an equity curve): no per-item walk
-        return [plain(v) for v in obj]
-    return obj
+    """Analyzer output as plain dicts/lists (backtrader's AutoOrderedDict included), values
+    kept as they are: :func:`m2k_bt.outputs.jsonable` with ``containers_only=True``."""
+    return jsonable(obj, containers_only=True)

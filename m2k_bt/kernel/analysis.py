@@ -17,7 +17,8 @@ import numpy as np
 import pandas as pd
 
 from ..analyzers import returns_statistics, trade_statistics
-from ..analyzers.common import event_dict, mean_or_none, ratio, rounded
+from ..analyzers.common import event_dict, ratio, rounded
+from ..analyzers.kelly import kelly_log
 from ..analyzers.returns import periods_from_counts
 from ..brokers.futures import MarginEvent
 from ..engine import KernelExtras, Plan, make_result
@@ -286,19 +287,8 @@ def _margin(data: KernelData, ci, value, pos, events, active) -> dict:
 
 
 def _kelly_log(decisions, config) -> dict:
-    """:class:`~m2k_bt.analyzers.kelly.KellyLog`'s keys from the sizer decisions."""
-    kelly = str(config.sizer).lower() == "kelly"
-    rows = [event_dict(d) for d in decisions]
-    f_used = [d["f_used"] for d in rows if d.get("f_used") is not None]
-    sizes = [d["contracts"] for d in rows if d.get("contracts") is not None]
-    return {
-        "sizer": "KellySizer" if kelly else "FixedContracts",
-        "available": kelly,
-        "decisions": rows,
-        "count": len(rows),
-        "zero_size": sum(1 for s in sizes if s == 0),
-        "mean_f_used": mean_or_none(f_used),
-        "last_f_used": f_used[-1] if f_used else None,
-        "max_contracts": max(sizes) if sizes else None,
-        "binding": dict(Counter(str(d.get("binding")) for d in rows if "binding" in d)),
-    }
+    """:class:`~m2k_bt.analyzers.kelly.KellyLog`'s keys from the sizer decisions (a fixed
+    sizer keeps none, as in cerebro)."""
+    if str(config.sizer).lower() == "kelly":
+        return kelly_log("KellySizer", decisions)
+    return kelly_log("FixedContracts", None)

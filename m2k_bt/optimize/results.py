@@ -15,7 +15,7 @@ import optuna
 import pandas as pd
 
 from ..errors import ConfigError, M2KError, did_you_mean
-from ..outputs import atomic_open, atomic_write_text
+from ..outputs import atomic_open, atomic_write_text, jsonable
 from ..report import write_study_html
 from .claims import full_params, is_discarded
 from .overfitting import deflated_sharpe_from_returns, probability_of_backtest_overfitting
@@ -31,7 +31,6 @@ __all__ = [
     "returns_matrix",
     "add_overfitting",
     "write_study_outputs",
-    "json_ready",
 ]
 
 #: Default PBO block count S (C(16, 8) = 12,870 splits).
@@ -337,7 +336,7 @@ def write_study_outputs(result: OptimizeResult, out: Path) -> dict:
         paths["trials.csv"] = p
         paths["study.html"] = write_study_html(result, out / "study.html")
         p = out / "optimize.json"
-        atomic_write_text(p, json.dumps(json_ready(result.as_dict()), indent=2, default=str))
+        atomic_write_text(p, json.dumps(jsonable(result.as_dict(), times=str), indent=2))
         paths["optimize.json"] = p
     except BaseException:
         for name in names:
@@ -347,22 +346,3 @@ def write_study_outputs(result: OptimizeResult, out: Path) -> dict:
     if result.storage and result.storage.startswith("sqlite:///"):
         paths["study.db"] = Path(result.storage[len("sqlite:///") :])
     return paths
-
-
-def json_ready(o):
-    """``o`` for ``json.dumps`` (study and walk-forward outputs): NaN and infinities as None,
-    numpy numbers and booleans as Python ones, tuples as lists, keys as text; anything else
-    as it is (the caller's ``default`` writes it).
-
-    >>> json_ready({1: (float("nan"), np.int64(2), np.bool_(True))})
-    {'1': [None, 2, True]}
-    """
-    if isinstance(o, float) and not math.isfinite(o):
-        return None
-    if isinstance(o, dict):
-        return {str(k): json_ready(v) for k, v in o.items()}
-    if isinstance(o, (list, tuple)):
-        return [json_ready(v) for v in o]
-    if isinstance(o, (np.number, np.bool_)):
-        return o.item()
-    return o

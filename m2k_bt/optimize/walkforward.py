@@ -64,9 +64,8 @@ import pandas as pd
 from ..engine import run_backtest as run_in_cerebro
 from ..errors import ConfigError, M2KError
 from ..kernel import choose_engine, run_backtest_fast
-from ..outputs import OutputFolder, atomic_open, atomic_path, atomic_write_text
+from ..outputs import OutputFolder, atomic_open, atomic_path, atomic_write_text, jsonable
 from ..report import write_walkforward_html
-from .results import json_ready
 from .space import parse_space
 from .storage import folder_storage_url
 from .study import optimize, preselect
@@ -749,16 +748,6 @@ def _replace(config, **changes):
     return dataclasses.replace(config, **changes)
 
 
-def _json_default(o):
-    if isinstance(o, (np.integer,)):
-        return int(o)
-    if isinstance(o, (np.floating,)):
-        return float(o)
-    if isinstance(o, (pd.Timestamp,)):
-        return str(o)
-    return str(o)
-
-
 def _write(res: WalkForwardResult, out: Path, plot: bool) -> dict:
     """Every file atomically (see :mod:`m2k_bt.outputs`); walkforward.json, the marker of a
     complete run, last."""
@@ -788,7 +777,7 @@ def _write(res: WalkForwardResult, out: Path, plot: bool) -> dict:
         paths["oos_equity.png"] = p
     paths["walkforward.html"] = write_walkforward_html(res, out / "walkforward.html")
     p = out / "walkforward.json"
-    atomic_write_text(p, json.dumps(json_ready(res.as_dict()), indent=2, default=_json_default))
+    atomic_write_text(p, json.dumps(jsonable(res.as_dict(), times=str), indent=2))
     paths["walkforward.json"] = p
     return paths
 
