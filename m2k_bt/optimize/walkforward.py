@@ -647,6 +647,26 @@ def _watch_parent(parent: int) -> None:
     os._exit(1)  # the parent is gone (killed): nobody will read the result
 
 
+_STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
+
+
+@contextlib.contextmanager
+def _stop_signals_held():
+    """Ctrl-C and SIGTERM wait until the block ends (main thread, POSIX). Starting the verifier
+    writes its start-up data down a pipe: a signal raised in the middle left a child that read
+    half of it and printed a traceback onto the run's stderr. The child inherits the held
+    signals; :func:`_verifier_init` lets them through again."""
+    if not hasattr(signal, "pthread_sigmask") or \
+            threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    held = signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, held)
+
+
 def _verifier_init(parent: int) -> None:
     """Initializer of the verifier process: it dies with its parent and does not hold the
     parent's terminal or pipes.
@@ -661,6 +681,8 @@ def _verifier_init(parent: int) -> None:
     for fd in (0, 1, 2):
         os.dup2(devnull, fd)
     os.close(devnull)
+    if hasattr(signal, "pthread_sigmask"):  # held by the parent while it started this process
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
     if sys.platform.startswith("linux"):
         with contextlib.suppress(OSError, AttributeError):
             import ctypes
@@ -691,7 +713,8 @@ class _Verifier:
                 self.pool = cf.ProcessPoolExecutor(1, mp_context=mp.get_context("spawn"),
                                                    initializer=_verifier_init,
                                                    initargs=(os.getpid(),))
-            job = self.pool.submit(_cerebro_final, oos_bars, oos_cfg)
+            with _stop_signals_held():  # the first submit starts the process
+                job = self.pool.submit(_cerebro_final, oos_bars, oos_cfg)
         self.jobs.append((fold, dict(oos_cfg.params), fast, job, row))
 
     def check(self) -> None:
