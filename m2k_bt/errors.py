@@ -23,6 +23,8 @@ __all__ = [
     "TRUE_WORDS",
     "FALSE_WORDS",
     "NONE_WORDS",
+    "SignalError",
+    "LookaheadError",
     "parse_bool",
 ]
 
@@ -49,6 +51,15 @@ class ConfigError(M2KError):
 
 class OutputError(ConfigError):
     """An output folder or file cannot be created, written or locked (names the path)."""
+
+
+class SignalError(ParameterError):
+    """A signal strategy's function failed or returned something that is not a signal (wrong
+    length, values outside -1/0/+1, a stop that is not a positive distance)."""
+
+
+class LookaheadError(SignalError):
+    """A signal function's past values changed when later bars were removed: it looks ahead."""
 
 
 class NotEnoughBarsError(ConfigError):

@@ -34,6 +34,10 @@ __all__ = [
     "window_tick_sums",
     "sma_above",
     "band_side",
+    "window_sums",
+    "sma_directions",
+    "band_arrays",
+    "adaptive_windows",
 ]
 
 #: Retracement ratios drawn by :class:`FibonacciLevels`, as fractions of the swing.
@@ -336,3 +340,70 @@ def band_side(close_ticks: int, s: int, q: int, n: int, devfactor: float, ddof: 
     if float(d * d * (n - ddof)) > (devfactor * devfactor) * spread:
         return -1 if d > 0 else 1
     return 0
+
+
+# ---------------------------------------------------------------------- whole-array rules
+# The same decisions as sma_above / band_side, for every bar at once: the built-in signal
+# strategies (m2k_bt.strategies.signals) and the kernel compute their directions with these.
+def window_sums(ticks: np.ndarray, period: int) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`window_tick_sums` aligned with the bars: element i covers the ``period`` bars
+    ending at bar i (0 before the first full window).
+
+    >>> s, q = window_sums(np.array([1, 2, 3, 4]), 3)
+    >>> s.tolist(), q.tolist()
+    ([0, 0, 6, 9], [0, 0, 14, 29])
+    """
+    n = len(ticks)
+    s = np.zeros(n, dtype="int64")
+    q = np.zeros(n, dtype="int64")
+    if n >= period:
+        s[period - 1:], q[period - 1:] = window_tick_sums(ticks, period)
+    return s, q
+
+
+def sma_directions(sum_fast: np.ndarray, fast: int, sum_slow: np.ndarray,
+                   slow: int) -> np.ndarray:
+    """+1 where the fast average is strictly above the slow one, else -1 (:func:`sma_above`
+    on every bar; int64).
+
+    >>> sma_directions(np.array([3, 4]), 3, np.array([6, 6]), 6).tolist()
+    [-1, 1]
+    """
+    return np.where(sum_fast * slow > sum_slow * fast, 1, -1).astype("int64")
+
+
+def band_arrays(ticks: np.ndarray, s: np.ndarray, q: np.ndarray, n, devfactor: float,
+                ddof: int) -> tuple[np.ndarray, np.ndarray]:
+    """(band direction, middle side) on every bar, by :func:`band_side`'s arithmetic: the
+    direction is +1 strictly below the lower band, -1 strictly above the upper, else 0; the
+    middle side is sign(n x close - s) (the close against the mean, exactly). ``n``: the
+    window (a number, or one per bar).
+
+    >>> band_arrays(np.array([10, 2]), np.array([0, 0]), np.array([8, 8]), 2, 2.0, 1)
+    ... # doctest: +NORMALIZE_WHITESPACE
+    (array([-1, 0]), array([1, 1]))
+    """
+    d = s - n * ticks
+    spread = (n * (n * q - s * s)).astype("float64")
+    lhs = (d * d * (n - ddof)).astype("float64")
+    outside = (lhs > (devfactor * devfactor) * spread) & (d != 0)
+    side = np.where(outside, np.where(d > 0, -1, 1), 0)
+    return (-side).astype("int64"), np.sign(n * ticks - s).astype("int64")
+
+
+def adaptive_windows(closes: np.ndarray, period_high: int, period_low: int, vol_lookback: int,
+                     vol_threshold: float) -> np.ndarray:
+    """The window :class:`AdaptiveBollingerBands` uses on each bar (0 before its first value),
+    int64, by the indicator's own routine."""
+    n = len(closes)
+    need = max(vol_lookback + 1, period_high, period_low)
+    out = np.zeros(n, dtype="int64")
+    if n >= need:
+        class _Self:  # the indicator's params, without backtrader
+            p = type("P", (), dict(period_high=period_high, period_low=period_low,
+                                   vol_lookback=vol_lookback, vol_threshold=vol_threshold,
+                                   devfactor=2.0, ddof=1))
+        values = AdaptiveBollingerBands._compute(_Self(), np.asarray(closes, dtype="float64"),
+                                                 n - need + 1)
+        out[need - 1:] = values[3].astype("int64")
+    return out

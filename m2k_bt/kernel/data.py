@@ -13,7 +13,13 @@ import numpy as np
 import pandas as pd
 
 from ..engine import BacktestConfig, Plan, select_bars
-from ..indicators.bands import AdaptiveBollingerBands, tick_counts, window_tick_sums
+from ..indicators.bands import (
+    adaptive_windows,
+    band_arrays,
+    sma_directions,
+    tick_counts,
+    window_sums,
+)
 from ..rules.margin import day_fraction
 from ..sessions import date2num, num2datetime64, trade_dates64
 
@@ -119,20 +125,13 @@ class KernelData:
 
     def sums(self, period: int) -> tuple[np.ndarray, np.ndarray]:
         """Exact tick sums of ``period`` closes (and squares) ending at each bar (0 before)."""
-        def make():
-            s = np.zeros(self.n, dtype="int64")
-            q = np.zeros(self.n, dtype="int64")
-            if self.n >= period:
-                ws, wq = window_tick_sums(self.ct, period)
-                s[period - 1:], q[period - 1:] = ws, wq
-            return s, q
-        return _recent(self._sums, ("sums", period), make, SUMS_KEPT)
+        return _recent(self._sums, ("sums", period), lambda: window_sums(self.ct, period),
+                       SUMS_KEPT)
 
     def sma_signal(self, fast: int, slow: int) -> np.ndarray:
+        """+1 where the fast SMA is above the slow one, else -1 (exact, in ticks)."""
         def make():
-            sf, _ = self.sums(fast)
-            ss, _ = self.sums(slow)
-            return np.where(sf * slow > ss * fast, 1, -1).astype("int64")
+            return sma_directions(self.sums(fast)[0], fast, self.sums(slow)[0], slow)
         return self._get_signal(("sma", fast, slow), make)
 
     def band(self, period: int, devfactor: float, ddof: int) -> tuple[np.ndarray, np.ndarray]:
@@ -140,25 +139,15 @@ class KernelData:
         band, -1 above the upper, else 0; middle side = sign(n x close - sum)."""
         def make():
             s, q = self.sums(period)
-            return _band_arrays(self.ct, s, q, np.full(self.n, period, dtype="int64"),
-                                devfactor, ddof)
+            return band_arrays(self.ct, s, q, period, devfactor, ddof)
         return self._get_signal(("band", period, float(devfactor), int(ddof)), make)
 
     def adaptive_window(self, p) -> np.ndarray:
         key = ("adaptive", p["period_high"], p["period_low"], p["vol_lookback"],
                float(p["vol_threshold"]))
-
-        def make():
-            need = max(p["vol_lookback"] + 1, p["period_high"], p["period_low"])
-            out = np.zeros(self.n, dtype="int64")
-            if self.n >= need:
-                fake = ParamsStandIn(period_high=p["period_high"], period_low=p["period_low"],
-                               vol_lookback=p["vol_lookback"], vol_threshold=p["vol_threshold"],
-                               devfactor=2.0, ddof=1)
-                values = AdaptiveBollingerBands._compute(fake, self.close, self.n - need + 1)
-                out[need - 1:] = values[3].astype("int64")
-            return out
-        return self._get(key, make)
+        return self._get(key, lambda: adaptive_windows(
+            self.close, p["period_high"], p["period_low"], p["vol_lookback"],
+            p["vol_threshold"]))
 
     def adaptive_band(self, p) -> tuple[np.ndarray, np.ndarray]:
         key = ("aband", p["period_high"], p["period_low"], p["vol_lookback"],
@@ -172,7 +161,11 @@ class KernelData:
             s = np.where(high, sh, sl)
             q = np.where(high, qh, ql)
             w = np.where(window > 0, window, p["period_low"])
-            return _band_arrays(self.ct, s, q, w, p["devfactor"], p["ddof"])
+            return band_arrays(self.ct, s, q, w, p["devfactor"], p["ddof"])
+        return self._get_signal(key, make)
+
+    def signals(self, key, make):
+        """A signal strategy's computed signal (kept like the built-ins' signals)."""
         return self._get_signal(key, make)
 
     def indicator(self, kind: str, period: int) -> tuple[np.ndarray, int]:
@@ -219,16 +212,6 @@ class ParamsStandIn:
 
     def __init__(self, **kw) -> None:
         self.p = type("P", (), kw)
-
-
-def _band_arrays(ct, s, q, n, devfactor: float, ddof: int) -> tuple[np.ndarray, np.ndarray]:
-    """:func:`m2k_bt.indicators.bands.band_side` and the middle-band side, vectorised, same ops."""
-    d = s - n * ct
-    spread = (n * (n * q - s * s)).astype("float64")
-    lhs = (d * d * (n - ddof)).astype("float64")
-    outside = (lhs > (devfactor * devfactor) * spread) & (d != 0)
-    side = np.where(outside, np.where(d > 0, -1, 1), 0)
-    return (-side).astype("int64"), np.sign(n * ct - s).astype("int64")
 
 
 def prepare(bars: pd.DataFrame, config: BacktestConfig | Plan | None = None) -> KernelData:

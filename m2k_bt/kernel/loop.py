@@ -1,11 +1,12 @@
 """The compiled bar loop of :mod:`m2k_bt.kernel.simulation` (numba, cached on disk).
 
-One function, :func:`run_loop`, replays what cerebro does for the pack's strategies on one
-feed, bar by bar, in backtrader's order: the broker's ``next`` (activate bracket children,
-check submitted orders against cash by pseudo-execution at the order's created price, execute
-pending orders at the open / stop / limit with slippage clipped to the bar, mark to market,
-value, ``FuturesBroker``'s maintenance-margin and negative-equity checks), then the strategy's
-notifications (trade log, re-entry blocks, bracket state), then ``M2KStrategy.next`` (paper
+One function, :func:`run_loop`, replays what cerebro does for a direction-trading strategy
+(:class:`~m2k_bt.strategies.base.M2KStrategy`: a direction per bar, with exit masks and entry
+filters; the loop knows no strategy) on one feed, bar by bar, in backtrader's order: the
+broker's ``next`` (activate bracket children, check submitted orders against cash by
+pseudo-execution at the order's created price, execute pending orders at the open / stop /
+limit with slippage clipped to the bar, mark to market, value, ``FuturesBroker``'s
+maintenance-margin and negative-equity checks), then the strategy's notifications (trade log, re-entry blocks, bracket state), then ``M2KStrategy.next`` (paper
 trades, flat window, signal, exit, roll, entry with the sizer), then the per-bar record.
 Every float operation follows backtrader's and the strategy's order of operations, so the
 results are the same numbers, not merely close ones.
@@ -48,10 +49,13 @@ D_COLS = 10
 # requirement, contracts
 E_COLS = 5
 # int params
-(IP_KIND, IP_EXIT_SIGNAL, IP_LONG_ONLY, IP_FIRST, IP_SIZER, IP_FIXED, IP_LOOKBACK, IP_MIN_TRADES,
+(IP_LONG_ONLY, IP_FIRST, IP_SIZER, IP_FIXED, IP_LOOKBACK, IP_MIN_TRADES,
  IP_WARMUP, IP_MAXC, IP_PAPER, IP_RTH, IP_FLAT, IP_LIQUIDATE, IP_HAS_BRACKET, IP_EXP_NUM,
- IP_EXP_DEN) = range(17)
-N_IP = 17
+ IP_EXP_DEN) = range(15)
+N_IP = 15
+#: A direction meaning "no opinion on this bar: keep what is held" (a signal's NaN after its
+#: first value), subject to the exit masks.
+KEEP = 2
 # float params (FP_SLIP: slippage in ticks)
 (FP_CASH, FP_COMM, FP_MULT, FP_MARGIN, FP_MAINT, FP_TICK, FP_SLIP, FP_SCALE, FP_MAXFRAC,
  FP_P10, FP_INTRADAY) = range(11)
@@ -66,10 +70,10 @@ def _grow(a):
 
 
 @njit(cache=True)
-def run_loop(o, h, lw, c, ct, sig, mid, allow_long, allow_short, rth, flatw, roll,
-             stop_n, target_n, inwin, ip, fp):
+def run_loop(o, h, lw, c, ct, sig, exit_long, exit_short, allow_long, allow_short, rth, flatw,
+             roll, stop_n, target_n, inwin, ip, fp):
     n = len(c)
-    kind, exit_signal, long_only = ip[IP_KIND], ip[IP_EXIT_SIGNAL], ip[IP_LONG_ONLY]
+    long_only = ip[IP_LONG_ONLY]
     first, sizer_kind, fixed_n = ip[IP_FIRST], ip[IP_SIZER], ip[IP_FIXED]
     lookback, min_trades, warmup_n, max_c = ip[IP_LOOKBACK], ip[IP_MIN_TRADES], ip[IP_WARMUP], \
         ip[IP_MAXC]
@@ -683,20 +687,15 @@ def run_loop(o, h, lw, c, ct, sig, mid, allow_long, allow_short, rth, flatw, rol
                 if sh_open and sh_dir != 0:
                     sh_exit = True
             else:
-                # _signal
-                if kind == 0:
-                    wanted = sig[i]
-                else:
-                    band = sig[i]
-                    if exit_signal or band != 0:
-                        wanted = band
+                # the direction (M2KStrategy._wanted): KEEP is the position held, unless an
+                # exit mask closes it
+                wanted = sig[i]
+                if wanted == KEEP:
+                    held = pnl.sign(psize)
+                    if (held > 0 and exit_long[i]) or (held < 0 and exit_short[i]):
+                        wanted = 0
                     else:
-                        held = pnl.sign(psize)
-                        at = mid[i]
-                        if (held > 0 and at >= 0) or (held < 0 and at <= 0):
-                            wanted = 0
-                        else:
-                            wanted = held
+                        wanted = held
                 target = max(wanted, 0) if long_only else wanted
                 if blocked and target != blocked:
                     blocked = 0

@@ -39,10 +39,11 @@ from ..engine.cerebro import run_backtest
 from ..errors import ConfigError
 from ..sessions import GLOBEX_REOPEN, RTH_END, RTH_START
 from ..sizers.kelly import FixedContracts, KellySizer, exposure_ratio
-from ..strategies import AdaptiveBollinger, BollingerReversion, SmaCrossover, resolve_strategy
+from ..strategies import resolve_strategy
 from . import loop
 from .analysis import KERNEL_EXIT_REASONS, kernel_result
 from .data import SIGNALS_KEPT, SUMS_KEPT, KernelData, ParamsStandIn, prepare
+from .directions import directions, strategy_kind
 
 __all__ = [
     "KernelResult",
@@ -64,17 +65,16 @@ __all__ = [
 #: to ``"kernel"`` and the kernel's extras in ``kernel`` (the name of 0.1's own class).
 KernelResult = BacktestResult
 
-_KINDS = {SmaCrossover: "sma", BollingerReversion: "bollinger", AdaptiveBollinger: "adaptive"}
-
 #: Strategy parameters the kernel models; any other parameter must keep its default.
 _BASE_PARAMS = {"long_only", "stop_ticks", "target_ticks", "stop_atr", "target_atr",
                 "atr_period", "rth_only", "flat_before_close"}
 _BAND_PARAMS = {"devfactor", "ddof", "exit", "rsi_period", "rsi_oversold", "rsi_overbought"}
 _KNOWN_PARAMS = {
-    SmaCrossover: _BASE_PARAMS | {"fast", "slow", "adx_min", "adx_period"},
-    BollingerReversion: _BASE_PARAMS | _BAND_PARAMS | {"period"},
-    AdaptiveBollinger: _BASE_PARAMS | _BAND_PARAMS | {"period_high", "period_low",
-                                                       "vol_lookback", "vol_threshold"},
+    "sma": _BASE_PARAMS | {"fast", "slow", "adx_min", "adx_period"},
+    "bollinger": _BASE_PARAMS | _BAND_PARAMS | {"period"},
+    "adaptive": _BASE_PARAMS | _BAND_PARAMS | {"period_high", "period_low", "vol_lookback",
+                                               "vol_threshold"},
+    "signal": _BASE_PARAMS,
 }
 #: BacktestConfig fields the kernel reads or that do not change the trades.
 _KNOWN_FIELDS = {
@@ -111,9 +111,9 @@ def supported(config: BacktestConfig | Plan) -> tuple[bool, str]:
         config, cls = plan.config, plan.strategy_cls
     else:
         cls = resolve_strategy(config.strategy)
-    if cls not in _KINDS:
-        return False, (f"strategy {getattr(cls, '__name__', cls)} is not a built-in strategy "
-                       f"(sma, bollinger, adaptive)")
+    kind, why = strategy_kind(cls)
+    if kind is None:
+        return False, why
     sizer = str(config.sizer).lower()
     if sizer not in _SIZER_PARAMS:
         return False, f"sizer {config.sizer!r} is not modelled by the kernel (fixed, kelly)"
@@ -130,7 +130,7 @@ def supported(config: BacktestConfig | Plan) -> tuple[bool, str]:
             return False, f"config field {name}={getattr(config, name)!r} is not modelled by " \
                           f"the kernel"
     values = plan.params if plan is not None else cls.validate_params(dict(config.params))
-    known = _KNOWN_PARAMS[cls]
+    known = _KNOWN_PARAMS[kind] | set(getattr(cls, "signal_params", ())) | {"lookahead_check"}
     base = dict(cls.params._getitems())
     for name, value in values.items():
         if name not in known and value != base.get(name):
@@ -172,44 +172,27 @@ def simulate(bars, config: BacktestConfig | Plan | None = None) -> BacktestResul
     tick = float(ci.p.tick_size)
     mult = float(ci.p.mult)
 
-    kind = _KINDS[cls]
-    minperiods = [1]
-    if kind == "sma":
-        sig = data.sma_signal(p["fast"], p["slow"])
-        mid = np.zeros(n, dtype="int64")
-        minperiods.append(p["slow"])
-    elif kind == "bollinger":
-        sig, mid = data.band(p["period"], p["devfactor"], p["ddof"])
-        minperiods.append(p["period"])
-    else:
-        sig, mid = data.adaptive_band(p)
-        minperiods.append(max(p["vol_lookback"] + 1, p["period_high"], p["period_low"]))
-    allow_long = np.ones(n, dtype=bool)
-    allow_short = np.ones(n, dtype=bool)
+    kind, _ = strategy_kind(cls)
     wants = []
     if p["stop_atr"] is not None or p["target_atr"] is not None:
         wants.append(("atr", p["atr_period"]))
     if kind == "sma" and p["adx_min"] is not None:
         wants.append(("adx", p["adx_period"]))
-    if kind != "sma" and (p["rsi_oversold"] is not None or p["rsi_overbought"] is not None):
+    if kind in ("bollinger", "adaptive") and (p["rsi_oversold"] is not None
+                                              or p["rsi_overbought"] is not None):
         wants.append(("rsi", p["rsi_period"]))
-    data._pending_bt = tuple(wants)
+    data._pending_bt = tuple(wants)  # one backtrader pass for all of them
+    way = directions(kind, cls, p, data, tick)
+    first = way.first
     atr = None
-    for what, period in wants:
-        values, mp = data.indicator(what, period)
-        minperiods.append(mp)
-        if what == "atr":
-            atr = values
-        elif what == "adx":
-            allow_long = allow_short = values >= p["adx_min"]
-        else:
-            low, high = p["rsi_oversold"], p["rsi_overbought"]
-            allow_long = values < low if low is not None else np.ones(n, dtype=bool)
-            allow_short = values > high if high is not None else np.ones(n, dtype=bool)
-    first = max(minperiods) - 1
+    if wants and wants[0][0] == "atr":
+        atr, mp = data.indicator("atr", p["atr_period"])
+        first = max(first, mp - 1)
+    first = min(first, n)
 
-    stop_n = _distance_ticks(p["stop_ticks"], p["stop_atr"], atr, tick, n)
-    target_n = _distance_ticks(p["target_ticks"], p["target_atr"], atr, tick, n)
+    stop_n = _distance_ticks(p["stop_ticks"], p["stop_atr"], atr, tick, n, way.stop_pts)
+    target_n = _distance_ticks(p["target_ticks"], p["target_atr"], atr, tick, n,
+                               way.target_pts)
     rth = (data.tod >= _time_us(RTH_START)) & (data.tod < _time_us(RTH_END))
     flat = p["flat_before_close"]
     if flat:
@@ -221,8 +204,6 @@ def simulate(bars, config: BacktestConfig | Plan | None = None) -> BacktestResul
     decimals = max(0, -int(np.floor(np.log10(tick))) + 2)
     st = float(config.slippage_ticks or 0.0)
     ip = np.zeros(loop.N_IP, dtype="int64")
-    ip[loop.IP_KIND] = 0 if kind == "sma" else 1
-    ip[loop.IP_EXIT_SIGNAL] = int(kind != "sma" and p["exit"] == "signal")
     ip[loop.IP_LONG_ONLY] = int(bool(p["long_only"]))
     ip[loop.IP_FIRST] = first
     ip[loop.IP_SIZER] = 0 if sizer_cls is FixedContracts else 1
@@ -252,8 +233,9 @@ def simulate(bars, config: BacktestConfig | Plan | None = None) -> BacktestResul
     fp[loop.FP_INTRADAY] = float(im) if im is not None else np.nan
     inwin = data.intraday_window()
     value, cash, pos, trades, dec, mev, counters, costs, active = loop.run_loop(
-        data.open, data.high, data.low, data.close, data.ct, sig, mid, allow_long, allow_short,
-        rth, flatw, data.roll, stop_n, target_n, inwin, ip, fp)
+        data.open, data.high, data.low, data.close, data.ct, way.sig, way.exit_long,
+        way.exit_short, way.allow_long, way.allow_short, rth, flatw, data.roll, stop_n,
+        target_n, inwin, ip, fp)
     if counters[4]:
         what = {2: "re-protecting a partly liquidated position",
                 3: "too many bracket groups"}[int(counters[4])]
@@ -272,9 +254,14 @@ def _check_kelly(sp: dict) -> None:
         pass  # the checks ran before the sizer set its own attributes
 
 
-def _distance_ticks(ticks, atrs, atr, tick: float, n: int) -> np.ndarray:
+def _distance_ticks(ticks, atrs, atr, tick: float, n: int, points=None) -> np.ndarray:
     """Whole ticks (>= 1) of a stop or target distance on each bar, as
-    ``M2KStrategy._distance``; -1 where there is none."""
+    ``M2KStrategy._distance`` (``points``: a signal's own distances, NaN none); -1 where there
+    is none."""
+    if points is not None:
+        with np.errstate(invalid="ignore"):
+            k = np.floor(points / tick + 1e-9)
+        return np.where(np.isnan(k), -1, np.maximum(1, np.nan_to_num(k))).astype("int64")
     if ticks is not None:
         points = np.full(n, ticks * tick)
     elif atrs is not None and atr is not None:

@@ -88,7 +88,7 @@ class _BandReversion(M2KStrategy):
         return band_side(self._close_ticks, self._sum_now, int(sums.sumsq[0]), n,
                          self.p.devfactor, self.p.ddof)
 
-    def _direction(self) -> int:
+    def direction(self) -> int:
         band = self._band_direction()
         if self.p.exit == "signal" or band:
             return band

@@ -1,7 +1,7 @@
 """The base of the pack's strategies, with the risk control a trader needs.
 
 :class:`M2KStrategy` turns a per-bar *direction* (+1 long, -1 short, 0 flat; a subclass's
-:meth:`~M2KStrategy._direction`) into market orders (filled at the next bar's open, so the
+:meth:`~M2KStrategy.direction`) into market orders (filled at the next bar's open, so the
 position held during bar t+1 is the direction of bar t), and adds: stop-loss and take-profit
 bracket orders on the tick grid, a regular-hours entry filter, going flat before the close,
 paying for rolls of a held position, entry filters on events and on an external series,
@@ -54,7 +54,7 @@ class _M2KStrategyMeta(type(bt.Strategy)):
 class M2KStrategy(bt.Strategy, metaclass=_M2KStrategyMeta):
     """Base of the pack's strategies: target-direction trading with risk control and a log.
 
-    Subclasses implement :meth:`_direction` (the wanted direction on this bar, or ``None``
+    Subclasses implement :meth:`direction` (the wanted direction on this bar, or ``None``
     while undefined) and may override :meth:`_confirm_entry` (filters on new entries) and
     :meth:`_check_params` (value checks). The base trades ``self.data`` (the first feed).
 
@@ -281,6 +281,7 @@ class M2KStrategy(bt.Strategy, metaclass=_M2KStrategyMeta):
         self._gate_seen: list[float] = []  # first and last bar time checked against it
         self._gate_keys: dict[tuple, dict] = {}
         self._external_run: dict | None = None  # the external-series block going on
+        self._decided = False  # direction() has given a first opinion
 
     def start(self) -> None:
         comminfo = self.broker.getcommissioninfo(self.data)
@@ -313,7 +314,7 @@ class M2KStrategy(bt.Strategy, metaclass=_M2KStrategyMeta):
             self._go_flat("session_close")
             self._check_shadow(0)
             return
-        wanted = self._direction()
+        wanted = self._wanted()
         if wanted is None:
             return
         target = self._target(wanted)
@@ -329,16 +330,32 @@ class M2KStrategy(bt.Strategy, metaclass=_M2KStrategyMeta):
         self._check_roll(target)
         self._check_entry(target)
 
-    def _direction(self) -> int | None:
-        """The direction wanted on this bar: +1, -1, 0, or ``None`` while undefined."""
-        raise NotImplementedError
+    def direction(self) -> int | None:
+        """The direction wanted on this bar: +1 long, -1 short, 0 flat, or ``None`` for no
+        opinion (before the first value: nothing is traded yet; after it: keep what is held).
+
+        The hook of a per-bar strategy: build indicators in ``__init__`` as in any backtrader
+        strategy and read them here. The pack turns the direction into orders (filled at the
+        next bar's open), with the sizer, brackets, sessions, rolls and filters."""
+        raise NotImplementedError(f"{type(self).__name__} must define direction(self)")
+
+    def _wanted(self) -> int | None:
+        """:meth:`direction`, with ``None`` after the first opinion read as the direction
+        held; ``None`` only before it."""
+        wanted = self.direction()
+        if wanted is None:
+            return self._held() if self._decided else None
+        self._decided = True
+        return wanted
 
     def __init_subclass__(cls, **kwargs) -> None:
         super().__init_subclass__(**kwargs)
-        # 0.1 subclasses named the hook _signal: still honoured (issue 20 renamed it)
-        legacy = cls.__dict__.get("_signal")
-        if legacy is not None and "_direction" not in cls.__dict__:
-            cls._direction = legacy
+        # earlier subclasses named the hook _signal (0.1) or _direction (0.2): still honoured
+        for legacy in ("_direction", "_signal"):
+            hook = cls.__dict__.get(legacy)
+            if hook is not None and "direction" not in cls.__dict__:
+                cls.direction = hook
+                break
 
     def _held(self) -> int:
         """The direction held now: +1 long, -1 short, 0 flat."""
@@ -424,7 +441,7 @@ class M2KStrategy(bt.Strategy, metaclass=_M2KStrategyMeta):
             self._event_mark = (False, True)
             self._close("event")
         self._check_shadow(0)
-        wanted = self._direction()
+        wanted = self._wanted()
         target = self._target(wanted) if wanted is not None else 0
         if target and target not in (held, self._blocked):
             self._event_blocks(target, event)  # an entry the window refuses

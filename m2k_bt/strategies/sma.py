@@ -56,14 +56,14 @@ class SmaCrossover(M2KStrategy):
         super().__init__()
         self.sma_fast = bt.ind.SMA(self.data.close, period=self.p.fast)
         self.sma_slow = bt.ind.SMA(self.data.close, period=self.p.slow)
-        # the crossover is decided on exact integer tick sums (see _direction), not on the SMAs
+        # the crossover is decided on exact integer tick sums (see direction), not on the SMAs
         tick = self._data_tick()
         self._fast = TickSums(self.data.close, period=self.p.fast, tick=tick).lines.sum
         self._slow = TickSums(self.data.close, period=self.p.slow, tick=tick).lines.sum
         self.adx = (bt.ind.ADX(self.data, period=self.p.adx_period)
                     if self.p.adx_min is not None else None)
 
-    def _direction(self) -> int:
+    def direction(self) -> int:
         # fast above slow, decided exactly in ticks: sum_fast * slow > sum_slow * fast; equal
         # averages (common on the 0.10 grid in a flat stretch) are not "above": short/flat
         return 1 if sma_above(self._fast[0], self.p.fast, self._slow[0], self.p.slow) else -1
