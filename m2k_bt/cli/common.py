@@ -152,9 +152,14 @@ def add_common_args(p: argparse.ArgumentParser) -> None:
                    help="ticks of slippage per market/stop fill (0)")
 
     g = p.add_argument_group("strategy and sizing")
-    g.add_argument("--strategy", default="sma", help="sma (default), bollinger, adaptive")
+    g.add_argument("--strategy", default="sma",
+                   help="sma (default), bollinger, adaptive, or your own: FILE.py:NAME or "
+                        "MODULE:NAME (a signal function or a strategy class)")
     g.add_argument("--param", action="append", metavar="KEY=VALUE",
                    help="strategy parameter (repeatable); see --list-strategies")
+    g.add_argument("--no-lookahead-check", action="store_true",
+                   help="skip the proof that a signal strategy does not look ahead (it "
+                        "recomputes the signal on the data cut at 8 points before the run)")
     g.add_argument("--sizer", default="kelly", help="kelly (default) or fixed")
     g.add_argument("--sizer-param", action="append", metavar="KEY=VALUE",
                    help="sizer parameter (repeatable), e.g. kelly_scale=0.25, contracts=2")
@@ -266,6 +271,19 @@ def check_cash(cash) -> None:
                           f"{MAX_CASH:,.0f}; got {cash}")
 
 
+def _strategy_first(args, params: dict) -> None:
+    """Look the strategy up before any data is loaded (a file that does not exist, a name not
+    in it: said at once), and apply ``--no-lookahead-check`` to ``params``."""
+    from ..strategies import SignalStrategy, resolve_strategy
+
+    cls = resolve_strategy(args.strategy)
+    if getattr(args, "no_lookahead_check", False):
+        if not (isinstance(cls, type) and issubclass(cls, SignalStrategy)):
+            raise ConfigError(f"--no-lookahead-check applies to signal strategies; "
+                              f"{args.strategy} ({cls.__name__}) is a per-bar strategy")
+        params["lookahead_check"] = False
+
+
 def config_from_args(args):
     """(bars DataFrame, BacktestConfig) from parsed common args."""
     from ..contracts import get_spec
@@ -273,10 +291,12 @@ def config_from_args(args):
 
     check_cash(args.cash)
     spec = get_spec("M2K" if no_contract(args) else args.contract)
+    params = parse_kv(args.param, "--param")
+    _strategy_first(args, params)
     bars = load_data(args)
     config = BacktestConfig(
         strategy=args.strategy,
-        params=parse_kv(args.param, "--param"),
+        params=params,
         sizer=args.sizer,
         sizer_params=parse_kv(args.sizer_param, "--sizer-param"),
         spec=spec,
@@ -304,9 +324,12 @@ def config_from_args(args):
     return bars, config
 
 
-def default_out(strategy: str) -> Path:
+def default_out(strategy: str, prefix: str = "") -> Path:
+    """``results/<time>-<prefix><strategy>``; a ``FILE.py:NAME`` strategy is named by
+    ``NAME``."""
     stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-    return Path("results") / f"{stamp}-{strategy}"
+    name = str(strategy).rpartition(":")[2] or "strategy"
+    return Path("results") / f"{stamp}-{prefix}{name}"
 
 
 

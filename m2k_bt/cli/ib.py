@@ -117,7 +117,7 @@ def ib_main(argv: list[str], live_cerebro, signal_stop) -> int:
     # ib_async logs its own account of a failed connect; ours is the one line
     logging.getLogger("ib_async").addHandler(logging.NullHandler())
     logging.getLogger("ib_async").propagate = False
-    out = Path(args.out) if args.out else default_out(f"ib-{config.strategy_name}")
+    out = Path(args.out) if args.out else default_out(config.strategy_name, "ib-")
     store = IBStore(host, port, args.client_id, args.account, timeout=args.connect_timeout)
     store.connect()  # GatewayError: one line, exit status 2
     journal = None

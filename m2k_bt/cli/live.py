@@ -335,7 +335,7 @@ def live_main(argv: list[str]) -> int:
         # checked here so that the hint names live's flag, not the backtest's --data
         raise DataFeedError(f"replay file not found: {args.replay} (check the --replay path)")
     args.data = [args.replay]
-    out = Path(args.out) if args.out else default_out(f"live-{args.strategy}")
+    out = Path(args.out) if args.out else default_out(args.strategy, "live-")
     # the folder is checked and locked before the data is loaded and stays locked while the
     # run streams, as a backtest's: no other run can write into it meanwhile
     with OutputFolder(out):

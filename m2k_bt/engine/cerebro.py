@@ -10,6 +10,7 @@ Both take a :class:`~m2k_bt.engine.plan.Plan` or a :class:`~m2k_bt.engine.config
 from __future__ import annotations
 
 import copy
+import dataclasses
 import time
 from collections.abc import Callable
 
@@ -17,7 +18,8 @@ import backtrader as bt
 import pandas as pd
 
 from ..brokers.futures import FuturesBroker
-from ..errors import ConfigError, NotEnoughBarsError
+from ..errors import M2KError, NotEnoughBarsError
+from ..strategies.signals import probing
 from .config import BacktestConfig
 from .plan import Plan, resolve, select_bars
 from .result import BacktestResult, collect_analysis, make_result
@@ -98,8 +100,11 @@ def min_bars(bars: pd.DataFrame, plan: Plan | BacktestConfig) -> int:
     mode, which accepts data shorter than the warm-up.
     """
     probe = resolve(plan).replace(runonce=False, preload=True, plot=False, analyzers=False)
+    if "lookahead_check" in probe.params:  # two bars prove nothing and cost a check
+        probe = dataclasses.replace(probe, params={**probe.params, "lookahead_check": False})
     cerebro, _ = build_cerebro(bars.iloc[:2], probe)
-    strategy = cerebro.run()[0]
+    with probing():  # a signal strategy computes no signal on these two bars
+        strategy = cerebro.run()[0]
     return max(int(getattr(strategy, "_minperiod", 1)), 1)
 
 
@@ -158,7 +163,7 @@ def run_backtest(
     try:
         strategy = cerebro.run()[0]
     except (IndexError, ValueError) as exc:
-        if isinstance(exc, ConfigError):
+        if isinstance(exc, M2KError):
             raise
         # a strategy whose parameters do not tell its indicators' lengths: measure, then say
         check_enough_bars(selected, plan, always=True)

@@ -77,6 +77,7 @@ class BacktestResult:
     params: dict | None = None
     sizer_cls: type | None = None
     sizer_params: dict | None = None
+    lookahead: dict | None = None
 
 
 def make_result(
@@ -99,6 +100,7 @@ def make_result(
     strategy=None,
     kernel: KernelExtras | None = None,
     plan=None,
+    lookahead: dict | None = None,
 ) -> BacktestResult:
     """The :class:`BacktestResult` of a run of ``config`` (every engine makes its result here).
 
@@ -110,7 +112,9 @@ def make_result(
     kernel run. ``plan`` (the run's :class:`~m2k_bt.engine.plan.Plan`) records the strategy
     and sizer classes and every parameter of theirs, defaults included (``strategy_cls``,
     ``params``, ``sizer_cls``, ``sizer_params``), for an engine without backtrader instances
-    to read them from: report.json then records them as a cerebro run does.
+    to read them from: report.json then records them as a cerebro run does. ``lookahead``: a
+    signal strategy's look-ahead check (``{"cuts", "bars", "seconds"}``; cerebro's strategy
+    carries its own).
     """
     from ..analyzers import metrics_from
 
@@ -135,6 +139,7 @@ def make_result(
         data_report=data_report,
         engine="cerebro" if kernel is None else "kernel",
         kernel=kernel,
+        lookahead=lookahead if lookahead is not None else getattr(strategy, "lookahead", None),
         **_plan_fields(plan),
     )
 

@@ -77,7 +77,7 @@ def trade_rows(trades, data: KernelData, root: str, tick: float, tick_value: flo
             "gross_pnl": gross[k],
             "commission": comm[k],
             "net_pnl": net[k],
-            "ticks": round((x - e) * d / tick, 6),
+            "ticks": round((x - e) * d / tick, 6) + 0.0,  # never -0.0
             "bars_held": bars[k],
             "exit_reason": reasons[k],
             "kelly_p": kp[k],
@@ -98,7 +98,7 @@ def trade_rows(trades, data: KernelData, root: str, tick: float, tick_value: flo
                 "gross_pnl": round(gross[k], 10),
                 "commission": round(comm[k], 10),
                 "net_pnl": round(net[k], 10),
-                "ticks": round(gross[k] / (c * tick_value), 6),
+                "ticks": round(gross[k] / (c * tick_value), 6) + 0.0,
                 "net_ticks": round(net[k] / (c * tick_value), 6),
                 "bars_held": bars[k],
             })
@@ -106,9 +106,10 @@ def trade_rows(trades, data: KernelData, root: str, tick: float, tick_value: flo
 
 
 def kernel_result(plan: Plan, data: KernelData, value, cash, pos, trades, dec, mev, counters,
-                  costs, active, elapsed: float):
+                  costs, active, elapsed: float, lookahead: dict | None = None):
     """The :class:`~m2k_bt.engine.result.BacktestResult` of one run of the loop (its output
-    arrays as :func:`m2k_bt.kernel.loop.run_loop` returns them) on ``data``."""
+    arrays as :func:`m2k_bt.kernel.loop.run_loop` returns them) on ``data``; ``lookahead``:
+    the signal's look-ahead check."""
     config, ci = plan.config, plan.comminfo
     tick = float(ci.p.tick_size)
     mult = float(ci.p.mult)
@@ -174,6 +175,7 @@ def kernel_result(plan: Plan, data: KernelData, value, cash, pos, trades, dec, m
         kernel=KernelExtras(decisions=decisions, order_rejections=rejections,
                             rolls=int(counters[0]), shadow_trades=int(counters[5])),
         plan=plan,
+        lookahead=lookahead,
     )
 
 

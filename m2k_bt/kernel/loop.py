@@ -4,12 +4,12 @@ One function, :func:`run_loop`, replays what cerebro does for a direction-tradin
 (:class:`~m2k_bt.strategies.base.M2KStrategy`: a direction per bar, with exit masks and entry
 filters; the loop knows no strategy) on one feed, bar by bar, in backtrader's order: the
 broker's ``next`` (activate bracket children, check submitted orders against cash by
-pseudo-execution at the order's created price, execute pending orders at the open / stop /
-limit with slippage clipped to the bar, mark to market, value, ``FuturesBroker``'s
-maintenance-margin and negative-equity checks), then the strategy's notifications (trade log, re-entry blocks, bracket state), then ``M2KStrategy.next`` (paper
-trades, flat window, signal, exit, roll, entry with the sizer), then the per-bar record.
-Every float operation follows backtrader's and the strategy's order of operations, so the
-results are the same numbers, not merely close ones.
+pseudo-execution at the order's created price, execute pending orders at the open / stop / limit
+with slippage clipped to the bar, mark to market, value, ``FuturesBroker``'s maintenance-margin
+and negative-equity checks), then the strategy's notifications (trade log, re-entry blocks,
+bracket state), then ``M2KStrategy.next`` (paper trades, flat window, signal, exit, roll, entry
+with the sizer), then the per-bar record. Every float operation follows backtrader's and the
+strategy's order of operations, so the results are the same numbers, not merely close ones.
 
 The trading rules themselves (fill prices and slippage, commission, P&L and cash adjustment,
 margin held, maintenance requirement, margin call, intraday cut-back, the Kelly decision) are

@@ -243,7 +243,7 @@ def simulate(bars, config: BacktestConfig | Plan | None = None) -> BacktestResul
                              f"configuration in cerebro")
     elapsed = time.perf_counter() - t0
     return kernel_result(plan, data, value, cash, pos, trades, dec, mev, counters, costs,
-                         active, elapsed)
+                         active, elapsed, way.lookahead)
 
 
 def _check_kelly(sp: dict) -> None:

@@ -124,35 +124,62 @@ def _bars_of(result: Any) -> pd.DataFrame | None:
     return None
 
 
-def _indicators_of(result: Any, n: int) -> tuple[dict, dict]:
-    """(price overlays, oscillators): label -> values, for indicators with one value per bar."""
+def _indicators_of(result: Any, n: int, bars: pd.DataFrame | None = None
+                   ) -> tuple[dict, dict, list[str]]:
+    """(price overlays, oscillators, left out): label -> values for the strategy's
+    indicators with one value per bar and a signal strategy's extra columns; ``left out``
+    names each one that could not be drawn, and why (said on the page)."""
+    import backtrader as bt
+
     strategy = getattr(result, "strategy", None)
     overlay: dict[str, np.ndarray] = {}
     panel: dict[str, np.ndarray] = {}
+    left_out: list[str] = []
     if strategy is None:
-        return overlay, panel
+        return overlay, panel, left_out
     try:
         indicators = strategy.getindicators()
     except AttributeError:
-        return overlay, panel
+        indicators = []
+
+    def put(target: dict, label: str, arr: np.ndarray) -> None:
+        while label in target:
+            label += "'"
+        target[label] = arr
+
     for ind in indicators:
-        if not getattr(ind.plotinfo, "plot", True):
+        if not isinstance(ind, bt.Indicator):
+            continue  # a line operation such as data.high(-1) inside an indicator's input
+        plotinfo = getattr(ind, "plotinfo", None)
+        if plotinfo is not None and not getattr(plotinfo, "plot", True):
             continue  # an internal helper (backtrader would not plot it either)
         try:
             base = ind.plotlabel().replace(" (", "(")
         except Exception:  # noqa: BLE001 - a label is a nicety
             base = type(ind).__name__
-        aliases = ind.lines.getlinealiases()
-        for i, alias in enumerate(aliases):
-            arr = np.asarray(ind.lines[i].array, dtype="float64")
-            if len(arr) != n:
-                continue
-            label = base if len(aliases) == 1 else f"{base} {alias}"
-            target = panel if getattr(ind.plotinfo, "subplot", True) else overlay
-            while label in target:
-                label += "'"
-            target[label] = arr
-    return overlay, panel
+        try:
+            aliases = ind.lines.getlinealiases()
+            for i, alias in enumerate(aliases):
+                arr = np.asarray(ind.lines[i].array, dtype="float64")
+                if len(arr) != n:
+                    left_out.append(f"{base} {alias} ({len(arr)} values for {n} bars)")
+                    continue
+                label = base if len(aliases) == 1 else f"{base} {alias}"
+                subplot = getattr(plotinfo, "subplot", True) if plotinfo is not None else True
+                put(panel if subplot else overlay, label, arr)
+        except Exception as exc:  # noqa: BLE001 - one indicator must not cost the page
+            left_out.append(f"{base} ({type(exc).__name__}: {exc})")
+    for label, arr in (getattr(strategy, "signal_indicators", None) or {}).items():
+        arr = np.asarray(arr, dtype="float64")
+        if len(arr) != n:
+            left_out.append(f"{label} ({len(arr)} values for {n} bars)")
+            continue
+        on_price = False
+        if bars is not None and np.isfinite(arr).any():
+            mid = float(np.nanmedian(arr))
+            on_price = float(bars["low"].min()) <= mid <= float(bars["high"].max())
+        put(overlay if on_price else panel, label, arr)
+    return overlay, panel, left_out
 
 
 def _trade_frame(result: Any) -> pd.DataFrame:
@@ -881,7 +908,7 @@ def report_layout(result: Any, report: dict[str, Any]):
         span = (t[-1] - t[0]) or 3_600_000.0
         x_range = Range1d(t[0] - span * 0.01, t[-1] + span * 0.01, name="price_x",
                           bounds=(t[0] - span * 0.05, t[-1] + span * 0.05))
-        overlay, panel_ind = _indicators_of(result, len(bars))
+        overlay, panel_ind, left_out = _indicators_of(result, len(bars), bars)
         price = _price_figure(bars, trades, overlay, _margin_event_frame(result, bars), x_range)
         panels = [price, *_curve_panels(result, report, t, panel_ind, x_range)]
         for p in panels[:-1]:
@@ -891,6 +918,9 @@ def report_layout(result: Any, report: dict[str, Any]):
                          "mark shows its trades.csv row; click a legend entry to hide it.</p>",
                          sizing_mode="stretch_width"))
         parts.append(column(*panels, sizing_mode="stretch_width"))
+        if left_out:
+            parts.append(Div(text="<p class='m2k-note'>Not drawn: "
+                             + esc("; ".join(left_out)) + "</p>", sizing_mode="stretch_width"))
     glance = _tables_html(report)
     if glance:
         parts.append(Div(text=glance, sizing_mode="stretch_width"))

@@ -463,7 +463,8 @@ def _same(a: Any, b: Any) -> bool:
 
 
 def build_overview(report: dict[str, Any], equity: pd.DataFrame | None = None,
-                   trades: pd.DataFrame | None = None, strategy: Any = None) -> dict[str, Any]:
+                   trades: pd.DataFrame | None = None, strategy: Any = None,
+                   strategy_cls: type | None = None) -> dict[str, Any]:
     """The ``overview`` of a report (the module doc lists the keys) from its report.json
     content, the equity curve (``equity.csv``'s frame), the trade table (trades.csv's rows,
     for the rolls) and the strategy instance (for the defaults of its and its sizer's
@@ -516,7 +517,7 @@ def build_overview(report: dict[str, Any], equity: pd.DataFrame | None = None,
     # gives the same answer
     strat_in, sizer_in = inputs.get("strategy") or {}, inputs.get("sizer") or {}
     strat_params = strat_in.get("params") or {}
-    strat_cls = _class_named(strat_in.get("class"), STRATEGIES.values())
+    strat_cls = strategy_cls or _class_named(strat_in.get("class"), STRATEGIES.values())
     if strat_cls is None and strategy is not None:
         strat_cls = type(strategy)
     sizer_cls = _class_named(sizer_in.get("class"), (KellySizer, FixedContracts))

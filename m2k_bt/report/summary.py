@@ -94,7 +94,7 @@ __all__ = [
 ]
 
 #: Version of the report.json layout ("MAJOR.MINOR").
-REPORT_SCHEMA_VERSION = "1.2"
+REPORT_SCHEMA_VERSION = "1.3"
 
 #: Warnings printed in the text summary; report.json keeps them all.
 SUMMARY_WARNINGS = 10
@@ -130,6 +130,11 @@ REPORT_JSON_SCHEMA: dict[str, Any] = {
         "generated_at": {"type": "string"},
         "package_version": {"type": _STR},
         "engine": {"type": _STR},
+        "lookahead_check": {
+            "type": ["object", "null"],
+            "properties": {"cuts": {"type": "integer"}, "bars": {"type": "integer"},
+                           "seconds": {"type": "number"}},
+        },
         "versions": {
             "type": "object",
             "required": ["m2k_bt", "backtrader", "pandas", "numpy"],
@@ -525,6 +530,7 @@ def build_report(result: Any) -> dict[str, Any]:
         "generated_at": _dt.datetime.now(NY).replace(microsecond=0),
         "package_version": _package_version(),
         "engine": getattr(result, "engine", None),
+        "lookahead_check": getattr(result, "lookahead", None),
         "versions": versions(),
         "inputs": _inputs(result),
         "results": results,
@@ -536,7 +542,8 @@ def build_report(result: Any) -> dict[str, Any]:
     for key in ("results", "analyzers", "margin_events"):  # inputs stay exact for --rerun
         report[key] = _rounded(report[key], key)
     report["overview"] = jsonable(build_overview(
-        report, _equity_df(result), trade_table(result), getattr(result, "strategy", None)))
+        report, _equity_df(result), trade_table(result), getattr(result, "strategy", None),
+        getattr(result, "strategy_cls", None)))
     return report
 
 
@@ -663,8 +670,9 @@ def write_outputs(result: Any, out_dir: str | os.PathLike, plot: bool = True) ->
     already holds the lock keeps it). An earlier run's outputs are removed first, report.json
     first of all; every file is written atomically and report.json comes last, listing the
     others under ``files``: a folder holding report.json is always one complete run. A plot
-    that fails is reported as a warning in report.json instead of stopping the run (the
-    numbers are still good). A write that fails (a full disk, say) removes what this call
+    that fails is recorded as a warning in report.json, the other files are written (the
+    numbers are still good), and then :class:`~m2k_bt.errors.OutputError` names what was not
+    written. A write that fails (a full disk, say) removes what this call
     wrote and raises :class:`~m2k_bt.errors.OutputError` naming the file. Returns role ->
     path for the files written: roles ``trades``, ``equity``, ``html``, ``plot``,
     ``equity_plot``, ``report``.
@@ -718,6 +726,9 @@ def write_outputs(result: Any, out_dir: str | os.PathLike, plot: bool = True) ->
         except BaseException:  # a full disk, Ctrl-C, SIGTERM: no half run left behind
             folder.clear(p.name for p in written.values())
             raise
+    if extra_warnings:  # the run's numbers are written; a requested file is not: say so
+        raise OutputError("; ".join(extra_warnings) + f" (the other outputs are in {out}/; "
+                          f"--no-plot skips the plots)")
     return written
 
 

@@ -767,7 +767,7 @@ class M2KStrategy(bt.Strategy, metaclass=_M2KStrategyMeta):
             "direction": "long" if trade.direction > 0 else "short",
             "contracts": trade.entry_contracts,
             **money_,
-            "ticks": round((exit_ - entry) * trade.direction / self._tick, 6),
+            "ticks": round((exit_ - entry) * trade.direction / self._tick, 6) + 0.0,  # not -0.0
             "bars_held": len(self.data) - trade.entry_bar,
             "exit_reason": reason,
             "kelly_p": trade.kelly[0],

@@ -33,6 +33,8 @@ to the cent. Before a run, :func:`check_lookahead` proves the function does not 
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import functools
 import inspect
 import math
@@ -57,6 +59,7 @@ __all__ = [
     "signal_frame",
     "LOOKAHEAD_CUTS",
     "bt_indicator",
+    "probing",
 ]
 
 #: The columns a signal function may return (``direction`` required).
@@ -168,7 +171,7 @@ def normalise(out, index: pd.Index, where: str) -> Signals:
                 bad = ~np.isnan(f) & (f != 0) & (f != 1)
                 if bad.any():
                     i = int(np.flatnonzero(bad)[0])
-                    raise SignalError(f"{where}: '{name}' must be True/False, got {a[i]!r} at "
+                    raise SignalError(f"{where}: '{name}' must be True/False, got {_show(a[i])} at "
                                       f"bar {i} ({index[i]})")
                 a = f == 1
             arrays[name] = a.astype(bool)
@@ -182,7 +185,7 @@ def normalise(out, index: pd.Index, where: str) -> Signals:
             what = "a distance in points > 0 (or NaN for none)"
         if bad.any():
             i = int(np.flatnonzero(bad)[0])
-            raise SignalError(f"{where}: '{name}' must be {what}, got {a[i]!r} at bar {i} "
+            raise SignalError(f"{where}: '{name}' must be {what}, got {_show(a[i])} at bar {i} "
                               f"({index[i]})")
         arrays[name] = f
     indicators = {}
@@ -248,14 +251,40 @@ def check_lookahead(compute, bars: pd.DataFrame, cuts: int = LOOKAHEAD_CUTS,
                 i = int(np.flatnonzero(~same)[0])
                 raise LookaheadError(
                     f"{where} looks ahead: '{name}' on bar {i} ({bars.index[i]}) is "
-                    f"{a[i]!r} with all {n} bars but {b[i]!r} with only the first {k} (up to "
+                    f"{_show(a[i])} with all {n} bars but {_show(b[i])} with only the first "
+                    f"{k} (up to "
                     f"{bars.index[k - 1]}): a value may use only its own and earlier bars (no "
                     f"shift(-1), centred windows or whole-sample statistics); "
                     f"lookahead_check=False (--no-lookahead-check) skips this check")
     return {"cuts": len(points), "bars": n, "seconds": time.perf_counter() - t0}
 
 
+def _show(value) -> str:
+    if isinstance(value, (bool, np.bool_)):
+        return str(bool(value))
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        return repr(value)
+    return "NaN" if math.isnan(value) else f"{value:g}"
+
+
 # ------------------------------------------------------------------------------ strategies
+_PROBING = contextvars.ContextVar("m2k_signal_probing", default=False)
+
+
+@contextlib.contextmanager
+def probing():
+    """Within this block signal strategies compute no signal: for a cerebro run that only
+    measures the strategy's warm-up (:func:`m2k_bt.engine.cerebro.min_bars`)."""
+    token = _PROBING.set(True)
+    try:
+        yield
+    finally:
+        _PROBING.reset(token)
+
+
+
 class _Context:
     """What a signal method gets as ``self``: the parameters in ``p``, the ``tick``, and the
     class's other methods (helpers a signal calls), bound to this context."""
@@ -316,7 +345,9 @@ class SignalStrategy(M2KStrategy):
         # on it once, as the kernel does; a preloaded feed of another kind, on its lines
         source = getattr(self.data.p, "dataname", None)
         n = self.data.buflen()
-        if isinstance(source, pd.DataFrame) and n in (0, len(source)):
+        if _PROBING.get():
+            self._sig = normalise(np.full(max(n, 1), np.nan), pd.RangeIndex(max(n, 1)), "probe")
+        elif isinstance(source, pd.DataFrame) and n in (0, len(source)):
             self._compute(source)
         elif n > 0:
             self._compute(self._frame(n))

@@ -35,13 +35,13 @@ class OpenTrade:
 
     def add(self, qty: int, units: int, comm: int) -> None:
         self.size += qty
-        self.entry_units += units * qty
+        self.entry_units += units * int(qty)  # integers: 5.0 contracts would make floats
         self.entry_contracts += qty
         self.comm += comm
 
     def close_part(self, qty: int, units: int, comm: int) -> None:
         self.size -= qty
-        self.exit_units += units * qty
+        self.exit_units += units * int(qty)  # (and -1 x 0.0, a "-0.00" P&L)
         self.exit_contracts += qty
         self.comm += comm
 

@@ -1,15 +1,14 @@
 """The built-in strategies written as signal strategies (:mod:`.signals`).
 
-:class:`SmaSignal`, :class:`BollingerSignal` and :class:`AdaptiveSignal` take the parameters
-of :class:`~m2k_bt.strategies.sma.SmaCrossover`,
+:class:`SmaSignal`, :class:`BollingerSignal` and :class:`AdaptiveSignal` take the parameters of
+:class:`~m2k_bt.strategies.sma.SmaCrossover`,
 :class:`~m2k_bt.strategies.bands.BollingerReversion` and
-:class:`~m2k_bt.strategies.bands.AdaptiveBollinger` (they inherit their checks and indicators, so report.html draws the same lines) and compute the same directions for all bars
-at once, with the same exact integer-tick arithmetic
-(:func:`~m2k_bt.indicators.bands.sma_directions`, :func:`~m2k_bt.indicators.bands.band_arrays`);
-``tests/test_signal_strategies.py`` proves each gives the trades of its per-bar version.
-They are also templates for a signal strategy of one's own that needs stops, exits or entry
-filters.
-"""
+:class:`~m2k_bt.strategies.bands.AdaptiveBollinger` (they inherit their checks and indicators,
+so report.html draws the same lines) and compute the same directions for all bars at once, with
+the same exact integer-tick arithmetic (:func:`~m2k_bt.indicators.bands.sma_directions`,
+:func:`~m2k_bt.indicators.bands.band_arrays`); ``tests/test_signal_strategies.py`` proves each
+gives the trades of its per-bar version. They are also templates for a signal strategy of one's
+own that needs stops, exits or entry filters."""
 
 from __future__ import annotations
 
