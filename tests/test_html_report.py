@@ -144,7 +144,8 @@ def test_layout_marks_every_trade_and_hover_shows_its_row(run_dir):
     assert "target_level" not in d  # no target asked
     # SMA 10 and 30 over the price; the internal TickSums helper (plot=False) is not drawn
     assert _models(layout, "indicators") == []
-    overlay, panel = hr._indicators_of(result, result.bars)
+    overlay, panel, left_out = hr._indicators_of(result, result.bars)
+    assert left_out == []
     assert list(overlay) == ["SMA(10)", "SMA(30)"] and panel == {}
     # linked panels share the price chart's x range
     panels = [m for m in layout.references() if getattr(m, "name", None) in

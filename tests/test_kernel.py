@@ -77,6 +77,7 @@ from m2k_bt.kernel.simulation import (  # noqa: E402
     supported,
 )
 from m2k_bt.sizers.kelly import BINDINGS  # noqa: E402
+from m2k_bt.strategies import SmaCrossover  # noqa: E402
 from m2k_bt.strategies.base import EXIT_REASONS, M2KStrategy  # noqa: E402
 
 BUNDLED = Path(__file__).resolve().parents[1] / "datafeeds" / "m2k_5min.csv.gz"
@@ -557,9 +558,13 @@ def test_optimize_runs_trials_in_the_kernel_and_verifies_the_best_in_cerebro(mon
     assert fast.best_value == pytest.approx(slow.best_value, rel=1e-9)
     assert fast.trials["value"].tolist() == pytest.approx(slow.trials["value"].tolist())
     # an unsupported configuration runs in cerebro and says why
-    other = optimize(bars, config.replace(avoid_events="fomc"), space, sampler="grid",
+    class PerBar(SmaCrossover):
+        def direction(self):
+            return super().direction()
+
+    other = optimize(bars, config.replace(strategy=PerBar), space, sampler="grid",
                      workers=1, overfitting=False, quiet=True)
-    assert "avoid_events" in other.settings["engine"]["kernel_unsupported"]
+    assert "per-bar strategy" in other.settings["engine"]["kernel_unsupported"]
     # engines that disagree fail loudly with both numbers
     from conftest import kernel_off_by_a_dollar
 

@@ -132,12 +132,16 @@ def _expand(runs, n: int, lead: int) -> np.ndarray:
        sizer=st.sampled_from(["fixed", "kelly"]), cash=st.sampled_from([2_500.0, 25_000.0]),
        stops=st.sampled_from(["none", "ticks", "signal"]), masks=st.booleans(),
        session=st.sampled_from(["none", "rth", "flat"]),
-       slippage=st.sampled_from([0.0, 1.0, 0.5]), contracts=st.integers(1, 4))
+       slippage=st.sampled_from([0.0, 1.0, 0.5]), contracts=st.integers(1, 4),
+       events=st.sampled_from(["none", "avoid", "flat", "external"]),
+       before=st.sampled_from([600.0, 2500.0, 4000.0]))
 def test_any_array_of_directions_trades_the_same_in_both_engines(
-        runs, lead, seed, sizer, cash, stops, masks, session, slippage, contracts):
+        runs, lead, seed, sizer, cash, stops, masks, session, slippage, contracts, events,
+        before):
     """Any direction array is a valid strategy: random directions with random execution
-    settings (sizers, stops, cash down to margin calls, sessions, rolls, slippage); the
-    kernel and cerebro agree trade row by trade row."""
+    settings (sizers, stops, cash down to margin calls, sessions, event windows, the external
+    series filter, rolls, slippage); the kernel and cerebro agree trade row by trade row and
+    filter record by record."""
     bars = stressed_bars(400, seed=seed)
     n = len(bars)
     rng = np.random.default_rng(seed)
@@ -162,10 +166,59 @@ def test_any_array_of_directions_trades_the_same_in_both_engines(
         params["rth_only"] = True
     elif session == "flat":
         params["flat_before_close"] = "15:30"
+    filters = {}
+    if events in ("avoid", "flat"):  # NFP 2024-01-05 08:30 and CPI 2024-01-11 in reach
+        filters = {"avoid_events": "nfp,cpi,fomc", "event_before": before, "event_after": 90.0,
+                   "flat_before_event": events == "flat"}
+    elif events == "external":
+        filters = {"signal": _external(seed), "signal_min": 15.0, "signal_max": 25.0}
     config = BacktestConfig(strategy=signal_strategy(directions), params=params, sizer=sizer,
                             sizer_params={"contracts": contracts} if sizer == "fixed" else {},
-                            cash=cash, slippage_ticks=slippage)
-    assert_parity(bars, config)
+                            cash=cash, slippage_ticks=slippage, **filters)
+    ref, got = assert_parity(bars, config)
+    if filters:
+        assert got.analysis["events"] == ref.analysis["events"]
+
+
+def _external(seed: int):
+    """An hourly external series around 20 (entries allowed between 15 and 25), with gaps."""
+    from m2k_bt.feeds.external import Signal
+
+    rng = np.random.default_rng(seed)
+    idx = pd.date_range("2024-01-01", periods=24 * 40, freq="h", tz="America/New_York")
+    values = pd.Series(rng.normal(20.0, 6.0, len(idx)), index=idx)
+    return Signal(values[rng.random(len(idx)) < 0.7], max_age=pd.Timedelta("2h"))
+
+
+@pytest.mark.parametrize("strategy, params", [
+    ("sma", {"fast": 10, "slow": 40}),
+    ("bollinger", {"period": 20, "stop_ticks": 30}),
+    (article_sma, {"fast": 10, "slow": 30, "target_ticks": 40}),
+])
+@pytest.mark.parametrize("filters", [
+    {"avoid_events": "fomc,cpi,nfp", "event_before": 900.0, "event_after": 900.0},
+    {"avoid_events": "fomc,cpi,nfp", "flat_before_event": True, "event_before": 120.0,
+     "event_after": 90.0},
+    {"signal_min": 18.0, "signal_max": 26.0},
+])
+def test_event_windows_and_the_external_series_run_in_the_kernel_with_cerebro_s_records(
+        strategy, params, filters):
+    """Issue 22 item 4: events and external signals are masks on the directions in the
+    kernel: the same trades (exit reason 'event' included), the same blocked entries and
+    forced exits in the events analyzer, the same coverage warnings."""
+    bars = make_bars(6000, seed=7, start="2024-01-02 09:30")
+    if "signal_min" in filters:
+        filters = {**filters, "signal": _external(3)}
+    config = BacktestConfig(strategy=strategy, params=params, sizer="fixed", **filters)
+    assert supported(config) == (True, "")
+    ref, got = assert_parity(bars, config)
+    assert got.analysis["events"] == ref.analysis["events"]
+    log = ref.analysis["events"]["log"]
+    assert log, "the filters did something"
+    forced = sum(t["exit_reason"] == "event" for t in got.trades)
+    assert got.analysis["events"]["forced_exits"] == forced
+    if filters.get("flat_before_event") and strategy == "sma":  # always in: closed for each
+        assert forced > 0
 
 
 # ------------------------------------------------------------------------------ look-ahead

@@ -48,6 +48,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import backtrader as bt
+import numpy as np
 import pandas as pd
 
 from ..errors import DataFeedError, ParameterError
@@ -60,6 +61,7 @@ __all__ = [
     "EventCalendar",
     "EventGate",
     "EventActions",
+    "event_actions",
     "EventMarks",
     "load_calendar",
     "read_events_csv",
@@ -393,6 +395,24 @@ class EventGate:
                 best = (w[1], i)
             self._reach.append(best)
 
+    def window_index(self, xs: np.ndarray, length: float) -> np.ndarray:
+        """:meth:`window_at` for every ``x`` of ``xs`` at once (``length`` > 0): the index in
+        :attr:`events` of the event found, -1 where none; the same comparisons, vectorised."""
+        xs = np.asarray(xs, dtype="float64")
+        if not self._starts:
+            return np.full(len(xs), -1, dtype="int64")
+        i = np.searchsorted(np.asarray(self._starts), xs + length - 1e-9, side="left") - 1
+        ends = np.asarray([r[0] for r in self._reach])
+        which = np.asarray([r[1] for r in self._reach], dtype="int64")
+        safe = np.maximum(i, 0)
+        hit = (i >= 0) & (xs < ends[safe] - 1e-9)
+        return np.where(hit, which[safe], -1).astype("int64")
+
+    @property
+    def events(self) -> list:
+        """The avoided events, in the order :meth:`window_index` numbers them."""
+        return self._events
+
     def window_at(self, x: float, length: float = 0.0) -> Event | None:
         """The event whose window overlaps ``[x, x + length)`` (``length`` 0: the instant
         ``x``), backtrader float days; the one reaching furthest when several do."""
@@ -432,40 +452,47 @@ class EventActions(bt.Analyzer):
 
     def get_analysis(self) -> dict:
         strat = self.strategy
-        p = strat.p
-        gate = getattr(strat, "_gate", None)
-        settings = {
-            "avoid_events": list(getattr(p, "avoid_events", None) or []),
-            "event_before": getattr(p, "event_before", None),
-            "event_after": getattr(p, "event_after", None),
-            "flat_before_event": getattr(p, "flat_before_event", None),
-            "signal_min": getattr(p, "signal_min", None),
-            "signal_max": getattr(p, "signal_max", None),
-            "coverage": {} if gate is None else {
-                k: [f"{a}..{b} ({src})" for a, b, src in gate.calendar.coverage.get(k, [])]
-                or ["rule" if k in gate.calendar.rules else "your file"] for k in gate.kinds},
-        }
-        sig = getattr(getattr(self.data, "p", None), "signal", None)
-        if sig is not None and hasattr(sig, "source"):
-            settings["signal"] = {"source": sig.source, "max_age": None if sig.max_age is None
-                                  else str(sig.max_age)}
-        log = list(getattr(strat, "event_log", []))
-        by_kind: dict[str, dict] = {}
-        for rec in log:
-            if rec["action"] in ("entry_blocked", "forced_exit"):
-                slot = by_kind.setdefault(rec["kind"], {"entries_blocked": 0, "forced_exits": 0})
-                slot["entries_blocked" if rec["action"] == "entry_blocked" else "forced_exits"] += 1
-        return {
-            "entries_blocked": sum(r["action"] == "entry_blocked" for r in log),
-            "bars_blocked": sum(r.get("bars", 0) for r in log if r["action"] == "entry_blocked"),
-            "forced_exits": sum(r["action"] == "forced_exit" for r in log),
-            "signal_blocked": sum(r["action"] == "signal_blocked" for r in log),
-            "by_kind": by_kind,
-            "log": [{k: (str(v) if isinstance(v, (_dt.datetime, pd.Timestamp)) else v)
-                     for k, v in rec.items()} for rec in log],
-            "warnings": list(getattr(strat, "event_warnings", [])),
-            "settings": settings,
-        }
+        return event_actions(strat.p, getattr(strat, "_gate", None),
+                             list(getattr(strat, "event_log", [])),
+                             list(getattr(strat, "event_warnings", [])),
+                             getattr(getattr(self.data, "p", None), "signal", None))
+
+
+def event_actions(p, gate, log: list, warnings: list, sig=None) -> dict:
+    """:class:`EventActions`' analysis from the strategy's params ``p`` (attributes), its
+    ``gate`` (an :class:`EventGate` or ``None``), ``event_log`` and ``event_warnings``, and the
+    feed's external ``sig`` (a :class:`~m2k_bt.feeds.external.Signal` or ``None``); the kernel
+    makes its own from the same parts."""
+    settings = {
+        "avoid_events": list(getattr(p, "avoid_events", None) or []),
+        "event_before": getattr(p, "event_before", None),
+        "event_after": getattr(p, "event_after", None),
+        "flat_before_event": getattr(p, "flat_before_event", None),
+        "signal_min": getattr(p, "signal_min", None),
+        "signal_max": getattr(p, "signal_max", None),
+        "coverage": {} if gate is None else {
+            k: [f"{a}..{b} ({src})" for a, b, src in gate.calendar.coverage.get(k, [])]
+            or ["rule" if k in gate.calendar.rules else "your file"] for k in gate.kinds},
+    }
+    if sig is not None and hasattr(sig, "source"):
+        settings["signal"] = {"source": sig.source, "max_age": None if sig.max_age is None
+                              else str(sig.max_age)}
+    by_kind: dict[str, dict] = {}
+    for rec in log:
+        if rec["action"] in ("entry_blocked", "forced_exit"):
+            slot = by_kind.setdefault(rec["kind"], {"entries_blocked": 0, "forced_exits": 0})
+            slot["entries_blocked" if rec["action"] == "entry_blocked" else "forced_exits"] += 1
+    return {
+        "entries_blocked": sum(r["action"] == "entry_blocked" for r in log),
+        "bars_blocked": sum(r.get("bars", 0) for r in log if r["action"] == "entry_blocked"),
+        "forced_exits": sum(r["action"] == "forced_exit" for r in log),
+        "signal_blocked": sum(r["action"] == "signal_blocked" for r in log),
+        "by_kind": by_kind,
+        "log": [{k: (str(v) if isinstance(v, (_dt.datetime, pd.Timestamp)) else v)
+                 for k, v in rec.items()} for rec in log],
+        "warnings": list(warnings),
+        "settings": settings,
+    }
 
 
 class EventMarks(bt.Observer):

@@ -32,9 +32,9 @@ __all__ = ["KERNEL_EXIT_REASONS", "kernel_result", "trade_rows"]
 
 _MINUTES, _DAYS = 4, 5  # bt.TimeFrame.Minutes, bt.TimeFrame.Days
 
-#: Exit reasons the kernel produces, by the loop's reason code (all of ``EXIT_REASONS`` but
-#: 'event': event filters are not modelled).
-KERNEL_EXIT_REASONS = ("signal", "stop", "target", "session_close", "margin_call", "roll", "end")
+#: Exit reasons the kernel produces, by the loop's reason code (all of ``EXIT_REASONS``).
+KERNEL_EXIT_REASONS = ("signal", "stop", "target", "session_close", "margin_call", "roll", "end",
+                       "event")
 assert set(KERNEL_EXIT_REASONS) <= set(EXIT_REASONS)
 _REASONS = KERNEL_EXIT_REASONS
 
@@ -106,10 +106,12 @@ def trade_rows(trades, data: KernelData, root: str, tick: float, tick_value: flo
 
 
 def kernel_result(plan: Plan, data: KernelData, value, cash, pos, trades, dec, mev, counters,
-                  costs, active, elapsed: float, lookahead: dict | None = None):
+                  costs, active, elapsed: float, lookahead: dict | None = None,
+                  filtered: dict | None = None):
     """The :class:`~m2k_bt.engine.result.BacktestResult` of one run of the loop (its output
     arrays as :func:`m2k_bt.kernel.loop.run_loop` returns them) on ``data``; ``lookahead``:
-    the signal's look-ahead check."""
+    the signal's look-ahead check; ``filtered``: what the event and external-series filters
+    did (:meth:`m2k_bt.kernel.filters.Gates.report`)."""
     config, ci = plan.config, plan.comminfo
     tick = float(ci.p.tick_size)
     mult = float(ci.p.mult)
@@ -157,6 +159,8 @@ def kernel_result(plan: Plan, data: KernelData, value, cash, pos, trades, dec, m
         analysis["kelly"] = _kelly_log(decisions, config)
         analysis = {k: analysis[k] for k in ("trades", "costs", "margin", "kelly", "returns",
                                               "equity")}
+    if filtered is not None:
+        analysis["events"] = filtered["analysis"]
     rejections = {name: int(counters[j]) for name, j in (("Margin", 1), ("Rejected", 2),
                                                          ("Canceled", 3)) if counters[j]}
     return make_result(
@@ -170,6 +174,7 @@ def kernel_result(plan: Plan, data: KernelData, value, cash, pos, trades, dec, m
         equity=equity,
         margin_events=events,
         order_rejections=rejections,
+        event_warnings=filtered["warnings"] if filtered is not None else None,
         data_report=data.data_report,
         elapsed=elapsed,
         kernel=KernelExtras(decisions=decisions, order_rejections=rejections,

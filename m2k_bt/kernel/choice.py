@@ -34,9 +34,13 @@ def choose_engine(config, engine: str, run_backtest: Callable | None = None
     >>> from m2k_bt.engine import BacktestConfig
     >>> choose_engine(BacktestConfig(sizer="fixed"), "cerebro")
     (None, {'engine': 'cerebro'})
-    >>> run, info = choose_engine(BacktestConfig(sizer="fixed", avoid_events="fomc"), "kernel")
-    >>> run, info["engine"], info["kernel_unsupported"][:25]
-    (None, 'cerebro', 'config field avoid_events')
+    >>> from m2k_bt.strategies import SmaCrossover
+    >>> class Mine(SmaCrossover):
+    ...     def direction(self):
+    ...         return 1
+    >>> run, info = choose_engine(BacktestConfig(strategy=Mine), "kernel")
+    >>> run, info["engine"], info["kernel_unsupported"][:33]
+    (None, 'cerebro', 'strategy Mine is a per-bar strate')
     """
     if engine not in ENGINES:
         raise ConfigError(f"--engine must be 'kernel' or 'cerebro', got {engine!r}")

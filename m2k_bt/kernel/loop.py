@@ -21,7 +21,7 @@ Numba caches this function with the rules compiled in and does not notice a chan
 under ``rules/`` alone: after editing a rule, delete ``kernel/__pycache__/loop.run_loop*``.
 
 Codes used in the arrays (see :mod:`m2k_bt.kernel.simulation`): reasons 0 signal, 1 stop, 2 target,
-3 session_close, 4 margin_call, 5 roll, 6 end; order types 0 market, 1 stop, 2 limit.
+3 session_close, 4 margin_call, 5 roll, 6 end, 7 event; order types 0 market, 1 stop, 2 limit.
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ from ..rules import margin as mrules
 K = 48
 FREE, SUBMITTED, PENDING, DONE = 0, 1, 2, 3
 MARKET, STOP, LIMIT = prices.MARKET, prices.STOP, prices.LIMIT
-R_SIGNAL, R_STOP, R_TARGET, R_SESSION, R_MARGIN, R_ROLL, R_END = 0, 1, 2, 3, 4, 5, 6
+R_SIGNAL, R_STOP, R_TARGET, R_SESSION, R_MARGIN, R_ROLL, R_END, R_EVENT = 0, 1, 2, 3, 4, 5, 6, 7
 EV_COMPLETED, EV_MARGIN, EV_REJECTED, EV_CANCELED, EV_PARTIAL = 1, 2, 3, 4, 5
 
 # trade rows
@@ -51,8 +51,11 @@ E_COLS = 5
 # int params
 (IP_LONG_ONLY, IP_FIRST, IP_SIZER, IP_FIXED, IP_LOOKBACK, IP_MIN_TRADES,
  IP_WARMUP, IP_MAXC, IP_PAPER, IP_RTH, IP_FLAT, IP_LIQUIDATE, IP_HAS_BRACKET, IP_EXP_NUM,
- IP_EXP_DEN) = range(15)
-N_IP = 15
+ IP_EXP_DEN, IP_EVENTS, IP_FLAT_EVENT, IP_EXTERNAL) = range(18)
+N_IP = 18
+# filter records (the strategy's event_log, rebuilt in kernel.analysis): bar, action, direction,
+# event index; actions:
+F_BLOCKED, F_FORCED, F_SIGNAL = 0, 1, 2
 #: A direction meaning "no opinion on this bar: keep what is held" (a signal's NaN after its
 #: first value), subject to the exit masks.
 KEEP = 2
@@ -70,10 +73,20 @@ def _grow(a):
 
 
 @njit(cache=True)
+def _grow_rows(a):
+    b = np.full((a.shape[0] * 2, a.shape[1]), -1, np.int64)
+    b[: a.shape[0]] = a
+    return b
+
+
+@njit(cache=True)
 def run_loop(o, h, lw, c, ct, sig, exit_long, exit_short, allow_long, allow_short, rth, flatw,
-             roll, stop_n, target_n, inwin, ip, fp):
+             roll, stop_n, target_n, inwin, ev, ext_ok, ip, fp):
     n = len(c)
     long_only = ip[IP_LONG_ONLY]
+    has_events, flat_event, has_ext = ip[IP_EVENTS], ip[IP_FLAT_EVENT], ip[IP_EXTERNAL]
+    frec = np.full((64, 4), -1, np.int64)  # filter records
+    nfrec = 0
     first, sizer_kind, fixed_n = ip[IP_FIRST], ip[IP_SIZER], ip[IP_FIXED]
     lookback, min_trades, warmup_n, max_c = ip[IP_LOOKBACK], ip[IP_MIN_TRADES], ip[IP_WARMUP], \
         ip[IP_MAXC]
@@ -637,11 +650,23 @@ def run_loop(o, h, lw, c, ct, sig, exit_long, exit_short, allow_long, allow_shor
                     sh_dir = sh_next
                     sh_px = price
                     sh_next = 0
+            # M2KStrategy._event_bar: with flat_before_event, a bar whose next bar overlaps
+            # an avoided event's window closes the position (reason 'event') and enters nothing
+            ev_bar = has_events and flat_event and ev[i] >= 0
             if live:
                 pass
-            elif has_flat and flatw[i]:
+            elif ev_bar or (has_flat and flatw[i]):
+                held0 = pnl.sign(psize)
                 if psize:
-                    # _close('session_close')
+                    if ev_bar:
+                        if nfrec == frec.shape[0]:
+                            frec = _grow_rows(frec)
+                        frec[nfrec, 0] = i
+                        frec[nfrec, 1] = F_FORCED
+                        frec[nfrec, 2] = held0
+                        frec[nfrec, 3] = ev[i]
+                        nfrec += 1
+                    # _close('session_close') / _close('event')
                     for b in (br0, br1):
                         if b >= 0 and o_status[b] == PENDING:
                             o_ours[b] = True
@@ -668,7 +693,7 @@ def run_loop(o, h, lw, c, ct, sig, exit_long, exit_short, allow_long, allow_shor
                     o_size[k] = -psize
                     o_price[k] = c[i]
                     o_bar[k] = i
-                    o_reason[k] = R_SESSION
+                    o_reason[k] = R_EVENT if ev_bar else R_SESSION
                     o_group[k] = -1
                     o_parent[k] = False
                     o_active[k] = True
@@ -686,6 +711,24 @@ def run_loop(o, h, lw, c, ct, sig, exit_long, exit_short, allow_long, allow_shor
                     sh_next = 0
                 if sh_open and sh_dir != 0:
                     sh_exit = True
+                if ev_bar:  # the entry the window refuses, logged
+                    wanted = sig[i]
+                    if wanted == KEEP:
+                        if (held0 > 0 and exit_long[i]) or (held0 < 0 and exit_short[i]):
+                            wanted = 0
+                        else:
+                            wanted = held0
+                    target = max(wanted, 0) if long_only else wanted
+                    if blocked and target != blocked:
+                        blocked = 0
+                    if target and target != held0 and target != blocked:
+                        if nfrec == frec.shape[0]:
+                            frec = _grow_rows(frec)
+                        frec[nfrec, 0] = i
+                        frec[nfrec, 1] = F_BLOCKED
+                        frec[nfrec, 2] = target
+                        frec[nfrec, 3] = ev[i]
+                        nfrec += 1
             else:
                 # the direction (M2KStrategy._wanted): KEEP is the position held, unless an
                 # exit mask closes it
@@ -779,6 +822,23 @@ def run_loop(o, h, lw, c, ct, sig, exit_long, exit_short, allow_long, allow_shor
                         allowed = target != blocked
                         if allowed and rth_only and not rth[i]:
                             allowed = False
+                        if allowed and has_events and ev[i] >= 0:
+                            allowed = False  # an avoided event's window (_event_blocks)
+                            if nfrec == frec.shape[0]:
+                                frec = _grow_rows(frec)
+                            frec[nfrec, 0] = i
+                            frec[nfrec, 1] = F_BLOCKED
+                            frec[nfrec, 2] = target
+                            frec[nfrec, 3] = ev[i]
+                            nfrec += 1
+                        if allowed and has_ext and not ext_ok[i]:
+                            allowed = False  # the external series (_external_ok)
+                            if nfrec == frec.shape[0]:
+                                frec = _grow_rows(frec)
+                            frec[nfrec, 0] = i
+                            frec[nfrec, 1] = F_SIGNAL
+                            frec[nfrec, 2] = target
+                            nfrec += 1
                         if allowed:
                             allowed = allow_long[i] if target > 0 else allow_short[i]
                         sh_dir_now = sh_dir if sh_open else 0
@@ -935,4 +995,4 @@ def run_loop(o, h, lw, c, ct, sig, exit_long, exit_short, allow_long, allow_shor
     counters = np.array([rolls, rej_margin, rej_rejected, rej_canceled, unsupported, n_shadow],
                         np.int64)
     return (out_value, out_cash, out_pos, trades[:ntr], dec[:ndec], mev[:nmev], counters, costs,
-            out_active)
+            out_active, frec[:nfrec])

@@ -11,14 +11,19 @@ the same rows (times, sizes, reasons; prices and P&L to the last bit, money bein
 in both engines, see :mod:`m2k_bt.rules.money`) and the final equity agrees to the cent;
 ``tests/test_kernel.py`` and ``tests/test_exact_parity.py`` check it on random configurations
 and data.
-What it models: ``SmaCrossover`` (long/short, long-only, ADX filter), ``BollingerReversion``
-and ``AdaptiveBollinger`` (exit middle/signal, ddof, RSI filter), ``FixedContracts`` and
+What it models: every signal strategy (:mod:`m2k_bt.strategies.signals`: directions, exit
+masks, entry filters, stop and target distances, through :mod:`m2k_bt.kernel.directions`),
+``SmaCrossover`` (long/short, long-only, ADX filter), ``BollingerReversion``
+and ``AdaptiveBollinger`` (exit middle/signal, ddof, RSI filter) and subclasses that override
+none of their methods, ``FixedContracts`` and
 ``KellySizer`` (window, warm-up, scale, every cap, paper trades), ``M2KCommInfo`` fees and
 margins, ``FuturesBroker`` initial-margin rejection (at submission and at the fill),
 maintenance-margin calls with liquidation at the next open, negative-equity events, slippage
 ticks clipped to the bar, bracket stops/targets (ticks or ATRs) with backtrader's fill rules,
-``rth_only``, ``flat_before_close`` and rolls on the feed's ``roll`` marker. Anything else
-(see :func:`supported`) is reported as unsupported, with the reason, and runs in cerebro.
+``rth_only``, ``flat_before_close``, rolls on the feed's ``roll`` marker, event windows
+(``avoid_events``, ``flat_before_event``) and the external-series filter (``signal_min``/
+``signal_max``; :mod:`m2k_bt.kernel.filters`). Anything else (a per-bar strategy of one's own,
+see :func:`supported`) is reported as unsupported, with the reason, and runs in cerebro.
 
 >>> ok, why = supported(BacktestConfig(strategy="sma"))
 >>> ok, why
@@ -44,6 +49,7 @@ from . import loop
 from .analysis import KERNEL_EXIT_REASONS, kernel_result
 from .data import SIGNALS_KEPT, SUMS_KEPT, KernelData, ParamsStandIn, prepare
 from .directions import directions, strategy_kind
+from .filters import filters
 
 __all__ = [
     "KernelResult",
@@ -67,7 +73,9 @@ KernelResult = BacktestResult
 
 #: Strategy parameters the kernel models; any other parameter must keep its default.
 _BASE_PARAMS = {"long_only", "stop_ticks", "target_ticks", "stop_atr", "target_atr",
-                "atr_period", "rth_only", "flat_before_close"}
+                "atr_period", "rth_only", "flat_before_close", "avoid_events", "event_before",
+                "event_after", "flat_before_event", "event_calendar", "signal_min",
+                "signal_max"}
 _BAND_PARAMS = {"devfactor", "ddof", "exit", "rsi_period", "rsi_oversold", "rsi_overbought"}
 _KNOWN_PARAMS = {
     "sma": _BASE_PARAMS | {"fast", "slow", "adx_min", "adx_period"},
@@ -82,6 +90,8 @@ _KNOWN_FIELDS = {
     "maintenance_margin", "intraday_margin", "slippage_ticks", "start", "end", "resample",
     "rth_only", "runonce", "preload", "analyzers", "plot", "seed", "data_path", "data_rows",
     "data_options",  # provenance: how the bars were loaded (already loaded when we run)
+    "avoid_events", "event_before", "event_after", "flat_before_event", "events", "signal",
+    "signal_min", "signal_max", "signal_max_age",  # kernel.filters
 }
 _SIZER_PARAMS = {
     "fixed": set(FixedContracts.params._getkeys()),
@@ -103,8 +113,10 @@ def supported(config: BacktestConfig | Plan) -> tuple[bool, str]:
     """Whether :func:`simulate` models ``config`` (or its plan) exactly, and if not, why (one
     line).
 
-    >>> supported(BacktestConfig(sizer="fixed", avoid_events="fomc"))[1]
-    "config field avoid_events='fomc' is not modelled by the kernel"
+    >>> supported(BacktestConfig(sizer="fixed", sizer_params={"contracts": 2}))
+    (True, '')
+    >>> supported(BacktestConfig(sizer="fixed", avoid_events="fomc", signal_min=None))
+    (True, '')
     """
     plan = config if isinstance(config, Plan) else None
     if plan is not None:
@@ -189,6 +201,9 @@ def simulate(bars, config: BacktestConfig | Plan | None = None) -> BacktestResul
         atr, mp = data.indicator("atr", p["atr_period"])
         first = max(first, mp - 1)
     first = min(first, n)
+    # the bar cerebro first calls next() on (a signal strategy's is before its first opinion)
+    next_first = first if kind != "signal" else (mp - 1 if atr is not None else 0)
+    gates = filters(plan, data, min(next_first, n))
 
     stop_n = _distance_ticks(p["stop_ticks"], p["stop_atr"], atr, tick, n, way.stop_pts)
     target_n = _distance_ticks(p["target_ticks"], p["target_atr"], atr, tick, n,
@@ -217,6 +232,9 @@ def simulate(bars, config: BacktestConfig | Plan | None = None) -> BacktestResul
     ip[loop.IP_FLAT] = int(bool(flat))
     ip[loop.IP_LIQUIDATE] = 1
     ip[loop.IP_EXP_NUM], ip[loop.IP_EXP_DEN] = exposure_ratio(sp.get("max_exposure", 2.0))
+    ip[loop.IP_EVENTS] = int(gates.gate is not None)
+    ip[loop.IP_FLAT_EVENT] = int(bool(p["flat_before_event"]))
+    ip[loop.IP_EXTERNAL] = int(gates.external)
     fp = np.zeros(loop.N_FP, dtype="float64")
     fp[loop.FP_CASH] = float(config.cash)
     fp[loop.FP_COMM] = float(ci.p.commission)
@@ -232,10 +250,10 @@ def simulate(bars, config: BacktestConfig | Plan | None = None) -> BacktestResul
     im = ci.p.intraday_margin
     fp[loop.FP_INTRADAY] = float(im) if im is not None else np.nan
     inwin = data.intraday_window()
-    value, cash, pos, trades, dec, mev, counters, costs, active = loop.run_loop(
+    value, cash, pos, trades, dec, mev, counters, costs, active, frec = loop.run_loop(
         data.open, data.high, data.low, data.close, data.ct, way.sig, way.exit_long,
         way.exit_short, way.allow_long, way.allow_short, rth, flatw, data.roll, stop_n,
-        target_n, inwin, ip, fp)
+        target_n, inwin, gates.ev, gates.ext_ok, ip, fp)
     if counters[4]:
         what = {2: "re-protecting a partly liquidated position",
                 3: "too many bracket groups"}[int(counters[4])]
@@ -243,7 +261,7 @@ def simulate(bars, config: BacktestConfig | Plan | None = None) -> BacktestResul
                              f"configuration in cerebro")
     elapsed = time.perf_counter() - t0
     return kernel_result(plan, data, value, cash, pos, trades, dec, mev, counters, costs,
-                         active, elapsed, way.lookahead)
+                         active, elapsed, way.lookahead, gates.report(frec))
 
 
 def _check_kelly(sp: dict) -> None:
