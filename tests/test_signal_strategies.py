@@ -509,3 +509,24 @@ def test_signal_strategy_recomputes_on_the_history_in_a_live_run():
     strategy = cerebro.run()[0]
     assert calls == list(range(1, 261))  # once per bar, on the history up to it
     assert strategy.trade_log == backtest.trades and len(backtest.trades) > 3
+
+
+def test_cli_walk_forward_and_list_strategies_take_a_file_strategy(strategy_file, rth_csv,
+                                                                   tmp_path, capsys):
+    import json
+
+    from m2k_bt.cli.backtest import main
+
+    out = tmp_path / "wf"
+    assert main(["walkforward", "--data", rth_csv, "--strategy", f"{strategy_file}:bollinger",
+                 "--space", "period=10:30:10", "--sampler", "grid", "--sizer", "fixed",
+                 "--min-trades", "0", "--is", "10D", "--oos", "5D", "--workers", "1",
+                 "--out", str(out), "--quiet"]) == 0
+    folds = json.loads((out / "walkforward.json").read_text())
+    assert folds["folds"]
+    assert all(f["best_params"]["period"] in (10, 20, 30) for f in folds["folds"])
+    assert {f["oos_engine"] for f in folds["folds"]} == {"kernel"}
+    assert all(f["engines_agree"] for f in folds["folds"])  # each fold checked in cerebro
+    capsys.readouterr()
+    assert main(["--list-strategies"]) == 0
+    assert "--strategy FILE.py:NAME" in capsys.readouterr().out

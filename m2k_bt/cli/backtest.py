@@ -49,6 +49,9 @@ def _list_strategies() -> str:
         lines.append(f"{name:<10} {cls.__name__}: {doc[0] if doc else ''}")
         for key, default in strategy_params(cls).items():
             lines.append(f"    {key} = {default!r}")
+    lines.append("your own: --strategy FILE.py:NAME (or MODULE:NAME), NAME a signal function "
+                 "def NAME(bars, param=default, ...) returning -1/0/+1 per bar, or an "
+                 "M2KStrategy subclass with direction(); see docs/own-strategy.md")
     return "\n".join(lines)
 
 
