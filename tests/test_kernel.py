@@ -220,6 +220,9 @@ CASES = [
         sizer_params={"contracts": 6}, params={"fast": 10, "slow": 30})),
     ("sma adx", _STRESS, BacktestConfig(strategy="sma", sizer="fixed",
                                         params={"fast": 10, "slow": 30, "adx_min": 25.0})),
+    ("sma events", _CALM, BacktestConfig(  # NFP 2024-01-05 08:30 inside the bars
+        strategy="sma", sizer="fixed", params={"fast": 10, "slow": 30},
+        avoid_events="nfp,cpi", flat_before_event=True, event_before=60.0)),
 ]
 
 
@@ -232,7 +235,7 @@ def test_named_cases_agree_and_cover_every_reason_and_cap():
         events |= {e.kind for e in got.margin_events}
         assert got.trades or got.kernel.decisions, name
     assert reasons == set(KERNEL_EXIT_REASONS), set(KERNEL_EXIT_REASONS) - reasons
-    assert set(EXIT_REASONS) - reasons == {"event"}  # event filters run in cerebro
+    assert set(EXIT_REASONS) == reasons  # event filters too (issue 22)
     assert bindings == set(BINDINGS), set(BINDINGS) - bindings
     assert events >= {"margin_call", "intraday_cutback"}, events
 
@@ -387,10 +390,10 @@ class MyStrategy(M2KStrategy):
 def test_unsupported_configs_say_why():
     assert supported(BacktestConfig(strategy=MyStrategy))[0] is False
     assert "MyStrategy" in supported(BacktestConfig(strategy=MyStrategy))[1]
-    ok, why = supported(BacktestConfig(avoid_events="fomc"))
-    assert not ok and "avoid_events" in why
-    with pytest.raises(KernelUnsupported, match="avoid_events"):
-        simulate(make_bars(300), BacktestConfig(avoid_events="fomc"))
+    assert "per-bar strategy" in supported(BacktestConfig(strategy=MyStrategy))[1]
+    with pytest.raises(KernelUnsupported, match="MyStrategy is a per-bar strategy"):
+        simulate(make_bars(300), BacktestConfig(strategy=MyStrategy))
+    assert supported(BacktestConfig(avoid_events="fomc")) == (True, "")  # issue 22
     for strategy in ("sma", "bollinger", "adaptive"):
         for sizer in ("fixed", "kelly"):
             assert supported(BacktestConfig(strategy=strategy, sizer=sizer)) == (True, "")
@@ -480,11 +483,12 @@ def test_a_study_keeps_a_bounded_number_of_signals_and_one_bars_object():
     assert len(kernel._DATA_CACHE["data"]) == 1
 
 
-def test_event_and_signal_filters_run_in_cerebro():
-    ok, why = supported(BacktestConfig(avoid_events="fomc"))
-    assert not ok and "avoid_events" in why
-    ok, why = supported(BacktestConfig(params={"avoid_events": "fomc"}))
-    assert not ok and "avoid_events" in why
+def test_event_and_signal_filters_run_in_the_kernel():
+    """Issue 22 item 4 (they ran in cerebro before): see test_signal_strategies.py for the
+    parity of their trades and records."""
+    assert supported(BacktestConfig(avoid_events="fomc")) == (True, "")
+    assert supported(BacktestConfig(params={"avoid_events": "fomc"})) == (True, "")
+    assert supported(BacktestConfig(signal_min=3.0)) == (True, "")
 
 
 # ------------------------------------------------------------------ run_backtest.py --engine
@@ -516,8 +520,15 @@ def test_cli_engine_kernel_writes_the_same_outputs(tmp_path, capsys):
     assert got["warnings"] == ref["warnings"]
     # a configuration the kernel does not model runs in cerebro, saying why
     capsys.readouterr()
-    _outputs(tmp_path, "fallback", data_csv, "--engine", "kernel", "--avoid-events", "fomc")
-    assert "running in cerebro: config field avoid_events" in capsys.readouterr().err
+    mine = tmp_path / "mine.py"
+    mine.write_text("from m2k_bt.strategies import SmaCrossover\n\n\n"
+                    "class PerBar(SmaCrossover):\n"
+                    "    def direction(self):\n"
+                    "        return super().direction()\n")
+    _outputs(tmp_path, "fallback", data_csv, "--engine", "kernel", "--strategy",
+             f"{mine}:PerBar")
+    assert "running in cerebro: strategy PerBar is a per-bar strategy" in \
+        capsys.readouterr().err
 
 
 def test_run_backtest_fast_is_a_drop_in_for_the_optimiser():

@@ -530,3 +530,13 @@ def test_cli_walk_forward_and_list_strategies_take_a_file_strategy(strategy_file
     capsys.readouterr()
     assert main(["--list-strategies"]) == 0
     assert "--strategy FILE.py:NAME" in capsys.readouterr().out
+
+
+def test_report_html_draws_a_signal_s_extra_columns_in_both_engines(tmp_path):
+    from m2k_bt.report import write_outputs
+
+    bars = make_bars(900, seed=2)
+    for run in (run_backtest, simulate):
+        res = run(bars, BacktestConfig(strategy=article_sma, plot=True, sizer="fixed"))
+        html = write_outputs(res, tmp_path / run.__name__)["html"].read_text()
+        assert "SMA_fast" in html and "SMA_slow" in html, run.__name__

@@ -39,12 +39,15 @@ class KernelExtras:
       (cerebro: ``strategy.order_rejections``).
     - ``rolls``: contract rolls traded (cerebro: ``strategy.rolls``).
     - ``shadow_trades``: the Kelly sizer's paper trades.
+    - ``indicators``: a signal strategy's extra columns by name (drawn in report.html; cerebro:
+      ``strategy.signal_indicators``).
     """
 
     decisions: list = field(default_factory=list)
     order_rejections: dict = field(default_factory=dict)
     rolls: int = 0
     shadow_trades: int = 0
+    indicators: dict = field(default_factory=dict)
 
 
 @dataclass

@@ -107,7 +107,7 @@ def trade_rows(trades, data: KernelData, root: str, tick: float, tick_value: flo
 
 def kernel_result(plan: Plan, data: KernelData, value, cash, pos, trades, dec, mev, counters,
                   costs, active, elapsed: float, lookahead: dict | None = None,
-                  filtered: dict | None = None):
+                  filtered: dict | None = None, indicators: dict | None = None):
     """The :class:`~m2k_bt.engine.result.BacktestResult` of one run of the loop (its output
     arrays as :func:`m2k_bt.kernel.loop.run_loop` returns them) on ``data``; ``lookahead``:
     the signal's look-ahead check; ``filtered``: what the event and external-series filters
@@ -178,7 +178,8 @@ def kernel_result(plan: Plan, data: KernelData, value, cash, pos, trades, dec, m
         data_report=data.data_report,
         elapsed=elapsed,
         kernel=KernelExtras(decisions=decisions, order_rejections=rejections,
-                            rolls=int(counters[0]), shadow_trades=int(counters[5])),
+                            rolls=int(counters[0]), shadow_trades=int(counters[5]),
+                            indicators=indicators or {}),
         plan=plan,
         lookahead=lookahead,
     )

@@ -261,7 +261,7 @@ def simulate(bars, config: BacktestConfig | Plan | None = None) -> BacktestResul
                              f"configuration in cerebro")
     elapsed = time.perf_counter() - t0
     return kernel_result(plan, data, value, cash, pos, trades, dec, mev, counters, costs,
-                         active, elapsed, way.lookahead, gates.report(frec))
+                         active, elapsed, way.lookahead, gates.report(frec), way.indicators)
 
 
 def _check_kelly(sp: dict) -> None:

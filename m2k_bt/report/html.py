@@ -135,11 +135,9 @@ def _indicators_of(result: Any, n: int, bars: pd.DataFrame | None = None
     overlay: dict[str, np.ndarray] = {}
     panel: dict[str, np.ndarray] = {}
     left_out: list[str] = []
-    if strategy is None:
-        return overlay, panel, left_out
     try:
         indicators = strategy.getindicators()
-    except AttributeError:
+    except AttributeError:  # no strategy object: a kernel run
         indicators = []
 
     def put(target: dict, label: str, arr: np.ndarray) -> None:
@@ -169,7 +167,9 @@ def _indicators_of(result: Any, n: int, bars: pd.DataFrame | None = None
                 put(panel if subplot else overlay, label, arr)
         except Exception as exc:  # noqa: BLE001 - one indicator must not cost the page
             left_out.append(f"{base} ({type(exc).__name__}: {exc})")
-    for label, arr in (getattr(strategy, "signal_indicators", None) or {}).items():
+    extras = getattr(strategy, "signal_indicators", None) or getattr(
+        getattr(result, "kernel", None), "indicators", None) or {}
+    for label, arr in extras.items():
         arr = np.asarray(arr, dtype="float64")
         if len(arr) != n:
             left_out.append(f"{label} ({len(arr)} values for {n} bars)")
