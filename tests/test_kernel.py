@@ -542,7 +542,7 @@ def test_run_backtest_fast_is_a_drop_in_for_the_optimiser():
     assert KernelResult is BacktestResult  # one result for both engines
     assert fast.engine == "kernel" and fast.kernel is not None and fast.cerebro is None
     assert run_backtest_fast(bars, config).final_value == fast.final_value
-    slow = run_backtest_fast(bars, config.replace(avoid_events="fomc"))  # cerebro
+    slow = run_backtest_fast(bars, config.replace(strategy=MyStrategy, params={}))  # cerebro
     assert slow.engine == "cerebro" and slow.kernel is None and slow.cerebro is not None
     a = evaluate_params(bars, config, {"fast": 8}, "sharpe", 1, run_backtest_fast)
     b = evaluate_params(bars, config, {"fast": 8}, "sharpe", 1)
