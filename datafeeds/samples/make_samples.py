@@ -1,6 +1,6 @@
 """Write the vendor-format samples in this folder from the bundled synthetic 5-minute bars.
 
-Each file is the same three trade dates (2024-06-04 .. 2024-06-06, 5-minute bars; Yahoo: daily
+Each bar file is the same three trade dates (2024-06-04 .. 2024-06-06, 5-minute bars; Yahoo: daily
 bars of 2023-2024) in the layout a vendor's export has, so ``load_bars`` detects each format from
 the file alone. Synthetic like everything in ``datafeeds/``. Same bytes on every run::
 
@@ -65,6 +65,21 @@ def main() -> None:
     ya.index.name = "Date"
     ya.to_csv(HERE / "yahoo.csv")
     assert np.isfinite(ya.to_numpy(dtype="float64")).all()
+
+    # an outside daily series for the signal filter (a VIX-like close; synthetic, seed 3)
+    days = daily.index.strftime("%Y-%m-%d")
+    rng = np.random.default_rng(3)
+    level = 18.0 + np.cumsum(rng.normal(0.0, 0.6, len(days)))
+    vix = np.clip(level, 11.0, 45.0).round(2)
+    lines = ["date,close"] + [f"{d},{v:.2f}" for d, v in zip(days, vix, strict=True)]
+    (HERE / "vix_daily.csv").write_text("\n".join(lines) + "\n")
+
+    # events of your own, added to the shipped calendar (times New York)
+    (HERE / "my_events.csv").write_text(
+        "# coverage earnings 2024-01-01 2024-12-31 source: example, not real dates\n"
+        "time,kind,description\n"
+        "2024-04-25 08:30,earnings,an example event of your own\n"
+        "2024-06-05 10:00,earnings,another one\n")
 
 
 if __name__ == "__main__":
