@@ -158,6 +158,22 @@ def test_readme_fits_a_first_hour():
     assert heads.index("## Your own strategy") <= 1  # near the top
 
 
+def test_all_is_a_users_install_and_test_adds_the_tools():
+    import configparser
+
+    cfg = configparser.ConfigParser()
+    cfg.read(ROOT / "setup.cfg")
+    extras = {k: set(v.split()) for k, v in cfg["options.extras_require"].items()}
+
+    def names(reqs: set[str]) -> set[str]:
+        return {re.split(r"[\[<>=]", r)[0] for r in reqs}
+
+    tools = {"pytest", "ruff", "selenium", "hypothesis", "jsonschema", "psutil"}
+    assert not names(extras["all"]) & tools
+    assert {"optuna", "dask", "scipy", "psycopg", "ib_async"} <= names(extras["all"])
+    assert extras["all"] <= extras["test"] and tools <= names(extras["test"])
+
+
 def test_links_between_pages_resolve():
     link = re.compile(r"\]\(([^)#\s]+\.(?:md|png))(?:#[^)]*)?\)")
     for path in doc_pages():
