@@ -611,6 +611,17 @@ def test_study_page_colours_its_verdicts_and_formats_each_column():
     assert bar.title == "sharpe"
 
 
+def test_parallel_coordinates_have_a_colour_bar_and_the_best_so_far_has_no_gaps():
+    trials = [{"number": i, "value": None if i == 3 else float(i % 5 - 2),
+               "params": {"a": i % 3, "b": i % 4, "c": i % 5}} for i in range(10)]
+    layout = sh.study_layout({"trials": trials, "objective": "sortino"})
+    (bar,) = _models(layout, "parallel_colorbar")
+    assert bar.title == "sortino"
+    (src,) = _models(layout, "trials")
+    # values -2 -1 0 (infeasible) 2 -2 -1 0 1 2: the best so far carries over trial 3
+    assert list(src.data["best"]) == [-2, -1, 0, 0, 2, 2, 2, 2, 2, 2]
+
+
 def test_walkforward_folds_table_reads_at_a_glance():
     folds = [{"fold": i, "is_start": f"2024-0{i + 1}-01 18:00:00-05:00",
               "oos_start": f"2024-0{i + 3}-01 18:00:00-05:00", "objective": "sharpe",

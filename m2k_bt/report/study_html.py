@@ -274,7 +274,7 @@ def _sort_key(v):
 
 def _parallel_coordinates(df, params, vals, cmap, objective):
     """One line per trial across the parameters scaled to 0..1 (parallel coordinates)."""
-    from bokeh.models import ColumnDataSource, FixedTicker
+    from bokeh.models import ColorBar, ColumnDataSource, FixedTicker
     from bokeh.plotting import figure
 
     xs, ys = [], []
@@ -296,6 +296,8 @@ def _parallel_coordinates(df, params, vals, cmap, objective):
     p.xaxis.ticker = FixedTicker(ticks=list(range(len(params))))
     p.xaxis.major_label_overrides = {i: c[6:] for i, c in enumerate(params)}
     p.yaxis.axis_label = "scaled 0 (min) .. 1 (max)"
+    p.add_layout(ColorBar(color_mapper=cmap["transform"], width=10, title=str(objective),
+                          name="parallel_colorbar"), "right")
     return p
 
 
