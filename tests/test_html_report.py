@@ -402,6 +402,17 @@ def test_real_study_and_walkforward_html_in_chromium(browser, study_dirs, tmp_pa
     browser.save_screenshot(str(tmp_path / "study.png"))
     assert _errors(_open(browser, wf / "walkforward.html")) == []
     assert _canvas_painted(browser, "oos_fig") > 2
+    # the folds table fits the 1,400 px window without scrolling sideways
+    width = browser.execute_script("""
+      const walk = (root) => {
+        for (const el of root.querySelectorAll('*')) {
+          if (el.id === 'm2k-folds') { return el.getBoundingClientRect().width; }
+          if (el.shadowRoot) { const w = walk(el.shadowRoot); if (w) { return w; } }
+        }
+        return 0;
+      };
+      return walk(document);""")
+    assert 0 < width <= browser.execute_script("return window.innerWidth") <= 1400
     browser.save_screenshot(str(tmp_path / "walkforward.png"))
 
 
