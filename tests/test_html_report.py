@@ -403,6 +403,17 @@ def test_real_study_and_walkforward_html_in_chromium(browser, study_dirs, tmp_pa
     browser.save_screenshot(str(tmp_path / "study.png"))
     assert _errors(_open(browser, wf / "walkforward.html")) == []
     assert _canvas_painted(browser, "oos_fig") > 2
+    # the folds table fits the 1,400 px window without scrolling sideways
+    width = browser.execute_script("""
+      const walk = (root) => {
+        for (const el of root.querySelectorAll('*')) {
+          if (el.id === 'm2k-folds') { return el.getBoundingClientRect().width; }
+          if (el.shadowRoot) { const w = walk(el.shadowRoot); if (w) { return w; } }
+        }
+        return 0;
+      };
+      return walk(document);""")
+    assert 0 < width <= browser.execute_script("return window.innerWidth") <= 1400
     browser.save_screenshot(str(tmp_path / "walkforward.png"))
 
 
@@ -554,3 +565,119 @@ def test_report_page_shows_overview_kelly_declines_and_full_times(run_dir):
     widths = {c.field: c.width for c in table.columns}
     assert widths["entry_dt"] >= 190 and widths["exit_dt"] >= 190
     assert table.autosize_mode == "none"
+
+
+def test_price_chart_reads_on_its_own_and_thins_its_marks(monkeypatch):
+    from m2k_bt.engine import BacktestConfig, run_backtest
+
+    result = run_backtest(rth_bars(), BacktestConfig(params={"fast": 10, "slow": 30},
+                                                     sizer="fixed"))
+    report = build_report(result)
+    layout = hr.report_layout(result, report)
+    price = next(m for m in layout.references() if getattr(m, "name", None) == "price")
+    assert all(ax.visible for ax in price.xaxis)  # dates under the price chart
+    assert price.legend[0] in price.above  # the legend is above the plot, off the candles
+    (rug,) = _models(layout, "trade_rug")
+    entries = next(m for m in layout.references() if getattr(m, "name", None) == "entry_marks")
+    n = len(result.trades)
+    assert 5 < n <= hr.MAX_TRADE_MARKS and entries.visible and not rug.visible
+    # past MAX_TRADE_MARKS trades in view: a density strip of the entries instead of the marks
+    monkeypatch.setattr(hr, "MAX_TRADE_MARKS", n - 1)
+    layout = hr.report_layout(result, report)
+    (rug,) = _models(layout, "trade_rug")
+    entries = next(m for m in layout.references() if getattr(m, "name", None) == "entry_marks")
+    assert rug.visible and not entries.visible
+    assert len(rug.data_source.data["x_entry"]) == n
+
+
+def test_equity_panel_shades_where_the_sizer_kept_the_account_flat():
+    # bars 0..7 ten ms apart; declined at bar 1 while flat, an entry sized at bar 4 fills at 5;
+    # declined again at bar 6 to the end: two stretches, [10, 40) and [60, 70]
+    t = np.arange(8) * 10.0
+    pos = np.array([0, 0, 0, 0, 0, 1, 0, 0])
+    log = [{"x": 10.0, "contracts": 0}, {"x": 40.0, "contracts": 1},
+           {"x": 60.0, "contracts": 0}]
+    left, right = hr.sizer_flat_spans(t, pos, log)
+    assert left.tolist() == [10.0, 60.0] and right.tolist() == [40.0, 70.0]
+    assert [s.tolist() for s in hr.sizer_flat_spans(t, pos, [])] == [[], []]
+
+
+def test_study_page_colours_its_verdicts_and_formats_each_column():
+    trials = [{"number": i, "value": float(-(a - 20) ** 2 - (b - 50) ** 2) if a < b else None,
+               "params": {"fast": a, "slow": b}, "state": "COMPLETE" if a < b else "PRUNED",
+               "retry_of": None, "net_profit": 1234.5 * i, "max_drawdown_pct": 9.0144}
+              for i, (a, b) in enumerate((a, b) for a in (10, 20, 60) for b in (40, 50))]
+    layout = sh.study_layout({"trials": trials, "objective": "sharpe", "dsr": 0.97,
+                              "pbo": 0.571})
+    head = layout.children[0].text
+    assert "class='v pos'>0.970</div><div class='w'>significant" in head
+    assert "class='v neg'>0.571</div><div class='w'>overfit" in head
+    table = layout.children[-1].text
+    assert "retry of" not in table  # a column with no value is left out
+    assert "<td>$6,172.50</td>" in table  # 1234.5 x 5 trials, as dollars
+    assert "<td>9.01 %</td>" in table
+    (heat,) = _models(layout, "heatmap")
+    (infeasible,) = _models(layout, "heatmap_infeasible")
+    assert len(heat.data["a"]) == 4 and infeasible.data["a"] == ["60", "60"]  # 60 >= 40, 50
+    (bar,) = _models(layout, "heatmap_colorbar")
+    assert bar.title == "sharpe"
+
+
+def test_parallel_coordinates_have_a_colour_bar_and_the_best_so_far_has_no_gaps():
+    trials = [{"number": i, "value": None if i == 3 else float(i % 5 - 2),
+               "params": {"a": i % 3, "b": i % 4, "c": i % 5}} for i in range(10)]
+    layout = sh.study_layout({"trials": trials, "objective": "sortino"})
+    (bar,) = _models(layout, "parallel_colorbar")
+    assert bar.title == "sortino"
+    (src,) = _models(layout, "trials")
+    # values -2 -1 0 (infeasible) 2 -2 -1 0 1 2: the best so far carries over trial 3
+    assert list(src.data["best"]) == [-2, -1, 0, 0, 2, 2, 2, 2, 2, 2]
+
+
+def test_walkforward_folds_table_reads_at_a_glance():
+    folds = [{"fold": i, "is_start": f"2024-0{i + 1}-01 18:00:00-05:00",
+              "oos_start": f"2024-0{i + 3}-01 18:00:00-05:00", "objective": "sharpe",
+              "is_trials": 10, "oos_final_value": 25_000.0 + 1_000 * i, "oos_engine": "kernel",
+              "best_params": {"fast": 10 + i, "slow": 200}} for i in range(3)]
+    idx = pd.date_range("2024-03-01", periods=90, freq="D")
+    layout = sh.walkforward_layout({"folds": folds, "efficiency": 0.4,
+                                    "oos_equity": pd.Series(np.linspace(25e3, 27e3, 90),
+                                                            index=idx)})
+    text = layout.children[-1].text
+    folds_table = text.split("<details>")[0]
+    head = folds_table.split("</tr>")[0]
+    # the fold, its parameters, then its windows; dates without times, dollars as dollars
+    assert [h.split("</th>")[0] for h in head.split("<th>")[1:]] == [
+        "fold", "fast", "slow", "oos start", "is start", "oos final value"]
+    assert "<td>2024-03-01</td>" in folds_table and "<td>$27,000.00</td>" in folds_table
+    assert "2.7e+04" not in text
+    assert "Every fold: objective: sharpe; is trials: 10; oos engine: kernel." in text
+    labels = sorted(m.text for m in layout.references()
+                    if getattr(m, "name", None) == "fold_label")
+    assert labels == ["fold 0", "fold 1", "fold 2"]
+
+
+def test_trade_marks_switch_to_a_density_strip_in_chromium(browser, tmp_path, monkeypatch):
+    from m2k_bt.engine import BacktestConfig, run_backtest
+
+    result = run_backtest(rth_bars(), BacktestConfig(params={"fast": 10, "slow": 30},
+                                                     sizer="fixed"))
+    n = len(result.trades)
+    monkeypatch.setattr(hr, "MAX_TRADE_MARKS", 5)  # the whole run shows n > 5 trades
+    page = hr.write_report_html(result, tmp_path / "report.html", build_report(result))
+    assert _errors(_open(browser, page)) == []
+    visible = """
+      const doc = Bokeh.documents[0];
+      return [doc.get_model_by_name('trade_rug').visible,
+              doc.get_model_by_name('entry_marks').visible];"""
+    assert n > 5 and browser.execute_script(visible) == [True, False]
+    browser.save_screenshot(str(tmp_path / "dense.png"))
+    # zoom to the span of the first three trades: the marks come back, the strip goes
+    browser.execute_script("""
+      const doc = Bokeh.documents[0], xr = doc.get_model_by_name('price_x');
+      const x = doc.get_model_by_name('trades').data.x_entry;
+      xr.start = x[0] - 1; xr.end = x[2] + 1;""")
+    time.sleep(0.5)
+    assert browser.execute_script(visible) == [False, True]
+    assert _errors(browser.get_log("browser")) == []
+    assert _canvas_painted(browser, "price") > 2

@@ -130,3 +130,32 @@ def test_plot_shows_the_window_of_the_last_trades_with_plain_legends(tmp_path, m
     assert seen["end"] - seen["start"] <= 1000
     labels = {type(o).__name__: o.plotlabel() for o in result.strategy.getobservers()}
     assert labels == {"BuySell": "buy / sell", "Value": "account value"}  # no "(True, 0.002)"
+
+
+def test_plot_has_one_legend_entry_per_mark_and_volume_under_the_price(tmp_path, monkeypatch):
+    from m2k_bt.engine import BacktestConfig, run_backtest
+    from m2k_bt.report import plot as plot_module
+
+    result = run_backtest(make_bars(600, seed=4), BacktestConfig(
+        params={"fast": 10, "slow": 30}, sizer="fixed", plot=True))
+    seen = {}
+
+    def capture(fig, path, dpi):
+        seen["legends"] = [[t.get_text() for t in ax.get_legend().get_texts()]
+                           for ax in fig.axes if ax.get_legend() is not None]
+        seen["volume"] = [ax for ax in fig.axes if ax.get_legend() is not None and any(
+            t.get_text().startswith("Volume") for t in ax.get_legend().get_texts())]
+        seen["price"] = [ax for ax in fig.axes if ax.get_legend() is not None and any(
+            t.get_text() == "buy" for t in ax.get_legend().get_texts())]
+        return path
+
+    monkeypatch.setattr(plot_module, "_save_atomic", capture)
+    plot_backtrader(result.cerebro, tmp_path / "p.png")
+    labels = [label for legend in seen["legends"] for label in legend]
+    assert labels.count("buy") == 1 and labels.count("sell") == 1
+    assert not [label for label in labels if "\n" in label or label == "buy / sell"]
+    assert any(label.startswith("account value ") for label in labels)
+    # volume has an axis of its own, below the price's
+    (volume,), (price,) = seen["volume"], seen["price"]
+    assert volume is not price
+    assert volume.get_position().y1 <= price.get_position().y0 + 1e-9

@@ -65,12 +65,15 @@ CSS = """
  .m2k-card .k { color: #666; font-size: 11px; text-transform: uppercase; }
  .m2k-card .v { font-size: 17px; font-weight: 600; }
  .m2k-card .v.neg { color: #c62828; } .m2k-card .v.pos { color: #2e7d32; }
+ .m2k-card .v.warn { color: #e65100; } .m2k-card .w { color: #666; font-size: 11px; }
  .m2k-list { font-size: 13px; } .m2k-list li { margin: 2px 0; }
  .m2k-note { color: #555; font-size: 12px; }
  table.m2k { border-collapse: collapse; font-size: 12px; }
  table.m2k td, table.m2k th { border: 1px solid #ddd; padding: 2px 6px; text-align: right; }
  table.m2k th { background: #f3f3f3; } table.m2k td.l, table.m2k th.l { text-align: left; }
  table.m2k td.neg { color: #c62828; } table.m2k td.pos { color: #2e7d32; }
+ table.m2k-wide th { white-space: normal; max-width: 90px; vertical-align: bottom; }
+ table.m2k-wide td { white-space: nowrap; }
  .m2k-banner { border-radius: 6px; padding: 7px 12px; margin: 6px 0; font-size: 14px; }
  .m2k-banner.warn { background: #fff3e0; border: 1px solid #fb8c00; color: #7a3e00;
                     font-weight: 600; }

@@ -59,6 +59,7 @@ from .bokeh_parts import (
 
 __all__ = [
     "EXIT_MARKERS",
+    "MAX_TRADE_MARKS",
     "report_layout",
     "write_report_html",
 ]
@@ -74,6 +75,8 @@ EXIT_MARKERS = {
     "end": ("plus", "#1f77b4"),
 }
 _OTHER_EXIT = ("asterisk", "#8c564b")
+#: Most trades drawn as marks in view; zoomed out past it the entries are a density strip.
+MAX_TRADE_MARKS = 150
 #: Number formats of trade columns in the hover (Bokeh's numeral.js syntax).
 _TOOLTIP_FORMATS = {
     **dict.fromkeys(("gross_pnl", "commission", "net_pnl"), "{$0,0.00}"),
@@ -331,14 +334,19 @@ def _price_figure(bars, trades, overlay, margin_events, x_range):
             p.add_layout(Span(location=float(x), dimension="height", line_color="#888888",
                               line_dash="dashed", line_width=1))
 
+    trade_marks: list = []
+    rug = None
+    tsrc = None
     if len(trades):
-        tsrc = ColumnDataSource(source_columns(trades), name="trades")
-        p.segment("x_entry", "entry_price", "x_exit", "exit_price", source=tsrc,
-                  color="link_color", line_width=1.5, line_alpha=0.8)
+        tsrc = ColumnDataSource(source_columns(trades.assign(rug_y=0.04)), name="trades")
+        trade_marks.append(p.segment("x_entry", "entry_price", "x_exit", "exit_price",
+                                     source=tsrc, color="link_color", line_width=1.5,
+                                     line_alpha=0.8))
         for col, colour in (("stop_level", "#d62728"), ("target_level", "#2ca02c")):
             if col in trades and trades[col].notna().any():
-                p.segment("x_entry", col, "x_exit", col, source=tsrc, color=colour,
-                          line_dash="dashed", line_width=1.2, legend_label=col.split("_")[0])
+                trade_marks.append(p.segment(
+                    "x_entry", col, "x_exit", col, source=tsrc, color=colour,
+                    line_dash="dashed", line_width=1.2, legend_label=col.split("_")[0]))
         entries = p.scatter(
             "x_entry", "entry_price", source=tsrc, size=11, line_color="black",
             marker=factor_mark("direction", ["triangle", "inverted_triangle"],
@@ -355,6 +363,19 @@ def _price_figure(bars, trades, overlay, margin_events, x_range):
                                               for r in reasons], reasons),
             fill_alpha=0.3, legend_field="exit_reason", name="exit_marks",
         )
+        trade_marks += [entries, exits]
+        # zoomed out past MAX_TRADE_MARKS trades in view: one tick per entry along the bottom
+        # (a density strip) instead of the marks; the resolution callback switches them
+        p.extra_y_ranges = {"rug": Range1d(0, 1)}
+        rug = p.scatter("x_entry", "rug_y", source=tsrc, y_range_name="rug", marker="dash",
+                        angle=np.pi / 2, size=14, line_width=1.5, line_alpha=0.6,
+                        color=factor_cmap("direction", [_UP, _DOWN], ["long", "short"]),
+                        legend_label="entries (zoom in for the trade marks)",
+                        name="trade_rug")
+        dense = len(trades) > MAX_TRADE_MARKS
+        for r in trade_marks:
+            r.visible = not dense
+        rug.visible = dense
         columns = [c for c in trades.columns if not c.startswith(("x_", "link_"))]
         p.add_tools(HoverTool(
             renderers=[entries, exits], name="trade_hover",
@@ -366,13 +387,13 @@ def _price_figure(bars, trades, overlay, margin_events, x_range):
                           color="#e377c2", legend_label="margin event")
         p.add_tools(HoverTool(renderers=[marks], tooltips=[
             (c, f"@{{{c}}}") for c in margin_events.columns if c not in ("x", "price")]))
-    p.legend.location = "top_left"
-    p.legend.click_policy = "hide"
+    _legend_above(p)
     p.legend.label_text_font_size = "9pt"
 
     resolution = CustomJS(
         args=dict(xr=x_range, yr=p.y_range, groups=groups, sources=sources, sizes=sizes,
-                  step=step, maxc=MAX_CANDLES),
+                  step=step, maxc=MAX_CANDLES, marks=trade_marks, rug=rug, tsrc=tsrc,
+                  maxm=MAX_TRADE_MARKS),
         code=_RESOLUTION_JS,
     )
     x_range.js_on_change("start", resolution)
@@ -398,6 +419,16 @@ for (let i = a; i < n && t[i] <= xr.end; i++) {
   if (d.high[i] > hi) { hi = d.high[i]; }
 }
 if (lo < hi) { const pad = (hi - lo) * 0.05; yr.start = lo - pad; yr.end = hi + pad; }
+if (rug !== null) {
+  const x = tsrc.data.x_entry, m = x.length;
+  let u = 0, w = m;
+  while (u < w) { const h = (u + w) >> 1; if (x[h] < xr.start) { u = h + 1; } else { w = h; } }
+  let c = 0;
+  for (let i = u; i < m && x[i] <= xr.end; i++) { c++; }
+  const dense = c > maxm;
+  for (const r of marks) { if (r.visible == dense) { r.visible = !dense; } }
+  if (rug.visible != dense) { rug.visible = dense; }
+}
 """
 
 
@@ -412,9 +443,38 @@ def _legend_above(p) -> None:
     p.add_layout(p.legend[0], "above")
 
 
+def sizer_flat_spans(t: np.ndarray, position: np.ndarray, decisions: list[dict]
+                     ) -> tuple[np.ndarray, np.ndarray]:
+    """(left, right) times of the stretches the account was flat because the sizer declined
+    the entry: from a sizing decision of 0 contracts while flat until the position opens again
+    (or the run ends). ``t`` are the bars' times (ms, ascending), ``position`` the contracts
+    held per bar, ``decisions`` the Kelly log's rows (``x``: decision time in ms,
+    ``contracts``).
+
+    >>> t = np.arange(8) * 10.0
+    >>> pos = np.array([0, 1, 1, 0, 0, 0, 2, 0])
+    >>> log = [{"x": 30.0, "contracts": 0}, {"x": 50.0, "contracts": 2}]
+    >>> [s.tolist() for s in sizer_flat_spans(t, pos, log)]  # declined at bar 3, sized at 5
+    [[30.0], [50.0]]
+    """
+    n = len(t)
+    if not n or not decisions:
+        return np.zeros(0), np.zeros(0)
+    dx = np.asarray([d["x"] for d in decisions], dtype="float64")
+    declined = np.asarray([(d.get("contracts") or 0) == 0 for d in decisions])
+    order = np.argsort(dx, kind="stable")
+    dx, declined = dx[order], declined[order]
+    last = np.searchsorted(dx, t, side="right") - 1  # the latest decision at or before a bar
+    mask = (last >= 0) & declined[np.clip(last, 0, None)] & (position == 0)
+    edges = np.diff(np.concatenate([[0], mask.astype("int8"), [0]]))
+    starts, ends = np.flatnonzero(edges == 1), np.flatnonzero(edges == -1)
+    right = np.where(ends < n, t[np.minimum(ends, n - 1)], t[-1])
+    return t[starts], right
+
+
 def _curve_panels(result, report, bars_t, panel_ind, x_range):
     """Equity, drawdown, position, margin vs equity and oscillator panels, linked on x."""
-    from bokeh.models import ColumnDataSource, NumeralTickFormatter
+    from bokeh.models import ColumnDataSource, NumeralTickFormatter, Range1d
 
     equity = getattr(result, "equity", None)
     panels = []
@@ -443,7 +503,8 @@ def _curve_panels(result, report, bars_t, panel_ind, x_range):
     }, name="curves")
 
     p = linked_panel("Equity", x_range, 190, "equity ($)", "equity")
-    p.line("t", "value", source=src, color="#1f77b4", line_width=1.3, legend_label="strategy")
+    fitted = [p.line("t", "value", source=src, color="#1f77b4", line_width=1.3,
+                     legend_label="strategy")]
     if "close" in equity:
         from .overview import buy_and_hold_curve
 
@@ -453,8 +514,21 @@ def _curve_panels(result, report, bars_t, panel_ind, x_range):
         bench = buy_and_hold_curve(equity["close"].to_numpy(dtype="float64"), mult, start)
         bsrc = ColumnDataSource({"t": t, "bh": bench[rows].astype("float32")},
                                 name="buy_and_hold")
-        p.line("t", "bh", source=bsrc, color="#9e9e9e", line_width=1.0, line_dash="dashed",
-               legend_label="buy & hold 1 contract")
+        fitted.append(p.line("t", "bh", source=bsrc, color="#9e9e9e", line_width=1.0,
+                             line_dash="dashed", legend_label="buy & hold 1 contract"))
+    p.y_range.renderers = fitted  # the axis fits the curves, not the shading
+    decisions = ((report.get("analyzers") or {}).get("kelly") or {}).get("decisions") or []
+    full_t = to_ms(equity.index) if len(bars_t) != n else bars_t
+    left, right = sizer_flat_spans(
+        full_t, pos, [{"x": x, "contracts": d.get("contracts")}
+                      for x, d in zip(to_ms([d["dt"] for d in decisions]), decisions,
+                                      strict=True)])
+    if len(left):
+        p.extra_y_ranges = {"shade": Range1d(0, 1)}
+        p.quad(left=left, right=right, bottom=0, top=1, y_range_name="shade",
+               fill_color="#ffcc80", fill_alpha=0.35, line_alpha=0, level="underlay",
+               legend_label=f"flat: the sizer declined ({len(left)} stretches)",
+               name="sizer_flat")
     p.yaxis.formatter = NumeralTickFormatter(format="$0,0")
     _legend_above(p)
     panels.append(p)
@@ -484,8 +558,7 @@ def _curve_panels(result, report, bars_t, panel_ind, x_range):
                                            strict=False):
             ind_src = ColumnDataSource({"t": t, "y": values[rows].astype("float32")})
             p.line("t", "y", source=ind_src, color=colour, legend_label=label)
-        p.legend.location = "top_left"
-        p.legend.label_text_font_size = "8pt"
+        _legend_above(p)
         panels.append(p)
     return panels
 
@@ -911,7 +984,7 @@ def report_layout(result: Any, report: dict[str, Any]):
         overlay, panel_ind, left_out = _indicators_of(result, len(bars), bars)
         price = _price_figure(bars, trades, overlay, _margin_event_frame(result, bars), x_range)
         panels = [price, *_curve_panels(result, report, t, panel_ind, x_range)]
-        for p in panels[:-1]:
+        for p in panels[1:-1]:  # dates under the price chart and under the last panel
             p.xaxis.visible = False
         parts.append(Div(text="<p class='m2k-note'>Scroll to zoom, drag to pan: all panels "
                          "follow. Candles aggregate bars when zoomed out; a hover on a trade "

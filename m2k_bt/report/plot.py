@@ -13,8 +13,9 @@ the last ``max_bars`` bars. The title says which window it is, and the whole run
 ``equity.png`` and, interactively, in ``report.html``. A window was chosen over resampling
 because resampling would need a second run of the strategy on other bars: the window shows the
 real fills, indicators and observers of this run. Up to ``candle_bars`` bars are drawn as
-candles, more as a close line. Legends name the observers plainly ("account value",
-"buy / sell") instead of backtrader's ``Value (None)`` / ``BuySell (True, 0.002)``.
+candles, more as a close line. Legends name the observers plainly, one entry per mark ("buy",
+"sell", "account value") instead of backtrader's ``Value (None)`` / ``BuySell (True, 0.002)``
+with each line's alias under it; volume has its own panel under the price.
 """
 
 from __future__ import annotations
@@ -99,10 +100,13 @@ def plot_backtrader(
     shown = end - start
     style = "candle" if shown <= candle_bars else "line"
     _plain_labels(strategy)
-    figs = cerebro.plot(iplot=False, start=start, end=end, numfigs=1, style=style, volume=True)
+    # voloverlay=False: volume in its own panel under the price, not drawn over it
+    figs = cerebro.plot(iplot=False, start=start, end=end, numfigs=1, style=style, volume=True,
+                        voloverlay=False)
     fig = figs[0][0]
     try:
         fig.set_size_inches(*size)
+        _one_line_legends(fig)
         _date_axis(fig, strategy, start, shown)
         if shown == total:
             label = f"all {total:,} bars, {len(trades)} trades"
@@ -177,6 +181,33 @@ def _plain_labels(strategy) -> None:
         if name:
             obs.plotinfo.plotname = name
             obs._plotlabel = list  # no "(params...)" suffix
+
+
+def legend_label(text: str) -> str:
+    r"""One legend line per mark: backtrader labels each line of an observer with its name on a
+    line of its own above the line's alias (``"buy / sell\nbuy"``); the buy and sell marks keep
+    their alias, other observers their name and last value.
+
+    >>> legend_label("buy / sell\nbuy"), legend_label("account value\nvalue 22060.06")
+    ('buy', 'account value 22060.06')
+    >>> legend_label("SMA (50) 1863.20")
+    'SMA (50) 1863.20'
+    """
+    head, newline, tail = text.partition("\n")
+    if not newline:
+        return text
+    if head == OBSERVER_LABELS["BuySell"]:
+        return tail
+    _alias, _, value = tail.partition(" ")
+    return f"{head} {value}".strip()
+
+
+def _one_line_legends(fig) -> None:
+    for ax in fig.axes:
+        legend = ax.get_legend()
+        if legend is not None:
+            for text in legend.get_texts():
+                text.set_text(legend_label(text.get_text()))
 
 
 def _date_axis(fig, strategy, start: int, shown: int) -> None:
