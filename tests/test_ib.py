@@ -11,6 +11,7 @@ from contextlib import redirect_stderr
 from pathlib import Path
 
 import backtrader as bt
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -387,3 +388,148 @@ def test_cli_dry_run_then_sigterm_writes_the_report_and_exits_143(gw, tmp_path):
     states = [r.get("state") for r in read_journal(journal) if r["kind"] == "state"]
     assert states[0] == "connected" and "reconciled" in states and states[-1] == "stopped"
     assert report
+
+
+# -- live / backtest parity ---------------------------------------------------------------------
+def _walk(n: int = 160, seed: int = 5) -> pd.DataFrame:
+    """One-minute bars on the 0.10 tick grid that swing about 2000 (Bollinger trades on them,
+    with signal, stop and target exits)."""
+    rng = np.random.default_rng(seed)
+    ticks = np.cumsum(rng.integers(-12, 13, n)) + (40 * np.sin(np.arange(n) / 6)).astype(int)
+    close = 2000.0 + ticks * 0.1
+    opens = np.r_[2000.0, close[:-1]] + rng.integers(-3, 4, n) * 0.1
+    high = np.maximum(opens, close) + rng.integers(0, 15, n) * 0.1
+    low = np.minimum(opens, close) - rng.integers(0, 15, n) * 0.1
+    idx = pd.date_range("2025-10-01 10:00", periods=n, freq="1min")
+    return pd.DataFrame({"open": opens.round(1), "high": high.round(1), "low": low.round(1),
+                         "close": close.round(1), "volume": 10.0}, index=idx)
+
+
+class OrderLog(bt.Analyzer):
+    """Every order the strategy submits: (bar it was decided on, side, size, type, price; a
+    market order has no price)."""
+
+    def start(self):
+        self.orders = []
+        self.bars = 0
+
+    def next(self):
+        self.bars += 1  # after the strategy's next: the test paces the live bars on it
+
+    def notify_order(self, order):
+        if order.status == order.Submitted:
+            kind = {bt.Order.Market: "MKT", bt.Order.Stop: "STP", bt.Order.Limit: "LMT"}
+            price = None if order.exectype == bt.Order.Market else order.created.price
+            self.orders.append((bt.num2date(order.created.dt), "BUY" if order.isbuy() else
+                                "SELL", abs(order.created.size), kind[order.exectype], price))
+
+    def get_analysis(self):
+        return self.orders
+
+
+def _parity_config():
+    from m2k_bt.engine import BacktestConfig
+
+    return BacktestConfig(strategy="bollinger", sizer="fixed", sizer_params={"contracts": 2},
+                          params={"period": 20, "stop_ticks": 60, "target_ticks": 25},
+                          plot=False, runonce=False, preload=False)
+
+
+def _placed(gw) -> list[tuple]:
+    """The orders the gateway received, as OrderLog has them (the bar from our reference)."""
+    out = []
+    for p in gw.placed:
+        bar = _dt.datetime.strptime(p["ref"].split("-")[1], "%Y%m%d%H%M")
+        price = {"STP": p["aux"], "LMT": p["lmt"]}.get(p["type"])
+        out.append((bar, p["action"], p["qty"], p["type"],
+                    None if price is None else float(price)))
+    return out
+
+
+def _epoch(ts) -> int:
+    return int(pd.Timestamp(ts).tz_localize("America/New_York").timestamp())
+
+
+class _Live:
+    """A live run of ``config`` through the fake gateway, built as ``run_backtest.py live
+    --ib`` builds it (``cli.ib.ib_cerebro``), cerebro on a thread of its own while the test
+    plays the exchange: :meth:`bar` pushes one minute and waits until the strategy has acted
+    on it and IB has every order and cancel it sent."""
+
+    def __init__(self, gw, tmp_path, config, journal="j.jsonl", minutes=1, **broker_kw):
+        import threading
+
+        from m2k_bt.cli.ib import ib_cerebro
+        from m2k_bt.cli.live import live_cerebro
+
+        self.gw = gw
+        self.store = _store(gw)
+        _, contract, _ = resolve_contract(self.store, M2K, WHEN)
+        self.journal = Journal(tmp_path / journal)
+        self.source = IBBarSource(self.store, contract, M2K, minutes=minutes, history="1 D",
+                                  on_event=self.journal.write)
+        broker_kw.setdefault("comm_wait", 0.5)
+        self.cerebro, self.feed, self.broker = ib_cerebro(
+            live_cerebro, self.source, config, self.store, contract, self.journal,
+            Limits(), heartbeat=0.02, settle=0.5, **broker_kw)
+        self.cerebro.addanalyzer(OrderLog, _name="orders")
+        self.result = []
+        self.thread = threading.Thread(target=lambda: self.result.append(self.cerebro.run()[0]))
+        self.thread.start()
+        assert gw.wait_for(lambda: len(gw.rt_requests) == 1, 10)
+        self.log = None
+
+    def _settled(self, bars: int) -> bool:
+        strat = (self.cerebro.runningstrats or [None])[0]
+        if strat is None:
+            return False
+        self.log = strat.analyzers.orders
+        cancels = sum(r.get("event") == "cancel_sent" for r in list(self.journal.records))
+        return self.log.bars >= bars and len(self.gw.placed) >= self.broker.sent and \
+            len(self.gw.cancels) >= cancels
+
+    def bar(self, ts, o, h, lo, c, v=10.0, bars: int | None = None, con_id=None) -> None:
+        self.gw.push_minute(_epoch(ts), o, h, lo, c, v, con_id)
+        if bars is not None:
+            assert self.gw.wait_for(lambda: self._settled(bars), 10), f"bar {ts} not acted on"
+
+    def finish(self):
+        self.source.stop()
+        self.thread.join(20)
+        assert not self.thread.is_alive()
+        self.journal.close()
+        self.store.close()
+        return self.result[0]
+
+
+def test_live_orders_equal_the_backtest_orders(gw, tmp_path):
+    # the same strategy (Bollinger reversion, stop 60 ticks, target 25, 2 contracts) over the
+    # same 160 one-minute bars: the backtest's orders, and those that reach IB through the
+    # fake gateway, whose exchange fills them as backtrader's broker does
+    from m2k_bt.engine import build_cerebro
+
+    bars = _walk()
+    config = _parity_config()
+    cerebro, _ = build_cerebro(bars, config)
+    cerebro.addanalyzer(OrderLog, _name="orders")
+    backtest = cerebro.run()[0]
+    expected = backtest.analyzers.orders.get_analysis()
+    reasons = {t["exit_reason"] for t in backtest.trade_log}
+    assert len(expected) >= 20 and {"signal", "stop", "target"} <= reasons  # a real test
+
+    gw.fill_mode = "exchange"
+    live = _Live(gw, tmp_path, config)
+    try:
+        for i, (ts, row) in enumerate(bars.iterrows()):
+            live.bar(ts, row.open, row.high, row.low, row.close, row.volume, bars=i + 1)
+    finally:
+        strat = live.finish()
+    assert strat.analyzers.orders.get_analysis() == expected  # what the strategy submitted
+    assert _placed(gw) == expected  # what reached IB: side, size, bar, stop and target prices
+    assert all(is_on_tick(p[4], M2K.tick_size) for p in expected if p[4] is not None)
+    # and the trades that came of them: the same fills, exits and profit
+    keys = ("trade_id", "direction", "contracts", "entry_price", "exit_price", "exit_reason")
+    assert [{k: t[k] for k in keys} for t in strat.trade_log] == \
+        [{k: t[k] for k in keys} for t in backtest.trade_log]
+    assert [t["net_pnl"] for t in strat.trade_log] == \
+        pytest.approx([t["net_pnl"] for t in backtest.trade_log])

@@ -19,7 +19,7 @@ import backtrader as bt
 
 from ..errors import ConfigError
 
-__all__ = ["wants_ib", "build_ib_parser", "ib_main"]
+__all__ = ["wants_ib", "build_ib_parser", "ib_cerebro", "ib_main"]
 
 
 def wants_ib(argv: list[str]) -> bool:
@@ -100,11 +100,31 @@ def _config(args):
     )
 
 
+def ib_cerebro(live_cerebro, source, config, store, contract, journal, limits,
+               stop_event=None, heartbeat: float = 0.5, **broker_kw):
+    """The cerebro of a live run through IB: the one a backtest of ``config`` builds (strategy,
+    sizer, commission model, analyzers: ``live_cerebro``, ``cli.live``'s), fed by ``source``
+    (an :class:`~m2k_bt.ib.feed.IBBarSource`) through a ``QueueFeed``, with an
+    :class:`~m2k_bt.ib.broker.IBBroker` in place of the paper broker (``broker_kw``: its
+    other parameters). Returns ``(cerebro, feed, broker)``."""
+    from ..ib import IBBroker
+
+    cerebro, feed = live_cerebro(
+        source, config, timeframe=bt.TimeFrame.Minutes, compression=source.minutes,
+        stop_event=stop_event, qcheck=heartbeat, guard_broker=False)
+    broker = IBBroker(store=store, contract=contract, spec=config.spec, journal=journal,
+                      limits=limits, cash=config.cash, margin=config.margin,
+                      history_end=lambda: source.history_end, **broker_kw)
+    broker.comminfo = dict(cerebro.broker.comminfo)
+    cerebro.broker = broker
+    return cerebro, feed, broker
+
+
 def ib_main(argv: list[str], live_cerebro, signal_stop) -> int:
     """Entry point of ``run_backtest.py live --ib ...``; returns the exit status.
     ``live_cerebro`` and ``signal_stop`` are ``cli.live``'s (passed in: ``cli.live`` imports
     this module)."""
-    from ..ib import IBBarSource, IBBroker, IBStore, Journal, Limits, parse_address
+    from ..ib import IBBarSource, IBStore, Journal, Limits, parse_address
     from ..ib.contract import resolve_contract
     from ..ib.errors import require_ib_async
     from .common import default_out
@@ -131,16 +151,10 @@ def ib_main(argv: list[str], live_cerebro, signal_stop) -> int:
         source = IBBarSource(store, contract, config.spec, minutes=args.bar_minutes,
                              history=args.history, on_event=journal.write)
         with signal_stop(ignore_after=True) as stopper:
-            cerebro, feed = live_cerebro(
-                source, config, timeframe=bt.TimeFrame.Minutes, compression=args.bar_minutes,
-                stop_event=stopper.event, qcheck=args.heartbeat, guard_broker=False)
-            broker = IBBroker(store=store, contract=contract, spec=config.spec,
-                              journal=journal, limits=limits, cash=config.cash,
-                              margin=args.margin, dry_run=args.dry_run, adopt=args.adopt,
-                              cancel_on_exit=args.cancel_on_exit,
-                              history_end=lambda: source.history_end)
-            broker.comminfo = dict(cerebro.broker.comminfo)
-            cerebro.broker = broker
+            cerebro, feed, broker = ib_cerebro(
+                live_cerebro, source, config, store, contract, journal, limits,
+                stop_event=stopper.event, heartbeat=args.heartbeat, dry_run=args.dry_run,
+                adopt=args.adopt, cancel_on_exit=args.cancel_on_exit)
             stopper.attach(cerebro)
             if not args.quiet:
                 print(f"live (IB {store.address}, account {store.account}, {month.symbol}"
