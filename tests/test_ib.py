@@ -33,6 +33,7 @@ from m2k_bt.ib import (  # noqa: E402
     read_journal,
     resolve_contract,
 )
+from m2k_bt.strategies.base import M2KStrategy  # noqa: E402
 
 WHEN = _dt.datetime(2025, 10, 1, 10, 0)  # front month M2KZ5 (the fake's contract)
 
@@ -456,7 +457,8 @@ class _Live:
     plays the exchange: :meth:`bar` pushes one minute and waits until the strategy has acted
     on it and IB has every order and cancel it sent."""
 
-    def __init__(self, gw, tmp_path, config, journal="j.jsonl", minutes=1, **broker_kw):
+    def __init__(self, gw, tmp_path, config, journal="j.jsonl", minutes=1, month=None,
+                 **broker_kw):
         import threading
 
         from m2k_bt.cli.ib import ib_cerebro
@@ -467,7 +469,7 @@ class _Live:
         _, contract, _ = resolve_contract(self.store, M2K, WHEN)
         self.journal = Journal(tmp_path / journal)
         self.source = IBBarSource(self.store, contract, M2K, minutes=minutes, history="1 D",
-                                  on_event=self.journal.write)
+                                  on_event=self.journal.write, month=month)
         broker_kw.setdefault("comm_wait", 0.5)
         self.cerebro, self.feed, self.broker = ib_cerebro(
             live_cerebro, self.source, config, self.store, contract, self.journal,
@@ -533,3 +535,78 @@ def test_live_orders_equal_the_backtest_orders(gw, tmp_path):
         [{k: t[k] for k in keys} for t in backtest.trade_log]
     assert [t["net_pnl"] for t in strat.trade_log] == \
         pytest.approx([t["net_pnl"] for t in backtest.trade_log])
+
+
+# -- the roll -------------------------------------------------------------------------------------
+H6 = {"conId": 730283099, "symbol": "M2K", "expiry": "20260320", "multiplier": "5",
+      "exchange": "CME", "local": "M2KH6", "minTick": "0.1"}
+
+
+class AlwaysLong(M2KStrategy):
+    """Long from the first bar on: holds through the roll."""
+
+    def _direction(self):
+        return 1
+
+
+def _roll_bars() -> pd.DataFrame:
+    """M2KZ5's last ten minutes before its roll (2025-12-10 16:50-16:59 New York), then
+    M2KH6's first ten from the roll session's open (18:00, ``roll`` true), 10 points higher:
+    the continuous series a backtest trades."""
+    old = pd.date_range("2025-12-10 16:50", periods=10, freq="1min")
+    new = pd.date_range("2025-12-10 18:00", periods=10, freq="1min")
+    close = [2000.0 + 0.1 * (i % 3) for i in range(10)] + \
+        [2010.0 + 0.1 * (i % 3) for i in range(10)]
+    df = pd.DataFrame({"open": close, "high": [c + 0.5 for c in close],
+                       "low": [c - 0.5 for c in close], "close": close, "volume": 10.0},
+                      index=old.append(new))
+    df["roll"] = [False] * 10 + [True] + [False] * 9
+    return df
+
+
+def test_the_roll_closes_in_the_old_month_and_reopens_in_the_new_as_in_the_backtest(
+        gw, tmp_path):
+    from m2k_bt.contracts import ContractMonth
+    from m2k_bt.engine import BacktestConfig, build_cerebro
+
+    bars = _roll_bars()
+    config = BacktestConfig(strategy=AlwaysLong, sizer="fixed", params={"stop_ticks": 40,
+                            "target_ticks": 200}, plot=False, runonce=False, preload=False)
+    cerebro, _ = build_cerebro(bars, config)
+    cerebro.addanalyzer(OrderLog, _name="orders")
+    backtest = cerebro.run()[0]
+    expected = backtest.analyzers.orders.get_analysis()
+    assert backtest.rolls == 1
+
+    gw.fill_mode = "exchange"
+    gw.contracts["202603"] = H6
+    z5 = gw.details["conId"]
+    live = _Live(gw, tmp_path, config, month=ContractMonth(2025, 12, M2K))
+    try:
+        for i, (ts, row) in enumerate(bars.iterrows()):
+            if ts.hour == 18 and ts.minute == 0:  # the old session ended: the source rolls
+                assert gw.wait_for(lambda: H6["conId"] in gw.rt_requests.values())
+                assert z5 not in gw.rt_requests.values()
+            live.bar(ts, row.open, row.high, row.low, row.close, row.volume, bars=i + 1,
+                     con_id=H6["conId"] if row["roll"] or ts.hour == 18 else z5)
+    finally:
+        strat = live.finish()
+    assert _placed(gw) == expected  # the same orders, the roll's close and reopen included
+    roll_bar = _dt.datetime(2025, 12, 10, 18, 0)
+    at_roll = [p for p in gw.placed if p["ref"].startswith("m2k-202512101800")]
+    assert [(p["action"], p["type"], p["conId"]) for p in at_roll] == [
+        ("SELL", "MKT", z5), ("BUY", "MKT", H6["conId"]), ("SELL", "STP", H6["conId"]),
+        ("SELL", "LMT", H6["conId"])]  # closed in M2KZ5, reopened with its bracket in M2KH6
+    old_bracket = [p["orderId"] for p in gw.placed[1:3]]
+    assert set(old_bracket) <= set(gw.cancels)  # the old month's stop and target cancelled
+    assert sorted((p[0], p[2]) for p in gw.positions) == [(1.0, H6["conId"])]
+    assert strat.rolls == 1 and live.source.contract_for(roll_bar).conId == H6["conId"]
+    # one trade across the roll, as in the backtest: the legs share a trade id
+    assert [(t["trade_id"], t["exit_reason"]) for t in strat.trade_log] == \
+        [(t["trade_id"], t["exit_reason"]) for t in backtest.trade_log] == [(1, "roll"),
+                                                                          (1, "end")]
+    recs = read_journal(tmp_path / "j.jsonl")
+    assert [r["detail"].split(" from")[0] for r in recs if r.get("state") == "roll"] == \
+        ["M2KZ5 -> M2KH6"]
+    fills = [(r["symbol"], r["size"]) for r in recs if r["kind"] == "fill"]
+    assert fills == [("M2KZ5", 1.0), ("M2KZ5", -1.0), ("M2KH6", 1.0)]

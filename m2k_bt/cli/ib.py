@@ -114,7 +114,8 @@ def ib_cerebro(live_cerebro, source, config, store, contract, journal, limits,
         stop_event=stop_event, qcheck=heartbeat, guard_broker=False)
     broker = IBBroker(store=store, contract=contract, spec=config.spec, journal=journal,
                       limits=limits, cash=config.cash, margin=config.margin,
-                      history_end=lambda: source.history_end, **broker_kw)
+                      history_end=lambda: source.history_end,
+                      contract_for=source.contract_for, **broker_kw)
     broker.comminfo = dict(cerebro.broker.comminfo)
     cerebro.broker = broker
     return cerebro, feed, broker
@@ -149,7 +150,7 @@ def ib_main(argv: list[str], live_cerebro, signal_stop) -> int:
         journal.write("state", state="connected", detail=f"{store.address} client "
                       f"{args.client_id} account {store.account} contract {month.symbol}")
         source = IBBarSource(store, contract, config.spec, minutes=args.bar_minutes,
-                             history=args.history, on_event=journal.write)
+                             history=args.history, on_event=journal.write, month=month)
         with signal_stop(ignore_after=True) as stopper:
             cerebro, feed, broker = ib_cerebro(
                 live_cerebro, source, config, store, contract, journal, limits,

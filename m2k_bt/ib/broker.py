@@ -20,9 +20,16 @@ At start it reconciles (:mod:`m2k_bt.ib.reconcile`) and refuses an account it ca
 for unless ``adopt``; after a reconnect it asks IB for the executions again and books the fills
 it missed (each execution once: fills are keyed by IB's execution id).
 
-One contract per broker. Equity is ``cash`` (the starting equity given, not IB's net
-liquidation value) plus realised and open profit: it is what the margin check, the sizer and
-the daily loss limit see.
+One contract root per broker, held in one month at a time except during a roll: an order that
+reduces the position goes to the month that holds it, any other to the month our calendar
+trades on the order's bar (``contract_for``, the feed's
+:meth:`~m2k_bt.ib.feed.IBBarSource.contract_for`). So a roll (the strategy's close and reopen
+on the feed's roll bar) closes in the old month and reopens in the new, as one position (one
+``bt.Position``, one trade id in the strategy's log). A position found at start in a month
+that is no longer the front month is closed there when the strategy closes it.
+
+Equity is ``cash`` (the starting equity given, not IB's net liquidation value) plus realised
+and open profit: it is what the margin check, the sizer and the daily loss limit see.
 """
 
 from __future__ import annotations
@@ -68,6 +75,9 @@ class IBBroker(bt.broker.BrokerBase):
     - ``comm_wait`` (def: ``2.0``): seconds a fill waits for IB's commission report before it
       is booked with the commission model's estimate.
     - ``settle`` (def: ``2.0``): seconds ``stop()`` waits for answers still on their way.
+    - ``contract_for`` (def: ``None``): function of a bar's time (naive New York) returning
+      the contract to open positions in then, e.g. ``source.contract_for``; ``None``: always
+      ``contract``.
     """
 
     params = (
@@ -85,6 +95,7 @@ class IBBroker(bt.broker.BrokerBase):
         ("history_end", None),
         ("comm_wait", 2.0),
         ("settle", 2.0),
+        ("contract_for", None),
     )
 
     def __init__(self) -> None:
@@ -110,6 +121,8 @@ class IBBroker(bt.broker.BrokerBase):
         self.reconciliation = None
         self.sent = 0
         self.refused: collections.Counter = collections.Counter()
+        self.contracts: dict[int, object] = {}  # conId -> ib contract, of every month seen
+        self.held: dict[int, float] = {}  # conId -> contracts held in that month
 
     # -- journal ------------------------------------------------------------------------------
     def _j(self, kind: str, **fields) -> None:
@@ -120,6 +133,7 @@ class IBBroker(bt.broker.BrokerBase):
     def start(self) -> None:
         super().start()
         store = self.p.store
+        self.contracts[self.p.contract.conId] = self.p.contract
         store.run(self._subscribe)
         self._reconcile()
         store.on_reconnect(self._on_reconnect)
@@ -130,37 +144,49 @@ class IBBroker(bt.broker.BrokerBase):
     def symbol(self) -> str:
         return getattr(self.p.contract, "localSymbol", "") or self.p.spec.root
 
+    def _ours(self, contract) -> bool:
+        """A contract of our root (any month), or one we trade."""
+        return contract.conId in self.contracts or (
+            contract.symbol == self.p.spec.root and contract.secType == "FUT")
+
     def _snapshot(self) -> tuple:
-        """(IB thread) IB's position (and average price), open orders and fills on our
-        contract."""
-        ib, conid = self.p.store.ib, self.p.contract.conId
-        size, avg = 0.0, 0.0
+        """(IB thread) IB's positions in every month of our root (and the average price),
+        open orders and fills on them."""
+        ib = self.p.store.ib
+        size, avg, held = 0.0, 0.0, {}
         for p in ib.positions(self.p.store.account):
-            if p.contract.conId == conid:
+            if self._ours(p.contract) and p.position:
+                c = p.contract
+                if not c.exchange:  # IB reports positions without the exchange
+                    c.exchange = self.p.spec.exchange
+                self.contracts.setdefault(c.conId, c)
+                held[c.conId] = held.get(c.conId, 0.0) + p.position
                 size += p.position
                 avg = p.avgCost / self.p.spec.multiplier
         orders = [IBOrder(t.order.orderId, t.order.orderRef, t.order.action,
                           t.order.totalQuantity, t.order.orderType, t.orderStatus.status)
-                  for t in ib.openTrades() if t.contract.conId == conid]
-        fills = [self._fill_of(f) for f in ib.fills() if f.contract.conId == conid]
-        return size, avg, orders, fills
+                  for t in ib.openTrades() if self._ours(t.contract)]
+        fills = [self._fill_of(f) for f in ib.fills() if self._ours(f.contract)]
+        return size, avg, held, orders, fills
 
     @staticmethod
     def _fill_of(f) -> IBFill:
         ex = f.execution
         sign = 1.0 if ex.side in ("BOT", "BUY") else -1.0
         comm = f.commissionReport.commission if f.commissionReport.execId else None
-        return IBFill(ex.execId, ex.orderId, ex.orderRef, sign * ex.shares, ex.price, comm)
+        return IBFill(ex.execId, ex.orderId, ex.orderRef, sign * ex.shares, ex.price, comm,
+                      f.contract.conId, f.contract.localSymbol)
 
     def _reconcile(self) -> None:
-        size, avg, orders, fills = self.p.store.run(self._snapshot)
+        size, avg, held_by, orders, fills = self.p.store.run(self._snapshot)
         journal = self.p.journal
         booked = journal.exec_ids() if journal is not None else set()
-        held = journal.position(self.symbol) if journal is not None else 0.0
+        root = self.p.spec.root
+        held = journal.position(root, root=True) if journal is not None else 0.0
         r = reconcile(self.symbol, size, orders, fills, held, booked, self.p.tag, self.p.adopt)
         for f in r.recovered:
-            self._j("fill", ref=f.ref, exec_id=f.exec_id, symbol=self.symbol, size=f.size,
-                    price=f.price, commission=f.commission, recovered=True)
+            self._j("fill", ref=f.ref, exec_id=f.exec_id, symbol=f.symbol or self.symbol,
+                    size=f.size, price=f.price, commission=f.commission, recovered=True)
         if r.adopted:
             self._j("adopt", symbol=self.symbol, size=size, price=avg)
         self._execs.update(f.exec_id for f in fills)
@@ -168,6 +194,12 @@ class IBBroker(bt.broker.BrokerBase):
         if journal is not None:
             self.known_refs |= journal.sent_refs()
         self.position = bt.Position(size, avg if size else 0.0)
+        self.held = held_by
+        for con, n in held_by.items():
+            if con != self.p.contract.conId:
+                self._j("state", state="held_in_other_month",
+                        detail=f"{n:+g} {self.contracts[con].localSymbol} (conId {con}): "
+                        f"closed in that month when the strategy closes it")
         self.reconciliation = r
         self._j("state", state="reconciled", detail=r.summary())
 
@@ -175,7 +207,7 @@ class IBBroker(bt.broker.BrokerBase):
         """(IB thread) After a reconnect: book the executions missed while away."""
         fills = await self.p.store.ib.reqExecutionsAsync()
         for f in fills:
-            if f.contract.conId == self.p.contract.conId:
+            if self._ours(f.contract):
                 self._events.put(("exec", self._fill_of(f)))
         self._events.put(("state", "reconnected"))
 
@@ -307,8 +339,12 @@ class IBBroker(bt.broker.BrokerBase):
         mult = self.p.spec.multiplier
         pnl = -closed * (f.price - pprice_orig) * mult if closed else 0.0
         self.cash += pnl - commission
-        self._j("fill", ref=f.ref, exec_id=f.exec_id, symbol=self.symbol, size=f.size,
-                price=f.price, commission=commission, ib_order_id=f.order_id)
+        con = f.con_id or self.p.contract.conId
+        self.held[con] = self.held.get(con, 0.0) + f.size
+        if not self.held[con]:
+            del self.held[con]
+        self._j("fill", ref=f.ref, exec_id=f.exec_id, symbol=f.symbol or self.symbol,
+                size=f.size, price=f.price, commission=commission, ib_order_id=f.order_id)
         if order is None or not order.alive():
             return  # an order of an earlier run (say its bracket's stop): position booked
         closedcomm = commission * abs(closed) / abs(f.size) if f.size else 0.0
@@ -458,7 +494,12 @@ class IBBroker(bt.broker.BrokerBase):
             return self._refuse(group, f"halted: {self.halted}", ref)
         pending = sum(o.executed.remsize for o in self.by_id.values()
                       if o.alive() and o.parent is None)
-        after = self.position.size + pending + parent.size
+        before = self.position.size + pending
+        after = before + parent.size
+        contract = self._route(before, parent.size, bar_dt)
+        if contract is None:
+            return self._refuse(group, f"roll: {parent.size:+g} would reverse a position held "
+                                f"in another month; close it first", ref)
         breach = self.guard.check_order(after, len(plan.legs), time.monotonic())
         if breach:
             self._refuse(group, f"limit: {breach}", ref)
@@ -487,7 +528,7 @@ class IBBroker(bt.broker.BrokerBase):
                 o.accept(self)
                 self.notify(o)
             return
-        ids = self.p.store.run(lambda: self._place(plan))
+        ids = self.p.store.run(lambda: self._place(plan, contract))
         for o, oid in zip(group, ids):
             self.by_id[oid] = o
         self.ids[parent.ref] = ids
@@ -495,17 +536,36 @@ class IBBroker(bt.broker.BrokerBase):
             self.ids[o.ref] = ids
         self.guard.record_sent(len(ids), time.monotonic())
         self.sent += len(ids)
-        self._j("order", event="sent", ref=ref, plan=plan.describe(), ib_order_ids=ids)
+        self._j("order", event="sent", ref=ref, plan=plan.describe(), ib_order_ids=ids,
+                symbol=getattr(contract, "localSymbol", "") or None)
 
-    def _place(self, plan) -> list[int]:
-        """(IB thread) Place ``plan``'s orders with consecutive ids; returns the ids."""
+    def _route(self, before: float, size: float, bar_dt: _dt.datetime):
+        """The contract of an order of ``size`` when ``before`` contracts are held or on
+        their way: an order that reduces them goes to the month holding them (an older month
+        first: a roll's close), any other to the month our calendar trades on ``bar_dt``;
+        ``None`` for an order that would reverse a position held in another month."""
+        front = self.p.contract_for(bar_dt) if self.p.contract_for is not None \
+            else self.p.contract
+        self.contracts.setdefault(front.conId, front)
+        if not before or size * before > 0:
+            return front
+        if abs(size) <= abs(before) + 1e-9:
+            for con, n in self.held.items():
+                if n * before > 0 and con != front.conId:
+                    return self.contracts[con]
+            return front
+        return None if any(con != front.conId for con in self.held) else front
+
+    def _place(self, plan, contract=None) -> list[int]:
+        """(IB thread) Place ``plan``'s orders on ``contract`` (def: ours) with consecutive
+        ids; returns the ids."""
         ib = self.p.store.ib
         first = ib.client.getReqId()
         for _ in plan.legs[1:]:
             ib.client.getReqId()
         orders = ib_orders(plan, first, self.p.store.account)
         for o in orders:
-            ib.placeOrder(self.p.contract, o)
+            ib.placeOrder(contract if contract is not None else self.p.contract, o)
         return [o.orderId for o in orders]
 
     # -- halting -------------------------------------------------------------------------------
@@ -525,10 +585,13 @@ class IBBroker(bt.broker.BrokerBase):
         for oid in store.run(self._our_open_ids):
             store.call_soon(self._cancel_id, oid)
         size = self.position.size  # entries still working are cancelled above
-        if size:
-            ref = f"{self.p.tag}-flatten-{_dt.datetime.now():%Y%m%d%H%M%S}"
-            plan = plan_orders(self.p.spec, size < 0, abs(size), ref)
-            ids = store.run(lambda: self._place(plan))
+        held = dict(self.held) or ({self.p.contract.conId: size} if size else {})
+        for i, (con, n) in enumerate(sorted(held.items())):
+            ref = f"{self.p.tag}-flatten-{_dt.datetime.now():%Y%m%d%H%M%S}" + \
+                (f"-{i + 1}" if i else "")
+            plan = plan_orders(self.p.spec, n < 0, abs(n), ref)
+            contract = self.contracts.get(con, self.p.contract)
+            ids = store.run(lambda: self._place(plan, contract))  # noqa: B023 - run now
             self._j("order", event="sent", ref=ref, plan=plan.describe(), ib_order_ids=ids,
-                    reason="flatten")
+                    reason="flatten", symbol=getattr(contract, "localSymbol", "") or None)
         self._j("state", state="halted", detail=f"cancelled our orders, flatten {-size:+g}")

@@ -10,6 +10,12 @@ duplicate or out-of-order one, so no bar reaches the strategy twice).
 - :class:`IBBarSource`: the history (``history``, an IB duration such as ``"2 D"``), then the
   real-time subscription; after a reconnect it subscribes again. ``history_end`` is the time
   of the last history bar: the broker sends no order decided on a bar up to it.
+- **The roll** (given ``month``): when the old month's last session before its roll moment
+  (:func:`~m2k_bt.ib.contract.roll_moment`, 18:00 New York on the eve of the roll date) ends,
+  the source resolves the next month (checked against our facts as at start), moves the
+  subscription there, and marks the first bar of the new month ``roll``, as the backtests'
+  continuous series marks it: the strategy then closes and reopens as it does in a backtest.
+  :meth:`IBBarSource.contract_for` tells the broker which month a bar belongs to.
 
 Bars are labelled with their start time (IB's convention and our bar files').
 """
@@ -21,7 +27,7 @@ import logging
 import queue
 import threading
 
-from ..contracts import ContractSpec
+from ..contracts import DEFAULT_ROLL_DAYS, ContractMonth, ContractSpec
 from ..errors import ParameterError
 from ..feeds.live import Bar, BarSource, EndOfStream
 from ..sessions import NY_ZONE, is_globex_open
@@ -32,6 +38,9 @@ logger = logging.getLogger(__name__)
 
 #: IB's real-time bars are 5 seconds long (the only size it offers).
 RT_SECONDS = 5
+#: How long before a roll moment a 5-second bar may end and still start the switch to the next
+#: month: the hour of CME's maintenance break, so the old month's session runs to its end.
+ROLL_LEAD = _dt.timedelta(hours=1)
 _UTC = _dt.timezone.utc
 
 
@@ -105,6 +114,10 @@ class BarAggregator:
             out.append(self._emit())
         return out
 
+    def drop_partial(self) -> None:
+        """Forget the bar being built (its contract ended: a roll)."""
+        self._cur = None
+
     def _emit(self) -> tuple:
         bar = tuple(self._cur)
         self._cur = None
@@ -137,12 +150,23 @@ class IBBarSource(BarSource):
     - ``what`` (def: ``"TRADES"``): IB's ``whatToShow``. ``use_rth`` (def: ``False``).
     - ``on_event`` (def: ``None``): ``fn(kind, **fields)`` for gaps and subscriptions (the
       journal's ``write``).
+    - ``month`` (def: ``None``): the :class:`~m2k_bt.contracts.ContractMonth` of
+      ``contract``; given, the source rolls to the next month on our calendar (module doc);
+      ``days_before`` (def: 8) is the calendar's roll rule. ``None``: no roll.
     """
 
     def __init__(self, store, contract, spec: ContractSpec, minutes: int = 5,
                  history: str = "2 D", what: str = "TRADES", use_rth: bool = False,
-                 on_event=None) -> None:
+                 on_event=None, month: ContractMonth | None = None,
+                 days_before: int = DEFAULT_ROLL_DAYS) -> None:
         self.store, self.contract, self.spec = store, contract, spec
+        self.month, self.days_before = month, days_before
+        # (from when, naive New York or None, month, contract): the contract of each bar
+        self.contracts: list[tuple] = [(None, month, contract)]
+        self._moment = self._roll_at(month)
+        self._rolling = False
+        self._roll_mark = False
+        self.rolls = 0
         self.minutes = _check_minutes(minutes)
         self.history, self.what, self.use_rth = history, what, use_rth
         self.on_event = on_event
@@ -179,11 +203,67 @@ class IBBarSource(BarSource):
         return not self._stopped.is_set()
 
     # -- internals ---------------------------------------------------------------------------
-    def _put(self, start: _dt.datetime, o, h, lo, c, v) -> None:
+    def _put(self, start: _dt.datetime, o, h, lo, c, v, roll: bool = False) -> None:
         import time
 
         self._q.put((Bar(start.astimezone(_UTC), float(o), float(h), float(lo), float(c),
-                         float(v)), time.perf_counter_ns()))
+                         float(v), roll), time.perf_counter_ns()))
+
+    # -- the roll ----------------------------------------------------------------------------
+    def _roll_at(self, month) -> _dt.datetime | None:
+        if month is None:
+            return None
+        from .contract import roll_moment
+
+        return roll_moment(month, self.days_before).replace(tzinfo=NY_ZONE)
+
+    def contract_for(self, bar_dt: _dt.datetime):
+        """The contract the bar starting at ``bar_dt`` (naive New York) belongs to: the month
+        our calendar trades then, among those this source has subscribed to."""
+        out = self.contracts[0][2]
+        for since, _, contract in self.contracts:
+            if since is None or bar_dt >= since:
+                out = contract
+        return out
+
+    def _start_roll(self) -> None:
+        """(IB thread) Begin the switch to the next month, once."""
+        if self._rolling or self._stopped.is_set():
+            return
+        self._rolling = True
+        self.store.loop.create_task(self._roll())
+
+    async def _roll(self) -> None:
+        """(IB thread) Resolve the next month, move the subscription, mark its first bar."""
+        from .contract import month_details
+
+        old, new = self.month, self.month.next()
+        try:
+            details = await month_details(self.store.ib, self.spec, new)
+        except Exception as exc:  # noqa: BLE001 - said, and tried again on the next bar
+            logger.error("roll %s -> %s failed: %s", old, new, exc)
+            if self.on_event:
+                self.on_event("error", code=None, message=f"roll {old} -> {new} failed: {exc}",
+                              ref=None)
+            self._rolling = False
+            return
+        if self._stopped.is_set():
+            return
+        since = self._moment.replace(tzinfo=None)
+        if self._rt is not None and self.store.connected.is_set():
+            self.store.ib.cancelRealTimeBars(self._rt)
+        self._rt = None
+        self.agg.drop_partial()
+        self.contracts.append((since, new, details.contract))
+        self.contract, self.month = details.contract, new
+        self._moment = self._roll_at(new)
+        self._roll_mark = True
+        self.rolls += 1
+        self._rolling = False
+        if self.on_event:
+            self.on_event("state", state="roll", detail=f"{old} -> {new} from {since} "
+                          f"(conId {details.contract.conId})")
+        self._subscribe()
 
     def _load_history(self) -> None:
         ib = self.store.ib
@@ -220,21 +300,31 @@ class IBBarSource(BarSource):
 
     def _on_bar(self, bars, has_new: bool) -> None:
         """(IB thread) One 5-second bar arrived."""
-        if not has_new or not bars or self._stopped.is_set():
-            return
+        if not has_new or not bars or self._stopped.is_set() or bars is not self._rt:
+            return  # nothing new, or a subscription left behind (a roll)
         b = bars[-1]
+        moment = self._moment
+        if moment is not None and b.time >= moment:
+            self._start_roll()  # the old month after its roll moment: not ours any more
+            return
         gaps = len(self.agg.gaps)
         for start, o, h, lo, c, v in self.agg.add(b.time, b.open_, b.high, b.low, b.close,
                                                   b.volume):
-            self._put(start, o, h, lo, c, v)
+            self._put(start, o, h, lo, c, v, self._roll_mark)
+            self._roll_mark = False
             self.live_bars += 1
+        if moment is not None and \
+                b.time + _dt.timedelta(seconds=RT_SECONDS) >= moment - ROLL_LEAD:
+            self._start_roll()  # the old month's last session before the roll has ended
         if self.on_event:
             for prev, start, missing in self.agg.gaps[gaps:]:
                 self.on_event("gap", after=str(prev), before=str(start), missing=missing)
 
     def summary(self) -> dict:
         """``history_bars``, ``live_bars``, ``subscriptions``, ``stale`` 5-second bars dropped,
-        ``gaps`` (``[after, before, bars missing]``)."""
+        ``rolls`` made and the ``month`` traded now, ``gaps`` (``[after, before, bars
+        missing]``)."""
         return {"history_bars": self.history_bars, "live_bars": self.live_bars,
                 "subscriptions": self.subscriptions, "stale": self.agg.stale,
+                "rolls": self.rolls, "month": str(self.month) if self.month else None,
                 "gaps": [[str(a), str(b), n] for a, b, n in self.agg.gaps]}

@@ -69,11 +69,16 @@ class Journal:
     def exec_ids(self) -> set[str]:
         return {r["exec_id"] for r in self.records if r["kind"] == "fill"}
 
-    def position(self, symbol: str) -> float:
-        """Contracts of ``symbol`` the journal accounts for: its fills and adoptions."""
+    def position(self, symbol: str, root: bool = False) -> float:
+        """Contracts of ``symbol`` the journal accounts for: its fills and adoptions. With
+        ``root``, ``symbol`` is a contract root (``"M2K"``) and every month of it counts
+        (a position rolled from ``M2KZ5`` to ``M2KH6`` is one position)."""
         held = 0.0
         for r in self.records:
-            if r.get("symbol") != symbol:
+            sym = str(r.get("symbol") or "")
+            mine = sym == symbol or (root and sym.startswith(symbol)
+                                     and 2 <= len(sym) - len(symbol) <= 3)
+            if not mine:
                 continue
             if r["kind"] == "fill":
                 held += float(r["size"])

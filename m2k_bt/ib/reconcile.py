@@ -37,7 +37,8 @@ class IBOrder:
 @dataclass(frozen=True)
 class IBFill:
     """An execution at IB: ``exec_id``, ``order_id``, ``ref``, ``size`` (signed contracts),
-    ``price``, ``commission`` (``None`` when not reported yet)."""
+    ``price``, ``commission`` (``None`` when not reported yet), ``con_id`` and ``symbol`` of
+    its contract (``0``/``""``: not told)."""
 
     exec_id: str
     order_id: int
@@ -45,6 +46,8 @@ class IBFill:
     size: float
     price: float
     commission: float | None = None
+    con_id: int = 0
+    symbol: str = ""
 
 
 @dataclass
