@@ -12,7 +12,9 @@ once at ``fill_price``; ``"none"``: they stay open; ``"reject"``: error 201; ``"
 half fills; ``"exchange"``: orders rest until :meth:`FakeGateway.push_rt_bar` moves the price,
 then fill as backtrader's ``BackBroker`` fills them against that bar, see :meth:`match`),
 ``positions``, ``executions`` and ``open_orders`` (what a restarted gateway knows),
-``details`` (contract details overrides), ``history`` (bars for reqHistoricalData).
+``details`` (contract details overrides), ``history`` (bars for reqHistoricalData). Executions
+asked for again (reqExecutions) come without their commission reports, as when IB's reports
+lag: the client must wait for them or estimate.
 """
 
 from __future__ import annotations
@@ -68,6 +70,7 @@ class FakeGateway:
         self.rt_requests: dict[int, int] = {}  # reqId of a real-time bar subscription -> conId
         self.history_requests: list[list[str]] = []  # fields of every reqHistoricalData
         self.connections = 0
+        self.refuse = False  # True: hang up on every new connection (a gateway restarting)
         self.client_id = 0
         self.next_id = 1
         self.perm = 9000
@@ -138,6 +141,9 @@ class FakeGateway:
                 w.write(encode(*fields))
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if self.refuse:
+            writer.close()
+            return
         self.connections += 1
         try:
             head = await reader.readexactly(4)
@@ -371,6 +377,10 @@ class FakeGateway:
         parts = [(o, o, o, o, 0), (o, h, lo, c, v)] + [(c, c, c, c, 0)] * 10
         for i, (a, b, x, y, vol) in enumerate(parts):
             self.push_rt_bar(start + 5 * i, a, b, x, y, vol, con_id)
+
+    def minute_history(self, bars) -> None:
+        """Answer history requests with ``bars``: ``(start epoch, o, h, lo, c, v)`` rows."""
+        self.history = list(bars)
 
 
 def free_port() -> int:

@@ -33,6 +33,7 @@ from m2k_bt.ib import (  # noqa: E402
     read_journal,
     resolve_contract,
 )
+from m2k_bt.sessions import NY_ZONE  # noqa: E402
 from m2k_bt.strategies.base import M2KStrategy  # noqa: E402
 
 WHEN = _dt.datetime(2025, 10, 1, 10, 0)  # front month M2KZ5 (the fake's contract)
@@ -413,9 +414,11 @@ class OrderLog(bt.Analyzer):
     def start(self):
         self.orders = []
         self.bars = 0
+        self.times = []
 
     def next(self):
         self.bars += 1  # after the strategy's next: the test paces the live bars on it
+        self.times.append(self.strategy.datetime.datetime(0))
 
     def notify_order(self, order):
         if order.status == order.Submitted:
@@ -610,3 +613,97 @@ def test_the_roll_closes_in_the_old_month_and_reopens_in_the_new_as_in_the_backt
         ["M2KZ5 -> M2KH6"]
     fills = [(r["symbol"], r["size"]) for r in recs if r["kind"] == "fill"]
     assert fills == [("M2KZ5", 1.0), ("M2KZ5", -1.0), ("M2KH6", 1.0)]
+
+
+# -- a lost connection: backfill, no bar twice, no order twice ------------------------------------
+def test_bars_missed_while_disconnected_are_backfilled_once(gw, tmp_path):
+    import queue
+
+    t0 = int(_dt.datetime(2025, 10, 1, 14, 0, tzinfo=_dt.timezone.utc).timestamp())
+    five = [(t0 + 300 * i, 2000.0 + i, 2001.0 + i, 1999.0 + i, 2000.5 + i, 10.0)
+            for i in range(8)]  # 10:00 .. 10:35 New York
+    gw.history = five[:3]
+    store = _store(gw)
+    journal = Journal(tmp_path / "j.jsonl")
+    q: queue.Queue = queue.Queue()
+    try:
+        _, contract, _ = resolve_contract(store, M2K, WHEN)
+        src = IBBarSource(store, contract, M2K, minutes=5, history="1 D",
+                          on_event=journal.write)
+        src.start(q)
+        for i in range(30):  # the first half of 10:15-10:20, then the connection drops
+            gw.push_rt_bar(t0 + 900 + 5 * i, 2003.0, 2003.0, 2003.0, 2003.0)
+        assert gw.wait_for(lambda: q.qsize() == 3)
+        gw.history = five  # IB's history when asked again: 10:15 to 10:35 are complete now
+        gw.drop()
+        assert gw.wait_for(lambda: src.subscriptions == 2 and len(gw.rt_requests) == 1)
+        for i in range(60):  # 10:40-10:45 from the new subscription (and a stale re-send)
+            gw.push_rt_bar(t0 + 2400 + 5 * i, 2009.0, 2009.0, 2009.0, 2009.0)
+        gw.push_rt_bar(t0 + 2400, 2009.0, 2009.0, 2009.0, 2009.0)
+        assert gw.wait_for(lambda: q.qsize() == 9)
+        bars = [q.get_nowait()[0] for _ in range(9)]
+    finally:
+        src.stop()
+        journal.close()
+        store.close()
+    ny = [b.dt.astimezone(NY_ZONE).strftime("%H:%M") for b in bars]
+    assert ny == ["10:00", "10:05", "10:10", "10:15", "10:20", "10:25", "10:30", "10:35",
+                  "10:40"]  # each once, in order: the half-built 10:15 gave way to history's
+    assert bars[3].close == 2003.5  # history's 10:15, not the half bar of 5-second bars
+    assert src.backfilled == 5 and src.summary()["gaps"] == []
+    gap = [r for r in read_journal(tmp_path / "j.jsonl") if r["kind"] == "gap"]
+    assert len(gap) == 1 and gap[0]["backfilled"] == 5 and gap[0]["missing"] == 0
+
+
+def test_connection_lost_mid_trade_and_restored_no_order_or_bar_twice(gw, tmp_path):
+    # long 1 with a bracket (stop 1998.0); the gateway goes away for three bars, in which the
+    # stop fills (IB cancels the target); back, the broker books the fill it missed, closes
+    # the target, the source backfills the three bars: every order and trade as the
+    # backtest's, every bar acted on once
+    from m2k_bt.engine import BacktestConfig, build_cerebro
+
+    closes = [2000.0, 2000.0, 2000.2, 2000.1, 1999.5, 1996.0, 1996.5, 1997.0, 1997.2, 1997.0]
+    bars = pd.DataFrame({"open": closes, "high": [c + 0.5 for c in closes],
+                         "low": [c - 0.5 for c in closes], "close": closes, "volume": 10.0},
+                        index=pd.date_range("2025-10-01 10:00", periods=10, freq="1min"))
+    config = BacktestConfig(strategy=AlwaysLong, sizer="fixed", params={"stop_ticks": 20,
+                            "target_ticks": 100}, plot=False, runonce=False, preload=False)
+    cerebro, _ = build_cerebro(bars, config)
+    cerebro.addanalyzer(OrderLog, _name="orders")
+    backtest = cerebro.run()[0]
+    assert [t["exit_reason"] for t in backtest.trade_log] == ["stop"]
+
+    gw.fill_mode = "exchange"
+    live = _Live(gw, tmp_path, config)
+    rows = [(_epoch(ts), r.open, r.high, r.low, r.close, r.volume) for ts, r in bars.iterrows()]
+    try:
+        for i, (ts, r) in enumerate(bars.iterrows()):
+            if i == 3:  # the daily restart: the gateway hangs up and is away for three bars
+                gw.refuse = True
+                gw.drop()
+                assert gw.wait_for(lambda: not live.store.connected.is_set())
+            if i == 6:  # back: IB's history has the three bars
+                gw.minute_history(rows[:6])
+                gw.refuse = False
+                assert gw.wait_for(lambda: live.source.subscriptions == 2, 10)
+                assert gw.wait_for(lambda: live._settled(6), 10)
+            live.bar(ts, r.open, r.high, r.low, r.close, r.volume,
+                     bars=None if 3 <= i < 6 else i + 1)
+    finally:
+        strat = live.finish()
+    log = strat.analyzers.orders
+    assert log.times == list(bars.index.to_pydatetime())  # each bar once, none skipped
+    assert _placed(gw) == backtest.analyzers.orders.get_analysis()  # nothing sent twice
+    keys = ("direction", "contracts", "entry_price", "exit_price", "exit_reason")
+    assert [{k: t[k] for k in keys} for t in strat.trade_log] == \
+        [{k: t[k] for k in keys} for t in backtest.trade_log]
+    recs = read_journal(tmp_path / "j.jsonl")
+    fills = [r["exec_id"] for r in recs if r["kind"] == "fill"]
+    assert len(fills) == len(set(fills)) == 2  # the entry, the stop: each booked once
+    target = gw.placed[2]["orderId"]
+    assert any(r["kind"] == "status" and r["ib_order_id"] == target and
+               r["status"] == "Cancelled" for r in recs)
+    assert ("Canceled" in [s for s in strat.order_rejections]) is False  # ours, not a refusal
+    gap = [r for r in recs if r["kind"] == "gap"]
+    assert [(g["backfilled"], g["missing"]) for g in gap] == [(3, 0)]
+    assert live.broker.position.size == 0 and gw.positions == []

@@ -73,7 +73,8 @@ class IBBroker(bt.broker.BrokerBase):
     - ``history_end`` (def: ``None``): function returning the last warm-up bar's time (naive
       New York), e.g. ``lambda: source.history_end``; orders decided up to it are not sent.
     - ``comm_wait`` (def: ``2.0``): seconds a fill waits for IB's commission report before it
-      is booked with the commission model's estimate.
+      is booked with the commission model's estimate; the strategy waits with it (a fill is
+      always booked before the strategy's next bar).
     - ``settle`` (def: ``2.0``): seconds ``stop()`` waits for answers still on their way.
     - ``contract_for`` (def: ``None``): function of a bar's time (naive New York) returning
       the contract to open positions in then, e.g. ``source.contract_for``; ``None``: always
@@ -113,7 +114,9 @@ class IBBroker(bt.broker.BrokerBase):
         self._seq: collections.Counter = collections.Counter()
         self._execs: set[str] = set()
         self._comms: dict[str, float] = {}
-        self._fills: list[tuple] = []  # (arrived, IBFill, order id) waiting for a commission
+        self._fills: list[tuple] = []  # (arrived, IBFill) waiting for a commission
+        self._open_ids: tuple | None = None  # IB's open orders after a reconnect, last id
+        self._last_placed = 0  # (IB thread) the highest order id placed
         self._data = None
         self._day = None
         self._day_start = None
@@ -204,12 +207,34 @@ class IBBroker(bt.broker.BrokerBase):
         self._j("state", state="reconciled", detail=r.summary())
 
     async def _on_reconnect(self) -> None:
-        """(IB thread) After a reconnect: book the executions missed while away."""
-        fills = await self.p.store.ib.reqExecutionsAsync()
+        """(IB thread) After a reconnect: book the executions missed while away, and close
+        the orders IB no longer has open that were not filled (cancelled while away: a
+        bracket's other leg, say)."""
+        ib = self.p.store.ib
+        fills = await ib.reqExecutionsAsync()
         for f in fills:
             if self._ours(f.contract):
                 self._events.put(("exec", self._fill_of(f)))
+        # orders placed after this look (ids above the last placed now) are not judged by it
+        self._events.put(("open_ids", ({t.order.orderId for t in ib.openTrades()},
+                                       self._last_placed)))
         self._events.put(("state", "reconnected"))
+
+    def _close_gone(self) -> None:
+        """Cancel (and notify) our live orders that IB did not list as open after the
+        reconnect, once their fills are booked."""
+        open_ids, upto = self._open_ids
+        waiting = {f.order_id for _, f in self._fills}
+        for oid, order in list(self.by_id.items()):
+            if not order.alive() or oid in open_ids or oid > upto:
+                continue
+            if oid in waiting:
+                return  # a fill of it is still waiting for its commission: next time
+            self._j("status", ib_order_id=oid, ref=self.refs.get(order.ref),
+                    status="Cancelled", detail="not open at IB after the reconnect")
+            order.cancel()
+            self.notify(order)
+        self._open_ids = None
 
     def stop(self) -> None:
         end = time.monotonic() + self.p.settle
@@ -281,6 +306,8 @@ class IBBroker(bt.broker.BrokerBase):
                 self._comms[ev[1]] = ev[2]
             elif kind == "error":
                 self._error(*ev[1:])
+            elif kind == "open_ids":
+                self._open_ids = ev[1]
             elif kind == "state":
                 self._j("state", state=ev[1], detail="executions asked again")
         now = time.monotonic()
@@ -292,6 +319,8 @@ class IBBroker(bt.broker.BrokerBase):
             else:
                 waiting.append((arrived, f))
         self._fills = waiting
+        if self._open_ids is not None:
+            self._close_gone()
 
     def _status(self, oid: int, status: str, filled: float, remaining: float) -> None:
         order = self.by_id.get(oid)
@@ -388,6 +417,9 @@ class IBBroker(bt.broker.BrokerBase):
 
     def next(self) -> None:
         self._drain()
+        while self._fills:  # booked before the strategy sees another bar (comm_wait at most)
+            time.sleep(0.005)
+            self._drain()
         self._check_loss()
 
     def _each(self) -> float:
@@ -566,6 +598,7 @@ class IBBroker(bt.broker.BrokerBase):
         orders = ib_orders(plan, first, self.p.store.account)
         for o in orders:
             ib.placeOrder(contract if contract is not None else self.p.contract, o)
+        self._last_placed = max(self._last_placed, orders[-1].orderId)
         return [o.orderId for o in orders]
 
     # -- halting -------------------------------------------------------------------------------

@@ -8,8 +8,14 @@ duplicate or out-of-order one, so no bar reaches the strategy twice).
   when it is complete: when the 5-second bar that ends it arrives, or else when the first of the
   next bar arrives. A gap (bars missing while Globex was open) is logged and listed in ``gaps``.
 - :class:`IBBarSource`: the history (``history``, an IB duration such as ``"2 D"``), then the
-  real-time subscription; after a reconnect it subscribes again. ``history_end`` is the time
-  of the last history bar: the broker sends no order decided on a bar up to it.
+  real-time subscription. ``history_end`` is the time of the last history bar: the broker
+  sends no order decided on a bar up to it.
+- **After a reconnect** the source asks IB for the bars it missed (history from the last bar
+  handed on to now), hands on each complete one that is later than the last handed on (so
+  none twice, and the strategy acts on each once), journals the gap as ``gap`` with
+  ``backfilled``, and then subscribes again. Bars IB cannot give stay a logged gap. The bar in
+  progress at the reconnect is built from the 5-second bars of the new subscription (the
+  seconds before it are missing from it).
 - **The roll** (given ``month``): when the old month's last session before its roll moment
   (:func:`~m2k_bt.ib.contract.roll_moment`, 18:00 New York on the eve of the roll date) ends,
   the source resolves the next month (checked against our facts as at start), moves the
@@ -125,9 +131,12 @@ class BarAggregator:
         return bar
 
     def note(self, start: _dt.datetime) -> None:
-        """Record ``start`` as handed on (history bars too), logging a gap before it."""
+        """Record ``start`` as handed on (history bars too), logging a gap before it; a bar
+        being built that starts no later is dropped (the history's bar replaces it)."""
         prev = self.last_start
         self.last_start = start
+        if self._cur is not None and self._cur[0] <= start:
+            self._cur = None
         if prev is None:
             return
         missing, t = 0, prev + self.span
@@ -178,13 +187,14 @@ class IBBarSource(BarSource):
         self.subscriptions = 0
         self.history_bars = 0
         self.live_bars = 0
+        self.backfilled = 0
 
     # -- BarSource ---------------------------------------------------------------------------
     def start(self, q: queue.Queue) -> None:
         self._q = q
         self._load_history()
         self.store.run(self._subscribe)
-        self.store.on_reconnect(self._subscribe)
+        self.store.on_reconnect(self._resume)
 
     def stop(self) -> None:
         if self._stopped.is_set():
@@ -273,9 +283,7 @@ class IBBarSource(BarSource):
             useRTH=self.use_rth, formatDate=2), timeout=max(self.store.timeout, 30.0))
         now = _dt.datetime.now(_UTC)
         for b in bars or []:
-            start = b.date if isinstance(b.date, _dt.datetime) else \
-                _dt.datetime.combine(b.date, _dt.time(), NY_ZONE)
-            start = start.astimezone(_UTC)
+            start = self._start_of(b)
             if start + self.agg.span > now:
                 continue  # still forming: it will come from the real-time bars
             self.agg.note(start)
@@ -285,6 +293,53 @@ class IBBarSource(BarSource):
         if self.on_event:
             self.on_event("state", state="history", detail=f"{self.history_bars} bars, last "
                           f"{self.history_end}")
+
+    async def _resume(self) -> None:
+        """(IB thread) After a reconnect: backfill the bars missed, then subscribe again."""
+        if self._stopped.is_set():
+            return
+        last = self.agg.last_start
+        if last is not None:
+            try:
+                await self._backfill(last)
+            except Exception as exc:  # noqa: BLE001 - the gap stays logged, trading goes on
+                logger.error("backfill after %s failed: %s", last, exc)
+                if self.on_event:
+                    self.on_event("error", code=None, message=f"backfill after {last} "
+                                  f"failed: {exc}", ref=None)
+        self._subscribe()
+
+    async def _backfill(self, last: _dt.datetime) -> None:
+        """(IB thread) Hand on the complete bars after ``last`` that IB's history has."""
+        import math
+
+        now = _dt.datetime.now(_UTC)
+        seconds = (now - last).total_seconds() + self.agg.span.total_seconds()
+        duration = f"{math.ceil(seconds)} S" if seconds <= 86_400 else \
+            f"{math.ceil(seconds / 86_400)} D"
+        bars = await self.store.ib.reqHistoricalDataAsync(
+            self.contract, endDateTime="", durationStr=duration,
+            barSizeSetting=bar_size_setting(self.minutes), whatToShow=self.what,
+            useRTH=self.use_rth, formatDate=2)
+        gaps, n = len(self.agg.gaps), 0
+        for b in bars or []:
+            start = self._start_of(b)
+            if start <= self.agg.last_start or start + self.agg.span > now:
+                continue  # handed on already, or still forming
+            self.agg.note(start)
+            self._put(start, b.open, b.high, b.low, b.close, b.volume)
+            self.backfilled += 1
+            n += 1
+        unfilled = self.agg.gaps[gaps:]
+        logger.warning("reconnected: %d bar(s) after %s backfilled from IB's history", n, last)
+        if self.on_event:
+            self.on_event("gap", after=str(last), before=str(self.agg.last_start),
+                          missing=sum(g[2] for g in unfilled), backfilled=n)
+
+    def _start_of(self, b) -> _dt.datetime:
+        start = b.date if isinstance(b.date, _dt.datetime) else \
+            _dt.datetime.combine(b.date, _dt.time(), NY_ZONE)
+        return start.astimezone(_UTC)
 
     def _subscribe(self) -> None:
         """(IB thread) Subscribe to 5-second bars; again after a reconnect."""
@@ -321,10 +376,12 @@ class IBBarSource(BarSource):
                 self.on_event("gap", after=str(prev), before=str(start), missing=missing)
 
     def summary(self) -> dict:
-        """``history_bars``, ``live_bars``, ``subscriptions``, ``stale`` 5-second bars dropped,
+        """``history_bars``, ``live_bars``, ``backfilled`` (bars from IB's history after a
+        reconnect), ``subscriptions``, ``stale`` 5-second bars dropped,
         ``rolls`` made and the ``month`` traded now, ``gaps`` (``[after, before, bars
         missing]``)."""
         return {"history_bars": self.history_bars, "live_bars": self.live_bars,
+                "backfilled": self.backfilled,
                 "subscriptions": self.subscriptions, "stale": self.agg.stale,
                 "rolls": self.rolls, "month": str(self.month) if self.month else None,
                 "gaps": [[str(a), str(b), n] for a, b, n in self.agg.gaps]}
