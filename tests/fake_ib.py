@@ -71,6 +71,7 @@ class FakeGateway:
         self.history_requests: list[list[str]] = []  # fields of every reqHistoricalData
         self.connections = 0
         self.refuse = False  # True: hang up on every new connection (a gateway restarting)
+        self.refuse_modify = False  # True: answer a modification with error 105
         self.client_id = 0
         self.next_id = 1
         self.perm = 9000
@@ -240,6 +241,9 @@ class FakeGateway:
              "ref": f[26], "transmit": f[27], "parentId": int(f[28] or 0),
              "perm": self._perm()}
         old = self.open_orders.get(o["orderId"])
+        if old is not None and self.refuse_modify:
+            self._send(4, 2, o["orderId"], 105, "Order being modified does not match original")
+            return
         if old is not None:  # the same id again: a modification (price, quantity)
             o["perm"], o["filled"] = old["perm"], old.get("filled", 0.0)
             self.modified.append(o)

@@ -213,6 +213,53 @@ def test_bracket_is_an_ib_bracket_with_oca_legs_on_the_tick_grid(gw, tmp_path):
         store.close()
 
 
+def test_a_stop_moved_by_cancel_and_oco_and_by_modify_and_a_refused_modify(gw, tmp_path):
+    # a bracket (stop 1990, target 2010); bar 2 moves the stop the portable way (cancel it,
+    # sell a new stop oco= the target: IB puts it in the target's OCA group); bar 3 modifies
+    # it in place to 1996.1; bar 4's modification IB refuses (the price goes back); bar 5 the
+    # target fills and IB cancels the moved stop: every step a notification
+    legs = {}
+
+    def bracket(s):
+        legs["entry"], legs["stop"], legs["target"] = s.buy_bracket(
+            size=1, exectype=bt.Order.Market, stopprice=1990.0, limitprice=2010.0)
+
+    def move(s):
+        s.cancel(legs["stop"])
+        legs["new"] = s.sell(size=1, exectype=bt.Order.Stop, price=1995.04, oco=legs["target"])
+
+    def refuse(s):
+        gw.refuse_modify = True
+        s.broker.modify(legs["new"], 1999.0)
+
+    def target(s):
+        gw.call(gw.fill, gw.placed[2]["orderId"], 2010.0)
+
+    actions = {1: bracket, 2: move, 3: lambda s: s.broker.modify(legs["new"], 1996.07),
+               4: refuse, 5: target}
+    broker, strat = _run(gw, tmp_path / "j.jsonl", actions, closes=(2000.0,) * 7)
+    entry, stop, tgt, new = gw.placed
+    assert gw.cancels == [stop["orderId"]]
+    assert (new["type"], float(new["aux"]), new["oca"]) == ("STP", 1995.0, tgt["oca"])
+    assert [(m["orderId"], float(m["aux"])) for m in gw.modified] == [(new["orderId"], 1996.1)]
+    by_ref = {}
+    for ref, status, _ in strat.seen:
+        by_ref.setdefault(ref, []).append(status)
+    assert by_ref[legs["stop"].ref][-1] == "Canceled"
+    # the new stop: accepted, accepted again at 1996.1, again after the refusal (at 1996.1),
+    # then cancelled by IB when the target filled (OCA)
+    assert by_ref[legs["new"].ref] == ["Submitted", "Accepted", "Accepted", "Accepted",
+                                       "Canceled"]
+    assert legs["new"].created.price == 1996.1
+    assert by_ref[legs["target"].ref][-1] == "Completed" and broker.position.size == 0
+    recs = read_journal(tmp_path / "j.jsonl")
+    events = [r["event"] for r in recs if r["kind"] == "order"]
+    assert events == ["sent", "cancel_sent", "sent", "modify_sent", "modify_sent",
+                      "modify_refused"]
+    refused = [r for r in recs if r.get("event") == "modify_refused"][0]
+    assert refused["price"] == 1996.1 and "105" in refused["reason"]
+
+
 def test_rejected_order_is_a_backtrader_rejection(gw, tmp_path):
     gw.fill_mode = "reject"
     broker, strat = _run(gw, tmp_path / "j.jsonl", {1: _buy()})

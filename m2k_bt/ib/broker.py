@@ -43,6 +43,7 @@ import time
 import backtrader as bt
 
 from ..contracts import M2K, trade_date
+from ..errors import ParameterError
 from ..rules.margin import margin_held, supported_contracts
 from .limits import LimitGuard
 from .orders import REF_TAG, ib_orders, order_ref, plan_orders
@@ -126,6 +127,8 @@ class IBBroker(bt.broker.BrokerBase):
         self.refused: collections.Counter = collections.Counter()
         self.contracts: dict[int, object] = {}  # conId -> ib contract, of every month seen
         self.held: dict[int, float] = {}  # conId -> contracts held in that month
+        self.oca_of: dict[int, str] = {}  # our order ref -> its IB OCA group
+        self._modifying: dict[int, tuple] = {}  # IB order id -> (order, price before)
 
     # -- journal ------------------------------------------------------------------------------
     def _j(self, kind: str, **fields) -> None:
@@ -331,6 +334,9 @@ class IBBroker(bt.broker.BrokerBase):
         if status in ("PreSubmitted", "Submitted") and order.status == order.Submitted:
             order.accept(self)
             self.notify(order)
+        elif status in ("PreSubmitted", "Submitted") and oid in self._modifying:
+            self._modifying.pop(oid)  # IB took the new price
+            self.notify(order)
         elif status in ("Cancelled", "ApiCancelled") and filled < abs(order.size):
             order.cancel()
             self.notify(order)
@@ -342,6 +348,9 @@ class IBBroker(bt.broker.BrokerBase):
         order = self.by_id.get(req_id)
         self._j("error", code=code, message=message,
                 ref=self.refs.get(order.ref) if order is not None else None)
+        if req_id in self._modifying and not 2100 <= code < 2200:
+            self._modify_failed(req_id, f"IB error {code}: {message}")
+            return
         if order is not None and code in _REJECT_CODES and order.alive():
             order.reject(self)
             self.notify(order)
@@ -458,20 +467,73 @@ class IBBroker(bt.broker.BrokerBase):
                              transmit=transmit)
         return self._take(order, kwargs)
 
+    def _ib_id(self, order) -> int | None:
+        for i in self.ids.get(order.ref, ()):
+            if self.by_id.get(i) is order:
+                return i
+        return None
+
     def cancel(self, order) -> None:
+        """Cancel ``order`` at IB; the strategy is notified (``Canceled``) when IB confirms."""
         if not order.alive():
             return
-        ids = self.ids.get(order.ref)
-        if self.p.dry_run or not ids:
+        oid = self._ib_id(order)
+        if self.p.dry_run or oid is None:
             order.cancel()
             self.notify(order)
             return
-        oid = ids[0] if order.parent is None else ids[-1]
-        for i in ids:
-            if self.by_id.get(i) is order:
-                oid = i
         self._j("order", event="cancel_sent", ref=self.refs.get(order.ref), ib_order_id=oid)
         self.p.store.call_soon(self._cancel_id, oid)
+
+    def modify(self, order, price: float) -> None:
+        """Move a working stop or limit ``order`` to ``price`` (snapped to the nearest tick)
+        in place at IB: the same IB order, its OCA group and parent kept. When IB acknowledges,
+        the strategy is notified (``Accepted``, ``order.created.price`` the new price); when IB
+        refuses, the price goes back and the strategy is notified again (the order works on at
+        its old price). backtrader's own brokers have no ``modify``: a strategy that must also
+        run in a backtest moves a stop by cancelling it and sending a new one ``oco=`` the
+        target, which this broker supports too."""
+        from ..contracts import round_to_tick
+
+        if not order.alive() or order.exectype not in (bt.Order.Stop, bt.Order.Limit):
+            raise ParameterError(f"only a working stop or limit order can be modified, got "
+                             f"{order.getordername()} order {order.ref} "
+                             f"({order.getstatusname()})")
+        new = round_to_tick(float(price), self.p.spec.tick_size)
+        old = order.created.price
+        oid = self._ib_id(order)
+        ref = self.refs.get(order.ref)
+        if self.p.dry_run or oid is None:
+            self._j("order", event="would_modify", ref=ref, price=new, was=old)
+            order.created.price = new
+            self.notify(order)
+            return
+        self._j("order", event="modify_sent", ref=ref, ib_order_id=oid, price=new, was=old)
+        self._modifying[oid] = (order, old)
+        order.created.price = new
+        if not self.p.store.run(lambda: self._replace(oid, new)):
+            self._modify_failed(oid, "IB does not list the order as open")
+
+    def _replace(self, oid: int, price: float) -> bool:
+        """(IB thread) Place IB order ``oid`` again at ``price``; False if it is not open."""
+        ib = self.p.store.ib
+        for t in ib.openTrades():
+            if t.order.orderId == oid:
+                if t.order.orderType == "STP":
+                    t.order.auxPrice = price
+                else:
+                    t.order.lmtPrice = price
+                ib.placeOrder(t.contract, t.order)
+                return True
+        return False
+
+    def _modify_failed(self, oid: int, why: str) -> None:
+        order, old = self._modifying.pop(oid)
+        self._j("order", event="modify_refused", ref=self.refs.get(order.ref),
+                ib_order_id=oid, reason=why, price=old)
+        order.created.price = old
+        if order.alive():
+            self.notify(order)
 
     # -- sending -------------------------------------------------------------------------------
     def _take(self, order, info: dict):
@@ -518,8 +580,13 @@ class IBBroker(bt.broker.BrokerBase):
                 target = child.created.price
         etype = {bt.Order.Limit: "LMT", bt.Order.Stop: "STP"}.get(parent.exectype, "MKT")
         price = parent.created.price if etype != "MKT" else None
+        partner = parent.p.oco
+        oca = self.oca_of.get(partner.ref, "") if partner is not None else ""
+        if partner is not None and not oca:
+            return self._refuse(group, f"oco: the order it is oco with (ref {partner.ref}) is "
+                                f"in no IB OCA group (a market order, or not sent)", ref)
         plan = plan_orders(self.p.spec, parent.isbuy(), abs(parent.size), ref, etype, price,
-                           stop, target)
+                           stop, target, oca=oca)
         if self._warmup(data):
             return self._refuse(group, "warm-up: decided on a history bar, not sent", ref)
         if self.halted:
@@ -566,6 +633,9 @@ class IBBroker(bt.broker.BrokerBase):
         self.ids[parent.ref] = ids
         for o in group[1:]:
             self.ids[o.ref] = ids
+        for o, leg in zip(group, plan.legs):
+            if leg[0] != "entry" or plan.entry_oca:
+                self.oca_of[o.ref] = plan.oca
         self.guard.record_sent(len(ids), time.monotonic())
         self.sent += len(ids)
         self._j("order", event="sent", ref=ref, plan=plan.describe(), ib_order_ids=ids,
