@@ -508,7 +508,7 @@ class _Live:
     on it and IB has every order and cancel it sent."""
 
     def __init__(self, gw, tmp_path, config, journal="j.jsonl", minutes=1, month=None,
-                 **broker_kw):
+                 when=WHEN, **broker_kw):
         import threading
 
         from m2k_bt.cli.ib import ib_cerebro
@@ -516,7 +516,7 @@ class _Live:
 
         self.gw = gw
         self.store = _store(gw)
-        _, contract, _ = resolve_contract(self.store, M2K, WHEN)
+        _, contract, _ = resolve_contract(self.store, M2K, when)
         self.journal = Journal(tmp_path / journal)
         self.source = IBBarSource(self.store, contract, M2K, minutes=minutes, history="1 D",
                                   on_event=self.journal.write, month=month)
@@ -754,3 +754,36 @@ def test_connection_lost_mid_trade_and_restored_no_order_or_bar_twice(gw, tmp_pa
     gap = [r for r in recs if r["kind"] == "gap"]
     assert [(g["backfilled"], g["missing"]) for g in gap] == [(3, 0)]
     assert live.broker.position.size == 0 and gw.positions == []
+
+
+def test_restart_after_the_roll_date_rolls_the_position_held_in_the_old_month(gw, tmp_path):
+    # the run stopped long 1 M2KZ5 before the roll and restarts after it: the front month is
+    # now M2KH6; the first live bar is the roll bar, the strategy closes in M2KZ5 and reopens
+    # in M2KH6 (one trade), nothing is refused
+    from m2k_bt.contracts import ContractMonth
+    from m2k_bt.engine import BacktestConfig
+
+    z5 = gw.details["conId"]
+    gw.contracts["202603"] = H6
+    gw.positions = [(1.0, 2000.0 * 5, z5)]
+    j = Journal(tmp_path / "j.jsonl")  # the first run's journal: it bought that contract
+    j.write("fill", ref="m2k-202512101650-1", exec_id="e0", symbol="M2KZ5", size=1.0,
+            price=2000.0, commission=0.62)
+    j.close()
+    gw.fill_mode = "exchange"
+    config = BacktestConfig(strategy=AlwaysLong, sizer="fixed", plot=False, runonce=False,
+                            preload=False)
+    h6 = ContractMonth(2026, 3, M2K)
+    live = _Live(gw, tmp_path, config, month=h6, when=_dt.datetime(2025, 12, 11, 9, 0))
+    try:
+        for i in range(3):
+            ts = pd.Timestamp("2025-12-11 09:00") + pd.Timedelta(minutes=i)
+            live.bar(ts, 2010.0, 2010.5, 2009.5, 2010.0, bars=i + 1, con_id=H6["conId"])
+    finally:
+        strat = live.finish()
+    assert [(p["action"], p["type"], p["conId"]) for p in gw.placed] == [
+        ("SELL", "MKT", z5), ("BUY", "MKT", H6["conId"])]
+    assert sorted((p[0], p[2]) for p in gw.positions) == [(1.0, H6["conId"])]
+    assert strat.rolls == 1 and live.broker.held == {H6["conId"]: 1.0}
+    states = [r["state"] for r in read_journal(tmp_path / "j.jsonl") if r["kind"] == "state"]
+    assert "held_in_other_month" in states

@@ -26,7 +26,9 @@ trades on the order's bar (``contract_for``, the feed's
 :meth:`~m2k_bt.ib.feed.IBBarSource.contract_for`). So a roll (the strategy's close and reopen
 on the feed's roll bar) closes in the old month and reopens in the new, as one position (one
 ``bt.Position``, one trade id in the strategy's log). A position found at start in a month
-that is no longer the front month is closed there when the strategy closes it.
+that is no longer the front month (a restart after the roll moment) is rolled on the first
+live bar when ``roll_held`` is given (the feed marks that bar ``roll``), else closed in its
+month when the strategy closes it.
 
 Equity is ``cash`` (the starting equity given, not IB's net liquidation value) plus realised
 and open profit: it is what the margin check, the sizer and the daily loss limit see.
@@ -80,6 +82,9 @@ class IBBroker(bt.broker.BrokerBase):
     - ``contract_for`` (def: ``None``): function of a bar's time (naive New York) returning
       the contract to open positions in then, e.g. ``source.contract_for``; ``None``: always
       ``contract``.
+    - ``roll_held`` (def: ``None``): function called at start when a position is held in a
+      month other than ``contract``'s, e.g. ``source.mark_roll``: the strategy then rolls it
+      on the first live bar, as a backtest of the continuous series would have.
     """
 
     params = (
@@ -98,6 +103,7 @@ class IBBroker(bt.broker.BrokerBase):
         ("comm_wait", 2.0),
         ("settle", 2.0),
         ("contract_for", None),
+        ("roll_held", None),
     )
 
     def __init__(self) -> None:
@@ -203,9 +209,12 @@ class IBBroker(bt.broker.BrokerBase):
         self.held = held_by
         for con, n in held_by.items():
             if con != self.p.contract.conId:
+                how = "rolled on the first live bar" if self.p.roll_held is not None else \
+                    "closed in that month when the strategy closes it"
                 self._j("state", state="held_in_other_month",
-                        detail=f"{n:+g} {self.contracts[con].localSymbol} (conId {con}): "
-                        f"closed in that month when the strategy closes it")
+                        detail=f"{n:+g} {self.contracts[con].localSymbol} (conId {con}): {how}")
+                if self.p.roll_held is not None:
+                    self.p.roll_held()
         self.reconciliation = r
         self._j("state", state="reconciled", detail=r.summary())
 

@@ -236,6 +236,11 @@ class IBBarSource(BarSource):
                 out = contract
         return out
 
+    def mark_roll(self) -> None:
+        """Mark the next live bar ``roll`` (a position found at start in an older month: the
+        strategy rolls it there, as the broker's ``roll_held`` asks)."""
+        self._roll_mark = True
+
     def _start_roll(self) -> None:
         """(IB thread) Begin the switch to the next month, once."""
         if self._rolling or self._stopped.is_set():
