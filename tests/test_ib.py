@@ -269,6 +269,31 @@ def test_rejected_order_is_a_backtrader_rejection(gw, tmp_path):
     assert broker.position.size == 0
 
 
+def test_margin_rule_is_checked_before_sending(gw, tmp_path):
+    # $2,000 of equity carries 2 contracts at $770 initial margin each (3 would need $2,310)
+    broker, strat = _run(gw, tmp_path / "j.jsonl", {1: _buy(3), 2: _buy(2)}, cash=2_000.0)
+    assert [p["qty"] for p in gw.placed] == [2.0]  # the 3 were refused, the 2 sent
+    assert broker.refused["margin"] == 1
+    assert [s for _, s, _ in strat.seen][:2] == ["Submitted", "Rejected"]
+    refused = [r for r in read_journal(tmp_path / "j.jsonl") if r.get("event") == "refused"]
+    assert refused[0]["reason"].startswith("margin: 3 contracts need $2,310.00 at $770.00")
+
+
+@pytest.mark.parametrize("cancel", [False, True])
+def test_open_orders_are_left_at_ib_or_cancelled_on_exit(gw, tmp_path, cancel):
+    # a resting limit order when the run ends: left working (a bracket's stop keeps
+    # protecting), or cancelled with cancel_on_exit
+    gw.fill_mode = "none"
+    _run(gw, tmp_path / "j.jsonl",
+         {1: lambda s: s.buy(size=1, exectype=bt.Order.Limit, price=1990.0)},
+         cancel_on_exit=cancel)
+    oid = gw.placed[0]["orderId"]
+    assert gw.wait_for(lambda: (oid in gw.cancels) == cancel, 2)
+    assert (oid in gw.open_orders) is not cancel
+    states = [r.get("state") for r in read_journal(tmp_path / "j.jsonl")]
+    assert ("cancel_on_exit" in states) is cancel
+
+
 def test_partial_fill(gw, tmp_path):
     gw.fill_mode = "partial"
     broker, strat = _run(gw, tmp_path / "j.jsonl", {1: _buy(4)})
@@ -313,6 +338,18 @@ def test_restart_books_a_fill_that_came_while_down(gw, tmp_path):
     assert broker.position.size == 1 and broker.reconciliation.adopted is False
     rec = [r for r in read_journal(journal) if r["kind"] == "fill"]
     assert len(rec) == 1 and rec[0]["recovered"] is True and rec[0]["price"] == 2001.0
+
+
+def test_orders_that_are_not_ours_are_refused_unless_adopted(gw, tmp_path):
+    gw.open_orders[77] = {"orderId": 77, "conId": gw.details["conId"], "action": "SELL",
+                          "qty": 1.0, "type": "LMT", "lmt": "2050.0", "aux": "", "tif": "GTC",
+                          "oca": "", "account": "", "ref": "", "transmit": "1", "parentId": 0,
+                          "perm": 4242}  # typed in TWS by hand
+    with pytest.raises(ReconcileError, match=r"1 open order\(s\) on M2KZ5 that are not ours "
+                                              r"\(order ids 77\)"):
+        _run(gw, tmp_path / "j.jsonl", {})
+    broker, _ = _run(gw, tmp_path / "j2.jsonl", {1: _buy()}, adopt=True)
+    assert broker.reconciliation.foreign[0].order_id == 77 and len(gw.placed) == 1
 
 
 def test_unknown_position_is_refused_and_adopted_when_told(gw, tmp_path):
@@ -406,7 +443,9 @@ def test_source_history_then_live_bars_resubscribed_after_a_drop(gw):
 
 
 # -- the command line, end to end -----------------------------------------------------------------
-def test_cli_dry_run_then_sigterm_writes_the_report_and_exits_143(gw, tmp_path):
+@pytest.mark.parametrize("sig,status", [("SIGTERM", 143), ("SIGINT", 130)])
+def test_cli_dry_run_then_a_signal_writes_the_report_and_exits_128_plus(gw, tmp_path, sig,
+                                                                       status):
     import json
     import os
     import signal
@@ -428,15 +467,16 @@ def test_cli_dry_run_then_sigterm_writes_the_report_and_exits_143(gw, tmp_path):
         assert gw.wait_for(lambda: journal.exists() and '"subscribed"' in journal.read_text(),
                            60)
     finally:
-        proc.send_signal(signal.SIGTERM)
+        proc.send_signal(getattr(signal, sig))
         _, err = proc.communicate(timeout=60)
-    assert proc.returncode == 143, err
+    assert proc.returncode == status, err
     assert gw.placed == []
     report = json.loads((out / "report.json").read_text())
     assert "report.json" in os.listdir(out)
     states = [r.get("state") for r in read_journal(journal) if r["kind"] == "state"]
     assert states[0] == "connected" and "reconciled" in states and states[-1] == "stopped"
-    assert report
+    assert report["analyzers"]["stream"]["interrupted_by"] == sig
+    assert report["analyzers"]["ib"]["history_bars"] == 40
 
 
 # -- live / backtest parity ---------------------------------------------------------------------
