@@ -378,7 +378,8 @@ class IBBarSource(BarSource):
             self._start_roll()  # the old month's last session before the roll has ended
         if self.on_event:
             for prev, start, missing in self.agg.gaps[gaps:]:
-                self.on_event("gap", after=str(prev), before=str(start), missing=missing)
+                self.on_event("gap", after=str(prev), before=str(start), missing=missing,
+                              backfilled=0)
 
     def summary(self) -> dict:
         """``history_bars``, ``live_bars``, ``backfilled`` (bars from IB's history after a

@@ -4,14 +4,21 @@ that a crash loses nothing that had happened and a restart can read what was sen
 
 Each record has ``ts`` (UTC, ISO 8601) and ``kind``; the other keys depend on the kind:
 
-- ``state``: ``state`` (``connected``, ``disconnected``, ``reconnected``, ``reconciled``,
-  ``halted``, ``stopped``, ...) and ``detail``;
+- ``state``: ``state`` (``connected``, ``reconciled``, ``held_in_other_month``,
+  ``started``, ``history``, ``subscribed``, ``disconnected``, ``reconnected``, ``roll``,
+  ``halted``, ``cancel_on_exit``, ``stopped``) and ``detail``;
 - ``order``: ``event`` (``sent``, ``would_send`` in dry-run, ``not_resent``, ``refused``,
-  ``cancel_sent``), ``ref``, ``plan`` and ``reason``;
-- ``status``: ``ref``, ``ib_order_id``, ``status`` (IB's words), ``filled``, ``remaining``;
-- ``fill``: ``ref``, ``exec_id``, ``symbol``, ``size`` (signed contracts), ``price``,
-  ``commission``, ``recovered`` (true for a fill found at start that the journal missed);
+  ``cancel_sent``, ``modify_sent``, ``modify_refused``, ``would_modify``), ``ref``, ``plan``
+  (``sent``: also ``ib_order_ids`` and ``symbol``, the month it went to), ``reason``;
+  a modification also ``price`` and ``was``;
+- ``status``: ``ref``, ``ib_order_id``, ``status`` (IB's words), ``filled``, ``remaining``
+  (or ``detail`` for an order found closed after a reconnect);
+- ``fill``: ``ref``, ``exec_id``, ``symbol`` (the month), ``size`` (signed contracts),
+  ``price``, ``commission``, ``recovered`` (true for a fill found at start that the journal
+  missed);
 - ``adopt``: ``symbol``, ``size``, ``price``: a position taken over at start (``--adopt``);
+- ``gap``: ``after``, ``before`` (bar starts, UTC), ``missing`` (bars not had while Globex was
+  open), ``backfilled`` (bars fetched from IB's history after a reconnect);
 - ``limit``: ``limit`` and ``detail``; ``error``: ``code``, ``message``, ``ref``.
 
 :meth:`Journal.position` is the position the journal accounts for (its fills and adoptions).
