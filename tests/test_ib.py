@@ -94,10 +94,11 @@ def _run(gw, journal_path, actions, closes=(2000.0,) * 4, store=None, **broker_k
         _, contract, _ = resolve_contract(store, M2K, WHEN)
         journal = Journal(journal_path)
         broker_kw.setdefault("comm_wait", 0.5)
-        broker = IBBroker(store=store, contract=contract, journal=journal, settle=1.0,
-                          **broker_kw)
         cerebro = bt.Cerebro(stdstats=False, runonce=False, preload=False)
-        cerebro.adddata(bt.feeds.PandasData(dataname=_bars(list(closes))))
+        data = bt.feeds.PandasData(dataname=_bars(list(closes)))
+        cerebro.adddata(data)
+        broker = IBBroker(store=store, contract=contract, journal=journal, settle=1.0,
+                          data=data, **broker_kw)
         cerebro.setbroker(broker)
         cerebro.addstrategy(Script, actions=actions)
         strat = cerebro.run()[0]
@@ -382,6 +383,17 @@ def test_daily_loss_limit_halts_and_flattens(gw, tmp_path):
     assert broker.halted.startswith("max daily loss")
     assert [p["action"] for p in gw.placed] == ["BUY", "SELL"]
     assert any(r["kind"] == "limit" for r in read_journal(tmp_path / "j.jsonl"))
+
+
+def test_daily_loss_limit_watches_a_position_found_at_start(gw, tmp_path):
+    # adopted long 2 at 2000.0, the strategy sends nothing; the close falls to 1989.0:
+    # 2 x 11 pts x $5 = $110 open loss > $100 limit: halted and flattened all the same
+    gw.positions = [(2.0, 2000.0 * 5)]
+    broker, _ = _run(gw, tmp_path / "j.jsonl", {}, closes=(2000.0, 1995.0, 1989.0, 1989.0),
+                     adopt=True, limits=Limits(max_daily_loss=100.0))
+    assert broker.halted == "max daily loss: $-110.00 today, limit $100.00"
+    assert [(p["action"], p["qty"]) for p in gw.placed] == [("SELL", 2.0)]
+    assert broker.position.size == 0
 
 
 def test_orders_per_minute_limit(gw, tmp_path):

@@ -115,7 +115,7 @@ def ib_cerebro(live_cerebro, source, config, store, contract, journal, limits,
     broker = IBBroker(store=store, contract=contract, spec=config.spec, journal=journal,
                       limits=limits, cash=config.cash, margin=config.margin,
                       history_end=lambda: source.history_end,
-                      contract_for=source.contract_for, roll_held=source.mark_roll,
+                      contract_for=source.contract_for, roll_held=source.mark_roll, data=feed,
                       **broker_kw)
     broker.comminfo = dict(cerebro.broker.comminfo)
     cerebro.broker = broker

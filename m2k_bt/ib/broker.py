@@ -82,6 +82,10 @@ class IBBroker(bt.broker.BrokerBase):
     - ``contract_for`` (def: ``None``): function of a bar's time (naive New York) returning
       the contract to open positions in then, e.g. ``source.contract_for``; ``None``: always
       ``contract``.
+    - ``data`` (def: ``None``): the feed traded, whose close values the position (open
+      profit in the equity, the daily loss limit) from the first bar on; ``None``: the data of
+      the first order or position query (a position found at start is then not valued until
+      the strategy asks).
     - ``roll_held`` (def: ``None``): function called at start when a position is held in a
       month other than ``contract``'s, e.g. ``source.mark_roll``: the strategy then rolls it
       on the first live bar, as a backtest of the continuous series would have.
@@ -104,6 +108,7 @@ class IBBroker(bt.broker.BrokerBase):
         ("settle", 2.0),
         ("contract_for", None),
         ("roll_held", None),
+        ("data", None),
     )
 
     def __init__(self) -> None:
@@ -124,7 +129,7 @@ class IBBroker(bt.broker.BrokerBase):
         self._fills: list[tuple] = []  # (arrived, IBFill) waiting for a commission
         self._open_ids: tuple | None = None  # IB's open orders after a reconnect, last id
         self._last_placed = 0  # (IB thread) the highest order id placed
-        self._data = None
+        self._data = self.p.data
         self._day = None
         self._day_start = None
         self.guard = LimitGuard(self.p.limits)
@@ -422,6 +427,8 @@ class IBBroker(bt.broker.BrokerBase):
         return value
 
     def getposition(self, data, clone: bool = True):
+        if self._data is None:
+            self._data = data
         return self.position.clone() if clone else self.position
 
     def get_notification(self):
