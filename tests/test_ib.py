@@ -330,6 +330,41 @@ def test_restart_does_not_send_an_order_twice(gw, tmp_path):
     assert any(r.get("event") == "not_resent" for r in read_journal(journal))
 
 
+def test_restart_cancels_the_last_runs_working_entry_so_a_new_decision_is_not_a_second(
+        gw, tmp_path):
+    # run 1 left a resting limit entry; run 2's strategy wants the entry again on a new bar:
+    # the old entry is cancelled at start, so only one is ever working
+    gw.fill_mode = "none"
+    journal = tmp_path / "j.jsonl"
+    limit = lambda s: s.buy(size=1, exectype=bt.Order.Limit, price=1990.0)  # noqa: E731
+    _run(gw, journal, {1: limit})
+    first = gw.placed[0]["orderId"]
+    _run(gw, journal, {2: limit})
+    assert first in gw.cancels and len(gw.placed) == 2
+    assert list(gw.open_orders) == [gw.placed[1]["orderId"]]
+    recs = read_journal(journal)
+    assert any(r.get("event") == "cancel_sent" and r["ib_order_id"] == first and
+               r["reason"].startswith("restart") for r in recs)
+
+
+def test_restart_keeps_the_last_runs_stop_until_the_position_is_closed(gw, tmp_path):
+    # run 1 bought with a bracket and stopped; run 2 keeps the stop and target protecting the
+    # position, and cancels them when its strategy closes the position
+    journal = tmp_path / "j.jsonl"
+
+    def bracket(s):
+        s.buy_bracket(size=1, exectype=bt.Order.Market, stopprice=1990.0, limitprice=2010.0)
+
+    _run(gw, journal, {1: bracket})
+    legs = sorted(gw.open_orders)
+    assert len(legs) == 2
+    broker, _ = _run(gw, journal, {2: lambda s: s.close()})
+    assert sorted(legs) == sorted(x for x in gw.cancels)  # kept, then cancelled on the close
+    assert not gw.open_orders and broker.position.size == 0 and gw.positions == []
+    cancels = [r for r in read_journal(journal) if r.get("event") == "cancel_sent"]
+    assert all(r["reason"].startswith("position flat") for r in cancels) and len(cancels) == 2
+
+
 def test_restart_books_a_fill_that_came_while_down(gw, tmp_path):
     gw.fill_mode = "none"
     journal = tmp_path / "j.jsonl"

@@ -138,6 +138,7 @@ class IBBroker(bt.broker.BrokerBase):
         self.refused: collections.Counter = collections.Counter()
         self.contracts: dict[int, object] = {}  # conId -> ib contract, of every month seen
         self.held: dict[int, float] = {}  # conId -> contracts held in that month
+        self.orphans: list[int] = []  # IB ids of an earlier run's stops/targets, kept
         self.oca_of: dict[int, str] = {}  # our order ref -> its IB OCA group
         self._modifying: dict[int, tuple] = {}  # IB order id -> (order, price before)
 
@@ -222,6 +223,26 @@ class IBBroker(bt.broker.BrokerBase):
                     self.p.roll_held()
         self.reconciliation = r
         self._j("state", state="reconciled", detail=r.summary())
+        self._tidy_last_run(r.ours)
+
+    def _tidy_last_run(self, ours: list) -> None:
+        """Our orders still working from an earlier run: an entry (or any order but a
+        bracket's stop and target) is cancelled, since the strategy decides again and a new
+        decision must not become a second order; a stop or target is kept while a position is
+        held (it protects it) and cancelled when the position is closed."""
+        if self.position.size:
+            self.orphans = [o.order_id for o in ours if o.ref.endswith(("-S", "-T"))]
+        drop = [o for o in ours if o.order_id not in self.orphans]
+        for o in drop:
+            self._cancel_at_ib(o.order_id, o.ref, "restart: an order of an earlier run; the "
+                               "strategy decides again")
+
+    def _cancel_at_ib(self, oid: int, ref: str | None, reason: str) -> None:
+        if self.p.dry_run:
+            self._j("order", event="would_cancel", ref=ref, ib_order_id=oid, reason=reason)
+            return
+        self._j("order", event="cancel_sent", ref=ref, ib_order_id=oid, reason=reason)
+        self.p.store.call_soon(self._cancel_id, oid)
 
     async def _on_reconnect(self) -> None:
         """(IB thread) After a reconnect: book the executions missed while away, and close
@@ -395,6 +416,12 @@ class IBBroker(bt.broker.BrokerBase):
         self.held[con] = self.held.get(con, 0.0) + f.size
         if not self.held[con]:
             del self.held[con]
+        if not psize and self.orphans:
+            for oid in self.orphans:
+                if oid != f.order_id:
+                    self._cancel_at_ib(oid, None, "position flat: an earlier run's stop or "
+                                       "target protects nothing now")
+            self.orphans = []
         self._j("fill", ref=f.ref, exec_id=f.exec_id, symbol=f.symbol or self.symbol,
                 size=f.size, price=f.price, commission=commission, ib_order_id=f.order_id)
         if order is None or not order.alive():

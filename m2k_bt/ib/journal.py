@@ -8,7 +8,8 @@ Each record has ``ts`` (UTC, ISO 8601) and ``kind``; the other keys depend on th
   ``started``, ``history``, ``subscribed``, ``disconnected``, ``reconnected``, ``roll``,
   ``halted``, ``cancel_on_exit``, ``stopped``) and ``detail``;
 - ``order``: ``event`` (``sent``, ``would_send`` in dry-run, ``not_resent``, ``refused``,
-  ``cancel_sent``, ``modify_sent``, ``modify_refused``, ``would_modify``), ``ref``, ``plan``
+  ``cancel_sent``, ``would_cancel``, ``modify_sent``, ``modify_refused``, ``would_modify``),
+  ``ref``, ``plan``
   (``sent``: also ``ib_order_ids`` and ``symbol``, the month it went to), ``reason``;
   a modification also ``price`` and ``was``;
 - ``status``: ``ref``, ``ib_order_id``, ``status`` (IB's words), ``filled``, ``remaining``

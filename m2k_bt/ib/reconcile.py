@@ -8,8 +8,9 @@ Ours carry our order reference (tag ``m2k-``). The rule:
 - the position the journal then accounts for must equal IB's; if it does not, or if orders that
   are not ours are working on the contract, the run is refused (:class:`ReconcileError`)
   unless it is told to adopt (``--adopt``): it then takes IB's position as its own;
-- our open orders are left as they are (a bracket's stop keeps protecting the position) and are
-  never sent again: the broker knows their references.
+- our open orders are never sent again (the broker knows their references); the broker
+  keeps a bracket's stop and target while the position they protect is held, and cancels the
+  rest (an earlier run's entry: the strategy decides again).
 """
 
 from __future__ import annotations
