@@ -33,6 +33,12 @@ EXPIRY = "20251219"  # M2KZ5
 LOCAL = "M2KZ5"
 
 
+def _weekday(year: int, month: int, day: int) -> int:
+    import datetime
+
+    return datetime.date(year, month, day).weekday()
+
+
 def encode(*fields) -> bytes:
     """One API message: length prefix + NUL-terminated fields."""
     body = "".join(f"{'' if f is None else f}\0" for f in fields).encode()
@@ -219,8 +225,11 @@ class FakeGateway:
 
     def _contract_details(self, req: int, month: str) -> None:
         d = self.contracts.get(month[:6]) if month else self.details
-        if d is None and not self.strict:
-            d = self.details
+        if d is None and not self.strict:  # ``details`` under the month asked for
+            year, mon = int(month[:4]), int(month[4:6])
+            fridays = [day for day in range(1, 22) if _weekday(year, mon, day) == 4]
+            d = {**self.details, "expiry": f"{month[:6]}{fridays[2]:02d}",
+                 "local": f"M2K{'FGHJKMNQUVXZ'[mon - 1]}{year % 10}"}
         if d is None:
             self._send(52, 1, req)
             return

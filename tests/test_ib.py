@@ -171,6 +171,11 @@ def test_contract_resolves_to_our_front_month_and_is_checked(gw):
         gw.details["multiplier"] = "50"  # an RTY answer for an M2K request
         with pytest.raises(ContractMismatchError, match="multiplier '50' .ours 5."):
             resolve_contract(store, M2K, WHEN)
+        gw.details["multiplier"] = "5"
+        gw.details["expiry"] = "20251218"  # IB's last trade date is not our calendar's
+        with pytest.raises(ContractMismatchError, match="last trade date 20251218 .ours "
+                                                        "20251219."):
+            resolve_contract(store, M2K, WHEN)
     finally:
         store.close()
 

@@ -63,18 +63,32 @@ def ib_future(month: ContractMonth):
                            f"{month.month:02d}", exchange=spec.exchange, currency=spec.currency)
 
 
-def check_details(spec: ContractSpec, details) -> None:
+def check_details(spec: ContractSpec, details, month: ContractMonth | None = None) -> None:
     """Raise :class:`ContractMismatchError` naming every field where IB's contract details
     (``ib_async.ContractDetails``: ``minTick``, ``contract.multiplier``, ``contract.exchange``,
-    ``contract.currency``) differ from ``spec``.
+    ``contract.currency``) differ from ``spec``; given ``month``, also IB's last trade date
+    (``contract.lastTradeDateOrContractMonth``) against our calendar's expiry, on which our
+    roll date hangs.
 
     >>> from types import SimpleNamespace as NS
-    >>> from m2k_bt.contracts import M2K
-    >>> check_details(M2K, NS(minTick=0.1, contract=NS(multiplier="5", exchange="CME",
-    ...                                                  currency="USD", localSymbol="M2KZ5")))
+    >>> from m2k_bt.contracts import M2K, ContractMonth
+    >>> ib = NS(minTick=0.1, contract=NS(multiplier="5", exchange="CME", currency="USD",
+    ...                                  localSymbol="M2KZ5",
+    ...                                  lastTradeDateOrContractMonth="20251219"))
+    >>> check_details(M2K, ib, ContractMonth(2025, 12, M2K))
+    >>> ib.contract.lastTradeDateOrContractMonth = "20251218"
+    >>> check_details(M2K, ib, ContractMonth(2025, 12, M2K))  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    m2k_bt.ib.errors.ContractMismatchError: ... last trade date 20251218 (ours 20251219); ...
     """
     c = details.contract
     problems = []
+    if month is not None:
+        ours = f"{month.expiry:%Y%m%d}"
+        theirs = str(getattr(c, "lastTradeDateOrContractMonth", "") or "")[:8]
+        if theirs[:6] != ours[:6] or (len(theirs) == 8 and theirs != ours):
+            problems.append(f"last trade date {theirs or '(none)'} (ours {ours})")
     try:
         multiplier = float(c.multiplier)
     except (TypeError, ValueError):
@@ -107,7 +121,7 @@ async def month_details(ib, spec: ContractSpec, month: ContractMonth):
         raise ContractMismatchError(f"IB returned {len(found)} contracts for {month.symbol}; "
                                     f"expected one")
     details = found[0]
-    check_details(spec, details)
+    check_details(spec, details, month)
     return details
 
 
