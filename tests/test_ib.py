@@ -890,3 +890,24 @@ def test_restart_after_the_roll_date_rolls_the_position_held_in_the_old_month(gw
     assert strat.rolls == 1 and live.broker.held == {H6["conId"]: 1.0}
     states = [r["state"] for r in read_journal(tmp_path / "j.jsonl") if r["kind"] == "state"]
     assert "held_in_other_month" in states
+
+
+def test_a_position_changed_while_away_stops_trading_and_leaves_ib_alone(gw, tmp_path):
+    # long 1 with a stop at IB; while the gateway is away someone buys 1 more in TWS: back,
+    # IB holds +2, our fills +1: nothing more is sent, nothing cancelled or flattened
+    def bracket(s):
+        s.buy_bracket(size=1, exectype=bt.Order.Market, stopprice=1990.0, limitprice=2010.0)
+
+    def away(s):
+        gw.refuse = True
+        gw.drop()
+        gw.positions = [(2.0, 2000.0 * 5)]  # the manual trade (not ours: no execution of ours)
+        gw.refuse = False
+        assert gw.wait_for(lambda: s.broker.p.store.reconnects == 1)
+
+    broker, strat = _run(gw, tmp_path / "j.jsonl", {1: bracket, 2: away, 3: _buy()},
+                         closes=(2000.0,) * 6)
+    assert broker.halted.startswith("reconcile: after the reconnect IB holds +2 M2K but our "
+                                    "fills account for +1")
+    assert len(gw.placed) == 3 and gw.cancels == []  # the bracket only; the stop still works
+    assert broker.refused["halted"] == 1

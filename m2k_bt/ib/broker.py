@@ -129,6 +129,7 @@ class IBBroker(bt.broker.BrokerBase):
         self._fills: list[tuple] = []  # (arrived, IBFill) waiting for a commission
         self._open_ids: tuple | None = None  # IB's open orders after a reconnect, last id
         self._last_placed = 0  # (IB thread) the highest order id placed
+        self._ib_position: float | None = None  # IB's position after a reconnect
         self._data = self.p.data
         self._day = None
         self._day_start = None
@@ -256,7 +257,23 @@ class IBBroker(bt.broker.BrokerBase):
         # orders placed after this look (ids above the last placed now) are not judged by it
         self._events.put(("open_ids", ({t.order.orderId for t in ib.openTrades()},
                                        self._last_placed)))
+        held = sum(p.position for p in ib.positions(self.p.store.account)
+                   if self._ours(p.contract))
+        self._events.put(("ib_position", held))
         self._events.put(("state", "reconnected"))
+
+    def _check_position(self, ib_held: float) -> None:
+        """After a reconnect, with the missed fills booked: IB's position must be ours. If it
+        is not (a trade in TWS while we were away, say), trading stops (no order is sent any
+        more) and IB is left as it is: which position to protect is for a person to say."""
+        if abs(ib_held - self.position.size) <= 1e-9 or self.halted:
+            return
+        reason = (f"reconcile: after the reconnect IB holds {ib_held:+g} {self.p.spec.root} "
+                  f"but our fills account for {self.position.size:+g}")
+        self.halted = reason
+        logger.error("trading stopped: %s; orders left as they are, check TWS", reason)
+        self._j("state", state="halted", detail=f"{reason}; orders left as they are at IB, "
+                f"nothing flattened: check TWS, then restart (--adopt to take IB's position)")
 
     def _close_gone(self) -> None:
         """Cancel (and notify) our live orders that IB did not list as open after the
@@ -346,6 +363,8 @@ class IBBroker(bt.broker.BrokerBase):
                 self._error(*ev[1:])
             elif kind == "open_ids":
                 self._open_ids = ev[1]
+            elif kind == "ib_position":
+                self._ib_position = ev[1]
             elif kind == "state":
                 self._j("state", state=ev[1], detail="executions asked again")
         now = time.monotonic()
@@ -359,6 +378,9 @@ class IBBroker(bt.broker.BrokerBase):
         self._fills = waiting
         if self._open_ids is not None:
             self._close_gone()
+        if self._ib_position is not None and not self._fills:
+            self._check_position(self._ib_position)
+            self._ib_position = None
 
     def _status(self, oid: int, status: str, filled: float, remaining: float) -> None:
         order = self.by_id.get(oid)
