@@ -58,6 +58,7 @@ class FakeGateway:
     def __init__(self) -> None:
         self.fill_mode = "fill"
         self.fill_price = 2000.0
+        self.net_liquidation = 31_234.56  # the account's equity, $ (reqAccountSummary)
         self.commission = 0.62
         self.details = {"conId": CON_ID, "symbol": "M2K", "expiry": EXPIRY, "multiplier": "5",
                         "exchange": "CME", "local": LOCAL, "minTick": "0.1"}
@@ -195,6 +196,11 @@ class FakeGateway:
             for ex in self.executions:
                 self._exec(req, ex)
             self._send(55, 1, req)
+        elif msg == 62:  # reqAccountSummary: 62, 1, reqId, group, tags
+            req = int(f[2])
+            self._send(63, 1, req, ACCOUNT, "NetLiquidation", f"{self.net_liquidation:.2f}",
+                       "USD")
+            self._send(64, 1, req)
         elif msg == 9:  # reqContractDetails: 9, 8, reqId, conId, symbol, secType, month, ...
             self._contract_details(int(f[2]), f[6])
         elif msg == 20:  # reqHistoricalData

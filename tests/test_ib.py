@@ -285,6 +285,18 @@ def test_margin_rule_is_checked_before_sending(gw, tmp_path):
     assert refused[0]["reason"].startswith("margin: 3 contracts need $2,310.00 at $770.00")
 
 
+def test_equity_from_ib_feeds_the_margin_check(gw, tmp_path):
+    # IB's net liquidation $31,234.56 carries 40 contracts at $770 ($30,800); --cash 25,000
+    # would carry 32
+    broker, _ = _run(gw, tmp_path / "j.jsonl", {1: _buy(40)}, equity_from_ib=True)
+    assert broker.startingcash == 31_234.56 and [p["qty"] for p in gw.placed] == [40.0]
+    gw.placed.clear()
+    gw.positions, gw.executions = [], []  # another day, flat
+    broker, _ = _run(gw, tmp_path / "j2.jsonl", {1: _buy(40)})
+    assert gw.placed == [] and broker.refused["margin"] == 1
+    assert any(r.get("state") == "equity" for r in read_journal(tmp_path / "j.jsonl"))
+
+
 @pytest.mark.parametrize("cancel", [False, True])
 def test_open_orders_are_left_at_ib_or_cancelled_on_exit(gw, tmp_path, cancel):
     # a resting limit order when the run ends: left working (a bracket's stop keeps

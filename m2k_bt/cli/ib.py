@@ -69,6 +69,8 @@ def build_ib_parser() -> argparse.ArgumentParser:
     g.add_argument("--contract", default="M2K", help="M2K (default), RTY or a registered root")
     g.add_argument("--cash", type=float, default=25_000.0,
                    help="equity the sizer, margin check and loss limit start from, $ (25000)")
+    g.add_argument("--cash-from-ib", action="store_true",
+                   help="start from the account's net liquidation value at IB instead")
     g.add_argument("--commission", type=float, help="$ per contract per side (spec)")
     g.add_argument("--margin", type=float, help="initial margin $ per contract (spec)")
     g.add_argument("--strategy", default="sma", help="sma (default), bollinger, adaptive")
@@ -156,7 +158,8 @@ def ib_main(argv: list[str], live_cerebro, signal_stop) -> int:
             cerebro, feed, broker = ib_cerebro(
                 live_cerebro, source, config, store, contract, journal, limits,
                 stop_event=stopper.event, heartbeat=args.heartbeat, dry_run=args.dry_run,
-                adopt=args.adopt, cancel_on_exit=args.cancel_on_exit)
+                adopt=args.adopt, cancel_on_exit=args.cancel_on_exit,
+                equity_from_ib=args.cash_from_ib)
             stopper.attach(cerebro)
             if not args.quiet:
                 print(f"live (IB {store.address}, account {store.account}, {month.symbol}"

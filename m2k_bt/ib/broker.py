@@ -47,6 +47,7 @@ import backtrader as bt
 from ..contracts import M2K, trade_date
 from ..errors import ParameterError
 from ..rules.margin import margin_held, supported_contracts
+from .errors import ReconcileError
 from .limits import LimitGuard
 from .orders import REF_TAG, ib_orders, order_ref, plan_orders
 from .reconcile import IBFill, IBOrder, reconcile
@@ -69,6 +70,8 @@ class IBBroker(bt.broker.BrokerBase):
     - ``journal`` (def: ``None``): a :class:`~m2k_bt.ib.journal.Journal`.
     - ``limits`` (def: ``None``): :class:`~m2k_bt.ib.limits.Limits`.
     - ``cash`` (def: ``25000.0``): starting equity, dollars.
+    - ``equity_from_ib`` (def: ``False``): take the starting equity from IB instead (the
+      account's ``NetLiquidation`` in the contract's currency, read at start).
     - ``margin`` (def: ``None``): initial margin per contract, dollars; ``None``: the spec's.
     - ``dry_run`` (def: ``False``), ``adopt`` (def: ``False``), ``cancel_on_exit``
       (def: ``False``): see the module doc and the command line.
@@ -109,6 +112,7 @@ class IBBroker(bt.broker.BrokerBase):
         ("contract_for", None),
         ("roll_held", None),
         ("data", None),
+        ("equity_from_ib", False),
     )
 
     def __init__(self) -> None:
@@ -153,11 +157,29 @@ class IBBroker(bt.broker.BrokerBase):
         super().start()
         store = self.p.store
         self.contracts[self.p.contract.conId] = self.p.contract
+        if self.p.equity_from_ib:
+            self.cash = self.startingcash = self._ib_equity()
+            self._j("state", state="equity", detail=f"${self.cash:,.2f} (IB's "
+                    f"NetLiquidation of {store.account})")
         store.run(self._subscribe)
         self._reconcile()
         store.on_reconnect(self._on_reconnect)
         self._j("state", state="started", detail=f"dry_run={self.p.dry_run} "
                 f"limits={self.guard.limits}")
+
+    def _ib_equity(self) -> float:
+        """The account's net liquidation value at IB, in the contract's currency."""
+        store, currency = self.p.store, self.p.spec.currency
+        values = store.run(lambda: store.ib.accountSummaryAsync(store.account))
+        for v in values:
+            if v.tag == "NetLiquidation" and v.currency == currency:
+                equity = float(v.value)
+                if equity > 0:
+                    return equity
+                raise ReconcileError(f"IB reports a net liquidation value of {v.value} "
+                                     f"{currency} for {store.account}; nothing to trade with")
+        raise ReconcileError(f"IB reported no NetLiquidation in {currency} for "
+                             f"{store.account}; give the equity with --cash instead")
 
     @property
     def symbol(self) -> str:

@@ -4,7 +4,7 @@ that a crash loses nothing that had happened and a restart can read what was sen
 
 Each record has ``ts`` (UTC, ISO 8601) and ``kind``; the other keys depend on the kind:
 
-- ``state``: ``state`` (``connected``, ``reconciled``, ``held_in_other_month``,
+- ``state``: ``state`` (``connected``, ``equity``, ``reconciled``, ``held_in_other_month``,
   ``started``, ``history``, ``subscribed``, ``disconnected``, ``reconnected``, ``roll``,
   ``halted``, ``cancel_on_exit``, ``stopped``) and ``detail``;
 - ``order``: ``event`` (``sent``, ``would_send`` in dry-run, ``not_resent``, ``refused``,
