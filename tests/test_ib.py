@@ -923,3 +923,42 @@ def test_a_position_changed_while_away_stops_trading_and_leaves_ib_alone(gw, tmp
                                     "fills account for +1")
     assert len(gw.placed) == 3 and gw.cancels == []  # the bracket only; the stop still works
     assert broker.refused["halted"] == 1
+
+
+@pytest.mark.parametrize("ib_has_it", [True, False])
+def test_a_bar_the_subscription_began_in_the_middle_of_is_taken_from_history(gw, tmp_path,
+                                                                             ib_has_it):
+    # the run starts at 10:17:30: history to 10:10, the 5-second bars from 10:17:30; the bar
+    # 10:15 would be built from its last half. It is IB's history bar instead (or, when IB's
+    # history has not got it, the half bar, said); the next bar waits behind it, in order
+    import queue
+
+    t0 = int(_dt.datetime(2025, 10, 1, 14, 0, tzinfo=_dt.timezone.utc).timestamp())
+    five = [(t0 + 300 * i, 2000.0 + i, 2001.0 + i, 1999.0 + i, 2000.5 + i, 10.0)
+            for i in range(4)]  # 10:00 .. 10:15 New York
+    gw.history = five[:3]
+    store = _store(gw)
+    journal = Journal(tmp_path / "j.jsonl")
+    q: queue.Queue = queue.Queue()
+    try:
+        _, contract, _ = resolve_contract(store, M2K, WHEN)
+        src = IBBarSource(store, contract, M2K, minutes=5, history="1 D",
+                          on_event=journal.write)
+        src.history_tries = 1
+        src.start(q)
+        if ib_has_it:
+            gw.history = five
+        for i in range(30, 120):  # 10:17:30 to 10:24:55
+            gw.push_rt_bar(t0 + 900 + 5 * i, 2004.0, 2004.0, 2004.0, 2004.0)
+        assert gw.wait_for(lambda: q.qsize() == 5)
+        bars = [q.get_nowait()[0] for _ in range(5)]
+    finally:
+        src.stop()
+        journal.close()
+        store.close()
+    ny = [b.dt.astimezone(NY_ZONE).strftime("%H:%M") for b in bars]
+    assert ny == ["10:00", "10:05", "10:10", "10:15", "10:20"]
+    assert bars[3].open == (2003.0 if ib_has_it else 2004.0)
+    assert (src.patched, src.partial_kept) == ((1, 0) if ib_has_it else (0, 1))
+    kept = [r for r in read_journal(tmp_path / "j.jsonl") if r.get("state") == "partial_bar"]
+    assert len(kept) == (0 if ib_has_it else 1)

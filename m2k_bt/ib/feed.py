@@ -13,9 +13,11 @@ duplicate or out-of-order one, so no bar reaches the strategy twice).
 - **After a reconnect** the source asks IB for the bars it missed (history from the last bar
   handed on to now), hands on each complete one that is later than the last handed on (so
   none twice, and the strategy acts on each once), journals the gap as ``gap`` with
-  ``backfilled``, and then subscribes again. Bars IB cannot give stay a logged gap. The bar in
-  progress at the reconnect is built from the 5-second bars of the new subscription (the
-  seconds before it are missing from it).
+  ``backfilled``, and then subscribes again. Bars IB cannot give stay a logged gap.
+- **Partial bars**: a bar that lacks some of its 5-second bars (the subscription began in its
+  middle, at start or after a reconnect; a hole; its last one missing) is replaced by IB's
+  history bar, the bars after it held back meanwhile so they stay in order; when IB's history
+  has not got it, it is handed on as built and journalled (``partial_bar``).
 - **The roll** (given ``month``): when the old month's last session before its roll moment
   (:func:`~m2k_bt.ib.contract.roll_moment`, 18:00 New York on the eve of the roll date) ends,
   the source resolves the next month (checked against our facts as at start), moves the
@@ -47,6 +49,9 @@ RT_SECONDS = 5
 #: How long before a roll moment a 5-second bar may end and still start the switch to the next
 #: month: the hour of CME's maintenance break, so the old month's session runs to its end.
 ROLL_LEAD = _dt.timedelta(hours=1)
+#: Times a partial bar's history bar is asked for, a second apart, before it is handed on
+#: as built.
+HISTORY_TRIES = 3
 _UTC = _dt.timezone.utc
 
 
@@ -92,6 +97,11 @@ class BarAggregator:
         self.last_start: _dt.datetime | None = None  # start of the last bar handed on
         self.stale = 0  # 5-second bars older than the bar being built (e.g. after a reconnect)
         self.gaps: list[tuple[_dt.datetime, _dt.datetime, int]] = []
+        # starts of bars handed on that lack some of their 5-second bars (a subscription that
+        # began in the middle of one, a hole, a missing last one)
+        self.partial: set[_dt.datetime] = set()
+        self._whole = False
+        self._next: _dt.datetime | None = None
 
     def _bucket(self, t: _dt.datetime) -> _dt.datetime:
         t = t.astimezone(_UTC)
@@ -100,6 +110,7 @@ class BarAggregator:
 
     def add(self, t: _dt.datetime, o: float, h: float, lo: float, c: float,
             v: float = 0.0) -> list[tuple]:
+        t = t.astimezone(_UTC)
         start = self._bucket(t)
         out = []
         if self.last_start is not None and start <= self.last_start:
@@ -110,13 +121,17 @@ class BarAggregator:
             if start < cur[0]:
                 self.stale += 1
                 return out
+            self._whole = False  # its last 5-second bar never came
             out.append(self._emit())  # the next bar began: this one is as complete as it gets
             cur = None
         if cur is None:
             self._cur = [start, o, h, lo, c, v]
+            self._whole = t == start
         else:
+            self._whole = self._whole and t == self._next
             cur[2], cur[3], cur[4], cur[5] = max(cur[2], h), min(cur[3], lo), c, cur[5] + v
-        if t.astimezone(_UTC) + _dt.timedelta(seconds=RT_SECONDS) >= start + self.span:
+        self._next = t + _dt.timedelta(seconds=RT_SECONDS)
+        if self._next >= start + self.span:
             out.append(self._emit())
         return out
 
@@ -127,6 +142,8 @@ class BarAggregator:
     def _emit(self) -> tuple:
         bar = tuple(self._cur)
         self._cur = None
+        if not self._whole:
+            self.partial.add(bar[0])
         self.note(bar[0])
         return bar
 
@@ -188,6 +205,11 @@ class IBBarSource(BarSource):
         self.history_bars = 0
         self.live_bars = 0
         self.backfilled = 0
+        self.patched = 0  # partial bars replaced by IB's history bar
+        self.partial_kept = 0  # partial bars handed on as built (IB's history had none)
+        self.history_tries = HISTORY_TRIES
+        self._hold: list[tuple] = []  # bars waiting behind a partial one
+        self._flushing = False
 
     # -- BarSource ---------------------------------------------------------------------------
     def start(self, q: queue.Queue) -> None:
@@ -316,21 +338,12 @@ class IBBarSource(BarSource):
 
     async def _backfill(self, last: _dt.datetime) -> None:
         """(IB thread) Hand on the complete bars after ``last`` that IB's history has."""
-        import math
-
-        now = _dt.datetime.now(_UTC)
-        seconds = (now - last).total_seconds() + self.agg.span.total_seconds()
-        duration = f"{math.ceil(seconds)} S" if seconds <= 86_400 else \
-            f"{math.ceil(seconds / 86_400)} D"
-        bars = await self.store.ib.reqHistoricalDataAsync(
-            self.contract, endDateTime="", durationStr=duration,
-            barSizeSetting=bar_size_setting(self.minutes), whatToShow=self.what,
-            useRTH=self.use_rth, formatDate=2)
+        bars = await self._history_since(last)
         gaps, n = len(self.agg.gaps), 0
-        for b in bars or []:
+        for b in bars:
             start = self._start_of(b)
-            if start <= self.agg.last_start or start + self.agg.span > now:
-                continue  # handed on already, or still forming
+            if start <= self.agg.last_start:
+                continue  # handed on already
             self.agg.note(start)
             self._put(start, b.open, b.high, b.low, b.close, b.volume)
             self.backfilled += 1
@@ -368,11 +381,18 @@ class IBBarSource(BarSource):
             self._start_roll()  # the old month after its roll moment: not ours any more
             return
         gaps = len(self.agg.gaps)
-        for start, o, h, lo, c, v in self.agg.add(b.time, b.open_, b.high, b.low, b.close,
-                                                  b.volume):
-            self._put(start, o, h, lo, c, v, self._roll_mark)
+        for bar in self.agg.add(b.time, b.open_, b.high, b.low, b.close, b.volume):
+            partial = bar[0] in self.agg.partial
+            self.agg.partial.discard(bar[0])
+            if partial or self._hold:  # it, and the bars after it, wait for IB's history
+                self._hold.append((bar, self._roll_mark, partial))
+                if not self._flushing:
+                    self._flushing = True
+                    self.store.loop.create_task(self._flush_held())
+            else:
+                self._put(*bar, self._roll_mark)
+                self.live_bars += 1
             self._roll_mark = False
-            self.live_bars += 1
         if moment is not None and \
                 b.time + _dt.timedelta(seconds=RT_SECONDS) >= moment - ROLL_LEAD:
             self._start_roll()  # the old month's last session before the roll has ended
@@ -381,13 +401,70 @@ class IBBarSource(BarSource):
                 self.on_event("gap", after=str(prev), before=str(start), missing=missing,
                               backfilled=0)
 
+    async def _flush_held(self) -> None:
+        """(IB thread) Hand on the held bars in order, each partial one replaced by IB's
+        history bar when IB has it (else handed on as built, and logged)."""
+        try:
+            while self._hold and not self._stopped.is_set():
+                bar, roll, partial = self._hold[0]
+                if partial:
+                    bar = await self._whole_bar(bar)
+                self._hold.pop(0)
+                self._put(*bar, roll)
+                self.live_bars += 1
+        finally:
+            self._flushing = False
+
+    async def _whole_bar(self, bar: tuple) -> tuple:
+        """(IB thread) IB's history bar starting at ``bar[0]``, asked up to ``history_tries``
+        (def: :data:`HISTORY_TRIES`) times a second apart (IB's history lags the market by
+        moments); ``bar`` itself if IB has none."""
+        import asyncio
+
+        start = bar[0]
+        for attempt in range(self.history_tries):
+            if attempt:
+                await asyncio.sleep(1.0)
+            try:
+                found = await self._history_since(start)
+            except Exception as exc:  # noqa: BLE001 - the bar as built is handed on
+                logger.warning("history for the partial bar %s failed: %s", start, exc)
+                break
+            for b in found:
+                if self._start_of(b) == start:
+                    self.patched += 1
+                    return (start, b.open, b.high, b.low, b.close, b.volume)
+        self.partial_kept += 1
+        logger.warning("bar %s handed on as built from part of its 5-second bars (IB's "
+                       "history has not got it)", start)
+        if self.on_event:
+            self.on_event("state", state="partial_bar", detail=f"{start} built from part of "
+                          f"its 5-second bars")
+        return bar
+
+    async def _history_since(self, since: _dt.datetime) -> list:
+        """(IB thread) IB's bars of our size from ``since`` (or before) to now."""
+        import math
+
+        now = _dt.datetime.now(_UTC)
+        seconds = (now - since).total_seconds() + self.agg.span.total_seconds()
+        duration = f"{math.ceil(seconds)} S" if seconds <= 86_400 else \
+            f"{math.ceil(seconds / 86_400)} D"
+        bars = await self.store.ib.reqHistoricalDataAsync(
+            self.contract, endDateTime="", durationStr=duration,
+            barSizeSetting=bar_size_setting(self.minutes), whatToShow=self.what,
+            useRTH=self.use_rth, formatDate=2)
+        return [b for b in bars or [] if self._start_of(b) + self.agg.span <= now]
+
     def summary(self) -> dict:
         """``history_bars``, ``live_bars``, ``backfilled`` (bars from IB's history after a
-        reconnect), ``subscriptions``, ``stale`` 5-second bars dropped,
+        reconnect), ``patched`` (partial bars replaced by IB's history bar), ``partial_kept``
+        (handed on as built), ``subscriptions``, ``stale`` 5-second bars dropped,
         ``rolls`` made and the ``month`` traded now, ``gaps`` (``[after, before, bars
         missing]``)."""
         return {"history_bars": self.history_bars, "live_bars": self.live_bars,
-                "backfilled": self.backfilled,
+                "backfilled": self.backfilled, "patched": self.patched,
+                "partial_kept": self.partial_kept,
                 "subscriptions": self.subscriptions, "stale": self.agg.stale,
                 "rolls": self.rolls, "month": str(self.month) if self.month else None,
                 "gaps": [[str(a), str(b), n] for a, b, n in self.agg.gaps]}

@@ -6,6 +6,7 @@ Each record has ``ts`` (UTC, ISO 8601) and ``kind``; the other keys depend on th
 
 - ``state``: ``state`` (``connected``, ``equity``, ``reconciled``, ``held_in_other_month``,
   ``started``, ``history``, ``subscribed``, ``disconnected``, ``reconnected``, ``roll``,
+  ``partial_bar``,
   ``halted``, ``cancel_on_exit``, ``stopped``) and ``detail``;
 - ``order``: ``event`` (``sent``, ``would_send`` in dry-run, ``not_resent``, ``refused``,
   ``cancel_sent``, ``would_cancel``, ``modify_sent``, ``modify_refused``, ``would_modify``),
