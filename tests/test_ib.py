@@ -266,6 +266,26 @@ def test_a_stop_moved_by_cancel_and_oco_and_by_modify_and_a_refused_modify(gw, t
     assert refused["price"] == 1996.1 and "105" in refused["reason"]
 
 
+def test_modifications_count_towards_the_orders_per_minute_limit(gw, tmp_path):
+    # a resting stop (1 order) and two moves of it: the second is the third order in a
+    # minute, over the limit of 2: refused, trading halted, our orders cancelled
+    legs = {}
+
+    def stop(s):
+        legs["stop"] = s.sell(size=1, exectype=bt.Order.Stop, price=1990.0)
+
+    actions = {1: stop, 2: lambda s: s.broker.modify(legs["stop"], 1991.0),
+               3: lambda s: s.broker.modify(legs["stop"], 1992.0)}
+    gw.fill_mode = "none"
+    broker, _ = _run(gw, tmp_path / "j.jsonl", actions, closes=(2000.0,) * 5,
+                     limits=Limits(max_orders_per_minute=2))
+    assert [float(m["aux"]) for m in gw.modified] == [1991.0]
+    assert broker.halted.startswith("max orders per minute: 3 in 60 s")
+    assert gw.placed[0]["orderId"] in gw.cancels
+    events = [r["event"] for r in read_journal(tmp_path / "j.jsonl") if r["kind"] == "order"]
+    assert events[:3] == ["sent", "modify_sent", "modify_refused"]
+
+
 def test_rejected_order_is_a_backtrader_rejection(gw, tmp_path):
     gw.fill_mode = "reject"
     broker, strat = _run(gw, tmp_path / "j.jsonl", {1: _buy()})

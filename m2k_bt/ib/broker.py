@@ -577,9 +577,10 @@ class IBBroker(bt.broker.BrokerBase):
         in place at IB: the same IB order, its OCA group and parent kept. When IB acknowledges,
         the strategy is notified (``Accepted``, ``order.created.price`` the new price); when IB
         refuses, the price goes back and the strategy is notified again (the order works on at
-        its old price). backtrader's own brokers have no ``modify``: a strategy that must also
-        run in a backtest moves a stop by cancelling it and sending a new one ``oco=`` the
-        target, which this broker supports too."""
+        its old price). A modification counts towards the orders-per-minute limit; none is
+        sent once trading is halted. backtrader's own brokers have no ``modify``: a strategy
+        that must also run in a backtest moves a stop by cancelling it and sending a new one
+        ``oco=`` the target, which this broker supports too."""
         from ..contracts import round_to_tick
 
         if not order.alive() or order.exectype not in (bt.Order.Stop, bt.Order.Limit):
@@ -595,11 +596,23 @@ class IBBroker(bt.broker.BrokerBase):
             order.created.price = new
             self.notify(order)
             return
+        why = f"halted: {self.halted}" if self.halted else \
+            self.guard.check_order(0.0, 1, time.monotonic())  # the order rate only
+        if why:
+            self._j("order", event="modify_refused", ref=ref, ib_order_id=oid, reason=why,
+                    price=old)
+            if not self.halted:
+                self.halt(why)
+            self.notify(order)
+            return
         self._j("order", event="modify_sent", ref=ref, ib_order_id=oid, price=new, was=old)
         self._modifying[oid] = (order, old)
         order.created.price = new
         if not self.p.store.run(lambda: self._replace(oid, new)):
             self._modify_failed(oid, "IB does not list the order as open")
+            return
+        self.guard.record_sent(1, time.monotonic())
+        self.sent += 1
 
     def _replace(self, oid: int, price: float) -> bool:
         """(IB thread) Place IB order ``oid`` again at ``price``; False if it is not open."""
