@@ -982,3 +982,36 @@ def test_a_bar_the_subscription_began_in_the_middle_of_is_taken_from_history(gw,
     assert (src.patched, src.partial_kept) == ((1, 0) if ib_has_it else (0, 1))
     kept = [r for r in read_journal(tmp_path / "j.jsonl") if r.get("state") == "partial_bar"]
     assert len(kept) == (0 if ib_has_it else 1)
+
+
+def test_the_roll_is_timed_by_the_clock_when_the_old_month_sends_no_bar(gw, tmp_path):
+    # a run started 16:59:59.8 on the roll's eve, the old month silent (a weekend, say): the
+    # timer moves the subscription to M2KH6 at 17:00, and its first bar is the roll bar
+    import queue
+
+    from m2k_bt.contracts import ContractMonth
+
+    gw.contracts["202603"] = H6
+    now = _dt.datetime(2025, 12, 10, 16, 59, 59, 800_000, tzinfo=NY_ZONE)
+    t0 = time.monotonic()
+    clock = lambda: now + _dt.timedelta(seconds=time.monotonic() - t0)  # noqa: E731
+    store = _store(gw)
+    journal = Journal(tmp_path / "j.jsonl")
+    q: queue.Queue = queue.Queue()
+    try:
+        _, contract, _ = resolve_contract(store, M2K, WHEN)
+        src = IBBarSource(store, contract, M2K, minutes=1, history="1 D",
+                          on_event=journal.write, month=ContractMonth(2025, 12, M2K),
+                          clock=clock)
+        src.start(q)  # subscribes to M2KZ5, then the timer moves it
+        assert gw.wait_for(lambda: list(gw.rt_requests.values()) == [H6["conId"]])
+        gw.push_minute(_epoch("2025-12-10 18:00"), 2010.0, 2010.5, 2009.5, 2010.0,
+                       con_id=H6["conId"])
+        assert gw.wait_for(lambda: q.qsize() == 1)
+        bar = q.get_nowait()[0]
+    finally:
+        src.stop()
+        journal.close()
+        store.close()
+    assert bar.roll and bar.close == 2010.0 and src.rolls == 1
+    assert src.contract_for(_dt.datetime(2025, 12, 10, 18, 0)).conId == H6["conId"]

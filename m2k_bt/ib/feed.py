@@ -19,7 +19,8 @@ duplicate or out-of-order one, so no bar reaches the strategy twice).
   history bar, the bars after it held back meanwhile so they stay in order; when IB's history
   has not got it, it is handed on as built and journalled (``partial_bar``).
 - **The roll** (given ``month``): when the old month's last session before its roll moment
-  (:func:`~m2k_bt.ib.contract.roll_moment`, 18:00 New York on the eve of the roll date) ends,
+  (:func:`~m2k_bt.ib.contract.roll_moment`, 18:00 New York on the eve of the roll date) ends
+  (a 5-second bar ending in the hour before it, or a timer at the hour's start),
   the source resolves the next month (checked against our facts as at start), moves the
   subscription there, and marks the first bar of the new month ``roll``, as the backtests'
   continuous series marks it: the strategy then closes and reopens as it does in a backtest.
@@ -179,12 +180,15 @@ class IBBarSource(BarSource):
     - ``month`` (def: ``None``): the :class:`~m2k_bt.contracts.ContractMonth` of
       ``contract``; given, the source rolls to the next month on our calendar (module doc);
       ``days_before`` (def: 8) is the calendar's roll rule. ``None``: no roll.
+    - ``clock`` (def: ``None``): function returning the time now (aware); ``None``: the wall
+      clock. It times the roll (a timer starts the switch :data:`ROLL_LEAD` before the roll
+      moment, should the old month send no bar then) and tells complete history bars.
     """
 
     def __init__(self, store, contract, spec: ContractSpec, minutes: int = 5,
                  history: str = "2 D", what: str = "TRADES", use_rth: bool = False,
                  on_event=None, month: ContractMonth | None = None,
-                 days_before: int = DEFAULT_ROLL_DAYS) -> None:
+                 days_before: int = DEFAULT_ROLL_DAYS, clock=None) -> None:
         self.store, self.contract, self.spec = store, contract, spec
         self.month, self.days_before = month, days_before
         # (from when, naive New York or None, month, contract): the contract of each bar
@@ -192,6 +196,8 @@ class IBBarSource(BarSource):
         self._moment = self._roll_at(month)
         self._rolling = False
         self._roll_mark = False
+        self._clock = clock
+        self._timer = None
         self.rolls = 0
         self.minutes = _check_minutes(minutes)
         self.history, self.what, self.use_rth = history, what, use_rth
@@ -216,12 +222,15 @@ class IBBarSource(BarSource):
         self._q = q
         self._load_history()
         self.store.run(self._subscribe)
+        self.store.run(self._arm_roll_timer)
         self.store.on_reconnect(self._resume)
 
     def stop(self) -> None:
         if self._stopped.is_set():
             return
         self._stopped.set()
+        if self._timer is not None and self.store.loop is not None:
+            self.store.call_soon(self._timer.cancel)
         rt = self._rt
         if rt is not None and self.store.loop is not None and self.store.connected.is_set():
             self.store.call_soon(self.store.ib.cancelRealTimeBars, rt)
@@ -257,6 +266,27 @@ class IBBarSource(BarSource):
             if since is None or bar_dt >= since:
                 out = contract
         return out
+
+    def _now(self) -> _dt.datetime:
+        now = self._clock() if self._clock is not None else _dt.datetime.now(_UTC)
+        return now.astimezone(_UTC)
+
+    def _arm_roll_timer(self) -> None:
+        """(IB thread) Start the switch to the next month :data:`ROLL_LEAD` before the roll
+        moment by the clock, in case the old month sends no bar in that hour (a roll after a
+        weekend or a holiday); at once when that hour has begun."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        moment = self._moment
+        if moment is None or self._stopped.is_set():
+            return
+        now = self._now()
+        delay = (moment - ROLL_LEAD - now).total_seconds()
+        if delay > 0:
+            self._timer = self.store.loop.call_later(delay, self._start_roll)
+        elif now < moment:
+            self._start_roll()
 
     def mark_roll(self) -> None:
         """Mark the next live bar ``roll`` (a position found at start in an older month: the
@@ -297,6 +327,7 @@ class IBBarSource(BarSource):
         self._roll_mark = True
         self.rolls += 1
         self._rolling = False
+        self._arm_roll_timer()
         if self.on_event:
             self.on_event("state", state="roll", detail=f"{old} -> {new} from {since} "
                           f"(conId {details.contract.conId})")
@@ -308,7 +339,7 @@ class IBBarSource(BarSource):
             self.contract, endDateTime="", durationStr=self.history,
             barSizeSetting=bar_size_setting(self.minutes), whatToShow=self.what,
             useRTH=self.use_rth, formatDate=2), timeout=max(self.store.timeout, 30.0))
-        now = _dt.datetime.now(_UTC)
+        now = self._now()
         for b in bars or []:
             start = self._start_of(b)
             if start + self.agg.span > now:
@@ -446,7 +477,7 @@ class IBBarSource(BarSource):
         """(IB thread) IB's bars of our size from ``since`` (or before) to now."""
         import math
 
-        now = _dt.datetime.now(_UTC)
+        now = self._now()
         seconds = (now - since).total_seconds() + self.agg.span.total_seconds()
         duration = f"{math.ceil(seconds)} S" if seconds <= 86_400 else \
             f"{math.ceil(seconds / 86_400)} D"
