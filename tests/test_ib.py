@@ -1015,3 +1015,35 @@ def test_the_roll_is_timed_by_the_clock_when_the_old_month_sends_no_bar(gw, tmp_
         store.close()
     assert bar.roll and bar.close == 2010.0 and src.rolls == 1
     assert src.contract_for(_dt.datetime(2025, 12, 10, 18, 0)).conId == H6["conId"]
+
+
+def test_a_bar_built_across_a_short_outage_is_taken_from_history(gw, tmp_path):
+    # 10:15 is half built when the connection drops; back within the bar, IB's history has
+    # nothing newer yet; the bar is finished from the new subscription and then replaced by
+    # IB's history bar, which has the seconds of the outage
+    import queue
+
+    t0 = int(_dt.datetime(2025, 10, 1, 14, 0, tzinfo=_dt.timezone.utc).timestamp())
+    five = [(t0 + 300 * i, 2000.0 + i, 2001.0 + i, 1999.0 + i, 2000.5 + i, 10.0)
+            for i in range(4)]
+    gw.history = lambda f: five[:3] if len(gw.history_requests) <= 2 else five
+    store = _store(gw)
+    q: queue.Queue = queue.Queue()
+    try:
+        _, contract, _ = resolve_contract(store, M2K, WHEN)
+        src = IBBarSource(store, contract, M2K, minutes=5, history="1 D")
+        src.history_tries = 1
+        src.start(q)
+        for i in range(24):  # 10:15:00 - 10:16:55
+            gw.push_rt_bar(t0 + 900 + 5 * i, 2004.0, 2004.0, 2004.0, 2004.0)
+        gw.drop()
+        assert gw.wait_for(lambda: src.subscriptions == 2 and len(gw.rt_requests) == 1)
+        for i in range(36, 60):  # 10:18:00 - 10:19:55
+            gw.push_rt_bar(t0 + 900 + 5 * i, 2004.0, 2004.0, 2004.0, 2004.0)
+        assert gw.wait_for(lambda: q.qsize() == 4)
+        bars = [q.get_nowait()[0] for _ in range(4)]
+    finally:
+        src.stop()
+        store.close()
+    assert bars[3].dt == _dt.datetime.fromtimestamp(t0 + 900, _dt.timezone.utc)
+    assert (bars[3].open, bars[3].close) == (2003.0, 2003.5) and src.patched == 1

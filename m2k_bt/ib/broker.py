@@ -30,8 +30,14 @@ that is no longer the front month (a restart after the roll moment) is rolled on
 live bar when ``roll_held`` is given (the feed marks that bar ``roll``), else closed in its
 month when the strategy closes it.
 
-Equity is ``cash`` (the starting equity given, not IB's net liquidation value) plus realised
-and open profit: it is what the margin check, the sizer and the daily loss limit see.
+Equity is ``cash`` (the starting equity given, or IB's net liquidation value at start with
+``equity_from_ib``) plus realised and open profit: it is what the margin check, the sizer and
+the daily loss limit see.
+
+Orders of an earlier run found at start: a bracket's stop and target are kept while the
+position is held (and cancelled when it is closed); any other is cancelled (the strategy
+decides again). After a reconnect, IB's position must be the one our fills account for, or
+trading stops and IB is left as it is.
 """
 
 from __future__ import annotations

@@ -14,10 +14,11 @@ duplicate or out-of-order one, so no bar reaches the strategy twice).
   handed on to now), hands on each complete one that is later than the last handed on (so
   none twice, and the strategy acts on each once), journals the gap as ``gap`` with
   ``backfilled``, and then subscribes again. Bars IB cannot give stay a logged gap.
-- **Partial bars**: a bar that lacks some of its 5-second bars (the subscription began in its
-  middle, at start or after a reconnect; a hole; its last one missing) is replaced by IB's
-  history bar, the bars after it held back meanwhile so they stay in order; when IB's history
-  has not got it, it is handed on as built and journalled (``partial_bar``).
+- **Partial bars**: a bar that may lack 5-second bars from before a subscription (it began in
+  the bar's middle, at start or after a reconnect; or the bar was being built across an outage)
+  is replaced by IB's history bar, the bars after it held back meanwhile so they stay in
+  order; when IB's history has not got it, it is handed on as built and journalled
+  (``partial_bar``).
 - **The roll** (given ``month``): when the old month's last session before its roll moment
   (:func:`~m2k_bt.ib.contract.roll_moment`, 18:00 New York on the eve of the roll date) ends
   (a 5-second bar ending in the hour before it, or a timer at the hour's start),
@@ -98,11 +99,11 @@ class BarAggregator:
         self.last_start: _dt.datetime | None = None  # start of the last bar handed on
         self.stale = 0  # 5-second bars older than the bar being built (e.g. after a reconnect)
         self.gaps: list[tuple[_dt.datetime, _dt.datetime, int]] = []
-        # starts of bars handed on that lack some of their 5-second bars (a subscription that
-        # began in the middle of one, a hole, a missing last one)
+        # starts of bars handed on that may lack 5-second bars from before a subscription
+        # (one that began in their middle, or an outage in their middle)
         self.partial: set[_dt.datetime] = set()
         self._whole = False
-        self._next: _dt.datetime | None = None
+        self._fresh = False
 
     def _bucket(self, t: _dt.datetime) -> _dt.datetime:
         t = t.astimezone(_UTC)
@@ -122,19 +123,25 @@ class BarAggregator:
             if start < cur[0]:
                 self.stale += 1
                 return out
-            self._whole = False  # its last 5-second bar never came
             out.append(self._emit())  # the next bar began: this one is as complete as it gets
             cur = None
         if cur is None:
             self._cur = [start, o, h, lo, c, v]
-            self._whole = t == start
+            self._whole = not self._fresh or t == start
         else:
-            self._whole = self._whole and t == self._next
             cur[2], cur[3], cur[4], cur[5] = max(cur[2], h), min(cur[3], lo), c, cur[5] + v
-        self._next = t + _dt.timedelta(seconds=RT_SECONDS)
-        if self._next >= start + self.span:
+        self._fresh = False
+        if t + _dt.timedelta(seconds=RT_SECONDS) >= start + self.span:
             out.append(self._emit())
         return out
+
+    def subscribed(self) -> None:
+        """A (new) subscription begins: the first bar it builds may lack the 5-second bars
+        before it, and so does a bar being built across an outage; both are marked
+        ``partial`` when handed on."""
+        self._fresh = True
+        if self._cur is not None:
+            self._whole = False
 
     def drop_partial(self) -> None:
         """Forget the bar being built (its contract ended: a roll)."""
@@ -394,6 +401,7 @@ class IBBarSource(BarSource):
         """(IB thread) Subscribe to 5-second bars; again after a reconnect."""
         if self._stopped.is_set():
             return
+        self.agg.subscribed()
         self._rt = self.store.ib.reqRealTimeBars(self.contract, RT_SECONDS, self.what,
                                                  self.use_rth)
         self._rt.updateEvent += self._on_bar
