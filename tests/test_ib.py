@@ -1047,3 +1047,50 @@ def test_a_bar_built_across_a_short_outage_is_taken_from_history(gw, tmp_path):
         store.close()
     assert bars[3].dt == _dt.datetime.fromtimestamp(t0 + 900, _dt.timezone.utc)
     assert (bars[3].open, bars[3].close) == (2003.0, 2003.5) and src.patched == 1
+
+
+def test_a_roll_that_came_while_disconnected_is_made_on_return_with_both_months_backfilled(
+        gw, tmp_path):
+    # M2KZ5 to 16:58, then the gateway is away across its roll moment (18:00); back at
+    # 18:03: Z5's 16:59 from Z5's history, then the switch, H6's 18:00-18:02 from H6's
+    # history (18:00 the roll bar), then H6's live bars; each bar once, in order
+    import queue
+
+    from m2k_bt.contracts import ContractMonth
+
+    gw.contracts["202603"] = H6
+    z5 = gw.details["conId"]
+    z5_bars = [(_epoch(f"2025-12-10 16:{m}"), 2000.0, 2000.5, 1999.5, 2000.0, 10.0)
+               for m in (57, 58, 59)]
+    h6_bars = [(_epoch(f"2025-12-10 18:0{m}"), 2010.0, 2010.5, 2009.5, 2010.0, 10.0)
+               for m in range(3)]
+    gw.history = lambda f: z5_bars if int(f[2] or 0) == z5 else h6_bars
+    store = IBStore(port=gw.port, client_id=7, timeout=3.0, backoff=(0.05,)).connect()
+    q: queue.Queue = queue.Queue()
+    try:
+        _, contract, _ = resolve_contract(store, M2K, WHEN)
+        src = IBBarSource(store, contract, M2K, minutes=1, history="1 D",
+                          month=ContractMonth(2025, 12, M2K))
+        gw.history, history = [], gw.history  # no warm-up: the bars come live
+        src.start(q)
+        for start, *bar in z5_bars[:2]:
+            gw.push_minute(start, *bar, con_id=z5)
+        assert gw.wait_for(lambda: q.qsize() == 2)
+        gw.refuse = True
+        gw.drop()
+        assert gw.wait_for(lambda: not store.connected.is_set())
+        gw.history = history
+        gw.refuse = False
+        assert gw.wait_for(lambda: list(gw.rt_requests.values()) == [H6["conId"]], 10)
+        gw.push_minute(_epoch("2025-12-10 18:03"), 2010.0, 2010.5, 2009.5, 2010.0,
+                       con_id=H6["conId"])
+        assert gw.wait_for(lambda: q.qsize() == 7)
+        bars = [q.get_nowait()[0] for _ in range(7)]
+    finally:
+        src.stop()
+        store.close()
+    ny = [b.dt.astimezone(NY_ZONE).strftime("%H:%M") for b in bars]
+    assert ny == ["16:57", "16:58", "16:59", "18:00", "18:01", "18:02", "18:03"]
+    assert [b.roll for b in bars] == [False, False, False, True, False, False, False]
+    assert [b.close for b in bars] == [2000.0] * 3 + [2010.0] * 4
+    assert src.rolls == 1 and src.backfilled == 4

@@ -323,7 +323,8 @@ class IBBarSource(BarSource):
             return
         if self._stopped.is_set():
             return
-        since = self._moment.replace(tzinfo=None)
+        moment = self._moment
+        since = moment.replace(tzinfo=None)
         if self._rt is not None and self.store.connected.is_set():
             self.store.ib.cancelRealTimeBars(self._rt)
         self._rt = None
@@ -338,6 +339,8 @@ class IBBarSource(BarSource):
         if self.on_event:
             self.on_event("state", state="roll", detail=f"{old} -> {new} from {since} "
                           f"(conId {details.contract.conId})")
+        if self._now() > moment:  # a late switch: the new month's bars since the roll moment
+            await self._backfill(moment, why="roll")
         self._subscribe()
 
     def _load_history(self) -> None:
@@ -363,34 +366,46 @@ class IBBarSource(BarSource):
         """(IB thread) After a reconnect: backfill the bars missed, then subscribe again."""
         if self._stopped.is_set():
             return
-        last = self.agg.last_start
+        last, moment = self.agg.last_start, self._moment
+        roll_due = moment is not None and self._now() >= moment - ROLL_LEAD
         if last is not None:
-            try:
-                await self._backfill(last)
-            except Exception as exc:  # noqa: BLE001 - the gap stays logged, trading goes on
-                logger.error("backfill after %s failed: %s", last, exc)
-                if self.on_event:
-                    self.on_event("error", code=None, message=f"backfill after {last} "
-                                  f"failed: {exc}", ref=None)
+            await self._backfill(last, until=moment if roll_due else None)
         self._subscribe()
+        if roll_due:  # the roll came while we were away: the old month's bars are in
+            self._start_roll()
 
-    async def _backfill(self, last: _dt.datetime) -> None:
-        """(IB thread) Hand on the complete bars after ``last`` that IB's history has."""
-        bars = await self._history_since(last)
+    async def _backfill(self, since: _dt.datetime, until: _dt.datetime | None = None,
+                        why: str = "reconnected") -> int:
+        """(IB thread) Hand on the complete bars of IB's history from ``since`` (and before
+        ``until``) that are later than the last handed on; journal the gap. Returns how
+        many; a failure is logged and journalled (the gap stays)."""
+        last = self.agg.last_start
+        try:
+            bars = await self._history_since(since)
+        except Exception as exc:  # noqa: BLE001 - the gap stays logged, trading goes on
+            logger.error("backfill after %s failed: %s", last, exc)
+            if self.on_event:
+                self.on_event("error", code=None, message=f"backfill after {last} failed: "
+                              f"{exc}", ref=None)
+            return 0
         gaps, n = len(self.agg.gaps), 0
         for b in bars:
             start = self._start_of(b)
-            if start <= self.agg.last_start:
-                continue  # handed on already
+            if start < since or (last is not None and start <= self.agg.last_start) or (
+                    until is not None and start >= until):
+                continue  # handed on already, or not this month's
             self.agg.note(start)
-            self._put(start, b.open, b.high, b.low, b.close, b.volume)
+            self._put(start, b.open, b.high, b.low, b.close, b.volume, self._roll_mark)
+            self._roll_mark = False
             self.backfilled += 1
             n += 1
         unfilled = self.agg.gaps[gaps:]
-        logger.warning("reconnected: %d bar(s) after %s backfilled from IB's history", n, last)
-        if self.on_event:
-            self.on_event("gap", after=str(last), before=str(self.agg.last_start),
-                          missing=sum(g[2] for g in unfilled), backfilled=n)
+        if n or why == "reconnected":
+            logger.warning("%s: %d bar(s) after %s backfilled from IB's history", why, n, last)
+            if self.on_event:
+                self.on_event("gap", after=str(last), before=str(self.agg.last_start),
+                              missing=sum(g[2] for g in unfilled), backfilled=n)
+        return n
 
     def _start_of(self, b) -> _dt.datetime:
         start = b.date if isinstance(b.date, _dt.datetime) else \
