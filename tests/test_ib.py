@@ -720,6 +720,10 @@ def test_live_orders_equal_the_backtest_orders(gw, tmp_path, case):
         [{k: t[k] for k in keys} for t in backtest.trade_log]
     assert [t["net_pnl"] for t in strat.trade_log] == \
         pytest.approx([t["net_pnl"] for t in backtest.trade_log])
+    # the report's latency: bar taken off the queue -> order at IB's socket, for each bar
+    # that made orders
+    latency = strat.analyzers.latency.get_analysis()
+    assert latency["count"] == len({o[0] for o in expected}) and latency["p50_us"] > 0
 
 
 # -- the roll -------------------------------------------------------------------------------------

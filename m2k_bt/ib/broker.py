@@ -646,6 +646,12 @@ class IBBroker(bt.broker.BrokerBase):
         order.addcomminfo(self.getcommissioninfo(order.data))
         order.addinfo(**info)
         self._data = order.data
+        return self.submit(order)
+
+    def submit(self, order):
+        """Take a strategy's order: notified ``Submitted``, then sent (a bracket when its last
+        leg comes), refused or held; returns it. (backtrader's hook: the live latency analyzer
+        times the strategy's orders here, to the moment they are at IB's socket.)"""
         order.submit(self)
         self.notify(order)
         if order.parent is None and not order.transmit:
