@@ -724,6 +724,7 @@ def test_live_orders_equal_the_backtest_orders(gw, tmp_path, case):
     # that made orders
     latency = strat.analyzers.latency.get_analysis()
     assert latency["count"] == len({o[0] for o in expected}) and latency["p50_us"] > 0
+    assert live.feed.queue.maxsize == 0  # the IB thread never waits on the strategy
 
 
 # -- the roll -------------------------------------------------------------------------------------

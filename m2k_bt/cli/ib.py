@@ -111,9 +111,11 @@ def ib_cerebro(live_cerebro, source, config, store, contract, journal, limits,
     other parameters). Returns ``(cerebro, feed, broker)``."""
     from ..ib import IBBroker
 
+    # an unbounded queue: the IB thread puts bars on it and must never wait for the strategy,
+    # which may be waiting for the IB thread to place an order (a long backfill, say)
     cerebro, feed = live_cerebro(
         source, config, timeframe=bt.TimeFrame.Minutes, compression=source.minutes,
-        stop_event=stop_event, qcheck=heartbeat, guard_broker=False)
+        stop_event=stop_event, qcheck=heartbeat, guard_broker=False, maxsize=0)
     broker = IBBroker(store=store, contract=contract, spec=config.spec, journal=journal,
                       limits=limits, cash=config.cash, margin=config.margin,
                       history_end=lambda: source.history_end,
