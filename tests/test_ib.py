@@ -435,6 +435,34 @@ def test_unknown_position_is_refused_and_adopted_when_told(gw, tmp_path):
     assert adopt and adopt[0]["size"] == 2.0
 
 
+# -- the journal ----------------------------------------------------------------------------------
+def test_journal_survives_a_torn_last_line_and_counts_a_rolled_position_once(tmp_path):
+    from m2k_bt.errors import OutputError
+
+    path = tmp_path / "j.jsonl"
+    j = Journal(path)
+    j.write("fill", ref="m2k-1", exec_id="e1", symbol="M2KZ5", size=1.0, price=2000.0)
+    j.write("fill", ref="m2k-2", exec_id="e2", symbol="M2KZ5", size=-1.0, price=2001.0)
+    j.write("fill", ref="m2k-2", exec_id="e3", symbol="M2KH6", size=1.0, price=2011.0)
+    j.write("fill", ref="x", exec_id="e4", symbol="RTYH6", size=3.0, price=2011.0)
+    j.close()
+    with open(path, "a", encoding="utf-8") as fh:
+        fh.write('{"ts": "2025-12-10T23:00:00", "kind": "fi')  # a crash mid-write
+    again = Journal(path)  # a restart reads it back
+    assert len(again.records) == 4 and again.exec_ids() == {"e1", "e2", "e3", "e4"}
+    assert again.position("M2KZ5") == 0.0 and again.position("M2KH6") == 1.0
+    assert again.position("M2K", root=True) == 1.0  # Z5 bought, sold at the roll, H6 bought
+    again.write("state", state="reconciled", detail="")  # not glued to the torn line
+    again.close()
+    third = Journal(path)  # and the restart after that reads it all
+    assert [r["kind"] for r in third.records] == ["fill"] * 4 + ["state"]
+    third.close()
+    lines = path.read_text().splitlines()
+    path.write_text("\n".join(lines[:1] + ["not json"] + lines[1:]) + "\n")
+    with pytest.raises(OutputError, match=r"j.jsonl:2: not a journal record"):
+        read_journal(path)
+
+
 # -- limits ---------------------------------------------------------------------------------------
 def test_max_position_refuses_halts_and_flattens(gw, tmp_path):
     broker, strat = _run(gw, tmp_path / "j.jsonl", {1: _buy(1), 2: _buy(2), 3: _buy(1)},

@@ -1,6 +1,7 @@
 """The journal of a live run: every order, fill and state change appended, as it happens, to a
 JSON-lines file (one object a line, flushed and synced to disk before the call returns), so
-that a crash loses nothing that had happened and a restart can read what was sent.
+that a crash loses nothing that had happened and a restart can read what was sent (a last
+line a crash cut short is cut off when the journal is opened again).
 
 Each record has ``ts`` (UTC, ISO 8601) and ``kind``; the other keys depend on the kind:
 
@@ -30,6 +31,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
+import logging
 import os
 import threading
 from pathlib import Path
@@ -37,6 +39,8 @@ from pathlib import Path
 from ..errors import OutputError
 
 __all__ = ["Journal", "read_journal"]
+
+logger = logging.getLogger(__name__)
 
 
 class Journal:
@@ -46,12 +50,27 @@ class Journal:
         self.path = Path(path)
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._cut_torn_tail()
             self._fh = open(self.path, "a", encoding="utf-8")
         except OSError as exc:
             raise OutputError(f"cannot open the journal {self.path}: {exc.strerror or exc}") \
                 from exc
         self._lock = threading.Lock()
         self.records = read_journal(self.path)
+
+    def _cut_torn_tail(self) -> None:
+        """A last line without its newline is a write a crash cut short (the call never
+        returned): it is cut off, so the next record does not run on from it."""
+        if not self.path.exists():
+            return
+        with open(self.path, "rb+") as fh:
+            data = fh.read()
+            if not data or data.endswith(b"\n"):
+                return
+            keep = data.rfind(b"\n") + 1
+            fh.truncate(keep)
+        logger.warning("journal %s: a torn last line (a crash mid-write) cut off: %r",
+                       self.path, data[keep:keep + 200])
 
     def write(self, kind: str, **fields) -> dict:
         """Append one record and sync it to disk; returns it."""
