@@ -72,7 +72,7 @@ def _answers_in(broker, most: float = 2.0) -> None:
 class Script(bt.Strategy):
     """Runs ``actions[i](self)`` on bar i; keeps every notification."""
 
-    params = (("actions", None),)
+    params = (("actions", None), ("gw", None))
 
     def __init__(self):
         self.seen = []
@@ -100,7 +100,7 @@ def _run(gw, journal_path, actions, closes=(2000.0,) * 4, store=None, **broker_k
         broker = IBBroker(store=store, contract=contract, journal=journal, settle=1.0,
                           data=data, **broker_kw)
         cerebro.setbroker(broker)
-        cerebro.addstrategy(Script, actions=actions)
+        cerebro.addstrategy(Script, actions=actions, gw=gw)
         strat = cerebro.run()[0]
         journal.close()
         return broker, strat
@@ -284,6 +284,72 @@ def test_modifications_count_towards_the_orders_per_minute_limit(gw, tmp_path):
     assert gw.placed[0]["orderId"] in gw.cancels
     events = [r["event"] for r in read_journal(tmp_path / "j.jsonl") if r["kind"] == "order"]
     assert events[:3] == ["sent", "modify_sent", "modify_refused"]
+
+
+def test_an_order_while_disconnected_is_refused_not_a_crash(gw, tmp_path):
+    # the connection is down when the strategy buys: a rejection naming it, the run goes on;
+    # back, the next order goes through
+    def down(s):
+        gw.refuse = True
+        gw.drop()
+        assert gw.wait_for(lambda: not s.broker.p.store.connected.is_set())
+        s.buy(size=1)
+
+    def up(s):
+        gw.refuse = False
+        assert gw.wait_for(lambda: s.broker.p.store.connected.is_set())
+        s.buy(size=1)
+
+    broker, strat = _run(gw, tmp_path / "j.jsonl", {1: down, 2: up})
+    assert [s for _, s, _ in strat.seen][:2] == ["Submitted", "Rejected"]
+    assert broker.refused["disconnected"] == 1 and len(gw.placed) == 1
+    assert broker.position.size == 1
+
+
+def _away(s):
+    gw = s.p.gw
+    gw.refuse = True
+    gw.drop()
+    assert gw.wait_for(lambda: not s.broker.p.store.connected.is_set())
+
+
+def _back(s):
+    gw = s.p.gw
+    gw.refuse = False
+    assert gw.wait_for(lambda: s.broker.p.store.reconnects == 1)
+
+
+def test_a_cancel_while_disconnected_is_sent_on_return(gw, tmp_path):
+    legs = {}
+
+    def rest(s):
+        legs["o"] = s.buy(size=1, exectype=bt.Order.Limit, price=1990.0)
+
+    def cancel(s):
+        _away(s)
+        s.cancel(legs["o"])
+
+    gw.fill_mode = "none"
+    broker, strat = _run(gw, tmp_path / "j.jsonl", {1: rest, 2: cancel, 3: _back},
+                         closes=(2000.0,) * 6)
+    oid = gw.placed[0]["orderId"]
+    assert gw.cancels == [oid] and oid not in gw.open_orders
+    assert [st for ref, st, _ in strat.seen if ref == legs["o"].ref][-1] == "Canceled"
+
+
+def test_a_limit_broken_while_disconnected_flattens_on_return(gw, tmp_path):
+    # long 1; the connection is down when the strategy buys 1 more over max position 1:
+    # refused and halted at once; the flatten waits for the connection (and for the fills
+    # missed meanwhile), then goes
+    def over(s):
+        _away(s)
+        s.buy(size=1)
+
+    broker, strat = _run(gw, tmp_path / "j.jsonl", {1: _buy(), 2: over, 3: _back},
+                         closes=(2000.0,) * 6, limits=Limits(max_position=1))
+    assert broker.halted.startswith("max position")
+    assert [(p["action"], p["qty"]) for p in gw.placed] == [("BUY", 1.0), ("SELL", 1.0)]
+    assert gw.placed[1]["ref"].startswith("m2k-flatten-") and broker.position.size == 0
 
 
 def test_rejected_order_is_a_backtrader_rejection(gw, tmp_path):

@@ -140,6 +140,10 @@ class IBBroker(bt.broker.BrokerBase):
         self._open_ids: tuple | None = None  # IB's open orders after a reconnect, last id
         self._last_placed = 0  # (IB thread) the highest order id placed
         self._ib_position: float | None = None  # IB's position after a reconnect
+        self._cancels_due: set[int] = set()  # (IB thread) cancels to send when connected
+        self._flatten_due = False  # a halt's cancel and flatten wait for the connection
+        self._flattening: set[int] = set()  # IB ids of flatten orders not filled yet
+        self._await_sync = False  # disconnected: wait for the reconnect's fills first
         self._data = self.p.data
         self._day = None
         self._day_start = None
@@ -282,6 +286,9 @@ class IBBroker(bt.broker.BrokerBase):
         for f in fills:
             if self._ours(f.contract):
                 self._events.put(("exec", self._fill_of(f)))
+        due, self._cancels_due = self._cancels_due, set()
+        for oid in due:  # cancels asked for while away
+            self._cancel_id(oid)
         # orders placed after this look (ids above the last placed now) are not judged by it
         self._events.put(("open_ids", ({t.order.orderId for t in ib.openTrades()},
                                        self._last_placed)))
@@ -335,17 +342,26 @@ class IBBroker(bt.broker.BrokerBase):
         super().stop()
 
     def _waiting(self) -> bool:
-        # orders sent whose first answer has not come back yet
-        return any(o.status == o.Submitted for o in self.by_id.values())
+        # orders sent whose first answer has not come back yet, and flattens not done
+        return bool(self._flattening) or any(o.status == o.Submitted
+                                             for o in self.by_id.values())
 
     def _our_open_ids(self) -> list[int]:
         return [t.order.orderId for t in self.p.store.ib.openTrades()
                 if t.order.orderRef.startswith(f"{self.p.tag}-")]
 
     def _cancel_id(self, oid: int) -> None:
-        for t in self.p.store.ib.openTrades():
-            if t.order.orderId == oid:
-                self.p.store.ib.cancelOrder(t.order)
+        """(IB thread) Cancel IB order ``oid``; while disconnected, once the connection is
+        back (:meth:`_on_reconnect`)."""
+        ib = self.p.store.ib
+        try:
+            if not ib.isConnected():
+                raise ConnectionError("not connected")
+            for t in ib.openTrades():
+                if t.order.orderId == oid:
+                    ib.cancelOrder(t.order)
+        except ConnectionError:
+            self._cancels_due.add(oid)
 
     # -- IB's events (IB thread -> queue -> cerebro's thread) ---------------------------------
     def _subscribe(self) -> None:
@@ -395,6 +411,7 @@ class IBBroker(bt.broker.BrokerBase):
                 self._ib_position = ev[1]
             elif kind == "state":
                 self._j("state", state=ev[1], detail="executions asked again")
+                self._await_sync = False
         now = time.monotonic()
         waiting = []
         for arrived, f in self._fills:
@@ -411,6 +428,8 @@ class IBBroker(bt.broker.BrokerBase):
             self._ib_position = None
 
     def _status(self, oid: int, status: str, filled: float, remaining: float) -> None:
+        if status in ("Filled", "Cancelled", "ApiCancelled", "Inactive", "Rejected"):
+            self._flattening.discard(oid)
         order = self.by_id.get(oid)
         self._j("status", ib_order_id=oid, ref=self.refs.get(order.ref) if order else None,
                 status=status, filled=filled, remaining=remaining)
@@ -522,6 +541,8 @@ class IBBroker(bt.broker.BrokerBase):
         while self._fills:  # booked before the strategy sees another bar (comm_wait at most)
             time.sleep(0.005)
             self._drain()
+        if self._flatten_due and not self._await_sync and self._ib_position is None:
+            self._close_out()
         self._check_loss()
 
     def _each(self) -> float:
@@ -603,19 +624,25 @@ class IBBroker(bt.broker.BrokerBase):
             self.notify(order)
             return
         why = f"halted: {self.halted}" if self.halted else \
-            self.guard.check_order(0.0, 1, time.monotonic())  # the order rate only
+            "disconnected: no connection to IB now" if not self.p.store.connected.is_set() \
+            else self.guard.check_order(0.0, 1, time.monotonic())  # the order rate only
         if why:
             self._j("order", event="modify_refused", ref=ref, ib_order_id=oid, reason=why,
                     price=old)
-            if not self.halted:
+            if not self.halted and not why.startswith("disconnected"):
                 self.halt(why)
             self.notify(order)
             return
         self._j("order", event="modify_sent", ref=ref, ib_order_id=oid, price=new, was=old)
         self._modifying[oid] = (order, old)
         order.created.price = new
-        if not self.p.store.run(lambda: self._replace(oid, new)):
-            self._modify_failed(oid, "IB does not list the order as open")
+        try:
+            placed = self.p.store.run(lambda: self._replace(oid, new))
+        except ConnectionError as exc:
+            placed = False
+            why = f"disconnected: {exc}"
+        if not placed:
+            self._modify_failed(oid, why or "IB does not list the order as open")
             return
         self.guard.record_sent(1, time.monotonic())
         self.sent += 1
@@ -739,7 +766,13 @@ class IBBroker(bt.broker.BrokerBase):
                 o.accept(self)
                 self.notify(o)
             return
-        ids = self.p.store.run(lambda: self._place(plan, contract))
+        if not self.p.store.connected.is_set():
+            return self._refuse(group, "disconnected: no connection to IB now (reconnecting)",
+                                ref)
+        try:
+            ids = self.p.store.run(lambda: self._place(plan, contract))
+        except ConnectionError as exc:  # lost on the way: nothing was written to IB
+            return self._refuse(group, f"disconnected: {exc}", ref)
         for o, oid in zip(group, ids):
             self.by_id[oid] = o
         self.ids[parent.ref] = ids
@@ -796,17 +829,40 @@ class IBBroker(bt.broker.BrokerBase):
             self._j("state", state="halted", detail=f"dry-run: would cancel and flatten "
                     f"{self.position.size:+g}")
             return
+        self._flatten_due = True
+        self._close_out()
+
+    def _close_out(self) -> None:
+        """A halt's work: cancel our open orders and close the position at market (in every
+        month that holds some). Disconnected, it waits for the connection and for the fills
+        missed meanwhile (:meth:`next` calls it again)."""
         store = self.p.store
+        if not store.connected.is_set():
+            if not self._await_sync:
+                self._await_sync = True
+                self._j("state", state="halted", detail="disconnected: cancel and flatten "
+                        "when the connection is back")
+            return
         for oid in store.run(self._our_open_ids):
             store.call_soon(self._cancel_id, oid)
         size = self.position.size  # entries still working are cancelled above
         held = dict(self.held) or ({self.p.contract.conId: size} if size else {})
-        for i, (con, n) in enumerate(sorted(held.items())):
-            ref = f"{self.p.tag}-flatten-{_dt.datetime.now():%Y%m%d%H%M%S}" + \
-                (f"-{i + 1}" if i else "")
-            plan = plan_orders(self.p.spec, n < 0, abs(n), ref)
-            contract = self.contracts.get(con, self.p.contract)
-            ids = store.run(lambda: self._place(plan, contract))  # noqa: B023 - run now
-            self._j("order", event="sent", ref=ref, plan=plan.describe(), ib_order_ids=ids,
-                    reason="flatten", symbol=getattr(contract, "localSymbol", "") or None)
+        try:
+            for i, (con, n) in enumerate(sorted(held.items())):
+                ref = f"{self.p.tag}-flatten-{_dt.datetime.now():%Y%m%d%H%M%S}" + \
+                    (f"-{i + 1}" if i else "")
+                plan = plan_orders(self.p.spec, n < 0, abs(n), ref)
+                contract = self.contracts.get(con, self.p.contract)
+                ids = store.run(lambda: self._place(plan, contract))  # noqa: B023 - run now
+                self._flattening.update(ids)
+                self._j("order", event="sent", ref=ref, plan=plan.describe(),
+                        ib_order_ids=ids, reason="flatten",
+                        symbol=getattr(contract, "localSymbol", "") or None)
+                held[con] = 0.0
+        except ConnectionError:  # lost on the way: the rest when it is back
+            self._await_sync = True
+            self._j("state", state="halted", detail="disconnected while flattening: the rest "
+                    "when the connection is back")
+            return
+        self._flatten_due = False
         self._j("state", state="halted", detail=f"cancelled our orders, flatten {-size:+g}")
