@@ -77,7 +77,7 @@ class FakeGateway:
         self.rt_requests: dict[int, int] = {}  # reqId of a real-time bar subscription -> conId
         self.history_requests: list[list[str]] = []  # fields of every reqHistoricalData
         self.connections = 0
-        self.refuse = False  # True: hang up on every new connection (a gateway restarting)
+        self._refuse = False  # see the ``refuse`` property
         self.refuse_modify = False  # True: answer a modification with error 105
         self.client_id = 0
         self.next_id = 1
@@ -111,6 +111,28 @@ class FakeGateway:
             asyncio.run_coroutine_threadsafe(_close(), self._loop).result(5)
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(5)
+
+    @property
+    def refuse(self) -> bool:
+        """True while the gateway is away (restarting): nothing listens on its port, so a
+        connect is refused at once; False listens on the same port again."""
+        return self._refuse
+
+    @refuse.setter
+    def refuse(self, value: bool) -> None:
+        value = bool(value)
+        if value == self._refuse:
+            return
+        self._refuse = value
+
+        async def _switch():
+            if value:
+                self._server.close()
+                await self._server.wait_closed()
+            else:
+                self._server = await asyncio.start_server(self._serve, "127.0.0.1", self.port)
+
+        asyncio.run_coroutine_threadsafe(_switch(), self._loop).result(5)
 
     def drop(self) -> None:
         """Close every client connection (the daily restart); the server keeps listening."""
@@ -149,9 +171,6 @@ class FakeGateway:
                 w.write(encode(*fields))
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        if self.refuse:
-            writer.close()
-            return
         self.connections += 1
         try:
             head = await reader.readexactly(4)
