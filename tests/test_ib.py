@@ -621,9 +621,12 @@ def test_source_history_then_live_bars_resubscribed_after_a_drop(gw):
 
 
 # -- the command line, end to end -----------------------------------------------------------------
-@pytest.mark.parametrize("sig,status", [("SIGTERM", 143), ("SIGINT", 130)])
-def test_cli_dry_run_then_a_signal_writes_the_report_and_exits_128_plus(gw, tmp_path, sig,
-                                                                       status):
+@pytest.mark.parametrize("sig,status,dry", [("SIGTERM", 143, True), ("SIGINT", 130, False)])
+def test_cli_run_then_a_signal_writes_the_report_and_exits_128_plus(gw, tmp_path, sig, status,
+                                                                    dry):
+    # run_backtest.py live --ib, end to end in a process of its own: 40 bars of history, then
+    # (trading, not dry) one live five-minute bar that turns an SMA 2/3 crossover short: one
+    # order, filled; then a signal ends it with the report
     import json
     import os
     import signal
@@ -631,30 +634,41 @@ def test_cli_dry_run_then_a_signal_writes_the_report_and_exits_128_plus(gw, tmp_
 
     t0 = int(_dt.datetime(2025, 10, 1, 14, 0, tzinfo=_dt.timezone.utc).timestamp())
     gw.history = [(t0 + 300 * i, 2000.0 + i % 7, 2001.0 + i % 7, 1999.0 + i % 7,
-                   2000.5 + i % 7, 10.0) for i in range(40)]
+                   2000.5 + i % 7, 10.0) for i in range(40)]  # ends rising: 2004.5 last
     out = tmp_path / "out"
     root = Path(__file__).resolve().parent.parent
+    args = ["--dry-run", "--sizer", "fixed"] if dry else \
+        ["--strategy", "sma", "--param", "fast=2", "--param", "slow=3", "--sizer", "fixed"]
     proc = subprocess.Popen(
         [sys.executable, str(root / "run_backtest.py"), "live", "--ib", f"127.0.0.1:{gw.port}",
-         "--client-id", "4", "--dry-run", "--sizer", "fixed", "--no-plot", "--quiet",
-         "--out", str(out)],
+         "--client-id", "4", *args, "--no-plot", "--quiet", "--out", str(out)],
         env={**os.environ, "PYTHONPATH": str(root)}, stdout=subprocess.PIPE,
         stderr=subprocess.PIPE, text=True)
     journal = out / "journal.jsonl"
     try:
         assert gw.wait_for(lambda: journal.exists() and '"subscribed"' in journal.read_text(),
                            60)
+        if not dry:
+            for i in range(60):  # 13:20-13:25 New York, at 1990.0: fast 1997.25 < slow 1999.33
+                gw.push_rt_bar(t0 + 300 * 40 + 5 * i, 1990.0, 1990.0, 1990.0, 1990.0)
+            assert gw.wait_for(lambda: '"fill"' in journal.read_text(), 30)
     finally:
         proc.send_signal(getattr(signal, sig))
         _, err = proc.communicate(timeout=60)
     assert proc.returncode == status, err
-    assert gw.placed == []
     report = json.loads((out / "report.json").read_text())
-    assert "report.json" in os.listdir(out)
     states = [r.get("state") for r in read_journal(journal) if r["kind"] == "state"]
     assert states[0] == "connected" and "reconciled" in states and states[-1] == "stopped"
     assert report["analyzers"]["stream"]["interrupted_by"] == sig
     assert report["analyzers"]["ib"]["history_bars"] == 40
+    if dry:
+        assert gw.placed == [] and report["analyzers"]["ib"]["sent"] == 0
+    else:
+        assert [(p["action"], p["qty"], p["ref"]) for p in gw.placed] == [
+            ("SELL", 1.0, "m2k-202510011320-1")]
+        assert report["analyzers"]["ib"]["sent"] == 1
+        assert report["analyzers"]["ib"]["live_bars"] == 1
+        assert report["analyzers"]["latency"]["count"] == 1
 
 
 # -- live / backtest parity ---------------------------------------------------------------------
