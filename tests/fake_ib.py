@@ -59,6 +59,7 @@ class FakeGateway:
         self.fill_mode = "fill"
         self.fill_price = 2000.0
         self.net_liquidation = 31_234.56  # the account's equity, $ (reqAccountSummary)
+        self.market_time = 0  # epoch of the last bar pushed: the time executions are stamped
         self.commission = 0.62
         self.details = {"conId": CON_ID, "symbol": "M2K", "expiry": EXPIRY, "multiplier": "5",
                         "exchange": "CME", "local": LOCAL, "minTick": "0.1"}
@@ -310,7 +311,8 @@ class FakeGateway:
         self.exec_seq += 1
         ex = {"orderId": order_id, "execId": f"0001f4e8.{self.exec_seq:04d}.01.01",
               "side": "BOT" if o["action"] == "BUY" else "SLD", "qty": qty, "price": price,
-              "perm": o["perm"], "ref": o["ref"], "cum": o["filled"], "conId": o["conId"]}
+              "perm": o["perm"], "ref": o["ref"], "cum": o["filled"], "conId": o["conId"],
+              "time": self.market_time}
         self.executions.append(ex)
         self._exec(-1, ex)
         done = o["filled"] >= o["qty"]
@@ -331,8 +333,10 @@ class FakeGateway:
 
     def _exec(self, req: int, ex: dict) -> None:
         d = self.by_con(ex.get("conId"))
+        stamp = time.gmtime(ex.get("time") or 1759329000)  # else 2025-10-01 14:30 UTC
         self._send(11, req, ex["orderId"], *_contract_fields(d), ex["execId"],
-                   "20251001 14:30:00 UTC", ACCOUNT, "CME", ex["side"], ex["qty"], ex["price"],
+                   time.strftime("%Y%m%d %H:%M:%S UTC", stamp), ACCOUNT, "CME", ex["side"],
+                   ex["qty"], ex["price"],
                    ex["perm"], self.client_id, 0, ex.get("cum", ex["qty"]), ex["price"],
                    ex["ref"], "", "", "", 1)
 
@@ -398,6 +402,7 @@ class FakeGateway:
         ``fill_mode="exchange"`` the resting orders are matched against it first (a fill is
         reported before the bar that made it)."""
         def _push():
+            self.market_time = epoch
             if self.fill_mode == "exchange":
                 self.match(o, h, lo)
             for req, con in self.rt_requests.items():

@@ -668,6 +668,16 @@ def test_cli_run_then_a_signal_writes_the_report_and_exits_128_plus(gw, tmp_path
             ("SELL", 1.0, "m2k-202510011320-1")]
         assert report["analyzers"]["ib"]["sent"] == 1
         assert report["analyzers"]["ib"]["live_bars"] == 1
+        # the fill came after the last bar: the strategy was told (the trade is in the
+        # report, open at the end, short from 2000.0, IB's execution time)
+        trades = pd.read_csv(out / "trades.csv")
+        assert trades[["direction", "entry_price", "exit_reason"]].values.tolist() == [
+            ["short", 2000.0, "end"]]
+        # filled at once, at the fake exchange's clock: the last 5-second bar, 13:24:55
+        assert trades["entry_dt"][0].startswith("2025-10-01T13:24:55")
+        warned = report["warnings"]
+        assert any("decided on warm-up" in w for w in warned)
+        assert not any(w.startswith("orders:") for w in warned)  # not counted as rejections
         # timed: every bar whose decision went to the broker (warm-up ones refused there)
         assert report["analyzers"]["latency"]["count"] >= 1
 
@@ -829,6 +839,9 @@ def test_live_orders_equal_the_backtest_orders(gw, tmp_path, case):
         [{k: t[k] for k in keys} for t in backtest.trade_log]
     assert [t["net_pnl"] for t in strat.trade_log] == \
         pytest.approx([t["net_pnl"] for t in backtest.trade_log])
+    # at the same times: IB's execution times (the fake's stop fills 5 s into the bar)
+    minute = lambda t: (t["entry_dt"].replace(second=0), t["exit_dt"].replace(second=0))  # noqa: E731
+    assert [minute(t) for t in strat.trade_log] == [minute(t) for t in backtest.trade_log]
     # the report's latency: bar taken off the queue -> order at IB's socket, for each bar
     # that made orders
     latency = strat.analyzers.latency.get_analysis()

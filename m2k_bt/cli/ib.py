@@ -123,6 +123,10 @@ def ib_cerebro(live_cerebro, source, config, store, contract, journal, limits,
                       **broker_kw)
     broker.comminfo = dict(cerebro.broker.comminfo)
     cerebro.broker = broker
+    # IB's answers reach the strategy as they come (on the feed's heartbeat), not only with
+    # the next bar: a stop filled in the middle of a bar is known before it ends, and a fill
+    # that comes after the last bar is in the report
+    cerebro.p.quicknotify = True
     return cerebro, feed, broker
 
 
@@ -194,6 +198,9 @@ def _write(strategy, cerebro, feed, source, broker, config, out, stopper, t0, ar
                       "reconciliation": broker.reconciliation.summary()
                       if broker.reconciliation else None}
     warnings = []
+    if broker.refused.get("warm-up"):
+        warnings.append(f"{broker.refused['warm-up']} order(s) decided on warm-up (history) "
+                        f"bars not sent, by design")
     if broker.halted:
         warnings.append(f"trading halted: {broker.halted}")
     if stopper.name:
@@ -204,7 +211,7 @@ def _write(strategy, cerebro, feed, source, broker, config, out, stopper, t0, ar
     result = make_result(
         config, final_value=broker.getvalue(), bars=processed, first_dt=None,
         last_dt=None, analysis=analysis, trades=getattr(strategy, "trade_log", []),
-        margin_events=[], order_rejections=getattr(strategy, "order_rejections", {}),
+        margin_events=[], order_rejections=_rejections(strategy, broker),
         event_warnings=getattr(strategy, "event_warnings", None), more_warnings=warnings,
         data_report=[], elapsed=time.perf_counter() - t0, cerebro=cerebro, strategy=strategy)
     paths = write_outputs(result, out, plot=not args.no_plot)
@@ -213,3 +220,15 @@ def _write(strategy, cerebro, feed, source, broker, config, out, stopper, t0, ar
         for w in result.warnings:
             print(f"warning: {w}")
         print(f"outputs: {out} ({', '.join(sorted(Path(p).name for p in paths.values()))})")
+
+
+def _rejections(strategy, broker) -> dict:
+    """The strategy's rejected orders less those the broker refused because they were decided
+    on warm-up bars (not sent by design, reported apart)."""
+    out = dict(getattr(strategy, "order_rejections", {}) or {})
+    warm = broker.refused.get("warm-up", 0)
+    if warm and out.get("Rejected"):
+        out["Rejected"] -= min(warm, out["Rejected"])
+        if not out["Rejected"]:
+            del out["Rejected"]
+    return out

@@ -53,6 +53,7 @@ import backtrader as bt
 from ..contracts import M2K, trade_date
 from ..errors import ParameterError
 from ..rules.margin import margin_held, supported_contracts
+from ..sessions import NY_ZONE
 from .errors import ReconcileError
 from .limits import LimitGuard
 from .orders import REF_TAG, ib_orders, order_ref, plan_orders
@@ -225,8 +226,9 @@ class IBBroker(bt.broker.BrokerBase):
         ex = f.execution
         sign = 1.0 if ex.side in ("BOT", "BUY") else -1.0
         comm = f.commissionReport.commission if f.commissionReport.execId else None
+        when = ex.time if isinstance(ex.time, _dt.datetime) and ex.time.tzinfo else None
         return IBFill(ex.execId, ex.orderId, ex.orderRef, sign * ex.shares, ex.price, comm,
-                      f.contract.conId, f.contract.localSymbol)
+                      f.contract.conId, f.contract.localSymbol, when)
 
     def _reconcile(self) -> None:
         size, avg, held_by, orders, fills = self.p.store.run(self._snapshot)
@@ -496,7 +498,8 @@ class IBBroker(bt.broker.BrokerBase):
         if order is None or not order.alive():
             return  # an order of an earlier run (say its bracket's stop): position booked
         closedcomm = commission * abs(closed) / abs(f.size) if f.size else 0.0
-        order.execute(bt.date2num(_dt.datetime.now()), f.size, f.price, closed,
+        when = (f.time or _dt.datetime.now(NY_ZONE)).astimezone(NY_ZONE).replace(tzinfo=None)
+        order.execute(bt.date2num(when), f.size, f.price, closed,
                       abs(closed) * pprice_orig * mult, closedcomm, opened,
                       abs(opened) * f.price * mult, commission - closedcomm,
                       comminfo.margin if comminfo else 0.0, pnl, psize, pprice)

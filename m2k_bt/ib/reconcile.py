@@ -15,6 +15,7 @@ Ours carry our order reference (tag ``m2k-``). The rule:
 
 from __future__ import annotations
 
+import datetime as _dt
 from dataclasses import dataclass, field
 
 from .errors import ReconcileError
@@ -39,7 +40,7 @@ class IBOrder:
 class IBFill:
     """An execution at IB: ``exec_id``, ``order_id``, ``ref``, ``size`` (signed contracts),
     ``price``, ``commission`` (``None`` when not reported yet), ``con_id`` and ``symbol`` of
-    its contract (``0``/``""``: not told)."""
+    its contract (``0``/``""``: not told), ``time`` (aware; ``None``: not told)."""
 
     exec_id: str
     order_id: int
@@ -49,6 +50,7 @@ class IBFill:
     commission: float | None = None
     con_id: int = 0
     symbol: str = ""
+    time: _dt.datetime | None = None
 
 
 @dataclass
