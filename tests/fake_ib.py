@@ -162,7 +162,7 @@ class FakeGateway:
         while time.monotonic() < end:
             if predicate():
                 return True
-            time.sleep(0.01)
+            time.sleep(0.002)
         return bool(predicate())
 
     # -- the protocol ----------------------------------------------------------------------
@@ -401,14 +401,15 @@ class FakeGateway:
         """A 5-second real-time bar to every subscription (call from the test thread); with
         ``fill_mode="exchange"`` the resting orders are matched against it first (a fill is
         reported before the bar that made it)."""
-        def _push():
-            self.market_time = epoch
-            if self.fill_mode == "exchange":
-                self.match(o, h, lo)
-            for req, con in self.rt_requests.items():
-                if con_id is None or con == con_id:
-                    self._send(50, 3, req, epoch, o, h, lo, c, v, c, 1)
-        self.call(_push)
+        self.call(self._push, epoch, o, h, lo, c, v, con_id)
+
+    def _push(self, epoch, o, h, lo, c, v, con_id) -> None:
+        self.market_time = epoch
+        if self.fill_mode == "exchange":
+            self.match(o, h, lo)
+        for req, con in self.rt_requests.items():
+            if con_id is None or con == con_id:
+                self._send(50, 3, req, epoch, o, h, lo, c, v, c, 1)
 
     def push_minute(self, start: int, o: float, h: float, lo: float, c: float,
                     v: float = 1, con_id: int | None = None) -> None:
@@ -418,8 +419,11 @@ class FakeGateway:
         the close ten times. With ``fill_mode="exchange"`` a market order fills at ``o``,
         stops and limits as ``BackBroker`` fills them on this bar."""
         parts = [(o, o, o, o, 0), (o, h, lo, c, v)] + [(c, c, c, c, 0)] * 10
-        for i, (a, b, x, y, vol) in enumerate(parts):
-            self.push_rt_bar(start + 5 * i, a, b, x, y, vol, con_id)
+
+        def _all():  # in one go on the loop, in order
+            for i, (a, b, x, y, vol) in enumerate(parts):
+                self._push(start + 5 * i, a, b, x, y, vol, con_id)
+        self.call(_all)
 
     def minute_history(self, bars) -> None:
         """Answer history requests with ``bars``: ``(start epoch, o, h, lo, c, v)`` rows."""

@@ -63,10 +63,10 @@ def _answers_in(broker, most: float = 2.0) -> None:
     end, last, t0 = time.monotonic() + most, -1, time.monotonic()
     while time.monotonic() < end:
         n = broker._events.qsize()
-        if n == last and (n or time.monotonic() - t0 > 0.3):
+        if n == last and (n or time.monotonic() - t0 > 0.2):
             return
         last = n
-        time.sleep(0.05)
+        time.sleep(0.03)
 
 
 class Script(bt.Strategy):
