@@ -648,7 +648,6 @@ class IBBroker(bt.broker.BrokerBase):
             self._modify_failed(oid, why or "IB does not list the order as open")
             return
         self.guard.record_sent(1, time.monotonic())
-        self.sent += 1
 
     def _replace(self, oid: int, price: float) -> bool:
         """(IB thread) Place IB order ``oid`` again at ``price``; False if it is not open."""
