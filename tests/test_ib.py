@@ -147,6 +147,15 @@ def test_bad_address_is_one_line(tmp_path):
     assert rc == 2 and err.count("\n") == 1 and "HOST:PORT" in err
 
 
+def test_cli_an_account_it_cannot_account_for_is_one_line_exit_2(gw, tmp_path):
+    gw.positions = [(2.0, 2000.0 * 5)]  # bought in TWS by hand
+    rc, err, _ = _cli(["live", "--ib", f"127.0.0.1:{gw.port}", "--client-id", "5",
+                       "--history", "1 D", "--no-plot", "--quiet", "--out", str(tmp_path / "o")])
+    assert rc == 2 and err.count("\n") == 1 and "Traceback" not in err
+    assert err.startswith("error: refusing to trade: the account holds +2 M2K")
+    assert "--adopt" in err
+
+
 def test_store_connects_and_reconnects_after_a_drop(gw):
     states = []
     store = IBStore(port=gw.port, client_id=7, timeout=3.0, backoff=(0.05,))
