@@ -11,10 +11,16 @@ Script knobs (set before or during a test): ``fill_mode`` (``"fill"``: market or
 once at ``fill_price``; ``"none"``: they stay open; ``"reject"``: error 201; ``"partial"``:
 half fills; ``"exchange"``: orders rest until :meth:`FakeGateway.push_rt_bar` moves the price,
 then fill as backtrader's ``BackBroker`` fills them against that bar, see :meth:`match`),
-``positions``, ``executions`` and ``open_orders`` (what a restarted gateway knows),
-``details`` (contract details overrides), ``history`` (bars for reqHistoricalData). Executions
-asked for again (reqExecutions) come without their commission reports, as when IB's reports
-lag: the client must wait for them or estimate.
+``positions`` (per contract), ``executions`` and ``open_orders`` (what a restarted gateway
+knows), ``details`` (contract details overrides) and ``contracts`` (the months it knows, by
+``YYYYMM``; a month not scripted is ``details`` under that month's third Friday unless
+``strict``), ``history`` (bars for reqHistoricalData, or a function of the request's fields),
+``net_liquidation`` (reqAccountSummary), ``refuse`` (the gateway is away: nothing listens),
+``refuse_modify`` (a modification gets error 105). It records ``placed`` (new orders),
+``modified``, ``cancels``, ``rt_requests`` (subscription -> conId) and ``history_requests``;
+executions are stamped with ``market_time``, the last bar pushed. Executions asked for again
+(reqExecutions) come without their commission reports, as when IB's reports lag: the client
+must wait for them or estimate.
 """
 
 from __future__ import annotations
