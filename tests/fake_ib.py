@@ -141,6 +141,20 @@ class FakeGateway:
 
         asyncio.run_coroutine_threadsafe(_switch(), self._loop).result(5)
 
+    def link(self, code: int) -> None:
+        """The gateway's link to IB: 1100 lost, 1101 restored (market data lost), 1102
+        restored (kept); said to every client as IB's gateway says it. A lost link drops the
+        real-time subscriptions when it comes back with 1101."""
+        text = {1100: "Connectivity between IB and Trader Workstation has been lost.",
+                1101: "Connectivity between IB and TWS has been restored- data lost.",
+                1102: "Connectivity between IB and TWS has been restored- data maintained."}
+
+        def _say():
+            if code == 1101:
+                self.rt_requests.clear()
+            self._send(4, 2, -1, code, text[code])
+        self.call(_say)
+
     def drop(self) -> None:
         """Close every client connection (the daily restart); the server keeps listening."""
         def _drop():

@@ -1230,3 +1230,34 @@ def test_a_roll_that_came_while_disconnected_is_made_on_return_with_both_months_
     assert [b.roll for b in bars] == [False, False, False, True, False, False, False]
     assert [b.close for b in bars] == [2000.0] * 3 + [2010.0] * 4
     assert src.rolls == 1 and src.backfilled == 4
+
+
+def test_the_gateways_link_to_ib_lost_and_restored(gw, tmp_path):
+    # TWS stays connected but loses IB (1100): no order goes meanwhile; back with market data
+    # lost (1101): the missed bar comes from history, the bars are subscribed again (the old
+    # subscription cancelled), each bar once
+    from m2k_bt.engine import BacktestConfig
+
+    config = BacktestConfig(strategy=AlwaysLong, sizer="fixed", plot=False, runonce=False,
+                            preload=False)
+    gw.fill_mode = "exchange"
+    live = _Live(gw, tmp_path, config)
+    live.store.on_state(lambda st, d: live.journal.write("state", state=st, detail=d))
+    bars = pd.date_range("2025-10-01 10:00", periods=4, freq="1min")
+    rows = [(_epoch(ts), 2000.0, 2000.5, 1999.5, 2000.0, 10.0) for ts in bars]
+    try:
+        for i in range(2):
+            live.bar(bars[i], *rows[i][1:], bars=i + 1)
+        gw.link(1100)
+        assert gw.wait_for(lambda: not live.store.connected.is_set())
+        gw.minute_history(rows[:3])  # 10:02 traded while the link was down
+        gw.link(1101)
+        assert gw.wait_for(lambda: live.source.subscriptions == 2 and len(gw.rt_requests) == 1)
+        assert gw.wait_for(lambda: live._settled(3))
+        live.bar(bars[3], *rows[3][1:], bars=4)
+    finally:
+        strat = live.finish()
+    assert strat.analyzers.orders.times == list(bars.to_pydatetime())
+    assert live.source.backfilled == 1 and len(gw.placed) == 1  # the entry on bar 0 only
+    states = [r["state"] for r in read_journal(tmp_path / "j.jsonl") if r["kind"] == "state"]
+    assert "link_lost" in states and "link_restored" in states

@@ -464,8 +464,8 @@ class IBBroker(bt.broker.BrokerBase):
                 if child.alive():
                     child.reject(self)
                     self.notify(child)
-        elif code < 2100 or code >= 2200:  # 2100-2199 are IB's information messages
-            logger.warning("IB error %s: %s", code, message)
+        elif (code < 2100 or code >= 2200) and code not in (1100, 1101, 1102):
+            logger.warning("IB error %s: %s", code, message)  # 2100-2199: information
 
     def _children_of(self, order) -> list:
         return [o for o in self.by_id.values() if o.parent is order]

@@ -205,6 +205,7 @@ class IBBarSource(BarSource):
         self._roll_mark = False
         self._clock = clock
         self._timer = None
+        self._rt_session = 0  # the store's reconnect count when subscribed
         self.rolls = 0
         self.minutes = _check_minutes(minutes)
         self.history, self.what, self.use_rth = history, what, use_rth
@@ -416,9 +417,13 @@ class IBBarSource(BarSource):
         """(IB thread) Subscribe to 5-second bars; again after a reconnect."""
         if self._stopped.is_set():
             return
+        ib = self.store.ib
+        if self._rt is not None and self._rt_session == self.store.reconnects and \
+                ib.isConnected():  # the link came back on the same socket: the old one goes
+            ib.cancelRealTimeBars(self._rt)
         self.agg.subscribed()
-        self._rt = self.store.ib.reqRealTimeBars(self.contract, RT_SECONDS, self.what,
-                                                 self.use_rth)
+        self._rt_session = self.store.reconnects
+        self._rt = ib.reqRealTimeBars(self.contract, RT_SECONDS, self.what, self.use_rth)
         self._rt.updateEvent += self._on_bar
         self.subscriptions += 1
         if self.on_event:

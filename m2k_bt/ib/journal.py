@@ -6,7 +6,8 @@ line a crash cut short is cut off when the journal is opened again).
 Each record has ``ts`` (UTC, ISO 8601) and ``kind``; the other keys depend on the kind:
 
 - ``state``: ``state`` (``connected``, ``equity``, ``reconciled``, ``held_in_other_month``,
-  ``started``, ``history``, ``subscribed``, ``disconnected``, ``reconnected``, ``roll``,
+  ``started``, ``history``, ``subscribed``, ``disconnected``, ``reconnected``, ``link_lost``,
+  ``link_restored``, ``roll``,
   ``partial_bar``,
   ``halted``, ``cancel_on_exit``, ``stopped``) and ``detail``;
 - ``order``: ``event`` (``sent``, ``would_send`` in dry-run, ``not_resent``, ``refused``,
