@@ -171,6 +171,17 @@ def test_store_connects_and_reconnects_after_a_drop(gw):
         store.close()
 
 
+def test_store_reconnects_after_a_drop_while_the_link_to_ib_was_down(gw):
+    store = IBStore(port=gw.port, client_id=7, timeout=3.0, backoff=(0.05,)).connect()
+    try:
+        gw.link(1100)
+        assert gw.wait_for(lambda: not store.connected.is_set())
+        gw.drop()  # and then the gateway restarts
+        assert gw.wait_for(lambda: store.reconnects == 1 and store.connected.is_set())
+    finally:
+        store.close()
+
+
 # -- the contract --------------------------------------------------------------------------------
 def test_contract_resolves_to_our_front_month_and_is_checked(gw):
     store = _store(gw)

@@ -78,6 +78,7 @@ class IBStore:
         self._reconnect_cbs: list[Callable] = []
         self._state_cbs: list[Callable[[str, str], None]] = []
         self.reconnects = 0
+        self._socket_up = False  # (IB thread) the socket is connected (and was synced)
         self.connected = threading.Event()
 
     @property
@@ -181,6 +182,7 @@ class IBStore:
                                    f"{len(accounts)} accounts ({', '.join(accounts)}); "
                                    f"choose one with --account")
             self.account = accounts[0]
+        self._socket_up = True
         self.connected.set()
         self._say("connected", f"{self.address} client {self.client_id} account {self.account}")
         return self
@@ -205,7 +207,8 @@ class IBStore:
         return f"connection failed: {type(exc).__name__}: {exc}"
 
     def _on_disconnected(self) -> None:
-        was_up = self.connected.is_set()
+        was_up = self._socket_up  # not ``connected``: that is also cleared by a lost link
+        self._socket_up = False
         self.connected.clear()
         if self._closing or not was_up:  # closing, or a failed (re)connect: no new loop
             return
@@ -248,6 +251,7 @@ class IBStore:
                 logger.warning("reconnect %d to %s failed: %s", tries, self.address, exc)
                 continue
             self.reconnects += 1
+            self._socket_up = True
             self.connected.set()
             self._say("reconnected", f"{self.address} after {tries} tries")
             await self._run_callbacks()
