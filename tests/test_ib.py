@@ -438,7 +438,7 @@ def test_warm_up_bars_are_not_traded(gw, tmp_path):
     broker, strat = _run(gw, tmp_path / "j.jsonl", {1: _buy(), 2: _buy()},
                          history_end=lambda: history_end)
     assert [p["ref"] for p in gw.placed] == ["m2k-202510011010-1"]  # bar 2 only
-    assert broker.refused["warm-up"] == 1
+    assert broker.refused["warm-up"] == broker.refused_orders["warm-up"] == 1
 
 
 # -- restart and reconciliation -------------------------------------------------------------------

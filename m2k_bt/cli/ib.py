@@ -226,7 +226,7 @@ def _rejections(strategy, broker) -> dict:
     """The strategy's rejected orders less those the broker refused because they were decided
     on warm-up bars (not sent by design, reported apart)."""
     out = dict(getattr(strategy, "order_rejections", {}) or {})
-    warm = broker.refused.get("warm-up", 0)
+    warm = broker.refused_orders.get("warm-up", 0)  # a bracket's legs each count
     if warm and out.get("Rejected"):
         out["Rejected"] -= min(warm, out["Rejected"])
         if not out["Rejected"]:

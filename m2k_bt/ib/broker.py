@@ -151,7 +151,8 @@ class IBBroker(bt.broker.BrokerBase):
         self.guard = LimitGuard(self.p.limits)
         self.reconciliation = None
         self.sent = 0
-        self.refused: collections.Counter = collections.Counter()
+        self.refused: collections.Counter = collections.Counter()  # decisions, by reason
+        self.refused_orders: collections.Counter = collections.Counter()  # their orders
         self.contracts: dict[int, object] = {}  # conId -> ib contract, of every month seen
         self.held: dict[int, float] = {}  # conId -> contracts held in that month
         self.orphans: list[int] = []  # IB ids of an earlier run's stops/targets, kept
@@ -702,6 +703,7 @@ class IBBroker(bt.broker.BrokerBase):
 
     def _refuse(self, group: list, why: str, ref: str) -> None:
         self.refused[why.split(":")[0]] += 1
+        self.refused_orders[why.split(":")[0]] += len(group)
         self._j("order", event="refused", ref=ref, reason=why)
         for o in group:
             o.reject(self)
