@@ -19,7 +19,7 @@ import backtrader as bt
 
 from ..errors import ConfigError
 
-__all__ = ["wants_ib", "build_ib_parser", "ib_main"]
+__all__ = ["wants_ib", "build_ib_parser", "ib_cerebro", "ib_main"]
 
 
 def wants_ib(argv: list[str]) -> bool:
@@ -69,6 +69,8 @@ def build_ib_parser() -> argparse.ArgumentParser:
     g.add_argument("--contract", default="M2K", help="M2K (default), RTY or a registered root")
     g.add_argument("--cash", type=float, default=25_000.0,
                    help="equity the sizer, margin check and loss limit start from, $ (25000)")
+    g.add_argument("--cash-from-ib", action="store_true",
+                   help="start from the account's net liquidation value at IB instead")
     g.add_argument("--commission", type=float, help="$ per contract per side (spec)")
     g.add_argument("--margin", type=float, help="initial margin $ per contract (spec)")
     g.add_argument("--strategy", default="sma", help="sma (default), bollinger, adaptive")
@@ -100,11 +102,39 @@ def _config(args):
     )
 
 
+def ib_cerebro(live_cerebro, source, config, store, contract, journal, limits,
+               stop_event=None, heartbeat: float = 0.5, **broker_kw):
+    """The cerebro of a live run through IB: the one a backtest of ``config`` builds (strategy,
+    sizer, commission model, analyzers: ``live_cerebro``, ``cli.live``'s), fed by ``source``
+    (an :class:`~m2k_bt.ib.feed.IBBarSource`) through a ``QueueFeed``, with an
+    :class:`~m2k_bt.ib.broker.IBBroker` in place of the paper broker (``broker_kw``: its
+    other parameters). Returns ``(cerebro, feed, broker)``."""
+    from ..ib import IBBroker
+
+    # an unbounded queue: the IB thread puts bars on it and must never wait for the strategy,
+    # which may be waiting for the IB thread to place an order (a long backfill, say)
+    cerebro, feed = live_cerebro(
+        source, config, timeframe=bt.TimeFrame.Minutes, compression=source.minutes,
+        stop_event=stop_event, qcheck=heartbeat, guard_broker=False, maxsize=0)
+    broker = IBBroker(store=store, contract=contract, spec=config.spec, journal=journal,
+                      limits=limits, cash=config.cash, margin=config.margin,
+                      history_end=lambda: source.history_end,
+                      contract_for=source.contract_for, roll_held=source.mark_roll, data=feed,
+                      **broker_kw)
+    broker.comminfo = dict(cerebro.broker.comminfo)
+    cerebro.broker = broker
+    # IB's answers reach the strategy as they come (on the feed's heartbeat), not only with
+    # the next bar: a stop filled in the middle of a bar is known before it ends, and a fill
+    # that comes after the last bar is in the report
+    cerebro.p.quicknotify = True
+    return cerebro, feed, broker
+
+
 def ib_main(argv: list[str], live_cerebro, signal_stop) -> int:
     """Entry point of ``run_backtest.py live --ib ...``; returns the exit status.
     ``live_cerebro`` and ``signal_stop`` are ``cli.live``'s (passed in: ``cli.live`` imports
     this module)."""
-    from ..ib import IBBarSource, IBBroker, IBStore, Journal, Limits, parse_address
+    from ..ib import IBBarSource, IBStore, Journal, Limits, parse_address
     from ..ib.contract import resolve_contract
     from ..ib.errors import require_ib_async
     from .common import default_out
@@ -129,18 +159,13 @@ def ib_main(argv: list[str], live_cerebro, signal_stop) -> int:
         journal.write("state", state="connected", detail=f"{store.address} client "
                       f"{args.client_id} account {store.account} contract {month.symbol}")
         source = IBBarSource(store, contract, config.spec, minutes=args.bar_minutes,
-                             history=args.history, on_event=journal.write)
+                             history=args.history, on_event=journal.write, month=month)
         with signal_stop(ignore_after=True) as stopper:
-            cerebro, feed = live_cerebro(
-                source, config, timeframe=bt.TimeFrame.Minutes, compression=args.bar_minutes,
-                stop_event=stopper.event, qcheck=args.heartbeat, guard_broker=False)
-            broker = IBBroker(store=store, contract=contract, spec=config.spec,
-                              journal=journal, limits=limits, cash=config.cash,
-                              margin=args.margin, dry_run=args.dry_run, adopt=args.adopt,
-                              cancel_on_exit=args.cancel_on_exit,
-                              history_end=lambda: source.history_end)
-            broker.comminfo = dict(cerebro.broker.comminfo)
-            cerebro.broker = broker
+            cerebro, feed, broker = ib_cerebro(
+                live_cerebro, source, config, store, contract, journal, limits,
+                stop_event=stopper.event, heartbeat=args.heartbeat, dry_run=args.dry_run,
+                adopt=args.adopt, cancel_on_exit=args.cancel_on_exit,
+                equity_from_ib=args.cash_from_ib)
             stopper.attach(cerebro)
             if not args.quiet:
                 print(f"live (IB {store.address}, account {store.account}, {month.symbol}"
@@ -173,6 +198,9 @@ def _write(strategy, cerebro, feed, source, broker, config, out, stopper, t0, ar
                       "reconciliation": broker.reconciliation.summary()
                       if broker.reconciliation else None}
     warnings = []
+    if broker.refused.get("warm-up"):
+        warnings.append(f"{broker.refused['warm-up']} order(s) decided on warm-up (history) "
+                        f"bars not sent, by design")
     if broker.halted:
         warnings.append(f"trading halted: {broker.halted}")
     if stopper.name:
@@ -183,7 +211,7 @@ def _write(strategy, cerebro, feed, source, broker, config, out, stopper, t0, ar
     result = make_result(
         config, final_value=broker.getvalue(), bars=processed, first_dt=None,
         last_dt=None, analysis=analysis, trades=getattr(strategy, "trade_log", []),
-        margin_events=[], order_rejections=getattr(strategy, "order_rejections", {}),
+        margin_events=[], order_rejections=_rejections(strategy, broker),
         event_warnings=getattr(strategy, "event_warnings", None), more_warnings=warnings,
         data_report=[], elapsed=time.perf_counter() - t0, cerebro=cerebro, strategy=strategy)
     paths = write_outputs(result, out, plot=not args.no_plot)
@@ -192,3 +220,15 @@ def _write(strategy, cerebro, feed, source, broker, config, out, stopper, t0, ar
         for w in result.warnings:
             print(f"warning: {w}")
         print(f"outputs: {out} ({', '.join(sorted(Path(p).name for p in paths.values()))})")
+
+
+def _rejections(strategy, broker) -> dict:
+    """The strategy's rejected orders less those the broker refused because they were decided
+    on warm-up bars (not sent by design, reported apart)."""
+    out = dict(getattr(strategy, "order_rejections", {}) or {})
+    warm = broker.refused_orders.get("warm-up", 0)  # a bracket's legs each count
+    if warm and out.get("Rejected"):
+        out["Rejected"] -= min(warm, out["Rejected"])
+        if not out["Rejected"]:
+            del out["Rejected"]
+    return out

@@ -4,14 +4,15 @@ does not need it.
 
 - :mod:`~m2k_bt.ib.store`: the connection (timeout, reconnect with back-off).
 - :mod:`~m2k_bt.ib.contract`: the front month from our calendar, checked against IB's details.
-- :mod:`~m2k_bt.ib.feed`: history, then real-time bars aggregated to the strategy's bar size.
+- :mod:`~m2k_bt.ib.feed`: history, then real-time bars aggregated to the strategy's bar size;
+  the roll to the next month; backfill after a reconnect.
 - :mod:`~m2k_bt.ib.broker`: the backtrader broker (orders, brackets, fills, reconciliation).
 - :mod:`~m2k_bt.ib.orders`, :mod:`~m2k_bt.ib.reconcile`, :mod:`~m2k_bt.ib.limits`,
   :mod:`~m2k_bt.ib.journal`, :mod:`~m2k_bt.ib.errors`: one rule each.
 """
 
 from .broker import IBBroker
-from .contract import check_details, front_month, resolve_contract
+from .contract import check_details, front_month, resolve_contract, roll_moment
 from .errors import ContractMismatchError, GatewayError, IBError, MissingIBError, ReconcileError
 from .feed import BarAggregator, IBBarSource
 from .journal import Journal, read_journal
@@ -34,6 +35,7 @@ __all__ = [
     "front_month",
     "check_details",
     "resolve_contract",
+    "roll_moment",
     "bracket_prices",
     "order_ref",
     "reconcile",

@@ -1,17 +1,28 @@
 """The journal of a live run: every order, fill and state change appended, as it happens, to a
 JSON-lines file (one object a line, flushed and synced to disk before the call returns), so
-that a crash loses nothing that had happened and a restart can read what was sent.
+that a crash loses nothing that had happened and a restart can read what was sent (a last
+line a crash cut short is cut off when the journal is opened again).
 
 Each record has ``ts`` (UTC, ISO 8601) and ``kind``; the other keys depend on the kind:
 
-- ``state``: ``state`` (``connected``, ``disconnected``, ``reconnected``, ``reconciled``,
-  ``halted``, ``stopped``, ...) and ``detail``;
+- ``state``: ``state`` (``connected``, ``equity``, ``reconciled``, ``held_in_other_month``,
+  ``started``, ``history``, ``subscribed``, ``disconnected``, ``reconnected``, ``link_lost``,
+  ``link_restored``, ``roll``,
+  ``partial_bar``,
+  ``halted``, ``cancel_on_exit``, ``stopped``) and ``detail``;
 - ``order``: ``event`` (``sent``, ``would_send`` in dry-run, ``not_resent``, ``refused``,
-  ``cancel_sent``), ``ref``, ``plan`` and ``reason``;
-- ``status``: ``ref``, ``ib_order_id``, ``status`` (IB's words), ``filled``, ``remaining``;
-- ``fill``: ``ref``, ``exec_id``, ``symbol``, ``size`` (signed contracts), ``price``,
-  ``commission``, ``recovered`` (true for a fill found at start that the journal missed);
+  ``cancel_sent``, ``would_cancel``, ``modify_sent``, ``modify_refused``, ``would_modify``),
+  ``ref``, ``plan``
+  (``sent``: also ``ib_order_ids`` and ``symbol``, the month it went to), ``reason``;
+  a modification also ``price`` and ``was``;
+- ``status``: ``ref``, ``ib_order_id``, ``status`` (IB's words), ``filled``, ``remaining``
+  (or ``detail`` for an order found closed after a reconnect);
+- ``fill``: ``ref``, ``exec_id``, ``symbol`` (the month), ``size`` (signed contracts),
+  ``price``, ``commission``, ``recovered`` (true for a fill found at start that the journal
+  missed);
 - ``adopt``: ``symbol``, ``size``, ``price``: a position taken over at start (``--adopt``);
+- ``gap``: ``after``, ``before`` (bar starts, UTC), ``missing`` (bars not had while Globex was
+  open), ``backfilled`` (bars fetched from IB's history after a reconnect);
 - ``limit``: ``limit`` and ``detail``; ``error``: ``code``, ``message``, ``ref``.
 
 :meth:`Journal.position` is the position the journal accounts for (its fills and adoptions).
@@ -21,6 +32,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
+import logging
 import os
 import threading
 from pathlib import Path
@@ -28,6 +40,8 @@ from pathlib import Path
 from ..errors import OutputError
 
 __all__ = ["Journal", "read_journal"]
+
+logger = logging.getLogger(__name__)
 
 
 class Journal:
@@ -37,12 +51,27 @@ class Journal:
         self.path = Path(path)
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._cut_torn_tail()
             self._fh = open(self.path, "a", encoding="utf-8")
         except OSError as exc:
             raise OutputError(f"cannot open the journal {self.path}: {exc.strerror or exc}") \
                 from exc
         self._lock = threading.Lock()
         self.records = read_journal(self.path)
+
+    def _cut_torn_tail(self) -> None:
+        """A last line without its newline is a write a crash cut short (the call never
+        returned): it is cut off, so the next record does not run on from it."""
+        if not self.path.exists():
+            return
+        with open(self.path, "rb+") as fh:
+            data = fh.read()
+            if not data or data.endswith(b"\n"):
+                return
+            keep = data.rfind(b"\n") + 1
+            fh.truncate(keep)
+        logger.warning("journal %s: a torn last line (a crash mid-write) cut off: %r",
+                       self.path, data[keep:keep + 200])
 
     def write(self, kind: str, **fields) -> dict:
         """Append one record and sync it to disk; returns it."""
@@ -69,11 +98,16 @@ class Journal:
     def exec_ids(self) -> set[str]:
         return {r["exec_id"] for r in self.records if r["kind"] == "fill"}
 
-    def position(self, symbol: str) -> float:
-        """Contracts of ``symbol`` the journal accounts for: its fills and adoptions."""
+    def position(self, symbol: str, root: bool = False) -> float:
+        """Contracts of ``symbol`` the journal accounts for: its fills and adoptions. With
+        ``root``, ``symbol`` is a contract root (``"M2K"``) and every month of it counts
+        (a position rolled from ``M2KZ5`` to ``M2KH6`` is one position)."""
         held = 0.0
         for r in self.records:
-            if r.get("symbol") != symbol:
+            sym = str(r.get("symbol") or "")
+            mine = sym == symbol or (root and sym.startswith(symbol)
+                                     and 2 <= len(sym) - len(symbol) <= 3)
+            if not mine:
                 continue
             if r["kind"] == "fill":
                 held += float(r["size"])

@@ -6,6 +6,11 @@ parent plus an OCA stop and target, every price on the contract's tick grid.
 - :func:`bracket_prices`: stop and target snapped to the tick grid, each rounded towards the
   entry (a stop then risks no more than asked, a target asks no more than asked).
 - :func:`ib_orders`: the ``ib_async`` orders for one order or one bracket.
+
+A resting stop or limit order sent alone is put in an OCA group of its own (or in the group of
+the order it is ``oco`` with), so that an order placed later with backtrader's ``oco=`` (a
+bracket's stop moved: cancel it, sell a new stop ``oco=`` the target) is cancelled by IB when
+its partner fills, as backtrader's broker cancels it.
 """
 
 from __future__ import annotations
@@ -56,9 +61,10 @@ class OrderPlan:
     ``(role, action, quantity, order type, price or None, ref)`` with role ``"entry"``,
     ``"stop"`` or ``"target"``; ``oca`` the OCA group of a bracket's stop and target."""
 
-    def __init__(self, legs: list[tuple], oca: str = "") -> None:
+    def __init__(self, legs: list[tuple], oca: str = "", entry_oca: bool = False) -> None:
         self.legs = legs
         self.oca = oca
+        self.entry_oca = entry_oca  # the entry is in the OCA group too (a resting order)
 
     def describe(self) -> str:
         parts = [f"{role} {action} {qty:g} {otype}" + (f" @ {price:.2f}" if price else "")
@@ -68,9 +74,15 @@ class OrderPlan:
 
 def plan_orders(spec: ContractSpec, is_buy: bool, size: float, ref: str, entry_type: str = "MKT",
                 entry_price: float | None = None, stop: float | None = None,
-                target: float | None = None) -> OrderPlan:
+                target: float | None = None, oca: str = "") -> OrderPlan:
     """The :class:`OrderPlan` of an entry with an optional bracket (prices snapped with
-    :func:`bracket_prices`). ``size`` must be a whole number of contracts > 0."""
+    :func:`bracket_prices`). ``size`` must be a whole number of contracts > 0. A resting
+    (stop or limit) order without a bracket is in OCA group ``oca`` (def: one of its own).
+
+    >>> from m2k_bt.contracts import M2K
+    >>> plan_orders(M2K, False, 1, "m2k-1", "STP", 1995.04, oca="m2k-0-OCA").describe()
+    'entry SELL 1 STP @ 1995.00 [m2k-1] (OCA m2k-0-OCA)'
+    """
     if size <= 0 or size != int(size):
         raise ParameterError(f"IB orders need a whole number of contracts > 0, got {size!r}")
     action, other = ("BUY", "SELL") if is_buy else ("SELL", "BUY")
@@ -82,6 +94,8 @@ def plan_orders(spec: ContractSpec, is_buy: bool, size: float, ref: str, entry_t
         legs.append(("stop", other, float(size), "STP", stop, f"{ref}-S"))
     if target is not None:
         legs.append(("target", other, float(size), "LMT", target, f"{ref}-T"))
+    if len(legs) == 1 and entry_type != "MKT":
+        return OrderPlan(legs, oca=oca or f"{ref}-OCA", entry_oca=True)
     return OrderPlan(legs, oca=f"{ref}-OCA" if len(legs) > 1 else "")
 
 
@@ -101,6 +115,7 @@ def ib_orders(plan: OrderPlan, first_id: int, account: str = "") -> list:
             o.auxPrice = price
         if role != "entry":
             o.parentId = first_id
+        if role != "entry" or plan.entry_oca:
             o.ocaGroup = plan.oca
             o.ocaType = 1
         out.append(o)

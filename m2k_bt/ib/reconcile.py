@@ -8,12 +8,14 @@ Ours carry our order reference (tag ``m2k-``). The rule:
 - the position the journal then accounts for must equal IB's; if it does not, or if orders that
   are not ours are working on the contract, the run is refused (:class:`ReconcileError`)
   unless it is told to adopt (``--adopt``): it then takes IB's position as its own;
-- our open orders are left as they are (a bracket's stop keeps protecting the position) and are
-  never sent again: the broker knows their references.
+- our open orders are never sent again (the broker knows their references); the broker
+  keeps a bracket's stop and target while the position they protect is held, and cancels the
+  rest (an earlier run's entry: the strategy decides again).
 """
 
 from __future__ import annotations
 
+import datetime as _dt
 from dataclasses import dataclass, field
 
 from .errors import ReconcileError
@@ -37,7 +39,8 @@ class IBOrder:
 @dataclass(frozen=True)
 class IBFill:
     """An execution at IB: ``exec_id``, ``order_id``, ``ref``, ``size`` (signed contracts),
-    ``price``, ``commission`` (``None`` when not reported yet)."""
+    ``price``, ``commission`` (``None`` when not reported yet), ``con_id`` and ``symbol`` of
+    its contract (``0``/``""``: not told), ``time`` (aware; ``None``: not told)."""
 
     exec_id: str
     order_id: int
@@ -45,6 +48,9 @@ class IBFill:
     size: float
     price: float
     commission: float | None = None
+    con_id: int = 0
+    symbol: str = ""
+    time: _dt.datetime | None = None
 
 
 @dataclass

@@ -7,7 +7,10 @@ thread, so that backtrader's loop (cerebro's thread) never blocks on the socket.
   speak the API, the connection closed during the handshake).
 - After a lost connection (the daily gateway restart), reconnect with back-off
   (``backoff`` seconds between tries, the last repeated), then run the ``on_reconnect``
-  callbacks (the feed re-subscribes, the broker reconciles).
+  callbacks (the feed backfills and re-subscribes, the broker reconciles).
+- The gateway's own link to IB: error 1100 (lost) clears ``connected`` as a lost socket does
+  (no order is sent meanwhile); 1101 and 1102 (restored, market data lost or kept) set it
+  again and run the same callbacks.
 - :meth:`IBStore.run`: run a coroutine or a function on the IB thread and wait for its result;
   every call into ``ib_async`` goes through it (``ib_async`` is not thread-safe).
 """
@@ -28,6 +31,9 @@ logger = logging.getLogger(__name__)
 
 #: TWS's paper-trading API port (IB Gateway's is 4002; live TWS 7496, live Gateway 4001).
 PAPER_PORT = 7497
+#: IB's codes for the gateway's link to IB: lost; restored with market data lost / kept.
+LINK_LOST = 1100
+LINK_RESTORED = (1101, 1102)
 
 
 def parse_address(text: str) -> tuple[str, int]:
@@ -72,6 +78,7 @@ class IBStore:
         self._reconnect_cbs: list[Callable] = []
         self._state_cbs: list[Callable[[str, str], None]] = []
         self.reconnects = 0
+        self._socket_up = False  # (IB thread) the socket is connected (and was synced)
         self.connected = threading.Event()
 
     @property
@@ -152,6 +159,7 @@ class IBStore:
             self.ib = ib_async.IB()
             self.ib.client.apiError += notes.append
             self.ib.disconnectedEvent += self._on_disconnected
+            self.ib.errorEvent += self._on_error
             self.ib.RaiseRequestErrors = False
 
         self.run(_make)
@@ -174,6 +182,7 @@ class IBStore:
                                    f"{len(accounts)} accounts ({', '.join(accounts)}); "
                                    f"choose one with --account")
             self.account = accounts[0]
+        self._socket_up = True
         self.connected.set()
         self._say("connected", f"{self.address} client {self.client_id} account {self.account}")
         return self
@@ -198,12 +207,33 @@ class IBStore:
         return f"connection failed: {type(exc).__name__}: {exc}"
 
     def _on_disconnected(self) -> None:
-        was_up = self.connected.is_set()
+        was_up = self._socket_up  # not ``connected``: that is also cleared by a lost link
+        self._socket_up = False
         self.connected.clear()
         if self._closing or not was_up:  # closing, or a failed (re)connect: no new loop
             return
         self._say("disconnected", self.address)
         self.loop.create_task(self._reconnect())
+
+    def _on_error(self, req_id, code, message, contract=None) -> None:
+        """(IB thread) The gateway's link to IB: 1100 lost, 1101/1102 restored."""
+        if code == LINK_LOST and self.connected.is_set():
+            self.connected.clear()
+            self._say("link_lost", f"IB error {code}: {message}")
+        elif code in LINK_RESTORED and not self.connected.is_set() and not self._closing \
+                and self.ib.isConnected():
+            self.connected.set()
+            self._say("link_restored", f"IB error {code}: {message}")
+            self.loop.create_task(self._run_callbacks())
+
+    async def _run_callbacks(self) -> None:
+        for fn in self._reconnect_cbs:
+            try:
+                out = fn()
+                if inspect.isawaitable(out):
+                    await out
+            except Exception:
+                logger.exception("reconnect callback failed")
 
     async def _reconnect(self) -> None:
         tries = 0
@@ -221,15 +251,10 @@ class IBStore:
                 logger.warning("reconnect %d to %s failed: %s", tries, self.address, exc)
                 continue
             self.reconnects += 1
+            self._socket_up = True
             self.connected.set()
             self._say("reconnected", f"{self.address} after {tries} tries")
-            for fn in self._reconnect_cbs:
-                try:
-                    out = fn()
-                    if inspect.isawaitable(out):
-                        await out
-                except Exception:
-                    logger.exception("reconnect callback failed")
+            await self._run_callbacks()
             return
 
     def close(self) -> None:
