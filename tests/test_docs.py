@@ -33,7 +33,7 @@ MISSPELT_LANGS = {"shell", "console", "zsh", "py", "python3", "pycon", "sh-sessi
 NOT_RUN = re.compile(r"^\s*<!--\s*not run:(.*?)-->\s*$")
 FENCE = re.compile(r"^(\s*)```(\S*)\s*$")
 #: Pages other engineers are writing; a link to them may point at nothing yet.
-PENDING_PAGES = {"docs/own-strategy.md", "docs/live-ib.md"}
+PENDING_PAGES: set[str] = set()
 #: Top-level entries not linked into a scratch folder: the package comes from PYTHONPATH (so
 #: numba's cache and imports see one path), outputs and VCS data stay out.
 NOT_LINKED = {"m2k_bt", "results", ".git", ".pytest_cache", ".ruff_cache", "__pycache__"}
