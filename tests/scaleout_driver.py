@@ -5,6 +5,12 @@ project error is one line on stderr and exit status 2) but with :func:`slow_run`
 deterministic backtest stand-in that takes ``M2K_TEST_DELAY`` seconds (def 0.3), so that a
 test can kill a process while it holds a trial. Spawned local workers and Dask workers import
 this module by name (``tests/`` is on their ``PYTHONPATH``).
+
+``--pause-at TEXT [--pause-after N]``: the first SQL statement holding TEXT (repeatable: every
+TEXT) once N trials are finished (def 0: from the start) is held back: the driver prints
+``paused`` and waits until its stdin is closed, so that a test can stop the server at exactly
+that moment (``--pause-at "FROM trials" --pause-at "trials.study_id ="``: in the middle of a
+read of the study's trials, after Optuna looked the study up).
 """
 
 from __future__ import annotations
@@ -12,6 +18,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 
@@ -75,6 +82,31 @@ def bars() -> pd.DataFrame:
     return make_bars(24 * 10, seed=4, freq="1h")
 
 
+def pause_at(texts: list[str], after: int):
+    """A progress callback that arms the pause of ``--pause-at`` (see the module docstring);
+    the pause comes once."""
+    from sqlalchemy import event
+    from sqlalchemy.engine import Engine
+
+    armed, done = threading.Event(), threading.Event()
+    if after <= 0:
+        armed.set()
+
+    def before(conn, cursor, statement, parameters, context, executemany):
+        if armed.is_set() and not done.is_set() and all(t in statement for t in texts):
+            done.set()
+            print("paused", flush=True)
+            sys.stdin.read()  # until the test closes our stdin
+
+    event.listen(Engine, "before_cursor_execute", before)
+
+    def progress(finished: int, total: int) -> None:
+        if finished >= after:
+            armed.set()
+
+    return progress
+
+
 def main(argv: list[str] | None = None) -> int:
     from m2k_bt.errors import M2KError
     from m2k_bt.optimize import optimize
@@ -92,13 +124,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out")
     p.add_argument("--heartbeat", type=int, default=1)
     p.add_argument("--reconnect", type=float, default=5.0)
+    p.add_argument("--pause-at", action="append", metavar="TEXT")
+    p.add_argument("--pause-after", type=int, default=0, metavar="N")
     a = p.parse_args(argv)
+    progress = pause_at(a.pause_at, a.pause_after) if a.pause_at else None
     try:
         res = optimize(
             bars(), DriverConfig(), a.space, trials=a.trials, sampler=a.sampler,
             workers=a.workers, storage=a.storage, dask=a.dask, seed=a.seed,
             study_name=a.study_name, out=a.out, run_backtest=slow_run, quiet=True,
             overfitting=False, heartbeat=a.heartbeat, reconnect=a.reconnect, batch=a.batch,
+            progress=progress,
         )  # fmt: skip
     except M2KError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -23,12 +23,10 @@ import optuna
 from ..errors import ConfigError
 from .space import grid_points, point_key
 from .storage import (
-    DB_ERRORS,
     DEFAULT_HEARTBEAT,
     DEFAULT_RECONNECT,
     StorageError,
     mask_url,
-    one_line,
     storage_for,
 )
 
@@ -184,10 +182,12 @@ class Heartbeat:
         self._thread.join(timeout=5)
 
 
-def open_study(plan: StudyPlan, direction: str, sampler):
+def open_study(plan: StudyPlan, direction: str, sampler, storage=None):
     """Create the study or join it, race-free: of processes starting at once on a fresh
-    storage exactly one creates it; the others load it."""
-    storage = storage_for(plan.url, plan.heartbeat)
+    storage exactly one creates it; the others load it. ``storage`` (def: opened here):
+    ``plan.url``'s. A lost connection is raised as the driver's error, for
+    :func:`m2k_bt.optimize.storage.retrying` to ride out or report."""
+    storage = storage if storage is not None else storage_for(plan.url, plan.heartbeat)
     for _ in range(5):
         try:
             study = optuna.create_study(
@@ -195,16 +195,11 @@ def open_study(plan: StudyPlan, direction: str, sampler):
             )
             return study, True
         except optuna.exceptions.DuplicatedStudyError:
-            pass
+            pass  # another process created it (or we did, and the answer was lost)
         try:
             return optuna.load_study(study_name=plan.name, storage=storage, sampler=sampler), False
         except KeyError:  # created and gone again? try once more
             time.sleep(0.1)
-        except DB_ERRORS as exc:
-            raise StorageError(
-                f"--storage {mask_url(plan.url)}: cannot load study '{plan.name}': "
-                f"{one_line(exc, plan.url)}"
-            ) from None
     raise StorageError(f"--storage {mask_url(plan.url)}: cannot create or load '{plan.name}'")
 
 

@@ -29,7 +29,7 @@ from .claims import (
     reap,
     tell,
 )
-from .storage import retrying, storage_for
+from .storage import DB_ERRORS, lost_connection, retrying, storage_for
 from .trial import evaluate_batch, evaluate_params
 
 __all__ = ["DASK_KERNEL_BATCH", "DASK_RESUBMITS", "work", "run_pool", "run_dask", "dask_client"]
@@ -89,15 +89,17 @@ def _worker(args) -> None:
     plan, direction, payload, index, queue = args
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     try:
-        study = optuna.load_study(
-            study_name=plan.name, storage=storage_for(plan.url, plan.heartbeat)
-        )
-        n_done = sum(1 for t in study.get_trials(deepcopy=False) if t.state.is_finished())
+        storage = storage_for(plan.url, plan.heartbeat)
+        study = retrying(plan, lambda: optuna.load_study(study_name=plan.name, storage=storage))
+        n_done = sum(1 for t in retrying(plan, study.get_trials, False)
+                     if t.state.is_finished())
         seed = derive_seed(plan.seed, plan.identity, index or "", n_done or "")
         study.sampler = make_sampler(plan.sampler, seed, True)
         work(study, dataclasses.replace(plan, identity=f"{plan.identity}/{index}"), payload)
         queue.put((index, None))
     except BaseException as exc:  # noqa: BLE001 - reported by the driver
+        if isinstance(exc, DB_ERRORS):  # one not retried: its one line, never its SQL
+            exc = lost_connection(plan, exc)
         queue.put((index, exc if isinstance(exc, M2KError) else RuntimeError(repr(exc))))
 
 

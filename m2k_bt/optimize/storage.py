@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import errno
 import importlib.util
+import logging
 import os
 import random
 import re
@@ -38,6 +39,7 @@ __all__ = [
     "one_line",
     "storage_for",
     "retrying",
+    "lost_connection",
     "is_disk_full",
 ]
 
@@ -166,6 +168,30 @@ def one_line(exc: BaseException, url: str | None) -> str:
     return line[:300]
 
 
+class _NoQueryFallbackWarning(logging.Filter):
+    """Drops Optuna's warning "Caught an error from sqlalchemy: ... Falling back to a slower
+    alternative." Optuna's read of a study's trials takes any ``OperationalError`` for
+    SQLite's limit on query variables, logs it with the whole statement and every parameter
+    (KB of ``[SQL: ...]`` and ``[parameters: ...]`` on stderr) and runs a slower query. On a
+    lost connection that query fails too and :func:`retrying` says so in one line; at SQLite's
+    real limit it works, and the warning told the user nothing to act on."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("Caught an error from sqlalchemy")
+
+
+#: The logger of Optuna's RDB storage (``optuna.storages._rdb.storage``).
+_OPTUNA_RDB_LOGGER = "optuna.storages._rdb.storage"
+
+
+def _drop_query_fallback_warning() -> None:
+    """Install :class:`_NoQueryFallbackWarning` once per process (when a storage is opened,
+    not on import: importing the package changes no other library's logging)."""
+    logger = logging.getLogger(_OPTUNA_RDB_LOGGER)
+    if not any(isinstance(f, _NoQueryFallbackWarning) for f in logger.filters):
+        logger.addFilter(_NoQueryFallbackWarning())
+
+
 _SQLITE_STORAGES: dict = {}  # (url, heartbeat) -> (file's inode, storage): one per file
 
 
@@ -198,6 +224,7 @@ def _new_storage(url: str | None, heartbeat: int = DEFAULT_HEARTBEAT):
     if url is None:
         return None
     real = _driver_url(url)
+    _drop_query_fallback_warning()
     kwargs = {}
     if real.startswith("sqlite:"):
         kwargs["engine_kwargs"] = {"connect_args": {"timeout": 60}}
@@ -304,6 +331,16 @@ def _disk_full_error(plan, exc: BaseException) -> StorageError:
     )
 
 
+def lost_connection(plan, exc: BaseException) -> StorageError:
+    """The one line of a connection to ``plan.url`` lost for good (``exc``: the driver's
+    error): how long it was retried, the driver's reason, and how to resume."""
+    return StorageError(
+        f"--storage {mask_url(plan.url)}: lost the connection for over "
+        f"{plan.reconnect:g} s ({one_line(exc, plan.url)}); the study is saved: "
+        f"run the same command again to resume it"
+    )
+
+
 def retrying(plan, fn, *args):
     """``fn(*args)``, retried with backoff while the storage connection is down, for up to
     ``plan.reconnect`` seconds; then a :class:`StorageError` naming ``plan.url`` (masked).
@@ -318,10 +355,6 @@ def retrying(plan, fn, *args):
             if is_disk_full(exc):
                 raise _disk_full_error(plan, exc) from None
             if time.monotonic() + delay > deadline:
-                raise StorageError(
-                    f"--storage {mask_url(plan.url)}: lost the connection for over "
-                    f"{plan.reconnect:g} s ({one_line(exc, plan.url)}); the study is saved: "
-                    f"run the same command again to resume it"
-                ) from None
+                raise lost_connection(plan, exc) from None
             time.sleep(delay)
             delay = min(delay * 2, 5.0)

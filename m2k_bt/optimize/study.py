@@ -119,6 +119,7 @@ from .storage import (
     folder_storage_url,
     is_remote,
     retrying,
+    storage_for,
     study_storage_url,
 )
 from .trial import OBJECTIVES, evaluate_params
@@ -418,12 +419,13 @@ def _run_study(s: StudySettings) -> OptimizeResult:
         study = optuna.create_study(study_name=name, direction=direction)
         created, behind = True, WriteBehind(plan, study)
     else:
-        study, created = open_study(plan, direction, None)
+        study, created = retrying(plan, open_study, plan, direction, None,
+                                  storage_for(url, s.heartbeat))
     # on a private storage nobody else can be setting the study up: a ready mark missing
     # (its creator killed in its first write) is not waited for
     notes = retrying(plan, set_up_study, study, created, plan, direction, s.objective,
                      strategy_name, not private)
-    n_done = sum(1 for t in study.get_trials(deepcopy=False) if t.state.is_finished())
+    n_done = sum(1 for t in retrying(plan, study.get_trials, False) if t.state.is_finished())
     study.sampler = make_sampler(
         s.sampler, derive_seed(s.seed, plan.identity, n_done or ""), plan.parallel
     )
@@ -447,7 +449,9 @@ def _run_study(s: StudySettings) -> OptimizeResult:
             retrying(plan, behind.flush)
     else:
         work(study, plan, s.payload, s.progress)
-    result = collect_result(study, s.objective, direction, url, s.sampler, notes)
+    # the study's reads from here on ride out a lost connection as the trials' did
+    result = retrying(plan, collect_result, study, s.objective, direction, url, s.sampler,
+                      notes)
     result.settings = {
         "strategy": strategy_name,
         "fixed_params": dict(getattr(s.config, "params", {}) or {}),
@@ -473,7 +477,7 @@ def _run_study(s: StudySettings) -> OptimizeResult:
             info["verified_in_cerebro"] = False
     result.settings["engine"] = info
     if s.overfitting:
-        add_overfitting(study, result, s.pbo_splits)
+        retrying(plan, add_overfitting, study, result, s.pbo_splits)
     result.elapsed = time.perf_counter() - s.started
     if s.out_dir is not None:
         result.paths = write_study_outputs(result, s.out_dir)
