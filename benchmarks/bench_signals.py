@@ -92,7 +92,8 @@ def one_backtest(n: int, repeat: int) -> list[tuple[str, str]]:
     b = simulate(bars, builtin)
     same = [(x["entry_dt"], x["exit_dt"], x["net_pnl"]) for x in a.trades] == \
         [(x["entry_dt"], x["exit_dt"], x["net_pnl"]) for x in b.trades]
-    rows.append(("user signal's trades == built-in's", str(same)))
+    rows.append(("user signal's trades == built-in's (float SMAs vs exact ticks: ties "
+                 "may differ)", f"{same} ({len(a.trades)} vs {len(b.trades)} trades)"))
     data = prepare(bars, user)
     for label, config in (("user signal", user), ("built-in SmaCrossover", builtin)):
         t = min(loop_only(data, config) for _ in range(repeat))

@@ -84,7 +84,9 @@ def run_loop(o, h, lw, c, ct, sig, exit_long, exit_short, allow_long, allow_shor
              roll, stop_n, target_n, inwin, ev, ext_ok, ip, fp):
     n = len(c)
     long_only = ip[IP_LONG_ONLY]
-    has_events, flat_event, has_ext = ip[IP_EVENTS], ip[IP_FLAT_EVENT], ip[IP_EXTERNAL]
+    has_events = ip[IP_EVENTS] != 0
+    flat_events = has_events and ip[IP_FLAT_EVENT] != 0
+    has_ext = ip[IP_EXTERNAL] != 0
     frec = np.full((64, 4), -1, np.int64)  # filter records
     nfrec = 0
     first, sizer_kind, fixed_n = ip[IP_FIRST], ip[IP_SIZER], ip[IP_FIXED]
@@ -652,7 +654,9 @@ def run_loop(o, h, lw, c, ct, sig, exit_long, exit_short, allow_long, allow_shor
                     sh_next = 0
             # M2KStrategy._event_bar: with flat_before_event, a bar whose next bar overlaps
             # an avoided event's window closes the position (reason 'event') and enters nothing
-            ev_bar = has_events and flat_event and ev[i] >= 0
+            ev_bar = False
+            if flat_events:
+                ev_bar = ev[i] >= 0
             if live:
                 pass
             elif ev_bar or (has_flat and flatw[i]):
