@@ -138,9 +138,11 @@ def _floats(a: np.ndarray, where: str, column: str) -> np.ndarray:
     return a.astype("float64")
 
 
-def normalise(out, index: pd.Index, where: str) -> Signals:
+def normalise(out, index: pd.Index, where: str, indicators: bool = True) -> Signals:
     """``out`` (what a signal function returned for bars on ``index``) as :class:`Signals`;
-    anything else raises :class:`~m2k_bt.errors.SignalError` naming the bar and value."""
+    anything else raises :class:`~m2k_bt.errors.SignalError` naming the bar and value.
+    ``indicators=False`` skips collecting the other columns (the look-ahead check's prefixes
+    need only the signal)."""
     n = len(index)
     frame = out if isinstance(out, pd.DataFrame) else None
     if frame is None:
@@ -188,8 +190,8 @@ def normalise(out, index: pd.Index, where: str) -> Signals:
             raise SignalError(f"{where}: '{name}' must be {what}, got {_show(a[i])} at bar {i} "
                               f"({index[i]})")
         arrays[name] = f
-    indicators = {}
-    if frame is not None:
+    extra = {}
+    if frame is not None and indicators:
         taken = {str(c).lower() for c in given} | {"signal", "direction"}
         for col in frame.columns:
             if str(col).lower() in taken or str(col).lower() in (
@@ -197,8 +199,8 @@ def normalise(out, index: pd.Index, where: str) -> Signals:
                 continue
             if pd.api.types.is_numeric_dtype(frame[col]) and not pd.api.types.is_bool_dtype(
                     frame[col]):
-                indicators[str(col)] = frame[col].to_numpy(dtype="float64")
-    return Signals(**arrays, indicators=indicators)
+                extra[str(col)] = frame[col].to_numpy(dtype="float64")
+    return Signals(**arrays, indicators=extra)
 
 
 def _call(func, bars: pd.DataFrame, where: str):
@@ -239,7 +241,7 @@ def check_lookahead(compute, bars: pd.DataFrame, cuts: int = LOOKAHEAD_CUTS,
     points = sorted({int(round(n * j / (cuts + 1))) for j in range(1, cuts + 1)} - {0, n})
     for k in points:
         head = bars.iloc[:k]
-        part = normalise(_call(compute, head, where), head.index, where)
+        part = normalise(_call(compute, head, where), head.index, where, indicators=False)
         whole = full.head(k)
         for name, a in whole.columns().items():
             b = part.columns().get(name)
