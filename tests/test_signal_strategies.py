@@ -389,6 +389,10 @@ STRATEGY_FILE = textwrap.dedent('''
         return np.full(len(bars), 3)
 
 
+    def peeks(bars):
+        return np.sign(bars["close"].shift(-1) - bars["close"])
+
+
     class Breakout(M2KStrategy):
         params = (("lookback", 20),)
 
@@ -540,3 +544,17 @@ def test_report_html_draws_a_signal_s_extra_columns_in_both_engines(tmp_path):
         res = run(bars, BacktestConfig(strategy=article_sma, plot=True, sizer="fixed"))
         html = write_outputs(res, tmp_path / run.__name__)["html"].read_text()
         assert "SMA_fast" in html and "SMA_slow" in html, run.__name__
+
+
+def test_cli_look_ahead_is_an_error_unless_no_lookahead_check(strategy_file, rth_csv, tmp_path,
+                                                              capsys):
+    from m2k_bt.cli.backtest import main
+
+    base = ["--data", rth_csv, "--strategy", f"{strategy_file}:peeks", "--quiet", "--no-plot",
+            "--sizer", "fixed"]
+    one_line_exit_2([*base, "--out", str(tmp_path / "a")], capsys,
+                    "signal peeks looks ahead: 'direction' on bar")
+    assert main([*base, "--out", str(tmp_path / "b"), "--no-lookahead-check"]) == 0
+    assert _report(tmp_path / "b")["lookahead_check"] is None
+    one_line_exit_2(["--data", rth_csv, "--no-lookahead-check", "--out", str(tmp_path / "c"),
+                     "--quiet"], capsys, "--no-lookahead-check applies to signal strategies")
