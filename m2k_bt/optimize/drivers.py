@@ -11,6 +11,7 @@ import concurrent.futures as cf
 import dataclasses
 import math
 import multiprocessing as mp
+import os
 import time
 
 import numpy as np
@@ -30,11 +31,36 @@ from .claims import (
     tell,
 )
 from .storage import retrying, storage_for
+from .threads import ONE_THREAD_ENV, one_blas_thread
 from .trial import evaluate_batch, evaluate_params
+from .trialindex import TrialIndex
 
-__all__ = ["DASK_KERNEL_BATCH", "DASK_RESUBMITS", "work", "run_pool", "run_dask", "dask_client"]
+__all__ = ["DASK_KERNEL_BATCH", "DASK_RESUBMITS", "PROGRESS_SECONDS", "work", "run_pool",
+           "run_dask", "dask_client"]
 
 _POLL = 0.5  # s between looks at the storage while other processes finish their trials
+#: Seconds between progress reports: each counts the study's trials in the storage, so they
+#: are not made after every trial (a report is also made when the work is done).
+PROGRESS_SECONDS = 0.5
+
+
+class _Progress:
+    """``progress(done, target)`` every :data:`PROGRESS_SECONDS` at most (and on demand)."""
+
+    def __init__(self, study, plan: StudyPlan, progress):
+        self.study, self.plan, self.progress = study, plan, progress
+        self.last = time.monotonic()
+
+    def maybe(self) -> None:
+        if self.progress is not None and time.monotonic() - self.last >= PROGRESS_SECONDS:
+            self.report()
+
+    def report(self) -> None:
+        if self.progress is None:
+            return
+        c = retrying(self.plan, counts, self.study)
+        self.progress(min(c["COMPLETE"] + c["PRUNED"], self.plan.target), self.plan.target)
+        self.last = time.monotonic()
 
 
 # ---------------------------------------------------------------- this process, local workers
@@ -47,17 +73,19 @@ def work(study, plan: StudyPlan, payload, progress=None, after_batch=None) -> in
     bars, config, space, objective, min_trades, run = payload
     rng = np.random.default_rng(derive_seed(plan.seed, plan.identity, "free"))
     ran, reaped = 0, time.monotonic()
-    with Heartbeat(study._storage, plan.heartbeat) as beat:
+    index, shown = TrialIndex(study, plan.names), _Progress(study, plan, progress)
+    with Heartbeat(study._storage, plan.heartbeat) as beat, one_blas_thread():
         while True:
             claimed = []
             while len(claimed) < max(1, plan.batch):
-                got = retrying(plan, claim, study, plan, rng)
+                got = retrying(plan, claim, study, plan, rng, index)
                 if got is None:
                     break
                 claimed.append(got)
                 beat.add(got[0]._trial_id)
             if not claimed:
                 if not retrying(plan, busy, study):
+                    shown.report()
                     return ran
                 retrying(plan, reap, study, plan)  # a trial we wait for may be dead
                 time.sleep(_POLL)
@@ -79,9 +107,7 @@ def work(study, plan: StudyPlan, payload, progress=None, after_batch=None) -> in
             if time.monotonic() - reaped > plan.heartbeat:  # dead processes' trials, now and
                 retrying(plan, reap, study, plan)  # then (queued retries go first)
                 reaped = time.monotonic()
-            if progress is not None:
-                c = retrying(plan, counts, study)
-                progress(min(c["COMPLETE"] + c["PRUNED"], plan.target), plan.target)
+            shown.maybe()
 
 
 def _worker(args) -> None:
@@ -110,9 +136,19 @@ def run_pool(study, plan: StudyPlan, direction, workers, payload, progress) -> l
         ctx.Process(target=_worker, args=((plan, direction, payload, i, queue),), daemon=True)
         for i in range(workers)
     ]
-    for p in procs:
-        p.start()
+    saved = {k: os.environ.get(k) for k in ONE_THREAD_ENV}
+    os.environ.update(ONE_THREAD_ENV)  # each worker's BLAS starts with one thread
+    try:
+        for p in procs:
+            p.start()
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
     notes, errors, reported = [], [], set()
+    shown = _Progress(study, plan, progress)
     try:
         while True:
             while not queue.empty():
@@ -122,9 +158,7 @@ def run_pool(study, plan: StudyPlan, direction, workers, payload, progress) -> l
                     errors.append(exc)
             if errors:
                 raise errors[0]
-            if progress is not None:
-                c = retrying(plan, counts, study)
-                progress(min(c["COMPLETE"] + c["PRUNED"], plan.target), plan.target)
+            shown.report()
             if all(not p.is_alive() for p in procs):
                 break
             time.sleep(_POLL)
@@ -171,6 +205,7 @@ def run_dask(study, plan: StudyPlan, client, payload, progress, after_batch=None
     # the default: up to DASK_KERNEL_BATCH trials a task, but at least two tasks a slot
     size = plan.batch or max(1, min(DASK_KERNEL_BATCH, math.ceil(plan.target / (2 * n_slots))))
     rng = np.random.default_rng(derive_seed(plan.seed, plan.identity, "free"))
+    index, shown = TrialIndex(study, plan.names), _Progress(study, plan, progress)
     running: dict = {}
     ac = as_completed()
     with Heartbeat(study._storage, plan.heartbeat) as beat:
@@ -187,7 +222,7 @@ def run_dask(study, plan: StudyPlan, client, payload, progress, after_batch=None
             while len(running) < n_slots:
                 batch = []
                 while len(batch) < size:
-                    got = retrying(plan, claim, study, plan, rng)
+                    got = retrying(plan, claim, study, plan, rng, index)
                     if got is None:
                         break
                     beat.add(got[0]._trial_id)
@@ -201,6 +236,7 @@ def run_dask(study, plan: StudyPlan, client, payload, progress, after_batch=None
             fill()
             if not running:
                 if not retrying(plan, busy, study):
+                    shown.report()
                     return
                 time.sleep(_POLL)
                 continue
@@ -223,9 +259,7 @@ def run_dask(study, plan: StudyPlan, client, payload, progress, after_batch=None
                 beat.ids.discard(trial._trial_id)
             if after_batch is not None:
                 retrying(plan, after_batch)
-            if progress is not None:
-                c = retrying(plan, counts, study)
-                progress(min(c["COMPLETE"] + c["PRUNED"], plan.target), plan.target)
+            shown.maybe()
 
 
 def dask_client(address: str):

@@ -295,7 +295,10 @@ def optimize(
       to the cent, or the run fails with both numbers; ``"cerebro"`` runs every trial in
       cerebro (see :func:`m2k_bt.kernel.choice.choose_engine`). Ignored when
       ``run_backtest`` is given.
-    - ``quiet``: accepted for the command line's sake; the library prints nothing itself.
+    - ``quiet``: no progress reports (``progress`` is not called: counting the study's
+      trials for it is not free); the library prints nothing itself either way.
+    - ``progress``: called as ``progress(done, target)`` every
+      :data:`m2k_bt.optimize.drivers.PROGRESS_SECONDS` at most, and when the trials are done.
 
     The checked and resolved arguments travel on as one :class:`StudySettings`.
     """
@@ -345,6 +348,8 @@ def optimize(
             workers = 1 if in_kernel else (os.cpu_count() or 1)
         if batch is None:  # 0: sized on Dask by the cluster (see run_dask)
             batch = 0 if (in_kernel and dask is not None) else 1
+        if quiet:
+            progress = None
         return _run_study(StudySettings(
             bars=bars, config=config, space=space, target=target, objective=objective,
             sampler=sampler, workers=workers, storage=storage, dask=dask, seed=seed,
