@@ -197,3 +197,39 @@ def test_the_trial_loop_runs_blas_on_one_thread(monkeypatch):
              run_backtest=run, quiet=True, overfitting=False)
     assert inside and all(set(n) == {1} for n in inside)
     assert blas_threads() == before
+
+
+def dies_once_run(bars, config):
+    """fake_run, but the backtester process running ``fast=20, slow=150`` first dies as by
+    kill -9 (once: a marker file at ``$M2K_TEST_DIE_ONCE`` says it did)."""
+    import os
+    from pathlib import Path
+
+    marker = Path(os.environ["M2K_TEST_DIE_ONCE"])
+    if config.params == {"fast": 20, "slow": 150} and not marker.exists():
+        marker.write_text("died")
+        os._exit(9)
+    return fake_run(bars, config)
+
+
+def test_two_backtester_processes_one_killed_every_point_once(tmp_path, monkeypatch):
+    """A fresh study in --out with two workers: this process claims and records in memory,
+    two backtester processes run the batches. One is killed holding a batch: its trials are
+    failed and re-queued once, the grid completes with every point once, the note says so,
+    and study.db holds what the result holds."""
+    monkeypatch.setenv("M2K_TEST_DIE_ONCE", str(tmp_path / "died"))
+    res = optimize(hourly_bars(5), FakeConfig(), SMALL, sampler="grid", workers=2, batch=2,
+                   out=tmp_path / "o", run_backtest=dies_once_run, quiet=True,
+                   overfitting=False)
+    assert (tmp_path / "died").exists()
+    assert res.n_complete == 12
+    assert any("died" in n and "re-run" in n for n in res.notes), res.notes
+    done = sorted((r.param_fast, r.param_slow) for r in res.trials.itertuples()
+                  if r.state == "COMPLETE")
+    assert done == sorted((f, s) for f in (10, 20, 30, 40) for s in (100, 150, 200))
+    disk = optuna.load_study(study_name="m2k-fake",
+                             storage=storage_for(study_storage_url(tmp_path / "o")))
+    kept = [t for t in disk.get_trials(deepcopy=False) if not is_discarded(t)]
+    assert sorted((t.params["fast"], t.params["slow"]) for t in kept
+                  if t.state.name == "COMPLETE") == done
+    assert sum(t.state.name == "FAIL" for t in kept) >= 1  # the killed batch's trials

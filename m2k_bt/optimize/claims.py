@@ -49,6 +49,7 @@ __all__ = [
     "open_study",
     "set_up_study",
     "reap",
+    "recover",
     "claim",
     "tell",
     "fail_trial",
@@ -214,7 +215,7 @@ def set_up_study(study, created: bool, plan: StudyPlan, direction, objective,
     elif wait:
         _wait_for_setup(study)
     _check_study(study, direction, objective, plan.space, strategy_name)
-    notes = _recover(study, plan)
+    notes = recover(study, plan)
     if plan.sampler == "grid":
         _enqueue_grid(study, plan)
     if study.user_attrs.get("trials") != plan.target:
@@ -303,8 +304,9 @@ def reap(study, plan: StudyPlan) -> list[str]:
     return notes
 
 
-def _recover(study, plan: StudyPlan) -> list[str]:
-    """At start: reap dead processes' trials; re-queue failed ones never retried."""
+def recover(study, plan: StudyPlan) -> list[str]:
+    """Reap dead processes' trials; re-queue failed ones never retried (at start, and when a
+    local worker process died holding trials)."""
     notes = reap(study, plan)
     trials = study.get_trials(deepcopy=False)
     for t in trials:

@@ -28,6 +28,7 @@ from .claims import (
     fail_trial,
     make_sampler,
     reap,
+    recover,
     tell,
 )
 from .storage import retrying, storage_for
@@ -35,8 +36,8 @@ from .threads import ONE_THREAD_ENV, one_blas_thread
 from .trial import evaluate_batch, evaluate_params
 from .trialindex import TrialIndex
 
-__all__ = ["DASK_KERNEL_BATCH", "DASK_RESUBMITS", "PROGRESS_SECONDS", "work", "run_pool",
-           "run_dask", "dask_client"]
+__all__ = ["DASK_KERNEL_BATCH", "DASK_RESUBMITS", "PROGRESS_SECONDS", "IN_FLIGHT", "work",
+           "run_pool", "run_backtesters", "run_dask", "dask_client"]
 
 _POLL = 0.5  # s between looks at the storage while other processes finish their trials
 #: Seconds between progress reports: each counts the study's trials in the storage, so they
@@ -177,6 +178,138 @@ def run_pool(study, plan: StudyPlan, direction, workers, payload, progress) -> l
             notes.append(f"worker {i + 1} died (exit status {p.exitcode}); its trial was re-run")
     if notes:  # finish here whatever the dead workers left
         work(study, plan, payload, progress)
+    return notes
+
+
+# ---------------------------------------------------------------- local backtesters
+
+#: Batches a local backtester process holds at once (one running, the next waiting), so that
+#: it does not wait for this process to record a batch before it starts the next.
+IN_FLIGHT = 2
+
+
+def _backtester(conn, payload) -> None:
+    """One local backtester process: run each batch of parameter sets it is sent and send
+    the outcomes back, until it is sent None. Ctrl-C is this process's parent's to handle
+    (it stops the backtesters); a lost parent ends the loop."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    bars, config, space, objective, min_trades, run = payload
+    with one_blas_thread():
+        while True:
+            try:
+                batch = conn.recv()
+            except (EOFError, OSError):
+                return
+            if batch is None:
+                return
+            try:
+                out = evaluate_batch(bars, config, batch, objective, min_trades, run)
+            except BaseException as exc:  # noqa: BLE001 - reported by the driver
+                out = exc if isinstance(exc, M2KError) else RuntimeError(repr(exc))
+            conn.send(out)
+
+
+def run_backtesters(study, plan: StudyPlan, workers: int, payload, progress=None,
+                    after_batch=None) -> list[str]:
+    """``workers`` spawned processes that only run backtests, ``plan.batch`` trials a batch
+    (def: as on Dask, up to :data:`DASK_KERNEL_BATCH`); this process claims the trials and
+    records them on ``study`` (a study in memory, written behind to a private storage: no
+    trial costs a storage round trip). A backtester that dies loses nothing: its trials are
+    failed and re-queued, and the others (or this process, when none is left) run them."""
+    from multiprocessing.connection import wait
+
+    size = plan.batch if plan.batch > 1 else max(
+        1, min(DASK_KERNEL_BATCH, math.ceil(plan.target / (2 * IN_FLIGHT * workers))))
+    ctx = mp.get_context("spawn")
+    rng = np.random.default_rng(derive_seed(plan.seed, plan.identity, "free"))
+    index, shown = TrialIndex(study, plan.names), _Progress(study, plan, progress)
+    procs, held, notes = {}, {}, []  # conn -> process; conn -> claimed batches in order
+    saved = {k: os.environ.get(k) for k in ONE_THREAD_ENV}
+    os.environ.update(ONE_THREAD_ENV)  # each backtester's BLAS starts with one thread
+    try:
+        for _ in range(workers):
+            mine, theirs = ctx.Pipe()
+            proc = ctx.Process(target=_backtester, args=(theirs, payload), daemon=True)
+            proc.start()
+            theirs.close()
+            procs[mine], held[mine] = proc, []
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+    def feed(conn) -> None:
+        while len(held[conn]) < IN_FLIGHT:
+            batch = []
+            while len(batch) < size:
+                got = retrying(plan, claim, study, plan, rng, index)
+                if got is None:
+                    break
+                batch.append(got)
+            if not batch:
+                return
+            held[conn].append(batch)
+            conn.send([params for _, params in batch])
+
+    def lost(conn) -> None:
+        proc = procs.pop(conn)
+        for batch in held.pop(conn):
+            for trial, _ in batch:
+                fail_trial(study, trial)
+        proc.join(5)
+        notes.append(f"backtester process {proc.pid} died (exit status {proc.exitcode}); "
+                     f"its trials were re-run")
+        notes.extend(retrying(plan, recover, study, plan))
+        for other in list(procs):  # its trials, re-queued, go to the others
+            feed(other)
+
+    done = False
+    try:
+        for conn in list(procs):
+            feed(conn)
+        while procs and any(held.values()):
+            ready = wait([*procs, *(p.sentinel for p in procs.values())])
+            for conn in [c for c in list(procs) if c in ready or procs[c].sentinel in ready]:
+                try:
+                    if not conn.poll():
+                        raise EOFError  # its process ended with nothing more to say
+                    outcomes = conn.recv()
+                except (EOFError, OSError):
+                    lost(conn)
+                    continue
+                batch = held[conn].pop(0)
+                if isinstance(outcomes, BaseException):
+                    raise outcomes
+                for (trial, _), outcome in zip(batch, outcomes):
+                    retrying(plan, tell, study, trial, outcome)
+                if after_batch is not None:
+                    retrying(plan, after_batch)
+                shown.maybe()
+                feed(conn)
+        done = True
+    except BaseException:
+        for batches in held.values():
+            for batch in batches:
+                for trial, _ in batch:
+                    fail_trial(study, trial)
+        raise
+    finally:
+        for conn, proc in procs.items():
+            if done:
+                try:
+                    conn.send(None)  # done: it ends on its own
+                except OSError:
+                    pass
+                proc.join(5)
+            if proc.is_alive():
+                proc.terminate()
+                proc.join(5)
+    # what is left (every backtester lost): run here
+    work(study, plan, payload, progress, after_batch)
     return notes
 
 
