@@ -294,3 +294,43 @@ def test_dsr_from_returns_equals_the_column_by_column_computation():
     v = got.sr_variance
     sr_star = math.sqrt(v) * ((1 - g) * norm.ppf(1 - 1 / 45) + g * norm.ppf(1 - 1 / (45 * math.e)))
     assert got.sr_star == pytest.approx(sr_star, rel=1e-12)
+
+
+def _groupby_daily_returns(equity: pd.Series, start_value: float) -> pd.Series:
+    """The reference: pandas' groupby by CME trade date (what daily_returns computed before)."""
+    idx = equity.index
+    if idx.tz is not None:
+        idx = idx.tz_convert("America/New_York").tz_localize(None)
+    day = (idx + pd.Timedelta(hours=6)).normalize()
+    last = pd.Series(equity.to_numpy(dtype=float), index=day).groupby(level=0).last()
+    prev = last.shift(1)
+    prev.iloc[0] = start_value
+    out = last / prev - 1.0
+    out.index = pd.DatetimeIndex(out.index.date)
+    return out
+
+
+@pytest.mark.parametrize("tz", ["UTC", "America/New_York", None])
+def test_daily_returns_equal_pandas_groupby_across_dst_and_session_breaks(tz):
+    """Per-trial daily returns from remembered trade-day boundaries equal the groupby
+    computation, across the March 2024 DST change and every 18:00 session start, for the
+    same index object, an equal copy, and a different index of the same length."""
+    idx = pd.date_range("2024-03-07 15:00", "2024-03-13 20:00", freq="5min", tz="UTC")
+    if tz != "UTC":
+        idx = idx.tz_convert("America/New_York")
+        if tz is None:
+            idx = idx.tz_localize(None)
+    rng = np.random.default_rng(1)
+    for i in range(3):
+        values = 25_000 + np.cumsum(rng.normal(0, 5, len(idx)))  # $5 a point
+        equity = pd.Series(values, index=idx if i < 2 else idx + pd.Timedelta(hours=3))
+        if i == 1:
+            equity.index = pd.DatetimeIndex(list(idx))  # equal, not the same object
+        got = daily_returns(equity, start_value=25_000.0)
+        want = _groupby_daily_returns(equity, 25_000.0)
+        assert list(got.index) == list(want.index)
+        assert got.tolist() == want.tolist()  # the same arithmetic: equal, not close
+    gaps = pd.Series(values, index=idx)
+    gaps.iloc[5] = np.nan  # a missing value: groupby's last skips it
+    assert daily_returns(gaps, 25_000.0).tolist() == pytest.approx(
+        _groupby_daily_returns(gaps, 25_000.0).tolist())

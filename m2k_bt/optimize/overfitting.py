@@ -509,6 +509,44 @@ def daily_returns(equity: pd.Series, start_value: float | None = None) -> pd.Ser
         raise ConfigError("daily_returns needs a pandas Series indexed by datetime")
     if equity.empty:
         return pd.Series(dtype=float)
+    values = equity.to_numpy(dtype=float)
+    days = _trade_days(equity.index)
+    if days is None or np.isnan(values).any():
+        return _daily_returns_by_groupby(equity, start_value)
+    last_rows, dates = days
+    last = values[last_rows]
+    prev = np.empty_like(last)
+    prev[0] = values[0] if start_value is None else float(start_value)
+    prev[1:] = last[:-1]
+    return pd.Series(last / prev - 1.0, index=dates)
+
+
+#: The trade days of the last few bar indexes seen: every trial of a study has the same bars.
+_TRADE_DAYS: list = []
+_TRADE_DAYS_KEPT = 4
+
+
+def _trade_days(idx: pd.DatetimeIndex):
+    """``(row of each trade date's last bar, the dates)`` of a sorted bar index, remembered for
+    the last :data:`_TRADE_DAYS_KEPT` indexes; None for an unsorted one."""
+    for held, found in _TRADE_DAYS:
+        if held is idx or (len(held) == len(idx) and held.equals(idx)):
+            return found
+    if not idx.is_monotonic_increasing:
+        return None
+    local = idx.tz_convert("America/New_York").tz_localize(None) if idx.tz is not None else idx
+    day = (local + pd.Timedelta(hours=6)).normalize()
+    codes = day.asi8
+    last_rows = np.flatnonzero(np.append(codes[1:] != codes[:-1], True))
+    found = (last_rows, pd.DatetimeIndex(day[last_rows].date, name=None))
+    _TRADE_DAYS.insert(0, (idx, found))
+    del _TRADE_DAYS[_TRADE_DAYS_KEPT:]
+    return found
+
+
+def _daily_returns_by_groupby(equity: pd.Series, start_value: float | None) -> pd.Series:
+    """:func:`daily_returns` for any index (unsorted bars, missing values): by pandas'
+    groupby, whose ``last`` skips a missing value."""
     idx = equity.index
     if idx.tz is not None:
         idx = idx.tz_convert("America/New_York").tz_localize(None)
