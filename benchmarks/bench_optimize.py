@@ -19,8 +19,10 @@ one after another::
 
 (bundled ``datafeeds/m2k_5min.csv.gz``; DSR, PBO and the winner's check in cerebro on, the
 defaults; every point has ``fast < slow``, so each is a backtest). Wall time is from launch to
-exit. The per-trial slope is ``(wall(2,000) - wall(200)) / 1,800``; the fixed cost is what a
-study of no trials would cost on that line, ``wall(200) - 200 x slope`` (start-up, loading
+exit; CPU seconds are the run's and its worker processes' (user + system, from
+``getrusage(RUSAGE_CHILDREN)``), which a busy machine inflates far less than wall time. The
+per-trial slope is ``(wall(2,000) - wall(200)) / 1,800``; the fixed cost is what a study of no
+trials would cost on that line, ``wall(200) - 200 x slope`` (start-up, loading
 the CSV, DSR/PBO, the cerebro check, the outputs). A study whose bookkeeping grows with the
 number of trials shows it as a slope well above a trial's own cost. A 2-point run first (not
 shown) makes sure numba's compiled kernel is cached. With ``--repeat`` the median wall of
@@ -43,6 +45,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import shlex
 import statistics
 import subprocess
@@ -68,17 +71,21 @@ def slope_cmd(space: list[str], workers: int, out: Path, args) -> list[str]:
             "--workers", str(workers), "--min-trades", "0", "--quiet", "--out", str(out)]
 
 
-def run_cli(cmd: list[str]) -> float:
-    """Wall seconds of one command-line run, launch to exit (its outputs checked)."""
+def run_cli(cmd: list[str]) -> tuple[float, float]:
+    """Wall seconds of one command-line run, launch to exit, and the CPU seconds (user +
+    system) of its process and every process it waited for (its workers); outputs checked."""
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH")) if p)
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
     wall = time.perf_counter() - t0
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if proc.returncode:
         raise SystemExit(f"{shlex.join(cmd)} failed ({proc.returncode}): "
                          f"{proc.stderr.strip()[-2000:]}")
-    return wall
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return wall, cpu
 
 
 def trials_in(out: Path) -> int:
@@ -92,12 +99,13 @@ def slope(args) -> None:
     """The per-trial slope and the fixed cost, per worker count (see the module docstring)."""
     with tempfile.TemporaryDirectory(prefix="bench-opt-") as tmp:
         run_cli(slope_cmd(["fast=10:11:1", "slow=250"], 1, Path(tmp) / "warm", args))
+    print(f"CPU check: 2 processes of pure Python get {cpu_capacity():.2f} cores' worth of work")
     print("commands (TMP a fresh folder each run):")
     for n, space in SLOPE_SPACES.items():
         print(f"  {n:>5} points: {shlex.join(slope_cmd(space, 1, Path('TMP'), args)[1:])}")
     rows = []
     for w in args.slope_workers:
-        walls = {}
+        walls, cpus = {}, {}
         for n, space in SLOPE_SPACES.items():
             runs = []
             for _ in range(args.repeat):
@@ -107,17 +115,21 @@ def slope(args) -> None:
                     done = trials_in(out)
                     if done != n:
                         raise SystemExit(f"{n}-point grid ran {done} trials")
-            walls[n] = statistics.median(runs)
+            walls[n] = statistics.median(r[0] for r in runs)
+            cpus[n] = statistics.median(r[1] for r in runs)
             print(f"  workers {w}, {n} points: "
-                  f"{', '.join(f'{x:.1f}' for x in runs)} s", flush=True)
+                  f"{', '.join(f'{x:.1f} s ({c:.1f} CPU s)' for x, c in runs)}", flush=True)
         per = (walls[2000] - walls[200]) / 1800
-        rows.append((w, walls[200], walls[2000], per, walls[200] - 200 * per))
+        cpu_per = (cpus[2000] - cpus[200]) / 1800
+        rows.append((w, walls[200], walls[2000], per, walls[200] - 200 * per, cpus[200],
+                     cpus[2000], cpu_per, cpus[200] - 200 * cpu_per))
     load = os.getloadavg()
     print("| workers | 200 points s | 2,000 points s | per extra trial ms | trials/s (slope) "
-          "| fixed s |")
-    print("| ---: | ---: | ---: | ---: | ---: | ---: |")
-    for w, a, b, per, fixed in rows:
-        print(f"| {w} | {a:.1f} | {b:.1f} | {per * 1000:.1f} | {1 / per:.0f} | {fixed:.1f} |")
+          "| fixed s | CPU s 200 / 2,000 | CPU ms per extra trial | fixed CPU s |")
+    print("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    for w, a, b, per, fixed, ca, cb, cper, cfixed in rows:
+        print(f"| {w} | {a:.1f} | {b:.1f} | {per * 1000:.1f} | {1 / per:.0f} | {fixed:.1f} "
+              f"| {ca:.1f} / {cb:.1f} | {cper * 1000:.1f} | {cfixed:.1f} |")
     print(f"load average after the runs: {load[0]:.2f} (1 min), {load[1]:.2f} (5 min) on "
           f"{os.cpu_count()} cores (our own runs included)")
 
