@@ -183,6 +183,9 @@ def run_pool(study, plan: StudyPlan, direction, workers, payload, progress) -> l
 
 # ---------------------------------------------------------------- local backtesters
 
+#: Trials this process runs at a time itself while its backtester processes start (they
+#: take seconds to import and load the compiled kernel).
+STARTING_BATCH = 4
 #: Batches a local backtester process holds at once (one running, the next waiting), so that
 #: it does not wait for this process to record a batch before it starts the next.
 IN_FLIGHT = 2
@@ -217,7 +220,9 @@ def run_backtesters(study, plan: StudyPlan, workers: int, payload, progress=None
     (def: as on Dask, up to :data:`DASK_KERNEL_BATCH`); this process claims the trials and
     records them on ``study`` (a study in memory, written behind to a private storage: no
     trial costs a storage round trip). A backtester that dies loses nothing: its trials are
-    failed and re-queued, and the others (or this process, when none is left) run them."""
+    failed and re-queued, and the others (or this process, when none is left) run them.
+    Until the first backtester has reported, this process runs trials itself,
+    :data:`STARTING_BATCH` at a time, between looks at them."""
     from multiprocessing.connection import wait
 
     size = plan.batch if plan.batch > 1 else max(
@@ -267,12 +272,41 @@ def run_backtesters(study, plan: StudyPlan, workers: int, payload, progress=None
         for other in list(procs):  # its trials, re-queued, go to the others
             feed(other)
 
-    done = False
+    bars, config, space, objective, min_trades, run = payload
+    mine: list = []  # what this process runs itself while the backtesters start
+
+    def run_here() -> bool:
+        """A few trials run here (none left to claim: False)."""
+        while len(mine) < STARTING_BATCH:
+            got = retrying(plan, claim, study, plan, rng, index)
+            if got is None:
+                break
+            mine.append(got)
+        if not mine:
+            return False
+        with one_blas_thread():
+            while mine:
+                trial, params = mine[0]
+                outcome = evaluate_params(bars, config, params, objective, min_trades, run)
+                retrying(plan, tell, study, trial, outcome)
+                mine.pop(0)
+        if after_batch is not None:
+            retrying(plan, after_batch)
+        shown.maybe()
+        return True
+
+    done, started = False, False
     try:
         for conn in list(procs):
             feed(conn)
         while procs and any(held.values()):
-            ready = wait([*procs, *(p.sentinel for p in procs.values())])
+            ready = wait([*procs, *(p.sentinel for p in procs.values())],
+                         timeout=None if started else 0)
+            if not ready and not started:
+                if run_here():
+                    continue
+                started = True  # nothing left to claim here: wait for the backtesters
+            started = started or bool(ready)
             for conn in [c for c in list(procs) if c in ready or procs[c].sentinel in ready]:
                 try:
                     if not conn.poll():
@@ -292,10 +326,9 @@ def run_backtesters(study, plan: StudyPlan, workers: int, payload, progress=None
                 feed(conn)
         done = True
     except BaseException:
-        for batches in held.values():
-            for batch in batches:
-                for trial, _ in batch:
-                    fail_trial(study, trial)
+        for batch in [*(b for batches in held.values() for b in batches), mine]:
+            for trial, _ in batch:
+                fail_trial(study, trial)
         raise
     finally:
         for conn, proc in procs.items():
