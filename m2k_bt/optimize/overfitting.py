@@ -450,7 +450,8 @@ def _cscv_sums(m: np.ndarray, s: int, metric: str):
     of the blocks for every subset of that half (2 x 2^(S/2) rows), so that a split costs one
     addition per trial (its subset of the first half plus its subset of the second), and its
     out-of-sample sums are the complementary subsets'. Additions are elementwise, so equal
-    trials get equal metrics (their ties stay ties)."""
+    trials get equal metrics (their ties stay ties). A split and its complement are done
+    together: each subset's metrics are computed once."""
     t, n = m.shape
     half = s // 2
     starts = np.array([b[0] for b in np.array_split(np.arange(t), s)])
@@ -461,7 +462,6 @@ def _cscv_sums(m: np.ndarray, s: int, metric: str):
     sa, sb = _subset_sums(sums[lo]), _subset_sums(sums[hi])
     qa, qb = _subset_sums(squares[lo]), _subset_sums(squares[hi])
     na, nb = _subset_sums(rows[lo])[:, 0], _subset_sums(rows[hi])[:, 0]
-    full_a, full_b = (1 << half) - 1, (1 << (s - half)) - 1
     splits = list(combinations(range(s), half))
     mask_a = np.array([sum(1 << i for i in c if i < half) for c in splits])
     mask_b = np.array([sum(1 << (i - half) for i in c if i >= half) for c in splits])
@@ -471,24 +471,31 @@ def _cscv_sums(m: np.ndarray, s: int, metric: str):
         return np.nan_to_num(_sums_metric(sa[ma] + sb[mb], qa[ma] + qb[mb], count, metric),
                              nan=-np.inf)
 
-    logits, best, is_perf, oos_perf = [], [], [], []
+    # the complement of the i-th of the C(S, S/2) splits in itertools' order is the
+    # (C-1-i)-th: each subset's metrics serve once in sample and once out of sample
+    total = len(splits)
+    ratio, best = np.empty(total), np.empty(total, dtype=int)
+    is_perf, oos_perf = np.empty(total), np.empty(total)
     step = max(1, _CSCV_CHUNK // n)
-    for k in range(0, len(splits), step):
-        ma, mb = mask_a[k:k + step], mask_b[k:k + step]
-        r_is = metric_of(ma, mb)
-        r_oos = metric_of(full_a ^ ma, full_b ^ mb)
-        n_star = np.argmax(r_is, axis=1)
-        at = np.arange(len(ma))
-        v = r_oos[at, n_star][:, None]
-        # the OOS rank of the in-sample best, ties averaged (scipy's rankdata "average")
-        rank = np.count_nonzero(r_oos < v, axis=1) + (np.count_nonzero(r_oos == v, axis=1)
-                                                      + 1) / 2
-        w = rank / (n + 1)
-        logits += [math.log(x) for x in (w / (1 - w)).tolist()]
-        best += n_star.tolist()
-        is_perf += r_is[at, n_star].tolist()
-        oos_perf += v[:, 0].tolist()
-    return logits, best, is_perf, oos_perf
+    for k in range(0, total // 2, step):
+        first = np.arange(k, min(k + step, total // 2))
+        last = total - 1 - first
+        r_first = metric_of(mask_a[first], mask_b[first])
+        r_last = metric_of(mask_a[last], mask_b[last])
+        at = np.arange(len(first))
+        for rows, r_is, r_oos in ((first, r_first, r_last), (last, r_last, r_first)):
+            n_star = np.argmax(r_is, axis=1)
+            v = r_oos[at, n_star]
+            # the OOS rank of the in-sample best, ties averaged (scipy's rankdata "average")
+            rank = (np.count_nonzero(r_oos < v[:, None], axis=1)
+                    + (np.count_nonzero(r_oos == v[:, None], axis=1) + 1) / 2)
+            w = rank / (n + 1)
+            ratio[rows] = w / (1 - w)
+            best[rows] = n_star
+            is_perf[rows] = r_is[at, n_star]
+            oos_perf[rows] = v
+    return ([math.log(x) for x in ratio.tolist()], best.tolist(), is_perf.tolist(),
+            oos_perf.tolist())
 
 
 def daily_returns(equity: pd.Series, start_value: float | None = None) -> pd.Series:
