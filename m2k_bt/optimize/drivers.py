@@ -36,8 +36,8 @@ from .threads import ONE_THREAD_ENV, one_blas_thread
 from .trial import evaluate_batch, evaluate_params
 from .trialindex import TrialIndex
 
-__all__ = ["DASK_KERNEL_BATCH", "DASK_RESUBMITS", "PROGRESS_SECONDS", "IN_FLIGHT", "work",
-           "run_pool", "run_backtesters", "run_dask", "dask_client"]
+__all__ = ["DASK_KERNEL_BATCH", "DASK_RESUBMITS", "PROGRESS_SECONDS", "IN_FLIGHT",
+           "STARTING_BATCH", "work", "run_pool", "run_backtesters", "run_dask", "dask_client"]
 
 _POLL = 0.5  # s between looks at the storage while other processes finish their trials
 #: Seconds between progress reports: each counts the study's trials in the storage, so they
