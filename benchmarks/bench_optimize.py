@@ -1,19 +1,40 @@
 #!/usr/bin/env python
-"""Optimisation throughput (GitHub issue #6): trials per minute with 1 and 2 local workers.
+"""Optimisation throughput: the per-trial cost of a study (issue #23) and trials per minute
+with 1 and 2 local workers (issue #6).
 
 ::
 
-    .venv/bin/python benchmarks/bench_optimize.py                  # 1 and 2 workers
-    .venv/bin/python benchmarks/bench_optimize.py --dask           # and a Dask LocalCluster
-    .venv/bin/python benchmarks/bench_optimize.py --start 2024-01-01 --end 2024-03-31
+    .venv/bin/python benchmarks/bench_optimize.py                  # slope: 200 and 2,000 points
+    .venv/bin/python benchmarks/bench_optimize.py --slope-workers 1 --repeat 3
+    .venv/bin/python benchmarks/bench_optimize.py --table          # 12 points, 1 and 2 workers
+    .venv/bin/python benchmarks/bench_optimize.py --table --dask   # and a Dask LocalCluster
 
-Every run searches the same grid (SmaCrossover ``fast`` x ``slow``, 12 points by default) on
-the same bars (the bundled ``datafeeds/m2k_5min.csv.gz``, one quarter by default), so each run
-does exactly the same backtests whatever the worker count: the grid is deterministic, TPE with
-several workers is not. Each run gets a fresh SQLite study in a temporary folder. Wall time
-includes starting the worker processes (spawn), sending them the bars and Optuna's storage
-bookkeeping, as a user of ``run_backtest.py optimize --workers N`` pays it. ``backtest s``
-is the median time of one backtest inside a trial.
+**Slope** (the default, issue #23). The real command line, each run in its own child process,
+one after another::
+
+    run_backtest.py optimize --start 2024-01-01 --end 2024-03-31 --sampler grid \\
+        --engine kernel --workers W --min-trades 0 --quiet --out TMP \\
+        --space fast=10:29:1 slow=250:340:10        # 200 points (20 x 10)
+        --space fast=10:209:1 slow=250:340:10       # 2,000 points (200 x 10)
+
+(bundled ``datafeeds/m2k_5min.csv.gz``; DSR, PBO and the winner's check in cerebro on, the
+defaults; every point has ``fast < slow``, so each is a backtest). Wall time is from launch to
+exit; CPU seconds are the run's and its worker processes' (user + system, from
+``getrusage(RUSAGE_CHILDREN)``), which a busy machine inflates far less than wall time. The
+per-trial slope is ``(wall(2,000) - wall(200)) / 1,800``; the fixed cost is what a study of no
+trials would cost on that line, ``wall(200) - 200 x slope`` (start-up, loading
+the CSV, DSR/PBO, the cerebro check, the outputs). A study whose bookkeeping grows with the
+number of trials shows it as a slope well above a trial's own cost. A 2-point run first (not
+shown) makes sure numba's compiled kernel is cached. With ``--repeat`` the median wall of
+each row is used.
+
+**Table** (``--table``, issue #6). Every run searches the same grid (SmaCrossover ``fast`` x
+``slow``, 12 points by default) on the same bars (the bundled ``datafeeds/m2k_5min.csv.gz``, one
+quarter by default), so each run does exactly the same backtests whatever the worker count: the
+grid is deterministic, TPE with several workers is not. Each run gets a fresh SQLite study in a
+temporary folder. Wall time includes starting the worker processes (spawn), sending them the
+bars and Optuna's storage bookkeeping, as a user of ``run_backtest.py optimize --workers N``
+pays it. ``backtest s`` is the median time of one backtest inside a trial.
 
 Prints a table; nothing is asserted (speed is measured, not asserted). A CPU check first
 measures how much parallel capacity two processes really get at that moment (the machine may
@@ -24,7 +45,10 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
+import shlex
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -33,6 +57,81 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(ROOT))
+
+#: The slope's two grids: the same slow values, 20 or 200 fast ones (all below slow).
+SLOPE_SPACES = {
+    200: ["fast=10:29:1", "slow=250:340:10"],
+    2000: ["fast=10:209:1", "slow=250:340:10"],
+}
+
+
+def slope_cmd(space: list[str], workers: int, out: Path, args) -> list[str]:
+    return [sys.executable, str(ROOT / "run_backtest.py"), "optimize", "--start", args.start,
+            "--end", args.end, "--space", *space, "--sampler", "grid", "--engine", "kernel",
+            "--workers", str(workers), "--min-trades", "0", "--quiet", "--out", str(out)]
+
+
+def run_cli(cmd: list[str]) -> tuple[float, float]:
+    """Wall seconds of one command-line run, launch to exit, and the CPU seconds (user +
+    system) of its process and every process it waited for (its workers); outputs checked."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH")) if p)
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    wall = time.perf_counter() - t0
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    if proc.returncode:
+        raise SystemExit(f"{shlex.join(cmd)} failed ({proc.returncode}): "
+                         f"{proc.stderr.strip()[-2000:]}")
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return wall, cpu
+
+
+def trials_in(out: Path) -> int:
+    import json
+
+    d = json.loads((out / "optimize.json").read_text())
+    return d["trials_complete"] + d["trials_infeasible"]
+
+
+def slope(args) -> None:
+    """The per-trial slope and the fixed cost, per worker count (see the module docstring)."""
+    with tempfile.TemporaryDirectory(prefix="bench-opt-") as tmp:
+        run_cli(slope_cmd(["fast=10:11:1", "slow=250"], 1, Path(tmp) / "warm", args))
+    print(f"CPU check: 2 processes of pure Python get {cpu_capacity():.2f} cores' worth of work")
+    print("commands (TMP a fresh folder each run):")
+    for n, space in SLOPE_SPACES.items():
+        print(f"  {n:>5} points: {shlex.join(slope_cmd(space, 1, Path('TMP'), args)[1:])}")
+    rows = []
+    for w in args.slope_workers:
+        walls, cpus = {}, {}
+        for n, space in SLOPE_SPACES.items():
+            runs = []
+            for _ in range(args.repeat):
+                with tempfile.TemporaryDirectory(prefix="bench-opt-") as tmp:
+                    out = Path(tmp) / "opt"
+                    runs.append(run_cli(slope_cmd(space, w, out, args)))
+                    done = trials_in(out)
+                    if done != n:
+                        raise SystemExit(f"{n}-point grid ran {done} trials")
+            walls[n] = statistics.median(r[0] for r in runs)
+            cpus[n] = statistics.median(r[1] for r in runs)
+            print(f"  workers {w}, {n} points: "
+                  f"{', '.join(f'{x:.1f} s ({c:.1f} CPU s)' for x, c in runs)}", flush=True)
+        per = (walls[2000] - walls[200]) / 1800
+        cpu_per = (cpus[2000] - cpus[200]) / 1800
+        rows.append((w, walls[200], walls[2000], per, walls[200] - 200 * per, cpus[200],
+                     cpus[2000], cpu_per, cpus[200] - 200 * cpu_per))
+    load = os.getloadavg()
+    print("| workers | 200 points s | 2,000 points s | per extra trial ms | trials/s (slope) "
+          "| fixed s | CPU s 200 / 2,000 | CPU ms per extra trial | fixed CPU s |")
+    print("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    for w, a, b, per, fixed, ca, cb, cper, cfixed in rows:
+        print(f"| {w} | {a:.1f} | {b:.1f} | {per * 1000:.1f} | {1 / per:.0f} | {fixed:.1f} "
+              f"| {ca:.1f} / {cb:.1f} | {cper * 1000:.1f} | {cfixed:.1f} |")
+    print(f"load average after the runs: {load[0]:.2f} (1 min), {load[1]:.2f} (5 min) on "
+          f"{os.cpu_count()} cores (our own runs included)")
 
 
 def run_once(bars, config, space, workers: int | None, dask: str | None) -> dict:
@@ -88,10 +187,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data", default=str(ROOT / "datafeeds" / "m2k_5min.csv.gz"))
     p.add_argument("--start", default="2024-01-01")
     p.add_argument("--end", default="2024-03-31")
+    p.add_argument("--table", action="store_true",
+                   help="issue #6's table (12 points, in process) instead of the slope")
+    p.add_argument("--slope-workers", nargs="+", type=int, default=[1, 2])
+    p.add_argument("--repeat", type=int, default=1, help="slope runs per row (median)")
     p.add_argument("--space", nargs="+", default=["fast=10:40:10", "slow=100:200:50"])
     p.add_argument("--workers", nargs="+", type=int, default=[1, 2])
     p.add_argument("--dask", action="store_true", help="also run on a 2-process LocalCluster")
     args = p.parse_args(argv)
+    if not args.table:
+        print(f"data: datafeeds/m2k_5min.csv.gz {args.start} .. {args.end}; cores "
+              f"{os.cpu_count()}; load average {os.getloadavg()[0]:.2f} at the start")
+        slope(args)
+        return 0
 
     from m2k_bt.engine import BacktestConfig
     from m2k_bt.feeds import load_bars

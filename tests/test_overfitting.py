@@ -232,3 +232,105 @@ def test_pbo_ranks_equal_scipy_average_ranks_with_ties_and_flat_trials():
         w = float(rankdata(sr[1], method="average")[k]) / 7
         want.append(math.log(w / (1 - w)))
     assert res.logits == want
+
+
+# ---------------------------------------------------------------- issue 23: vectorised, same result
+
+
+def _study_like_returns(seed: int, t: int = 130, n: int = 60) -> np.ndarray:
+    """Daily returns as a study holds them: noise with exact ties (a duplicate trial), a
+    flat trial (no trade: Sharpe 0), a constant one (Sharpe +inf) and one flat half the time."""
+    rng = np.random.default_rng(seed)
+    r = np.round(rng.normal(0.0002, 0.01, (t, n)), 4)
+    r[:, 3] = r[:, 1]
+    r[:, 4] = 0.0
+    r[:, 5] = 0.002
+    r[: t // 2, 2] = 0.0
+    r[rng.random((t, n)) < 0.01] = np.nan  # a missing day here and there: 0 for PBO
+    return r
+
+
+@pytest.mark.parametrize(("t", "n", "s"), [(64, 6, 8), (96, 12, 12), (101, 7, 4), (40, 6, 2)])
+def test_pbo_from_block_sums_equals_the_split_by_split_computation(t, n, s):
+    """The Sharpe metric computed from per-block sums for all splits at once gives the very
+    PBO, logits and in-sample winners of the split-by-split computation (the callable path,
+    which gathers each split's rows and calls sharpe_ratio per trial, as PBO did before)."""
+    r = _study_like_returns(t + n + s, t, n)
+    fast = probability_of_backtest_overfitting(r, n_splits=s)
+    by_rows = probability_of_backtest_overfitting(r, n_splits=s, metric=sharpe_ratio)
+    assert fast.pbo == by_rows.pbo
+    assert fast.logits == by_rows.logits
+    assert fast.is_best == by_rows.is_best
+    assert fast.n_combinations == by_rows.n_combinations == math.comb(s, s // 2)
+    big = 1e300  # +inf Sharpe: nan_to_num's largest float on both paths
+    for a, b in ((fast.is_performance, by_rows.is_performance),
+                 (fast.oos_performance, by_rows.oos_performance)):
+        a, b = np.array(a), np.array(b)
+        assert ((a > big) == (b > big)).all()
+        assert a[a < big] == pytest.approx(b[b < big], rel=1e-9, abs=1e-12)
+    # sums of returns rounded to 0.0001 tie between trials, and which of two equal sums
+    # comes out a hair larger depends on the order of the additions: unrounded returns here
+    noise = np.random.default_rng(s).normal(0.0002, 0.01, (t, n))
+    for metric, column in (("mean", np.mean), ("total", np.sum)):
+        fast = probability_of_backtest_overfitting(noise, n_splits=s, metric=metric)
+        by_rows = probability_of_backtest_overfitting(noise, n_splits=s, metric=column)
+        assert fast.is_best == by_rows.is_best and fast.pbo == by_rows.pbo
+
+
+def test_dsr_from_returns_equals_the_column_by_column_computation():
+    """All columns' Sharpe ratios at once (NaNs ignored per column) and numpy's moments give
+    what sharpe_ratio per column and scipy's skew/kurtosis gave."""
+    r = pd.DataFrame(_study_like_returns(7, 200, 30))
+    got = deflated_sharpe_from_returns(r, n_trials=45)
+    srs = {c: sharpe_ratio(r[c].to_numpy()) for c in r.columns}
+    finite = {c: v for c, v in srs.items() if math.isfinite(v)}
+    best = max(finite, key=finite.get)
+    col = r[best].dropna().to_numpy()
+    assert got.best == best and got.sr == pytest.approx(finite[best], rel=1e-12)
+    assert got.sr_variance == pytest.approx(np.var(list(finite.values()), ddof=1), rel=1e-12)
+    assert got.skew == pytest.approx(skew(col), rel=1e-10)
+    assert got.kurtosis == pytest.approx(kurtosis(col, fisher=False), rel=1e-10)
+    g = EULER_GAMMA
+    v = got.sr_variance
+    sr_star = math.sqrt(v) * ((1 - g) * norm.ppf(1 - 1 / 45) + g * norm.ppf(1 - 1 / (45 * math.e)))
+    assert got.sr_star == pytest.approx(sr_star, rel=1e-12)
+
+
+def _groupby_daily_returns(equity: pd.Series, start_value: float) -> pd.Series:
+    """The reference: pandas' groupby by CME trade date (what daily_returns computed before)."""
+    idx = equity.index
+    if idx.tz is not None:
+        idx = idx.tz_convert("America/New_York").tz_localize(None)
+    day = (idx + pd.Timedelta(hours=6)).normalize()
+    last = pd.Series(equity.to_numpy(dtype=float), index=day).groupby(level=0).last()
+    prev = last.shift(1)
+    prev.iloc[0] = start_value
+    out = last / prev - 1.0
+    out.index = pd.DatetimeIndex(out.index.date)
+    return out
+
+
+@pytest.mark.parametrize("tz", ["UTC", "America/New_York", None])
+def test_daily_returns_equal_pandas_groupby_across_dst_and_session_breaks(tz):
+    """Per-trial daily returns from remembered trade-day boundaries equal the groupby
+    computation, across the March 2024 DST change and every 18:00 session start, for the
+    same index object, an equal copy, and a different index of the same length."""
+    idx = pd.date_range("2024-03-07 15:00", "2024-03-13 20:00", freq="5min", tz="UTC")
+    if tz != "UTC":
+        idx = idx.tz_convert("America/New_York")
+        if tz is None:
+            idx = idx.tz_localize(None)
+    rng = np.random.default_rng(1)
+    for i in range(3):
+        values = 25_000 + np.cumsum(rng.normal(0, 5, len(idx)))  # $5 a point
+        equity = pd.Series(values, index=idx if i < 2 else idx + pd.Timedelta(hours=3))
+        if i == 1:
+            equity.index = pd.DatetimeIndex(list(idx))  # equal, not the same object
+        got = daily_returns(equity, start_value=25_000.0)
+        want = _groupby_daily_returns(equity, 25_000.0)
+        assert list(got.index) == list(want.index)
+        assert got.tolist() == want.tolist()  # the same arithmetic: equal, not close
+    gaps = pd.Series(values, index=idx)
+    gaps.iloc[5] = np.nan  # a missing value: groupby's last skips it
+    assert daily_returns(gaps, 25_000.0).tolist() == pytest.approx(
+        _groupby_daily_returns(gaps, 25_000.0).tolist())

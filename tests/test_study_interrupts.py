@@ -27,7 +27,8 @@ from m2k_bt.optimize.storage import storage_for
 
 SPACE = ["fast=10:20:10", "slow=100:150:50"]  # 2 x 2 = 4 grid points
 GRID = sorted((f, s) for f in (10, 20) for s in (100, 150))
-#: What the write-behind writes to study.db (each one SQLite transaction).
+#: What the write-behind writes to study.db (each one SQLite transaction); its finished
+#: trials go in one transaction a flush, ``writebehind.write_trials``.
 WRITES = ("create_new_study", "set_study_user_attr", "create_new_trial")
 
 
@@ -78,6 +79,7 @@ class _Events:
         rdb = optuna.storages.RDBStorage
         for name in WRITES:
             monkeypatch.setattr(rdb, name, self.wrap(getattr(rdb, name)))
+        monkeypatch.setattr(behind, "write_trials", self.wrap(behind.write_trials))
 
     def wrap(self, fn):
         def inner(*args, **kwargs):

@@ -1,10 +1,12 @@
 """Studies: parameter search, walk-forward and overfitting statistics (the ``optimize`` extra).
 
 The modules, one job each: :mod:`.space` (search spaces), :mod:`.trial` (one trial),
-:mod:`.storage` (where a study lives), :mod:`.claims` (processes sharing a study),
-:mod:`.writebehind` (a private study kept in memory), :mod:`.drivers` (this process, a local
-pool, Dask), :mod:`.results` (the result, status, DSR/PBO, files), :mod:`.study`
-(:func:`optimize`), :mod:`.walkforward` and :mod:`.overfitting`.
+:mod:`.storage` (where a study lives), :mod:`.trialindex` (what a process has read of a
+study's trials), :mod:`.claims` (processes sharing a study), :mod:`.writebehind` (a private
+study kept in memory), :mod:`.threads` (one BLAS thread in the trial loop), :mod:`.drivers`
+(this process, local backtesters or a local pool, Dask), :mod:`.results` (the result, status,
+DSR/PBO, files), :mod:`.study` (:func:`optimize`), :mod:`.walkforward` and
+:mod:`.overfitting`.
 """
 
 from .overfitting import (

@@ -29,6 +29,7 @@ from .storage import (
     mask_url,
     storage_for,
 )
+from .trialindex import TrialIndex, full_params, is_discarded
 
 __all__ = [
     "MAX_RETRIES",
@@ -46,6 +47,7 @@ __all__ = [
     "open_study",
     "set_up_study",
     "reap",
+    "recover",
     "claim",
     "tell",
     "fail_trial",
@@ -80,20 +82,6 @@ def make_sampler(name: str, seed: int | None, parallel: bool):
         return optuna.samplers.TPESampler(seed=seed, constant_liar=parallel)
     # grid: every point is enqueued, so the sampler never proposes anything itself
     return optuna.samplers.RandomSampler(seed=seed)
-
-
-def full_params(t, names) -> dict | None:
-    """All searched parameters of a trial (a queued trial's are in ``fixed_params``), or None
-    when its process died before every parameter was drawn."""
-    for p in (t.system_attrs.get("fixed_params"), t.params):
-        if p and all(n in p for n in names):
-            return {n: p[n] for n in names}
-    return None
-
-
-def is_discarded(t) -> bool:
-    """A trial opened but never run (a duplicate, or over the cap): it counts nowhere."""
-    return "m2k_discard" in t.system_attrs
 
 
 def _live(t) -> bool:
@@ -222,7 +210,7 @@ def set_up_study(study, created: bool, plan: StudyPlan, direction, objective,
     elif wait:
         _wait_for_setup(study)
     _check_study(study, direction, objective, plan.space, strategy_name)
-    notes = _recover(study, plan)
+    notes = recover(study, plan)
     if plan.sampler == "grid":
         _enqueue_grid(study, plan)
     if study.user_attrs.get("trials") != plan.target:
@@ -311,8 +299,9 @@ def reap(study, plan: StudyPlan) -> list[str]:
     return notes
 
 
-def _recover(study, plan: StudyPlan) -> list[str]:
-    """At start: reap dead processes' trials; re-queue failed ones never retried."""
+def recover(study, plan: StudyPlan) -> list[str]:
+    """Reap dead processes' trials; re-queue failed ones never retried (at start, and when a
+    local worker process died holding trials)."""
     notes = reap(study, plan)
     trials = study.get_trials(deepcopy=False)
     for t in trials:
@@ -362,31 +351,36 @@ def _taken_before(trials, number: int, key, plan: StudyPlan) -> bool:
     )
 
 
-def claim(study, plan: StudyPlan, rng: np.random.Generator):
+def claim(study, plan: StudyPlan, rng: np.random.Generator, index: TrialIndex | None = None):
     """The next trial this process runs and its parameters, or None when the study has no
     work left for it: queued trials first (grid points, retries), then, for TPE, a new
     proposal while the study holds fewer than ``target`` live trials (a study-wide cap that
-    every process reads from the storage; trial numbers order concurrent claims)."""
+    every process reads from the storage; trial numbers order concurrent claims).
+
+    ``index`` (def: a new one, which reads the whole study): this process's
+    :class:`m2k_bt.optimize.trialindex.TrialIndex` of the study, kept from claim to claim so
+    that a claim reads only the trials added since the last one."""
     TS = optuna.trial.TrialState
     storage = study._storage
-    trials = study.get_trials(deepcopy=False)
-    for t in trials:
-        if t.state != TS.WAITING:
-            continue
+    index = index if index is not None else TrialIndex(study, plan.names)
+    index.refresh()
+    while index.queue:
+        number, trial_id, params = index.queue.popleft()
         try:
-            if not storage.set_trial_state_values(t._trial_id, TS.RUNNING):
-                continue
+            if not storage.set_trial_state_values(trial_id, TS.RUNNING):
+                continue  # another process claimed it first
         except optuna.exceptions.UpdateFinishedTrialError:
             continue
-        storage.set_trial_system_attr(t._trial_id, "m2k_owner", owner_id())
-        params = full_params(t, plan.names)
-        if params is None or _taken_before(trials, t.number, point_key(params, plan.names), plan):
-            _discard(study, t._trial_id, "duplicate of a queued, running or finished trial")
+        storage.set_trial_system_attr(trial_id, "m2k_owner", owner_id())
+        if params is None or index.taken_before(number, trial_id,
+                                                point_key(params, plan.names)):
+            _discard(study, trial_id, "duplicate of a queued, running or finished trial")
             continue
-        trial = optuna.Trial(study, t._trial_id)
+        trial = optuna.Trial(study, trial_id)
         return trial, {n: r.suggest(trial) for n, r in plan.space.items()}
     if plan.sampler == "grid":
         return None
+    trials = study.get_trials(deepcopy=False)  # TPE's sampler reads them all anyway
     for attempt in range(REDRAWS + 1):
         trials = study.get_trials(deepcopy=False) if attempt else trials
         taken = {_trial_key(t, plan) for t in trials if _live(t)}

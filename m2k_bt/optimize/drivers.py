@@ -11,6 +11,7 @@ import concurrent.futures as cf
 import dataclasses
 import math
 import multiprocessing as mp
+import os
 import time
 
 import numpy as np
@@ -27,14 +28,40 @@ from .claims import (
     fail_trial,
     make_sampler,
     reap,
+    recover,
     tell,
 )
 from .storage import DB_ERRORS, lost_connection, retrying, storage_for
+from .threads import ONE_THREAD_ENV, one_blas_thread
 from .trial import evaluate_batch, evaluate_params
+from .trialindex import TrialIndex
 
-__all__ = ["DASK_KERNEL_BATCH", "DASK_RESUBMITS", "work", "run_pool", "run_dask", "dask_client"]
+__all__ = ["DASK_KERNEL_BATCH", "DASK_RESUBMITS", "PROGRESS_SECONDS", "IN_FLIGHT",
+           "STARTING_BATCH", "work", "run_pool", "run_backtesters", "run_dask", "dask_client"]
 
 _POLL = 0.5  # s between looks at the storage while other processes finish their trials
+#: Seconds between progress reports: each counts the study's trials in the storage, so they
+#: are not made after every trial (a report is also made when the work is done).
+PROGRESS_SECONDS = 0.5
+
+
+class _Progress:
+    """``progress(done, target)`` every :data:`PROGRESS_SECONDS` at most (and on demand)."""
+
+    def __init__(self, study, plan: StudyPlan, progress):
+        self.study, self.plan, self.progress = study, plan, progress
+        self.last = time.monotonic()
+
+    def maybe(self) -> None:
+        if self.progress is not None and time.monotonic() - self.last >= PROGRESS_SECONDS:
+            self.report()
+
+    def report(self) -> None:
+        if self.progress is None:
+            return
+        c = retrying(self.plan, counts, self.study)
+        self.progress(min(c["COMPLETE"] + c["PRUNED"], self.plan.target), self.plan.target)
+        self.last = time.monotonic()
 
 
 # ---------------------------------------------------------------- this process, local workers
@@ -47,17 +74,19 @@ def work(study, plan: StudyPlan, payload, progress=None, after_batch=None) -> in
     bars, config, space, objective, min_trades, run = payload
     rng = np.random.default_rng(derive_seed(plan.seed, plan.identity, "free"))
     ran, reaped = 0, time.monotonic()
-    with Heartbeat(study._storage, plan.heartbeat) as beat:
+    index, shown = TrialIndex(study, plan.names), _Progress(study, plan, progress)
+    with Heartbeat(study._storage, plan.heartbeat) as beat, one_blas_thread():
         while True:
             claimed = []
             while len(claimed) < max(1, plan.batch):
-                got = retrying(plan, claim, study, plan, rng)
+                got = retrying(plan, claim, study, plan, rng, index)
                 if got is None:
                     break
                 claimed.append(got)
                 beat.add(got[0]._trial_id)
             if not claimed:
                 if not retrying(plan, busy, study):
+                    shown.report()
                     return ran
                 retrying(plan, reap, study, plan)  # a trial we wait for may be dead
                 time.sleep(_POLL)
@@ -79,9 +108,7 @@ def work(study, plan: StudyPlan, payload, progress=None, after_batch=None) -> in
             if time.monotonic() - reaped > plan.heartbeat:  # dead processes' trials, now and
                 retrying(plan, reap, study, plan)  # then (queued retries go first)
                 reaped = time.monotonic()
-            if progress is not None:
-                c = retrying(plan, counts, study)
-                progress(min(c["COMPLETE"] + c["PRUNED"], plan.target), plan.target)
+            shown.maybe()
 
 
 def _worker(args) -> None:
@@ -112,9 +139,19 @@ def run_pool(study, plan: StudyPlan, direction, workers, payload, progress) -> l
         ctx.Process(target=_worker, args=((plan, direction, payload, i, queue),), daemon=True)
         for i in range(workers)
     ]
-    for p in procs:
-        p.start()
+    saved = {k: os.environ.get(k) for k in ONE_THREAD_ENV}
+    os.environ.update(ONE_THREAD_ENV)  # each worker's BLAS starts with one thread
+    try:
+        for p in procs:
+            p.start()
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
     notes, errors, reported = [], [], set()
+    shown = _Progress(study, plan, progress)
     try:
         while True:
             while not queue.empty():
@@ -124,9 +161,7 @@ def run_pool(study, plan: StudyPlan, direction, workers, payload, progress) -> l
                     errors.append(exc)
             if errors:
                 raise errors[0]
-            if progress is not None:
-                c = retrying(plan, counts, study)
-                progress(min(c["COMPLETE"] + c["PRUNED"], plan.target), plan.target)
+            shown.report()
             if all(not p.is_alive() for p in procs):
                 break
             time.sleep(_POLL)
@@ -145,6 +180,171 @@ def run_pool(study, plan: StudyPlan, direction, workers, payload, progress) -> l
             notes.append(f"worker {i + 1} died (exit status {p.exitcode}); its trial was re-run")
     if notes:  # finish here whatever the dead workers left
         work(study, plan, payload, progress)
+    return notes
+
+
+# ---------------------------------------------------------------- local backtesters
+
+#: Trials this process runs at a time itself while its backtester processes start (they
+#: take seconds to import and load the compiled kernel).
+STARTING_BATCH = 4
+#: Batches a local backtester process holds at once (one running, the next waiting), so that
+#: it does not wait for this process to record a batch before it starts the next.
+IN_FLIGHT = 2
+
+
+def _backtester(conn, payload) -> None:
+    """One local backtester process: run each batch of parameter sets it is sent and send
+    the outcomes back, until it is sent None. Ctrl-C is this process's parent's to handle
+    (it stops the backtesters); a lost parent ends the loop."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    bars, config, space, objective, min_trades, run = payload
+    with one_blas_thread():
+        while True:
+            try:
+                batch = conn.recv()
+            except (EOFError, OSError):
+                return
+            if batch is None:
+                return
+            try:
+                out = evaluate_batch(bars, config, batch, objective, min_trades, run)
+            except BaseException as exc:  # noqa: BLE001 - reported by the driver
+                out = exc if isinstance(exc, M2KError) else RuntimeError(repr(exc))
+            conn.send(out)
+
+
+def run_backtesters(study, plan: StudyPlan, workers: int, payload, progress=None,
+                    after_batch=None) -> list[str]:
+    """``workers`` spawned processes that only run backtests, ``plan.batch`` trials a batch
+    (def: as on Dask, up to :data:`DASK_KERNEL_BATCH`); this process claims the trials and
+    records them on ``study`` (a study in memory, written behind to a private storage: no
+    trial costs a storage round trip). A backtester that dies loses nothing: its trials are
+    failed and re-queued, and the others (or this process, when none is left) run them.
+    Until the first backtester has reported, this process runs trials itself,
+    :data:`STARTING_BATCH` at a time, between looks at them."""
+    from multiprocessing.connection import wait
+
+    size = plan.batch if plan.batch > 1 else max(
+        1, min(DASK_KERNEL_BATCH, math.ceil(plan.target / (2 * IN_FLIGHT * workers))))
+    ctx = mp.get_context("spawn")
+    rng = np.random.default_rng(derive_seed(plan.seed, plan.identity, "free"))
+    index, shown = TrialIndex(study, plan.names), _Progress(study, plan, progress)
+    procs, held, notes = {}, {}, []  # conn -> process; conn -> claimed batches in order
+    saved = {k: os.environ.get(k) for k in ONE_THREAD_ENV}
+    os.environ.update(ONE_THREAD_ENV)  # each backtester's BLAS starts with one thread
+    try:
+        for _ in range(workers):
+            mine, theirs = ctx.Pipe()
+            proc = ctx.Process(target=_backtester, args=(theirs, payload), daemon=True)
+            proc.start()
+            theirs.close()
+            procs[mine], held[mine] = proc, []
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+    def feed(conn) -> None:
+        while len(held[conn]) < IN_FLIGHT:
+            batch = []
+            while len(batch) < size:
+                got = retrying(plan, claim, study, plan, rng, index)
+                if got is None:
+                    break
+                batch.append(got)
+            if not batch:
+                return
+            held[conn].append(batch)
+            conn.send([params for _, params in batch])
+
+    def lost(conn) -> None:
+        proc = procs.pop(conn)
+        for batch in held.pop(conn):
+            for trial, _ in batch:
+                fail_trial(study, trial)
+        proc.join(5)
+        notes.append(f"backtester process {proc.pid} died (exit status {proc.exitcode}); "
+                     f"its trials were re-run")
+        notes.extend(retrying(plan, recover, study, plan))
+        for other in list(procs):  # its trials, re-queued, go to the others
+            feed(other)
+
+    bars, config, space, objective, min_trades, run = payload
+    mine: list = []  # what this process runs itself while the backtesters start
+
+    def run_here() -> bool:
+        """A few trials run here (none left to claim: False)."""
+        while len(mine) < STARTING_BATCH:
+            got = retrying(plan, claim, study, plan, rng, index)
+            if got is None:
+                break
+            mine.append(got)
+        if not mine:
+            return False
+        with one_blas_thread():
+            while mine:
+                trial, params = mine[0]
+                outcome = evaluate_params(bars, config, params, objective, min_trades, run)
+                retrying(plan, tell, study, trial, outcome)
+                mine.pop(0)
+        if after_batch is not None:
+            retrying(plan, after_batch)
+        shown.maybe()
+        return True
+
+    done, started = False, False
+    try:
+        for conn in list(procs):
+            feed(conn)
+        while procs and any(held.values()):
+            ready = wait([*procs, *(p.sentinel for p in procs.values())],
+                         timeout=None if started else 0)
+            if not ready and not started:
+                if run_here():
+                    continue
+                started = True  # nothing left to claim here: wait for the backtesters
+            started = started or bool(ready)
+            for conn in [c for c in list(procs) if c in ready or procs[c].sentinel in ready]:
+                try:
+                    if not conn.poll():
+                        raise EOFError  # its process ended with nothing more to say
+                    outcomes = conn.recv()
+                except (EOFError, OSError):
+                    lost(conn)
+                    continue
+                batch = held[conn].pop(0)
+                if isinstance(outcomes, BaseException):
+                    raise outcomes
+                for (trial, _), outcome in zip(batch, outcomes):
+                    retrying(plan, tell, study, trial, outcome)
+                if after_batch is not None:
+                    retrying(plan, after_batch)
+                shown.maybe()
+                feed(conn)
+        done = True
+    except BaseException:
+        for batch in [*(b for batches in held.values() for b in batches), mine]:
+            for trial, _ in batch:
+                fail_trial(study, trial)
+        raise
+    finally:
+        for conn, proc in procs.items():
+            if done:
+                try:
+                    conn.send(None)  # done: it ends on its own
+                except OSError:
+                    pass
+                proc.join(5)
+            if proc.is_alive():
+                proc.terminate()
+                proc.join(5)
+    # what is left (every backtester lost): run here
+    work(study, plan, payload, progress, after_batch)
     return notes
 
 
@@ -173,6 +373,7 @@ def run_dask(study, plan: StudyPlan, client, payload, progress, after_batch=None
     # the default: up to DASK_KERNEL_BATCH trials a task, but at least two tasks a slot
     size = plan.batch or max(1, min(DASK_KERNEL_BATCH, math.ceil(plan.target / (2 * n_slots))))
     rng = np.random.default_rng(derive_seed(plan.seed, plan.identity, "free"))
+    index, shown = TrialIndex(study, plan.names), _Progress(study, plan, progress)
     running: dict = {}
     ac = as_completed()
     with Heartbeat(study._storage, plan.heartbeat) as beat:
@@ -189,7 +390,7 @@ def run_dask(study, plan: StudyPlan, client, payload, progress, after_batch=None
             while len(running) < n_slots:
                 batch = []
                 while len(batch) < size:
-                    got = retrying(plan, claim, study, plan, rng)
+                    got = retrying(plan, claim, study, plan, rng, index)
                     if got is None:
                         break
                     beat.add(got[0]._trial_id)
@@ -203,6 +404,7 @@ def run_dask(study, plan: StudyPlan, client, payload, progress, after_batch=None
             fill()
             if not running:
                 if not retrying(plan, busy, study):
+                    shown.report()
                     return
                 time.sleep(_POLL)
                 continue
@@ -225,9 +427,7 @@ def run_dask(study, plan: StudyPlan, client, payload, progress, after_batch=None
                 beat.ids.discard(trial._trial_id)
             if after_batch is not None:
                 retrying(plan, after_batch)
-            if progress is not None:
-                c = retrying(plan, counts, study)
-                progress(min(c["COMPLETE"] + c["PRUNED"], plan.target), plan.target)
+            shown.maybe()
 
 
 def dask_client(address: str):

@@ -39,6 +39,7 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from itertools import combinations
+from statistics import NormalDist
 
 import numpy as np
 import pandas as pd
@@ -67,11 +68,9 @@ def _norm_cdf(x: float) -> float:
 
 
 def _norm_ppf(p: float) -> float:
-    # scipy.stats takes over a second to import; every worker process imports this module
-    # (daily_returns) and none of them needs scipy
-    from scipy.stats import norm
-
-    return float(norm.ppf(p))
+    # the standard library's (Wichura's AS241, accurate to double precision): scipy.stats
+    # takes most of a second to import, and every study computes the DSR
+    return NormalDist().inv_cdf(p)
 
 
 def sharpe_ratio(returns) -> float:
@@ -212,8 +211,9 @@ def deflated_sharpe_from_returns(
     ratio are dropped. Missing returns (NaN) are ignored per column.
     """
     frame = pd.DataFrame(returns).astype(float)
-    srs = {c: sharpe_ratio(frame[c].to_numpy()) for c in frame.columns}
-    srs = {c: s for c, s in srs.items() if math.isfinite(s)}
+    columns = list(frame.columns)
+    every = _sharpe_ignoring_nan(frame.to_numpy())
+    srs = {c: float(v) for c, v in zip(columns, every) if math.isfinite(v)}
     if not srs:
         raise ConfigError(
             "DSR needs at least one trial with two or more non-constant returns; got none"
@@ -227,11 +227,7 @@ def deflated_sharpe_from_returns(
     values = np.array(list(srs.values()))
     variance = float(values.var(ddof=1)) if values.size > 1 else 0.0
     r = frame[best].dropna().to_numpy()
-    from scipy.stats import kurtosis as _kurt  # lazy: see _norm_ppf
-    from scipy.stats import skew as _skew
-
-    skew = float(_skew(r, bias=True))
-    kurt = float(_kurt(r, fisher=False, bias=True))
+    skew, kurt = _skew_kurtosis(r)
     sr = srs[best]
     sr_star = expected_max_sharpe(n, variance)
     return DeflatedSharpe(
@@ -246,6 +242,37 @@ def deflated_sharpe_from_returns(
         skew=skew,
         kurtosis=kurt,
     )
+
+
+def _sharpe_ignoring_nan(m: np.ndarray) -> np.ndarray:
+    """:func:`sharpe_ratio` of every column of ``m`` (T x N), each without its NaNs, at once.
+
+    The same two passes as :func:`sharpe_ratio` (the mean, then the deviations from it), so
+    equal columns get equal ratios."""
+    m = np.asarray(m, dtype=float).reshape(len(m), -1)
+    ok = ~np.isnan(m)
+    count = ok.sum(axis=0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        mean = np.where(ok, m, 0.0).sum(axis=0) / count
+        dev = np.where(ok, m - mean, 0.0)
+        std = np.sqrt((dev * dev).sum(axis=0) / (count - 1))
+        flat = (std == 0) | (std < 1e-14 * np.maximum(1.0, np.abs(mean)))
+        out = np.where(flat, np.sign(mean) * np.inf, mean / std)
+    out[flat & (mean == 0)] = 0.0
+    out[count < 2] = np.nan
+    return out
+
+
+def _skew_kurtosis(r: np.ndarray) -> tuple[float, float]:
+    """Skewness and Pearson kurtosis of ``r`` (biased moments, as ``scipy.stats.skew`` and
+    ``kurtosis(fisher=False)`` with ``bias=True``; NaN when the variance is zero)."""
+    mean = r.mean()
+    d = r - mean
+    d2 = d * d
+    m2, m3, m4 = d2.mean(), (d2 * d).mean(), (d2 * d2).mean()
+    if m2 <= (np.finfo(float).eps * mean) ** 2:
+        return math.nan, math.nan
+    return float(m3 / m2**1.5), float(m4 / m2**2)
 
 
 @dataclass
@@ -338,9 +365,30 @@ def probability_of_backtest_overfitting(
             f"PBO with n_splits={s} needs at least {s} periods, got {t}; lower n_splits"
         )
     m = np.nan_to_num(m, nan=0.0)
-    blocks = np.array_split(np.arange(t), s)
-    perf = _metric_fn(metric)
+    if callable(metric):
+        logits, best, is_perf, oos_perf = _cscv_rows(m, s, _metric_fn(metric))
+    else:
+        _metric_fn(metric)  # checks the name
+        logits, best, is_perf, oos_perf = _cscv_sums(m, s, metric)
+    lam = np.array(logits)
+    return PBOResult(
+        pbo=float(np.mean(lam <= 0)),
+        logits=logits,
+        n_splits=s,
+        n_combinations=len(logits),
+        n_trials=n,
+        n_periods=t,
+        is_best=best,
+        is_performance=is_perf,
+        oos_performance=oos_perf,
+        prob_oos_loss=float(np.mean(np.array(oos_perf) < 0)),
+    )
 
+
+def _cscv_rows(m: np.ndarray, s: int, perf: Callable):
+    """CSCV for a metric of the rows themselves (a callable): each split's rows gathered."""
+    t, n = m.shape
+    blocks = np.array_split(np.arange(t), s)
     logits, best, is_perf, oos_perf = [], [], [], []
     for chosen in combinations(range(s), s // 2):
         is_rows = np.concatenate([blocks[i] for i in chosen])
@@ -357,19 +405,97 @@ def probability_of_backtest_overfitting(
         best.append(n_star)
         is_perf.append(float(r_is[n_star]))
         oos_perf.append(float(r_oos[n_star]))
-    lam = np.array(logits)
-    return PBOResult(
-        pbo=float(np.mean(lam <= 0)),
-        logits=logits,
-        n_splits=s,
-        n_combinations=len(logits),
-        n_trials=n,
-        n_periods=t,
-        is_best=best,
-        is_performance=is_perf,
-        oos_performance=oos_perf,
-        prob_oos_loss=float(np.mean(np.array(oos_perf) < 0)),
-    )
+    return logits, best, is_perf, oos_perf
+
+
+#: Trial metrics a CSCV chunk holds at once (splits x trials): about 8 MB an array.
+_CSCV_CHUNK = 1 << 20
+#: A one-pass variance below this share of the squared mean is rounding noise: a column
+#: constant over the rows, as the two-pass ``std`` of :func:`sharpe_ratio` finds it.
+_ONE_PASS_NOISE = 1e-12
+
+
+def _subset_sums(parts: np.ndarray) -> np.ndarray:
+    """The sums of every subset of the rows of ``parts`` (k x N), row ``mask`` holding the
+    subset whose bits ``mask`` sets; each one addition from a smaller subset."""
+    out = np.zeros((1 << len(parts),) + parts.shape[1:])
+    for mask in range(1, len(out)):
+        low = mask & -mask
+        out[mask] = out[mask ^ low] + parts[low.bit_length() - 1]
+    return out
+
+
+def _sums_metric(total, squares, count, metric: str) -> np.ndarray:
+    """``metric`` of every column from its sum, sum of squares and row count (2-D arrays of
+    splits x trials; ``count`` per split): the edge cases of :func:`_sharpe_columns`."""
+    if metric == "total":
+        return total
+    mean = total / count
+    if metric == "mean":
+        return mean
+    with np.errstate(divide="ignore", invalid="ignore"):
+        var = np.maximum(squares - total * mean, 0.0) / (count - 1)
+        std = np.sqrt(var)
+        flat = ((std == 0) | (std < 1e-14 * np.maximum(1.0, np.abs(mean)))
+                | (var <= _ONE_PASS_NOISE * mean * mean))
+        out = np.where(flat, np.sign(mean) * np.inf, mean / std)
+    out[flat & (mean == 0)] = 0.0
+    return out
+
+
+def _cscv_sums(m: np.ndarray, s: int, metric: str):
+    """CSCV for a metric of column sums ("sharpe", "mean", "total"), every split at once.
+
+    A split's in-sample sums are those of S/2 blocks: the blocks' sums are added up per half
+    of the blocks for every subset of that half (2 x 2^(S/2) rows), so that a split costs one
+    addition per trial (its subset of the first half plus its subset of the second), and its
+    out-of-sample sums are the complementary subsets'. Additions are elementwise, so equal
+    trials get equal metrics (their ties stay ties). A split and its complement are done
+    together: each subset's metrics are computed once."""
+    t, n = m.shape
+    half = s // 2
+    starts = np.array([b[0] for b in np.array_split(np.arange(t), s)])
+    sums = np.add.reduceat(m, starts, axis=0)
+    squares = np.add.reduceat(m * m, starts, axis=0)
+    rows = np.diff(np.append(starts, t)).astype(float)[:, None]
+    lo, hi = slice(0, half), slice(half, s)
+    sa, sb = _subset_sums(sums[lo]), _subset_sums(sums[hi])
+    qa, qb = _subset_sums(squares[lo]), _subset_sums(squares[hi])
+    na, nb = _subset_sums(rows[lo])[:, 0], _subset_sums(rows[hi])[:, 0]
+    splits = list(combinations(range(s), half))
+    mask_a = np.array([sum(1 << i for i in c if i < half) for c in splits])
+    mask_b = np.array([sum(1 << (i - half) for i in c if i >= half) for c in splits])
+
+    def metric_of(ma, mb):
+        count = (na[ma] + nb[mb])[:, None]
+        return np.nan_to_num(_sums_metric(sa[ma] + sb[mb], qa[ma] + qb[mb], count, metric),
+                             nan=-np.inf)
+
+    # the complement of the i-th of the C(S, S/2) splits in itertools' order is the
+    # (C-1-i)-th: each subset's metrics serve once in sample and once out of sample
+    total = len(splits)
+    ratio, best = np.empty(total), np.empty(total, dtype=int)
+    is_perf, oos_perf = np.empty(total), np.empty(total)
+    step = max(1, _CSCV_CHUNK // n)
+    for k in range(0, total // 2, step):
+        first = np.arange(k, min(k + step, total // 2))
+        last = total - 1 - first
+        r_first = metric_of(mask_a[first], mask_b[first])
+        r_last = metric_of(mask_a[last], mask_b[last])
+        at = np.arange(len(first))
+        for rows, r_is, r_oos in ((first, r_first, r_last), (last, r_last, r_first)):
+            n_star = np.argmax(r_is, axis=1)
+            v = r_oos[at, n_star]
+            # the OOS rank of the in-sample best, ties averaged (scipy's rankdata "average")
+            rank = (np.count_nonzero(r_oos < v[:, None], axis=1)
+                    + (np.count_nonzero(r_oos == v[:, None], axis=1) + 1) / 2)
+            w = rank / (n + 1)
+            ratio[rows] = w / (1 - w)
+            best[rows] = n_star
+            is_perf[rows] = r_is[at, n_star]
+            oos_perf[rows] = v
+    return ([math.log(x) for x in ratio.tolist()], best.tolist(), is_perf.tolist(),
+            oos_perf.tolist())
 
 
 def daily_returns(equity: pd.Series, start_value: float | None = None) -> pd.Series:
@@ -390,6 +516,44 @@ def daily_returns(equity: pd.Series, start_value: float | None = None) -> pd.Ser
         raise ConfigError("daily_returns needs a pandas Series indexed by datetime")
     if equity.empty:
         return pd.Series(dtype=float)
+    values = equity.to_numpy(dtype=float)
+    days = _trade_days(equity.index)
+    if days is None or np.isnan(values).any():
+        return _daily_returns_by_groupby(equity, start_value)
+    last_rows, dates = days
+    last = values[last_rows]
+    prev = np.empty_like(last)
+    prev[0] = values[0] if start_value is None else float(start_value)
+    prev[1:] = last[:-1]
+    return pd.Series(last / prev - 1.0, index=dates)
+
+
+#: The trade days of the last few bar indexes seen: every trial of a study has the same bars.
+_TRADE_DAYS: list = []
+_TRADE_DAYS_KEPT = 4
+
+
+def _trade_days(idx: pd.DatetimeIndex):
+    """``(row of each trade date's last bar, the dates)`` of a sorted bar index, remembered for
+    the last :data:`_TRADE_DAYS_KEPT` indexes; None for an unsorted one."""
+    for held, found in _TRADE_DAYS:
+        if held is idx or (len(held) == len(idx) and held.equals(idx)):
+            return found
+    if not idx.is_monotonic_increasing:
+        return None
+    local = idx.tz_convert("America/New_York").tz_localize(None) if idx.tz is not None else idx
+    day = (local + pd.Timedelta(hours=6)).normalize()
+    codes = day.asi8
+    last_rows = np.flatnonzero(np.append(codes[1:] != codes[:-1], True))
+    found = (last_rows, pd.DatetimeIndex(day[last_rows].date, name=None))
+    _TRADE_DAYS.insert(0, (idx, found))
+    del _TRADE_DAYS[_TRADE_DAYS_KEPT:]
+    return found
+
+
+def _daily_returns_by_groupby(equity: pd.Series, start_value: float | None) -> pd.Series:
+    """:func:`daily_returns` for any index (unsorted bars, missing values): by pandas'
+    groupby, whose ``last`` skips a missing value."""
     idx = equity.index
     if idx.tz is not None:
         idx = idx.tz_convert("America/New_York").tz_localize(None)

@@ -22,9 +22,12 @@ the DSR's number of trials N (they were tried, then discarded).
 Where the study lives and who runs it:
 
 - **Embedded default**: SQLite ``study.db`` in the output folder, run by ``workers`` local
-  processes (def: 1 with kernel trials, one per core with cerebro) on the shared storage, with
-  the bars sent once per process. ``workers=1`` runs in this process; a fresh study then lives
-  in memory and is written to ``study.db`` in batches (see ``private_storage``).
+  processes (def: 1 with kernel trials, one per core with cerebro), with the bars sent once per
+  process. A fresh study lives in memory in this process and is written to ``study.db`` in
+  batches (see ``private_storage``); ``workers=1`` runs its trials here, more workers are
+  backtester processes that this process sends batches of parameter sets to
+  (:func:`m2k_bt.optimize.drivers.run_backtesters`). A study resumed from ``study.db`` is run
+  by ``workers`` processes on the file itself, as on a shared storage.
 - ``storage``: any Optuna RDB URL, e.g. ``postgresql://user:pw@db-host/optuna`` (mapped to the
   installed driver, psycopg 3 from the ``postgres`` extra), so that processes on many machines
   share one study: run the same command on each, with the same ``--study-name``.
@@ -104,7 +107,7 @@ from .claims import (
     owner_id,
     set_up_study,
 )
-from .drivers import dask_client, run_dask, run_pool, work
+from .drivers import dask_client, run_backtesters, run_dask, run_pool, work
 from .results import (
     DEFAULT_PBO_SPLITS,
     OptimizeResult,
@@ -296,7 +299,10 @@ def optimize(
       to the cent, or the run fails with both numbers; ``"cerebro"`` runs every trial in
       cerebro (see :func:`m2k_bt.kernel.choice.choose_engine`). Ignored when
       ``run_backtest`` is given.
-    - ``quiet``: accepted for the command line's sake; the library prints nothing itself.
+    - ``quiet``: no progress reports (``progress`` is not called: counting the study's
+      trials for it is not free); the library prints nothing itself either way.
+    - ``progress``: called as ``progress(done, target)`` every
+      :data:`m2k_bt.optimize.drivers.PROGRESS_SECONDS` at most, and when the trials are done.
 
     The checked and resolved arguments travel on as one :class:`StudySettings`.
     """
@@ -346,6 +352,8 @@ def optimize(
             workers = 1 if in_kernel else (os.cpu_count() or 1)
         if batch is None:  # 0: sized on Dask by the cluster (see run_dask)
             batch = 0 if (in_kernel and dask is not None) else 1
+        if quiet:
+            progress = None
         return _run_study(StudySettings(
             bars=bars, config=config, space=space, target=target, objective=objective,
             sampler=sampler, workers=workers, storage=storage, dask=dask, seed=seed,
@@ -414,8 +422,9 @@ def _run_study(s: StudySettings) -> OptimizeResult:
         study = optuna.create_study(direction=direction,
                                     sampler=make_sampler(s.sampler, s.seed, False))
         created = True
-    elif private and not use_pool and not remote and is_fresh(plan):
-        # one process uses the storage: this one (on Dask the workers only run backtests)
+    elif private and not remote and is_fresh(plan):
+        # one process uses the storage: this one (local backtester processes and Dask
+        # workers only run backtests)
         study = optuna.create_study(study_name=name, direction=direction)
         created, behind = True, WriteBehind(plan, study)
     else:
@@ -440,6 +449,12 @@ def _run_study(s: StudySettings) -> OptimizeResult:
                 cluster.close()
             if behind is not None:
                 retrying(plan, behind.flush)
+    elif use_pool and behind is not None:
+        try:
+            notes += run_backtesters(study, plan, s.workers, s.payload, s.progress,
+                                     behind.maybe)
+        finally:  # what finished is kept, also on Ctrl-C (the trials it stopped are FAIL)
+            retrying(plan, behind.flush)
     elif use_pool and retrying(plan, has_work, study, plan):
         notes += run_pool(study, plan, direction, s.workers, s.payload, s.progress)
     elif behind is not None:

@@ -21,6 +21,7 @@ from ..engine import run_backtest as run_in_cerebro
 from ..errors import ParameterError
 from .overfitting import daily_returns
 from .space import parse_scalar, strategy_class
+from .threads import one_blas_thread
 
 __all__ = ["OBJECTIVES", "evaluate_params", "evaluate_batch"]
 
@@ -162,8 +163,9 @@ def evaluate_batch(
     """:func:`evaluate_params` for each of ``params_list`` in turn, in this process: one
     Dask task (or one claim of a worker) runs a whole batch, and the kernel's indicators,
     kept per bars object, are shared by the batch's trials."""
-    return [evaluate_params(bars, config, p, objective, min_trades, run_backtest)
-            for p in params_list]
+    with one_blas_thread():  # a Dask worker's cores are its processes'
+        return [evaluate_params(bars, config, p, objective, min_trades, run_backtest)
+                for p in params_list]
 
 
 def _plain_number(v):
