@@ -7,10 +7,10 @@ test can kill a process while it holds a trial. Spawned local workers and Dask w
 this module by name (``tests/`` is on their ``PYTHONPATH``).
 
 ``--pause-at TEXT [--pause-after N]``: the first SQL statement holding TEXT (repeatable: every
-TEXT) once N trials are finished (def 0: from the start) is held back: the driver prints
-``paused`` and waits until its stdin is closed, so that a test can stop the server at exactly
-that moment (``--pause-at "FROM trials" --pause-at "trials.study_id ="``: in the middle of a
-read of the study's trials, after Optuna looked the study up).
+TEXT) once N backtests of this process are done (def 0: from the start) is held back: the
+driver prints ``paused`` and waits until its stdin is closed, so that a test can stop the
+server at exactly that moment (``--pause-at "FROM trials" --pause-at "trials.study_id ="``:
+in the middle of a read of the study's trials, after Optuna looked the study up).
 """
 
 from __future__ import annotations
@@ -83,8 +83,8 @@ def bars() -> pd.DataFrame:
 
 
 def pause_at(texts: list[str], after: int):
-    """A progress callback that arms the pause of ``--pause-at`` (see the module docstring);
-    the pause comes once."""
+    """A backtest function (:func:`slow_run`, counted) that arms the pause of ``--pause-at``
+    once ``after`` backtests are done (see the module docstring); the pause comes once."""
     from sqlalchemy import event
     from sqlalchemy.engine import Engine
 
@@ -100,11 +100,16 @@ def pause_at(texts: list[str], after: int):
 
     event.listen(Engine, "before_cursor_execute", before)
 
-    def progress(finished: int, total: int) -> None:
-        if finished >= after:
-            armed.set()
+    finished = [0]
 
-    return progress
+    def counting_run(bars, config):  # armed by the backtests done in this process (a quiet
+        result = slow_run(bars, config)  # study calls no progress callback)
+        finished[0] += 1
+        if finished[0] >= after:
+            armed.set()
+        return result
+
+    return counting_run
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -127,14 +132,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--pause-at", action="append", metavar="TEXT")
     p.add_argument("--pause-after", type=int, default=0, metavar="N")
     a = p.parse_args(argv)
-    progress = pause_at(a.pause_at, a.pause_after) if a.pause_at else None
+    run = pause_at(a.pause_at, a.pause_after) if a.pause_at else slow_run
     try:
         res = optimize(
             bars(), DriverConfig(), a.space, trials=a.trials, sampler=a.sampler,
             workers=a.workers, storage=a.storage, dask=a.dask, seed=a.seed,
-            study_name=a.study_name, out=a.out, run_backtest=slow_run, quiet=True,
+            study_name=a.study_name, out=a.out, run_backtest=run, quiet=True,
             overfitting=False, heartbeat=a.heartbeat, reconnect=a.reconnect, batch=a.batch,
-            progress=progress,
         )  # fmt: skip
     except M2KError as exc:
         print(f"error: {exc}", file=sys.stderr)
