@@ -25,6 +25,7 @@ __all__ = [
     "NONE_WORDS",
     "SignalError",
     "LookaheadError",
+    "interrupt_behind",
     "parse_bool",
 ]
 
@@ -125,3 +126,32 @@ def parse_bool(text) -> bool | None:
     if word in FALSE_WORDS:
         return False
     return None
+
+
+def interrupt_behind(exc: BaseException) -> BaseException | None:
+    """The Ctrl-C or SIGTERM (an exception that is not an ``Exception``) that ``exc`` was
+    raised while handling, else ``None``.
+
+    A signal whose handler raises inside compiled code (numba's dispatcher returning the
+    kernel's result, or loading it from the cache) surfaces as ``SystemError: ... returned a
+    result with an exception set`` with the handler's ``KeyboardInterrupt`` as its cause or
+    context: the run was interrupted, and ends as an interrupted run, not as a bug.
+
+    >>> try:
+    ...     try:
+    ...         raise KeyboardInterrupt
+    ...     except KeyboardInterrupt:
+    ...         raise SystemError("returned a result with an exception set")
+    ... except SystemError as exc:
+    ...     type(interrupt_behind(exc)).__name__
+    'KeyboardInterrupt'
+    """
+    seen = set()
+    cause = exc.__cause__ or exc.__context__
+    while cause is not None and id(cause) not in seen:
+        if isinstance(cause, BaseException) and not isinstance(cause, Exception):
+            return cause.with_traceback(None)
+        seen.add(id(cause))
+        cause = cause.__cause__ or cause.__context__
+    return None
+

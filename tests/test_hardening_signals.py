@@ -278,3 +278,29 @@ def test_a_stop_signal_caught_where_python_can_only_report_it_is_delivered_again
         Doomed()  # freed at once: Terminated is unraisable here
         for _ in range(200):  # the signal, sent again, ends this wait (a safety net of 2 s)
             _wait(0.01)
+
+
+def test_a_signal_inside_compiled_code_anywhere_is_an_interrupt(monkeypatch, capsys, tmp_path):
+    """Issue 24 item 3, wherever the compiled call is (CI caught one outside a trial's guard,
+    while numba loaded the kernel from its cache): a SystemError raised while handling a
+    Ctrl-C is 'error: interrupted', exit 130; any other SystemError stays a bug."""
+    from m2k_bt.cli import backtest as cli
+    from m2k_bt.cli import optimize as cli_optimize
+
+    def cut(argv):
+        try:
+            raise KeyboardInterrupt
+        except KeyboardInterrupt:
+            raise SystemError("CPUDispatcher(<function run_loop>) returned a result with an "
+                              "exception set") from None
+
+    monkeypatch.setattr(cli_optimize, "optimize_main", cut)
+    assert cli.main(["optimize", "--out", str(tmp_path / "o")]) == 130
+    assert capsys.readouterr().err == "error: interrupted\n"
+
+    def bug(argv):
+        raise SystemError("a real one")
+
+    monkeypatch.setattr(cli_optimize, "optimize_main", bug)
+    with pytest.raises(SystemError, match="a real one"):
+        cli.main(["optimize", "--out", str(tmp_path / "p")])

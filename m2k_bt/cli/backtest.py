@@ -15,7 +15,7 @@ import re
 import sys
 from pathlib import Path
 
-from ..errors import M2KError
+from ..errors import M2KError, interrupt_behind
 from .common import (
     DEFAULT_DATA,
     ArgParser,
@@ -299,6 +299,11 @@ def main(argv: list[str] | None = None) -> int:
         if status is not None:  # came after the run ended: what it did stands
             return status
         return _interrupted(exc)
+    except SystemError as exc:  # a signal inside compiled code (numba): still an interrupt
+        stop = interrupt_behind(exc)
+        if stop is None:
+            raise
+        return status if status is not None else _interrupted(stop)
     return status
 
 

@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from ..engine import run_backtest as run_in_cerebro
-from ..errors import ParameterError
+from ..errors import ParameterError, interrupt_behind
 from .overfitting import daily_returns
 from .space import parse_scalar, strategy_class
 from .threads import one_blas_thread
@@ -85,7 +85,7 @@ def evaluate_params(
             result = run_backtest(bars, dataclasses.replace(config, params=merged,
                                                             analyzers=False))
         except SystemError as exc:
-            stop = _signal_behind(exc)
+            stop = interrupt_behind(exc)
             if stop is None:
                 raise
             raise stop from None
@@ -137,19 +137,6 @@ def _signals_kept():
         sys.unraisablehook = previous
     if caught:
         raise caught[0].with_traceback(None)
-
-
-def _signal_behind(exc: SystemError) -> BaseException | None:
-    """The Ctrl-C (or SIGTERM) a compiled function was cut short by, else None.
-
-    A signal whose handler raises while numba's dispatcher is returning a result (the
-    kernel's ``run_loop``) surfaces as ``SystemError: CPUDispatcher(...) returned a result
-    with an exception set``, the handler's ``KeyboardInterrupt`` as its cause: the run was
-    interrupted, and is ended as an interrupted run, not as a bug."""
-    cause = exc.__cause__ or exc.__context__
-    if isinstance(cause, BaseException) and not isinstance(cause, Exception):
-        return cause.with_traceback(None)
-    return None
 
 
 def evaluate_batch(
