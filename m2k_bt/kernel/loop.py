@@ -79,6 +79,30 @@ def _grow_rows(a):
     return b
 
 
+@njit(cache=True, inline="always")
+def _record(frec, nfrec, i, action, direction, event):
+    """Append a filter record (bar, action, direction, event index) to ``frec``, grown when
+    full; returns the table and its new length."""
+    if nfrec == frec.shape[0]:
+        frec = _grow_rows(frec)
+    frec[nfrec, 0] = i
+    frec[nfrec, 1] = action
+    frec[nfrec, 2] = direction
+    frec[nfrec, 3] = event
+    return frec, nfrec + 1
+
+
+@njit(cache=True, inline="always")
+def _wanted(d, held, exit_long, exit_short):
+    """The direction wanted on a bar (``M2KStrategy._wanted``): ``d``, or for :data:`KEEP` the
+    direction ``held``, unless an exit mask closes it."""
+    if d != KEEP:
+        return d
+    if (held > 0 and exit_long) or (held < 0 and exit_short):
+        return 0
+    return held
+
+
 @njit(cache=True)
 def run_loop(o, h, lw, c, ct, sig, exit_long, exit_short, allow_long, allow_short, rth, flatw,
              roll, stop_n, target_n, inwin, ev, ext_ok, ip, fp):
@@ -663,13 +687,7 @@ def run_loop(o, h, lw, c, ct, sig, exit_long, exit_short, allow_long, allow_shor
                 held0 = pnl.sign(psize)
                 if psize:
                     if ev_bar:
-                        if nfrec == frec.shape[0]:
-                            frec = _grow_rows(frec)
-                        frec[nfrec, 0] = i
-                        frec[nfrec, 1] = F_FORCED
-                        frec[nfrec, 2] = held0
-                        frec[nfrec, 3] = ev[i]
-                        nfrec += 1
+                        frec, nfrec = _record(frec, nfrec, i, F_FORCED, held0, ev[i])
                     # _close('session_close') / _close('event')
                     for b in (br0, br1):
                         if b >= 0 and o_status[b] == PENDING:
@@ -716,33 +734,14 @@ def run_loop(o, h, lw, c, ct, sig, exit_long, exit_short, allow_long, allow_shor
                 if sh_open and sh_dir != 0:
                     sh_exit = True
                 if ev_bar:  # the entry the window refuses, logged
-                    wanted = sig[i]
-                    if wanted == KEEP:
-                        if (held0 > 0 and exit_long[i]) or (held0 < 0 and exit_short[i]):
-                            wanted = 0
-                        else:
-                            wanted = held0
+                    wanted = _wanted(sig[i], held0, exit_long[i], exit_short[i])
                     target = max(wanted, 0) if long_only else wanted
                     if blocked and target != blocked:
                         blocked = 0
                     if target and target != held0 and target != blocked:
-                        if nfrec == frec.shape[0]:
-                            frec = _grow_rows(frec)
-                        frec[nfrec, 0] = i
-                        frec[nfrec, 1] = F_BLOCKED
-                        frec[nfrec, 2] = target
-                        frec[nfrec, 3] = ev[i]
-                        nfrec += 1
+                        frec, nfrec = _record(frec, nfrec, i, F_BLOCKED, target, ev[i])
             else:
-                # the direction (M2KStrategy._wanted): KEEP is the position held, unless an
-                # exit mask closes it
-                wanted = sig[i]
-                if wanted == KEEP:
-                    held = pnl.sign(psize)
-                    if (held > 0 and exit_long[i]) or (held < 0 and exit_short[i]):
-                        wanted = 0
-                    else:
-                        wanted = held
+                wanted = _wanted(sig[i], pnl.sign(psize), exit_long[i], exit_short[i])
                 target = max(wanted, 0) if long_only else wanted
                 if blocked and target != blocked:
                     blocked = 0
@@ -828,21 +827,10 @@ def run_loop(o, h, lw, c, ct, sig, exit_long, exit_short, allow_long, allow_shor
                             allowed = False
                         if allowed and has_events and ev[i] >= 0:
                             allowed = False  # an avoided event's window (_event_blocks)
-                            if nfrec == frec.shape[0]:
-                                frec = _grow_rows(frec)
-                            frec[nfrec, 0] = i
-                            frec[nfrec, 1] = F_BLOCKED
-                            frec[nfrec, 2] = target
-                            frec[nfrec, 3] = ev[i]
-                            nfrec += 1
+                            frec, nfrec = _record(frec, nfrec, i, F_BLOCKED, target, ev[i])
                         if allowed and has_ext and not ext_ok[i]:
                             allowed = False  # the external series (_external_ok)
-                            if nfrec == frec.shape[0]:
-                                frec = _grow_rows(frec)
-                            frec[nfrec, 0] = i
-                            frec[nfrec, 1] = F_SIGNAL
-                            frec[nfrec, 2] = target
-                            nfrec += 1
+                            frec, nfrec = _record(frec, nfrec, i, F_SIGNAL, target, -1)
                         if allowed:
                             allowed = allow_long[i] if target > 0 else allow_short[i]
                         sh_dir_now = sh_dir if sh_open else 0
