@@ -93,14 +93,14 @@ def kernel_off_by_a_dollar(monkeypatch) -> None:
     against cerebro must fail (the engines-disagree tests)."""
     import m2k_bt.kernel.simulation as kernel
 
-    real = kernel.simulate
+    real = kernel._run  # what simulate and a study trial's figures both read
 
     def off_by_a_dollar(bars, config=None):
-        res = real(bars, config)
-        res.final_value += 1.0
-        return res
+        run = real(bars, config)
+        run.out[0][-1] += 1.0  # the last bar's account value
+        return run
 
-    monkeypatch.setattr(kernel, "simulate", off_by_a_dollar)
+    monkeypatch.setattr(kernel, "_run", off_by_a_dollar)
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,9 @@ from .simulation import (
     KernelUnsupported,
     prepare,
     run_backtest_fast,
+    run_figures_fast,
     run_kernel_or_say_why,
+    shared_bars,
     simulate,
     simulate_many,
     supported,
@@ -27,5 +29,7 @@ __all__ = [
     "KERNEL_EXIT_REASONS",
     "run_kernel_or_say_why",
     "run_backtest_fast",
+    "run_figures_fast",
+    "shared_bars",
     "choose_engine",
 ]

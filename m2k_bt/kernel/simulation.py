@@ -32,6 +32,8 @@ see :func:`supported`) is reported as unsupported, with the reason, and runs in 
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import dataclasses
 import datetime as _dt
 import time
@@ -49,6 +51,7 @@ from . import loop
 from .analysis import KERNEL_EXIT_REASONS, kernel_result
 from .data import SIGNALS_KEPT, SUMS_KEPT, KernelData, ParamsStandIn, prepare
 from .directions import directions, strategy_kind
+from .figures import trial_figures
 from .filters import filters
 
 __all__ = [
@@ -65,6 +68,8 @@ __all__ = [
     "SUMS_KEPT",
     "run_kernel_or_say_why",
     "run_backtest_fast",
+    "run_figures_fast",
+    "shared_bars",
 ]
 
 #: A kernel run's result: a :class:`~m2k_bt.engine.result.BacktestResult` with ``engine`` set
@@ -164,6 +169,28 @@ def simulate(bars, config: BacktestConfig | Plan | None = None) -> BacktestResul
     Raises :class:`KernelUnsupported` for a configuration :func:`supported` refuses (run it in
     cerebro), and every error ``run_backtest`` raises for a bad configuration.
     """
+    run = _run(bars, config)
+    return kernel_result(run.plan, run.data, *run.out[:9], run.elapsed, run.way.lookahead,
+                         run.gates.report(run.out[9]), run.way.indicators)
+
+
+@dataclasses.dataclass
+class _Run:
+    """One run of the loop: its plan, data, signal (``way``), filters (``gates``), the loop's
+    output arrays (``out``, as :func:`m2k_bt.kernel.loop.run_loop` returns them) and the time
+    it took."""
+
+    plan: Plan
+    data: KernelData
+    way: object
+    gates: object
+    out: tuple
+    elapsed: float
+
+
+def _run(bars, config) -> _Run:
+    """Check ``config``, build the loop's inputs and run it (what :func:`simulate` and
+    :func:`m2k_bt.kernel.figures.trial_figures` share)."""
     plan = resolve(config)
     ok, why = supported(plan)
     if not ok:
@@ -250,18 +277,17 @@ def simulate(bars, config: BacktestConfig | Plan | None = None) -> BacktestResul
     im = ci.p.intraday_margin
     fp[loop.FP_INTRADAY] = float(im) if im is not None else np.nan
     inwin = data.intraday_window()
-    value, cash, pos, trades, dec, mev, counters, costs, active, frec = loop.run_loop(
+    out = loop.run_loop(
         data.open, data.high, data.low, data.close, data.ct, way.sig, way.exit_long,
         way.exit_short, way.allow_long, way.allow_short, rth, flatw, data.roll, stop_n,
         target_n, inwin, gates.ev, gates.ext_ok, ip, fp)
+    counters = out[6]
     if counters[4]:
         what = {2: "re-protecting a partly liquidated position",
                 3: "too many bracket groups"}[int(counters[4])]
         raise KernelDiverged(f"the kernel reached {what}, which it does not model; run this "
                              f"configuration in cerebro")
-    elapsed = time.perf_counter() - t0
-    return kernel_result(plan, data, value, cash, pos, trades, dec, mev, counters, costs,
-                         active, elapsed, way.lookahead, gates.report(frec), way.indicators)
+    return _Run(plan, data, way, gates, out, time.perf_counter() - t0)
 
 
 def _check_kelly(sp: dict) -> None:
@@ -365,9 +391,30 @@ def _same_content(snap: tuple, bars: pd.DataFrame) -> bool:
                for c, v in zip(cols, values))
 
 
+#: Set by :func:`shared_bars`: ``[bars, checked]`` while a study runs its trials on ``bars``.
+_SHARED: contextvars.ContextVar = contextvars.ContextVar("m2k_shared_bars", default=None)
+
+
+@contextlib.contextmanager
+def shared_bars(bars: pd.DataFrame):
+    """Within the block, ``bars`` is not edited (a study's own selection of the bars, which
+    its trials share): their content is compared with the kept snapshot at the first trial
+    only, not at every trial (about 1 ms per 20k bars saved a trial)."""
+    token = _SHARED.set([bars, False])
+    try:
+        yield
+    finally:
+        _SHARED.reset(token)
+
+
 def _cached_data(bars: pd.DataFrame, plan: Plan) -> KernelData:
-    if _DATA_CACHE["bars"] is not bars or not _same_content(_DATA_CACHE["snapshot"], bars):
+    shared = _SHARED.get()
+    mine = shared is not None and shared[0] is bars
+    if _DATA_CACHE["bars"] is not bars or not (mine and shared[1]) and not _same_content(
+            _DATA_CACHE["snapshot"], bars):
         _DATA_CACHE.update(bars=bars, snapshot=_snapshot(bars), data={})
+    if mine:
+        shared[1] = True
     key = _selection_key(plan)
     data = _DATA_CACHE["data"].get(key)
     if data is None:
@@ -390,3 +437,24 @@ def run_backtest_fast(bars: pd.DataFrame, config: BacktestConfig | Plan | None =
         except KernelDiverged:
             pass
     return run_backtest(bars, plan, progress=progress)
+
+
+def run_figures_fast(bars: pd.DataFrame, config: BacktestConfig | Plan) -> dict | None:
+    """A study trial in the kernel, its figures only (:func:`m2k_bt.kernel.figures.
+    trial_figures`: ``metrics``, ``final_value``, ``returns``, with ``start_value``,
+    ``first_dt``, ``last_dt`` and ``elapsed``), no result object; None when the kernel does
+    not model ``config`` (the caller then runs :func:`run_backtest_fast`, which says so and
+    runs cerebro)."""
+    plan = resolve(config)
+    if not supported(plan)[0]:
+        return None
+    try:
+        run = _run(_cached_data(bars, plan), plan)
+    except KernelDiverged:
+        return None
+    start = float(plan.config.cash)
+    out = trial_figures(run.data, start, run.out[0], run.out[3])
+    idx = run.data.bars.index
+    out.update(start_value=start, first_dt=str(idx[0]), last_dt=str(idx[-1]),
+               elapsed=run.elapsed)
+    return out

@@ -18,6 +18,7 @@ import numpy as np
 import optuna
 
 from ..errors import ConfigError, M2KError
+from ..kernel import shared_bars
 from .claims import (
     Heartbeat,
     StudyPlan,
@@ -75,7 +76,8 @@ def work(study, plan: StudyPlan, payload, progress=None, after_batch=None) -> in
     rng = np.random.default_rng(derive_seed(plan.seed, plan.identity, "free"))
     ran, reaped = 0, time.monotonic()
     index, shown = TrialIndex(study, plan.names), _Progress(study, plan, progress)
-    with Heartbeat(study._storage, plan.heartbeat) as beat, one_blas_thread():
+    with Heartbeat(study._storage, plan.heartbeat) as beat, one_blas_thread(), \
+            shared_bars(bars):
         while True:
             claimed = []
             while len(claimed) < max(1, plan.batch):
@@ -286,7 +288,7 @@ def run_backtesters(study, plan: StudyPlan, workers: int, payload, progress=None
             mine.append(got)
         if not mine:
             return False
-        with one_blas_thread():
+        with one_blas_thread(), shared_bars(bars):
             while mine:
                 trial, params = mine[0]
                 outcome = evaluate_params(bars, config, params, objective, min_trades, run)

@@ -19,6 +19,7 @@ import pandas as pd
 
 from ..engine import run_backtest as run_in_cerebro
 from ..errors import ParameterError, interrupt_behind
+from ..kernel import run_backtest_fast, run_figures_fast, shared_bars
 from .overfitting import daily_returns
 from .space import parse_scalar, strategy_class
 from .threads import one_blas_thread
@@ -80,27 +81,43 @@ def evaluate_params(
     if run_backtest is None:
         run_backtest = run_in_cerebro
     t0 = time.perf_counter()
+    trial_config = dataclasses.replace(config, params=merged, analyzers=False)
+    figures = None
     with _signals_kept():
         try:
-            result = run_backtest(bars, dataclasses.replace(config, params=merged,
-                                                            analyzers=False))
+            if run_backtest is run_backtest_fast:  # the kernel's figures, no result object
+                figures = run_figures_fast(bars, trial_config)
+            if figures is None:
+                result = run_backtest(bars, trial_config)
         except SystemError as exc:
             stop = interrupt_behind(exc)
             if stop is None:
                 raise
             raise stop from None
     elapsed = time.perf_counter() - t0
-    metrics = {k: _plain_number(v) for k, v in (result.metrics or {}).items()}
-    rets = daily_returns(_equity_values(result), result.start_value)
-    attrs = {
-        "metrics": metrics,
-        "start_value": float(result.start_value),
-        "final_value": float(result.final_value),
-        "first_dt": str(result.first_dt),
-        "last_dt": str(result.last_dt),
-        "elapsed": round(elapsed, 4),
-        "returns": dict(zip(rets.index.strftime("%Y-%m-%d"), rets.to_numpy(float).tolist())),
-    }
+    if figures is not None:
+        attrs = {
+            "metrics": {k: _plain_number(v) for k, v in figures["metrics"].items()},
+            "start_value": figures["start_value"],
+            "final_value": figures["final_value"],
+            "first_dt": figures["first_dt"],
+            "last_dt": figures["last_dt"],
+            "elapsed": round(elapsed, 4),
+            "returns": figures["returns"],
+        }
+    else:
+        rets = daily_returns(_equity_values(result), result.start_value)
+        attrs = {
+            "metrics": {k: _plain_number(v) for k, v in (result.metrics or {}).items()},
+            "start_value": float(result.start_value),
+            "final_value": float(result.final_value),
+            "first_dt": str(result.first_dt),
+            "last_dt": str(result.last_dt),
+            "elapsed": round(elapsed, 4),
+            "returns": dict(zip(rets.index.strftime("%Y-%m-%d"),
+                                rets.to_numpy(float).tolist())),
+        }
+    metrics = attrs["metrics"]
     value = metrics.get(objective)
     trades = metrics.get("trades") or 0
     reason = None
@@ -150,7 +167,7 @@ def evaluate_batch(
     """:func:`evaluate_params` for each of ``params_list`` in turn, in this process: one
     Dask task (or one claim of a worker) runs a whole batch, and the kernel's indicators,
     kept per bars object, are shared by the batch's trials."""
-    with one_blas_thread():  # a Dask worker's cores are its processes'
+    with one_blas_thread(), shared_bars(bars):  # a Dask worker's cores are its processes'
         return [evaluate_params(bars, config, p, objective, min_trades, run_backtest)
                 for p in params_list]
 
