@@ -277,6 +277,24 @@ def test_pbo_from_block_sums_equals_the_split_by_split_computation(t, n, s):
         assert fast.is_best == by_rows.is_best and fast.pbo == by_rows.pbo
 
 
+@pytest.mark.parametrize("metric", ["sharpe", "mean", "total"])
+@pytest.mark.parametrize(("t", "n", "s"), [(130, 60, 16), (64, 700, 8), (40, 6, 2)])
+def test_pbo_compiled_splits_equal_the_numpy_splits(monkeypatch, metric, t, n, s):
+    """The compiled CSCV (large studies) gives the very numbers of the numpy one: the same
+    element-by-element operations, ties and flat trials included."""
+    import m2k_bt.optimize.overfitting as of
+
+    r = _study_like_returns(t + n + s, t, n)
+    monkeypatch.setattr(of, "_COMPILED_FROM", 0)
+    compiled = probability_of_backtest_overfitting(r, n_splits=s, metric=metric)
+    monkeypatch.setattr(of, "_COMPILED_FROM", 1 << 62)
+    arrays = probability_of_backtest_overfitting(r, n_splits=s, metric=metric)
+    assert compiled.logits == arrays.logits and compiled.is_best == arrays.is_best
+    assert compiled.is_performance == arrays.is_performance
+    assert compiled.oos_performance == arrays.oos_performance
+    assert compiled.pbo == arrays.pbo
+
+
 def test_dsr_from_returns_equals_the_column_by_column_computation():
     """All columns' Sharpe ratios at once (NaNs ignored per column) and numpy's moments give
     what sharpe_ratio per column and scipy's skew/kurtosis gave."""
@@ -334,3 +352,29 @@ def test_daily_returns_equal_pandas_groupby_across_dst_and_session_breaks(tz):
     gaps.iloc[5] = np.nan  # a missing value: groupby's last skips it
     assert daily_returns(gaps, 25_000.0).tolist() == pytest.approx(
         _groupby_daily_returns(gaps, 25_000.0).tolist())
+
+
+def test_returns_matrix_aligns_dates_and_fills_gaps_with_zero():
+    """The study's returns matrix (one array for all trials): dates sorted, a trial without
+    a return on a date (or a NaN return) gets 0, a repeated parameter set is one column."""
+    from types import SimpleNamespace
+
+    import optuna
+
+    from m2k_bt.optimize.results import returns_matrix
+
+    def trial(number, params, returns):
+        return SimpleNamespace(number=number, params=params, state=optuna.trial.TrialState
+                               .COMPLETE, user_attrs={"backtest": {"returns": returns}})
+
+    trials = [trial(0, {"fast": 1}, {"2024-01-03": 0.01, "2024-01-02": -0.02}),
+              trial(1, {"fast": 2}, {"2024-01-02": 0.03, "2024-01-04": float("nan")}),
+              trial(2, {"fast": 1}, {"2024-01-02": 9.0}),  # fast=1 again: not a column
+              trial(3, {"fast": 3}, {})]  # no returns recorded: not a column
+    study = SimpleNamespace(get_trials=lambda deepcopy=False, states=None: trials)
+    m = returns_matrix(study)
+    assert list(m.columns) == [0, 1]
+    assert [d.strftime("%Y-%m-%d") for d in m.index] == ["2024-01-02", "2024-01-03",
+                                                          "2024-01-04"]
+    assert m[0].tolist() == [-0.02, 0.01, 0.0]  # no 01-04 return: 0
+    assert m[1].tolist() == [0.03, 0.0, 0.0]  # no 01-03 return, NaN on 01-04: 0

@@ -455,6 +455,6 @@ def run_figures_fast(bars: pd.DataFrame, config: BacktestConfig | Plan) -> dict 
     start = float(plan.config.cash)
     out = trial_figures(run.data, start, run.out[0], run.out[3])
     idx = run.data.bars.index
-    out.update(start_value=start, first_dt=str(idx[0]), last_dt=str(idx[-1]),
-               elapsed=run.elapsed)
+    first, last = run.data._get(("span",), lambda: (str(idx[0]), str(idx[-1])))
+    out.update(start_value=start, first_dt=first, last_dt=last, elapsed=run.elapsed)
     return out

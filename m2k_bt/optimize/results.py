@@ -266,12 +266,16 @@ def returns_matrix(study) -> pd.DataFrame:
         r = t.user_attrs.get("backtest", {}).get("returns")
         if r and params_key(t.params) not in seen:
             seen.add(params_key(t.params))
-            cols[t.number] = pd.Series(r, dtype=float)
+            cols[t.number] = r
     if not cols:
         return pd.DataFrame()
-    frame = pd.DataFrame(cols)
-    frame.index = pd.DatetimeIndex(frame.index)
-    return frame.sort_index().fillna(0.0)
+    # one array, not a Series per trial: trials of one study mostly share their dates
+    dates = sorted(set().union(*cols.values()))
+    values = np.array([[r.get(d, np.nan) for d in dates] if len(r) != len(dates) or
+                       list(r) != dates else list(r.values()) for r in cols.values()],
+                      dtype=float).T
+    values[np.isnan(values)] = 0.0  # a trial without a return that day (or a NaN one)
+    return pd.DataFrame(values, index=pd.DatetimeIndex(dates), columns=list(cols))
 
 
 def add_overfitting(study, result: OptimizeResult, pbo_splits: int) -> None:
