@@ -5,6 +5,7 @@ with 1 and 2 local workers (issue #6).
 ::
 
     .venv/bin/python benchmarks/bench_optimize.py                  # slope: 200 and 2,000 points
+    .venv/bin/python benchmarks/bench_optimize.py --no-cerebro --no-big   # the slope alone
     .venv/bin/python benchmarks/bench_optimize.py --slope-workers 1 --repeat 3
     .venv/bin/python benchmarks/bench_optimize.py --table          # 12 points, 1 and 2 workers
     .venv/bin/python benchmarks/bench_optimize.py --table --dask   # and a Dask LocalCluster
@@ -27,6 +28,12 @@ the CSV, DSR/PBO, the cerebro check, the outputs). A study whose bookkeeping gro
 number of trials shows it as a slope well above a trial's own cost. A 2-point run first (not
 shown) makes sure numba's compiled kernel is cached. With ``--repeat`` the median wall of
 each row is used.
+
+Cerebro's per-trial slope is measured the same way (``--engine cerebro --workers 1``) on
+grids of 6 and 30 points (``fast=10:15:1`` / ``fast=10:39:1``, ``slow=250``), and each
+kernel row says how many times below it the kernel's slope is. Then the 10,000-point grid
+(``fast=10:209:1 slow=150:395:5``; 390 of its points break ``fast < slow`` and run no
+backtest) with ``--workers 2``: wall from launch to exit and the main process's peak RSS.
 
 **Table** (``--table``, issue #6). Every run searches the same grid (SmaCrossover ``fast`` x
 ``slow``, 12 points by default) on the same bars (the bundled ``datafeeds/m2k_5min.csv.gz``, one
@@ -65,10 +72,45 @@ SLOPE_SPACES = {
 }
 
 
-def slope_cmd(space: list[str], workers: int, out: Path, args) -> list[str]:
+#: Cerebro's slope: the same command with ``--engine cerebro`` on two small grids (a
+#: cerebro trial costs about a second: 2,000 of them would take half an hour).
+CEREBRO_SPACES = {
+    6: ["fast=10:15:1", "slow=250"],
+    30: ["fast=10:39:1", "slow=250"],
+}
+#: The 10,000-point grid of issue #23 (every point a backtest or a constraint violation).
+BIG_SPACE = ["fast=10:209:1", "slow=150:395:5"]
+
+
+def slope_cmd(space: list[str], workers: int, out: Path, args,
+              engine: str = "kernel") -> list[str]:
     return [sys.executable, str(ROOT / "run_backtest.py"), "optimize", "--start", args.start,
-            "--end", args.end, "--space", *space, "--sampler", "grid", "--engine", "kernel",
+            "--end", args.end, "--space", *space, "--sampler", "grid", "--engine", engine,
             "--workers", str(workers), "--min-trades", "0", "--quiet", "--out", str(out)]
+
+
+def run_cli_rss(cmd: list[str]) -> tuple[float, float]:
+    """Wall seconds of one command-line run and the peak RSS (MB) of its main process."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH")) if p)
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - t0
+    if os.waitstatus_to_exitcode(status):
+        raise SystemExit(f"{shlex.join(cmd)} failed: {proc.stderr.read().decode()[-2000:]}")
+    return wall, usage.ru_maxrss / 1024
+
+
+def cerebro_slope(args) -> float:
+    """Cerebro's per-trial slope (s), measured as the kernel's, on :data:`CEREBRO_SPACES`."""
+    walls = {}
+    for n, space in CEREBRO_SPACES.items():
+        with tempfile.TemporaryDirectory(prefix="bench-opt-") as tmp:
+            walls[n] = run_cli(slope_cmd(space, 1, Path(tmp) / "opt", args, "cerebro"))[0]
+        print(f"  cerebro, workers 1, {n} points: {walls[n]:.1f} s", flush=True)
+    a, b = sorted(walls)
+    return (walls[b] - walls[a]) / (b - a)
 
 
 def run_cli(cmd: list[str]) -> tuple[float, float]:
@@ -123,13 +165,32 @@ def slope(args) -> None:
         cpu_per = (cpus[2000] - cpus[200]) / 1800
         rows.append((w, walls[200], walls[2000], per, walls[200] - 200 * per, cpus[200],
                      cpus[2000], cpu_per, cpus[200] - 200 * cpu_per))
+    slow = cerebro_slope(args) if args.cerebro else None
+    big = []
+    for w in (args.big_workers if args.big else []):
+        with tempfile.TemporaryDirectory(prefix="bench-opt-") as tmp:
+            wall, rss = run_cli_rss(slope_cmd(BIG_SPACE, w, Path(tmp) / "opt", args))
+            done = trials_in(Path(tmp) / "opt")
+        big.append((w, wall, rss, done))
+        print(f"  workers {w}, 10,000 points: {wall:.1f} s, peak RSS {rss:.0f} MB", flush=True)
     load = os.getloadavg()
     print("| workers | 200 points s | 2,000 points s | per extra trial ms | trials/s (slope) "
-          "| fixed s | CPU s 200 / 2,000 | CPU ms per extra trial | fixed CPU s |")
-    print("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+          "| x cerebro's slope | fixed s | CPU s 200 / 2,000 | CPU ms per extra trial "
+          "| fixed CPU s |")
+    print("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     for w, a, b, per, fixed, ca, cb, cper, cfixed in rows:
-        print(f"| {w} | {a:.1f} | {b:.1f} | {per * 1000:.1f} | {1 / per:.0f} | {fixed:.1f} "
-              f"| {ca:.1f} / {cb:.1f} | {cper * 1000:.1f} | {cfixed:.1f} |")
+        times = f"{slow / per:,.0f}" if slow else "-"
+        print(f"| {w} | {a:.1f} | {b:.1f} | {per * 1000:.2f} | {1 / per:.0f} | {times} "
+              f"| {fixed:.1f} | {ca:.1f} / {cb:.1f} | {cper * 1000:.2f} | {cfixed:.1f} |")
+    if slow:
+        print(f"cerebro's per-trial slope ({' and '.join(str(n) for n in CEREBRO_SPACES)} "
+              f"points, --engine cerebro --workers 1): {slow * 1000:.0f} ms")
+    if len(rows) >= 2:
+        print(f"--workers {rows[1][0]} vs {rows[0][0]}: per-trial slope "
+              f"{rows[0][3] / rows[1][3]:.2f}x better")
+    for w, wall, rss, done in big:
+        print(f"10,000-point grid ({' '.join(BIG_SPACE)}; {done:,} trials), --workers {w}: "
+              f"{wall:.1f} s launch to exit, main process peak RSS {rss:.0f} MB")
     print(f"load average after the runs: {load[0]:.2f} (1 min), {load[1]:.2f} (5 min) on "
           f"{os.cpu_count()} cores (our own runs included)")
 
@@ -191,6 +252,11 @@ def main(argv: list[str] | None = None) -> int:
                    help="issue #6's table (12 points, in process) instead of the slope")
     p.add_argument("--slope-workers", nargs="+", type=int, default=[1, 2])
     p.add_argument("--repeat", type=int, default=1, help="slope runs per row (median)")
+    p.add_argument("--cerebro", action=argparse.BooleanOptionalAction, default=True,
+                   help="also measure cerebro's per-trial slope (6 and 30 points)")
+    p.add_argument("--big", action=argparse.BooleanOptionalAction, default=True,
+                   help="also run the 10,000-point grid")
+    p.add_argument("--big-workers", nargs="+", type=int, default=[2])
     p.add_argument("--space", nargs="+", default=["fast=10:40:10", "slow=100:200:50"])
     p.add_argument("--workers", nargs="+", type=int, default=[1, 2])
     p.add_argument("--dask", action="store_true", help="also run on a 2-process LocalCluster")

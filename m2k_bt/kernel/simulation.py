@@ -235,13 +235,15 @@ def _run(bars, config) -> _Run:
     stop_n = _distance_ticks(p["stop_ticks"], p["stop_atr"], atr, tick, n, way.stop_pts)
     target_n = _distance_ticks(p["target_ticks"], p["target_atr"], atr, tick, n,
                                way.target_pts)
-    rth = (data.tod >= _time_us(RTH_START)) & (data.tod < _time_us(RTH_END))
+    rth = data._get(("rth",), lambda: (data.tod >= _time_us(RTH_START))
+                    & (data.tod < _time_us(RTH_END)))
     flat = p["flat_before_close"]
     if flat:
         hh, mm = (int(x) for x in flat.strip().split(":"))
-        flatw = (data.tod >= _time_us(_dt.time(hh, mm))) & (data.tod < _time_us(GLOBEX_REOPEN))
+        flatw = data._get(("flat", hh, mm), lambda: (data.tod >= _time_us(_dt.time(hh, mm)))
+                          & (data.tod < _time_us(GLOBEX_REOPEN)))
     else:
-        flatw = np.zeros(n, dtype=bool)
+        flatw = data._get(("flat",), lambda: np.zeros(n, dtype=bool))
 
     decimals = max(0, -int(np.floor(np.log10(tick))) + 2)
     st = float(config.slippage_ticks or 0.0)

@@ -17,6 +17,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import pandas as pd
 
+from ..engine import resolve
 from ..engine import run_backtest as run_in_cerebro
 from ..errors import ParameterError, interrupt_behind
 from ..kernel import run_backtest_fast, run_figures_fast, shared_bars
@@ -86,7 +87,7 @@ def evaluate_params(
     with _signals_kept():
         try:
             if run_backtest is run_backtest_fast:  # the kernel's figures, no result object
-                figures = run_figures_fast(bars, trial_config)
+                figures = run_figures_fast(bars, _trial_plan(config, merged))
             if figures is None:
                 result = run_backtest(bars, trial_config)
         except SystemError as exc:
@@ -126,6 +127,21 @@ def evaluate_params(
     elif value is None or not math.isfinite(value):
         reason = f"objective {objective} undefined ({value})"
     return {"value": None if reason else float(value), "infeasible": reason, "attrs": attrs}
+
+
+#: The plan of the study's configuration, resolved once: ``[copy of the config, its plan]``.
+_BASE_PLAN: list = [None, None]
+
+
+def _trial_plan(config, params: dict):
+    """The plan of ``config`` with ``params`` (no analyzers): the study's configuration is
+    resolved once (while it stays equal), each trial only swaps its strategy parameters
+    (:meth:`m2k_bt.engine.plan.Plan.with_params`, which checks them again)."""
+    held, base = _BASE_PLAN
+    if held is None or held != config:
+        base = resolve(dataclasses.replace(config, analyzers=False))
+        _BASE_PLAN[:] = [dataclasses.replace(config), base]
+    return base.with_params(params)
 
 
 @contextlib.contextmanager
