@@ -558,3 +558,49 @@ def test_cli_look_ahead_is_an_error_unless_no_lookahead_check(strategy_file, rth
     assert _report(tmp_path / "b")["lookahead_check"] is None
     one_line_exit_2(["--data", rth_csv, "--no-lookahead-check", "--out", str(tmp_path / "c"),
                      "--quiet"], capsys, "--no-lookahead-check applies to signal strategies")
+
+
+def test_a_study_checks_look_ahead_once_before_its_trials_and_again_on_the_winner():
+    """A study does not pay the look-ahead check in every trial: once before the trials (on
+    the space's first point), trials without it, and the winner checked again in both
+    engines when the study verifies it. A leak stops the study before any trial."""
+    from m2k_bt.optimize.study import optimize
+    from m2k_bt.strategies.signals import LOOKAHEAD_CUTS
+
+    bars = make_bars(900, seed=8)
+    calls = []
+
+    def counted(b, fast=5, slow=20):
+        calls.append(len(b))
+        return article_sma(b, fast, slow)
+
+    res = optimize(bars, BacktestConfig(strategy=counted, sizer="fixed"),
+                   ["fast=3:6:1", "slow=20:30:10"], sampler="grid", workers=1, quiet=True,
+                   overfitting=False, min_trades=0)
+    checks = LOOKAHEAD_CUTS + 1  # the whole run and one per cut
+    # 8 trials, 1 check before them, the winner re-run with its check in kernel and cerebro
+    assert res.n_complete + res.n_infeasible == 8
+    assert len(calls) == checks + 8 + 2 * checks
+    assert calls.count(len(bars)) == 1 + 8 + 2  # whole-bar runs; the rest are cut
+    done = res.settings["lookahead_check"]
+    assert done["params"] == {"fast": 3, "slow": 20} and done["cuts"] == LOOKAHEAD_CUTS
+    assert "once before the trials" in done["where"]
+    # told to skip: no check anywhere, no report
+    calls.clear()
+    res = optimize(bars, BacktestConfig(strategy=counted, sizer="fixed",
+                                        params={"lookahead_check": False}),
+                   ["fast=3:6:1", "slow=20:30:10"], sampler="grid", workers=1, quiet=True,
+                   overfitting=False, min_trades=0)
+    # 8 trials and the winner's cerebro run (the kernel's re-run of the winner reuses its
+    # trial's signal, kept per parameter set)
+    assert len(calls) == 8 + 1 and "lookahead_check" not in res.settings
+    # a leak: an error before any trial
+    def leaky(b, k=1):
+        calls.append(len(b))
+        return np.sign(b["close"].shift(-k) - b["close"])
+
+    calls.clear()
+    with pytest.raises(LookaheadError):
+        optimize(bars, BacktestConfig(strategy=leaky, sizer="fixed"), ["k=1:3:1"],
+                 sampler="grid", workers=1, quiet=True, overfitting=False)
+    assert len(calls) == 2  # the whole run and the first cut: no trial ran

@@ -115,7 +115,7 @@ from .results import (
     collect_result,
     write_study_outputs,
 )
-from .space import ParamRange, grid_size, parse_space
+from .space import ParamRange, grid_size, parse_space, strategy_class
 from .storage import (
     DEFAULT_HEARTBEAT,
     DEFAULT_RECONNECT,
@@ -209,12 +209,57 @@ class StudySettings:
     private: bool
     started: float
 
+    #: A signal strategy's look-ahead check made before the trials (:func:`lookahead_once`),
+    #: or None; ``trial_config``: the configuration the trials run (the check off when it
+    #: was made here), None for ``config``.
+    lookahead: dict | None = None
+    trial_config: Any = None
+
     @property
     def payload(self) -> tuple:
         """What a process needs to run trials (pickled to local workers; on Dask the bars are
         scattered once): ``(bars, config, space, objective, min_trades, run_backtest)``."""
-        return (self.bars, self.config, self.space, self.objective, self.min_trades,
-                self.run_backtest)
+        return (self.bars, self.trial_config or self.config, self.space, self.objective,
+                self.min_trades, self.run_backtest)
+
+
+def lookahead_once(bars: pd.DataFrame, config, space: dict) -> tuple[Any, dict | None]:
+    """A signal strategy's look-ahead check (:func:`m2k_bt.strategies.signals.check_lookahead`)
+    made once before a study, not in every trial: ``(configuration for the trials, report)``.
+
+    The check runs on the study's bars with the first point of the space (each range's first
+    value; the strategy's defaults when that point breaks a constraint). A leak raises
+    :class:`~m2k_bt.errors.LookaheadError` before any trial; otherwise the trials run with
+    ``lookahead_check=False`` and the report says where the check ran. The winner is checked
+    again when the study re-runs it in both engines (``verify``): a leak that only some
+    parameter values make still cannot be the study's answer, and a leak flatters its
+    trial, which is what makes it the winner. Nothing to do (the configuration as it is, None)
+    for a strategy that is not a signal strategy or when ``lookahead_check`` is off."""
+    from ..engine import resolve
+    from ..errors import ParameterError
+    from ..strategies.signals import SignalStrategy, compute_signals
+
+    cls = strategy_class(getattr(config, "strategy", None))
+    fixed = dict(getattr(config, "params", {}) or {})
+    if not (isinstance(cls, type) and issubclass(cls, SignalStrategy)):
+        return config, None
+    if str(fixed.get("lookahead_check", True)).lower() in ("false", "0", "no", "off"):
+        return config, None
+    first = {name: (r.low if r.kind == "float" and r.step is None else r.grid()[0])
+             for name, r in space.items()}
+    for point in (first, {}):
+        try:
+            plan = resolve(dataclasses.replace(config, params={**fixed, **point}))
+        except ParameterError:
+            continue
+        t0 = time.perf_counter()
+        _, report = compute_signals(plan.strategy_cls, bars, plan.params,
+                                    float(plan.comminfo.p.tick_size), check=True)
+        report = {**report, "seconds": round(time.perf_counter() - t0, 4),
+                  "params": {k: plan.params[k] for k in point} or "defaults",
+                  "where": "once before the trials, and on the winner in its verification"}
+        return dataclasses.replace(config, params={**fixed, "lookahead_check": False}), report
+    return config, None  # no point of the space is valid: every trial checks its own
 
 
 def preselect(bars: pd.DataFrame, config):
@@ -354,7 +399,9 @@ def optimize(
             batch = 0 if (in_kernel and dask is not None) else 1
         if quiet:
             progress = None
+        trial_config, lookahead = lookahead_once(bars, config, space)
         return _run_study(StudySettings(
+            lookahead=lookahead, trial_config=trial_config,
             bars=bars, config=config, space=space, target=target, objective=objective,
             sampler=sampler, workers=workers, storage=storage, dask=dask, seed=seed,
             min_trades=min_trades, study_name=study_name, out_dir=out_dir,
@@ -483,6 +530,8 @@ def _run_study(s: StudySettings) -> OptimizeResult:
         "first_bar": str(s.bars.index[0]),
         "last_bar": str(s.bars.index[-1]),
     }
+    if s.lookahead is not None:
+        result.settings["lookahead_check"] = s.lookahead
     info = dict(s.engine_info)
     if info["engine"] == "kernel":
         if s.verify:
