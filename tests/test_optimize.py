@@ -773,3 +773,42 @@ def test_a_sqlite_storage_is_made_once_per_file_and_again_when_it_is_replaced(tm
     again = storage_for(url)
     assert again is not first
     assert optuna.get_all_study_names(again) == []  # a working storage on the new file
+
+
+def test_any_trial_of_a_study_is_rebuilt_in_full_and_proven_the_same(rth_csv, tmp_path,
+                                                                     capsys):
+    """A study keeps only each trial's figures; --from-study DIR --trial N runs trial N as a
+    full backtest with every output, and the run must end where the trial did."""
+    from conftest import one_line_exit_2
+
+    from m2k_bt.cli.backtest import main
+
+    study = tmp_path / "study"
+    assert main(["optimize", "--data", rth_csv, "--sampler", "grid", "--space", "fast=5:15:5",
+                 "slow=30:60:30", "--sizer", "fixed", "--min-trades", "0", "--workers", "1",
+                 "--out", str(study), "--quiet"]) == 0
+    trials = pd.read_csv(study / "trials.csv").set_index("number")
+    for number in (0, 4):
+        out = tmp_path / f"trial{number}"
+        assert main(["--data", rth_csv, "--sizer", "fixed", "--from-study", str(study),
+                     "--trial", str(number), "--out", str(out), "--quiet", "--no-plot"]) == 0
+        report = json.loads((out / "report.json").read_text())
+        params = report["inputs"]["strategy"]["params"]
+        assert (params["fast"], params["slow"]) == (trials.loc[number, "param_fast"],
+                                                    trials.loc[number, "param_slow"])
+        net = report["results"]["net_profit"]
+        assert net == pytest.approx(trials.loc[number, "net_profit"], abs=0.005)
+        assert len(pd.read_csv(out / "trades.csv")) >= trials.loc[number, "trades"]
+    capsys.readouterr()
+    base = ["--data", rth_csv, "--from-study", str(study), "--out", str(tmp_path / "x"),
+            "--quiet", "--no-plot"]
+    # other settings than the study's: not the trial, said with both numbers
+    one_line_exit_2([*base, "--trial", "4", "--sizer", "fixed", "--cash", "30000"], capsys,
+                    "in the study but at")
+    one_line_exit_2([*base, "--trial", "99"], capsys, "the study has trials 0 to 5")
+    one_line_exit_2([*base, "--trial", "4", "--param", "fast=3"], capsys,
+                    "--param fast is set by --trial 4")
+    one_line_exit_2(["--data", rth_csv, "--from-study", str(tmp_path), "--trial", "1"],
+                    capsys, "no study.db there")
+    one_line_exit_2(["--data", rth_csv, "--trial", "1"], capsys,
+                    "--from-study DIR and --trial N go together")

@@ -15,7 +15,7 @@ import re
 import sys
 from pathlib import Path
 
-from ..errors import M2KError, interrupt_behind
+from ..errors import ConfigError, M2KError, interrupt_behind
 from .common import (
     DEFAULT_DATA,
     ArgParser,
@@ -71,6 +71,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rerun", metavar="REPORT_JSON",
                    help="run again exactly as recorded in a report.json (flags given after it "
                    "override; --data/--param add)")
+    p.add_argument("--from-study", metavar="DIR",
+                   help="with --trial N: run trial N of the study in DIR (an optimize --out) "
+                   "in full, with every output; give the study's data and settings flags: the "
+                   "run must end where the trial did (checked)")
+    p.add_argument("--trial", type=int, metavar="N", help="the trial number for --from-study")
     return p
 
 
@@ -89,6 +94,19 @@ def backtest_main(argv: list[str]) -> int:
     from ..outputs import OutputFolder
     from ..report.summary import format_summary, write_outputs
 
+    figures = None
+    if (args.from_study is None) != (args.trial is None):
+        raise ConfigError("--from-study DIR and --trial N go together")
+    if args.from_study is not None:
+        from ..optimize.reopen import study_trial
+
+        chosen, figures = study_trial(args.from_study, args.trial)
+        given = parse_kv(args.param, "--param")
+        both = sorted(set(given) & set(chosen))
+        if both:
+            raise ConfigError(f"--param {both[0]} is set by --trial {args.trial} of the study; "
+                              f"leave it out")
+        args.param = list(args.param or []) + [f"{k}={v}" for k, v in chosen.items()]
     out = Path(args.out) if args.out else default_out(args.strategy)
     # the folder is checked and locked before the data is loaded, and stays locked to the end
     with OutputFolder(out):
@@ -110,6 +128,10 @@ def backtest_main(argv: list[str]) -> int:
                                       progress=progress if progress.enabled else None)
         finally:
             progress.close()
+        if figures is not None:
+            from ..optimize.reopen import check_reopened
+
+            check_reopened(result, figures, args.trial)
         paths = write_outputs(result, out, plot=not args.no_plot)
     if not args.quiet:
         # print what was saved, so the summary and report.json cannot differ
