@@ -10,6 +10,15 @@ import pytest
 NY = "America/New_York"
 
 
+def pytest_configure(config) -> None:
+    """The cache of validated bars (m2k_bt.feeds.cache) of this test run lives in a temporary
+    folder, never in the user's ~/.cache (child processes inherit it)."""
+    import os
+    import tempfile
+
+    os.environ["M2K_CACHE_DIR"] = tempfile.mkdtemp(prefix="m2k-test-cache-")
+
+
 def make_bars(
     n: int = 1000,
     seed: int = 0,

@@ -49,6 +49,7 @@ from dateutil import parser as _dateutil
 from ..contracts import M2K, ContractSpec
 from ..errors import TRUE_WORDS, DataFeedError, did_you_mean
 from ..sessions import NY, in_globex_session, is_trading_day
+from .cache import cached_load
 
 __all__ = [
     "FORMATS",
@@ -1073,10 +1074,16 @@ def load_bars(
     The frame also carries ``attrs["format"]``, ``attrs["source"]`` and ``attrs["lines"]``
     (a :class:`LineNumbers`: the file line of each row kept, for the frame as returned; a slice
     of the frame keeps the whole list).
+
+    A file loaded before with the same content, path and options is read back from the cache
+    of validated bars (:mod:`m2k_bt.feeds.cache`; ``M2K_CACHE_DIR=off`` turns it off).
     """
     path = os.fspath(path)
+    options = (fmt, tz, repr(spec), bool(lenient), bool(snap_to_tick), date_format)
     try:
-        return _load_bars(path, fmt, tz, spec, lenient, snap_to_tick, date_format)
+        # a file read and validated before (same content, path and options) is not again
+        return cached_load(path, options, lambda: _load_bars(path, fmt, tz, spec, lenient,
+                                                             snap_to_tick, date_format))
     except DataFeedError as exc:
         message = str(exc)
         if message == _one_line(message):
