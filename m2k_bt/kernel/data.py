@@ -43,10 +43,52 @@ _WINDOW = tuple(day_fraction(_dt.time.fromisoformat(t)) for t in _WINDOW_TIMES)
 
 
 def _wall_clock_ns(index: pd.DatetimeIndex) -> np.ndarray:
-    """New York wall-clock times of ``index`` (naive ones as they are), int64 nanoseconds."""
-    if index.tz is not None:
-        index = index.tz_convert("America/New_York").tz_localize(None)
-    return index.as_unit("ns").asi8
+    """New York wall-clock times of ``index`` (naive ones as they are), int64 nanoseconds.
+
+    Equal to ``index.tz_convert("America/New_York").tz_localize(None)`` without pandas'
+    per-bar look-up of the UTC offset: the offset is looked up every :data:`_STRIDE` bars, and
+    a stretch whose two ends have the same offset and lie less than a week apart has it
+    throughout (New York's clocks change twice a year, months apart); other stretches are
+    converted by pandas.
+    """
+    if index.tz is None:
+        return index.as_unit("ns").asi8
+    utc = index.as_unit("ns").asi8
+    ends = np.unique(np.append(np.arange(0, len(utc), _STRIDE), len(utc) - 1))
+    offsets = _ny_wall(utc[ends]) - utc[ends]
+    wall = np.empty(len(utc), np.int64)
+    for a, b in _shift_stretches(utc, ends, offsets, wall).tolist():
+        wall[a:b + 1] = _ny_wall(utc[a:b + 1])
+    return wall
+
+
+_STRIDE = 1024
+_WEEK_NS = 7 * 86_400 * 10**9
+
+
+def _ny_wall(utc: np.ndarray) -> np.ndarray:
+    """pandas' New York wall-clock nanoseconds of UTC nanoseconds."""
+    return pd.DatetimeIndex(utc.view("datetime64[ns]")).tz_localize("UTC").tz_convert(
+        "America/New_York").tz_localize(None).asi8
+
+
+@njit(cache=True)
+def _shift_stretches(utc, ends, offsets, wall):
+    """``wall = utc + offset`` over each stretch ``ends[j]..ends[j + 1]`` whose ends share
+    their offset less than a week apart; returns the other stretches (first, last bar)."""
+    other = np.empty((max(len(ends) - 1, 0), 2), np.int64)
+    k = 0
+    if len(ends) == 1:
+        wall[0] = utc[0] + offsets[0]
+    for j in range(len(ends) - 1):
+        a, b = ends[j], ends[j + 1]
+        if offsets[j] == offsets[j + 1] and utc[b] - utc[a] < _WEEK_NS:
+            for i in range(a, b + 1):
+                wall[i] = utc[i] + offsets[j]
+        else:
+            other[k, 0], other[k, 1] = a, b
+            k += 1
+    return other[:k]
 
 
 @njit(cache=True)
