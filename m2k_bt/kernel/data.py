@@ -301,17 +301,25 @@ class KernelData:
         return _recent(self._signals, key, make, SIGNALS_KEPT)
 
     def sums(self, period: int) -> tuple[np.ndarray, np.ndarray]:
-        """Exact tick sums of ``period`` closes (and squares) ending at each bar (0 before)."""
+        """Exact tick sums of ``period`` closes (and squares) ending at each bar (0 before),
+        int64."""
         kept = self._kept_sums(period)
+        if kept[0].dtype != np.int64:
+            kept[0] = kept[0].astype(np.int64)
         if kept[1] is None:
             kept[1] = window_sum(self.ct, period, True)
         return kept[0], kept[1]
 
     def _kept_sums(self, period: int) -> list:
         """``[sums, squares or None]`` of ``period``: the squares are made when first asked
-        for (an SMA reads only the sums)."""
-        return _recent(self._sums, ("sums", period),
-                       lambda: [window_sum(self.ct, period, False), None], SUMS_KEPT)
+        for (an SMA reads only the sums), and the sums are kept as int32 while they fit (the
+        SMA rule multiplies them in int64; :meth:`sums` gives int64)."""
+        def make():
+            s = window_sum(self.ct, period, False)
+            if len(s) and -2**31 < s.min() and s.max() < 2**31:
+                s = s.astype(np.int32)
+            return [s, None]
+        return _recent(self._sums, ("sums", period), make, SUMS_KEPT)
 
     def sma_signal(self, fast: int, slow: int) -> np.ndarray:
         """+1 where the fast SMA is above the slow one, else -1 (exact, in ticks)."""
