@@ -20,6 +20,7 @@ from typing import Any
 
 import backtrader as bt
 import numpy as np
+from numba import njit
 
 from ..contracts import trade_date
 from ..sessions import trade_dates64
@@ -32,6 +33,7 @@ __all__ = [
     "periods_from_counts",
     "periods_per_year",
     "returns_statistics",
+    "exact_sum",
 ]
 
 #: Trade dates in a futures year, used to annualise returns.
@@ -165,26 +167,12 @@ def returns_statistics(
     >>> s["max_drawdown"], round(s["max_drawdown_pct"], 6), s["return_pct"]
     (11.0, 10.0, 8.9)
     """
-    values = np.asarray(values, dtype="float64")
+    values = np.ascontiguousarray(values, dtype="float64")
     n = len(values)
     end_value = float(values[-1]) if n else start_value
-    series = np.concatenate(([start_value], values))
-    # drawdown
-    peak = np.maximum.accumulate(series)
-    dd = peak - series
-    max_dd = float(dd.max())
-    above = peak > 0
-    if above.all():
-        pct = dd * 100.0
-        pct /= peak
-    else:
-        pct = 100.0 * dd[above] / peak[above]
-    max_dd_pct = max(0.0, float(pct.max())) if len(pct) else 0.0
-    del pct, peak, above
-    edges = np.diff(np.concatenate(([0], (dd > 0).astype("int8"), [0])))
-    runs = np.flatnonzero(edges == -1) - np.flatnonzero(edges == 1)
-    max_run = int(runs.max()) if len(runs) else 0
-    del dd, edges, runs
+    max_dd, max_dd_pct, has_pct, max_run, nonpositive = _drawdown_figures(
+        float(start_value), values)
+    max_dd_pct = max(0.0, float(max_dd_pct)) if has_pct else 0.0
     years = n / periods if periods else 0.0
     out: dict[str, Any] = {
         "start_value": rounded(start_value),
@@ -205,29 +193,126 @@ def returns_statistics(
         "calmar": None,
         "riskfreerate": riskfreerate,
     }
-    if (series <= 0).any():
+    if nonpositive:
         return out
     if years > 0:
         try:
             out["cagr"] = (end_value / start_value) ** (1.0 / years) - 1.0
         except OverflowError:
             out["cagr"] = None
-    rets = series[1:] / series[:-1]
-    rets -= 1.0
+    rets = np.empty(n)  # numpy's own buffer, as the array np.dot read before
+    _bar_returns(float(start_value), values, rets)
     rf = (1.0 + riskfreerate) ** (1.0 / periods) - 1.0 if periods else 0.0
     if len(rets) >= 2:
         ddof = 1 if stddev_sample else 0
-        out["volatility"] = float(np.std(rets, ddof=ddof)) * math.sqrt(periods)
+        sd = float(np.std(rets, ddof=ddof))
+        out["volatility"] = sd * math.sqrt(periods)
         excess = rets  # r - rf, in place: rets are not needed any more
-        excess -= rf
-        mean = math.fsum(excess) / len(excess)  # as statistics.fmean
-        sd = float(np.std(excess, ddof=ddof))
+        if rf != 0.0:  # x - 0.0 is x, bit for bit: the deviation is the one just computed
+            excess -= rf
+            sd = float(np.std(excess, ddof=ddof))
+        mean = exact_sum(excess) / len(excess)  # as statistics.fmean
         if sd > 0:
             out["sharpe"] = mean / sd * math.sqrt(periods)
-        losses = np.minimum(excess, 0.0)
+        losses = np.minimum(excess, 0.0, out=excess)
         downside = math.sqrt(float(np.dot(losses, losses)) / len(excess))
         if downside > 0:
             out["sortino"] = mean / downside * math.sqrt(periods)
     if out["cagr"] is not None and max_dd_pct > 0:
         out["calmar"] = out["cagr"] / (max_dd_pct / 100.0)
     return out
+
+
+@njit(cache=True)
+def _drawdown_figures(start, values):
+    """Drawdown figures of the equity series ``start, *values`` in one pass, as numpy's
+    whole-array steps give them (``np.maximum.accumulate`` for the peak, NaN propagating
+    through ``max``): the largest $ drawdown; the largest drawdown as % of its peak (over bars
+    whose peak is positive) and whether there is such a bar; the longest run of bars below a
+    peak; whether any equity is <= 0."""
+    peak = start
+    max_dd = max_pct = -np.inf
+    has_pct = nonpositive = False
+    run = longest = 0
+    for i in range(len(values) + 1):
+        x = start if i == 0 else values[i - 1]
+        if i > 0:
+            peak = peak if peak >= x or np.isnan(peak) else x
+        dd = peak - x
+        max_dd = _max_nan(max_dd, dd)
+        if peak > 0:
+            has_pct = True
+            max_pct = _max_nan(max_pct, dd * 100.0 / peak)
+        if dd > 0:
+            run += 1
+            longest = max(longest, run)
+        else:
+            run = 0
+        nonpositive |= x <= 0
+    return max_dd, max_pct, has_pct, longest, nonpositive
+
+
+@njit(cache=True, inline="always")
+def _max_nan(top, x):
+    """A running ``max`` as numpy's: NaN once seen stays."""
+    if np.isnan(top) or np.isnan(x):
+        return np.nan
+    return x if x > top else top
+
+
+@njit(cache=True)
+def _bar_returns(start, values, out):
+    """Per-bar simple returns of ``start, *values`` into ``out``: ``v[i] / v[i - 1] - 1``."""
+    prev = start
+    for i in range(len(values)):
+        out[i] = values[i] / prev - 1.0
+        prev = values[i]
+
+
+def exact_sum(values: np.ndarray) -> float:
+    """``math.fsum(values)`` of a float64 array, 10-20x faster: the exact sum, correctly
+    rounded (which is what ``fsum`` returns), from whole-number mantissas added per binary
+    exponent in a compiled pass, then divided once as Python integers (a correctly rounded
+    division). Arrays holding an infinity, a NaN or a value above 1e300 (where ``fsum`` may
+    raise) go to ``fsum``.
+
+    >>> x = np.array([1e-17, 1.0, -1e-17, 0.1, 0.2, 3e-320])
+    >>> exact_sum(x) == math.fsum(x), exact_sum(np.zeros(0))
+    (True, 0.0)
+    """
+    bits = np.ascontiguousarray(values, dtype="float64").view(np.int64)
+    acc = np.zeros(_BUCKETS, np.int64)
+    if not _add_mantissas(bits, acc):
+        return math.fsum(values)
+    total = 0
+    for k in np.flatnonzero(acc).tolist():
+        total += int(acc[k]) << k
+    return total / (1 << 1075)  # bucket k holds units of 2**(k - 1075)
+
+
+_BUCKETS = 2048 + 128  # exponent fields, and room for the carries above the largest
+
+
+@njit(cache=True)
+def _add_mantissas(bits, acc):
+    """Add each double (its bits) into ``acc[exponent field]`` as a signed whole mantissa
+    (subnormals into field 1), carrying every 512 values so that no bucket overflows;
+    False (nothing summed) when a value is not finite or above 1e300."""
+    top = 0
+    for start in range(0, len(bits), 512):
+        for i in range(start, min(start + 512, len(bits))):
+            b = bits[i]
+            e = (b >> 52) & 0x7FF
+            if e > 2045:  # inf, NaN, or above 2**1023 (fsum may raise on overflow)
+                return False
+            m = b & 0xFFFFFFFFFFFFF
+            if e:
+                m |= 0x10000000000000
+            else:
+                e = 1
+            acc[e] += -m if b < 0 else m
+            top = max(top, e)
+        for k in range(1, top + 64):  # carry: 2 units of bucket k are 1 of bucket k + 1
+            acc[k + 1] += acc[k] >> 1
+            acc[k] &= 1
+    return True

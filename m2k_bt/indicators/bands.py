@@ -18,6 +18,7 @@ from array import array
 
 import backtrader as bt
 import numpy as np
+from numba import njit
 from numpy.lib.stride_tricks import sliding_window_view
 
 from ..contracts import M2K
@@ -35,6 +36,7 @@ __all__ = [
     "sma_above",
     "band_side",
     "window_sums",
+    "window_sum",
     "sma_directions",
     "band_arrays",
     "adaptive_windows",
@@ -353,23 +355,47 @@ def window_sums(ticks: np.ndarray, period: int) -> tuple[np.ndarray, np.ndarray]
     >>> s.tolist(), q.tolist()
     ([0, 0, 6, 9], [0, 0, 14, 29])
     """
+    ticks = np.asarray(ticks, dtype="int64")
+    return window_sum(ticks, period, False), window_sum(ticks, period, True)
+
+
+@njit(cache=True)
+def window_sum(ticks, period, squares):
+    """One array of :func:`window_sums` (the sums, or with ``squares`` the sums of squares) in
+    one pass without temporaries: a running int64 sum, equal bit for bit to the differences
+    of cumulative sums (both wrap modulo 2**64 alike).
+
+    >>> window_sum(np.array([1, 2, 3, 4]), 3, True).tolist()
+    [0, 0, 14, 29]
+    """
     n = len(ticks)
-    s = np.zeros(n, dtype="int64")
-    q = np.zeros(n, dtype="int64")
-    if n >= period:
-        s[period - 1:], q[period - 1:] = window_tick_sums(ticks, period)
-    return s, q
+    out = np.zeros(n, np.int64)
+    if n < period:
+        return out
+    acc = np.int64(0)
+    for i in range(n):
+        t = ticks[i]
+        acc += t * t if squares else t
+        if i >= period:
+            t = ticks[i - period]
+            acc -= t * t if squares else t
+        if i >= period - 1:
+            out[i] = acc
+    return out
 
 
-def sma_directions(sum_fast: np.ndarray, fast: int, sum_slow: np.ndarray,
-                   slow: int) -> np.ndarray:
+@njit(cache=True)
+def sma_directions(sum_fast, fast, sum_slow, slow):
     """+1 where the fast average is strictly above the slow one, else -1 (:func:`sma_above`
     on every bar; int64).
 
     >>> sma_directions(np.array([3, 4]), 3, np.array([6, 6]), 6).tolist()
     [-1, 1]
     """
-    return np.where(sum_fast * slow > sum_slow * fast, 1, -1).astype("int64")
+    out = np.empty(len(sum_fast), np.int64)
+    for i in range(len(sum_fast)):
+        out[i] = 1 if sum_fast[i] * slow > sum_slow[i] * fast else -1
+    return out
 
 
 def band_arrays(ticks: np.ndarray, s: np.ndarray, q: np.ndarray, n, devfactor: float,

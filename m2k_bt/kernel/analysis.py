@@ -15,6 +15,7 @@ from collections import Counter
 
 import numpy as np
 import pandas as pd
+from numba import njit
 
 from ..analyzers import returns_statistics, trade_statistics
 from ..analyzers.common import event_dict, ratio, rounded
@@ -43,6 +44,26 @@ def _none(x: float):
     return None if x != x else float(x)
 
 
+def _own_rounding(x: np.ndarray) -> np.ndarray:
+    """Where ``round(v, nd)`` is ``v`` itself for any ``nd >= 2``: ``v`` is the double nearest
+    a whole number of cents (``v == rint(v * 100) / 100``), so rounding its exact value to
+    ``nd`` decimals gives that number of cents back, which reads back as ``v``."""
+    with np.errstate(invalid="ignore", over="ignore"):
+        return x == np.rint(x * 100.0) / 100.0
+
+
+def _rounded(x: np.ndarray, nd: int, plus_zero: bool = False) -> list:
+    """``[round(v, nd) (+ 0.0) for v in x]`` as Python floats, calling ``round`` only where
+    :func:`_own_rounding` does not settle it (``round`` costs a microsecond a number)."""
+    values = (x + 0.0 if plus_zero else x).tolist()
+    own = _own_rounding(x)
+    if not own.all():
+        raw = x.tolist()
+        for k in np.flatnonzero(~own).tolist():
+            values[k] = round(raw[k], nd) + 0.0 if plus_zero else round(raw[k], nd)
+    return values
+
+
 def trade_rows(trades, data: KernelData, root: str, tick: float, tick_value: float) -> tuple:
     """The trade log (``trades.csv`` rows) and the closed trades ``trade_statistics`` reads,
     from the loop's trade array: one column at a time as plain Python numbers (a numpy scalar
@@ -50,58 +71,44 @@ def trade_rows(trades, data: KernelData, root: str, tick: float, tick_value: flo
     if not len(trades):
         return [], []
     col = trades.T
-    entry_i = col[loop.T_ENTRY_I].astype("int64")
-    exit_i = col[loop.T_EXIT_I].astype("int64")
-    entry_dt = data.times[entry_i].tolist()  # datetime64[us] -> datetime, as .item() gives
-    exit_dt = data.times[exit_i].tolist()
-    dirs = col[loop.T_DIR].astype("int64").tolist()
-    contracts = col[loop.T_CONTRACTS].tolist()
-    entry, exit_ = col[loop.T_ENTRY_PX].tolist(), col[loop.T_EXIT_PX].tolist()
-    gross, comm, net = (col[loop.T_GROSS].tolist(), col[loop.T_COMM].tolist(),
-                        col[loop.T_NET].tolist())
+    entry_dt = data.times[col[loop.T_ENTRY_I].astype("int64")].tolist()  # datetime64[us] ->
+    exit_dt = data.times[col[loop.T_EXIT_I].astype("int64")].tolist()  # datetime, as .item()
+    d = col[loop.T_DIR].astype("int64")
+    directions = ["long" if x > 0 else "short" for x in d.tolist()]
+    c = col[loop.T_CONTRACTS]
+    e, x = col[loop.T_ENTRY_PX], col[loop.T_EXIT_PX]
+    gross, comm, net = col[loop.T_GROSS], col[loop.T_COMM], col[loop.T_NET]
     bars = col[loop.T_BARS].astype("int64").tolist()
     reasons = [_REASONS[k] for k in col[loop.T_REASON].astype("int64").tolist()]
-    kp, kb, kf = ([None if x != x else x for x in col[j].tolist()]
+    kp, kb, kf = ([None if v != v else v for v in col[j].tolist()]
                   for j in (loop.T_KP, loop.T_KB, loop.T_KF))
     ids = col[loop.T_ID].astype("int64").tolist()
-    rows, closed = [], []
-    for k in range(len(ids)):
-        e, x, d, c = entry[k], exit_[k], dirs[k], contracts[k]
-        rows.append({
-            "entry_dt": entry_dt[k],
-            "exit_dt": exit_dt[k],
-            "direction": "long" if d > 0 else "short",
-            "contracts": c,
-            "entry_price": e,
-            "exit_price": x,
-            "gross_pnl": gross[k],
-            "commission": comm[k],
-            "net_pnl": net[k],
-            "ticks": round((x - e) * d / tick, 6) + 0.0,  # never -0.0
-            "bars_held": bars[k],
-            "exit_reason": reasons[k],
-            "kelly_p": kp[k],
-            "kelly_b": kb[k],
-            "kelly_f": kf[k],
-            "trade_id": ids[k],
-        })
-        if reasons[k] != "end":
-            closed.append({
-                "ref": len(closed) + 1,
-                "data_name": root,
-                "entry_dt": entry_dt[k],
-                "exit_dt": exit_dt[k],
-                "direction": "long" if d > 0 else "short",
-                "contracts": int(c),  # as the analyzer's (backtrader's trade sizes, int)
-                "entry_price": round(e, 10),
-                "exit_price": round(x, 10),
-                "gross_pnl": round(gross[k], 10),
-                "commission": round(comm[k], 10),
-                "net_pnl": round(net[k], 10),
-                "ticks": round(gross[k] / (c * tick_value), 6) + 0.0,
-                "net_ticks": round(net[k] / (c * tick_value), 6),
-                "bars_held": bars[k],
-            })
+    rows = [{
+        "entry_dt": a, "exit_dt": b, "direction": side, "contracts": n, "entry_price": pe,
+        "exit_price": px, "gross_pnl": g, "commission": f, "net_pnl": nt, "ticks": t,
+        "bars_held": h, "exit_reason": r, "kelly_p": p_, "kelly_b": b_, "kelly_f": f_,
+        "trade_id": i,
+    } for a, b, side, n, pe, px, g, f, nt, t, h, r, p_, b_, f_, i in zip(
+        entry_dt, exit_dt, directions, c.tolist(), e.tolist(), x.tolist(), gross.tolist(),
+        comm.tolist(), net.tolist(), _rounded((x - e) * d / tick, 6, plus_zero=True), bars,
+        reasons, kp, kb, kf, ids)]
+    keep = col[loop.T_REASON] != _REASONS.index("end")
+    if not keep.all():
+        pick = np.flatnonzero(keep).tolist()
+        entry_dt, exit_dt, directions, bars = ([v[k] for k in pick] for v in (
+            entry_dt, exit_dt, directions, bars))
+        c, e, x, gross, comm, net = (v[keep] for v in (c, e, x, gross, comm, net))
+    per_tick = c * tick_value
+    closed = [{
+        "ref": ref, "data_name": root, "entry_dt": a, "exit_dt": b, "direction": side,
+        "contracts": n,  # as the analyzer's (backtrader's trade sizes, int)
+        "entry_price": pe, "exit_price": px, "gross_pnl": g, "commission": f, "net_pnl": nt,
+        "ticks": t, "net_ticks": nk, "bars_held": h,
+    } for ref, a, b, side, n, pe, px, g, f, nt, t, nk, h in zip(
+        range(1, len(bars) + 1), entry_dt, exit_dt, directions, c.astype("int64").tolist(),
+        _rounded(e, 10), _rounded(x, 10), _rounded(gross, 10), _rounded(comm, 10),
+        _rounded(net, 10), _rounded(gross / per_tick, 6, plus_zero=True),
+        _rounded(net / per_tick, 6), bars)]
     return rows, closed
 
 
@@ -111,7 +118,9 @@ def kernel_result(plan: Plan, data: KernelData, value, cash, pos, trades, dec, m
     """The :class:`~m2k_bt.engine.result.BacktestResult` of one run of the loop (its output
     arrays as :func:`m2k_bt.kernel.loop.run_loop` returns them) on ``data``; ``lookahead``:
     the signal's look-ahead check; ``filtered``: what the event and external-series filters
-    did (:meth:`m2k_bt.kernel.filters.Gates.report`)."""
+    did (:meth:`m2k_bt.kernel.filters.Gates.report`). The loop's float positions ``pos``
+    become the equity frame's int64 ``position`` column in place (8 bytes a bar less at the
+    peak): the loop's arrays are not read after this."""
     config, ci = plan.config, plan.comminfo
     tick = float(ci.p.tick_size)
     mult = float(ci.p.mult)
@@ -126,17 +135,14 @@ def kernel_result(plan: Plan, data: KernelData, value, cash, pos, trades, dec, m
     periods = periods_from_counts(timeframe, data.compression, per_date)
     rstats = returns_statistics(start_value, value, periods)
     rstats["trade_dates"] = len(per_date)
-    peak = np.maximum.accumulate(value) if len(value) else value
-    np.maximum(peak, start_value, out=peak)
-    drawdown = peak - value
-    positive = peak > 0
-    pct = np.divide(drawdown, peak, out=np.zeros_like(drawdown), where=positive) * 100.0
-    pct[~positive] = np.nan
+    drawdown, pct = _drawdown_columns(value, start_value)
+    events = _margin_events(mev, data, float(ci.p.margin), root)
+    margin = _margin(data, ci, value, pos, events, active) if config.analyzers else None
     equity_cols = {
         "datetime": data.times,
         "value": value,
         "cash": cash,
-        "position": pos.astype("int64"),
+        "position": _int64_in_place(pos),  # pos.astype("int64"), over pos
         "close": data.close,
         "drawdown": drawdown,
         "drawdown_pct": pct,
@@ -144,7 +150,6 @@ def kernel_result(plan: Plan, data: KernelData, value, cash, pos, trades, dec, m
     analysis = {"returns": rstats, "trades": tstats, "equity": equity_cols}
     equity = pd.DataFrame({k: v for k, v in equity_cols.items() if k != "datetime"},
                           index=data.dtindex(), copy=False)
-    events = _margin_events(mev, data, float(ci.p.margin), root)
     decisions = [
         KellyDecision(dt=data.when(int(d[0])), p=_none(d[1]), b=_none(d[2]),
                       f_star=_none(d[3]), f_used=_none(d[4]), equity=float(d[5]),
@@ -155,7 +160,7 @@ def kernel_result(plan: Plan, data: KernelData, value, cash, pos, trades, dec, m
     final_value = float(value[-1]) if len(value) else start_value
     if config.analyzers:
         analysis["costs"] = _costs(costs, final_value - start_value)
-        analysis["margin"] = _margin(data, ci, value, pos, events, active)
+        analysis["margin"] = margin
         analysis["kelly"] = _kelly_log(decisions, config)
         analysis = {k: analysis[k] for k in ("trades", "costs", "margin", "kelly", "returns",
                                               "equity")}
@@ -183,6 +188,41 @@ def kernel_result(plan: Plan, data: KernelData, value, cash, pos, trades, dec, m
         plan=plan,
         lookahead=lookahead,
     )
+
+
+@njit(cache=True)
+def _drawdown_columns(value, start):
+    """The equity frame's ``drawdown`` ($ below the running peak of ``value`` and ``start``)
+    and ``drawdown_pct`` (% of that peak, NaN where it is not positive) in one pass, as
+    ``np.maximum.accumulate`` / ``np.maximum`` / ``np.divide`` give them (NaN propagates)."""
+    n = len(value)
+    drawdown = np.empty(n)
+    pct = np.empty(n)
+    run = np.nan
+    for i in range(n):
+        v = value[i]
+        run = v if i == 0 else _np_maximum(run, v)
+        peak = _np_maximum(run, start)
+        dd = peak - v
+        drawdown[i] = dd
+        pct[i] = dd / peak * 100.0 if peak > 0 else np.nan
+    return drawdown, pct
+
+
+@njit(cache=True)
+def _int64_in_place(pos):
+    """``pos.astype("int64")`` written over ``pos`` (each float is read before its integer
+    takes its place), as an int64 view of the same memory."""
+    ints = pos.view(np.int64)
+    for i in range(len(pos)):
+        ints[i] = np.int64(pos[i])
+    return ints
+
+
+@njit(cache=True, inline="always")
+def _np_maximum(a, b):
+    """``np.maximum(a, b)``: ``a`` unless ``b`` is larger, NaN if either is."""
+    return a if a >= b or np.isnan(a) else b
 
 
 def _margin_events(mev, data: KernelData, margin: float, root: str) -> list[MarginEvent]:
@@ -239,41 +279,79 @@ def _costs(costs, change: float) -> dict:
     }
 
 
+@njit(cache=True)
+def _margin_pass(value, pos, active, close, use_active, im, margin, maint, mult):
+    """What :func:`_margin` reads of every bar, in one pass without temporaries, with numpy's
+    rules for NaN (``argmin``/``argmax``: the first NaN wins; ``max``: NaN): bars in the
+    market; their lowest excess equity (value - maintenance) and its bar; the flat bars'
+    lowest value and its bar; the highest initial margin and its bar; the highest notional,
+    margin % of equity and leverage (over bars with positive equity, ``n_pos`` of them);
+    the most contracts; the bars in the market with equity <= 0. Margins are per contract,
+    ``im`` inside the intraday window (``active``) when ``use_active``."""
+    n = len(value)
+    in_market = n_pos = nonpositive = 0
+    low_x, low_i, flat_v, flat_i, init_top, init_i = np.nan, -1, np.nan, -1, np.nan, -1
+    notional_top = pct_top = lev_top = contracts_top = -np.inf
+    for i in range(n):
+        size = abs(pos[i])
+        contracts_top = _nan_max(contracts_top, size)
+        v = value[i]
+        if size == 0:
+            if flat_i < 0 or (not np.isnan(flat_v) and (v < flat_v or np.isnan(v))):
+                flat_v, flat_i = v, i
+            continue
+        on = use_active and active[i]
+        init = size * (im if on else margin)
+        excess = v - size * (im if on else maint)
+        notional = size * close[i] * mult
+        if low_i < 0 or (not np.isnan(low_x) and (excess < low_x or np.isnan(excess))):
+            low_x, low_i = excess, i
+        if init_i < 0 or (not np.isnan(init_top) and (init > init_top or np.isnan(init))):
+            init_top, init_i = init, i
+        notional_top = _nan_max(notional_top, notional)
+        if v > 0:
+            n_pos += 1
+            pct_top = _nan_max(pct_top, 100.0 * init / v)
+            lev_top = _nan_max(lev_top, notional / v)
+        if v <= 0:
+            nonpositive += 1
+        in_market += 1
+    return (in_market, low_x, low_i, flat_v, flat_i, init_top, init_i, notional_top, n_pos,
+            pct_top, lev_top, contracts_top, nonpositive)
+
+
+@njit(cache=True, inline="always")
+def _nan_max(top, x):
+    """``max`` as numpy's: NaN once seen stays."""
+    if np.isnan(top) or np.isnan(x):
+        return np.nan
+    return x if x > top else top
+
+
 def _margin(data: KernelData, ci, value, pos, events, active) -> dict:
     """:class:`~m2k_bt.analyzers.margin.MarginExposure`'s keys, from the equity curve."""
     n = len(value)
-    size = np.abs(pos)
-    market = size != 0
-    idx = np.flatnonzero(market)
     im = ci.p.intraday_margin
-    on = active[idx] if im is not None else np.zeros(len(idx), dtype=bool)
-    init = size[idx] * np.where(on, float(im or 0.0), float(ci.p.margin))
-    maint = size[idx] * np.where(on, float(im or 0.0), float(ci.p.maintenance_margin))
-    notional = size[idx] * data.close[idx] * float(ci.p.mult)
-    equity = value[idx]
+    (in_market, low_x, low_at, flat_v, flat_i, init_top, init_i, notional_top, n_pos, pct_top,
+     lev_top, contracts_top, nonpositive) = _margin_pass(
+        value, pos, active, data.close, im is not None, float(im or 0.0),
+        float(ci.p.margin), float(ci.p.maintenance_margin), float(ci.p.mult))
     out_low = low_i = None
-    if len(idx):
-        excess = equity - maint
-        j = int(np.argmin(excess))
-        out_low, low_i = float(excess[j]), int(idx[j])
-    flat = np.flatnonzero(~market)
-    if len(flat):
-        j = int(np.argmin(value[flat]))
-        v, i = float(value[flat][j]), int(flat[j])
+    if in_market:
+        out_low, low_i = float(low_x), int(low_at)
+    if flat_i >= 0:
+        v, i = float(flat_v), int(flat_i)
         if out_low is None or v < out_low or (v == out_low and i < low_i):
             out_low, low_i = v, i
     peak_margin = peak_i = peak_pct = peak_notional = peak_lev = None
-    if len(idx):
-        j = int(np.argmax(init))
-        peak_margin, peak_i = float(init[j]), int(idx[j])
-        peak_notional = max(0.0, float(notional.max()))
-        pos_eq = equity > 0
-        if pos_eq.any():
-            peak_pct = max(0.0, float((100.0 * init[pos_eq] / equity[pos_eq]).max()))
-            peak_lev = max(0.0, float((notional[pos_eq] / equity[pos_eq]).max()))
+    if in_market:
+        peak_margin, peak_i = float(init_top), int(init_i)
+        peak_notional = max(0.0, float(notional_top))
+        if n_pos:
+            peak_pct = max(0.0, float(pct_top))
+            peak_lev = max(0.0, float(lev_top))
     dicts = [event_dict(e) for e in events]
     kinds = Counter(e["kind"] for e in dicts)
-    in_market = len(idx)
     return {
         "peak_initial_margin": rounded(peak_margin),
         "peak_initial_margin_dt": data.when(peak_i) if peak_i is not None else None,
@@ -282,11 +360,11 @@ def _margin(data: KernelData, ci, value, pos, events, active) -> dict:
         "lowest_excess_equity_dt": data.when(low_i) if low_i is not None else None,
         "peak_notional": rounded(peak_notional),
         "peak_leverage": rounded(peak_lev, 6),
-        "peak_contracts": max(0.0, float(size.max())) if n else 0.0,
+        "peak_contracts": max(0.0, float(contracts_top)) if n else 0.0,
         "bars": n,
         "bars_in_market": in_market,
         "time_in_market_pct": rounded(ratio(100.0 * in_market, n), 6),
-        "nonpositive_equity_bars": int((equity <= 0).sum()),
+        "nonpositive_equity_bars": nonpositive,
         "margin_calls": kinds.get("margin_call", 0),
         "intraday_cutbacks": kinds.get("intraday_cutback", 0),
         "negative_equity_events": kinds.get("negative_equity", 0),

@@ -11,6 +11,7 @@ import datetime as _dt
 
 import numpy as np
 import pandas as pd
+from numba import njit
 
 from ..engine import BacktestConfig, Plan, select_bars
 from ..indicators.bands import (
@@ -18,10 +19,10 @@ from ..indicators.bands import (
     band_arrays,
     sma_directions,
     tick_counts,
-    window_sums,
+    window_sum,
 )
-from ..rules.margin import day_fraction
-from ..sessions import date2num, num2datetime64, trade_dates64
+from ..rules.margin import day_fraction, in_window
+from ..sessions import EPOCH_ORDINAL, GLOBEX_REOPEN, date2num, trade_dates64
 
 __all__ = ["KernelData", "prepare", "ParamsStandIn", "SIGNALS_KEPT", "SUMS_KEPT"]
 
@@ -31,6 +32,168 @@ SIGNALS_KEPT = 8
 #: recomputed in one O(n) pass when it comes back): a search over 100 windows of 1M bars
 #: would otherwise hold 1.6 GB.
 SUMS_KEPT = 32
+
+
+_DAY_US = 86_400_000_000
+_REOPEN_US = (GLOBEX_REOPEN.hour * 60 + GLOBEX_REOPEN.minute) * 60_000_000
+#: FuturesBroker's intraday-margin window (``intraday_window``'s default), computed with the
+#: bar times.
+_WINDOW_TIMES = ("09:30", "15:45")
+_WINDOW = tuple(day_fraction(_dt.time.fromisoformat(t)) for t in _WINDOW_TIMES)
+
+
+def _wall_clock_ns(index: pd.DatetimeIndex) -> np.ndarray:
+    """New York wall-clock times of ``index`` (naive ones as they are), int64 nanoseconds.
+
+    Equal to ``index.tz_convert("America/New_York").tz_localize(None)`` without pandas'
+    per-bar look-up of the UTC offset: the offset is looked up every :data:`_STRIDE` bars, and
+    a stretch whose two ends have the same offset and lie less than a week apart has it
+    throughout (New York's clocks change twice a year, months apart); other stretches are
+    converted by pandas.
+    """
+    if index.tz is None:
+        return index.as_unit("ns").asi8
+    utc = index.as_unit("ns").asi8
+    ends = np.unique(np.append(np.arange(0, len(utc), _STRIDE), len(utc) - 1))
+    offsets = _ny_wall(utc[ends]) - utc[ends]
+    wall = np.empty(len(utc), np.int64)
+    for a, b in _shift_stretches(utc, ends, offsets, wall).tolist():
+        wall[a:b + 1] = _ny_wall(utc[a:b + 1])
+    return wall
+
+
+_STRIDE = 1024
+_WEEK_NS = 7 * 86_400 * 10**9
+
+
+def _ny_wall(utc: np.ndarray) -> np.ndarray:
+    """pandas' New York wall-clock nanoseconds of UTC nanoseconds."""
+    return pd.DatetimeIndex(utc.view("datetime64[ns]")).tz_localize("UTC").tz_convert(
+        "America/New_York").tz_localize(None).asi8
+
+
+@njit(cache=True)
+def _shift_stretches(utc, ends, offsets, wall):
+    """``wall = utc + offset`` over each stretch ``ends[j]..ends[j + 1]`` whose ends share
+    their offset less than a week apart; returns the other stretches (first, last bar)."""
+    other = np.empty((max(len(ends) - 1, 0), 2), np.int64)
+    k = 0
+    if len(ends) == 1:
+        wall[0] = utc[0] + offsets[0]
+    for j in range(len(ends) - 1):
+        a, b = ends[j], ends[j + 1]
+        if offsets[j] == offsets[j + 1] and utc[b] - utc[a] < _WEEK_NS:
+            for i in range(a, b + 1):
+                wall[i] = utc[i] + offsets[j]
+        else:
+            other[k, 0], other[k, 1] = a, b
+            k += 1
+    return other[:k]
+
+
+@njit(cache=True)
+def _bar_times(wall, lo, hi):
+    """The bar times backtrader reads from naive wall-clock nanoseconds, in one pass: int64
+    microseconds equal to ``sessions.num2datetime64(sessions.date2num(wall))`` (the same float
+    steps, in the same order), and whether each bar is inside ``FuturesBroker``'s intraday
+    window ``[lo, hi)`` (:func:`~m2k_bt.rules.margin.in_window` of the float time).
+
+    >>> from m2k_bt.sessions import num2datetime64
+    >>> w = pd.DatetimeIndex(["2024-03-10 02:59:59.999995", "2024-11-03 01:30:00.000007",
+    ...                       "1969-12-31 23:59:00", "2024-07-01 15:44:59"]).as_unit("ns")
+    >>> t, inwin = _bar_times(w.asi8, *_WINDOW)
+    >>> bool((t == num2datetime64(date2num(w)).view("int64")).all()), inwin.tolist()
+    (True, [False, False, False, True])
+    """
+    n = len(wall)
+    times = np.empty(n, np.int64)
+    inwin = np.empty(n, np.bool_)
+    for i in range(n):
+        # sessions.date2num
+        ns = wall[i]
+        days = ns // 86_400_000_000_000
+        rem = ns - days * 86_400_000_000_000
+        hour = rem // 3_600_000_000_000
+        minute = (rem // 60_000_000_000) % 60
+        second = (rem // 1_000_000_000) % 60
+        micro = (rem // 1000) % 1_000_000
+        num = float(days + EPOCH_ORDINAL) + (hour / 24.0 + minute / 1440.0 + second / 86400.0
+                                             + micro / 86400000000.0)
+        inwin[i] = in_window(num, lo, hi)
+        # sessions.num2datetime64
+        day = np.floor(num)
+        part = (num - day) * 24.0
+        h = np.floor(part)
+        part = (part - h) * 60.0
+        m = np.floor(part)
+        part = (part - m) * 60.0
+        sec = np.floor(part)
+        us = np.int64((part - sec) * 1e6)
+        if us < 10:
+            us = 0
+        elif us > 999_990:
+            us = 1_000_000
+        whole = (np.int64(day) - EPOCH_ORDINAL) * 24 + np.int64(h)
+        whole = (whole * 60 + np.int64(m)) * 60 + np.int64(sec)
+        times[i] = whole * 1_000_000 + us
+    return times, inwin
+
+
+@njit(cache=True)
+def _majority_step(wall):
+    """The step between consecutive times held by more than half of them, and how many hold
+    it (Boyer-Moore vote; the count says whether it is a majority)."""
+    best, votes = 0, 0
+    for i in range(1, len(wall)):
+        step = wall[i] - wall[i - 1]
+        if votes == 0:
+            best, votes = step, 1
+        elif step == best:
+            votes += 1
+        else:
+            votes -= 1
+    count = 0
+    for i in range(1, len(wall)):
+        if wall[i] - wall[i - 1] == best:
+            count += 1
+    return best, count
+
+
+def _median_step(wall: np.ndarray) -> float:
+    """``np.median(np.diff(wall))`` without the two arrays when one step is a majority (then
+    both middle elements are that step)."""
+    step, count = _majority_step(wall)
+    if 2 * count > len(wall) - 1:
+        return float(step)
+    return float(np.median(np.diff(wall)))
+
+
+@njit(cache=True)
+def _date_runs(times, reopen):
+    """Bars on each CME trade date (``sessions.trade_dates64``: from ``reopen`` microseconds
+    on, the next day's) of bar times in microseconds, or None when the trade dates are not in
+    order."""
+    n = len(times)
+    runs = 0
+    last = np.int64(0)
+    for i in range(n):
+        day = times[i] // _DAY_US
+        date = day + (1 if times[i] - day * _DAY_US >= reopen else 0)
+        if i == 0 or date != last:
+            if i > 0 and date < last:
+                return None
+            runs += 1
+            last = date
+    out = np.zeros(runs, np.int64)
+    k = -1
+    for i in range(n):
+        day = times[i] // _DAY_US
+        date = day + (1 if times[i] - day * _DAY_US >= reopen else 0)
+        if i == 0 or date != last:
+            k += 1
+            last = date
+        out[k] += 1
+    return out
 
 
 def _recent(store: dict, key, make, limit: int):
@@ -66,14 +229,12 @@ class KernelData:
         self.roll = (np.asarray(roll, dtype="float64") == 1.0) if roll is not None else \
             np.zeros(self.n, dtype=bool)
 
-        idx = selected.index
-        if idx.tz is not None:
-            idx = idx.tz_convert("America/New_York").tz_localize(None)
-        self.num = date2num(idx)  # backtrader's float times
-        self.times = num2datetime64(self.num)  # bar times exactly as backtrader's
-        self.tod = (self.times - self.times.astype("datetime64[D]")).astype("int64")  # us
-        steps = np.diff(idx.as_unit("ns").asi8)
-        spacing = float(np.median(steps)) / 60e9 if len(steps) else None
+        wall = _wall_clock_ns(selected.index)
+        times, inwin = _bar_times(wall, *_WINDOW)
+        self.times = times.view("datetime64[us]")  # bar times exactly as backtrader's
+        steps = len(wall) - 1
+        spacing = _median_step(wall) / 60e9 if steps > 0 else None
+        del wall
         self.intraday = spacing is not None and spacing < 1440
         self.compression = max(1, int(round(spacing))) if self.intraday else 1
         self.ct = tick_counts(self.close, tick)
@@ -82,18 +243,34 @@ class KernelData:
         self._sums: dict = {}  # tick sums of the last SUMS_KEPT windows used
         self._per_date = None
         self._dtindex = None
+        self._memo[("window", *_WINDOW_TIMES)] = inwin
+
+    @property
+    def num(self) -> np.ndarray:
+        """backtrader's float times of the bars (``sessions.date2num``), made when first read
+        (only the event filters read them)."""
+        return self._get(("num",), lambda: date2num(_wall_clock_ns(self.bars.index)
+                                                   .view("datetime64[ns]")))
+
+    @property
+    def tod(self) -> np.ndarray:
+        """Time of day of each bar, microseconds (int64), computed on each read rather than
+        kept (8 bytes a bar)."""
+        return np.remainder(self.times.view("int64"), _DAY_US)
 
     def per_date(self) -> list[int]:
         """Bars on each CME trade date (for the annualisation rule), computed once."""
         if self._per_date is None:
-            _, counts = np.unique(trade_dates64(self.times), return_counts=True)
+            counts = _date_runs(self.times.view("int64"), _REOPEN_US)
+            if counts is None:  # not in time order: count them apart
+                _, counts = np.unique(trade_dates64(self.times), return_counts=True)
             self._per_date = counts.tolist()
         return self._per_date
 
     def dtindex(self) -> pd.DatetimeIndex:
         """The bar times as the equity curve's index (naive New York time), made once."""
         if self._dtindex is None:
-            self._dtindex = pd.DatetimeIndex(self.times, name="datetime")
+            self._dtindex = pd.DatetimeIndex(self.times, name="datetime", copy=False)
         return self._dtindex
 
     def intraday_window(self, start: str = "09:30", end: str = "15:45") -> np.ndarray:
@@ -124,14 +301,31 @@ class KernelData:
         return _recent(self._signals, key, make, SIGNALS_KEPT)
 
     def sums(self, period: int) -> tuple[np.ndarray, np.ndarray]:
-        """Exact tick sums of ``period`` closes (and squares) ending at each bar (0 before)."""
-        return _recent(self._sums, ("sums", period), lambda: window_sums(self.ct, period),
-                       SUMS_KEPT)
+        """Exact tick sums of ``period`` closes (and squares) ending at each bar (0 before),
+        int64."""
+        kept = self._kept_sums(period)
+        if kept[0].dtype != np.int64:
+            kept[0] = kept[0].astype(np.int64)
+        if kept[1] is None:
+            kept[1] = window_sum(self.ct, period, True)
+        return kept[0], kept[1]
+
+    def _kept_sums(self, period: int) -> list:
+        """``[sums, squares or None]`` of ``period``: the squares are made when first asked
+        for (an SMA reads only the sums), and the sums are kept as int32 while they fit (the
+        SMA rule multiplies them in int64; :meth:`sums` gives int64)."""
+        def make():
+            s = window_sum(self.ct, period, False)
+            if len(s) and -2**31 < s.min() and s.max() < 2**31:
+                s = s.astype(np.int32)
+            return [s, None]
+        return _recent(self._sums, ("sums", period), make, SUMS_KEPT)
 
     def sma_signal(self, fast: int, slow: int) -> np.ndarray:
         """+1 where the fast SMA is above the slow one, else -1 (exact, in ticks)."""
         def make():
-            return sma_directions(self.sums(fast)[0], fast, self.sums(slow)[0], slow)
+            return sma_directions(self._kept_sums(fast)[0], fast, self._kept_sums(slow)[0],
+                                  slow)
         return self._get_signal(("sma", fast, slow), make)
 
     def band(self, period: int, devfactor: float, ddof: int) -> tuple[np.ndarray, np.ndarray]:
