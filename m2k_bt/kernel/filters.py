@@ -107,7 +107,8 @@ def filters(plan: Plan, data: KernelData, next_first: int) -> Gates:
     decides on in cerebro (where the event coverage check starts)."""
     p = plan.params
     n = data.n
-    ev = np.full(n, -1, dtype="int64")
+    # no event and no external series: arrays shared by the trials on ``data`` (read only)
+    ev = data._get(("no_events",), lambda: np.full(n, -1, dtype="int64"))
     gate = None
     if p.get("avoid_events"):
         gate = EventGate(resolve_calendar(p["event_calendar"]), p["avoid_events"],
@@ -115,7 +116,7 @@ def filters(plan: Plan, data: KernelData, next_first: int) -> Gates:
         bar_days = (data.compression if data.intraday else 1440) / 1440.0
         ev = gate.window_index(data.num + bar_days, bar_days)
     low, high = p.get("signal_min"), p.get("signal_max")
-    ext_ok = np.ones(n, dtype=bool)
+    ext_ok = data._get(("all_allowed",), lambda: np.ones(n, dtype=bool))
     values = None
     if (low is not None or high is not None) and plan.signal is None:
         raise ParameterError(

@@ -232,9 +232,10 @@ def _run(bars, config) -> _Run:
     next_first = first if kind != "signal" else (mp - 1 if atr is not None else 0)
     gates = filters(plan, data, min(next_first, n))
 
-    stop_n = _distance_ticks(p["stop_ticks"], p["stop_atr"], atr, tick, n, way.stop_pts)
+    none = data._get(("no_distance",), lambda: np.full(n, -1, dtype="int64"))  # read only
+    stop_n = _distance_ticks(p["stop_ticks"], p["stop_atr"], atr, tick, n, way.stop_pts, none)
     target_n = _distance_ticks(p["target_ticks"], p["target_atr"], atr, tick, n,
-                               way.target_pts)
+                               way.target_pts, none)
     rth = data._get(("rth",), lambda: (data.tod >= _time_us(RTH_START))
                     & (data.tod < _time_us(RTH_END)))
     flat = p["flat_before_close"]
@@ -300,10 +301,11 @@ def _check_kelly(sp: dict) -> None:
         pass  # the checks ran before the sizer set its own attributes
 
 
-def _distance_ticks(ticks, atrs, atr, tick: float, n: int, points=None) -> np.ndarray:
+def _distance_ticks(ticks, atrs, atr, tick: float, n: int, points=None,
+                    none: np.ndarray | None = None) -> np.ndarray:
     """Whole ticks (>= 1) of a stop or target distance on each bar, as
     ``M2KStrategy._distance`` (``points``: a signal's own distances, NaN none); -1 where there
-    is none."""
+    is none (``none``: an array of -1s to return when there is no distance at all)."""
     if points is not None:
         with np.errstate(invalid="ignore"):
             k = np.floor(points / tick + 1e-9)
@@ -313,7 +315,7 @@ def _distance_ticks(ticks, atrs, atr, tick: float, n: int, points=None) -> np.nd
     elif atrs is not None and atr is not None:
         points = atrs * atr
     else:
-        return np.full(n, -1, dtype="int64")
+        return none if none is not None else np.full(n, -1, dtype="int64")
     with np.errstate(invalid="ignore"):
         k = np.floor(points / tick + 1e-9)
     k = np.where(np.isnan(k), 1, k)
