@@ -106,6 +106,68 @@ def _wanted(d, held, exit_long, exit_short):
     return held
 
 
+@njit(cache=True, inline="always")
+def _mark(cash, adjbase, psize, pprice, close, margin, mult):
+    """The broker's end of bar: the position marked to ``close`` (cash settled from
+    ``adjbase``), and the account value; returns ``(cash, adjbase, value)``."""
+    if psize:
+        cash += pnl.pnl(psize, adjbase, close, mult)
+        adjbase = close
+        pv = mrules.margin_held(psize, margin)
+        unreal = pnl.pnl(psize, pprice, close, mult)
+        return cash, adjbase, cash + ((pv - unreal) / 1.0 + unreal)
+    return cash, adjbase, cash + 0.0
+
+
+@njit(cache=True, inline="always")
+def _usual(target, psize, sh_open, sh_dir):
+    """Whether a bar's ``target`` leaves everything as it is: the position already points
+    there and no paper trade is open, or flat with the paper trade pointing there."""
+    held = pnl.sign(psize)
+    return (held == target and not sh_open) or (held == 0 and sh_open and sh_dir == target)
+
+
+@njit(cache=True)
+def _quiet_bars(start, n, c, sig, exit_long, exit_short, roll, flatw, ev, inwin, first,
+                long_only, has_flat, flat_events, has_intraday, active, psize, pprice, margin,
+                maint, mult, sh_open, sh_dir, cash, adjbase, value, negative, blocked,
+                out_value, out_cash, out_pos, out_active):
+    """Run the bars from ``start`` on which nothing happens, as :func:`run_loop` would: called
+    with no order slot in use, no order alive and no paper trade to fill, a bar is quiet when
+    the intraday regime holds, the account meets its maintenance margin (or holds nothing that
+    needs it), and the strategy, past its first bar, is in no flat window or event bar and
+    wants what it holds (no roll). Such a bar only marks the position to market, settles the
+    re-entry block and writes its record. Returns the first bar that is not quiet (``n`` at
+    the end; that bar is left untouched, for :func:`run_loop`) and the state after the quiet
+    ones: ``(bar, cash, adjbase, value, negative, blocked)``."""
+    for i in range(start, n):
+        if has_intraday and i >= 1 and inwin[i] != active:
+            return i, cash, adjbase, value, negative, blocked
+        new_cash, new_adjbase, new_value = _mark(cash, adjbase, psize, pprice, c[i], margin,
+                                                 mult)
+        requirement = mrules.requirement(psize, maint)
+        new_negative = negative
+        if mrules.margin_ok(new_value, requirement):
+            new_negative = False
+        elif requirement:
+            return i, cash, adjbase, value, negative, blocked
+        if i >= first:
+            if (flat_events and ev[i] >= 0) or (has_flat and flatw[i]) or roll[i]:
+                return i, cash, adjbase, value, negative, blocked
+            wanted = _wanted(sig[i], pnl.sign(psize), exit_long[i], exit_short[i])
+            target = max(wanted, 0) if long_only else wanted
+            if not _usual(target, psize, sh_open, sh_dir):
+                return i, cash, adjbase, value, negative, blocked
+            if blocked and target != blocked:
+                blocked = 0
+        cash, adjbase, value, negative = new_cash, new_adjbase, new_value, new_negative
+        out_value[i] = value
+        out_cash[i] = cash
+        out_pos[i] = psize
+        out_active[i] = active
+    return n, cash, adjbase, value, negative, blocked
+
+
 @njit(cache=True)
 def run_loop(o, h, lw, c, ct, sig, exit_long, exit_short, allow_long, allow_short, rth, flatw,
              roll, stop_n, target_n, inwin, ev, ext_ok, ip, fp):
@@ -236,6 +298,12 @@ def run_loop(o, h, lw, c, ct, sig, exit_long, exit_short, allow_long, allow_shor
             mev = _grow(mev)
         while nfrec + FREC_PER_BAR > frec.shape[0]:
             frec = _grow_rows(frec)
+        if not n_used and not live and not sh_exit and not sh_next:
+            start, cash, adjbase, value, negative, blocked = _quiet_bars(
+                start, n, c, sig, exit_long, exit_short, roll, flatw, ev, inwin, first,
+                long_only, has_flat, flat_events, has_intraday, active, psize, pprice, margin,
+                maint, mult, sh_open, sh_dir, cash, adjbase, value, negative, blocked,
+                out_value, out_cash, out_pos, out_active)
         stop = n
         for i in range(start, n):
             if (ntr + TRADES_PER_BAR > trades.shape[0] or ndec + DEC_PER_BAR > dec.shape[0]
@@ -410,14 +478,7 @@ def run_loop(o, h, lw, c, ct, sig, exit_long, exit_short, allow_long, allow_shor
                                 ev_slot[nev] = j
                                 nev += 1
             # -- end of bar: mark to market, value
-            if psize:
-                cash += pnl.pnl(psize, adjbase, c[i], mult)
-                adjbase = c[i]
-                pv = mrules.margin_held(psize, margin)
-                unreal = pnl.pnl(psize, pprice, c[i], mult)
-                value = cash + ((pv - unreal) / 1.0 + unreal)
-            else:
-                value = cash + 0.0
+            cash, adjbase, value = _mark(cash, adjbase, psize, pprice, c[i], margin, mult)
             # -- FuturesBroker: maintenance margin, intraday cut-back and negative equity
             requirement = mrules.requirement(psize, maint)
             check = closing_window
@@ -764,12 +825,8 @@ def run_loop(o, h, lw, c, ct, sig, exit_long, exit_short, allow_long, allow_shor
                     target = max(wanted, 0) if long_only else wanted
                     if blocked and target != blocked:
                         blocked = 0
-                    usual = False
-                    if not sh_next and not roll[i]:
-                        held = pnl.sign(psize)
-                        if (held == target and not sh_open) or (
-                                held == 0 and sh_open and sh_dir == target):
-                            usual = True
+                    usual = not sh_next and not roll[i] and _usual(target, psize, sh_open,
+                                                                    sh_dir)
                     if not usual:
                         # _check_shadow
                         if sh_next and sh_next != target:
@@ -975,6 +1032,9 @@ def run_loop(o, h, lw, c, ct, sig, exit_long, exit_short, allow_long, allow_shor
             out_cash[i] = cash
             out_pos[i] = psize
             out_active[i] = active
+            if not n_used and not live and not sh_exit and not sh_next:
+                stop = i + 1  # what follows may be quiet
+                break
         start = stop
 
     # stop(): an open trade is logged at the last close, no exit commission
