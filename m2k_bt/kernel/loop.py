@@ -17,8 +17,15 @@ the rulebook's (:mod:`m2k_bt.rules`), the functions the backtrader classes call 
 compiles them into this loop. What stays here is the machinery: order slots and their life
 cycle, the strategy's state and the records.
 
-Numba caches this function with the rules compiled in and does not notice a change to a file
-under ``rules/`` alone: after editing a rule, delete ``kernel/__pycache__/loop.run_loop*``.
+Speed: most bars are quiet (no order in use or alive, no paper trade to fill, nothing in the
+margin checks, the signal wanting what is held); :func:`_quiet_bars` runs those in a small
+function of its own, and only the others go through the whole machinery. The output tables grow
+between bars, never inside the bar loop (numba would pay a reference count per bar for a table
+that might be replaced in it).
+
+Numba caches these functions with the rules compiled in and does not notice a change to a file
+under ``rules/`` alone: after editing a rule, delete ``kernel/__pycache__/loop.*.nb*`` (or touch
+this file).
 
 Codes used in the arrays (see :mod:`m2k_bt.kernel.simulation`): reasons 0 signal, 1 stop, 2 target,
 3 session_close, 4 margin_call, 5 roll, 6 end, 7 event; order types 0 market, 1 stop, 2 limit.
