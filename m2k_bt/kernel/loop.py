@@ -231,7 +231,9 @@ def run_loop(o, h, lw, c, ct, sig, exit_long, exit_short, allow_long, allow_shor
     group_alive = np.zeros(4 * n + 16, np.bool_)
     next_group = 0
     seq = 0
-    n_used = 0  # slots not FREE: the order machinery is skipped on bars without any
+    # slots from hi up are FREE (a new order takes the lowest FREE slot): the scans of
+    # the slots stop at hi, and the order machinery is skipped on bars with none in use
+    hi = 0
     # events of the bar, delivered to the strategy after the broker's next
     ev_kind = np.zeros(4 * K, np.int64)
     ev_slot = np.zeros(4 * K, np.int64)
@@ -305,7 +307,7 @@ def run_loop(o, h, lw, c, ct, sig, exit_long, exit_short, allow_long, allow_shor
             mev = _grow(mev)
         while nfrec + FREC_PER_BAR > frec.shape[0]:
             frec = _grow_rows(frec)
-        if not n_used and not live and not sh_exit and not sh_next:
+        if not hi and not live and not sh_exit and not sh_next:
             start, cash, adjbase, value, negative, blocked = _quiet_bars(
                 start, n, c, sig, exit_long, exit_short, roll, flatw, ev, inwin, first,
                 long_only, has_flat, flat_events, has_intraday, active, psize, pprice, margin,
@@ -329,18 +331,18 @@ def run_loop(o, h, lw, c, ct, sig, exit_long, exit_short, allow_long, allow_shor
                     maint = mrules.regime_margin(active, fp[FP_MAINT], intraday)
                     cash = mrules.rebase_cash(cash, psize, before, margin)  # equity unchanged
                     closing_window = not active
-            if n_used:
-                for k in range(K):
+            if hi:
+                for k in range(hi):
                     if o_toact[k]:
                         o_toact[k] = False
                         o_active[k] = True
             # -- check_submitted: pseudo-execute at the created price, in submission order
             ccash = cash
             csize = psize
-            while n_used:
+            while hi:
                 k = -1
                 best = 1 << 62
-                for j in range(K):
+                for j in range(hi):
                     if o_status[j] == SUBMITTED and o_seq[j] < best:
                         best = o_seq[j]
                         k = j
@@ -374,7 +376,7 @@ def run_loop(o, h, lw, c, ct, sig, exit_long, exit_short, allow_long, allow_shor
                 nev += 1
                 if g >= 0 and group_alive[g]:  # cancel what of the group is pending
                     group_alive[g] = False
-                    for j in range(K):
+                    for j in range(hi):
                         if o_group[j] == g and o_status[j] == PENDING:
                             o_status[j] = DONE
                             ev_kind[nev] = EV_CANCELED
@@ -383,10 +385,10 @@ def run_loop(o, h, lw, c, ct, sig, exit_long, exit_short, allow_long, allow_shor
             # -- pending orders, in acceptance order
             last_seq = seq
             cur = -1
-            while n_used:
+            while hi:
                 k = -1
                 best = 1 << 62
-                for j in range(K):
+                for j in range(hi):
                     if o_status[j] == PENDING and o_seq[j] > cur and o_seq[j] < best \
                             and o_seq[j] < last_seq:
                         best = o_seq[j]
@@ -460,7 +462,7 @@ def run_loop(o, h, lw, c, ct, sig, exit_long, exit_short, allow_long, allow_shor
                     nev += 1
                     if g >= 0 and group_alive[g]:
                         group_alive[g] = False
-                        for j in range(K):
+                        for j in range(hi):
                             if o_group[j] == g and o_status[j] == PENDING:
                                 o_status[j] = DONE
                                 ev_kind[nev] = EV_CANCELED
@@ -473,12 +475,12 @@ def run_loop(o, h, lw, c, ct, sig, exit_long, exit_short, allow_long, allow_shor
                 nev += 1
                 if g >= 0 and group_alive[g]:
                     if o_parent[k]:
-                        for j in range(K):  # a bracket parent filled: its children go live
+                        for j in range(hi):  # a bracket parent filled: its children go live
                             if o_group[j] == g and o_status[j] == PENDING and j != k:
                                 o_toact[j] = True
                     else:  # a child (or an oco member) filled: the others go
                         group_alive[g] = False
-                        for j in range(K):
+                        for j in range(hi):
                             if o_group[j] == g and o_status[j] == PENDING:
                                 o_status[j] = DONE
                                 ev_kind[nev] = EV_CANCELED
@@ -505,7 +507,7 @@ def run_loop(o, h, lw, c, ct, sig, exit_long, exit_short, allow_long, allow_shor
                 negative = value < 0
                 for phase in range(2):
                     forced_alive = False
-                    for j in range(K):
+                    for j in range(hi):
                         if o_status[j] == PENDING and o_reason[j] == R_MARGIN:
                             forced_alive = True
                     fsize = 0
@@ -538,7 +540,7 @@ def run_loop(o, h, lw, c, ct, sig, exit_long, exit_short, allow_long, allow_shor
                                 k = j
                                 break
                         o_status[k] = PENDING
-                        n_used += 1
+                        hi = max(hi, k + 1)
                         o_type[k] = MARKET
                         o_size[k] = fsize
                         o_price[k] = c[i]
@@ -666,7 +668,7 @@ def run_loop(o, h, lw, c, ct, sig, exit_long, exit_short, allow_long, allow_shor
                                 gb = o_group[b]
                                 if gb >= 0 and group_alive[gb]:
                                     group_alive[gb] = False
-                                    for j in range(K):
+                                    for j in range(hi):
                                         if o_group[j] == gb and o_status[j] == PENDING:
                                             o_status[j] = DONE
                         br0 = -1
@@ -694,7 +696,7 @@ def run_loop(o, h, lw, c, ct, sig, exit_long, exit_short, allow_long, allow_shor
                                         kk = j
                                         break
                                 o_status[kk] = SUBMITTED
-                                n_used += 1
+                                hi = max(hi, kk + 1)
                                 o_type[kk] = STOP if which == 0 else LIMIT
                                 o_size[kk] = -psize
                                 o_price[kk] = px
@@ -737,12 +739,13 @@ def run_loop(o, h, lw, c, ct, sig, exit_long, exit_short, allow_long, allow_shor
                 if entry and (ek == EV_MARGIN or ek == EV_REJECTED):
                     blocked = pnl.sign(o_size[k])
             nev = 0
-            if n_used:
-                for k in range(K):
+            if hi:
+                for k in range(hi):
                     if o_status[k] == DONE:
                         o_status[k] = FREE
                         o_group[k] = -1
-                        n_used -= 1
+                while hi and o_status[hi - 1] == FREE:
+                    hi -= 1
 
             # =============================================================== strategy.next
             if i >= first:
@@ -783,7 +786,7 @@ def run_loop(o, h, lw, c, ct, sig, exit_long, exit_short, allow_long, allow_shor
                                 gb = o_group[b]
                                 if gb >= 0 and group_alive[gb]:
                                     group_alive[gb] = False
-                                    for j in range(K):
+                                    for j in range(hi):
                                         if o_group[j] == gb and o_status[j] == PENDING:
                                             o_status[j] = DONE
                                 o_group[b] = -1
@@ -797,7 +800,7 @@ def run_loop(o, h, lw, c, ct, sig, exit_long, exit_short, allow_long, allow_shor
                                 k = j
                                 break
                         o_status[k] = SUBMITTED
-                        n_used += 1
+                        hi = max(hi, k + 1)
                         o_type[k] = MARKET
                         o_size[k] = -psize
                         o_price[k] = c[i]
@@ -859,7 +862,7 @@ def run_loop(o, h, lw, c, ct, sig, exit_long, exit_short, allow_long, allow_shor
                                     gb = o_group[b]
                                     if gb >= 0 and group_alive[gb]:
                                         group_alive[gb] = False
-                                        for j in range(K):
+                                        for j in range(hi):
                                             if o_group[j] == gb and o_status[j] == PENDING:
                                                 o_status[j] = DONE
                                     o_group[b] = -1
@@ -873,7 +876,7 @@ def run_loop(o, h, lw, c, ct, sig, exit_long, exit_short, allow_long, allow_shor
                                     k = j
                                     break
                             o_status[k] = SUBMITTED
-                            n_used += 1
+                            hi = max(hi, k + 1)
                             o_type[k] = MARKET
                             o_size[k] = -psize
                             o_price[k] = c[i]
@@ -981,7 +984,7 @@ def run_loop(o, h, lw, c, ct, sig, exit_long, exit_short, allow_long, allow_shor
                                     k = j
                                     break
                             o_status[k] = SUBMITTED
-                            n_used += 1
+                            hi = max(hi, k + 1)
                             o_type[k] = MARKET
                             o_size[k] = e_dir * e_size
                             o_price[k] = c[i]
@@ -1012,7 +1015,7 @@ def run_loop(o, h, lw, c, ct, sig, exit_long, exit_short, allow_long, allow_shor
                                             k = j
                                             break
                                     o_status[k] = SUBMITTED
-                                    n_used += 1
+                                    hi = max(hi, k + 1)
                                     o_type[k] = STOP if which == 0 else LIMIT
                                     o_size[k] = -e_dir * e_size
                                     o_price[k] = px
@@ -1039,7 +1042,7 @@ def run_loop(o, h, lw, c, ct, sig, exit_long, exit_short, allow_long, allow_shor
             out_cash[i] = cash
             out_pos[i] = psize
             out_active[i] = active
-            if not n_used and not live and not sh_exit and not sh_next:
+            if not hi and not live and not sh_exit and not sh_next:
                 stop = i + 1  # what follows may be quiet
                 break
         start = stop
