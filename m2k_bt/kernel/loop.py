@@ -148,9 +148,10 @@ def _quiet_bars(start, n, c, sig, exit_long, exit_short, roll, flatw, ev, inwin,
     the end; that bar is left untouched, for :func:`run_loop`) and the state after the quiet
     ones: ``(bar, cash, adjbase, value, negative, blocked)``."""
     for i in range(start, n):
-        if has_intraday and i >= 1 and inwin[i] != active:
+        u = np.uint64(i)  # an unsigned index: numba leaves out the negative-index wraparound
+        if has_intraday and i >= 1 and inwin[u] != active:
             return i, cash, adjbase, value, negative, blocked
-        new_cash, new_adjbase, new_value = _mark(cash, adjbase, psize, pprice, c[i], margin,
+        new_cash, new_adjbase, new_value = _mark(cash, adjbase, psize, pprice, c[u], margin,
                                                  mult)
         requirement = mrules.requirement(psize, maint)
         new_negative = negative
@@ -159,19 +160,19 @@ def _quiet_bars(start, n, c, sig, exit_long, exit_short, roll, flatw, ev, inwin,
         elif requirement:
             return i, cash, adjbase, value, negative, blocked
         if i >= first:
-            if (flat_events and ev[i] >= 0) or (has_flat and flatw[i]) or roll[i]:
+            if (flat_events and ev[u] >= 0) or (has_flat and flatw[u]) or roll[u]:
                 return i, cash, adjbase, value, negative, blocked
-            wanted = _wanted(sig[i], pnl.sign(psize), exit_long[i], exit_short[i])
+            wanted = _wanted(sig[u], pnl.sign(psize), exit_long[u], exit_short[u])
             target = max(wanted, 0) if long_only else wanted
             if not _usual(target, psize, sh_open, sh_dir):
                 return i, cash, adjbase, value, negative, blocked
             if blocked and target != blocked:
                 blocked = 0
         cash, adjbase, value, negative = new_cash, new_adjbase, new_value, new_negative
-        out_value[i] = value
-        out_cash[i] = cash
-        out_pos[i] = psize
-        out_active[i] = active
+        out_value[u] = value
+        out_cash[u] = cash
+        out_pos[u] = psize
+        out_active[u] = active
     return n, cash, adjbase, value, negative, blocked
 
 
