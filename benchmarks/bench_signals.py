@@ -12,7 +12,10 @@ kernel, against the built-in SMA and cerebro.
    cuts), ``simulate()`` end to end with the check and without it, and the compiled bar loop
    alone, for the user's function and for the built-in ``SmaCrossover`` (bars/s, warm, best
    of ``--repeat``). The two make the same trades (checked).
-2. A grid study through the command line, end to end, as a user runs it
+2. The bar loop alone on one quarter of the bundled 5-minute data (``--start``..``--end``),
+   built-in SMA, FixedContracts(1), at both ends of a grid with many trades (fast 10 / slow
+   250 and 90 / 340): best of ``--repeat`` x 100 calls.
+3. A grid study through the command line, end to end, as a user runs it
    (``run_backtest.py optimize --strategy FILE:sma_cross --sampler grid --workers 1``, one
    quarter of the bundled 5-minute data): a small and a large grid for the kernel, two small
    ones for cerebro; the per-trial cost is the slope between the two (start-up, data
@@ -40,7 +43,7 @@ sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(ROOT))
 
 from bench_compare import cached_bars  # noqa: E402
-from bench_kernel import best, loop_only  # noqa: E402
+from bench_kernel import BUNDLED, best, loop_only  # noqa: E402
 
 from m2k_bt.engine import BacktestConfig  # noqa: E402
 from m2k_bt.kernel.simulation import prepare, simulate  # noqa: E402
@@ -94,6 +97,21 @@ def one_backtest(n: int, repeat: int) -> list[tuple[str, str]]:
         t = min(loop_only(data, config) for _ in range(repeat))
         rows.append((f"bar loop alone: {label}", f"{n / t / 1e6:8.2f} M bars/s"))
     assert signal_strategy(sma_cross)
+    return rows
+
+
+def quarter_loop(start: str, end: str, repeat: int) -> list[tuple[str, str]]:
+    from m2k_bt.feeds import load_bars
+
+    bars = load_bars(BUNDLED).loc[start:end]
+    rows = []
+    for fast, slow in ((10, 250), (90, 340)):
+        config = BacktestConfig(strategy="sma", sizer="fixed", params={"fast": fast, "slow": slow})
+        data = prepare(bars, config)
+        trades = len(simulate(data, config).trades)
+        t = min(loop_only(data, config) for _ in range(repeat * 100))
+        rows.append((f"bar loop alone, {len(bars):,} 5-min bars, built-in SMA {fast}/{slow}",
+                     f"{t * 1e3:8.3f} ms ({trades} trades)"))
     return rows
 
 
@@ -151,6 +169,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     n = args.bars or (100_000 if args.quick else 1_000_000)
     rows = one_backtest(n, args.repeat)
+    rows += quarter_loop(args.start, args.end, args.repeat)
     if not args.skip_grid:
         rows += grids(args.quick, args.start, args.end)
     width = max(len(k) for k, _ in rows)

@@ -24,7 +24,7 @@ worth at them (:func:`.prices.to_units`), amounts in cents (:func:`.money.to_cen
 Numba caches each compiled function on disk next to its module; a function that calls these is
 cached with them compiled in, and numba does not notice when only the callee's file changes (a
 documented limitation of its cache). After editing a rule, delete
-``m2k_bt/kernel/__pycache__/loop.run_loop*`` (or touch ``kernel/loop.py``) before trusting the
+``m2k_bt/kernel/__pycache__/loop.*.nb*`` (or touch ``kernel/loop.py``) before trusting the
 kernel.
 """
 
