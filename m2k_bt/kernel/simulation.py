@@ -236,13 +236,12 @@ def _run(bars, config) -> _Run:
     stop_n = _distance_ticks(p["stop_ticks"], p["stop_atr"], atr, tick, n, way.stop_pts, none)
     target_n = _distance_ticks(p["target_ticks"], p["target_atr"], atr, tick, n,
                                way.target_pts, none)
-    rth = data._get(("rth",), lambda: (data.tod >= _time_us(RTH_START))
-                    & (data.tod < _time_us(RTH_END)))
+    rth = data._get(("rth",), lambda: _between(data.tod, RTH_START, RTH_END))
     flat = p["flat_before_close"]
     if flat:
         hh, mm = (int(x) for x in flat.strip().split(":"))
-        flatw = data._get(("flat", hh, mm), lambda: (data.tod >= _time_us(_dt.time(hh, mm)))
-                          & (data.tod < _time_us(GLOBEX_REOPEN)))
+        flatw = data._get(("flat", hh, mm),
+                          lambda: _between(data.tod, _dt.time(hh, mm), GLOBEX_REOPEN))
     else:
         flatw = data._get(("flat",), lambda: np.zeros(n, dtype=bool))
 
@@ -291,6 +290,12 @@ def _run(bars, config) -> _Run:
         raise KernelDiverged(f"the kernel reached {what}, which it does not model; run this "
                              f"configuration in cerebro")
     return _Run(plan, data, way, gates, out, time.perf_counter() - t0)
+
+
+def _between(tod: np.ndarray, start: _dt.time, end: _dt.time) -> np.ndarray:
+    """Bars whose time of day (``tod``, microseconds; read once: it is computed per read) is
+    in ``[start, end)``."""
+    return (tod >= _time_us(start)) & (tod < _time_us(end))
 
 
 def _check_kelly(sp: dict) -> None:
