@@ -1220,6 +1220,9 @@ def test_a_roll_that_came_while_disconnected_is_made_on_return_with_both_months_
                           month=ContractMonth(2025, 12, M2K))
         gw.history, history = [], gw.history  # no warm-up: the bars come live
         src.start(q)
+        # the gateway sends bars only to a subscription it has (pushed before it, they were
+        # lost: this test failed once in CI on that race)
+        assert gw.wait_for(lambda: list(gw.rt_requests.values()) == [z5])
         for start, *bar in z5_bars[:2]:
             gw.push_minute(start, *bar, con_id=z5)
         assert gw.wait_for(lambda: q.qsize() == 2)
