@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError, DataFeedError
-from ..report.summary import file_sha256
+from ..feeds.cache import file_sha256
 
 __all__ = ["EVENT_PARAMS", "rerun_argv"]
 

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import pandas as pd
 
-__all__ = ["cache_dir", "cached_load", "KEEP"]
+__all__ = ["cache_dir", "cached_load", "file_sha256", "KEEP"]
 
 #: Entries kept in the cache directory.
 KEEP = 16
@@ -55,17 +55,24 @@ def _code() -> str:
     return digest.hexdigest()
 
 
-def _key(path: str, options: tuple) -> str | None:
+def file_sha256(path: str | os.PathLike) -> str | None:
+    """Hex sha256 of a file's bytes, or None when it cannot be read."""
     digest = hashlib.sha256()
     try:
         with open(path, "rb") as fh:
             for block in iter(lambda: fh.read(1 << 20), b""):
                 digest.update(block)
     except OSError:
-        return None  # the loader says what is wrong with the file
-    digest.update(repr((_FORMAT, _code(), pd.__version__, os.path.abspath(path),
-                        options)).encode())
+        return None
     return digest.hexdigest()
+
+
+def _key(path: str, options: tuple) -> str | None:
+    content = file_sha256(path)
+    if content is None:
+        return None  # the loader says what is wrong with the file
+    return hashlib.sha256(repr((_FORMAT, content, _code(), pd.__version__,
+                                os.path.abspath(path), options)).encode()).hexdigest()
 
 
 def cached_load(path: str, options: tuple, load) -> pd.DataFrame:

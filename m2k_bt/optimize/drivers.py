@@ -11,7 +11,6 @@ import concurrent.futures as cf
 import dataclasses
 import math
 import multiprocessing as mp
-import os
 import time
 
 import numpy as np
@@ -33,7 +32,7 @@ from .claims import (
     tell,
 )
 from .storage import DB_ERRORS, lost_connection, retrying, storage_for
-from .threads import ONE_THREAD_ENV, one_blas_thread
+from .threads import one_blas_thread, one_thread_children
 from .trial import evaluate_batch, evaluate_params
 from .trialindex import TrialIndex
 
@@ -141,17 +140,9 @@ def run_pool(study, plan: StudyPlan, direction, workers, payload, progress) -> l
         ctx.Process(target=_worker, args=((plan, direction, payload, i, queue),), daemon=True)
         for i in range(workers)
     ]
-    saved = {k: os.environ.get(k) for k in ONE_THREAD_ENV}
-    os.environ.update(ONE_THREAD_ENV)  # each worker's BLAS starts with one thread
-    try:
+    with one_thread_children():  # each worker's BLAS starts with one thread
         for p in procs:
             p.start()
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
     notes, errors, reported = [], [], set()
     shown = _Progress(study, plan, progress)
     try:
@@ -235,21 +226,13 @@ def run_backtesters(study, plan: StudyPlan, workers: int, payload, progress=None
     rng = np.random.default_rng(derive_seed(plan.seed, plan.identity, "free"))
     index, shown = TrialIndex(study, plan.names), _Progress(study, plan, progress)
     procs, held, notes = {}, {}, []  # conn -> process; conn -> claimed batches in order
-    saved = {k: os.environ.get(k) for k in ONE_THREAD_ENV}
-    os.environ.update(ONE_THREAD_ENV)  # each backtester's BLAS starts with one thread
-    try:
+    with one_thread_children():  # each backtester's BLAS starts with one thread
         for _ in range(workers):
             mine, theirs = ctx.Pipe()
             proc = ctx.Process(target=_backtester, args=(theirs, payload), daemon=True)
             proc.start()
             theirs.close()
             procs[mine], held[mine] = proc, []
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
 
     def feed(conn) -> None:
         while len(held[conn]) < IN_FLIGHT:

@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import os
 
-__all__ = ["ONE_THREAD_ENV", "blas_threads", "one_blas_thread"]
+__all__ = ["ONE_THREAD_ENV", "blas_threads", "one_blas_thread", "one_thread_children"]
 
 #: The environment of a process that should run its BLAS (and OpenMP) on one thread; read
 #: when numpy is first imported.
@@ -75,3 +76,19 @@ def one_blas_thread():
     finally:
         for (_, put), n in zip(libs, before):
             put(n)
+
+
+@contextlib.contextmanager
+def one_thread_children():
+    """Within the block, processes started get :data:`ONE_THREAD_ENV` in their environment
+    (their BLAS starts with one thread); this process's environment is restored after."""
+    saved = {k: os.environ.get(k) for k in ONE_THREAD_ENV}
+    os.environ.update(ONE_THREAD_ENV)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v

@@ -58,7 +58,6 @@ from __future__ import annotations
 
 import csv
 import datetime as _dt
-import hashlib
 import json
 import os
 import sys
@@ -67,6 +66,7 @@ from typing import Any
 
 from ..analyzers import METRIC_KEYS, equity_frame, metrics_from
 from ..errors import OutputError
+from ..feeds.cache import file_sha256
 from ..outputs import (
     OutputFolder,
     atomic_open,
@@ -315,18 +315,6 @@ def versions() -> dict[str, str | None]:
         "numpy": numpy.__version__,
         "python": sys.version.split()[0],
     }
-
-
-def file_sha256(path: str | os.PathLike) -> str | None:
-    """Hex sha256 of a file's bytes, or None when it cannot be read."""
-    digest = hashlib.sha256()
-    try:
-        with open(path, "rb") as fh:
-            for block in iter(lambda: fh.read(1 << 20), b""):
-                digest.update(block)
-    except OSError:
-        return None
-    return digest.hexdigest()
 
 
 def _param_types(component: Any, params: dict[str, Any]) -> dict[str, str]:
