@@ -462,10 +462,14 @@ def test_a_study_keeps_a_bounded_number_of_signals_and_one_bars_object():
     simulate_many(data, grid)
     assert len(data._signals) == kernel.SIGNALS_KEPT < len(grid)
     assert sorted(k[1] for k in data._sums) == [*range(5, 15), 30, 60]
-    # tick sums: only the SUMS_KEPT windows used last are kept, one recomputed when it returns
-    for w in range(100, 100 + kernel.SUMS_KEPT + 5):
+    # tick sums: the windows used last are kept, SUMS_KEPT of them or as many as fit
+    # SUMS_BYTES at 12 bytes a bar (int32 sums, int64 squares): 96 MiB / (12 x 1,500 bars)
+    # = 5,592 windows here; on 1M bars 96 MiB / 12 MB = 8 < 32, so SUMS_KEPT
+    assert kernel.SUMS_BYTES == 96 * 2**20
+    assert data._sums_kept == 96 * 2**20 // (12 * 1500) == 5592
+    for w in range(100, 100 + data._sums_kept + 5):
         data.sums(w)
-    assert len(data._sums) == kernel.SUMS_KEPT and ("sums", 5) not in data._sums
+    assert len(data._sums) == data._sums_kept and ("sums", 5) not in data._sums
     s5, q5 = data.sums(5)
     assert s5[4] == data.ct[:5].sum() and q5[4] == (data.ct[:5] ** 2).sum()
     # the most recent signals are the ones kept, and a kept one is reused as it is

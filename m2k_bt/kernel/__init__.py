@@ -10,6 +10,7 @@ from .simulation import (
     prepare,
     run_backtest_fast,
     run_figures_fast,
+    run_figures_many,
     run_kernel_or_say_why,
     shared_bars,
     simulate,
@@ -30,6 +31,7 @@ __all__ = [
     "run_kernel_or_say_why",
     "run_backtest_fast",
     "run_figures_fast",
+    "run_figures_many",
     "shared_bars",
     "choose_engine",
 ]

@@ -32,6 +32,10 @@ SIGNALS_KEPT = 8
 #: recomputed in one O(n) pass when it comes back): a search over 100 windows of 1M bars
 #: would otherwise hold 1.6 GB.
 SUMS_KEPT = 32
+#: Bytes of tick sums a KernelData may keep beyond :data:`SUMS_KEPT` windows: on a short bar
+#: set every window of a study's grid stays (200 windows of 17,547 bars: 42 MB at most), on
+#: 1M bars :data:`SUMS_KEPT` windows do (0.4 GB at most, as before).
+SUMS_BYTES = 96 * 2**20
 
 
 _DAY_US = 86_400_000_000
@@ -240,7 +244,9 @@ class KernelData:
         self.ct = tick_counts(self.close, tick)
         self._memo: dict = {}  # shared by trials: tick sums by window, ATR/ADX/RSI, windows
         self._signals: dict = {}  # per trial: the last SIGNALS_KEPT signals
-        self._sums: dict = {}  # tick sums of the last SUMS_KEPT windows used
+        self._sums: dict = {}  # tick sums of the last windows used (``_sums_kept``)
+        # windows kept: SUMS_KEPT, or as many as fit SUMS_BYTES (int32 sums + int64 squares)
+        self._sums_kept = max(SUMS_KEPT, SUMS_BYTES // max(1, 12 * self.n))
         self._per_date = None
         self._dtindex = None
         self._memo[("window", *_WINDOW_TIMES)] = inwin
@@ -319,7 +325,7 @@ class KernelData:
             if len(s) and -2**31 < s.min() and s.max() < 2**31:
                 s = s.astype(np.int32)
             return [s, None]
-        return _recent(self._sums, ("sums", period), make, SUMS_KEPT)
+        return _recent(self._sums, ("sums", period), make, self._sums_kept)
 
     def sma_signal(self, fast: int, slow: int) -> np.ndarray:
         """+1 where the fast SMA is above the slow one, else -1 (exact, in ticks)."""

@@ -29,7 +29,7 @@ from ..analyzers.returns import periods_from_counts
 from . import loop
 from .data import KernelData
 
-__all__ = ["trial_figures", "equity_moments", "daily_rows"]
+__all__ = ["trial_figures", "figures_from", "block_figures", "equity_moments", "daily_rows"]
 
 _MINUTES, _DAYS = 4, 5  # bt.TimeFrame.Minutes, bt.TimeFrame.Days
 
@@ -65,25 +65,19 @@ def equity_moments(start, values, rf, ddof):
     run = 0
     max_run = 0
     nonpos = start <= 0.0
+    # branch-free where the branch is unpredictable (max, select): the same values
+    low = start
     for i in range(n):
         v = values[i]
-        if v <= 0.0:
-            nonpos = True
-        if v > peak:
-            peak = v
+        low = min(low, v)
+        peak = max(peak, v)
         dd = peak - v
-        if dd > max_dd:
-            max_dd = dd
+        max_dd = max(max_dd, dd)
         if peak > 0.0:
-            pct = dd * 100.0 / peak
-            if pct > max_pct:
-                max_pct = pct
-        if dd > 0.0:
-            run += 1
-            if run > max_run:
-                max_run = run
-        else:
-            run = 0
+            max_pct = max(max_pct, dd * 100.0 / peak)
+        run = run + 1 if dd > 0.0 else 0
+        max_run = max(max_run, run)
+    nonpos = nonpos or low <= 0.0
     out[M_MAX_DD] = max_dd
     out[M_MAX_DD_PCT] = max_pct
     out[M_MAX_RUN] = max_run
@@ -110,8 +104,8 @@ def equity_moments(start, values, rf, ddof):
         prev = values[i]
         d = r - mean_np
         ss, ss_c = _neumaier_add(ss, ss_c, d * d)
-        if r < 0.0:
-            down, down_c = _neumaier_add(down, down_c, r * r)
+        # a non-negative return adds 0.0, which leaves a Neumaier sum exactly as it is
+        down, down_c = _neumaier_add(down, down_c, r * r if r < 0.0 else 0.0)
     out[M_MEAN] = mean
     out[M_SD] = math.sqrt((ss + ss_c) / (n - ddof)) if n > ddof else np.nan
     out[M_DOWNSIDE] = math.sqrt((down + down_c) / n)
@@ -145,10 +139,22 @@ def trial_figures(data: KernelData, start_value: float, value: np.ndarray,
     """A trial's ``metrics`` (the keys of :func:`m2k_bt.analyzers.metrics_from`, undefined
     values None), ``final_value`` and ``returns`` (``{"YYYY-MM-DD": daily return}``) from the
     loop's per-bar ``value`` and ``trades`` rows (``loop.T_*`` columns)."""
-    periods = _periods(data)
     m = equity_moments(float(start_value), value, 0.0, 1)
+    # closed trades (not the one still open at the end)
+    closed = trades[trades[:, loop.T_REASON] != loop.R_END] if len(trades) else trades
+    nets = closed[:, loop.T_NET] if len(closed) else np.zeros(0)
+    rows, _ = daily_rows(data)
+    return figures_from(data, start_value, m, len(value), nets, value[rows])
+
+
+def figures_from(data: KernelData, start_value: float, m: np.ndarray, n_values: int,
+                 nets: np.ndarray, day_values: np.ndarray) -> dict:
+    """:func:`trial_figures` from what the compiled passes give: ``m`` (:func:`equity_moments`
+    of the ``n_values`` bar values), the closed trades' net P&L ``nets`` (unrounded) and the
+    account value at each trade date's last bar (``day_values``, :func:`daily_rows`)."""
+    periods = _periods(data)
     end = float(m[M_END])
-    years = len(value) / periods if periods else 0.0
+    years = n_values / periods if periods else 0.0
     cagr = sharpe = sortino = calmar = None
     if not m[M_NONPOS]:
         if years > 0:
@@ -165,10 +171,8 @@ def trial_figures(data: KernelData, start_value: float, value: np.ndarray,
     max_pct = float(m[M_MAX_DD_PCT])
     if cagr is not None and max_pct > 0:
         calmar = cagr / (max_pct / 100.0)
-    # closed trades (not the one still open at the end), net P&L as the analyzer rounds it
-    closed = trades[trades[:, loop.T_REASON] != loop.R_END] if len(trades) else trades
-    net = [round(x, ROUND_DECIMALS) for x in closed[:, loop.T_NET].tolist()] if len(closed) \
-        else []
+    # net P&L as the analyzer rounds it
+    net = [round(x, ROUND_DECIMALS) for x in nets.tolist()]
     n = len(net)
     wins = [x for x in net if x > 0]
     losses = [x for x in net if x < 0]
@@ -196,13 +200,51 @@ def trial_figures(data: KernelData, start_value: float, value: np.ndarray,
         "max_drawdown_pct": rounded(max(0.0, max_pct), 8),
         "expectancy": rounded(sum(net) / n) if n else None,
     }
-    rows, dates = daily_rows(data)
-    if len(rows):
-        last = value[rows]
-        prev = np.empty_like(last)
+    _, dates = daily_rows(data)
+    if len(day_values):
+        prev = np.empty_like(day_values)
         prev[0] = start_value
-        prev[1:] = last[:-1]
-        rets = dict(zip(dates, (last / prev - 1.0).tolist()))
+        prev[1:] = day_values[:-1]
+        rets = dict(zip(dates, (day_values / prev - 1.0).tolist()))
     else:
         rets = {}
     return {"metrics": metrics, "final_value": end, "returns": rets}
+
+
+@njit(cache=True)
+def block_figures(o, h, lw, c, ct, roll, inwin, sig, sig_i, xl, xl_i, xs, xs_i, al, al_i,
+                  ash, ash_i, rth, rth_i, flw, flw_i, stp, stp_i, tgt, tgt_i, ev, ev_i, ext,
+                  ext_i, ip, fp, starts, rows):
+    """Many runs of :func:`m2k_bt.kernel.loop.run_loop` on one bar set in one call: run ``p``
+    reads row ``sig_i[p]`` of ``sig`` (and so on for each per-run input: the distinct arrays
+    of a block stacked once), ``ip[p]``, ``fp[p]`` and starts with ``starts[p]``. Returns per
+    run its :func:`equity_moments` (rows of ``moments``), its value at the bars ``rows``
+    (``day_values``), its closed trades' net P&L (``nets[offsets[p]:offsets[p + 1]]``) and
+    the loop's divergence code (``codes``, 0: none; its other outputs are then not used)."""
+    P = ip.shape[0]
+    moments = np.zeros((P, 9))
+    day_values = np.zeros((P, rows.shape[0]))
+    codes = np.zeros(P, np.int64)
+    offsets = np.zeros(P + 1, np.int64)
+    nets = np.empty(256)
+    k = 0
+    for p in range(P):
+        out = loop.run_loop(o, h, lw, c, ct, sig[sig_i[p]], xl[xl_i[p]], xs[xs_i[p]],
+                            al[al_i[p]], ash[ash_i[p]], rth[rth_i[p]], flw[flw_i[p]], roll,
+                            stp[stp_i[p]], tgt[tgt_i[p]], inwin, ev[ev_i[p]], ext[ext_i[p]],
+                            ip[p], fp[p])
+        value, trades, counters = out[0], out[3], out[6]
+        codes[p] = counters[4]
+        moments[p, :] = equity_moments(starts[p], value, 0.0, 1)
+        for j in range(rows.shape[0]):
+            day_values[p, j] = value[rows[j]]
+        for r in range(trades.shape[0]):
+            if trades[r, loop.T_REASON] != loop.R_END:
+                if k == nets.shape[0]:
+                    grown = np.empty(2 * k)
+                    grown[:k] = nets
+                    nets = grown
+                nets[k] = trades[r, loop.T_NET]
+                k += 1
+        offsets[p + 1] = k
+    return moments, day_values, nets[:k], offsets, codes

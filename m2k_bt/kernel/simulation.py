@@ -49,9 +49,9 @@ from ..sizers.kelly import FixedContracts, KellySizer, exposure_ratio
 from ..strategies import resolve_strategy
 from . import loop
 from .analysis import KERNEL_EXIT_REASONS, kernel_result
-from .data import SIGNALS_KEPT, SUMS_KEPT, KernelData, ParamsStandIn, prepare
+from .data import SIGNALS_KEPT, SUMS_BYTES, SUMS_KEPT, KernelData, ParamsStandIn, prepare
 from .directions import directions, strategy_kind
-from .figures import trial_figures
+from .figures import block_figures, daily_rows, figures_from, trial_figures
 from .filters import filters
 
 __all__ = [
@@ -66,9 +66,11 @@ __all__ = [
     "KERNEL_EXIT_REASONS",
     "SIGNALS_KEPT",
     "SUMS_KEPT",
+    "SUMS_BYTES",
     "run_kernel_or_say_why",
     "run_backtest_fast",
     "run_figures_fast",
+    "run_figures_many",
     "shared_bars",
 ]
 
@@ -191,8 +193,42 @@ class _Run:
 def _run(bars, config) -> _Run:
     """Check ``config``, build the loop's inputs and run it (what :func:`simulate` and
     :func:`m2k_bt.kernel.figures.trial_figures` share)."""
+    ready = _inputs(bars, config)
+    t0 = time.perf_counter()
+    out = loop.run_loop(*ready.args)
+    _check_diverged(out[6][4])
+    return _Run(ready.plan, ready.data, ready.way, ready.gates, out,
+                ready.prep + time.perf_counter() - t0)
+
+
+def _check_diverged(code) -> None:
+    """Raise :class:`KernelDiverged` for the loop's divergence counter ``code`` (0: none)."""
+    if code:
+        what = {2: "re-protecting a partly liquidated position",
+                3: "too many bracket groups"}[int(code)]
+        raise KernelDiverged(f"the kernel reached {what}, which it does not model; run this "
+                             f"configuration in cerebro")
+
+
+@dataclasses.dataclass
+class _Inputs:
+    """What :func:`m2k_bt.kernel.loop.run_loop` is called with (``args``, in its order) for one
+    configuration, with the plan, data, signal and filters they came from and the seconds
+    spent making them after the checks (``prep``)."""
+
+    plan: Plan
+    data: KernelData
+    way: object
+    gates: object
+    args: tuple
+    prep: float
+
+
+def _inputs(bars, config, checked: bool = False) -> _Inputs:
+    """Check ``config`` (unless ``checked``: :func:`supported` already said yes to this plan)
+    and build the loop's inputs for it on ``bars``."""
     plan = resolve(config)
-    ok, why = supported(plan)
+    ok, why = (True, "") if checked else supported(plan)
     if not ok:
         raise KernelUnsupported(f"the kernel cannot run this configuration: {why}; use cerebro")
     config, cls, p, ci = plan.config, plan.strategy_cls, plan.params, plan.comminfo
@@ -279,17 +315,10 @@ def _run(bars, config) -> _Run:
     im = ci.p.intraday_margin
     fp[loop.FP_INTRADAY] = float(im) if im is not None else np.nan
     inwin = data.intraday_window()
-    out = loop.run_loop(
-        data.open, data.high, data.low, data.close, data.ct, way.sig, way.exit_long,
-        way.exit_short, way.allow_long, way.allow_short, rth, flatw, data.roll, stop_n,
-        target_n, inwin, gates.ev, gates.ext_ok, ip, fp)
-    counters = out[6]
-    if counters[4]:
-        what = {2: "re-protecting a partly liquidated position",
-                3: "too many bracket groups"}[int(counters[4])]
-        raise KernelDiverged(f"the kernel reached {what}, which it does not model; run this "
-                             f"configuration in cerebro")
-    return _Run(plan, data, way, gates, out, time.perf_counter() - t0)
+    args = (data.open, data.high, data.low, data.close, data.ct, way.sig, way.exit_long,
+            way.exit_short, way.allow_long, way.allow_short, rth, flatw, data.roll, stop_n,
+            target_n, inwin, gates.ev, gates.ext_ok, ip, fp)
+    return _Inputs(plan, data, way, gates, args, time.perf_counter() - t0)
 
 
 def _between(tod: np.ndarray, start: _dt.time, end: _dt.time) -> np.ndarray:
@@ -409,6 +438,10 @@ def shared_bars(bars: pd.DataFrame):
     """Within the block, ``bars`` is not edited (a study's own selection of the bars, which
     its trials share): their content is compared with the kept snapshot at the first trial
     only, not at every trial (about 1 ms per 20k bars saved a trial)."""
+    held = _SHARED.get()
+    if held is not None and held[0] is bars:
+        yield  # already inside a block for these bars (a batch within a study)
+        return
     token = _SHARED.set([bars, False])
     try:
         yield
@@ -466,4 +499,66 @@ def run_figures_fast(bars: pd.DataFrame, config: BacktestConfig | Plan) -> dict 
     idx = run.data.bars.index
     first, last = run.data._get(("span",), lambda: (str(idx[0]), str(idx[-1])))
     out.update(start_value=start, first_dt=first, last_dt=last, elapsed=run.elapsed)
+    return out
+
+
+#: Positions in :func:`m2k_bt.kernel.loop.run_loop`'s arguments of the bar set's own arrays
+#: (the same for every run on it) and of the per-run ones (stacked per block).
+_DATA_ARGS = (0, 1, 2, 3, 4, 12, 15)
+_RUN_ARGS = (5, 6, 7, 8, 9, 10, 11, 13, 14, 16, 17)
+
+
+def run_figures_many(bars: pd.DataFrame, configs) -> list[dict | None]:
+    """:func:`run_figures_fast` for each of ``configs`` (or plans) on the same ``bars``, with
+    the loops of all those the kernel models run in one compiled call per bar selection
+    (:func:`m2k_bt.kernel.figures.block_figures`): no Python between one run and the next,
+    and each distinct input array (an SMA signal, a filter mask) handed over once. The
+    figures are :func:`run_figures_fast`'s, exactly (``tests/test_figures.py``); ``elapsed``
+    is the block's time shared equally by its runs. None for a configuration the kernel does
+    not model or whose run diverges (the caller runs it as :func:`run_figures_fast`'s
+    callers do); a configuration error is raised as :func:`run_figures_fast` raises it."""
+    out: list = [None] * len(configs)
+    groups: dict = {}
+    t0 = time.perf_counter()
+    for i, config in enumerate(configs):
+        plan = resolve(config)
+        if not supported(plan)[0]:
+            continue
+        ready = _inputs(_cached_data(bars, plan), plan, checked=True)
+        sig = (id(ready.data), tuple(ready.args[j].dtype.str for j in _RUN_ARGS))
+        groups.setdefault(sig, []).append((i, ready))
+    done = 0
+    for members in groups.values():
+        data = members[0][1].data
+        shared = [members[0][1].args[j] for j in _DATA_ARGS]
+        per_run = []
+        for j in _RUN_ARGS:
+            seen: dict = {}
+            index = np.empty(len(members), dtype=np.int64)
+            for m, (_, ready) in enumerate(members):
+                index[m] = seen.setdefault(id(ready.args[j]), len(seen))
+            distinct = {}
+            for _, ready in members:
+                distinct.setdefault(id(ready.args[j]), ready.args[j])
+            per_run += [np.stack(list(distinct.values())), index]
+        ip = np.stack([ready.args[18] for _, ready in members])
+        fp = np.stack([ready.args[19] for _, ready in members])
+        starts = np.array([float(ready.plan.config.cash) for _, ready in members])
+        rows, _ = daily_rows(data)
+        moments, day_values, nets, offsets, codes = block_figures(
+            *shared, *per_run, ip, fp, starts, np.asarray(rows, dtype=np.int64))
+        idx = data.bars.index
+        first, last = data._get(("span",), lambda: (str(idx[0]), str(idx[-1])))
+        for m, (i, ready) in enumerate(members):
+            if codes[m]:
+                continue  # diverged: the caller runs it elsewhere, as run_figures_fast's do
+            fig = figures_from(data, starts[m], moments[m], data.n,
+                               nets[offsets[m]:offsets[m + 1]], day_values[m])
+            fig.update(start_value=float(starts[m]), first_dt=first, last_dt=last)
+            out[i] = fig
+            done += 1
+    share = (time.perf_counter() - t0) / max(1, done)
+    for fig in out:
+        if fig is not None:
+            fig["elapsed"] = share
     return out

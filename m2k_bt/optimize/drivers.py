@@ -33,10 +33,10 @@ from .claims import (
 )
 from .storage import DB_ERRORS, lost_connection, retrying, storage_for
 from .threads import one_blas_thread, one_thread_children
-from .trial import evaluate_batch, evaluate_params
+from .trial import evaluate_batch
 from .trialindex import TrialIndex
 
-__all__ = ["DASK_KERNEL_BATCH", "DASK_RESUBMITS", "PROGRESS_SECONDS", "IN_FLIGHT",
+__all__ = ["DASK_KERNEL_BATCH", "KERNEL_BATCH", "DASK_RESUBMITS", "PROGRESS_SECONDS", "IN_FLIGHT",
            "STARTING_BATCH", "work", "run_pool", "run_backtesters", "run_dask", "dask_client"]
 
 _POLL = 0.5  # s between looks at the storage while other processes finish their trials
@@ -67,11 +67,17 @@ class _Progress:
 # ---------------------------------------------------------------- this process, local workers
 
 
+#: Trials a process claims and runs together when the study's ``batch`` is automatic (0:
+#: a grid in the kernel): their backtests run in one compiled call (:func:`evaluate_batch`).
+KERNEL_BATCH = 32
+
+
 def work(study, plan: StudyPlan, payload, progress=None, after_batch=None) -> int:
-    """This process's share of the study: claim up to ``plan.batch`` trials, run them, record
-    them, until the study is done. Stays while other processes still run trials, so that one
+    """This process's share of the study: claim up to ``plan.batch`` trials (0: up to
+    :data:`KERNEL_BATCH`), run them, record them, until the study is done. Stays while other processes still run trials, so that one
     of theirs whose process dies is re-run here. Returns the number of trials run."""
     bars, config, space, objective, min_trades, run = payload
+    size = plan.batch or KERNEL_BATCH
     rng = np.random.default_rng(derive_seed(plan.seed, plan.identity, "free"))
     ran, reaped = 0, time.monotonic()
     index, shown = TrialIndex(study, plan.names), _Progress(study, plan, progress)
@@ -79,7 +85,7 @@ def work(study, plan: StudyPlan, payload, progress=None, after_batch=None) -> in
             shared_bars(bars):
         while True:
             claimed = []
-            while len(claimed) < max(1, plan.batch):
+            while len(claimed) < size:
                 got = retrying(plan, claim, study, plan, rng, index)
                 if got is None:
                     break
@@ -94,8 +100,9 @@ def work(study, plan: StudyPlan, payload, progress=None, after_batch=None) -> in
                 continue
             told = 0
             try:
-                for trial, params in claimed:
-                    outcome = evaluate_params(bars, config, params, objective, min_trades, run)
+                outcomes = evaluate_batch(bars, config, [p for _, p in claimed], objective,
+                                          min_trades, run)
+                for (trial, _), outcome in zip(claimed, outcomes):
                     retrying(plan, tell, study, trial, outcome)
                     beat.ids.discard(trial._trial_id)
                     told += 1
@@ -271,12 +278,11 @@ def run_backtesters(study, plan: StudyPlan, workers: int, payload, progress=None
             mine.append(got)
         if not mine:
             return False
-        with one_blas_thread(), shared_bars(bars):
-            while mine:
-                trial, params = mine[0]
-                outcome = evaluate_params(bars, config, params, objective, min_trades, run)
-                retrying(plan, tell, study, trial, outcome)
-                mine.pop(0)
+        outcomes = evaluate_batch(bars, config, [p for _, p in mine], objective, min_trades,
+                                  run)
+        while mine:
+            retrying(plan, tell, study, mine[0][0], outcomes.pop(0))
+            mine.pop(0)
         if after_batch is not None:
             retrying(plan, after_batch)
         shown.maybe()

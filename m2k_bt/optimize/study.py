@@ -176,7 +176,7 @@ class StudySettings:
     - ``space``: parsed (:class:`~m2k_bt.optimize.space.ParamRange` by name); ``target``: the
       study's trials (``trials`` resolved, capped by the space's size).
     - ``bars``, ``config``: start/end/resample already applied (:func:`preselect`).
-    - ``workers``, ``batch``: resolved (``batch`` 0: sized by the Dask cluster).
+    - ``workers``, ``batch``: resolved (``batch`` 0: sized by the driver).
     - ``out_dir``: ``out`` as a path, or None; ``private``: ``private_storage`` on a local
       storage.
     - ``run_backtest``: the trial function (None: cerebro's), ``engine_info``: what runs the
@@ -311,10 +311,12 @@ def optimize(
       processes; ignored with ``dask``. A kernel trial takes milliseconds, a worker process
       seconds to start (imports, the compiled loop, the bars): more workers pay off only for
       studies of thousands of trials.
-    - ``batch`` (def: on Dask with kernel trials, ``trials / (2 x worker threads)`` trials a
-      task, at most :data:`DASK_KERNEL_BATCH`; else 1): trials a process claims together and a
-      Dask task runs (:func:`evaluate_batch`), so that scheduling does not dominate a trial of
-      milliseconds. TPE then proposes up to ``batch`` points before it sees their results (as
+    - ``batch`` (def: with kernel trials on Dask, ``trials / (2 x worker threads)`` trials a
+      task, at most :data:`DASK_KERNEL_BATCH`; a grid in the kernel: up to
+      :data:`~m2k_bt.optimize.drivers.KERNEL_BATCH` in this process, ``trials / (4 x
+      workers)`` a backtester process; else 1): trials a process claims together and a Dask
+      task or backtester runs (:func:`evaluate_batch`: in the kernel, their backtests in one
+      compiled call), so that scheduling does not dominate a trial of milliseconds. TPE then proposes up to ``batch`` points before it sees their results (as
       ``batch`` parallel workers would; its constant liar is on).
     - ``verify`` (def: ``True``): with kernel trials, re-run the best parameters in cerebro
       (see ``engine``); ``False`` leaves that to the caller (``settings["engine"]`` then says
@@ -395,8 +397,8 @@ def optimize(
         in_kernel = engine_info["engine"] == "kernel"
         if workers is None:
             workers = 1 if in_kernel else (os.cpu_count() or 1)
-        if batch is None:  # 0: sized on Dask by the cluster (see run_dask)
-            batch = 0 if (in_kernel and dask is not None) else 1
+        if batch is None:  # 0: sized by the driver (run_dask, run_backtesters, work)
+            batch = 0 if in_kernel and (dask is not None or sampler == "grid") else 1
         if quiet:
             progress = None
         trial_config, lookahead = lookahead_once(bars, config, space)

@@ -20,7 +20,7 @@ import pandas as pd
 from ..engine import resolve
 from ..engine import run_backtest as run_in_cerebro
 from ..errors import ParameterError, interrupt_behind
-from ..kernel import run_backtest_fast, run_figures_fast, shared_bars
+from ..kernel import run_backtest_fast, run_figures_fast, run_figures_many, shared_bars
 from .overfitting import daily_returns
 from .space import parse_scalar, strategy_class
 from .threads import one_blas_thread
@@ -66,19 +66,9 @@ def evaluate_params(
     ``returns`` (``{"YYYY-MM-DD": daily return}``). A study stores ``attrs`` in the trial's user
     attribute ``backtest`` and the reason in ``infeasible``.
     """
-    fixed = dict(getattr(config, "params", {}) or {})
-    # command-line --param values arrive as text: compare numbers as numbers
-    merged = {**{k: parse_scalar(v) if isinstance(v, str) else v for k, v in fixed.items()},
-              **params}
-    cls = strategy_class(getattr(config, "strategy", None))
-    validate = getattr(cls, "validate_params", None)
-    try:
-        if validate is not None:
-            validate(dict(merged))
-        if "fast" in merged and "slow" in merged and merged["fast"] >= merged["slow"]:
-            raise ParameterError(f"fast ({merged['fast']}) must be below slow ({merged['slow']})")
-    except ParameterError as exc:
-        return {"value": None, "infeasible": f"constraint: {exc}", "attrs": {}}
+    merged, reason = _checked_params(config, params)
+    if reason is not None:
+        return {"value": None, "infeasible": reason, "attrs": {}}
     if run_backtest is None:
         run_backtest = run_in_cerebro
     t0 = time.perf_counter()
@@ -97,27 +87,56 @@ def evaluate_params(
             raise stop from None
     elapsed = time.perf_counter() - t0
     if figures is not None:
-        attrs = {
-            "metrics": {k: _plain_number(v) for k, v in figures["metrics"].items()},
-            "start_value": figures["start_value"],
-            "final_value": figures["final_value"],
-            "first_dt": figures["first_dt"],
-            "last_dt": figures["last_dt"],
-            "elapsed": round(elapsed, 4),
-            "returns": figures["returns"],
-        }
-    else:
-        rets = daily_returns(_equity_values(result), result.start_value)
-        attrs = {
-            "metrics": {k: _plain_number(v) for k, v in (result.metrics or {}).items()},
-            "start_value": float(result.start_value),
-            "final_value": float(result.final_value),
-            "first_dt": str(result.first_dt),
-            "last_dt": str(result.last_dt),
-            "elapsed": round(elapsed, 4),
-            "returns": dict(zip(rets.index.strftime("%Y-%m-%d"),
-                                rets.to_numpy(float).tolist())),
-        }
+        return _outcome(_figure_attrs(figures, elapsed), objective, min_trades)
+    rets = daily_returns(_equity_values(result), result.start_value)
+    attrs = {
+        "metrics": {k: _plain_number(v) for k, v in (result.metrics or {}).items()},
+        "start_value": float(result.start_value),
+        "final_value": float(result.final_value),
+        "first_dt": str(result.first_dt),
+        "last_dt": str(result.last_dt),
+        "elapsed": round(elapsed, 4),
+        "returns": dict(zip(rets.index.strftime("%Y-%m-%d"),
+                            rets.to_numpy(float).tolist())),
+    }
+    return _outcome(attrs, objective, min_trades)
+
+
+def _checked_params(config, params: dict) -> tuple[dict, str | None]:
+    """A trial's parameters over the study's fixed ones, and why they are infeasible (the
+    strategy's own checks, ``fast < slow``) or None."""
+    fixed = dict(getattr(config, "params", {}) or {})
+    # command-line --param values arrive as text: compare numbers as numbers
+    merged = {**{k: parse_scalar(v) if isinstance(v, str) else v for k, v in fixed.items()},
+              **params}
+    cls = strategy_class(getattr(config, "strategy", None))
+    validate = getattr(cls, "validate_params", None)
+    try:
+        if validate is not None:
+            validate(dict(merged))
+        if "fast" in merged and "slow" in merged and merged["fast"] >= merged["slow"]:
+            raise ParameterError(f"fast ({merged['fast']}) must be below slow ({merged['slow']})")
+    except ParameterError as exc:
+        return merged, f"constraint: {exc}"
+    return merged, None
+
+
+def _figure_attrs(figures: dict, elapsed: float) -> dict:
+    """A trial's ``attrs`` from the kernel's figures (:func:`run_figures_fast`)."""
+    return {
+        "metrics": {k: _plain_number(v) for k, v in figures["metrics"].items()},
+        "start_value": figures["start_value"],
+        "final_value": figures["final_value"],
+        "first_dt": figures["first_dt"],
+        "last_dt": figures["last_dt"],
+        "elapsed": round(elapsed, 4),
+        "returns": figures["returns"],
+    }
+
+
+def _outcome(attrs: dict, objective: str, min_trades: int) -> dict:
+    """The outcome of a trial with ``attrs``: its objective's value, or why it is infeasible
+    (too few trades, an undefined objective)."""
     metrics = attrs["metrics"]
     value = metrics.get(objective)
     trades = metrics.get("trades") or 0
@@ -180,12 +199,40 @@ def evaluate_batch(
     min_trades: int = 1,
     run_backtest: Callable | None = None,
 ) -> list[dict]:
-    """:func:`evaluate_params` for each of ``params_list`` in turn, in this process: one
-    Dask task (or one claim of a worker) runs a whole batch, and the kernel's indicators,
-    kept per bars object, are shared by the batch's trials."""
+    """:func:`evaluate_params` for each of ``params_list``, in this process: one Dask task
+    (or one claim of a worker) runs a whole batch. In the kernel, the batch's backtests run
+    in one compiled call (:func:`m2k_bt.kernel.run_figures_many`) and share the kernel's
+    indicators; the outcomes are :func:`evaluate_params`' exactly, except ``elapsed``: the
+    batch's time shared equally by its trials. Elsewhere (cerebro), one trial after another."""
     with one_blas_thread(), shared_bars(bars):  # a Dask worker's cores are its processes'
-        return [evaluate_params(bars, config, p, objective, min_trades, run_backtest)
-                for p in params_list]
+        if run_backtest is not run_backtest_fast or len(params_list) < 2:
+            return [evaluate_params(bars, config, p, objective, min_trades, run_backtest)
+                    for p in params_list]
+        out: list = [None] * len(params_list)
+        todo, plans = [], []
+        for i, params in enumerate(params_list):
+            merged, reason = _checked_params(config, params)
+            if reason is not None:
+                out[i] = {"value": None, "infeasible": reason, "attrs": {}}
+            else:
+                todo.append(i)
+                plans.append(_trial_plan(config, merged))
+        t0 = time.perf_counter()
+        with _signals_kept():
+            try:
+                figures = run_figures_many(bars, plans) if plans else []
+            except SystemError as exc:
+                stop = interrupt_behind(exc)
+                if stop is None:
+                    raise
+                raise stop from None
+        share = (time.perf_counter() - t0) / max(1, len(plans))
+        for i, fig in zip(todo, figures):
+            out[i] = (_outcome(_figure_attrs(fig, share), objective, min_trades)
+                      if fig is not None else  # not modelled, or diverged: as one trial
+                      evaluate_params(bars, config, params_list[i], objective, min_trades,
+                                      run_backtest))
+        return out
 
 
 def _plain_number(v):
