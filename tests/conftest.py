@@ -102,14 +102,25 @@ def kernel_off_by_a_dollar(monkeypatch) -> None:
     against cerebro must fail (the engines-disagree tests)."""
     import m2k_bt.kernel.simulation as kernel
 
-    real = kernel._run  # what simulate and a study trial's figures both read
+    from m2k_bt.kernel.figures import M_END
+
+    real = kernel._run  # what simulate reads
 
     def off_by_a_dollar(bars, config=None):
         run = real(bars, config)
         run.out[0][-1] += 1.0  # the last bar's account value
         return run
 
+    real_block = kernel.block_figures  # what a study trial's figures read
+
+    def block_off_by_a_dollar(*args):
+        moments, day_values, nets, offsets, codes = real_block(*args)
+        moments[:, M_END] += 1.0  # the last bar's account value
+        day_values[:, -1] += 1.0  # it is the last trade date's last bar
+        return moments, day_values, nets, offsets, codes
+
     monkeypatch.setattr(kernel, "_run", off_by_a_dollar)
+    monkeypatch.setattr(kernel, "block_figures", block_off_by_a_dollar)
 
 
 @pytest.fixture(scope="module")

@@ -112,3 +112,74 @@ def test_a_study_from_figures_is_the_study_from_full_results():
     for key in ("sr", "dsr", "psr", "n_trials"):
         assert fast.dsr[key] == pytest.approx(slow.dsr[key], rel=1e-12), key
     assert fast.pbo["pbo"] == pytest.approx(slow.pbo["pbo"], rel=1e-12)
+
+
+# ---------------------------------------------------------------- issue 23: one call, many runs
+def _figures_alone(bars, config) -> dict:
+    """A run's figures the long way: its own loop call (``_run``, what ``simulate`` runs),
+    then :func:`trial_figures` on the loop's arrays."""
+    import m2k_bt.kernel.simulation as kernel
+    from m2k_bt.kernel.figures import trial_figures
+
+    run = kernel._run(bars, config)
+    start = float(run.plan.config.cash)
+    return trial_figures(run.data, start, run.out[0], run.out[3])
+
+
+@settings(max_examples=12, derandomize=True, deadline=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(block=st.lists(configs(), min_size=2, max_size=5), seed=st.integers(0, 10_000))
+def test_a_block_in_one_compiled_call_equals_each_run_alone(block, seed):
+    """run_figures_many runs a block's loops in one compiled call (the distinct input arrays
+    stacked once): every run's figures equal those of its own loop call, to the last bit,
+    whatever the mix of strategies, stops, sizers and margin calls."""
+    from m2k_bt.kernel import run_figures_many
+
+    bars = stressed_bars(700, seed=seed, vol=0.003, gaps=1, rolls=1)
+    block = [c.replace(analyzers=False) for c in block]
+    got = run_figures_many(bars, [*block, block[0]])  # a repeated run shares its arrays
+    assert len(got) == len(block) + 1
+    for config, figs in zip([*block, block[0]], got):
+        want = _figures_alone(bars, config)
+        assert figs["elapsed"] >= 0
+        assert {k: figs[k] for k in want} == want
+        assert figs["start_value"] == float(config.cash)
+
+
+def test_a_block_says_none_for_what_the_kernel_does_not_model():
+    import backtrader as bt
+
+    from m2k_bt.kernel import run_figures_many
+
+    class PerBar(bt.Strategy):  # a per-bar strategy of one's own: cerebro only
+        pass
+
+    bars = make_bars(600, seed=5)
+    sma = BacktestConfig(strategy="sma", params={"fast": 5, "slow": 30})
+    got = run_figures_many(bars, [sma, BacktestConfig(strategy=PerBar), sma])
+    assert got[1] is None
+    assert got[0]["final_value"] == got[2]["final_value"] == _figures_alone(
+        bars, sma)["final_value"]
+
+
+def test_a_batched_grid_is_the_study_of_one_trial_at_a_time():
+    """A kernel grid's trials are claimed and run in blocks (KERNEL_BATCH by default, one
+    compiled call each): every point's values and figures are those of trial-by-trial
+    evaluation (batch 1), infeasible points (fast >= slow, too few trades) included."""
+    from m2k_bt.optimize.study import optimize
+
+    bars = make_bars(2500, seed=12)
+    config = BacktestConfig(strategy="sma", sizer="kelly")
+    # 8 x 4 = 32 points; fast >= slow on 4 of them: (30, 35, 40) x 30 and 40 x 40
+    space = ["fast=5:40:5", "slow=30:60:10"]
+    runs = {b: optimize(bars, config, space, sampler="grid", workers=1, quiet=True,
+                        verify=False, batch=b, min_trades=3, overfitting=False)
+            for b in (1, 7, None)}
+    assert runs[None].settings["batch"] == "auto"
+    one = runs[1].trials.sort_values("number").reset_index(drop=True)
+    assert len(one) == 32 and (one["state"] == "PRUNED").sum() >= 4
+    for b in (7, None):
+        got = runs[b].trials.sort_values("number").reset_index(drop=True)
+        cols = [c for c in one.columns if c != "elapsed_s"]
+        assert cols and got[cols].equals(one[cols]), b
+        assert runs[b].best_params == runs[1].best_params

@@ -51,7 +51,7 @@ from . import loop
 from .analysis import KERNEL_EXIT_REASONS, kernel_result
 from .data import SIGNALS_KEPT, SUMS_BYTES, SUMS_KEPT, KernelData, ParamsStandIn, prepare
 from .directions import directions, strategy_kind
-from .figures import block_figures, daily_rows, figures_from, trial_figures
+from .figures import block_figures, daily_rows, figures_from
 from .filters import filters
 
 __all__ = [
@@ -191,8 +191,8 @@ class _Run:
 
 
 def _run(bars, config) -> _Run:
-    """Check ``config``, build the loop's inputs and run it (what :func:`simulate` and
-    :func:`m2k_bt.kernel.figures.trial_figures` share)."""
+    """Check ``config``, build the loop's inputs and run it (:func:`simulate`; a study
+    trial's figures run the same inputs, :func:`_inputs`, in :func:`run_figures_many`)."""
     ready = _inputs(bars, config)
     t0 = time.perf_counter()
     out = loop.run_loop(*ready.args)
@@ -486,20 +486,9 @@ def run_figures_fast(bars: pd.DataFrame, config: BacktestConfig | Plan) -> dict 
     trial_figures`: ``metrics``, ``final_value``, ``returns``, with ``start_value``,
     ``first_dt``, ``last_dt`` and ``elapsed``), no result object; None when the kernel does
     not model ``config`` (the caller then runs :func:`run_backtest_fast`, which says so and
-    runs cerebro)."""
-    plan = resolve(config)
-    if not supported(plan)[0]:
-        return None
-    try:
-        run = _run(_cached_data(bars, plan), plan)
-    except KernelDiverged:
-        return None
-    start = float(plan.config.cash)
-    out = trial_figures(run.data, start, run.out[0], run.out[3])
-    idx = run.data.bars.index
-    first, last = run.data._get(("span",), lambda: (str(idx[0]), str(idx[-1])))
-    out.update(start_value=start, first_dt=first, last_dt=last, elapsed=run.elapsed)
-    return out
+    runs cerebro). A block of one :func:`run_figures_many` (one compiled function for a
+    study's trials, loaded once)."""
+    return run_figures_many(bars, [config])[0]
 
 
 #: Positions in :func:`m2k_bt.kernel.loop.run_loop`'s arguments of the bar set's own arrays
