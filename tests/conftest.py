@@ -101,7 +101,6 @@ def kernel_off_by_a_dollar(monkeypatch) -> None:
     """Make the kernel's final equity $1 higher than it is, so that a run verifying it
     against cerebro must fail (the engines-disagree tests)."""
     import m2k_bt.kernel.simulation as kernel
-
     from m2k_bt.kernel.figures import M_END
 
     real = kernel._run  # what simulate reads

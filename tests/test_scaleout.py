@@ -137,6 +137,32 @@ def test_sigkill_one_process_others_finish_every_point_once(pg):
     assert retry[0].state.name == "COMPLETE"
 
 
+def test_blocks_two_processes_one_killed_holding_a_block_every_point_once(pg):
+    """Issue 23: each process claims a block of trials (``--batch 4``), runs the block and
+    records it. One is killed outright holding a block (its slow trial running, the rest of
+    the block run or waiting, none recorded): every trial of the block is failed and
+    re-queued once by the survivor, and the grid ends with every point once."""
+    url = pg.fresh_db()
+    procs = [driver("--storage", url, "--sampler", "grid", "--batch", "4", **SLOW)
+             for _ in range(2)]
+    victim = next(p for p in procs if p.pid == wait_slow_trial(url))
+    held = [t for t in trials_of(url) if t.state.name == "RUNNING"
+            and t.system_attrs.get("m2k_owner", "").endswith(f":{victim.pid}")]
+    victim.send_signal(signal.SIGKILL)  # dies holding its block
+    victim.wait()
+    (rc, out, err), = finish([p for p in procs if p is not victim])
+    assert rc == 0, err
+    trials = trials_of(url)
+    assert_every_point_once(trials)
+    failed = [t for t in trials if t.state.name == "FAIL"]
+    assert 1 <= len(failed) <= 4 and len(held) >= 1
+    assert {t.number for t in held} <= {t.number for t in failed}  # its whole block
+    for t in failed:  # each re-queued once with its parameters, and run
+        retry = [x for x in trials if x.user_attrs.get("retry_of") == t.number]
+        assert len(retry) == 1 and retry[0].params == t.params
+        assert retry[0].state.name == "COMPLETE"
+
+
 def test_tpe_across_two_processes_shares_the_trials_cap_and_repeats_no_set(pg):
     url = pg.fresh_db()
     args = ["--storage", url, "--sampler", "tpe", "--trials", "10", "--seed", "3",

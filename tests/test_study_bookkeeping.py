@@ -221,6 +221,9 @@ def test_two_backtester_processes_one_killed_every_point_once(tmp_path, monkeypa
     failed and re-queued once, the grid completes with every point once, the note says so,
     and study.db holds what the result holds."""
     monkeypatch.setenv("M2K_TEST_DIE_ONCE", str(tmp_path / "died"))
+    # this process runs no trial of its own while the backtesters start (it would run all 12
+    # of these quick ones before they are up): the backtesters get every batch
+    monkeypatch.setattr(drivers, "STARTING_BATCH", 0)
     res = optimize(hourly_bars(5), FakeConfig(), SMALL, sampler="grid", workers=2, batch=2,
                    out=tmp_path / "o", run_backtest=dies_once_run, quiet=True,
                    overfitting=False)
@@ -236,3 +239,31 @@ def test_two_backtester_processes_one_killed_every_point_once(tmp_path, monkeypa
     assert sorted((t.params["fast"], t.params["slow"]) for t in kept
                   if t.state.name == "COMPLETE") == done
     assert sum(t.state.name == "FAIL" for t in kept) >= 1  # the killed batch's trials
+
+
+def pid_run(bars, config):
+    """fake_run, writing which process ran which point into ``$M2K_TEST_PIDS``."""
+    import os
+    from pathlib import Path
+
+    p = config.params
+    (Path(os.environ["M2K_TEST_PIDS"]) / f"{p['fast']}-{p['slow']}").write_text(
+        str(os.getpid()))
+    return fake_run(bars, config)
+
+
+def test_the_study_runs_trials_while_its_backtesters_start(tmp_path, monkeypatch):
+    """Starting a backtester blocks until it has imported the program and read the bars (a
+    second or so): the starts run in a thread, and this process runs trials meanwhile, so a
+    small study is done before they are up; every point once all the same."""
+    import os
+
+    pids = tmp_path / "pids"
+    pids.mkdir()
+    monkeypatch.setenv("M2K_TEST_PIDS", str(pids))
+    res = optimize(hourly_bars(5), FakeConfig(), SMALL, sampler="grid", workers=2,
+                   out=tmp_path / "o", run_backtest=pid_run, quiet=True, overfitting=False)
+    assert res.n_complete == 12
+    ran = {f.name: f.read_text() for f in pids.iterdir()}
+    assert sorted(ran) == sorted(f"{f}-{s}" for f in (10, 20, 30, 40) for s in (100, 150, 200))
+    assert str(os.getpid()) in ran.values()  # this process ran some of them itself

@@ -234,10 +234,7 @@ def _inputs(bars, config, checked: bool = False) -> _Inputs:
     config, cls, p, ci = plan.config, plan.strategy_cls, plan.params, plan.comminfo
     sizer_cls = plan.sizer_cls
     sp = {**dict(sizer_cls.params._getitems()), **plan.sizer_params}
-    if sizer_cls is FixedContracts:
-        FixedContracts.__init__(ParamsStandIn(**sp))  # the sizer's own checks
-    else:
-        _check_kelly(sp)
+    _check_sizer(sizer_cls, sp)
     data = bars if isinstance(bars, KernelData) else prepare(bars, plan)
     check_enough_bars(data.bars, plan)  # the runner's error for a too short selection
     if abs(data.tick - float(ci.p.tick_size)) > 1e-12:
@@ -325,6 +322,28 @@ def _between(tod: np.ndarray, start: _dt.time, end: _dt.time) -> np.ndarray:
     """Bars whose time of day (``tod``, microseconds; read once: it is computed per read) is
     in ``[start, end)``."""
     return (tod >= _time_us(start)) & (tod < _time_us(end))
+
+
+#: Sizer settings already checked (a study's trials share them): ``(class, items)``.
+_SIZERS_CHECKED: set = set()
+
+
+def _check_sizer(sizer_cls, sp: dict) -> None:
+    """The sizer's own checks of its settings ``sp``, once per distinct settings."""
+    try:
+        key = (sizer_cls, tuple(sorted(sp.items())))
+        if key in _SIZERS_CHECKED:
+            return
+    except TypeError:  # a setting that cannot be hashed: checked every time
+        key = None
+    if sizer_cls is FixedContracts:
+        FixedContracts.__init__(ParamsStandIn(**sp))  # the sizer's own checks
+    else:
+        _check_kelly(sp)
+    if key is not None:
+        if len(_SIZERS_CHECKED) > 1024:
+            _SIZERS_CHECKED.clear()
+        _SIZERS_CHECKED.add(key)
 
 
 def _check_kelly(sp: dict) -> None:
@@ -536,9 +555,9 @@ def run_figures_many(bars: pd.DataFrame, configs) -> list[dict | None]:
         rows, _ = daily_rows(data)
         moments, day_values, nets, offsets, codes = block_figures(
             *shared, *per_run, ip, fp, starts, np.asarray(rows, dtype=np.int64))
-        idx = data.bars.index
-        first, last = data._get(("span",), lambda: (str(idx[0]), str(idx[-1])))
-        for m, (i, ready) in enumerate(members):
+        first, last = data._get(("span",), lambda d=data: (str(d.bars.index[0]),
+                                                            str(d.bars.index[-1])))
+        for m, (i, _) in enumerate(members):
             if codes[m]:
                 continue  # diverged: the caller runs it elsewhere, as run_figures_fast's do
             fig = figures_from(data, starts[m], moments[m], data.n,

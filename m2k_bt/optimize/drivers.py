@@ -11,6 +11,7 @@ import concurrent.futures as cf
 import dataclasses
 import math
 import multiprocessing as mp
+import threading
 import time
 
 import numpy as np
@@ -74,8 +75,9 @@ KERNEL_BATCH = 32
 
 def work(study, plan: StudyPlan, payload, progress=None, after_batch=None) -> int:
     """This process's share of the study: claim up to ``plan.batch`` trials (0: up to
-    :data:`KERNEL_BATCH`), run them, record them, until the study is done. Stays while other processes still run trials, so that one
-    of theirs whose process dies is re-run here. Returns the number of trials run."""
+    :data:`KERNEL_BATCH`), run them, record them, until the study is done. Stays while other
+    processes still run trials, so that one of theirs whose process dies is re-run here.
+    Returns the number of trials run."""
     bars, config, space, objective, min_trades, run = payload
     size = plan.batch or KERNEL_BATCH
     rng = np.random.default_rng(derive_seed(plan.seed, plan.identity, "free"))
@@ -233,13 +235,27 @@ def run_backtesters(study, plan: StudyPlan, workers: int, payload, progress=None
     rng = np.random.default_rng(derive_seed(plan.seed, plan.identity, "free"))
     index, shown = TrialIndex(study, plan.names), _Progress(study, plan, progress)
     procs, held, notes = {}, {}, []  # conn -> process; conn -> claimed batches in order
-    with one_thread_children():  # each backtester's BLAS starts with one thread
-        for _ in range(workers):
-            mine, theirs = ctx.Pipe()
-            proc = ctx.Process(target=_backtester, args=(theirs, payload), daemon=True)
-            proc.start()
-            theirs.close()
-            procs[mine], held[mine] = proc, []
+    ends = []
+    for _ in range(workers):
+        mine, theirs = ctx.Pipe()
+        procs[mine] = ctx.Process(target=_backtester, args=(theirs, payload), daemon=True)
+        held[mine] = []
+        ends.append(theirs)
+    start_error: list = []
+
+    def start_all() -> None:
+        """Start the backtesters. A start blocks until the new process has imported this
+        program and read the bars (a second or so each): in a thread of its own, so that this
+        process runs trials meanwhile."""
+        try:
+            with one_thread_children():  # each backtester's BLAS starts with one thread
+                for proc, theirs in zip(procs.values(), ends):
+                    proc.start()
+                    theirs.close()
+        except BaseException as exc:  # noqa: BLE001 - raised in the main thread
+            start_error.append(exc)
+
+    starter = threading.Thread(target=start_all, name="m2k-start-backtesters", daemon=True)
 
     def feed(conn) -> None:
         while len(held[conn]) < IN_FLIGHT:
@@ -289,7 +305,14 @@ def run_backtesters(study, plan: StudyPlan, workers: int, payload, progress=None
         return True
 
     done, started = False, False
+    starter.start()
     try:
+        while starter.is_alive():  # the backtesters start: trials run here meanwhile
+            if not run_here():
+                break
+        starter.join()
+        if start_error:
+            raise start_error[0]
         for conn in list(procs):
             feed(conn)
         while procs and any(held.values()):
@@ -324,6 +347,7 @@ def run_backtesters(study, plan: StudyPlan, workers: int, payload, progress=None
                 fail_trial(study, trial)
         raise
     finally:
+        starter.join()  # no backtester starts after this
         for conn, proc in procs.items():
             if done:
                 try:

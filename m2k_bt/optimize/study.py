@@ -316,8 +316,9 @@ def optimize(
       :data:`~m2k_bt.optimize.drivers.KERNEL_BATCH` in this process, ``trials / (4 x
       workers)`` a backtester process; else 1): trials a process claims together and a Dask
       task or backtester runs (:func:`evaluate_batch`: in the kernel, their backtests in one
-      compiled call), so that scheduling does not dominate a trial of milliseconds. TPE then proposes up to ``batch`` points before it sees their results (as
-      ``batch`` parallel workers would; its constant liar is on).
+      compiled call), so that scheduling does not dominate a trial of milliseconds. TPE then
+      proposes up to ``batch`` points before it sees their results (as ``batch`` parallel
+      workers would; its constant liar is on).
     - ``verify`` (def: ``True``): with kernel trials, re-run the best parameters in cerebro
       (see ``engine``); ``False`` leaves that to the caller (``settings["engine"]`` then says
       ``verified_in_cerebro: false``): :func:`m2k_bt.optimize.walkforward.walk_forward`

@@ -7,6 +7,7 @@ Both plug in with one line: ``cerebro.addsizer(KellySizer)`` or
 from __future__ import annotations
 
 import datetime as _dt
+import functools
 import heapq
 import math
 from dataclasses import dataclass
@@ -27,6 +28,7 @@ __all__ = ["kelly_fraction", "signal_trades", "FixedContracts", "KellySizer", "K
 EXPOSURE_DENOMINATOR = 10**6
 
 
+@functools.lru_cache(maxsize=256)  # a study's trials ask for the same cap again and again
 def exposure_ratio(max_exposure: float) -> tuple[int, int]:
     """``max_exposure`` as the exact fraction (numerator, denominator) its decimal digits say,
     for the integer exposure cap (the nearest fraction with a denominator <= 10**6 when it has
