@@ -37,7 +37,7 @@ from .threads import one_blas_thread, one_thread_children
 from .trial import evaluate_batch
 from .trialindex import TrialIndex
 
-__all__ = ["DASK_KERNEL_BATCH", "KERNEL_BATCH", "DASK_RESUBMITS", "PROGRESS_SECONDS", "IN_FLIGHT",
+__all__ = ["BACKTESTER_START", "DASK_KERNEL_BATCH", "KERNEL_BATCH", "DASK_RESUBMITS", "PROGRESS_SECONDS", "IN_FLIGHT",
            "STARTING_BATCH", "work", "run_pool", "run_backtesters", "run_dask", "dask_client"]
 
 _POLL = 0.5  # s between looks at the storage while other processes finish their trials
@@ -190,6 +190,11 @@ def run_pool(study, plan: StudyPlan, direction, workers, payload, progress) -> l
 #: Trials this process runs at a time itself while its backtester processes start (they
 #: take seconds to import and load the compiled kernel).
 STARTING_BATCH = 4
+#: How backtester processes are started where the platform has it: ``"fork"`` (Linux) starts
+#: one in milliseconds with this process's imports, bars and compiled kernel; ``"spawn"`` (the
+#: only way on Windows and macOS) imports the program again and loads the kernel, a second
+#: or two each, which a study of a few thousand kernel trials does not recover.
+BACKTESTER_START = "fork"
 #: Batches a local backtester process holds at once (one running, the next waiting), so that
 #: it does not wait for this process to record a batch before it starts the next.
 IN_FLIGHT = 2
@@ -231,7 +236,8 @@ def run_backtesters(study, plan: StudyPlan, workers: int, payload, progress=None
 
     size = plan.batch if plan.batch > 1 else max(
         1, min(DASK_KERNEL_BATCH, math.ceil(plan.target / (2 * IN_FLIGHT * workers))))
-    ctx = mp.get_context("spawn")
+    forking = BACKTESTER_START in mp.get_all_start_methods() and BACKTESTER_START == "fork"
+    ctx = mp.get_context(BACKTESTER_START if forking else "spawn")
     rng = np.random.default_rng(derive_seed(plan.seed, plan.identity, "free"))
     index, shown = TrialIndex(study, plan.names), _Progress(study, plan, progress)
     procs, held, notes = {}, {}, []  # conn -> process; conn -> claimed batches in order
@@ -305,6 +311,10 @@ def run_backtesters(study, plan: StudyPlan, workers: int, payload, progress=None
         return True
 
     done, started = False, False
+    if forking:  # a forked backtester starts with this process's modules and compiled
+        run_here()  # kernel (the first trials run here first to load it), in milliseconds:
+        start_all()  # from this thread (a fork copies no other thread's locks in use)
+        starter = threading.Thread(target=lambda: None)
     starter.start()
     try:
         while starter.is_alive():  # the backtesters start: trials run here meanwhile
