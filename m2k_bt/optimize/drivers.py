@@ -38,7 +38,8 @@ from .trial import evaluate_batch
 from .trialindex import TrialIndex
 
 __all__ = ["BACKTESTER_START", "DASK_KERNEL_BATCH", "KERNEL_BATCH", "DASK_RESUBMITS",
-           "PROGRESS_SECONDS", "IN_FLIGHT", "STARTING_BATCH", "work", "run_pool", "run_backtesters", "run_dask", "dask_client"]
+           "PROGRESS_SECONDS", "IN_FLIGHT", "STARTING_BATCH", "work", "run_pool",
+           "run_backtesters", "run_dask", "dask_client"]
 
 _POLL = 0.5  # s between looks at the storage while other processes finish their trials
 #: Seconds between progress reports: each counts the study's trials in the storage, so they
