@@ -9,6 +9,6 @@ if __name__ == "__main__":
     # its handlers in place, so a signal at any moment ends the run with one line
     if hasattr(signal, "pthread_sigmask"):
         signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
-    from m2k_bt.cli.backtest import main
+    from m2k_bt.cli.backtest import exit_now, main
 
-    sys.exit(main())
+    exit_now(main())

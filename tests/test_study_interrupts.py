@@ -35,7 +35,10 @@ WRITES = ("create_new_study", "set_study_user_attr", "create_new_trial")
 @pytest.fixture
 def quick_html(monkeypatch):
     """study.html (a quarter of a second of bokeh) is not what these tests are about."""
-    monkeypatch.setattr(results, "write_study_html", lambda result, path: path)
+    import m2k_bt.optimize.study as study_module
+
+    monkeypatch.setattr(results, "write_study_html", lambda result, path, text=None: path)
+    monkeypatch.setattr(study_module, "study_html_text", lambda result: "")
 
 
 @pytest.fixture(scope="module")

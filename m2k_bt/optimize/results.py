@@ -326,11 +326,12 @@ def add_overfitting(study, result: OptimizeResult, pbo_splits: int) -> None:
     result.pbo["logit_median"] = float(np.median(r["logits"]))
 
 
-def write_study_outputs(result: OptimizeResult, out: Path) -> dict:
-    """trials.csv, study.html and optimize.json (the marker: written last), each written
-    atomically (a kill leaves the old file or the new one; a symlink planted in ``out`` is
-    replaced, not followed). Stopped while writing (Ctrl-C, SIGTERM, a full disk), it removes
-    what it wrote: a folder holds all three or none (``study.db`` is kept either way)."""
+def write_study_outputs(result: OptimizeResult, out: Path, html: str | None = None) -> dict:
+    """trials.csv, study.html (``html``: its text, already made) and optimize.json (the
+    marker: written last), each written atomically (a kill leaves the old file or the new
+    one; a symlink planted in ``out`` is replaced, not followed). Stopped while writing
+    (Ctrl-C, SIGTERM, a full disk), it removes what it wrote: a folder holds all three or
+    none (``study.db`` is kept either way)."""
     paths = {}
     names = ("optimize.json", "trials.csv", "study.html")  # the marker first
     try:
@@ -338,7 +339,7 @@ def write_study_outputs(result: OptimizeResult, out: Path) -> dict:
         with atomic_open(p, "w", newline="") as fh:
             result.trials.to_csv(fh, index=False)
         paths["trials.csv"] = p
-        paths["study.html"] = write_study_html(result, out / "study.html")
+        paths["study.html"] = write_study_html(result, out / "study.html", html)
         p = out / "optimize.json"
         atomic_write_text(p, json.dumps(jsonable(result.as_dict(), times=str), indent=2))
         paths["optimize.json"] = p

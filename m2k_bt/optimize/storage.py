@@ -8,6 +8,7 @@ becomes one :class:`StorageError` line with the password masked.
 
 from __future__ import annotations
 
+import atexit
 import errno
 import importlib.util
 import logging
@@ -16,6 +17,7 @@ import random
 import re
 import time
 import warnings
+import weakref
 from pathlib import Path
 from urllib.parse import unquote_plus
 
@@ -257,7 +259,25 @@ def _new_storage(url: str | None, heartbeat: int = DEFAULT_HEARTBEAT):
             ) from None
     if real.startswith("sqlite:"):
         _fast_sqlite(storage.engine)
+    _ENGINES.add(storage.engine)
     return storage
+
+
+#: Every storage engine this process opened (while it lives), closed at exit.
+_ENGINES: weakref.WeakSet = weakref.WeakSet()
+
+
+@atexit.register
+def _close_engines() -> None:
+    """Close the storages' connections at exit: SQLite then folds its write-ahead log into
+    the file and removes ``study.db-wal`` and ``-shm`` (the run's folder holds ``study.db``
+    alone), also when the command line skips the interpreter's teardown
+    (:func:`m2k_bt.cli.backtest.exit_now`)."""
+    for engine in list(_ENGINES):
+        try:
+            engine.dispose()
+        except Exception:  # noqa: BLE001 - best effort on the way out
+            pass
 
 
 def _fast_sqlite(engine) -> None:

@@ -98,6 +98,8 @@ from ..engine import select_bars
 from ..errors import ConfigError, M2KError, did_you_mean
 from ..kernel import choose_engine, run_backtest_fast
 from ..outputs import OutputFolder
+from ..report.study_html import study_html_text
+from .cerebro_check import CerebroCheck
 from .claims import (
     StudyPlan,
     derive_seed,
@@ -415,13 +417,16 @@ def optimize(
         ))
 
 
-def _verify_in_cerebro(bars, config, result, objective, min_trades, info: dict) -> dict:
-    """Re-run the best parameters in cerebro; both engines must agree to the cent."""
+def _verify_in_cerebro(bars, config, result, objective, min_trades, info: dict,
+                       check: CerebroCheck | None = None) -> dict:
+    """Re-run the best parameters in cerebro (``check``: already started behind); both
+    engines must agree to the cent."""
     if not result.best_params:
         return info
     fast = evaluate_params(bars, config, result.best_params, objective, min_trades,
                            run_backtest_fast)
-    slow = evaluate_params(bars, config, result.best_params, objective, min_trades)
+    slow = check.outcome() if check is not None else evaluate_params(
+        bars, config, result.best_params, objective, min_trades)
     a = fast["attrs"].get("final_value")
     b = slow["attrs"].get("final_value")
     va, vb = fast["value"], slow["value"]
@@ -536,16 +541,23 @@ def _run_study(s: StudySettings) -> OptimizeResult:
     if s.lookahead is not None:
         result.settings["lookahead_check"] = s.lookahead
     info = dict(s.engine_info)
-    if info["engine"] == "kernel":
-        if s.verify:
-            info = _verify_in_cerebro(s.bars, s.config, result, s.objective, s.min_trades,
-                                      info)
-        else:
-            info["verified_in_cerebro"] = False
+    checking = info["engine"] == "kernel" and s.verify and bool(result.best_params)
+    html = None
+    with (CerebroCheck(s.bars, s.config, result.best_params, s.objective, s.min_trades)
+          if checking else contextlib.nullcontext()) as check:
+        # while cerebro checks the winner in a process of its own: DSR, PBO and study.html
+        if s.overfitting:
+            retrying(plan, add_overfitting, study, result, s.pbo_splits)
+        if check is not None and check.behind and s.out_dir is not None:
+            html = study_html_text(result)
+        if info["engine"] == "kernel":
+            if s.verify:
+                info = _verify_in_cerebro(s.bars, s.config, result, s.objective,
+                                          s.min_trades, info, check)
+            else:
+                info["verified_in_cerebro"] = False
     result.settings["engine"] = info
-    if s.overfitting:
-        retrying(plan, add_overfitting, study, result, s.pbo_splits)
     result.elapsed = time.perf_counter() - s.started
     if s.out_dir is not None:
-        result.paths = write_study_outputs(result, s.out_dir)
+        result.paths = write_study_outputs(result, s.out_dir, html)
     return result

@@ -18,7 +18,7 @@ import pandas as pd
 
 from .bokeh_parts import CSS, esc, fmt_number, save_html, to_ms
 
-__all__ = ["write_study_html", "write_walkforward_html"]
+__all__ = ["write_study_html", "study_html_text", "write_walkforward_html"]
 
 
 def _value(obj, name, default=None):
@@ -301,13 +301,26 @@ def _parallel_coordinates(df, params, vals, cmap, objective):
     return p
 
 
-def write_study_html(result: Any, path: str | os.PathLike) -> Path:
+def write_study_html(result: Any, path: str | os.PathLike, text: str | None = None) -> Path:
     """Write ``study.html`` for an optimisation result: objective by trial (with the best so
     far), a parameter heatmap for two parameters (parallel coordinates beyond two), DSR and
     PBO with one sentence each, and the trial table. ``result`` is an
     :class:`~m2k_bt.optimize.study.OptimizeResult` or a dict with ``trials`` (rows with ``number``,
-    ``value``, ``params``), ``objective``, ``best_params``, ``best_value``, ``dsr``, ``pbo``."""
-    return save_html(study_layout(result), Path(path), "m2k_bt study")
+    ``value``, ``params``), ``objective``, ``best_params``, ``best_value``, ``dsr``, ``pbo``.
+    ``text``: the page already made (:func:`study_html_text`), written as it is."""
+    if text is None:
+        return save_html(study_layout(result), Path(path), "m2k_bt study")
+    from ..outputs import atomic_write_text
+
+    return atomic_write_text(Path(path), text)
+
+
+def study_html_text(result: Any) -> str:
+    """The text of :func:`write_study_html`'s page (made while cerebro checks the winner)."""
+    from bokeh.embed import file_html
+    from bokeh.resources import INLINE
+
+    return file_html(study_layout(result), resources=INLINE, title="m2k_bt study")
 
 
 def _folds_frame(result) -> pd.DataFrame:
