@@ -96,11 +96,50 @@ def _shift_stretches(utc, ends, offsets, wall):
 
 
 @njit(cache=True)
+def _bar_time(ns, lo, hi):
+    """One bar's time as backtrader reads it from naive wall-clock nanoseconds ``ns``: int64
+    microseconds equal to ``sessions.num2datetime64(sessions.date2num(ns))`` (the same float
+    steps, in the same order), and whether it is inside ``FuturesBroker``'s intraday window
+    ``[lo, hi)`` (:func:`~m2k_bt.rules.margin.in_window` of the float time)."""
+    # sessions.date2num
+    days = ns // 86_400_000_000_000
+    rem = ns - days * 86_400_000_000_000
+    hour = rem // 3_600_000_000_000
+    minute = (rem // 60_000_000_000) % 60
+    second = (rem // 1_000_000_000) % 60
+    micro = (rem // 1000) % 1_000_000
+    num = float(days + EPOCH_ORDINAL) + (hour / 24.0 + minute / 1440.0 + second / 86400.0
+                                         + micro / 86400000000.0)
+    inside = in_window(num, lo, hi)
+    # sessions.num2datetime64
+    day = np.floor(num)
+    part = (num - day) * 24.0
+    h = np.floor(part)
+    part = (part - h) * 60.0
+    m = np.floor(part)
+    part = (part - m) * 60.0
+    sec = np.floor(part)
+    us = np.int64((part - sec) * 1e6)
+    if us < 10:
+        us = 0
+    elif us > 999_990:
+        us = 1_000_000
+    whole = (np.int64(day) - EPOCH_ORDINAL) * 24 + np.int64(h)
+    whole = (whole * 60 + np.int64(m)) * 60 + np.int64(sec)
+    return whole * 1_000_000 + us, inside
+
+
+@njit(cache=True)
 def _bar_times(wall, lo, hi):
-    """The bar times backtrader reads from naive wall-clock nanoseconds, in one pass: int64
-    microseconds equal to ``sessions.num2datetime64(sessions.date2num(wall))`` (the same float
-    steps, in the same order), and whether each bar is inside ``FuturesBroker``'s intraday
-    window ``[lo, hi)`` (:func:`~m2k_bt.rules.margin.in_window` of the float time).
+    """:func:`_bar_time` of every bar of ``wall`` (naive wall-clock nanoseconds), in one pass:
+    int64 microseconds and the intraday-window flags.
+
+    A bar on a whole minute reuses the answer of an earlier bar on the same minute of the
+    day. That is exact: ``date2num`` adds the day number ``D`` (an integer) to the fraction
+    of the day, and every later step reads only ``num - floor(num)``; while ``D`` keeps its
+    binary exponent (every date pandas holds in nanoseconds has the same), the rounding of
+    ``D + fraction`` depends on the fraction alone, so the bar's time is ``D``'s midnight
+    plus the same offset, and its window flag the same (the memo is checked for that).
 
     >>> from m2k_bt.sessions import num2datetime64
     >>> w = pd.DatetimeIndex(["2024-03-10 02:59:59.999995", "2024-11-03 01:30:00.000007",
@@ -112,34 +151,29 @@ def _bar_times(wall, lo, hi):
     n = len(wall)
     times = np.empty(n, np.int64)
     inwin = np.empty(n, np.bool_)
+    memo_day = np.zeros(1440, np.int64)  # D of the bar the answer was made on (0: none)
+    memo_add = np.zeros(1440, np.int64)  # its time minus its day's midnight, microseconds
+    memo_in = np.zeros(1440, np.bool_)
     for i in range(n):
-        # sessions.date2num
         ns = wall[i]
         days = ns // 86_400_000_000_000
         rem = ns - days * 86_400_000_000_000
-        hour = rem // 3_600_000_000_000
-        minute = (rem // 60_000_000_000) % 60
-        second = (rem // 1_000_000_000) % 60
-        micro = (rem // 1000) % 1_000_000
-        num = float(days + EPOCH_ORDINAL) + (hour / 24.0 + minute / 1440.0 + second / 86400.0
-                                             + micro / 86400000000.0)
-        inwin[i] = in_window(num, lo, hi)
-        # sessions.num2datetime64
-        day = np.floor(num)
-        part = (num - day) * 24.0
-        h = np.floor(part)
-        part = (part - h) * 60.0
-        m = np.floor(part)
-        part = (part - m) * 60.0
-        sec = np.floor(part)
-        us = np.int64((part - sec) * 1e6)
-        if us < 10:
-            us = 0
-        elif us > 999_990:
-            us = 1_000_000
-        whole = (np.int64(day) - EPOCH_ORDINAL) * 24 + np.int64(h)
-        whole = (whole * 60 + np.int64(m)) * 60 + np.int64(sec)
-        times[i] = whole * 1_000_000 + us
+        big = days + EPOCH_ORDINAL
+        if big > 0 and rem % 60_000_000_000 == 0:
+            key = rem // 60_000_000_000
+            seen = memo_day[key]
+            if seen > 0 and (seen ^ big) < (seen & big):  # the same binary exponent
+                times[i] = days * 86_400_000_000 + memo_add[key]
+                inwin[i] = memo_in[key]
+                continue
+            t, inside = _bar_time(ns, lo, hi)
+            memo_day[key] = big
+            memo_add[key] = t - days * 86_400_000_000
+            memo_in[key] = inside
+        else:
+            t, inside = _bar_time(ns, lo, hi)
+        times[i] = t
+        inwin[i] = inside
     return times, inwin
 
 
@@ -178,26 +212,27 @@ def _date_runs(times, reopen):
     on, the next day's) of bar times in microseconds, or None when the trade dates are not in
     order."""
     n = len(times)
-    runs = 0
+    starts = np.empty(n + 1, np.int64)  # the first bar of each run of one date
+    k = 0
     last = np.int64(0)
+    lo = np.int64(1)  # the current date's bars are in [lo, hi) (empty before the first)
+    hi = np.int64(0)
     for i in range(n):
-        day = times[i] // _DAY_US
-        date = day + (1 if times[i] - day * _DAY_US >= reopen else 0)
-        if i == 0 or date != last:
-            if i > 0 and date < last:
-                return None
-            runs += 1
-            last = date
-    out = np.zeros(runs, np.int64)
-    k = -1
-    for i in range(n):
-        day = times[i] // _DAY_US
-        date = day + (1 if times[i] - day * _DAY_US >= reopen else 0)
-        if i == 0 or date != last:
+        t = times[i]
+        if lo <= t < hi:  # the same trade date: no division
+            continue
+        day = t // _DAY_US
+        date = day + (1 if t - day * _DAY_US >= reopen else 0)
+        if k > 0 and date < last:
+            return None
+        if k == 0 or date != last:
+            starts[k] = i
             k += 1
             last = date
-        out[k] += 1
-    return out
+        lo = (date - 1) * _DAY_US + reopen  # trade date ``date``: from the reopen before it
+        hi = date * _DAY_US + reopen
+    starts[k] = n
+    return np.diff(starts[:k + 1])
 
 
 def _recent(store: dict, key, make, limit: int):
@@ -257,6 +292,12 @@ class KernelData:
         (only the event filters read them)."""
         return self._get(("num",), lambda: date2num(_wall_clock_ns(self.bars.index)
                                                    .view("datetime64[ns]")))
+
+    def minus_ones(self) -> np.ndarray:
+        """An int64 array of -1 per bar, made once and shared (never written to): "none" for
+        the loop's per-bar inputs that may hold nothing (no stop distance, no event). Not
+        flagged read-only: numba would compile the loop again for that type."""
+        return self._get(("minus_ones",), lambda: np.full(self.n, -1, dtype="int64"))
 
     @property
     def tod(self) -> np.ndarray:

@@ -108,7 +108,7 @@ def filters(plan: Plan, data: KernelData, next_first: int) -> Gates:
     p = plan.params
     n = data.n
     # no event and no external series: arrays shared by the trials on ``data`` (read only)
-    ev = data._get(("no_events",), lambda: np.full(n, -1, dtype="int64"))
+    ev = data.minus_ones()  # no events (read only)
     gate = None
     if p.get("avoid_events"):
         gate = EventGate(resolve_calendar(p["event_calendar"]), p["avoid_events"],

@@ -40,6 +40,7 @@ import time
 
 import numpy as np
 import pandas as pd
+from numba import njit
 
 from ..engine import BacktestConfig, BacktestResult, Plan, check_enough_bars, resolve
 from ..engine.cerebro import run_backtest
@@ -265,16 +266,16 @@ def _inputs(bars, config, checked: bool = False) -> _Inputs:
     next_first = first if kind != "signal" else (mp - 1 if atr is not None else 0)
     gates = filters(plan, data, min(next_first, n))
 
-    none = data._get(("no_distance",), lambda: np.full(n, -1, dtype="int64"))  # read only
+    none = data.minus_ones()  # no distance (read only)
     stop_n = _distance_ticks(p["stop_ticks"], p["stop_atr"], atr, tick, n, way.stop_pts, none)
     target_n = _distance_ticks(p["target_ticks"], p["target_atr"], atr, tick, n,
                                way.target_pts, none)
-    rth = data._get(("rth",), lambda: _between(data.tod, RTH_START, RTH_END))
+    rth = data._get(("rth",), lambda: _between(data, RTH_START, RTH_END))
     flat = p["flat_before_close"]
     if flat:
         hh, mm = (int(x) for x in flat.strip().split(":"))
         flatw = data._get(("flat", hh, mm),
-                          lambda: _between(data.tod, _dt.time(hh, mm), GLOBEX_REOPEN))
+                          lambda: _between(data, _dt.time(hh, mm), GLOBEX_REOPEN))
     else:
         flatw = data._get(("flat",), lambda: np.zeros(n, dtype=bool))
 
@@ -318,10 +319,20 @@ def _inputs(bars, config, checked: bool = False) -> _Inputs:
     return _Inputs(plan, data, way, gates, args, time.perf_counter() - t0)
 
 
-def _between(tod: np.ndarray, start: _dt.time, end: _dt.time) -> np.ndarray:
-    """Bars whose time of day (``tod``, microseconds; read once: it is computed per read) is
-    in ``[start, end)``."""
-    return (tod >= _time_us(start)) & (tod < _time_us(end))
+def _between(data: KernelData, start: _dt.time, end: _dt.time) -> np.ndarray:
+    """Bars of ``data`` whose time of day is in ``[start, end)``."""
+    return _tod_between(data.times.view("int64"), _time_us(start), _time_us(end))
+
+
+@njit(cache=True)
+def _tod_between(times, lo, hi):
+    """``lo <= times % day < hi`` (microseconds) in one pass, without the time-of-day array:
+    the mask ``(data.tod >= lo) & (data.tod < hi)``."""
+    out = np.empty(len(times), np.bool_)
+    for i in range(len(times)):
+        tod = times[i] % 86_400_000_000
+        out[i] = lo <= tod < hi
+    return out
 
 
 #: Sizer settings already checked (a study's trials share them): ``(class, items)``.
