@@ -14,11 +14,8 @@ from pathlib import Path
 import pytest
 from conftest import make_bars
 
-import m2k_bt.optimize.cerebro_check as cc
 from m2k_bt.engine import BacktestConfig
-from m2k_bt.errors import M2KError
 from m2k_bt.optimize.cerebro_check import CerebroCheck
-from m2k_bt.optimize.trial import evaluate_params
 
 ROOT = Path(__file__).resolve().parent.parent
 fork_only = pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
@@ -29,31 +26,58 @@ def _args():
     return bars, BacktestConfig(strategy="sma"), {"fast": 5, "slow": 30}, "sharpe", 1
 
 
+def _in_a_process_of_one_thread(body: str) -> None:
+    """Run ``body`` (with :func:`_args` and the check's imports) in a fresh Python:
+    a check forks only from a process of one thread, and the test run has threads of its
+    own (servers, gateways of other tests). It must print ``ok``."""
+    code = ("import os, sys\n"
+            f"sys.path.insert(0, {str(Path(__file__).resolve().parent)!r})\n"
+            "import m2k_bt.optimize.cerebro_check as cc\n"
+            "from m2k_bt.errors import M2KError\n"
+            "from m2k_bt.optimize.cerebro_check import CerebroCheck\n"
+            "from m2k_bt.optimize.trial import evaluate_params\n"
+            "from test_study_fixed_cost import _args\n" + body + "\nprint('ok')\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          cwd=ROOT, timeout=300)
+    assert proc.returncode == 0 and proc.stdout.strip().endswith("ok"), proc.stderr[-3000:]
+
+
 @fork_only
 def test_the_check_runs_behind_and_is_evaluate_params_in_cerebro():
-    args = _args()
-    want = evaluate_params(*args)
-    with CerebroCheck(*args) as check:
-        assert check.behind and check.proc.pid != os.getpid()
-        got = check.outcome()
-    assert got["attrs"].pop("elapsed") >= 0 and want["attrs"].pop("elapsed") >= 0
-    assert got == want
+    _in_a_process_of_one_thread("""
+args = _args()
+want = evaluate_params(*args)
+with CerebroCheck(*args) as check:
+    assert check.behind and check.proc.pid != os.getpid()
+    got = check.outcome()
+assert got["attrs"].pop("elapsed") >= 0 and want["attrs"].pop("elapsed") >= 0
+assert got == want, (got, want)
+""")
 
 
 @fork_only
-def test_a_lost_check_process_is_run_here_and_an_error_is_raised_here(monkeypatch):
-    args = _args()
+def test_a_lost_check_process_is_run_here_and_an_error_is_raised_here():
+    _in_a_process_of_one_thread("""
+args = _args()
+with CerebroCheck(*args) as check:
+    assert check.behind
+    check.proc.kill()  # lost (kill -9): the check runs here instead
+    got = check.outcome()
+assert got["value"] == evaluate_params(*args)["value"]
+
+def broken(*a, **k):
+    raise M2KError("no such bars")
+
+cc.evaluate_params = broken  # the fork inherits the patch; its error is raised here
+try:
     with CerebroCheck(*args) as check:
-        check.proc.kill()  # lost (kill -9): the check runs here instead
-        got = check.outcome()
-    assert got["value"] == evaluate_params(*args)["value"]
-
-    def broken(*a, **k):
-        raise M2KError("no such bars")
-
-    monkeypatch.setattr(cc, "evaluate_params", broken)  # the fork inherits the patch
-    with CerebroCheck(*args) as check, pytest.raises(M2KError, match="no such bars"):
+        assert check.behind
         check.outcome()
+except M2KError as exc:
+    assert "no such bars" in str(exc)
+else:
+    raise AssertionError("the check's error was not raised")
+""")
 
 
 def test_no_fork_while_a_thread_of_ours_runs():

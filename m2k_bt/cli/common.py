@@ -62,6 +62,9 @@ class ProgressBar:
         if self._bar is None:
             from tqdm import tqdm
 
+            # no monitor thread: a study forks its backtesters and its cerebro check only
+            # from a process of one thread (the monitor only tunes slow iterations)
+            tqdm.monitor_interval = 0
             self._bar = tqdm(total=total or None, unit=f" {self.label}", file=self.stream,
                              mininterval=0.2, dynamic_ncols=True, leave=True)
         if total and self._bar.total != total:

@@ -193,8 +193,9 @@ def run_pool(study, plan: StudyPlan, direction, workers, payload, progress) -> l
 STARTING_BATCH = 4
 #: How backtester processes are started where the platform has it: ``"fork"`` (Linux) starts
 #: one in milliseconds with this process's imports, bars and compiled kernel; ``"spawn"`` (the
-#: only way on Windows and macOS) imports the program again and loads the kernel, a second
-#: or two each, which a study of a few thousand kernel trials does not recover.
+#: only way on Windows and macOS, and used when this process runs other threads, which a
+#: fork would copy mid-work) imports the program again and loads the kernel, a second or two
+#: each, which a study of a few thousand kernel trials does not recover.
 BACKTESTER_START = "fork"
 #: Batches a local backtester process holds at once (one running, the next waiting), so that
 #: it does not wait for this process to record a batch before it starts the next.
@@ -237,7 +238,9 @@ def run_backtesters(study, plan: StudyPlan, workers: int, payload, progress=None
 
     size = plan.batch if plan.batch > 1 else max(
         1, min(DASK_KERNEL_BATCH, math.ceil(plan.target / (2 * IN_FLIGHT * workers))))
-    forking = BACKTESTER_START in mp.get_all_start_methods() and BACKTESTER_START == "fork"
+    # a fork copies every thread's locks as they are: only from a process of one thread
+    forking = (BACKTESTER_START == "fork" and "fork" in mp.get_all_start_methods()
+               and threading.active_count() == 1)
     ctx = mp.get_context(BACKTESTER_START if forking else "spawn")
     rng = np.random.default_rng(derive_seed(plan.seed, plan.identity, "free"))
     index, shown = TrialIndex(study, plan.names), _Progress(study, plan, progress)
