@@ -11,6 +11,7 @@ analyzers compute them bar by bar; ``tests/test_kernel.py`` checks they agree).
 
 from __future__ import annotations
 
+import threading
 from collections import Counter
 
 import numpy as np
@@ -126,18 +127,23 @@ def kernel_result(plan: Plan, data: KernelData, value, cash, pos, trades, dec, m
     mult = float(ci.p.mult)
     tick_value = round(tick * mult, 10)
     root = config.spec.root
+    start_value = float(config.cash)
+    # the two compiled passes over every bar run in threads while the trade log is made
+    drawdown_pass = _behind(_drawdown_columns, value, start_value)
+    margin_pass = _margin_pass_of(data, ci, value, pos, active) if config.analyzers else None
     rows, closed = trade_rows(trades, data, root, tick, tick_value)
     tstats = trade_statistics(closed)
     tstats["open_trades"] = int(bool(rows) and rows[-1]["exit_reason"] == "end")
-    start_value = float(config.cash)
     per_date = data.per_date()
     timeframe = _MINUTES if data.intraday else _DAYS
     periods = periods_from_counts(timeframe, data.compression, per_date)
     rstats = returns_statistics(start_value, value, periods)
     rstats["trade_dates"] = len(per_date)
-    drawdown, pct = _drawdown_columns(value, start_value)
+    drawdown, pct = drawdown_pass()
     events = _margin_events(mev, data, float(ci.p.margin), root)
-    margin = _margin(data, ci, value, pos, events, active) if config.analyzers else None
+    # read before ``pos`` becomes int64 in place below
+    margin = _margin(data, ci, value, pos, events, active, margin_pass) \
+        if config.analyzers else None
     equity_cols = {
         "datetime": data.times,
         "value": value,
@@ -190,7 +196,7 @@ def kernel_result(plan: Plan, data: KernelData, value, cash, pos, trades, dec, m
     )
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _drawdown_columns(value, start):
     """The equity frame's ``drawdown`` ($ below the running peak of ``value`` and ``start``)
     and ``drawdown_pct`` (% of that peak, NaN where it is not positive) in one pass, as
@@ -279,7 +285,7 @@ def _costs(costs, change: float) -> dict:
     }
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _margin_pass(value, pos, active, close, use_active, im, margin, maint, mult):
     """What :func:`_margin` reads of every bar, in one pass without temporaries, with numpy's
     rules for NaN (``argmin``/``argmax``: the first NaN wins; ``max``: NaN): bars in the
@@ -328,14 +334,46 @@ def _nan_max(top, x):
     return x if x > top else top
 
 
-def _margin(data: KernelData, ci, value, pos, events, active) -> dict:
-    """:class:`~m2k_bt.analyzers.margin.MarginExposure`'s keys, from the equity curve."""
-    n = len(value)
+def _margin_pass_of(data: KernelData, ci, value, pos, active):
+    """:func:`_margin_pass` of a run (started behind: see :func:`_behind`)."""
     im = ci.p.intraday_margin
+    return _behind(_margin_pass, value, pos, active, data.close, im is not None,
+                   float(im or 0.0), float(ci.p.margin), float(ci.p.maintenance_margin),
+                   float(ci.p.mult))
+
+
+def _behind(fn, *args):
+    """Start the compiled pass ``fn(*args)`` (numba, ``nogil``) in a thread of its own, while
+    this thread goes on with the trade log and statistics in Python; returns a function that
+    waits for it and gives its result (or raises its error). The thread ends with the pass:
+    nothing of it outlives the call."""
+    box: dict = {}
+
+    def run():
+        try:
+            box["out"] = fn(*args)
+        except BaseException as exc:  # noqa: BLE001 - raised where the result is read
+            box["err"] = exc
+
+    t = threading.Thread(target=run, name="m2k-kernel-pass", daemon=True)
+    t.start()
+
+    def result():
+        t.join()
+        if "err" in box:
+            raise box["err"]
+        return box["out"]
+
+    return result
+
+
+def _margin(data: KernelData, ci, value, pos, events, active, passed=None) -> dict:
+    """:class:`~m2k_bt.analyzers.margin.MarginExposure`'s keys, from the equity curve
+    (``passed``: its :func:`_margin_pass_of`, already started)."""
+    n = len(value)
+    passed = passed or _margin_pass_of(data, ci, value, pos, active)
     (in_market, low_x, low_at, flat_v, flat_i, init_top, init_i, notional_top, n_pos, pct_top,
-     lev_top, contracts_top, nonpositive) = _margin_pass(
-        value, pos, active, data.close, im is not None, float(im or 0.0),
-        float(ci.p.margin), float(ci.p.maintenance_margin), float(ci.p.mult))
+     lev_top, contracts_top, nonpositive) = passed()
     out_low = low_i = None
     if in_market:
         out_low, low_i = float(low_x), int(low_at)
