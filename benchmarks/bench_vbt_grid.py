@@ -15,7 +15,8 @@ child's), warm: every compiled function is called once first, then the best of `
 is kept.
 
 1. **kernel, figures of every point** (what a study trial computes: the loop, the headline
-   metrics and the daily returns; :func:`m2k_bt.kernel.run_figures_fast`), one process.
+   metrics and the daily returns; :func:`m2k_bt.kernel.run_figures_many` in blocks of
+   ``KERNEL_BATCH`` points, one compiled call a block, as a study runs them), one process.
 2. **kernel study in process**: ``optimize(..., sampler="grid", workers=1)`` on the same grid,
    end to end as a library user calls it: Optuna study in memory, DSR and PBO, the winner
    re-run in cerebro (fixed cost included, so this row is per point of this grid).
@@ -81,16 +82,18 @@ def _best(fn, repeat: int):
 
 
 def part_figures(repeat: int) -> dict:
-    from m2k_bt.kernel import run_figures_fast, shared_bars
+    from m2k_bt.kernel import run_figures_many, shared_bars
+    from m2k_bt.optimize.drivers import KERNEL_BATCH
     from m2k_bt.optimize.trial import _trial_plan
 
     bars, config = _bars(), _config()
     points = [{"fast": f, "slow": s} for f in FAST for s in SLOW]
 
-    def run():
+    def run():  # in blocks, as a study's process claims and runs them
         with shared_bars(bars):
-            return [run_figures_fast(bars, _trial_plan(config, p))["final_value"]
-                    for p in points]
+            plans = [_trial_plan(config, p) for p in points]
+            return [f["final_value"] for k in range(0, len(plans), KERNEL_BATCH)
+                    for f in run_figures_many(bars, plans[k:k + KERNEL_BATCH])]
 
     t, finals = _best(run, repeat)
     return {"seconds": t, "points": len(points), "sample": finals[:3]}
@@ -204,7 +207,7 @@ def main(argv=None) -> int:
             continue
         rows[name] = json.loads(line[0][2:])
     labels = {
-        "figures": "kernel, every point's figures (run_figures_fast)",
+        "figures": "kernel, every point's figures (run_figures_many, blocks of 32)",
         "study": "kernel, optimize() in process (study, DSR/PBO, cerebro check)",
         "vbt": "vectorbt broadcast grid (MA, from_signals, final value, Sharpe)",
     }

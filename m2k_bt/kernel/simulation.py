@@ -559,7 +559,13 @@ def run_figures_many(bars: pd.DataFrame, configs) -> list[dict | None]:
             distinct = {}
             for _, ready in members:
                 distinct.setdefault(id(ready.args[j]), ready.args[j])
-            per_run += [np.stack(list(distinct.values())), index]
+            arrays = list(distinct.values())
+            one = arrays[0]
+            if len(arrays) == 1 and one.flags.c_contiguous and one.flags.writeable:
+                stacked = one.reshape(1, -1)  # one array for the whole block: a view
+            else:
+                stacked = np.stack(arrays)
+            per_run += [stacked, index]
         ip = np.stack([ready.args[18] for _, ready in members])
         fp = np.stack([ready.args[19] for _, ready in members])
         starts = np.array([float(ready.plan.config.cash) for _, ready in members])
