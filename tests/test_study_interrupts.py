@@ -373,6 +373,52 @@ def test_real_ctrl_c_at_many_moments_exits_130_and_keeps_each_point_once(data_cs
         assert len(kept) == len(set(kept)), (delay, len(kept), len(set(kept)))
 
 
+def test_ctrl_c_to_the_group_of_a_two_worker_study_is_one_line_and_no_process_left(
+        data_csv, tmp_path, empty_db):
+    """Regression (found by hand): a terminal's Ctrl-C reaches the study and its backtester
+    processes (one process group). Forked backtesters inherited the study's SIGTERM handler,
+    so the study stopping them printed their tracebacks. Now: exit 130 and the one line
+    ``error: interrupted`` (or a finished study, exit 0, nothing said), no backtester left
+    running, no point COMPLETE twice."""
+    import signal
+    import subprocess
+    import time
+
+    from servers import ROOT, child_env
+
+    interrupted = 0
+    for i, delay in enumerate((0.0, 0.3)):  # after both backtesters run
+        out = _fresh_out(tmp_path / f"o{i}", empty_db)
+        argv = [sys.executable, str(ROOT / "run_backtest.py"), "optimize", "--data", data_csv,
+                "--space", "fast=10:209:1", "slow=220:390:10", "--sampler", "grid",
+                "--workers", "2", "--out", str(out), "--quiet"]  # 3,600 points
+        proc = subprocess.Popen(argv, env=child_env(), stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True, start_new_session=True,
+                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+        deadline, kids = time.monotonic() + 120, []
+        while len(kids) < 2 and proc.poll() is None:
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+            kids = subprocess.run(["ps", "-o", "pid=", "--ppid", str(proc.pid)],
+                                  capture_output=True, text=True).stdout.split()
+        time.sleep(delay)
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C at a terminal: the whole group
+        _, err = proc.communicate(timeout=120)
+        assert (proc.returncode, err) in ((130, "error: interrupted\n"), (0, "")), (delay, err)
+        interrupted += proc.returncode == 130
+        time.sleep(0.5)
+        for pid in kids:  # every backtester ended with the study (a zombie is ended)
+            try:
+                with open(f"/proc/{pid}/stat") as fh:
+                    assert fh.read().rsplit(")", 1)[1].split()[0] == "Z", pid
+            except FileNotFoundError:
+                pass
+        kept = _complete_points(out, "m2k-sma")
+        assert len(kept) == len(set(kept)), delay
+    assert interrupted  # the signal met a running study, not only finished ones
+
+
 def _interrupted_in_a_c_callback(run, at: int):
     """``run``, whose call number ``at`` meets Ctrl-C inside a callback from C code, as
     numba compiling the kernel does (llvmlite's ``_raw_object_cache_notify``, a ctypes

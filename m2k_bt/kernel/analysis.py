@@ -11,7 +11,7 @@ analyzers compute them bar by bar; ``tests/test_kernel.py`` checks they agree).
 
 from __future__ import annotations
 
-import threading
+import _thread
 from collections import Counter
 
 import numpy as np
@@ -345,21 +345,29 @@ def _margin_pass_of(data: KernelData, ci, value, pos, active):
 def _behind(fn, *args):
     """Start the compiled pass ``fn(*args)`` (numba, ``nogil``) in a thread of its own, while
     this thread goes on with the trade log and statistics in Python; returns a function that
-    waits for it and gives its result (or raises its error). The thread ends with the pass:
-    nothing of it outlives the call."""
+    waits for it and gives its result (or raises its error). The thread ends with the pass.
+
+    A bare thread and a lock, not ``threading.Thread``: its ``start`` and ``join`` wait on a
+    condition, and a Ctrl-C landing inside that wait can surface as ``RuntimeError: release
+    unlocked lock`` instead of the interrupt; a plain lock's ``acquire`` is interrupted
+    cleanly (the pass still ends and releases it)."""
     box: dict = {}
+    done = _thread.allocate_lock()
+    done.acquire()
 
     def run():
         try:
             box["out"] = fn(*args)
         except BaseException as exc:  # noqa: BLE001 - raised where the result is read
             box["err"] = exc
+        finally:
+            done.release()
 
-    t = threading.Thread(target=run, name="m2k-kernel-pass", daemon=True)
-    t.start()
+    _thread.start_new_thread(run, ())
 
     def result():
-        t.join()
+        done.acquire()
+        done.release()
         if "err" in box:
             raise box["err"]
         return box["out"]

@@ -10,17 +10,17 @@ is the same either way, :func:`m2k_bt.optimize.trial.evaluate_params` in cerebro
 from __future__ import annotations
 
 import multiprocessing as mp
-import signal
 import threading
 
 from ..errors import M2KError
+from .drivers import child_signals
 from .trial import evaluate_params
 
 __all__ = ["CerebroCheck"]
 
 
 def _child(conn, bars, config, params, objective, min_trades) -> None:
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the study's to handle
+    child_signals()  # Ctrl-C is the study's to handle; SIGTERM ends it quietly
     try:
         out = evaluate_params(bars, config, params, objective, min_trades)
     except BaseException as exc:  # noqa: BLE001 - raised in the study's process

@@ -37,8 +37,8 @@ from .threads import one_blas_thread, one_thread_children
 from .trial import evaluate_batch
 from .trialindex import TrialIndex
 
-__all__ = ["BACKTESTER_START", "DASK_KERNEL_BATCH", "KERNEL_BATCH", "DASK_RESUBMITS",
-           "PROGRESS_SECONDS", "IN_FLIGHT", "STARTING_BATCH", "work", "run_pool",
+__all__ = ["BACKTESTER_START", "child_signals", "DASK_KERNEL_BATCH", "KERNEL_BATCH",
+           "DASK_RESUBMITS", "PROGRESS_SECONDS", "IN_FLIGHT", "STARTING_BATCH", "work", "run_pool",
            "run_backtesters", "run_dask", "dask_client"]
 
 _POLL = 0.5  # s between looks at the storage while other processes finish their trials
@@ -202,13 +202,22 @@ BACKTESTER_START = "fork"
 IN_FLIGHT = 2
 
 
+def child_signals() -> None:
+    """A worker process's signals: Ctrl-C is ignored (it is its parent's to handle: the
+    terminal sends it to the whole group) and SIGTERM ends it at once, as by default. A
+    forked process inherits the parent's handlers (the command line's SIGTERM handler raises
+    in Python, which would print a traceback when the parent stops it): reset here."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
 def _backtester(conn, payload) -> None:
     """One local backtester process: run each batch of parameter sets it is sent and send
     the outcomes back, until it is sent None. Ctrl-C is this process's parent's to handle
     (it stops the backtesters); a lost parent ends the loop."""
-    import signal
-
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    child_signals()
     bars, config, space, objective, min_trades, run = payload
     with one_blas_thread():
         while True:
@@ -265,7 +274,9 @@ def run_backtesters(study, plan: StudyPlan, workers: int, payload, progress=None
         except BaseException as exc:  # noqa: BLE001 - raised in the main thread
             start_error.append(exc)
 
-    starter = threading.Thread(target=start_all, name="m2k-start-backtesters", daemon=True)
+    # spawned backtesters start in a thread (None: forked, from this thread)
+    starter = None if forking else threading.Thread(
+        target=start_all, name="m2k-start-backtesters", daemon=True)
 
     def feed(conn) -> None:
         while len(held[conn]) < IN_FLIGHT:
@@ -315,16 +326,16 @@ def run_backtesters(study, plan: StudyPlan, workers: int, payload, progress=None
         return True
 
     done, started = False, False
-    if forking:  # a forked backtester starts with this process's modules and compiled
-        run_here()  # kernel (the first trials run here first to load it), in milliseconds:
-        start_all()  # from this thread (a fork copies no other thread's locks in use)
-        starter = threading.Thread(target=lambda: None)
-    starter.start()
     try:
-        while starter.is_alive():  # the backtesters start: trials run here meanwhile
-            if not run_here():
-                break
-        starter.join()
+        if starter is None:  # a forked backtester starts with this process's modules and
+            run_here()  # compiled kernel (the first trials run here first to load it), in
+            start_all()  # milliseconds, from this thread (no other thread's locks copied)
+        else:
+            starter.start()
+            while starter.is_alive():  # the backtesters start: trials run here meanwhile
+                if not run_here():
+                    break
+            starter.join()
         if start_error:
             raise start_error[0]
         for conn in list(procs):
@@ -361,7 +372,8 @@ def run_backtesters(study, plan: StudyPlan, workers: int, payload, progress=None
                 fail_trial(study, trial)
         raise
     finally:
-        starter.join()  # no backtester starts after this
+        if starter is not None and starter.ident is not None:
+            starter.join()  # no backtester starts after this
         for conn, proc in procs.items():
             if done:
                 try:
