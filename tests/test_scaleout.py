@@ -120,21 +120,41 @@ def test_three_processes_share_one_grid_study_each_trial_once(pg):
     assert len(owners(trials)) == 3  # every process ran some of the 12
 
 
-def test_sigkill_one_process_others_finish_every_point_once(pg):
-    url = pg.fresh_db()
-    procs = [driver("--storage", url, "--sampler", "grid", **SLOW) for _ in range(2)]
+def kill_the_slow_trials_process(url: str, procs) -> tuple[list, list]:
+    """Kill -9 the process running the slow trial and let the others finish (exit 0, every
+    point once); returns the trials it held RUNNING when killed and the study's trials."""
     victim = next(p for p in procs if p.pid == wait_slow_trial(url))
-    victim.send_signal(signal.SIGKILL)  # dies holding a RUNNING trial
+    held = [t for t in trials_of(url) if t.state.name == "RUNNING"
+            and t.system_attrs.get("m2k_owner", "").endswith(f":{victim.pid}")]
+    victim.send_signal(signal.SIGKILL)  # dies holding what it claimed
     victim.wait()
     (rc, out, err), = finish([p for p in procs if p is not victim])
     assert rc == 0, err
     trials = trials_of(url)
     assert_every_point_once(trials)
+    return held, trials
+
+
+def failed_and_each_retried_once(trials) -> list:
+    """The FAIL trials, each re-queued once with its parameters (a trial a kill caught while
+    it was being claimed has them only as queued) and run; returns them."""
+    from m2k_bt.optimize.claims import full_params
+
     failed = [t for t in trials if t.state.name == "FAIL"]
+    for t in failed:
+        retry = [x for x in trials if x.user_attrs.get("retry_of") == t.number]
+        assert len(retry) == 1 and retry[0].params == full_params(t, ["fast", "slow"])
+        assert retry[0].state.name == "COMPLETE"
+    return failed
+
+
+def test_sigkill_one_process_others_finish_every_point_once(pg):
+    url = pg.fresh_db()
+    procs = [driver("--storage", url, "--sampler", "grid", **SLOW) for _ in range(2)]
+    _, trials = kill_the_slow_trials_process(url, procs)
+    failed = failed_and_each_retried_once(trials)
     assert len(failed) == 1  # the killed trial, re-queued once with both its parameters
-    retry = [t for t in trials if t.user_attrs.get("retry_of") == failed[0].number]
-    assert len(retry) == 1 and retry[0].params == failed[0].params
-    assert retry[0].state.name == "COMPLETE"
+    assert failed[0].params == {"fast": 20, "slow": 150}
 
 
 def test_blocks_two_processes_one_killed_holding_a_block_every_point_once(pg):
@@ -145,25 +165,10 @@ def test_blocks_two_processes_one_killed_holding_a_block_every_point_once(pg):
     url = pg.fresh_db()
     procs = [driver("--storage", url, "--sampler", "grid", "--batch", "4", **SLOW)
              for _ in range(2)]
-    victim = next(p for p in procs if p.pid == wait_slow_trial(url))
-    held = [t for t in trials_of(url) if t.state.name == "RUNNING"
-            and t.system_attrs.get("m2k_owner", "").endswith(f":{victim.pid}")]
-    victim.send_signal(signal.SIGKILL)  # dies holding its block
-    victim.wait()
-    (rc, out, err), = finish([p for p in procs if p is not victim])
-    assert rc == 0, err
-    trials = trials_of(url)
-    assert_every_point_once(trials)
-    failed = [t for t in trials if t.state.name == "FAIL"]
+    held, trials = kill_the_slow_trials_process(url, procs)
+    failed = failed_and_each_retried_once(trials)
     assert 1 <= len(failed) <= 4 and len(held) >= 1
     assert {t.number for t in held} <= {t.number for t in failed}  # its whole block
-    from m2k_bt.optimize.claims import full_params
-
-    for t in failed:  # each re-queued once with its parameters (a trial the kill caught while
-        # the block was being claimed has them only as queued), and run
-        retry = [x for x in trials if x.user_attrs.get("retry_of") == t.number]
-        assert len(retry) == 1 and retry[0].params == full_params(t, ["fast", "slow"])
-        assert retry[0].state.name == "COMPLETE"
 
 
 def test_tpe_across_two_processes_shares_the_trials_cap_and_repeats_no_set(pg):

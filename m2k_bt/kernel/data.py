@@ -299,12 +299,6 @@ class KernelData:
         flagged read-only: numba would compile the loop again for that type."""
         return self._get(("minus_ones",), lambda: np.full(self.n, -1, dtype="int64"))
 
-    @property
-    def tod(self) -> np.ndarray:
-        """Time of day of each bar, microseconds (int64), computed on each read rather than
-        kept (8 bytes a bar)."""
-        return np.remainder(self.times.view("int64"), _DAY_US)
-
     def per_date(self) -> list[int]:
         """Bars on each CME trade date (for the annualisation rule), computed once."""
         if self._per_date is None:

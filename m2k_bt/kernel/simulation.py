@@ -326,8 +326,8 @@ def _between(data: KernelData, start: _dt.time, end: _dt.time) -> np.ndarray:
 
 @njit(cache=True)
 def _tod_between(times, lo, hi):
-    """``lo <= times % day < hi`` (microseconds) in one pass, without the time-of-day array:
-    the mask ``(data.tod >= lo) & (data.tod < hi)``."""
+    """``lo <= times % day < hi`` (microseconds): the bars whose time of day is in
+    ``[lo, hi)``, in one pass, without a time-of-day array."""
     out = np.empty(len(times), np.bool_)
     for i in range(len(times)):
         tod = times[i] % 86_400_000_000
@@ -552,14 +552,11 @@ def run_figures_many(bars: pd.DataFrame, configs) -> list[dict | None]:
         shared = [members[0][1].args[j] for j in _DATA_ARGS]
         per_run = []
         for j in _RUN_ARGS:
-            seen: dict = {}
-            index = np.empty(len(members), dtype=np.int64)
-            for m, (_, ready) in enumerate(members):
-                index[m] = seen.setdefault(id(ready.args[j]), len(seen))
-            distinct = {}
-            for _, ready in members:
-                distinct.setdefault(id(ready.args[j]), ready.args[j])
-            arrays = list(distinct.values())
+            distinct: dict = {}  # id -> (row in the stack, array)
+            index = np.array([distinct.setdefault(id(ready.args[j]),
+                                                  (len(distinct), ready.args[j]))[0]
+                              for _, ready in members], dtype=np.int64)
+            arrays = [a for _, a in distinct.values()]
             one = arrays[0]
             if len(arrays) == 1 and one.flags.c_contiguous and one.flags.writeable:
                 stacked = one.reshape(1, -1)  # one array for the whole block: a view

@@ -74,17 +74,11 @@ def evaluate_params(
     t0 = time.perf_counter()
     trial_config = dataclasses.replace(config, params=merged, analyzers=False)
     figures = None
-    with _signals_kept():
-        try:
-            if run_backtest is run_backtest_fast:  # the kernel's figures, no result object
-                figures = run_figures_fast(bars, _trial_plan(config, merged))
-            if figures is None:
-                result = run_backtest(bars, trial_config)
-        except SystemError as exc:
-            stop = interrupt_behind(exc)
-            if stop is None:
-                raise
-            raise stop from None
+    with _interruptible():
+        if run_backtest is run_backtest_fast:  # the kernel's figures, no result object
+            figures = run_figures_fast(bars, _trial_plan(config, merged))
+        if figures is None:
+            result = run_backtest(bars, trial_config)
     elapsed = time.perf_counter() - t0
     if figures is not None:
         return _outcome(_figure_attrs(figures, elapsed), objective, min_trades)
@@ -191,6 +185,21 @@ def _signals_kept():
         raise caught[0].with_traceback(None)
 
 
+@contextlib.contextmanager
+def _interruptible():
+    """A trial's backtest: :func:`_signals_kept`, and a Ctrl-C (or SIGTERM) that numba's
+    compiled code reports as a ``SystemError`` raised as the interrupt itself
+    (:func:`m2k_bt.errors.interrupt_behind`)."""
+    try:
+        with _signals_kept():
+            yield
+    except SystemError as exc:
+        stop = interrupt_behind(exc)
+        if stop is None:
+            raise
+        raise stop from None
+
+
 def evaluate_batch(
     bars: pd.DataFrame,
     config,
@@ -203,7 +212,7 @@ def evaluate_batch(
     (or one claim of a worker) runs a whole batch. In the kernel, the batch's backtests run
     in one compiled call (:func:`m2k_bt.kernel.run_figures_many`) and share the kernel's
     indicators; the outcomes are :func:`evaluate_params`' exactly, except ``elapsed``: the
-    batch's time shared equally by its trials. Elsewhere (cerebro), one trial after another."""
+    block's time shared equally by its runs. Elsewhere (cerebro), one trial after another."""
     with one_blas_thread(), shared_bars(bars):  # a Dask worker's cores are its processes'
         if run_backtest is not run_backtest_fast or len(params_list) < 2:
             return [evaluate_params(bars, config, p, objective, min_trades, run_backtest)
@@ -217,18 +226,10 @@ def evaluate_batch(
             else:
                 todo.append(i)
                 plans.append(_trial_plan(config, merged))
-        t0 = time.perf_counter()
-        with _signals_kept():
-            try:
-                figures = run_figures_many(bars, plans) if plans else []
-            except SystemError as exc:
-                stop = interrupt_behind(exc)
-                if stop is None:
-                    raise
-                raise stop from None
-        share = (time.perf_counter() - t0) / max(1, len(plans))
+        with _interruptible():
+            figures = run_figures_many(bars, plans) if plans else []
         for i, fig in zip(todo, figures):
-            out[i] = (_outcome(_figure_attrs(fig, share), objective, min_trades)
+            out[i] = (_outcome(_figure_attrs(fig, fig["elapsed"]), objective, min_trades)
                       if fig is not None else  # not modelled, or diverged: as one trial
                       evaluate_params(bars, config, params_list[i], objective, min_trades,
                                       run_backtest))
