@@ -7,9 +7,12 @@ import math
 from dataclasses import dataclass
 
 import backtrader as bt
+import numpy as np
 import pandas as pd
 import pytest
 from conftest import NY, make_bars, pandas_feed
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from m2k_bt.analyzers import (
     ANALYZER_NAMES,
@@ -675,3 +678,18 @@ def test_declined_entries_count_zero_sizes_by_binding():
     assert list(out["by_binding"]) == ["no_edge", "zero", "max_exposure"]
     assert declined_entries([]) == {"entries": 0, "declined": 0, "by_binding": {}}
     assert {"no_edge", "zero", "max_exposure", "margin"} <= set(DECLINE_REASONS)
+
+
+@given(st.lists(st.booleans(), max_size=60))
+@settings(max_examples=300, deadline=None)
+def test_longest_streak_is_the_longest_run_counted_one_trade_at_a_time(flags):
+    """``_streak`` (numpy run edges) is the longest run of True counted flag by flag, as
+    the trade statistics defined it: a False (a loss, or a breakeven trade) ends a run."""
+    from m2k_bt.analyzers.trades import _streak
+
+    best = run = 0
+    for f in flags:
+        run = run + 1 if f else 0
+        best = max(best, run)
+    assert _streak(np.array(flags, dtype=bool)) == best
+    assert _streak(flags) == best

@@ -223,7 +223,7 @@ def returns_statistics(
     return out
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _drawdown_figures(start, values):
     """Drawdown figures of the equity series ``start, *values`` in one pass, as numpy's
     whole-array steps give them (``np.maximum.accumulate`` for the peak, NaN propagating
@@ -260,7 +260,7 @@ def _max_nan(top, x):
     return x if x > top else top
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _bar_returns(start, values, out):
     """Per-bar simple returns of ``start, *values`` into ``out``: ``v[i] / v[i - 1] - 1``."""
     prev = start
@@ -293,7 +293,7 @@ def exact_sum(values: np.ndarray) -> float:
 _BUCKETS = 2048 + 128  # exponent fields, and room for the carries above the largest
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _add_mantissas(bits, acc):
     """Add each double (its bits) into ``acc[exponent field]`` as a signed whole mantissa
     (subnormals into field 1), carrying every 512 values so that no bucket overflows;

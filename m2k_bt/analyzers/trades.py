@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import math
 import statistics
-from collections.abc import Iterable
 from typing import Any
 
 import backtrader as bt
+import numpy as np
 
 from ..rules import money
 from .common import mean_or_none, ratio, rounded, tick_size_and_value
@@ -120,17 +120,20 @@ class TradeStats(bt.Analyzer):
         return self.rets
 
 
-def _streak(flags: Iterable[bool]) -> int:
-    best = run = 0
-    for f in flags:
-        run = run + 1 if f else 0
-        best = max(best, run)
-    return best
+def _streak(flags) -> int:
+    """The longest run of True in ``flags`` (a bool array, or any iterable of bools)."""
+    f = np.asarray(flags if isinstance(flags, np.ndarray) else list(flags), dtype=bool)
+    if not f.any():
+        return 0
+    # runs start where a True follows a False and end where a False follows a True
+    edges = np.flatnonzero(np.diff(np.concatenate(([False], f, [False])).astype(np.int8)))
+    return int((edges[1::2] - edges[::2]).max())
 
 
 def trade_statistics(closed: list[dict[str, Any]]) -> dict[str, Any]:
     """The :class:`TradeStats` keys from a list of closed-trade dicts (see ``trade_list``)."""
     net = [t["net_pnl"] for t in closed]
+    signs = np.asarray(net, dtype="float64")
     wins = [t for t in closed if t["net_pnl"] > 0]
     losses = [t for t in closed if t["net_pnl"] < 0]
     n = len(closed)
@@ -171,8 +174,8 @@ def trade_statistics(closed: list[dict[str, Any]]) -> dict[str, Any]:
         "avg_ticks": rounded(mean_or_none([t["ticks"] for t in closed]), 6),
         "largest_win": rounded(max(t["net_pnl"] for t in wins)) if wins else None,
         "largest_loss": rounded(min(t["net_pnl"] for t in losses)) if losses else None,
-        "longest_winning_streak": _streak(x > 0 for x in net),
-        "longest_losing_streak": _streak(x < 0 for x in net),
+        "longest_winning_streak": _streak(signs > 0),
+        "longest_losing_streak": _streak(signs < 0),
         "avg_bars_held": mean_or_none([t["bars_held"] for t in closed]),
         "avg_holding_minutes": mean_or_none(minutes),
         "sqn": sqn,

@@ -128,16 +128,18 @@ def kernel_result(plan: Plan, data: KernelData, value, cash, pos, trades, dec, m
     tick_value = round(tick * mult, 10)
     root = config.spec.root
     start_value = float(config.cash)
-    # the two compiled passes over every bar run in threads while the trade log is made
+    # the compiled passes over every bar run in threads while the trade log is made
     drawdown_pass = _behind(_drawdown_columns, value, start_value)
     margin_pass = _margin_pass_of(data, ci, value, pos, active) if config.analyzers else None
-    rows, closed = trade_rows(trades, data, root, tick, tick_value)
-    tstats = trade_statistics(closed)
-    tstats["open_trades"] = int(bool(rows) and rows[-1]["exit_reason"] == "end")
     per_date = data.per_date()
     timeframe = _MINUTES if data.intraday else _DAYS
     periods = periods_from_counts(timeframe, data.compression, per_date)
-    rstats = returns_statistics(start_value, value, periods)
+    # and the returns statistics (compiled passes and numpy reductions that let go of the GIL)
+    returns_pass = _behind(returns_statistics, start_value, value, periods)
+    rows, closed = trade_rows(trades, data, root, tick, tick_value)
+    tstats = trade_statistics(closed)
+    tstats["open_trades"] = int(bool(rows) and rows[-1]["exit_reason"] == "end")
+    rstats = returns_pass()
     rstats["trade_dates"] = len(per_date)
     drawdown, pct = drawdown_pass()
     events = _margin_events(mev, data, float(ci.p.margin), root)
@@ -343,7 +345,7 @@ def _margin_pass_of(data: KernelData, ci, value, pos, active):
 
 
 def _behind(fn, *args):
-    """Start the compiled pass ``fn(*args)`` (numba, ``nogil``) in a thread of its own, while
+    """Start the pass ``fn(*args)`` (numba ``nogil`` code, numpy) in a thread of its own, while
     this thread goes on with the trade log and statistics in Python; returns a function that
     waits for it and gives its result (or raises its error). The thread ends with the pass.
 
