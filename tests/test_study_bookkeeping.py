@@ -267,3 +267,60 @@ def test_the_study_runs_trials_while_its_backtesters_start(tmp_path, monkeypatch
     ran = {f.name: f.read_text() for f in pids.iterdir()}
     assert sorted(ran) == sorted(f"{f}-{s}" for f in (10, 20, 30, 40) for s in (100, 150, 200))
     assert str(os.getpid()) in ran.values()  # this process ran some of them itself
+
+
+def slow_run(bars, config):
+    """fake_run taking 20 ms, so that this process waits for its backtesters."""
+    import time
+
+    time.sleep(0.02)
+    return fake_run(bars, config)
+
+
+def test_encoded_attributes_are_a_dict_with_their_json_kept_through_a_pipe():
+    """A backtester encodes a trial's attributes (``EncodedAttrs``); the writer takes that
+    text instead of encoding them again, and a plain dict is encoded as before."""
+    import json
+    import pickle
+
+    attrs = {"metrics": {"sharpe": 0.5, "trades": 3}, "returns": {"2024-01-02": 0.01}}
+    enc = pickle.loads(pickle.dumps(behind.EncodedAttrs(attrs)))  # as sent by a Pipe
+    assert enc == attrs and isinstance(enc, dict)
+    assert enc.json == json.dumps(attrs)
+    assert behind._json(enc) is enc.json
+    assert behind._json(attrs) == json.dumps(attrs)
+
+
+def test_two_backtesters_trials_are_written_while_they_run(tmp_path, monkeypatch):
+    """With backtester processes, this process writes finished trials to study.db whenever
+    it would otherwise wait for them (IDLE_FLUSH_TRIALS at least), not all at the end; the
+    trials the backtesters ran arrive with their attributes encoded, and study.db holds
+    what the result holds."""
+    monkeypatch.setattr(behind, "FLUSH_SECONDS", 3600.0)  # no timed flush
+    monkeypatch.setattr(behind, "IDLE_FLUSH_TRIALS", 4)
+    monkeypatch.setattr(drivers, "STARTING_BATCH", 0)
+    writes = []
+    real_write = behind.write_trials
+
+    def recording_write(storage, study_id, trials):
+        writes.append([type(t.user_attrs.get("backtest")) for t in trials])
+        return real_write(storage, study_id, trials)
+
+    monkeypatch.setattr(behind, "write_trials", recording_write)
+    res = optimize(hourly_bars(5), FakeConfig(), LARGE, sampler="grid", workers=2, batch=2,
+                   out=tmp_path / "o", run_backtest=slow_run, quiet=True, overfitting=False)
+    assert res.n_complete == 50
+    assert len(writes) >= 3, writes  # written as they finished, then the rest at the end
+    kinds = [k for w in writes for k in w]
+    assert kinds.count(behind.EncodedAttrs) >= 40, kinds  # all but the first batch's
+    disk = optuna.load_study(study_name="m2k-fake",
+                             storage=storage_for(study_storage_url(tmp_path / "o")))
+    mem = {r.number: ({"fast": r.param_fast, "slow": r.param_slow}, r.value, r.state,
+                      r.net_profit, r.trades, r.elapsed_s) for r in res.trials.itertuples()}
+    kept = [t for t in disk.get_trials(deepcopy=False) if not is_discarded(t)]
+    assert len(kept) == 50
+    for t in kept:  # the stored JSON reads back as the attributes the result was made from
+        attrs = t.user_attrs["backtest"]
+        assert (t.params, t.value, t.state.name, attrs["metrics"]["net_profit"],
+                attrs["metrics"]["trades"], attrs["elapsed"]) == mem[t.number], t.number
+        assert attrs["returns"]

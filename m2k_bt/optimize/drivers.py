@@ -36,6 +36,7 @@ from .storage import DB_ERRORS, lost_connection, retrying, storage_for
 from .threads import one_blas_thread, one_thread_children
 from .trial import evaluate_batch
 from .trialindex import TrialIndex
+from .writebehind import EncodedAttrs
 
 __all__ = ["BACKTESTER_START", "child_signals", "DASK_KERNEL_BATCH", "KERNEL_BATCH",
            "DASK_RESUBMITS", "PROGRESS_SECONDS", "IN_FLIGHT", "STARTING_BATCH", "work", "run_pool",
@@ -229,20 +230,25 @@ def _backtester(conn, payload) -> None:
                 return
             try:
                 out = evaluate_batch(bars, config, batch, objective, min_trades, run)
+                for outcome in out:  # encoded here, in parallel, not by the writing process
+                    if outcome["attrs"]:
+                        outcome["attrs"] = EncodedAttrs(outcome["attrs"])
             except BaseException as exc:  # noqa: BLE001 - reported by the driver
                 out = exc if isinstance(exc, M2KError) else RuntimeError(repr(exc))
             conn.send(out)
 
 
 def run_backtesters(study, plan: StudyPlan, workers: int, payload, progress=None,
-                    after_batch=None) -> list[str]:
+                    after_batch=None, idle=None) -> list[str]:
     """``workers`` spawned processes that only run backtests, ``plan.batch`` trials a batch
     (def: as on Dask, up to :data:`DASK_KERNEL_BATCH`); this process claims the trials and
     records them on ``study`` (a study in memory, written behind to a private storage: no
     trial costs a storage round trip). A backtester that dies loses nothing: its trials are
     failed and re-queued, and the others (or this process, when none is left) run them.
     Until the first backtester has reported, this process runs trials itself,
-    :data:`STARTING_BATCH` at a time, between looks at them."""
+    :data:`STARTING_BATCH` at a time, between looks at them. ``idle`` (def: None): called
+    when every backtester is busy and this process would wait for them (the write-behind
+    writes finished trials then: :meth:`m2k_bt.optimize.writebehind.WriteBehind.idle`)."""
     from multiprocessing.connection import wait
 
     size = plan.batch if plan.batch > 1 else max(
@@ -341,8 +347,13 @@ def run_backtesters(study, plan: StudyPlan, workers: int, payload, progress=None
         for conn in list(procs):
             feed(conn)
         while procs and any(held.values()):
-            ready = wait([*procs, *(p.sentinel for p in procs.values())],
-                         timeout=None if started else 0)
+            watched = [*procs, *(p.sentinel for p in procs.values())]
+            ready = wait(watched, timeout=0)
+            if not ready and started and idle is not None:
+                retrying(plan, idle)  # nothing to do but wait: write what is finished
+                ready = wait(watched, timeout=0)
+            if not ready and started:
+                ready = wait(watched)
             if not ready and not started:
                 if run_here():
                     continue

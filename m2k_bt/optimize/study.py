@@ -507,7 +507,7 @@ def _run_study(s: StudySettings) -> OptimizeResult:
     elif use_pool and behind is not None:
         try:
             notes += run_backtesters(study, plan, s.workers, s.payload, s.progress,
-                                     behind.maybe)
+                                     behind.maybe, behind.idle)
         finally:  # what finished is kept, also on Ctrl-C (the trials it stopped are FAIL)
             retrying(plan, behind.flush)
     elif use_pool and retrying(plan, has_work, study, plan):

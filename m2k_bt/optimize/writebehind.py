@@ -15,10 +15,32 @@ from sqlalchemy import insert, select
 from .claims import StudyPlan
 from .storage import DB_ERRORS, storage_for
 
-__all__ = ["FLUSH_SECONDS", "WriteBehind", "is_fresh", "write_trials"]
+__all__ = ["EncodedAttrs", "FLUSH_SECONDS", "IDLE_FLUSH_TRIALS", "WriteBehind", "is_fresh",
+           "write_trials"]
 
 #: Seconds between writes of a study kept in memory to its private storage.
 FLUSH_SECONDS = 2.0
+#: Finished trials waiting to be written that make a flush worth it while this process would
+#: otherwise wait for its backtester processes (:meth:`WriteBehind.idle`): a flush costs a
+#: commit and a few statements whatever its size, so not after every batch.
+IDLE_FLUSH_TRIALS = 128
+
+
+class EncodedAttrs(dict):
+    """A trial's user attribute (a dict) with its JSON text made beforehand: a backtester
+    process encodes the attributes of the trials it ran (in parallel with the others), so that
+    the process writing them to the storage (:func:`write_trials`) does not encode them again.
+    It is a plain ``dict`` to every reader; ``json`` is ``json.dumps`` of its items when it was
+    made (it is not changed afterwards: a trial's attributes are written once)."""
+
+    def __init__(self, items: dict):
+        super().__init__(items)
+        self.json = json.dumps(items)
+
+
+def _json(value) -> str:
+    """``json.dumps(value)``, or the text an :class:`EncodedAttrs` was made with."""
+    return value.json if type(value) is EncodedAttrs else json.dumps(value)
 
 
 class WriteBehind:
@@ -34,12 +56,30 @@ class WriteBehind:
         self.disk = None
         self.written = 0  # trials of ``mem`` (by number) already in the storage
         self.unsure = False  # a flush was cut short: ``written`` is read back from the storage
+        self.attrs = None  # the study's user attributes as last written
         self.last = time.monotonic()
 
     def maybe(self) -> None:
         """Flush when the last write is :data:`FLUSH_SECONDS` old (called after each batch)."""
         if time.monotonic() - self.last >= FLUSH_SECONDS:
             self.flush()
+
+    def idle(self) -> None:
+        """This process would wait (for its backtesters): flush when at least
+        :data:`IDLE_FLUSH_TRIALS` trials are waiting to be written, so that the end of the
+        study does not write them all while nothing else runs."""
+        if len(self._finished()) >= IDLE_FLUSH_TRIALS:
+            self.flush()
+
+    def _finished(self) -> list:
+        """The trials to write: those after the last written, up to the first not finished
+        (trials go in number order)."""
+        done = []
+        for t in self.mem.get_trials(deepcopy=False)[self.written:]:
+            if not t.state.is_finished():
+                break
+            done.append(t)
+        return done
 
     def flush(self) -> None:
         """Write the trials finished since the last flush, in number order, and the study's
@@ -54,17 +94,17 @@ class WriteBehind:
         self.unsure = True
         # the RDB storage itself, not the study's cache of it: nothing here reads them back
         storage = getattr(self.disk._storage, "_backend", self.disk._storage)
-        done = []
-        for t in self.mem.get_trials(deepcopy=False)[self.written:]:
-            if not t.state.is_finished():
-                break
-            done.append(t)
+        done = self._finished()
         if done:
             write_trials(storage, self.disk._study_id, done)
             self.written += len(done)
-        for key, value in self.mem.user_attrs.items():
-            if self.disk.user_attrs.get(key) != value:
-                self.disk.set_user_attr(key, value)
+        attrs = self.mem.user_attrs
+        if attrs != self.attrs:  # the storage's are read (a query) only when ours changed
+            stored = self.disk.user_attrs
+            for key, value in attrs.items():
+                if stored.get(key) != value:
+                    self.disk.set_user_attr(key, value)
+            self.attrs = attrs
         self.unsure = False
         self.last = time.monotonic()
 
@@ -121,7 +161,7 @@ def write_trials(storage, study_id: int, trials) -> None:
                 params.append({"trial_id": tid, "param_name": name,
                                "param_value": dist.to_internal_repr(v),
                                "distribution_json": distribution_to_json(dist)})
-            user += [{"trial_id": tid, "key": k, "value_json": json.dumps(v)}
+            user += [{"trial_id": tid, "key": k, "value_json": _json(v)}
                      for k, v in t.user_attrs.items()]
             system += [{"trial_id": tid, "key": k, "value_json": json.dumps(v)}
                        for k, v in t.system_attrs.items()]
