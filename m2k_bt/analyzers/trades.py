@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import statistics
+from itertools import compress
 from typing import Any
 
 import backtrader as bt
@@ -14,7 +15,7 @@ from ..rules import money
 from .common import mean_or_none, ratio, rounded, tick_size_and_value
 from .recorder import quiet_dispatch
 
-__all__ = ["TradeStats", "trade_statistics"]
+__all__ = ["TradeStats", "closed_trade_statistics", "trade_statistics"]
 
 
 class TradeStats(bt.Analyzer):
@@ -132,52 +133,65 @@ def _streak(flags) -> int:
 
 def trade_statistics(closed: list[dict[str, Any]]) -> dict[str, Any]:
     """The :class:`TradeStats` keys from a list of closed-trade dicts (see ``trade_list``)."""
-    net = [t["net_pnl"] for t in closed]
-    signs = np.asarray(net, dtype="float64")
-    wins = [t for t in closed if t["net_pnl"] > 0]
-    losses = [t for t in closed if t["net_pnl"] < 0]
-    n = len(closed)
-    gross_profit = sum(t["net_pnl"] for t in wins)
-    gross_loss = sum(t["net_pnl"] for t in losses)
+    return closed_trade_statistics(
+        [t["net_pnl"] for t in closed], [t["gross_pnl"] for t in closed],
+        [t["commission"] for t in closed], [t["ticks"] for t in closed],
+        [t["net_ticks"] for t in closed], [t["bars_held"] for t in closed],
+        [(t["exit_dt"] - t["entry_dt"]).total_seconds() / 60.0 for t in closed], closed)
 
-    def per_contract_ticks(ts: list[dict[str, Any]]) -> float | None:
-        return rounded(mean_or_none([t["net_ticks"] for t in ts]), 6)
 
-    avg_win = mean_or_none([t["net_pnl"] for t in wins])
-    avg_loss = mean_or_none([t["net_pnl"] for t in losses])
+def closed_trade_statistics(net: list, gross: list, commission: list, ticks: list,
+                            net_ticks: list, bars_held: list, minutes: list,
+                            trade_list: list) -> dict[str, Any]:
+    """:func:`trade_statistics` from the closed trades' columns (Python numbers in closing
+    order: the ``trade_list`` dicts' ``net_pnl``, ``gross_pnl``, ``commission``, ``ticks``,
+    ``net_ticks``, ``bars_held`` and holding minutes, ``(exit_dt - entry_dt).total_seconds()
+    / 60``), which the compiled engine has without reading the dicts; ``trade_list`` is
+    returned as it is. The same sums in the same order: the same numbers to the last bit."""
+    is_win = [x > 0 for x in net]
+    is_loss = [x < 0 for x in net]
+    win_net, loss_net = list(compress(net, is_win)), list(compress(net, is_loss))
+    n = len(net)
+    gross_profit = sum(win_net)
+    gross_loss = sum(loss_net)
+
+    def per_contract_ticks(ts: list[float]) -> float | None:
+        return rounded(mean_or_none(ts), 6)
+
+    avg_win = mean_or_none(win_net)
+    avg_loss = mean_or_none(loss_net)
     sqn = None
     if n >= 2:
         sd = statistics.pstdev(net)
         if sd > 0:
             sqn = math.sqrt(n) * statistics.fmean(net) / sd
-    minutes = [(t["exit_dt"] - t["entry_dt"]).total_seconds() / 60.0 for t in closed]
     return {
         "trades": n,
         "open_trades": 0,
-        "winners": len(wins),
-        "losers": len(losses),
-        "breakeven": n - len(wins) - len(losses),
-        "win_rate": ratio(len(wins), n),
+        "winners": len(win_net),
+        "losers": len(loss_net),
+        "breakeven": n - len(win_net) - len(loss_net),
+        "win_rate": ratio(len(win_net), n),
         "net_pnl": rounded(sum(net)),
-        "gross_pnl": rounded(sum(t["gross_pnl"] for t in closed)),
-        "commission": rounded(sum(t["commission"] for t in closed)),
+        "gross_pnl": rounded(sum(gross)),
+        "commission": rounded(sum(commission)),
         "gross_profit": rounded(gross_profit),
         "gross_loss": rounded(gross_loss),
-        "profit_factor": ratio(gross_profit, -gross_loss) if losses else None,
+        "profit_factor": ratio(gross_profit, -gross_loss) if loss_net else None,
         "avg_win": rounded(avg_win),
         "avg_loss": rounded(avg_loss),
-        "avg_win_ticks": per_contract_ticks(wins),
-        "avg_loss_ticks": per_contract_ticks(losses),
+        "avg_win_ticks": per_contract_ticks(list(compress(net_ticks, is_win))),
+        "avg_loss_ticks": per_contract_ticks(list(compress(net_ticks, is_loss))),
         "payoff_ratio": ratio(avg_win, -avg_loss) if avg_win is not None and avg_loss else None,
         "expectancy": rounded(mean_or_none(net)),
-        "expectancy_ticks": per_contract_ticks(closed),
-        "avg_ticks": rounded(mean_or_none([t["ticks"] for t in closed]), 6),
-        "largest_win": rounded(max(t["net_pnl"] for t in wins)) if wins else None,
-        "largest_loss": rounded(min(t["net_pnl"] for t in losses)) if losses else None,
-        "longest_winning_streak": _streak(signs > 0),
-        "longest_losing_streak": _streak(signs < 0),
-        "avg_bars_held": mean_or_none([t["bars_held"] for t in closed]),
+        "expectancy_ticks": per_contract_ticks(net_ticks),
+        "avg_ticks": rounded(mean_or_none(ticks), 6),
+        "largest_win": rounded(max(win_net)) if win_net else None,
+        "largest_loss": rounded(min(loss_net)) if loss_net else None,
+        "longest_winning_streak": _streak(np.array(is_win, dtype=bool)),
+        "longest_losing_streak": _streak(np.array(is_loss, dtype=bool)),
+        "avg_bars_held": mean_or_none(bars_held),
         "avg_holding_minutes": mean_or_none(minutes),
         "sqn": sqn,
-        "trade_list": closed,
+        "trade_list": trade_list,
     }

@@ -18,10 +18,11 @@ import numpy as np
 import pandas as pd
 from numba import njit
 
-from ..analyzers import returns_statistics, trade_statistics
+from ..analyzers import returns_statistics
 from ..analyzers.common import event_dict, ratio, rounded
 from ..analyzers.kelly import kelly_log
 from ..analyzers.returns import periods_from_counts
+from ..analyzers.trades import closed_trade_statistics
 from ..brokers.futures import MarginEvent
 from ..engine import KernelExtras, Plan, make_result
 from ..rules.margin import supported_contracts
@@ -70,7 +71,7 @@ def trade_rows(trades, data: KernelData, root: str, tick: float, tick_value: flo
     from the loop's trade array: one column at a time as plain Python numbers (a numpy scalar
     per cell costs more than the backtest), the same values and roundings as the analyzers."""
     if not len(trades):
-        return [], []
+        return [], [], ([],) * 7
     col = trades.T
     entry_dt = data.times[col[loop.T_ENTRY_I].astype("int64")].tolist()  # datetime64[us] ->
     exit_dt = data.times[col[loop.T_EXIT_I].astype("int64")].tolist()  # datetime, as .item()
@@ -100,6 +101,8 @@ def trade_rows(trades, data: KernelData, root: str, tick: float, tick_value: flo
             entry_dt, exit_dt, directions, bars))
         c, e, x, gross, comm, net = (v[keep] for v in (c, e, x, gross, comm, net))
     per_tick = c * tick_value
+    g_, f_, nt_ = _rounded(gross, 10), _rounded(comm, 10), _rounded(net, 10)
+    t_, nk_ = _rounded(gross / per_tick, 6, plus_zero=True), _rounded(net / per_tick, 6)
     closed = [{
         "ref": ref, "data_name": root, "entry_dt": a, "exit_dt": b, "direction": side,
         "contracts": n,  # as the analyzer's (backtrader's trade sizes, int)
@@ -107,10 +110,14 @@ def trade_rows(trades, data: KernelData, root: str, tick: float, tick_value: flo
         "ticks": t, "net_ticks": nk, "bars_held": h,
     } for ref, a, b, side, n, pe, px, g, f, nt, t, nk, h in zip(
         range(1, len(bars) + 1), entry_dt, exit_dt, directions, c.astype("int64").tolist(),
-        _rounded(e, 10), _rounded(x, 10), _rounded(gross, 10), _rounded(comm, 10),
-        _rounded(net, 10), _rounded(gross / per_tick, 6, plus_zero=True),
-        _rounded(net / per_tick, 6), bars)]
-    return rows, closed
+        _rounded(e, 10), _rounded(x, 10), g_, f_, nt_, t_, nk_, bars)]
+    # (exit_dt - entry_dt).total_seconds() / 60 of each: whole microseconds (exact as
+    # doubles) divided by 10**6, then by 60, each division correctly rounded as Python's
+    held_us = (col[loop.T_EXIT_I] if keep.all() else col[loop.T_EXIT_I][keep]).astype("int64")
+    start_us = (col[loop.T_ENTRY_I] if keep.all() else col[loop.T_ENTRY_I][keep]).astype("int64")
+    us = data.times[held_us].view("int64") - data.times[start_us].view("int64")
+    minutes = (us.astype("float64") / 1e6 / 60.0).tolist()
+    return rows, closed, (nt_, g_, f_, t_, nk_, bars, minutes)
 
 
 def kernel_result(plan: Plan, data: KernelData, value, cash, pos, trades, dec, mev, counters,
@@ -136,8 +143,8 @@ def kernel_result(plan: Plan, data: KernelData, value, cash, pos, trades, dec, m
     periods = periods_from_counts(timeframe, data.compression, per_date)
     # and the returns statistics (compiled passes and numpy reductions that let go of the GIL)
     returns_pass = _behind(returns_statistics, start_value, value, periods)
-    rows, closed = trade_rows(trades, data, root, tick, tick_value)
-    tstats = trade_statistics(closed)
+    rows, closed, columns = trade_rows(trades, data, root, tick, tick_value)
+    tstats = closed_trade_statistics(*columns, closed)
     tstats["open_trades"] = int(bool(rows) and rows[-1]["exit_reason"] == "end")
     rstats = returns_pass()
     rstats["trade_dates"] = len(per_date)

@@ -270,14 +270,17 @@ def _inputs(bars, config, checked: bool = False) -> _Inputs:
     stop_n = _distance_ticks(p["stop_ticks"], p["stop_atr"], atr, tick, n, way.stop_pts, none)
     target_n = _distance_ticks(p["target_ticks"], p["target_atr"], atr, tick, n,
                                way.target_pts, none)
-    rth = data._get(("rth",), lambda: _between(data, RTH_START, RTH_END))
+    no_bar = data._get(("flat",), lambda: np.zeros(n, dtype=bool))  # shared, read only
+    # the loop reads the RTH mask only for rth_only (else one shared array of False)
+    rth = data._get(("rth",), lambda: _between(data, RTH_START, RTH_END)) \
+        if p["rth_only"] else no_bar
     flat = p["flat_before_close"]
     if flat:
         hh, mm = (int(x) for x in flat.strip().split(":"))
         flatw = data._get(("flat", hh, mm),
                           lambda: _between(data, _dt.time(hh, mm), GLOBEX_REOPEN))
     else:
-        flatw = data._get(("flat",), lambda: np.zeros(n, dtype=bool))
+        flatw = no_bar
 
     decimals = max(0, -int(np.floor(np.log10(tick))) + 2)
     st = float(config.slippage_ticks or 0.0)
