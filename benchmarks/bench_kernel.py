@@ -9,7 +9,7 @@ One invocation measures, in this order, and prints a table::
 1. kernel, SMA 50/200, FixedContracts(1): the first call in this process with the loop
    compiled from scratch (numba, no cache), then warm (best of ``--repeat``): the bar loop
    alone and ``simulate()`` end to end (indicators from scratch, trade log, equity curve,
-   metrics).
+   metrics), and the peak memory of one ``simulate()`` beyond the bars (``tracemalloc``).
 2. kernel, the full default configuration (``BacktestConfig()``: SMA 50/200, KellySizer with
    paper trades, FuturesBroker margin checks, metrics), warm.
 3. vectorbt ``Portfolio.from_signals`` on the same bars and the same SMA 50/200 long/short
@@ -80,6 +80,25 @@ def loop_only(data, config) -> float:
     t0 = time.perf_counter()
     real(*captured["args"])
     return time.perf_counter() - t0
+
+
+def simulate_memory(bars, config) -> tuple[int, int]:
+    """Bytes allocated at the peak of one warm ``simulate(bars, config)`` beyond what was
+    allocated before it (the bars, the compiled kernel), and the bytes its result keeps
+    (``tracemalloc``, which sees numpy's and the compiled kernel's arrays)."""
+    import gc
+    import tracemalloc
+
+    gc.collect()
+    tracemalloc.start()
+    try:
+        base = tracemalloc.get_traced_memory()[0]
+        res = simulate(bars, config)
+        kept, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    del res
+    return peak - base, kept - base
 
 
 def first_call_compiled(data, config) -> float:
@@ -327,6 +346,10 @@ def main(argv=None) -> int:
     sma_trades = res.trades
     rows.append(("kernel SMA 50/200 fixed, warm, simulate() end to end", t_sim,
                  f"{n / t_sim:,.0f} bars/s, {len(res.trades)} trades"))
+    peak, kept = simulate_memory(bars, sma)
+    rows.append(("kernel SMA 50/200 fixed, simulate() peak memory beyond the bars", 0.0,
+                 f"{peak / n:,.1f} bytes a bar at the peak, {kept / n:,.1f} kept by the "
+                 f"result (tracemalloc)"))
     full_data = prepare(bars, full)
     t_full_loop = min(loop_only(full_data, full) for _ in range(args.repeat))
     rows.append(("kernel default config (Kelly, margin), warm, bar loop", t_full_loop,

@@ -609,3 +609,53 @@ def test_trade_statistics_from_the_kernels_columns_are_the_analyzers_to_the_bit(
     assert {k: repr(v) for k, v in ref.items() if k != "trade_list"} == \
         {k: repr(v) for k, v in stats.items() if k != "trade_list"}
     assert ref["trade_list"] is stats["trade_list"]
+
+
+def test_simulate_pauses_garbage_collection_and_restores_it(monkeypatch):
+    """simulate() builds its result with Python's cyclic collector paused (thousands of
+    trade dicts would start a collection every 700), and leaves it as it found it, also
+    when it raises."""
+    import gc
+
+    import m2k_bt.kernel.simulation as sim
+
+    seen = []
+    real = sim.kernel_result
+
+    def spy(*args, **kwargs):
+        seen.append(gc.isenabled())
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(sim, "kernel_result", spy)
+    bars = make_bars(400, seed=3)
+    config = BacktestConfig(strategy="sma", params={"fast": 5, "slow": 20}, sizer="fixed")
+    assert gc.isenabled()
+    simulate(bars, config)
+    assert seen == [False] and gc.isenabled()
+    gc.disable()
+    try:
+        simulate(bars, config)
+        assert not gc.isenabled()  # a caller's choice is kept
+    finally:
+        gc.enable()
+    with pytest.raises(KernelUnsupported):
+        simulate(bars, BacktestConfig(strategy=MyStrategy))
+    assert gc.isenabled()
+
+
+def test_a_run_on_its_own_data_drops_its_signal_and_sums_before_the_result():
+    """simulate() on a DataFrame makes data of its own: after the loop its kept tick sums
+    and signal are dropped (not held while the result is built); data a caller prepared (a
+    study's, shared by its trials) keeps them for the next run, and the results agree."""
+    from m2k_bt.kernel.simulation import _run, prepare
+
+    bars = make_bars(600, seed=5)
+    config = BacktestConfig(strategy="sma", params={"fast": 5, "slow": 20}, sizer="fixed")
+    own = _run(bars, config)
+    assert own.data._sums == {} and own.data._signals == {}
+    data = prepare(bars, config)
+    shared = _run(data, config)
+    assert set(data._sums) == {("sums", 5), ("sums", 20)} and len(data._signals) == 1
+    for a, b in zip(own.out, shared.out):
+        assert np.array_equal(np.asarray(a), np.asarray(b), equal_nan=True)
+    assert simulate(bars, config).trades == simulate(data, config).trades

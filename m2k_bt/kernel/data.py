@@ -336,6 +336,11 @@ class KernelData:
             value = self._memo[key] = make()
         return value
 
+    def forget_signals(self) -> None:
+        """Drop the kept signals and tick sums (they are made again when asked for)."""
+        self._signals.clear()
+        self._sums.clear()
+
     def _get_signal(self, key, make):
         """A trial's own signal (one per parameter set, so a study would otherwise keep one
         array of n bars per trial): only the last :data:`SIGNALS_KEPT` are kept."""
