@@ -454,3 +454,47 @@ def test_ctrl_c_inside_a_callback_from_c_is_not_lost_at_any_trial(tmp_path, capf
         assert len(_complete_points(out, name)) == at - 1
         assert _study(out, name=name).n_complete == len(GRID)
         assert sorted(_complete_points(out, name)) == GRID
+
+
+@pytest.mark.usefixtures("quick_html")
+def test_a_ctrl_c_inside_a_flush_lands_after_its_transaction(tmp_path, monkeypatch, empty_db):
+    """Regression (found under load: a Ctrl-C to a two-worker study left study.db locked for
+    60 s): a SIGINT that arrives while the write-behind is inside its SQLite transaction is
+    held until the flush has committed, then raised as the interrupt; study.db then holds
+    that flush's trials, the study's final flush writes the rest, and the resumed study
+    completes the grid with each point once."""
+    import signal
+
+    from sqlalchemy import event
+
+    _flush_every(monkeypatch, 2)
+    real_write, seen = behind.write_trials, []
+
+    def write_hit_by_ctrl_c(storage, study_id, trials):
+        sent = []
+
+        def ctrl_c(*_args):  # right after BEGIN IMMEDIATE: the write lock is held
+            if not sent:
+                sent.append(True)
+                os.kill(os.getpid(), signal.SIGINT)
+
+        if not seen:
+            event.listen(storage.engine, "after_cursor_execute", ctrl_c)
+        try:
+            real_write(storage, study_id, trials)
+        finally:
+            if event.contains(storage.engine, "after_cursor_execute", ctrl_c):
+                event.remove(storage.engine, "after_cursor_execute", ctrl_c)
+        seen.append(len(trials))  # reached only when the transaction was not cut short
+
+    monkeypatch.setattr(behind, "write_trials", write_hit_by_ctrl_c)
+    out = _fresh_out(tmp_path / "o", empty_db)
+    with pytest.raises(KeyboardInterrupt):
+        _study(out)
+    assert seen and seen[0] == 2, seen  # the interrupted flush committed its two trials
+    kept = _complete_points(out)
+    assert len(kept) == len(set(kept)) >= 2
+    monkeypatch.setattr(behind, "write_trials", real_write)
+    res = _study(out)
+    assert res.n_complete == len(GRID)
+    assert sorted(_complete_points(out)) == GRID

@@ -3,7 +3,11 @@ to the storage in batches (see :class:`WriteBehind`)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import signal
+import threading
 import time
 from datetime import datetime, timezone
 
@@ -16,7 +20,7 @@ from .claims import StudyPlan
 from .storage import DB_ERRORS, storage_for
 
 __all__ = ["EncodedAttrs", "FLUSH_SECONDS", "IDLE_FLUSH_TRIALS", "WriteBehind", "is_fresh",
-           "write_trials"]
+           "signals_held", "write_trials"]
 
 #: Seconds between writes of a study kept in memory to its private storage.
 FLUSH_SECONDS = 2.0
@@ -82,6 +86,13 @@ class WriteBehind:
         return done
 
     def flush(self) -> None:
+        """:meth:`_flush` with Ctrl-C and SIGTERM held until it is done (then raised): a
+        signal landing inside the storage's transaction could otherwise leave it open in
+        this process, and the study's last flush would wait on its lock."""
+        with signals_held():
+            self._flush()
+
+    def _flush(self) -> None:
         """Write the trials finished since the last flush, in number order, and the study's
         user attributes (the storage's study is created on the first flush).
 
@@ -126,6 +137,36 @@ class WriteBehind:
         backend = getattr(self.disk._storage, "_backend", self.disk._storage)
         self.written = backend.get_n_trials(self.disk._study_id)
         self.unsure = False
+
+
+@contextlib.contextmanager
+def signals_held():
+    """Within the block, SIGINT and SIGTERM are noted, not acted on; when it ends, the first
+    one noted is handled as it would have been (its previous handler is called: Ctrl-C raises
+    ``KeyboardInterrupt``, the command line's SIGTERM handler its exception; a default action
+    is taken by sending the signal again). Python runs signal handlers in the main thread
+    only, so in another thread (or where a handler was set outside Python) the block runs as
+    it is."""
+    stops = (signal.SIGINT, signal.SIGTERM)
+    previous = {s: signal.getsignal(s) for s in stops}
+    if threading.current_thread() is not threading.main_thread() or \
+            any(h is None for h in previous.values()):
+        yield
+        return
+    caught: list[int] = []
+    for s in stops:
+        signal.signal(s, lambda signum, _frame: caught.append(signum))
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+        if caught:
+            signum, handler = caught[0], previous[caught[0]]
+            if callable(handler):
+                handler(signum, None)
+            elif handler == signal.SIG_DFL:
+                os.kill(os.getpid(), signum)
 
 
 def _utc(moment: datetime | None) -> datetime | None:
