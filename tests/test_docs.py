@@ -168,7 +168,8 @@ def test_all_is_a_users_install_and_test_adds_the_tools():
     def names(reqs: set[str]) -> set[str]:
         return {re.split(r"[\[<>=]", r)[0] for r in reqs}
 
-    tools = {"pytest", "ruff", "selenium", "hypothesis", "jsonschema", "psutil"}
+    tools = {"pytest", "ruff", "selenium", "hypothesis", "jsonschema", "psutil",
+             "pytest-xdist"}
     assert not names(extras["all"]) & tools
     assert {"optuna", "dask", "scipy", "psycopg", "ib_async"} <= names(extras["all"])
     assert extras["all"] <= extras["test"] and tools <= names(extras["test"])
