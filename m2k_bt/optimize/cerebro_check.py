@@ -16,7 +16,11 @@ from ..errors import M2KError
 from .drivers import child_signals
 from .trial import evaluate_params
 
-__all__ = ["CerebroCheck"]
+__all__ = ["BEHIND", "CerebroCheck"]
+
+#: Whether the check may run in a forked process (where the platform forks and no other
+#: thread of ours runs); False runs it in the study's process.
+BEHIND = True
 
 
 def _child(conn, bars, config, params, objective, min_trades) -> None:
@@ -36,7 +40,8 @@ class CerebroCheck:
     def __init__(self, bars, config, params: dict, objective: str, min_trades: int):
         self.args = (bars, config, params, objective, min_trades)
         self.proc = self.conn = None
-        if "fork" in mp.get_all_start_methods() and threading.active_count() == 1:
+        if BEHIND and "fork" in mp.get_all_start_methods() and \
+                threading.active_count() == 1:
             ctx = mp.get_context("fork")
             mine, theirs = ctx.Pipe(duplex=False)
             self.proc = ctx.Process(target=_child, args=(theirs, *self.args), daemon=True)
