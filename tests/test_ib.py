@@ -801,7 +801,8 @@ class _Live:
 
     def _settled(self, bars: int) -> bool:
         strat = (self.cerebro.runningstrats or [None])[0]
-        if strat is None:
+        # cerebro lists the strategy before it has added its analyzers: not set up yet
+        if strat is None or not hasattr(strat.analyzers, "orders"):
             return False
         self.log = strat.analyzers.orders
         cancels = sum(r.get("event") == "cancel_sent" for r in list(self.journal.records))
