@@ -122,8 +122,8 @@ class TradeStats(bt.Analyzer):
 
 
 def _streak(flags) -> int:
-    """The longest run of True in ``flags`` (a bool array, or any iterable of bools)."""
-    f = np.asarray(flags if isinstance(flags, np.ndarray) else list(flags), dtype=bool)
+    """The longest run of True in ``flags`` (a bool array or list)."""
+    f = np.asarray(flags, dtype=bool)
     if not f.any():
         return 0
     # runs start where a True follows a False and end where a False follows a True

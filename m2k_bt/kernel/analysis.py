@@ -73,8 +73,12 @@ def trade_rows(trades, data: KernelData, root: str, tick: float, tick_value: flo
     if not len(trades):
         return [], [], ([],) * 7
     col = trades.T
-    entry_dt = data.times[col[loop.T_ENTRY_I].astype("int64")].tolist()  # datetime64[us] ->
-    exit_dt = data.times[col[loop.T_EXIT_I].astype("int64")].tolist()  # datetime, as .item()
+    entry_t = data.times[col[loop.T_ENTRY_I].astype("int64")]  # datetime64[us]
+    exit_t = data.times[col[loop.T_EXIT_I].astype("int64")]
+    entry_dt, exit_dt = entry_t.tolist(), exit_t.tolist()  # datetimes, as .item()
+    # each trade's (exit_dt - entry_dt).total_seconds() / 60: whole microseconds (exact as
+    # doubles) divided by 10**6, then by 60, each division correctly rounded as Python's
+    minutes = (exit_t.view("int64") - entry_t.view("int64")).astype("float64") / 1e6 / 60.0
     d = col[loop.T_DIR].astype("int64")
     directions = ["long" if x > 0 else "short" for x in d.tolist()]
     c = col[loop.T_CONTRACTS]
@@ -99,7 +103,8 @@ def trade_rows(trades, data: KernelData, root: str, tick: float, tick_value: flo
         pick = np.flatnonzero(keep).tolist()
         entry_dt, exit_dt, directions, bars = ([v[k] for k in pick] for v in (
             entry_dt, exit_dt, directions, bars))
-        c, e, x, gross, comm, net = (v[keep] for v in (c, e, x, gross, comm, net))
+        c, e, x, gross, comm, net, minutes = (v[keep] for v in (c, e, x, gross, comm, net,
+                                                                 minutes))
     per_tick = c * tick_value
     g_, f_, nt_ = _rounded(gross, 10), _rounded(comm, 10), _rounded(net, 10)
     t_, nk_ = _rounded(gross / per_tick, 6, plus_zero=True), _rounded(net / per_tick, 6)
@@ -111,13 +116,7 @@ def trade_rows(trades, data: KernelData, root: str, tick: float, tick_value: flo
     } for ref, a, b, side, n, pe, px, g, f, nt, t, nk, h in zip(
         range(1, len(bars) + 1), entry_dt, exit_dt, directions, c.astype("int64").tolist(),
         _rounded(e, 10), _rounded(x, 10), g_, f_, nt_, t_, nk_, bars)]
-    # (exit_dt - entry_dt).total_seconds() / 60 of each: whole microseconds (exact as
-    # doubles) divided by 10**6, then by 60, each division correctly rounded as Python's
-    held_us = (col[loop.T_EXIT_I] if keep.all() else col[loop.T_EXIT_I][keep]).astype("int64")
-    start_us = (col[loop.T_ENTRY_I] if keep.all() else col[loop.T_ENTRY_I][keep]).astype("int64")
-    us = data.times[held_us].view("int64") - data.times[start_us].view("int64")
-    minutes = (us.astype("float64") / 1e6 / 60.0).tolist()
-    return rows, closed, (nt_, g_, f_, t_, nk_, bars, minutes)
+    return rows, closed, (nt_, g_, f_, t_, nk_, bars, minutes.tolist())
 
 
 def kernel_result(plan: Plan, data: KernelData, value, cash, pos, trades, dec, mev, counters,
